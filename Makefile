@@ -1,0 +1,43 @@
+# podtrace: `sudo make demo` and `sudo make test` are all a new user needs.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PYTEST  := $(PY) -m pytest
+
+.PHONY: setup demo test test-unit test-e2e test-vm check lint typecheck bench lab-down clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/podtrace lab up --if-down
+	$(VENV)/bin/podtrace lab traffic --background
+	$(VENV)/bin/podtrace tui --netns lab
+
+# The whole suite: lint, types, unit tests, then root end-to-end tests on this kernel.
+test: setup check test-e2e
+
+test-unit:
+	$(PYTEST) -q tests/unit
+
+test-e2e:
+	$(PYTEST) -q -m root tests/e2e
+
+test-vm: setup
+	$(PYTEST) -q tests/vm
+
+lint:
+	$(PY) -m ruff check tracer tui bpf tests
+
+typecheck:
+	$(PY) -m mypy
+
+check: lint typecheck test-unit
+
+bench: setup
+	$(PY) -m tracer.bench --out BENCHMARKS.md
+
+lab-down:
+	$(VENV)/bin/podtrace lab down
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

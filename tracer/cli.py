@@ -1,0 +1,59 @@
+"""The `podtrace` command: subcommands live in their own modules, each with an `add_parser(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tracer import __version__
+from tracer.errors import PodtraceError
+
+# Each module defines add_parser(subparsers) and sets `func(args) -> int` on its parser.
+COMMAND_MODULES = (
+    "tracer.cmd_setup",
+    "tracer.cmd_doctor",
+)
+
+EPILOG = """\
+exit codes: 0 ok, 1 error, 2 usage, 3 found what --fail-on-... asked about
+
+examples:
+  sudo podtrace doctor                    what this kernel lets podtrace see
+  sudo podtrace drops --duration 10       where packets die, for 10 seconds
+  sudo podtrace lab up                    the built-in two-node lab in namespaces
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="podtrace",
+        description="eBPF packet tracer for Kubernetes worker nodes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"podtrace {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except PodtraceError as err:
+        print(f"podtrace: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

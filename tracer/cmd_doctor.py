@@ -1,0 +1,131 @@
+"""`podtrace doctor`: what this kernel lets podtrace see, what it cannot, and what to do about it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import Any, TextIO
+
+from tracer import bccenv, kernel
+from tracer.btf import Btf
+from tracer.errors import PodtraceError
+from tracer.ladder import AttachPlan, Trial, trials_to_json
+from tracer.progress import Progress
+
+EPILOG = """\
+exit codes: 0 the core probes (drops, packet path) can attach, 1 they cannot or an error
+
+examples:
+  sudo podtrace doctor
+  sudo podtrace doctor --json | jq '.hooks[] | select(.chosen == null)'
+"""
+
+# Reason fragment -> what the user can do about it.
+FIXES = (
+    ("CONFIG_KPROBES off", "kprobes: use a kernel built with CONFIG_KPROBES=y (most distribution kernels) "
+     "for table/chain attribution and driver-level VXLAN and fragmentation hooks"),
+    ("EPERM", "fentry: check `cat /sys/kernel/security/lockdown` (needs [none]) and LSMs that restrict BPF "
+     "tracing; podtrace falls back to the next mechanism meanwhile"),
+    ("IPVS", "IPVS: only matters when kube-proxy runs in IPVS mode; then `modprobe ip_vs` (or use a kernel "
+     "with CONFIG_IP_VS)"),
+    ("too old for BPF netfilter links", "netfilter links need kernel 6.4 or later; with kprobes podtrace "
+     "uses nf_hook_slow instead"),
+    ("is not in this kernel (not in /proc/kallsyms", "a hooked function is missing: load its module or accept "
+     "the fallback shown above"),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="what this kernel lets podtrace see",
+        description="Check BTF, headers and every hook point's attach ladder by loading tiny programs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    parser.add_argument("--btf", metavar="FILE", help="read BTF from FILE instead of /sys/kernel/btf/vmlinux")
+    parser.set_defaults(func=run)
+
+
+def btf_facts(path: str | None) -> dict[str, Any]:
+    btf = Btf.load(path)
+    reasons = btf.enum("skb_drop_reason")
+    return {"path": btf.path, "bytes": os.path.getsize(btf.path), "drop_reasons": len(reasons)}
+
+
+def fixes_for(plan: AttachPlan, trials: dict[str, Trial]) -> list[str]:
+    texts = [trial.reason for trial in trials.values() if not trial.ok]
+    texts += [rejected["reason"] for hook in plan.hooks for rejected in hook.rejected]
+    return [fix for fragment, fix in FIXES if any(fragment in text for text in texts)]
+
+
+def collect(btf_path: str | None) -> dict[str, Any]:
+    bccenv.require_root("doctor")
+    btf = btf_facts(btf_path)
+    with Progress("probing the kernel: loading a tiny program per hook mechanism") as progress:
+        header_choice = bccenv.header_choice()
+        plan, trials = kernel.probe_kernel(every_mechanism=True)
+        progress.done(f"{len(trials)} trials")
+    return {
+        "node": platform.node(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "btf": btf,
+        "headers": {"kind": header_choice.kind, "path": header_choice.path, "release": header_choice.release,
+                    "text": header_choice.describe()},
+        "mechanisms": kernel.describe_mechanisms(trials),
+        "hooks": plan.to_json()["hooks"],
+        "summary": plan.summary(),
+        "core_ok": plan.core_ok(),
+        "cannot_see": [f"{hook.name}: {hook.unseen}" for hook in plan.hooks if not hook.chosen],
+        "fixes": fixes_for(plan, trials),
+        "trials": trials_to_json(trials),
+    }
+
+
+def print_report(report: dict[str, Any], out: TextIO) -> None:
+    write = out.write
+    write(f"podtrace doctor on {report['node']}: kernel {report['kernel']} ({report['arch']})\n")
+    btf = report["btf"]
+    write(f"  BTF        {btf['path']} ({btf['bytes'] / 1e6:.1f} MB, {btf['drop_reasons']} drop reasons)\n")
+    write(f"  headers    {report['headers']['text']}\n")
+    write("\nmechanisms\n")
+    for name, state in report["mechanisms"].items():
+        verdict = "yes" if state["available"] else "no "
+        write(f"  {name:<16} {verdict}  {state['reason']}\n")
+    write(f"\n{report['summary']}\n")
+    for hook in report["hooks"]:
+        if hook["chosen"]:
+            note = " (fallback)" if hook["fallback"] else ""
+            write(f"  {hook['name']:<14} {hook['chosen']}: {', '.join(hook['targets'])}{note}\n")
+            if hook["gives"]:
+                write(f"  {'':<14} sees {hook['gives']}\n")
+        else:
+            reason = hook["rejected"][-1]["reason"] if hook["rejected"] else "no candidate"
+            write(f"  {hook['name']:<14} NONE: {reason}\n")
+    if report["cannot_see"]:
+        write("\nwhat you cannot see on this kernel\n")
+        for line in report["cannot_see"]:
+            write(f"  - {line}\n")
+    if report["fixes"]:
+        write("\nfixes\n")
+        for line in report["fixes"]:
+            write(f"  - {line}\n")
+    verdict = "ok: the core probes attach" if report["core_ok"] else "FAIL: the core probes cannot attach"
+    write(f"\n{verdict}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect(args.btf)
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        print_report(report, sys.stdout)
+    if not report["core_ok"]:
+        raise PodtraceError("the core probes (drops, packet path) cannot attach on this kernel",
+                            "see the hook points above")
+    return 0

@@ -1,0 +1,172 @@
+"""The hook points podtrace wants and, for each, its candidate attach mechanisms in order of preference.
+
+Pure data: tracer/kernel.py tries candidates on the running kernel, tracer/ladder.py picks from the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Mechanism(str, Enum):
+    FENTRY = "fentry"
+    KPROBE = "kprobe"
+    RAW_TRACEPOINT = "raw_tracepoint"
+    TRACEPOINT = "tracepoint"
+    NETFILTER_LINK = "netfilter_link"
+    TC = "tc"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mechanism: Mechanism
+    targets: tuple[str, ...]  # functions, tracepoints ("net:netif_receive_skb"), hooks; all must attach
+    gives: str = ""  # what this mechanism shows, or loses compared with the preferred one
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Trial keys, one per target: "kprobe:nf_hook_slow"."""
+        return tuple(f"{self.mechanism.value}:{target}" for target in self.targets)
+
+    def label(self) -> str:
+        return f"{self.mechanism.value} {', '.join(self.targets)}"
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    name: str
+    concern: str
+    core: bool  # podtrace is useless without it: doctor exits 1 when a core hook point cannot attach
+    candidates: tuple[Candidate, ...]
+    unseen: str  # what the user cannot see when no candidate attaches
+    subsystem: str = ""  # e.g. "IPVS": named when the kernel lacks it entirely
+    requires_symbols: tuple[str, ...] = ()  # kernel symbols proving the subsystem is present
+
+
+def _c(mechanism: Mechanism, *targets: str, gives: str = "") -> Candidate:
+    return Candidate(mechanism, tuple(targets), gives)
+
+
+M = Mechanism
+NF_PROBE = "netfilter:ipv4"  # a netfilter link target: family, hooks chosen by the probe
+
+HOOK_POINTS: tuple[HookPoint, ...] = (
+    HookPoint(
+        "drops",
+        "packet drops with the kernel's reason and location",
+        core=True,
+        candidates=(
+            _c(M.RAW_TRACEPOINT, "kfree_skb", gives="reason and location (raw tracepoint args, 5.17+)"),
+            _c(M.TRACEPOINT, "skb:kfree_skb", gives="reason and location"),
+        ),
+        unseen="no drop events at all",
+    ),
+    HookPoint(
+        "path",
+        "packet path of traced packets (receive, queue, transmit)",
+        core=True,
+        candidates=(
+            _c(M.FENTRY, "__netif_receive_skb", "__dev_queue_xmit", gives="every receive and transmit call"),
+            _c(M.KPROBE, "__netif_receive_skb", "__dev_queue_xmit", gives="every receive and transmit call"),
+            _c(
+                M.TRACEPOINT,
+                "net:netif_receive_skb",
+                "net:net_dev_queue",
+                "net:net_dev_xmit",
+                gives="device receive, queue and transmit",
+            ),
+            _c(M.TC, "clsact", gives="ingress and egress on chosen interfaces only"),
+        ),
+        unseen="no per-packet path for traced packets",
+    ),
+    HookPoint(
+        "netfilter",
+        "netfilter hooks: time in iptables/nftables, last hook before a drop",
+        core=False,
+        candidates=(
+            _c(M.FENTRY, "nf_hook_slow", "ipt_do_table", "nft_do_chain", gives="verdicts with table and chain"),
+            _c(M.KPROBE, "nf_hook_slow", "ipt_do_table", "nft_do_chain", gives="verdicts with table and chain"),
+            _c(
+                M.NETFILTER_LINK,
+                NF_PROBE,
+                gives="hook and priority of the last step passed, time per hook; no table/chain attribution",
+            ),
+        ),
+        unseen="no netfilter hook attribution or time spent in rules",
+    ),
+    HookPoint(
+        "nat",
+        "Service NAT: tuples before and after kube-proxy's DNAT/SNAT",
+        core=False,
+        candidates=(
+            _c(M.NETFILTER_LINK, NF_PROBE, gives="tuples before/after NAT at each hook"),
+            _c(M.KPROBE, "nf_nat_ipv4_manip_pkt", gives="NAT rewrites only"),
+        ),
+        unseen="Service flows fall back to conntrack tables only (no per-packet NAT)",
+    ),
+    HookPoint(
+        "ipvs",
+        "kube-proxy IPVS mode: scheduler choices and NAT transmit",
+        core=False,
+        candidates=(
+            _c(M.FENTRY, "ip_vs_conn_new", "ip_vs_nat_xmit"),
+            _c(M.KPROBE, "ip_vs_conn_new", "ip_vs_nat_xmit"),
+        ),
+        unseen="IPVS Service flows (iptables and nftables modes are unaffected)",
+        subsystem="IPVS",
+        requires_symbols=("ip_vs_conn_new",),
+    ),
+    HookPoint(
+        "vxlan",
+        "VXLAN encapsulation and decapsulation",
+        core=False,
+        candidates=(
+            _c(M.FENTRY, "vxlan_rcv", "vxlan_xmit_one", gives="encap/decap with VNI from the driver"),
+            _c(M.KPROBE, "vxlan_rcv", "vxlan_xmit_one", gives="encap/decap with VNI from the driver"),
+            _c(
+                M.TRACEPOINT,
+                "net:netif_receive_skb",
+                "net:net_dev_xmit",
+                gives="device- and UDP-port-based (8472/4789) on vxlan devices and the underlay",
+            ),
+        ),
+        unseen="overlay tunnels and inner/outer correlation",
+        subsystem="VXLAN",
+        requires_symbols=("vxlan_xmit_one",),
+    ),
+    HookPoint(
+        "fragmentation",
+        "IP fragmentation and ICMP frag-needed / packet-too-big",
+        core=False,
+        candidates=(
+            _c(M.KPROBE, "ip_do_fragment", gives="every local fragmentation"),
+            _c(M.TRACEPOINT, "icmp:icmp_send", gives="ICMP errors sent; fragments seen on transmit only"),
+        ),
+        unseen="fragmentation and frag-needed; MTU drops still show as drop reasons",
+    ),
+    HookPoint(
+        "softirq",
+        "NET_RX/NET_TX softirq wait and run time, NAPI polls",
+        core=False,
+        candidates=(
+            _c(
+                M.TRACEPOINT,
+                "irq:softirq_raise",
+                "irq:softirq_entry",
+                "irq:softirq_exit",
+                "napi:napi_poll",
+                gives="per-CPU histograms and NAPI budget use",
+            ),
+            _c(M.TRACEPOINT, "irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit", gives="no NAPI"),
+        ),
+        unseen="softirq latency (only /proc/net/softnet_stat deltas remain)",
+    ),
+)
+
+
+def hook_point(name: str) -> HookPoint:
+    for point in HOOK_POINTS:
+        if point.name == name:
+            return point
+    raise KeyError(name)

@@ -1,0 +1,1 @@
+"""podtrace's Textual user interface."""
