@@ -14,6 +14,7 @@ from tracer.errors import PodtraceError
 COMMAND_MODULES = (
     "tracer.cmd_setup",
     "tracer.cmd_doctor",
+    "tracer.cmd_trace",
 )
 
 EPILOG = """\

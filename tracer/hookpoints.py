@@ -73,8 +73,7 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
                 M.TRACEPOINT,
                 "net:netif_receive_skb",
                 "net:net_dev_queue",
-                "net:net_dev_xmit",
-                gives="device receive, queue and transmit",
+                gives="device receive and transmit queue",
             ),
             _c(M.TC, "clsact", gives="ingress and egress on chosen interfaces only"),
         ),
@@ -127,7 +126,7 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
             _c(
                 M.TRACEPOINT,
                 "net:netif_receive_skb",
-                "net:net_dev_xmit",
+                "net:net_dev_queue",
                 gives="device- and UDP-port-based (8472/4789) on vxlan devices and the underlay",
             ),
         ),

@@ -1,0 +1,285 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Reading an sk_buff through BTF offsets (PT_OFF_* from tracer/probes.py), copying its headers into the
+ * per-CPU scratch buffer, running the filter and parsing IPv4/IPv6 + TCP/UDP/ICMP (and VXLAN's inner packet).
+ * Expects before inclusion: podtrace.h, pt_filter_match() (tracer/pcapfilter.py), and these maps:
+ *   events (ring buffer), counters (per-CPU u64[PT_CNT_MAX]), scratch (per-CPU struct pt_scratch[1]).
+ */
+#ifndef PODTRACE_SKB_H
+#define PODTRACE_SKB_H
+
+#define PT_READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(base) + (off))
+#define PT_MASK(i) ((i) & (PT_SNAP_LEN - 1))
+#define PT_U16(buf, i) ((__u16)(((__u16)(buf)[PT_MASK(i)] << 8) | (buf)[PT_MASK((i) + 1)]))
+
+#ifndef PT_VXLAN_PORT_A
+#define PT_VXLAN_PORT_A 8472 /* flannel */
+#endif
+#ifndef PT_VXLAN_PORT_B
+#define PT_VXLAN_PORT_B 4789 /* IANA */
+#endif
+
+static __always_inline void pt_count(__u32 index)
+{
+	__u64 *value = counters.lookup(&index);
+	if (value)
+		*value += 1;
+}
+
+struct pt_skb_info {
+	__u32 len;
+	__u32 mark;
+	__u32 netns;
+	__u32 ifindex;
+	__u16 l3_proto;
+	__u16 snap_len;
+	__u8 flags;
+	void *dev;
+};
+
+/* Network namespace of the skb: its device's, else its socket's (locally generated, no device yet). */
+static __always_inline __u32 pt_netns_of(void *skb, void *dev)
+{
+	void *net = 0;
+	void *sk = 0;
+	__u32 inum = 0;
+	if (dev)
+		PT_READ(net, dev, PT_OFF_NET_DEVICE_ND_NET);
+	if (!net) {
+		PT_READ(sk, skb, PT_OFF_SK_BUFF_SK);
+		if (sk)
+			PT_READ(net, sk, PT_OFF_SOCK_SKC_NET);
+	}
+	if (net)
+		PT_READ(inum, net, PT_OFF_NET_NS_INUM);
+	return inum;
+}
+
+/* Copy up to PT_SNAP_LEN bytes from the network header into scratch; returns the byte count or 0. */
+static __always_inline __u32 pt_snapshot(void *skb, struct pt_scratch *s, struct pt_skb_info *info)
+{
+	unsigned char *head = 0, *data = 0;
+	__u16 network_header = 0, protocol = 0;
+	__u32 tail = 0, len = 0;
+	PT_READ(head, skb, PT_OFF_SK_BUFF_HEAD);
+	PT_READ(data, skb, PT_OFF_SK_BUFF_DATA);
+	PT_READ(network_header, skb, PT_OFF_SK_BUFF_NETWORK_HEADER);
+	PT_READ(tail, skb, PT_OFF_SK_BUFF_TAIL);
+	PT_READ(len, skb, PT_OFF_SK_BUFF_LEN);
+	PT_READ(protocol, skb, PT_OFF_SK_BUFF_PROTOCOL);
+	PT_READ(info->mark, skb, PT_OFF_SK_BUFF_MARK);
+	info->len = len;
+	info->l3_proto = bpf_ntohs(protocol);
+
+	unsigned char *start = head + network_header;
+	__u32 offset = network_header;
+	if (network_header == (__u16)~0U || !head) {
+		/* Not set yet (early receive): skb->data is the network header after eth_type_trans. */
+		start = data;
+		offset = data - head;
+		info->flags |= PT_FLAG_SNAP_SKB;
+	}
+	if (!start || tail <= offset)
+		return 0;
+	__u32 avail = tail - offset; /* linear bytes only: paged data needs skb_copy_bits */
+	if (avail > PT_SNAP_LEN)
+		avail = PT_SNAP_LEN;
+	if (avail < 1)
+		return 0;
+	/* A constant-size read keeps the verifier simple. Bytes past tail are still inside the head
+	 * allocation (skb_shared_info follows it) and are never interpreted: avail bounds every parse. */
+	if (bpf_probe_read_kernel(s->buf, PT_SNAP_LEN, start) < 0) {
+		pt_count(PT_CNT_READ_FAIL);
+		return 0;
+	}
+	info->snap_len = avail;
+	return avail;
+}
+
+/* Parse an IP packet at buf[at]; returns the L4 offset (0 when not IP). */
+static __always_inline __u32 pt_parse_ip(const __u8 *buf, __u32 at, __u32 avail, struct pt_tuple *t)
+{
+	__u32 l4 = 0;
+	__u8 version = buf[PT_MASK(at)] >> 4;
+	if (version == 4 && at + 20 <= avail) {
+		__u32 ihl = (buf[PT_MASK(at)] & 0x0f) * 4;
+		t->family = 4;
+		t->ip_len = PT_U16(buf, at + 2);
+		t->frag = PT_U16(buf, at + 6);
+		t->proto = buf[PT_MASK(at + 9)];
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			t->saddr[i] = buf[PT_MASK(at + 12 + i)];
+			t->daddr[i] = buf[PT_MASK(at + 16 + i)];
+		}
+		l4 = at + ihl;
+		if (t->frag & 0x1fff) /* a non-first fragment carries no L4 header */
+			return 0;
+	} else if (version == 6 && at + 40 <= avail) {
+		t->family = 6;
+		t->ip_len = PT_U16(buf, at + 4) + 40;
+		t->proto = buf[PT_MASK(at + 6)];
+#pragma unroll
+		for (int i = 0; i < 16; i++) {
+			t->saddr[i] = buf[PT_MASK(at + 8 + i)];
+			t->daddr[i] = buf[PT_MASK(at + 24 + i)];
+		}
+		l4 = at + 40;
+		if (t->proto == 44) { /* fragment header: next header in its first byte */
+			t->frag = PT_U16(buf, l4 + 2);
+			t->proto = buf[PT_MASK(l4)];
+			l4 += 8;
+			if (t->frag & 0xfff8)
+				return 0;
+		}
+	} else {
+		return 0;
+	}
+	if (l4 + 4 > avail)
+		return 0;
+	if (t->proto == 6 || t->proto == 17 || t->proto == 132) {
+		t->sport = PT_U16(buf, l4);
+		t->dport = PT_U16(buf, l4 + 2);
+	} else if (t->proto == 1 || t->proto == 58) {
+		t->icmp_type = buf[PT_MASK(l4)];
+		t->icmp_code = buf[PT_MASK(l4 + 1)];
+		if (l4 + 6 <= avail)
+			t->sport = PT_U16(buf, l4 + 4); /* echo identifier */
+	}
+	return l4;
+}
+
+/* Fill a packet event from skb: device, netns, tuples, snapshot. Returns 0 when the filter rejects it. */
+static __always_inline int pt_fill(struct pt_packet_event *ev, void *skb, struct pt_scratch *s,
+				   struct pt_skb_info *info, __u32 avail)
+{
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->skb = (__u64)skb;
+	ev->len = info->len;
+	ev->mark = info->mark;
+	ev->l3_proto = info->l3_proto;
+	ev->netns = info->netns;
+	ev->ifindex = info->ifindex;
+	ev->flags = info->flags;
+	ev->snap_len = avail > PT_EVENT_SNAP ? PT_EVENT_SNAP : avail;
+	/* A helper copy: clang turns a large __builtin_memcpy into a libc call the verifier rejects. */
+	bpf_probe_read_kernel(ev->snap, PT_EVENT_SNAP, s->buf);
+	if (info->dev)
+		bpf_probe_read_kernel(ev->ifname, PT_IFNAMSIZ, (char *)info->dev + PT_OFF_NET_DEVICE_NAME);
+
+	__u32 l4 = pt_parse_ip(s->buf, 0, avail, &ev->outer);
+	if (ev->outer.family)
+		ev->flags |= PT_FLAG_PARSED;
+	/* VXLAN: outer UDP to a VXLAN port, 8-byte VXLAN header, inner Ethernet, inner IP. */
+	if (l4 && ev->outer.proto == 17 &&
+	    (ev->outer.dport == PT_VXLAN_PORT_A || ev->outer.dport == PT_VXLAN_PORT_B)) {
+		__u32 vx = l4 + 8;
+		if (vx + 8 + 14 + 20 <= avail) {
+			ev->vni = ((__u32)s->buf[PT_MASK(vx + 4)] << 16) | ((__u32)s->buf[PT_MASK(vx + 5)] << 8) |
+				  s->buf[PT_MASK(vx + 6)];
+			__u16 inner_type = PT_U16(s->buf, vx + 8 + 12);
+			if (inner_type == 0x0800 || inner_type == 0x86DD) {
+				pt_parse_ip(s->buf, vx + 8 + 14, avail, &ev->inner);
+				if (ev->inner.family)
+					ev->flags |= PT_FLAG_INNER;
+			}
+		}
+	}
+	return 1;
+}
+
+/* Device, netns and the netns/ifname filters. Returns 0 when the packet is not wanted. */
+static __always_inline int pt_wanted(void *skb, struct pt_skb_info *info)
+{
+	PT_READ(info->dev, skb, PT_OFF_SK_BUFF_DEV);
+	if (info->dev)
+		PT_READ(info->ifindex, info->dev, PT_OFF_NET_DEVICE_IFINDEX);
+	info->netns = pt_netns_of(skb, info->dev);
+#ifdef PT_FILTER_NETNS
+	if (info->netns != PT_FILTER_NETNS)
+		return 0;
+#endif
+#ifdef PT_FILTER_IFNAME_LO
+	{
+		__u64 name[2] = {0, 0};
+		if (!info->dev)
+			return 0;
+		bpf_probe_read_kernel(name, sizeof(name), (char *)info->dev + PT_OFF_NET_DEVICE_NAME);
+		if (name[0] != PT_FILTER_IFNAME_LO || name[1] != PT_FILTER_IFNAME_HI)
+			return 0;
+	}
+#endif
+	return 1;
+}
+
+#ifndef PT_PATH_RATE
+#define PT_PATH_RATE 20000
+#endif
+
+struct pt_rate {
+	__u64 window_start;
+	__u64 count;
+};
+BPF_PERCPU_ARRAY(path_rate, struct pt_rate, 1);
+
+/* Per-CPU cap of PT_PATH_RATE sampled events per second; what it skips is counted (PT_CNT_SAMPLED). */
+static __always_inline int pt_rate_allows(void)
+{
+	__u32 zero = 0;
+	struct pt_rate *rate = path_rate.lookup(&zero);
+	if (!rate)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - rate->window_start > 1000000000ULL) {
+		rate->window_start = now;
+		rate->count = 0;
+	}
+	if (rate->count >= PT_PATH_RATE) {
+		pt_count(PT_CNT_SAMPLED);
+		return 0;
+	}
+	rate->count++;
+	return 1;
+}
+
+/* The whole per-packet step: filters first, then an event on the ring buffer. */
+static __always_inline int pt_emit(void *skb, __u32 type, __u32 reason, __u64 location, int sampled)
+{
+	__u32 zero = 0;
+	struct pt_skb_info info = {};
+	pt_count(PT_CNT_SEEN);
+	struct pt_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return 0;
+	if (!pt_wanted(skb, &info)) {
+		pt_count(PT_CNT_FILTERED);
+		return 0;
+	}
+	__u32 avail = pt_snapshot(skb, s, &info);
+	if (!pt_filter_match(s->buf, avail, info.len)) {
+		pt_count(PT_CNT_FILTERED);
+		return 0;
+	}
+	if (sampled && !pt_rate_allows())
+		return 0;
+	struct pt_packet_event *ev = events.ringbuf_reserve(sizeof(struct pt_packet_event));
+	if (!ev) {
+		pt_count(PT_CNT_LOST);
+		return 0;
+	}
+	/* Ring buffer memory is not zeroed; an unrolled word loop, since a large memset becomes a libc call. */
+	__u64 *words = (__u64 *)ev;
+#pragma unroll
+	for (int i = 0; i < sizeof(*ev) / 8; i++)
+		words[i] = 0;
+	ev->type = type;
+	ev->reason = reason;
+	ev->location = location;
+	pt_fill(ev, skb, s, &info, avail);
+	events.ringbuf_submit(ev, 0);
+	pt_count(PT_CNT_EVENTS);
+	return 0;
+}
+
+#endif /* PODTRACE_SKB_H */

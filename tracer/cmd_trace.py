@@ -1,0 +1,87 @@
+"""`podtrace drops` (where packets die, as a table) and `podtrace watch` (events as they happen)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tracer.aggregate import DropTable
+from tracer.events import PacketEvent
+from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
+from tracer.session import add_trace_options, run_session
+
+DROPS_EPILOG = """\
+exit codes: 0 ok, 1 error, 2 bad usage or filter, 3 drops matched and --fail-on-drops was given
+
+examples:
+  sudo podtrace drops --duration 10
+  sudo podtrace drops --json 'tcp port 443' | jq 'select(.reason == "NETFILTER_DROP")'
+  sudo podtrace drops --netns pt-node1 --fail-on-drops --duration 30 'host 10.96.0.10'
+"""
+
+WATCH_EPILOG = """\
+Drops are always shown; path events (device receive and queue) only for packets matching FILTER,
+capped per CPU per second.
+
+examples:
+  sudo podtrace watch 'icmp'
+  sudo podtrace watch --json --netns pt-client 'udp port 53'
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    drops = subparsers.add_parser(
+        "drops", help="where packets die: drops with kernel reason and location",
+        description="Trace packet drops and print them grouped by reason, location and flow at exit.",
+        epilog=DROPS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_trace_options(drops)
+    drops.add_argument("--fail-on-drops", action="store_true", help="exit 3 when any drop matched")
+    drops.set_defaults(func=run_drops)
+
+    watch = subparsers.add_parser(
+        "watch", help="stream drop and packet path events as they happen",
+        description="Print drop events, and path events for packets matching FILTER, one line each.",
+        epilog=WATCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_trace_options(watch)
+    watch.set_defaults(func=run_watch)
+
+
+def run_drops(args: argparse.Namespace) -> int:
+    table = DropTable()
+
+    def on_event(event: PacketEvent, _names: Resolver) -> None:
+        if event.is_drop:
+            table.add(event)
+
+    source, names, count = run_session(args, path=False, on_event=on_event)
+    rows = drop_rows(table, names)
+    counters = source.final_counters
+    if args.json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.write(json.dumps(summary_json(count, counters, table.evicted)) + "\n")
+    else:
+        write_drop_table(rows, sys.stdout)
+        sys.stdout.write(summary_line(count, counters, table.evicted) + "\n")
+    sys.stdout.flush()
+    return 3 if args.fail_on_drops and rows else 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    def on_event(event: PacketEvent, names: Resolver) -> None:
+        if args.json:
+            sys.stdout.write(json.dumps(event_json(event, names)) + "\n")
+        else:
+            sys.stdout.write(event_line(event, names) + "\n")
+        sys.stdout.flush()
+
+    source, _names, count = run_session(args, path=bool(args.filter), on_event=on_event)
+    counters = source.final_counters
+    if args.json:
+        sys.stdout.write(json.dumps(summary_json(count, counters)) + "\n")
+    else:
+        sys.stderr.write(summary_line(count, counters) + "\n")
+    return 0

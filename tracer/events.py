@@ -1,0 +1,193 @@
+"""Decoded events: an explicit, field-by-field mirror of bpf/podtrace.h.
+
+    struct pt_tuple {                      struct pt_packet_event {
+        __u8 saddr[16];                        __u32 type; __u32 cpu; __u64 ts_ns; __u64 skb;
+        __u8 daddr[16];                        __u64 location; __u32 reason; __u32 netns;
+        __u16 sport; __u16 dport;              __u32 ifindex; __u32 len; __u32 mark;
+        __u8 family; __u8 proto;               __u16 l3_proto; __u8 flags; __u8 snap_len;
+        __u8 icmp_type; __u8 icmp_code;        __u32 vni; __u32 _pad; char ifname[16];
+        __u16 frag; __u16 ip_len;              struct pt_tuple outer; struct pt_tuple inner;
+    };  /* 44 bytes */                         __u8 snap[128];
+                                           };  /* 296 bytes */
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+EVENT_DROP = 1
+EVENT_PATH = 2
+
+POINT_RX = 1
+POINT_QUEUE = 2
+POINT_XMIT = 3
+POINT_NAMES = {POINT_RX: "rx", POINT_QUEUE: "queue", POINT_XMIT: "xmit"}
+
+FLAG_INNER = 0x01
+FLAG_SNAP_SKB = 0x02
+FLAG_PARSED = 0x04
+
+# Counter indexes (PT_CNT_*).
+COUNTERS = ("seen", "filtered", "events", "lost", "sampled", "read_fail")
+
+SNAP_LEN = 256
+EVENT_SNAP = 128
+IFNAMSIZ = 16
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
+
+# (name, struct format) in declaration order: the single source of the layout on the Python side.
+TUPLE_FIELDS = (
+    ("saddr", "16s"),
+    ("daddr", "16s"),
+    ("sport", "H"),
+    ("dport", "H"),
+    ("family", "B"),
+    ("proto", "B"),
+    ("icmp_type", "B"),
+    ("icmp_code", "B"),
+    ("frag", "H"),
+    ("ip_len", "H"),
+)
+EVENT_HEAD_FIELDS = (
+    ("type", "I"),
+    ("cpu", "I"),
+    ("ts_ns", "Q"),
+    ("skb", "Q"),
+    ("location", "Q"),
+    ("reason", "I"),
+    ("netns", "I"),
+    ("ifindex", "I"),
+    ("len", "I"),
+    ("mark", "I"),
+    ("l3_proto", "H"),
+    ("flags", "B"),
+    ("snap_len", "B"),
+    ("vni", "I"),
+    ("_pad", "I"),
+    ("ifname", "16s"),
+)
+TUPLE_FORMAT = "".join(fmt for _, fmt in TUPLE_FIELDS)
+EVENT_FORMAT = "<" + "".join(fmt for _, fmt in EVENT_HEAD_FIELDS) + TUPLE_FORMAT * 2 + f"{EVENT_SNAP}s"
+EVENT_STRUCT = struct.Struct(EVENT_FORMAT)
+EVENT_SIZE = EVENT_STRUCT.size  # 296
+TUPLE_SIZE = struct.calcsize("<" + TUPLE_FORMAT)  # 44
+
+
+def field_offsets() -> dict[str, int]:
+    """Byte offset of every field, "outer.sport" style for tuple members (for the layout cross-check)."""
+    offsets: dict[str, int] = {}
+    position = 0
+    for name, fmt in EVENT_HEAD_FIELDS:
+        offsets[name] = position
+        position += struct.calcsize("<" + fmt)
+    for tuple_name in ("outer", "inner"):
+        offsets[tuple_name] = position
+        for name, fmt in TUPLE_FIELDS:
+            offsets[f"{tuple_name}.{name}"] = position
+            position += struct.calcsize("<" + fmt)
+    offsets["snap"] = position
+    return offsets
+
+
+@dataclass(frozen=True, slots=True)
+class Tuple:
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+    family: int
+    proto: int
+    icmp_type: int
+    icmp_code: int
+    frag: int
+    ip_len: int
+
+    @property
+    def src(self) -> str:
+        return format_addr(self.family, self.saddr)
+
+    @property
+    def dst(self) -> str:
+        return format_addr(self.family, self.daddr)
+
+    @property
+    def proto_name(self) -> str:
+        return PROTO_NAMES.get(self.proto, str(self.proto)) if self.family else "-"
+
+    @property
+    def dont_fragment(self) -> bool:
+        return self.family == 4 and bool(self.frag & 0x4000)
+
+    def describe(self) -> str:
+        if not self.family:
+            return "non-IP"
+        if self.proto in (1, 58):
+            return f"{self.proto_name} {self.src} > {self.dst} type {self.icmp_type} code {self.icmp_code}"
+        return f"{self.proto_name} {self.src}:{self.sport} > {self.dst}:{self.dport}"
+
+
+@dataclass(frozen=True, slots=True)
+class PacketEvent:
+    type: int
+    cpu: int
+    ts_ns: int
+    skb: int
+    location: int
+    reason: int  # drops: enum skb_drop_reason value; path: POINT_*
+    netns: int
+    ifindex: int
+    len: int
+    mark: int
+    l3_proto: int
+    flags: int
+    snap_len: int
+    vni: int
+    ifname: str
+    outer: Tuple
+    inner: Tuple | None
+    snap: bytes
+
+    @property
+    def is_drop(self) -> bool:
+        return self.type == EVENT_DROP
+
+
+def format_addr(family: int, raw: bytes) -> str:
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == 6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return "-"
+
+
+def decode(data: bytes | bytearray | memoryview) -> PacketEvent:
+    """One event from its raw bytes; raises ValueError when the buffer is shorter than the struct."""
+    if len(data) < EVENT_SIZE:
+        raise ValueError(f"event is {len(data)} bytes, expected {EVENT_SIZE}")
+    f = EVENT_STRUCT.unpack_from(data)
+    outer = Tuple(*f[16:26])
+    flags = f[11]
+    inner = Tuple(*f[26:36]) if flags & FLAG_INNER else None
+    snap_len = f[12]
+    return PacketEvent(
+        f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], flags, snap_len, f[13],
+        f[15].split(b"\0", 1)[0].decode(errors="replace"), outer, inner, f[36][:snap_len],
+    )
+
+
+def encode(event: PacketEvent) -> bytes:
+    """The raw bytes of an event (recordings and golden fixtures)."""
+
+    def tuple_fields(t: Tuple | None) -> tuple[object, ...]:
+        if t is None:
+            return (b"", b"", 0, 0, 0, 0, 0, 0, 0, 0)
+        return (t.saddr, t.daddr, t.sport, t.dport, t.family, t.proto, t.icmp_type, t.icmp_code, t.frag, t.ip_len)
+
+    return EVENT_STRUCT.pack(
+        event.type, event.cpu, event.ts_ns, event.skb, event.location, event.reason, event.netns,
+        event.ifindex, event.len, event.mark, event.l3_proto, event.flags, event.snap_len, event.vni, 0,
+        event.ifname.encode(), *tuple_fields(event.outer), *tuple_fields(event.inner), event.snap,
+    )

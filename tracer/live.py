@@ -1,0 +1,98 @@
+"""LiveSource: compile and attach the probes with BCC, then stream decoded events from the ring buffer."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import Any
+
+from tracer import bccenv
+from tracer.btf import Btf
+from tracer.errors import KernelError
+from tracer.events import COUNTERS, EVENT_SIZE, PacketEvent, decode
+from tracer.probes import ProbeBuild, ProbeConfig, build, drop_reasons
+from tracer.progress import Progress
+
+# Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).
+ATTACHES = {
+    "drops": ["raw tracepoint kfree_skb"],
+    "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue"],
+}
+
+
+class LiveSource:
+    """Events from the running kernel. Use as a context manager; `poll()` returns what arrived."""
+
+    def __init__(self, config: ProbeConfig, btf_path: str | None = None) -> None:
+        self.config = config
+        self.btf = Btf.load(btf_path)
+        self.reasons = drop_reasons(self.btf)
+        self.build: ProbeBuild = build(self.btf, config)
+        self._bpf: Any = None
+        self._pending: list[PacketEvent] = []
+        self.decode_errors = 0
+        self.attached: list[str] = []
+        self.final_counters: dict[str, int] = {}
+
+    def start(self, progress: bool = True) -> None:
+        bcc = bccenv.bcc_module()
+        what = f"compiling and attaching probes ({', '.join(self.build.programs)})"
+        with Progress(what) if progress else _Quiet() as step, bccenv.captured_stderr() as errors:
+            try:
+                self._bpf = bcc.BPF(text=self.build.text, cflags=self.build.cflags)
+            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                detail = next((line for line in errors if "error" in line), str(err))
+                raise KernelError(f"the probes failed to load: {detail.strip()}",
+                                  "run `podtrace doctor` to see what this kernel allows") from err
+            step.done(f"{len(self.build.programs)} programs")
+        for program in self.build.programs:
+            self.attached += ATTACHES[program]
+        self._bpf["events"].open_ring_buffer(self._on_event)
+
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
+        raw = ctypes.string_at(data, size)
+        try:
+            self._pending.append(decode(raw))
+        except ValueError:
+            self.decode_errors += 1
+        return 0  # returning None costs BCC's wrapper a conversion per event
+
+    def poll(self, timeout_ms: int = 100) -> list[PacketEvent]:
+        self._bpf.ring_buffer_poll(timeout_ms)
+        batch, self._pending = self._pending, []
+        return batch
+
+    def counters(self) -> dict[str, int]:
+        table = self._bpf["counters"]
+        totals = {}
+        for index, name in enumerate(COUNTERS):
+            totals[name] = int(sum(table.getvalue(table.Key(index))))
+        return totals
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self.final_counters = self.counters()
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> LiveSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Quiet:
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def done(self, _result: str) -> None:
+        return None
+
+
+Consumer = Callable[[PacketEvent], None]
+assert EVENT_SIZE == 296

@@ -1,0 +1,123 @@
+"""Build the probes' C source and compiler flags: BTF offsets, drop-reason constants, filters.
+
+Pure apart from reading BTF: the result is a ProbeBuild that tracer/live.py hands to BCC, and that
+`--dump-bpf` prints.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from bpf import BPF_DIR
+from tracer.btf import Btf
+from tracer.errors import KernelError
+from tracer.pcapfilter import CompiledFilter, match_all
+
+# -D macro, struct, member path, the size the C code reads.
+BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
+    ("PT_OFF_SK_BUFF_LEN", "sk_buff", "len", 4),
+    ("PT_OFF_SK_BUFF_HEAD", "sk_buff", "head", 8),
+    ("PT_OFF_SK_BUFF_DATA", "sk_buff", "data", 8),
+    ("PT_OFF_SK_BUFF_TAIL", "sk_buff", "tail", 4),
+    ("PT_OFF_SK_BUFF_NETWORK_HEADER", "sk_buff", "network_header", 2),
+    ("PT_OFF_SK_BUFF_PROTOCOL", "sk_buff", "protocol", 2),
+    ("PT_OFF_SK_BUFF_MARK", "sk_buff", "mark", 4),
+    ("PT_OFF_SK_BUFF_DEV", "sk_buff", "dev", 8),
+    ("PT_OFF_SK_BUFF_SK", "sk_buff", "sk", 8),
+    ("PT_OFF_NET_DEVICE_NAME", "net_device", "name", 16),
+    ("PT_OFF_NET_DEVICE_IFINDEX", "net_device", "ifindex", 4),
+    ("PT_OFF_NET_DEVICE_ND_NET", "net_device", "nd_net.net", 8),
+    ("PT_OFF_NET_NS_INUM", "net", "ns.inum", 4),
+    ("PT_OFF_SOCK_SKC_NET", "sock", "__sk_common.skc_net.net", 8),
+)
+
+DROP_REASON_ENUM = "skb_drop_reason"
+DROP_REASON_PREFIX = "SKB_DROP_REASON_"
+SOURCES = {"drops": "drops.c", "path": "path.c"}
+
+
+@dataclass
+class ProbeConfig:
+    filter: CompiledFilter = field(default_factory=match_all)
+    netns_inode: int | None = None
+    ifname: str | None = None
+    drops: bool = True
+    path: bool = False
+    ringbuf_pages: int = 256  # 1 MiB: about 3500 events of headroom per poll
+    path_rate: int = 20000  # path events per second per CPU
+
+
+@dataclass
+class ProbeBuild:
+    text: str
+    cflags: list[str]
+    programs: list[str]  # concern names in SOURCES, in load order
+
+    def dump(self) -> str:
+        flags = "\n".join(f"//   {flag}" for flag in self.cflags)
+        return f"// podtrace probe source; compiled with:\n{flags}\n{self.text}"
+
+
+def drop_reasons(btf: Btf) -> dict[int, str]:
+    """enum skb_drop_reason value -> short name ("NETFILTER_DROP"), from this kernel's BTF."""
+    try:
+        values = btf.enum(DROP_REASON_ENUM)
+    except KernelError:
+        return {}
+    names: dict[int, str] = {}
+    for name, value in values.items():
+        short = name.removeprefix(DROP_REASON_PREFIX).removeprefix("SKB_")
+        names.setdefault(value, short)
+    return names
+
+
+def _ifname_words(name: str) -> tuple[int, int]:
+    raw = name.encode()
+    if not raw or len(raw) >= 16:
+        raise KernelError(f"interface name {name!r} is not a valid Linux interface name")
+    low, high = struct.unpack("<QQ", raw.ljust(16, b"\0"))
+    return low, high
+
+
+def btf_cflags(btf: Btf) -> list[str]:
+    flags = []
+    for macro, struct_name, member, size in BTF_OFFSETS:
+        actual = btf.member_size(struct_name, member)
+        if actual != size:
+            raise KernelError(
+                f"{struct_name}.{member} is {actual} bytes on this kernel, podtrace reads {size}",
+                "this kernel's layout is not supported yet; please report it with `podtrace doctor --json`",
+            )
+        flags.append(f"-D{macro}={btf.member_offset(struct_name, member)}")
+    try:
+        reasons = btf.enum(DROP_REASON_ENUM)
+    except KernelError:  # before 5.17 the tracepoint has no reason argument
+        reasons = {}
+    flags.append(f"-DPT_HAVE_DROP_REASON={1 if reasons else 0}")
+    consumed = reasons.get("SKB_CONSUMED", 0xFFFFFFFF)
+    flags.append(f"-DPT_REASON_CONSUMED={consumed}U")
+    return flags
+
+
+def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
+    cflags = [f"-I{BPF_DIR}", *btf_cflags(btf)]
+    cflags.append(f"-DPT_PATH_RATE={config.path_rate}")
+    if config.netns_inode is not None:
+        cflags.append(f"-DPT_FILTER_NETNS={config.netns_inode}U")
+    if config.ifname:
+        low, high = _ifname_words(config.ifname)
+        cflags += [f"-DPT_FILTER_IFNAME_LO={low}ULL", f"-DPT_FILTER_IFNAME_HI={high}ULL"]
+    programs = [name for name, wanted in (("drops", config.drops), ("path", config.path)) if wanted]
+    parts = [
+        '#include "podtrace.h"',
+        f"BPF_RINGBUF_OUTPUT(events, {config.ringbuf_pages});",
+        "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_MAX);",
+        "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
+        f"// filter: {config.filter.expression or '(none)'}",
+        config.filter.c_source,
+        # Inlined, not #included: BCC rewrites map calls (counters.lookup) only in the main source text.
+        (BPF_DIR / "skb.h").read_text(),
+    ]
+    parts += [(BPF_DIR / SOURCES[name]).read_text() for name in programs]
+    return ProbeBuild("\n".join(parts) + "\n", cflags, programs)

@@ -1,0 +1,142 @@
+"""Turning decoded events and tables into what people and scripts read: table rows, lines, JSON objects.
+
+Formatters take their names (a Resolver) and a writer; no IO of their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from tracer.aggregate import DropTable
+from tracer.events import POINT_NAMES, PacketEvent, Tuple
+
+
+@dataclass
+class Resolver:
+    """Everything that turns kernel numbers into names. Live it reads the node; replayed, a recording."""
+
+    reasons: dict[int, str]
+    netns: Callable[[int], str]
+    symbol: Callable[[int], str]
+    # monotonic ns (bpf_ktime_get_ns) -> wall-clock seconds
+    wall_offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
+
+    def reason(self, value: int) -> str:
+        return self.reasons.get(value, f"reason {value}")
+
+    def wall(self, ts_ns: int) -> float:
+        return (ts_ns + self.wall_offset_ns) / 1e9
+
+
+def _endpoint(t: Tuple, addr: str, port: int) -> str:
+    if t.proto in (6, 17, 132):
+        return f"{addr}:{port}" if t.family == 4 else f"[{addr}]:{port}"
+    return addr
+
+
+def drop_rows(table: DropTable, names: Resolver) -> list[dict[str, Any]]:
+    rows = []
+    for key, row in table.sorted_groups():
+        event = row.last_event
+        outer = event.outer
+        rows.append({
+            "reason": names.reason(key[0]),
+            "location": names.symbol(key[1]),
+            "count": row.count,
+            "bytes": row.bytes,
+            "proto": outer.proto_name,
+            "src": outer.src,
+            "sport": row.last_sport,
+            "dst": outer.dst,
+            "dport": outer.dport,
+            "netns": names.netns(key[2]),
+            "netns_inode": key[2],
+            "ifname": row.ifname or "-",
+            "first_seen": round(names.wall(row.first_ns), 6),
+            "last_seen": round(names.wall(row.last_ns), 6),
+            "inner": event.inner.describe() if event.inner else None,
+            "vni": event.vni if event.inner else None,
+        })
+    return rows
+
+
+def write_drop_table(rows: list[dict[str, Any]], out: TextIO) -> None:
+    """A table under 100 columns: count, reason, location, where, flow."""
+    if not rows:
+        out.write("no drops seen\n")
+        return
+    out.write(f"{'COUNT':>7} {'REASON':<22} {'LOCATION':<26} {'NETNS/IF':<16} FLOW\n")
+    for row in rows:
+        where = f"{row['netns']}/{row['ifname']}"
+        if row["proto"] in ("tcp", "udp", "sctp"):
+            flow = f"{row['proto']} {row['src']}:{row['sport']} > {row['dst']}:{row['dport']}"
+        else:
+            flow = f"{row['proto']} {row['src']} > {row['dst']}"
+        out.write(
+            f"{row['count']:>7} {row['reason'][:22]:<22} {row['location'][:26]:<26} {where[:16]:<16} {flow}\n"
+        )
+        if row["inner"]:
+            out.write(f"{'':>7} {'':<22} inner (VNI {row['vni']}): {row['inner']}\n")
+
+
+def event_json(event: PacketEvent, names: Resolver) -> dict[str, Any]:
+    outer = event.outer
+    data: dict[str, Any] = {
+        "time": round(names.wall(event.ts_ns), 6),
+        "kind": "drop" if event.is_drop else "path",
+        "proto": outer.proto_name,
+        "src": outer.src,
+        "sport": outer.sport,
+        "dst": outer.dst,
+        "dport": outer.dport,
+        "len": event.len,
+        "netns": names.netns(event.netns),
+        "ifname": event.ifname or "-",
+        "cpu": event.cpu,
+        "skb": f"0x{event.skb:x}",
+    }
+    if event.is_drop:
+        data["reason"] = names.reason(event.reason)
+        data["location"] = names.symbol(event.location)
+    else:
+        data["point"] = POINT_NAMES.get(event.reason, str(event.reason))
+    if outer.proto in (1, 58):
+        data["icmp_type"], data["icmp_code"] = outer.icmp_type, outer.icmp_code
+    if event.inner:
+        data["inner"] = event.inner.describe()
+        data["vni"] = event.vni
+    return data
+
+
+def event_line(event: PacketEvent, names: Resolver) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(names.wall(event.ts_ns)))
+    micros = int(names.wall(event.ts_ns) * 1e6) % 1_000_000
+    where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
+    if event.is_drop:
+        what = f"DROP {names.reason(event.reason)} at {names.symbol(event.location)}"
+    else:
+        what = f"{POINT_NAMES.get(event.reason, '?'):>5}"
+    line = f"{stamp}.{micros:06d} {what} {where} {event.outer.describe()} len {event.len}"
+    if event.inner:
+        line += f" [vxlan {event.vni}: {event.inner.describe()}]"
+    return line
+
+
+def summary_json(events: int, counters: dict[str, int], evicted: int = 0) -> dict[str, Any]:
+    return {"summary": True, "events": events, "lost": counters.get("lost", 0),
+            "sampled": counters.get("sampled", 0), "filtered": counters.get("filtered", 0), "evicted": evicted}
+
+
+def summary_line(events: int, counters: dict[str, int], evicted: int = 0) -> str:
+    lost = counters.get("lost", 0)
+    text = f"{events} events, {lost} lost"
+    if lost:
+        text += " (ring buffer full: raise --ringbuf-pages or narrow the filter)"
+    if counters.get("sampled"):
+        text += f", {counters['sampled']} path events skipped by the rate limit"
+    if evicted:
+        text += f", {evicted} drop groups evicted (table full)"
+    return text

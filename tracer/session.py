@@ -1,0 +1,92 @@
+"""A live tracing session as the CLI commands run it: options -> probes -> poll loop until done."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from tracer import bccenv
+from tracer.errors import UsageError
+from tracer.events import PacketEvent
+from tracer.live import LiveSource
+from tracer.names import NetnsNames, Symbolizer, netns_inode
+from tracer.pcapfilter import compile_filter
+from tracer.probes import ProbeConfig
+from tracer.report import Resolver
+
+
+def add_trace_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("filter", nargs="*", metavar="FILTER",
+                        help="tcpdump (pcap-filter) expression, run in the kernel, e.g. 'tcp port 80'")
+    parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
+    parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
+    parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
+
+
+def probe_config(args: argparse.Namespace, path: bool) -> ProbeConfig:
+    expression = " ".join(args.filter)
+    pages = args.ringbuf_pages
+    if pages < 1 or pages & (pages - 1):
+        raise UsageError(f"--ringbuf-pages {pages} is not a power of two")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    return ProbeConfig(
+        filter=compile_filter(expression),
+        netns_inode=netns_inode(args.netns) if args.netns else None,
+        ifname=args.ifname,
+        path=path,
+        ringbuf_pages=pages,
+    )
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM, so the loop ends cleanly and the summary is printed."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        self.stopped = True
+
+
+def run_session(
+    args: argparse.Namespace, path: bool, on_event: Callable[[PacketEvent, Resolver], None]
+) -> tuple[LiveSource, Resolver, int]:
+    """Trace until --duration or a signal; returns the closed source, its resolver and the event count."""
+    config = probe_config(args, path)
+    bccenv.require_root("tracing")
+    source = LiveSource(config, args.btf)
+    if args.dump_bpf:
+        sys.stdout.write(source.build.dump())
+        raise SystemExit(0)
+    names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
+    stop = StopFlag()
+    source.start()
+    count = 0
+    try:
+        if args.ready_file:
+            with open(args.ready_file, "w", encoding="utf-8") as handle:
+                handle.write(f"{os.getpid()}\n")
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while not stop.stopped and (deadline is None or time.monotonic() < deadline):
+            for event in source.poll(100):
+                count += 1
+                on_event(event, names)
+        for event in source.poll(0):  # what arrived before the stop
+            count += 1
+            on_event(event, names)
+    finally:
+        source.close()
+    return source, names, count
