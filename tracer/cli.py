@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "tracer.cmd_setup",
     "tracer.cmd_doctor",
     "tracer.cmd_trace",
+    "tracer.lab.cli",
 )
 
 EPILOG = """\

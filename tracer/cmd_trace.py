@@ -52,11 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_drops(args: argparse.Namespace) -> int:
     table = DropTable()
 
-    def on_event(event: PacketEvent, _names: Resolver) -> None:
-        if event.is_drop:
-            table.add(event)
-
-    source, names, count = run_session(args, path=False, on_event=on_event)
+    source, names, count = run_session(args, path=False, on_raw=table.add_raw)
     rows = drop_rows(table, names)
     counters = source.final_counters
     if args.json:

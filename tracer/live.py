@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 from typing import Any
 
 from tracer import bccenv
@@ -29,7 +28,7 @@ class LiveSource:
         self.reasons = drop_reasons(self.btf)
         self.build: ProbeBuild = build(self.btf, config)
         self._bpf: Any = None
-        self._pending: list[PacketEvent] = []
+        self._pending: list[bytes] = []
         self.decode_errors = 0
         self.attached: list[str] = []
         self.final_counters: dict[str, int] = {}
@@ -50,17 +49,19 @@ class LiveSource:
         self._bpf["events"].open_ring_buffer(self._on_event)
 
     def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
-        raw = ctypes.string_at(data, size)
-        try:
-            self._pending.append(decode(raw))
-        except ValueError:
-            self.decode_errors += 1
+        self._pending.append(ctypes.string_at(data, size))
         return 0  # returning None costs BCC's wrapper a conversion per event
 
-    def poll(self, timeout_ms: int = 100) -> list[PacketEvent]:
+    def poll_raw(self, timeout_ms: int = 100) -> list[bytes]:
+        """Raw event bytes that arrived (the fast path: aggregate without decoding every event)."""
         self._bpf.ring_buffer_poll(timeout_ms)
         batch, self._pending = self._pending, []
-        return batch
+        complete = [raw for raw in batch if len(raw) >= EVENT_SIZE]
+        self.decode_errors += len(batch) - len(complete)
+        return complete
+
+    def poll(self, timeout_ms: int = 100) -> list[PacketEvent]:
+        return [decode(raw) for raw in self.poll_raw(timeout_ms)]
 
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
@@ -93,6 +94,3 @@ class _Quiet:
     def done(self, _result: str) -> None:
         return None
 
-
-Consumer = Callable[[PacketEvent], None]
-assert EVENT_SIZE == 296

@@ -12,7 +12,7 @@ from types import FrameType
 
 from tracer import bccenv
 from tracer.errors import UsageError
-from tracer.events import PacketEvent
+from tracer.events import PacketEvent, decode
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
 from tracer.pcapfilter import compile_filter
@@ -31,6 +31,8 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
+    # Read the ring buffer in batches every MS instead of waking per event (tests use it to overflow it).
+    parser.add_argument("--poll-interval", type=float, default=0, metavar="MS", help=argparse.SUPPRESS)
 
 
 def probe_config(args: argparse.Namespace, path: bool) -> ProbeConfig:
@@ -62,7 +64,10 @@ class StopFlag:
 
 
 def run_session(
-    args: argparse.Namespace, path: bool, on_event: Callable[[PacketEvent, Resolver], None]
+    args: argparse.Namespace,
+    path: bool,
+    on_event: Callable[[PacketEvent, Resolver], None] | None = None,
+    on_raw: Callable[[bytes], None] | None = None,
 ) -> tuple[LiveSource, Resolver, int]:
     """Trace until --duration or a signal; returns the closed source, its resolver and the event count."""
     config = probe_config(args, path)
@@ -80,13 +85,21 @@ def run_session(
             with open(args.ready_file, "w", encoding="utf-8") as handle:
                 handle.write(f"{os.getpid()}\n")
         deadline = time.monotonic() + args.duration if args.duration else None
-        while not stop.stopped and (deadline is None or time.monotonic() < deadline):
-            for event in source.poll(100):
-                count += 1
-                on_event(event, names)
-        for event in source.poll(0):  # what arrived before the stop
-            count += 1
-            on_event(event, names)
+        while True:
+            finished = stop.stopped or (deadline is not None and time.monotonic() >= deadline)
+            if args.poll_interval and not finished:
+                time.sleep(args.poll_interval / 1000)
+                batch = source.poll_raw(0)
+            else:
+                batch = source.poll_raw(0 if finished else 100)  # a last poll drains what arrived before the stop
+            count += len(batch)
+            for raw in batch:
+                if on_raw:
+                    on_raw(raw)
+                if on_event:
+                    on_event(decode(raw), names)
+            if finished:
+                break
     finally:
         source.close()
     return source, names, count

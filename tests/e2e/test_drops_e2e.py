@@ -77,8 +77,8 @@ def test_netns_filter_keeps_other_namespaces_out(pair: Pair) -> None:
 
 
 def test_burst_larger_than_the_ring_buffer_is_counted_as_lost_and_tracing_continues(pair: Pair) -> None:
-    # One 4 KiB page holds about 13 events: a burst of thousands overflows it between two polls.
-    tracer = start("drops", "--json", "--netns", pair.b, "--ringbuf-pages", "1", "udp")
+    # One 4 KiB page holds about 13 events: a burst of thousands overflows it between two polls 200 ms apart.
+    tracer = start("drops", "--json", "--netns", pair.b, "--ringbuf-pages", "1", "--poll-interval", "200", "udp")
     send_udp(pair.a, pair.addr_b, 5007, 20000)
     time.sleep(1.0)
     send_udp(pair.a, pair.addr_b, 5008, 7)

@@ -1,0 +1,131 @@
+"""`lab up`, `lab down` and `lab status`: build the lab from a manifest, record it, remove all of it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tracer.errors import LabError
+from tracer.lab import manifest as mf
+from tracer.lab import processes, proxy, sh, state, topology
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def is_up() -> bool:
+    return state.load() is not None
+
+
+def up(manifest_path: str | None = None, proxy_mode: str = "iptables", services: int = 0,
+       if_down: bool = False, progress: Progress = _quiet) -> dict[str, Any]:
+    """Build the lab; LabError if it is already up (unless `if_down`, which makes that a no-op)."""
+    current = state.load()
+    if current is not None:
+        if if_down:
+            progress("lab is already up")
+            return current
+        raise LabError(f"the lab is already up (proxy mode {current['proxy_mode']})",
+                       "use `podtrace lab down` first, or `lab up --if-down`")
+    sh.run(["id", "-u"])  # cheap check that commands run at all
+    proxy.check_mode(proxy_mode)
+    base = mf.load(manifest_path)
+    manifest = base.with_dummy_services(services)
+    data: dict[str, Any] = {
+        "version": state.STATE_VERSION, "manifest": base.to_dict(), "manifest_source": base.source,
+        "dummy_services": services, "proxy_mode": proxy_mode, "started": time.time(),
+        "netns": topology.netns_names(base), "processes": {}, "faults": {}, "without_endpoints": [],
+    }
+    # Recorded before anything is built, so `lab down` can clean up after a half-finished `up`.
+    state.save(data)
+    for old_log in state.STATE_DIR.glob("*.log"):  # logs of the previous run stay until the next `up`
+        old_log.unlink(missing_ok=True)
+    try:
+        topology.build(base, progress)
+        progress(f"kube-proxy ({proxy_mode} mode): {len(manifest.services)} Services in "
+                 + ", ".join(n.netns for n in manifest.nodes))
+        proxy.apply(manifest, proxy_mode)
+        data["processes"] = _start_servers(base, progress)
+        state.save(data)
+    except BaseException:
+        progress("lab up failed: removing what was built")
+        down(progress=_quiet)
+        raise
+    progress("lab is up")
+    return data
+
+
+def _start_servers(m: mf.Manifest, progress: Progress) -> dict[str, list[int]]:
+    pids: dict[str, list[int]] = {}
+    ready = []
+    for pod in m.pods:
+        ports = m.listeners(pod)
+        if not any(ports.values()):
+            continue
+        flag = state.STATE_DIR / f"{pod.name}.ready"
+        flag.unlink(missing_ok=True)
+        args = ["--name", pod.name, "--ready-file", str(flag), "--discard", "9"]
+        for port in ports["TCP"]:
+            args += ["--tcp", str(port)]
+        for port in ports["UDP"]:
+            args += ["--udp", str(port)]
+        progress(f"server in {pod.name}: tcp {ports['TCP']} udp {ports['UDP']}")
+        pids[f"server:{pod.name}"] = [processes.python_module("tracer.lab.server", *args, netns=pod.netns,
+                                                              log=f"{pod.name}.log")]
+        ready.append(flag)
+    processes.wait_for_files(ready, 15, "lab servers")
+    for flag in ready:
+        flag.unlink(missing_ok=True)
+    return pids
+
+
+def down(progress: Progress = _quiet) -> bool:
+    """Remove every process, namespace and link the lab made; True if there was something to remove."""
+    try:
+        data = state.load()
+    except LabError:
+        data = None
+    names = list(data.get("netns", [])) if data else []
+    if data:
+        pids = [p for group in data.get("processes", {}).values() for p in group]
+        if pids:
+            progress(f"stopping {len(pids)} lab processes")
+            processes.stop(pids)
+    else:
+        # No state: clean up the default lab's namespaces, if an earlier run left any.
+        names = [n for n in topology.netns_names(mf.load(None)) if sh.netns_exists(n)]
+    existed = bool(data) or bool(names)
+    topology.destroy(names, progress)
+    state.remove()
+    if state.STATE_DIR.exists():
+        for leftover in state.STATE_DIR.glob("*.ready"):
+            leftover.unlink(missing_ok=True)
+    progress("lab is down" if existed else "lab was not up")
+    return existed
+
+
+def status() -> dict[str, Any]:
+    data = state.load()
+    if data is None:
+        return {"up": False}
+    m = state.manifest_of(data)
+    procs = {name: [p for p in pids if processes.alive(p)] for name, pids in data.get("processes", {}).items()}
+    return {
+        "up": True,
+        "proxy_mode": data["proxy_mode"],
+        "manifest": data.get("manifest_source", "default"),
+        "started": data.get("started"),
+        "nodes": {n.name: {"netns": n.netns, "ip": n.ip, "pod_cidr": n.pod_cidr,
+                           "present": sh.netns_exists(n.netns)} for n in m.nodes},
+        "pods": {p.name: {"netns": p.netns, "ip": p.ip, "node": p.node, "present": sh.netns_exists(p.netns)}
+                 for p in m.pods},
+        "services": len(m.services),
+        "dummy_services": data.get("dummy_services", 0),
+        "faults": sorted(data.get("faults", {})),
+        "processes": {name: {"pids": data["processes"][name], "running": len(alive)}
+                      for name, alive in procs.items()},
+    }
