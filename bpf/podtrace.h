@@ -18,6 +18,7 @@
 /* pt_packet_event.type */
 #define PT_EVENT_DROP 1
 #define PT_EVENT_PATH 2
+#define PT_EVENT_NAT 3
 
 /* pt_packet_event.point for PT_EVENT_PATH */
 #define PT_POINT_RX 1    /* net:netif_receive_skb */
@@ -66,11 +67,64 @@ struct pt_packet_event {
 	__u8 flags;      /* PT_FLAG_* */
 	__u8 snap_len;   /* valid bytes in snap (<= PT_EVENT_SNAP) */
 	__u32 vni;       /* VXLAN network identifier when PT_FLAG_INNER */
-	__u32 _pad;
+	__u32 nf_point;  /* drops: last netfilter point passed + 1 (PT_NF_*), 0 when none or not traced */
 	char ifname[PT_IFNAMSIZ];
 	struct pt_tuple outer;
 	struct pt_tuple inner;
 	__u8 snap[PT_EVENT_SNAP]; /* packet bytes from the network header */
+};
+
+/* Netfilter link attach points (bpf/netfilter.c); tracer/netfilter.py holds hook and priority of each. */
+#define PT_NF_PRE_FIRST 0        /* PREROUTING, first priority: before conntrack and DNAT */
+#define PT_NF_PRE_AFTER_DNAT 1   /* PREROUTING -99: after kube-proxy's DNAT (-100) */
+#define PT_NF_IN_FIRST 2
+#define PT_NF_IN_LAST 3
+#define PT_NF_FWD_FIRST 4
+#define PT_NF_FWD_LAST 5
+#define PT_NF_OUT_FIRST 6
+#define PT_NF_OUT_AFTER_DNAT 7
+#define PT_NF_OUT_LAST 8
+#define PT_NF_POST_BEFORE_SNAT 9 /* POSTROUTING 99: before SNAT/masquerade (100) */
+#define PT_NF_POST_LAST 10
+#define PT_NF_POINTS 11
+#define PT_NF_HIST_SLOTS 32      /* log2 nanoseconds */
+
+/* A tuple rewritten between two points of one hook (DNAT, SNAT, reply un-NAT): one event per new pair. */
+struct pt_nat_event {
+	__u32 type;      /* PT_EVENT_NAT */
+	__u32 cpu;
+	__u64 ts_ns;
+	__u64 skb;
+	__u32 netns;
+	__u32 point;     /* the PT_NF_* point where the rewrite was seen */
+	__u64 hook_ns;   /* time from the hook's first point to this one, for this packet */
+	struct pt_tuple before;
+	struct pt_tuple after;
+};
+
+struct pt_nat_key {
+	__u32 netns;
+	__u32 point;
+	struct pt_tuple before;
+	struct pt_tuple after;
+};
+
+struct pt_nat_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 hook_ns_sum;
+	__u64 hook_ns_max;
+};
+
+/* Per-skb netfilter state between points, kept in an LRU map keyed by skb address. */
+struct pt_nf_state {
+	__u64 entry_ns;  /* when the packet entered the current hook */
+	__u64 last_ns;   /* when it passed its last point */
+	__u32 point;     /* the last PT_NF_* point passed */
+	__u32 netns;
+	struct pt_tuple before;
 };
 
 /* Per-CPU scratch: the packet snapshot the filter and the parser read (+8: masked index + load stays inside). */

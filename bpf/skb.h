@@ -276,6 +276,15 @@ static __always_inline int pt_emit(void *skb, __u32 type, __u32 reason, __u64 lo
 	ev->type = type;
 	ev->reason = reason;
 	ev->location = location;
+#ifdef PT_NETFILTER
+	{
+		__u64 key = (__u64)skb;
+		struct pt_nf_state *st = nf_state.lookup(&key);
+		/* Only a recent state belongs to this packet: skb addresses are reused. */
+		if (st && bpf_ktime_get_ns() - st->last_ns < 100000000ULL)
+			ev->nf_point = st->point + 1;
+	}
+#endif
 	pt_fill(ev, skb, s, &info, avail);
 	events.ringbuf_submit(ev, 0);
 	pt_count(PT_CNT_EVENTS);

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "tracer.cmd_doctor",
     "tracer.cmd_trace",
     "tracer.lab.cli",
+    "tracer.cmd_flows",
 )
 
 EPILOG = """\

@@ -5,7 +5,7 @@
         __u8 daddr[16];                        __u64 location; __u32 reason; __u32 netns;
         __u16 sport; __u16 dport;              __u32 ifindex; __u32 len; __u32 mark;
         __u8 family; __u8 proto;               __u16 l3_proto; __u8 flags; __u8 snap_len;
-        __u8 icmp_type; __u8 icmp_code;        __u32 vni; __u32 _pad; char ifname[16];
+        __u8 icmp_type; __u8 icmp_code;        __u32 vni; __u32 nf_point; char ifname[16];
         __u16 frag; __u16 ip_len;              struct pt_tuple outer; struct pt_tuple inner;
     };  /* 44 bytes */                         __u8 snap[128];
                                            };  /* 296 bytes */
@@ -66,7 +66,7 @@ EVENT_HEAD_FIELDS = (
     ("flags", "B"),
     ("snap_len", "B"),
     ("vni", "I"),
-    ("_pad", "I"),
+    ("nf_point", "I"),
     ("ifname", "16s"),
 )
 TUPLE_FORMAT = "".join(fmt for _, fmt in TUPLE_FIELDS)
@@ -149,6 +149,7 @@ class PacketEvent:
     outer: Tuple
     inner: Tuple | None
     snap: bytes
+    nf_point: int = 0  # drops: last netfilter point passed + 1 (PT_NF_*), 0 when none
 
     @property
     def is_drop(self) -> bool:
@@ -174,7 +175,7 @@ def decode(data: bytes | bytearray | memoryview) -> PacketEvent:
     snap_len = f[12]
     return PacketEvent(
         f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], flags, snap_len, f[13],
-        f[15].split(b"\0", 1)[0].decode(errors="replace"), outer, inner, f[36][:snap_len],
+        f[15].split(b"\0", 1)[0].decode(errors="replace"), outer, inner, f[36][:snap_len], f[14],
     )
 
 
@@ -188,6 +189,45 @@ def encode(event: PacketEvent) -> bytes:
 
     return EVENT_STRUCT.pack(
         event.type, event.cpu, event.ts_ns, event.skb, event.location, event.reason, event.netns,
-        event.ifindex, event.len, event.mark, event.l3_proto, event.flags, event.snap_len, event.vni, 0,
+        event.ifindex, event.len, event.mark, event.l3_proto, event.flags, event.snap_len, event.vni,
+        event.nf_point,
         event.ifname.encode(), *tuple_fields(event.outer), *tuple_fields(event.inner), event.snap,
     )
+
+
+EVENT_NAT = 3
+NAT_HEAD = struct.Struct("<IIQQIIQ")
+NAT_FORMAT = "<IIQQIIQ" + TUPLE_FORMAT * 2
+NAT_STRUCT = struct.Struct(NAT_FORMAT)
+NAT_SIZE = NAT_STRUCT.size  # 128
+
+
+@dataclass(frozen=True, slots=True)
+class NatEvent:
+    """struct pt_nat_event: a tuple rewritten between two netfilter points of one hook."""
+
+    type: int
+    cpu: int
+    ts_ns: int
+    skb: int
+    netns: int
+    point: int  # PT_NF_*
+    hook_ns: int
+    before: Tuple
+    after: Tuple
+
+    is_drop = False
+
+
+def decode_nat(data: bytes | bytearray | memoryview) -> NatEvent:
+    if len(data) < NAT_SIZE:
+        raise ValueError(f"NAT event is {len(data)} bytes, expected {NAT_SIZE}")
+    f = NAT_STRUCT.unpack_from(data)
+    return NatEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6], Tuple(*f[7:17]), Tuple(*f[17:27]))
+
+
+def decode_any(data: bytes) -> PacketEvent | NatEvent:
+    """Dispatch on the leading type field (every event struct starts with __u32 type)."""
+    if data[0] == EVENT_NAT:
+        return decode_nat(data)
+    return decode(data)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from tracer import bccenv
+from tracer import bccenv, netfilter, nflink
 from tracer.btf import Btf
 from tracer.errors import KernelError
-from tracer.events import COUNTERS, EVENT_SIZE, PacketEvent, decode
+from tracer.events import COUNTERS, EVENT_NAT, EVENT_SIZE, NAT_SIZE, NatEvent, PacketEvent, decode, decode_any
 from tracer.probes import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.progress import Progress
 
@@ -16,6 +16,7 @@ from tracer.progress import Progress
 ATTACHES = {
     "drops": ["raw tracepoint kfree_skb"],
     "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue"],
+    "netfilter": [],  # links are created in _attach_netfilter
 }
 
 
@@ -32,6 +33,7 @@ class LiveSource:
         self.decode_errors = 0
         self.attached: list[str] = []
         self.final_counters: dict[str, int] = {}
+        self._links: list[nflink.NetfilterLink] = []
 
     def start(self, progress: bool = True) -> None:
         bcc = bccenv.bcc_module()
@@ -46,7 +48,45 @@ class LiveSource:
             step.done(f"{len(self.build.programs)} programs")
         for program in self.build.programs:
             self.attached += ATTACHES[program]
+        if self.config.netfilter:
+            self._attach_netfilter()
         self._bpf["events"].open_ring_buffer(self._on_event)
+
+    def _attach_netfilter(self) -> None:
+        fds = {}
+        with bccenv.captured_stderr() as errors:
+            try:
+                for point in netfilter.POINTS:
+                    function = self._bpf.load_func(
+                        point.program, nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
+                    )
+                    fds[point.program] = function.fd
+            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                detail = next((line for line in errors if line.strip()), str(err))
+                raise KernelError(f"the netfilter programs failed to load: {detail.strip()}",
+                                  "run `podtrace doctor` to see what this kernel allows") from err
+        self._links = netfilter.attach_all(fds, self.config.netfilter_netns)
+        where = self.config.netfilter_netns or "this namespace"
+        self.attached.append(f"netfilter links at {len(self._links)} points in {where}")
+
+    def nat_flows(self) -> list[tuple[Any, Any]]:
+        """(struct pt_nat_key, struct pt_nat_stats) pairs of every NAT rewrite seen so far."""
+        if self._bpf is None or not self.config.netfilter:
+            return []
+        return list(self._bpf["nat_flows"].items())
+
+    def nf_histograms(self) -> dict[int, list[int]]:
+        """Closing netfilter point -> log2-ns histogram of time spent in that hook, summed over CPUs."""
+        if self._bpf is None or not self.config.netfilter:
+            return {}
+        table = self._bpf["nf_hist"]
+        result: dict[int, list[int]] = {}
+        for point in netfilter.POINTS:
+            buckets = [int(sum(table.getvalue(table.Key(point.index * netfilter.HIST_SLOTS + slot))))
+                       for slot in range(netfilter.HIST_SLOTS)]
+            if any(buckets):
+                result[point.index] = buckets
+        return result
 
     def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
         self._pending.append(ctypes.string_at(data, size))
@@ -56,12 +96,16 @@ class LiveSource:
         """Raw event bytes that arrived (the fast path: aggregate without decoding every event)."""
         self._bpf.ring_buffer_poll(timeout_ms)
         batch, self._pending = self._pending, []
-        complete = [raw for raw in batch if len(raw) >= EVENT_SIZE]
+        complete = [raw for raw in batch if len(raw) >= (NAT_SIZE if raw[0] == EVENT_NAT else EVENT_SIZE)]
         self.decode_errors += len(batch) - len(complete)
         return complete
 
     def poll(self, timeout_ms: int = 100) -> list[PacketEvent]:
-        return [decode(raw) for raw in self.poll_raw(timeout_ms)]
+        """Drop and path events (NAT events, when netfilter is traced, come from poll_all)."""
+        return [decode(raw) for raw in self.poll_raw(timeout_ms) if raw[0] != EVENT_NAT]
+
+    def poll_all(self, timeout_ms: int = 100) -> list[PacketEvent | NatEvent]:
+        return [decode_any(raw) for raw in self.poll_raw(timeout_ms)]
 
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
@@ -71,6 +115,9 @@ class LiveSource:
         return totals
 
     def close(self) -> None:
+        for link in self._links:
+            link.close()
+        self._links = []
         if self._bpf is not None:
             self.final_counters = self.counters()
             self._bpf.cleanup()

@@ -34,7 +34,7 @@ BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
 
 DROP_REASON_ENUM = "skb_drop_reason"
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
-SOURCES = {"drops": "drops.c", "path": "path.c"}
+SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c"}
 
 
 @dataclass
@@ -44,6 +44,8 @@ class ProbeConfig:
     ifname: str | None = None
     drops: bool = True
     path: bool = False
+    netfilter: bool = False  # BPF netfilter link programs (attached by tracer/netfilter.py)
+    netfilter_netns: str | None = None  # `ip netns` name the links are created in (None: podtrace's own)
     ringbuf_pages: int = 256  # 1 MiB: about 3500 events of headroom per poll
     path_rate: int = 20000  # path events per second per CPU
 
@@ -108,12 +110,16 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     if config.ifname:
         low, high = _ifname_words(config.ifname)
         cflags += [f"-DPT_FILTER_IFNAME_LO={low}ULL", f"-DPT_FILTER_IFNAME_HI={high}ULL"]
-    programs = [name for name, wanted in (("drops", config.drops), ("path", config.path)) if wanted]
+    wanted = (("drops", config.drops), ("path", config.path), ("netfilter", config.netfilter))
+    programs = [name for name, enabled in wanted if enabled]
+    if config.netfilter:
+        cflags.append("-DPT_NETFILTER=1")
     parts = [
         '#include "podtrace.h"',
         f"BPF_RINGBUF_OUTPUT(events, {config.ringbuf_pages});",
         "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_MAX);",
         "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
+        'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if config.netfilter else "",
         f"// filter: {config.filter.expression or '(none)'}",
         config.filter.c_source,
         # Inlined, not #included: BCC rewrites map calls (counters.lookup) only in the main source text.

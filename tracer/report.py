@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from tracer.aggregate import DropTable
 from tracer.events import POINT_NAMES, PacketEvent, Tuple
+from tracer.netfilter import last_point_label
 
 
 @dataclass
@@ -55,6 +56,7 @@ def drop_rows(table: DropTable, names: Resolver) -> list[dict[str, Any]]:
             "netns": names.netns(key[2]),
             "netns_inode": key[2],
             "ifname": row.ifname or "-",
+            "hook": last_point_label(event.nf_point),
             "first_seen": round(names.wall(row.first_ns), 6),
             "last_seen": round(names.wall(row.last_ns), 6),
             "inner": event.inner.describe() if event.inner else None,
@@ -64,22 +66,29 @@ def drop_rows(table: DropTable, names: Resolver) -> list[dict[str, Any]]:
 
 
 def write_drop_table(rows: list[dict[str, Any]], out: TextIO) -> None:
-    """A table under 100 columns: count, reason, location, where, flow."""
+    """A table under 100 columns for typical rows: count, reason, location, where, flow.
+
+    Each text column is as wide as its widest value, up to a cap (longer values are cut), so the flow keeps room.
+    """
     if not rows:
         out.write("no drops seen\n")
         return
-    out.write(f"{'COUNT':>7} {'REASON':<22} {'LOCATION':<26} {'NETNS/IF':<16} FLOW\n")
-    for row in rows:
-        where = f"{row['netns']}/{row['ifname']}"
+    wheres = [f"{row['netns']}/{row['ifname']}" for row in rows]
+    rw = min(22, max(len("REASON"), *(len(row["reason"]) for row in rows)))
+    lw = min(26, max(len("LOCATION"), *(len(row["location"]) for row in rows)))
+    ww = min(16, max(len("NETNS/IF"), *(len(where) for where in wheres)))
+    out.write(f"{'COUNT':>7} {'REASON':<{rw}} {'LOCATION':<{lw}} {'NETNS/IF':<{ww}} FLOW\n")
+    for row, where in zip(rows, wheres):
         if row["proto"] in ("tcp", "udp", "sctp"):
-            flow = f"{row['proto']} {row['src']}:{row['sport']} > {row['dst']}:{row['dport']}"
+            src, dst = (f"[{addr}]" if ":" in addr else addr for addr in (row["src"], row["dst"]))
+            flow = f"{row['proto']} {src}:{row['sport']} > {dst}:{row['dport']}"
         else:
             flow = f"{row['proto']} {row['src']} > {row['dst']}"
         out.write(
-            f"{row['count']:>7} {row['reason'][:22]:<22} {row['location'][:26]:<26} {where[:16]:<16} {flow}\n"
+            f"{row['count']:>7} {row['reason'][:rw]:<{rw}} {row['location'][:lw]:<{lw}} {where[:ww]:<{ww}} {flow}\n"
         )
         if row["inner"]:
-            out.write(f"{'':>7} {'':<22} inner (VNI {row['vni']}): {row['inner']}\n")
+            out.write(f"{'':>7} {'':<{rw}} inner (VNI {row['vni']}): {row['inner']}\n")
 
 
 def event_json(event: PacketEvent, names: Resolver) -> dict[str, Any]:

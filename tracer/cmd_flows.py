@@ -1,0 +1,80 @@
+"""`podtrace flows`: Service traffic as the node's kernel handles it, client -> VIP -> backend -> reply."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tracer.aggregate import DropTable
+from tracer.errors import PodtraceError
+from tracer.flows import FlowTable, NatRecord, nat_record_from_map, write_flow_table
+from tracer.kubeproxy import ServiceMap, collect
+from tracer.live import LiveSource
+from tracer.report import drop_rows, summary_json, summary_line
+from tracer.session import add_trace_options, run_session
+
+EPILOG = """\
+Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
+node on a real worker), around conntrack, kube-proxy's DNAT and SNAT. Service names come from kube-proxy's
+rules in that namespace (iptables or nftables mode).
+
+examples:
+  sudo podtrace flows --duration 10
+  sudo podtrace flows --netns pt-node1 --duration 10 --json 'tcp port 80 or tcp port 8080'
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "flows", help="Service flows: client -> VIP -> DNAT -> backend -> reply, with drops",
+        description="Trace kube-proxy's NAT on the node and show each Service flow with packets, drops and "
+                    "the time spent in netfilter.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_trace_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _pod_names() -> dict[str, str]:
+    try:
+        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+
+        if not is_up():
+            return {}
+        return {pod.ip: name for name, pod in names().pods.items()}
+    except PodtraceError:
+        return {}
+
+
+def run(args: argparse.Namespace) -> int:
+    drops = DropTable()
+    records: list[NatRecord] = []
+
+    def read_maps(source: LiveSource) -> None:
+        records.extend(nat_record_from_map(key, stats) for key, stats in source.nat_flows())
+
+    source, names, count = run_session(args, path=False, on_raw=drops.add_raw, netfilter=True,
+                                       before_close=read_maps)
+    try:
+        services = collect(args.netns)
+    except PodtraceError as err:
+        sys.stderr.write(f"podtrace: Service names unavailable: {err.one_line()}\n")
+        services = ServiceMap()
+    pods = _pod_names()
+    table = FlowTable(services, lambda ip: pods.get(ip, "-"))
+    table.add_nat(records)
+    rows = drop_rows(drops, names)
+    table.add_drops(rows)
+    counters = source.final_counters
+    if args.json:
+        for flow in table.rows():
+            sys.stdout.write(json.dumps(flow.to_json()) + "\n")
+        for drop in table.service_drops:
+            sys.stdout.write(json.dumps({"service_drop": True, **drop.__dict__}) + "\n")
+        sys.stdout.write(json.dumps({**summary_json(count, counters), "proxy_mode": services.mode}) + "\n")
+    else:
+        write_flow_table(table, sys.stdout)
+        sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services; "
+                         + summary_line(count, counters) + "\n")
+    return 0
