@@ -12,7 +12,7 @@ from types import FrameType
 
 from tracer import bccenv
 from tracer.errors import UsageError
-from tracer.events import PacketEvent, decode
+from tracer.events import EVENT_NAT, PacketEvent, decode
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
 from tracer.pcapfilter import compile_filter
@@ -35,7 +35,7 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=0, metavar="MS", help=argparse.SUPPRESS)
 
 
-def probe_config(args: argparse.Namespace, path: bool) -> ProbeConfig:
+def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False) -> ProbeConfig:
     expression = " ".join(args.filter)
     pages = args.ringbuf_pages
     if pages < 1 or pages & (pages - 1):
@@ -44,7 +44,9 @@ def probe_config(args: argparse.Namespace, path: bool) -> ProbeConfig:
         raise UsageError("--duration must be positive")
     return ProbeConfig(
         filter=compile_filter(expression),
-        netns_inode=netns_inode(args.netns) if args.netns else None,
+        netns_inode=netns_inode(args.netns) if args.netns and not netfilter else None,
+        netfilter=netfilter,
+        netfilter_netns=args.netns if netfilter else None,
         ifname=args.ifname,
         path=path,
         ringbuf_pages=pages,
@@ -68,9 +70,16 @@ def run_session(
     path: bool,
     on_event: Callable[[PacketEvent, Resolver], None] | None = None,
     on_raw: Callable[[bytes], None] | None = None,
+    on_start: Callable[[LiveSource, Resolver], None] | None = None,
+    on_tick: Callable[[LiveSource], None] | None = None,
+    netfilter: bool = False,
+    before_close: Callable[[LiveSource], None] | None = None,
 ) -> tuple[LiveSource, Resolver, int]:
-    """Trace until --duration or a signal; returns the closed source, its resolver and the event count."""
-    config = probe_config(args, path)
+    """Trace until --duration or a signal; returns the closed source, its resolver and the event count.
+
+    on_start runs once the probes are attached (before --ready-file is written); on_tick after every poll.
+    """
+    config = probe_config(args, path, netfilter)
     bccenv.require_root("tracing")
     source = LiveSource(config, args.btf)
     if args.dump_bpf:
@@ -81,6 +90,8 @@ def run_session(
     source.start()
     count = 0
     try:
+        if on_start:
+            on_start(source, names)
         if args.ready_file:
             with open(args.ready_file, "w", encoding="utf-8") as handle:
                 handle.write(f"{os.getpid()}\n")
@@ -96,10 +107,14 @@ def run_session(
             for raw in batch:
                 if on_raw:
                     on_raw(raw)
-                if on_event:
+                if on_event and raw[0] != EVENT_NAT:
                     on_event(decode(raw), names)
+            if on_tick:
+                on_tick(source)
             if finished:
                 break
+        if before_close:
+            before_close(source)
     finally:
         source.close()
     return source, names, count
