@@ -281,7 +281,7 @@ static __always_inline int pt_emit(void *skb, __u32 type, __u32 reason, __u64 lo
 		__u64 key = (__u64)skb;
 		struct pt_nf_state *st = nf_state.lookup(&key);
 		/* Only a recent state belongs to this packet: skb addresses are reused. */
-		if (st && bpf_ktime_get_ns() - st->last_ns < 100000000ULL)
+		if (st && st->netns == info.netns && bpf_ktime_get_ns() - st->last_ns < 100000000ULL)
 			ev->nf_point = st->point + 1;
 	}
 #endif

@@ -22,6 +22,7 @@ rules in that namespace (iptables or nftables mode).
 examples:
   sudo podtrace flows --duration 10
   sudo podtrace flows --netns pt-node1 --duration 10 --json 'tcp port 80 or tcp port 8080'
+  sudo podtrace flows --node pt-node1 --node pt-node2 --duration 10
 """
 
 
@@ -33,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_trace_options(parser)
+    parser.add_argument("--node", action="append", metavar="NETNS",
+                        help="a node's network namespace to attach netfilter links in and read kube-proxy rules "
+                             "from; repeat for several (the lab: --node pt-node1 --node pt-node2)")
     parser.set_defaults(func=run)
 
 
@@ -56,11 +60,16 @@ def run(args: argparse.Namespace) -> int:
 
     source, names, count = run_session(args, path=False, on_raw=drops.add_raw, netfilter=True,
                                        before_close=read_maps)
-    try:
-        services = collect(args.netns)
-    except PodtraceError as err:
-        sys.stderr.write(f"podtrace: Service names unavailable: {err.one_line()}\n")
-        services = ServiceMap()
+    services = ServiceMap()
+    for node in args.node or [args.netns]:
+        try:
+            found = collect(node)
+        except PodtraceError as err:
+            sys.stderr.write(f"podtrace: Service names unavailable in {node or 'this namespace'}: {err.one_line()}\n")
+            continue
+        if not services.ports:
+            services.mode, services.ports = found.mode, found.ports
+        services.rules += found.rules
     pods = _pod_names()
     table = FlowTable(services, lambda ip: pods.get(ip, "-"))
     table.add_nat(records)

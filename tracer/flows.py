@@ -115,14 +115,18 @@ class FlowTable:
                 flow.nat_ns_sum += record.hook_ns_sum
                 flow.nat_ns_max = max(flow.nat_ns_max, record.hook_ns_max)
                 flow.client_ports.add(before.sport)
-            elif record.point in UNDNAT_POINTS and (before.src, before.sport) != (after.src, after.sport):
-                service = self.services.lookup_vip(after.src, after.sport, proto) or \
-                    self.services.lookup_nodeport(after.sport, proto)
+            elif record.point in UNDNAT_POINTS and self._reply_service(after, proto) is not None:
+                # A reply getting its Service address back (masquerade SNAT also rewrites sources: not this).
+                service = self._reply_service(after, proto)
                 flow = self._flow(after.dst, after.src, after.sport, proto, before.src, before.sport, service)
                 flow.packets_in += record.packets
                 flow.bytes_in += record.bytes
             else:
                 self.other_nat.append(record)
+
+    def _reply_service(self, after: Tuple, proto: str) -> ServicePort | None:
+        return self.services.lookup_vip(after.src, after.sport, proto) or \
+            self.services.lookup_nodeport(after.sport, proto, after.src)
 
     def add_drops(self, rows: Iterable[dict[str, Any]]) -> None:
         """Drop rows (tracer/report.drop_rows) attributed to the flow or Service they belong to."""

@@ -65,9 +65,10 @@ class LiveSource:
                 detail = next((line for line in errors if line.strip()), str(err))
                 raise KernelError(f"the netfilter programs failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err
-        self._links = netfilter.attach_all(fds, self.config.netfilter_netns)
-        where = self.config.netfilter_netns or "this namespace"
-        self.attached.append(f"netfilter links at {len(self._links)} points in {where}")
+        for netns in self.config.netfilter_netns:
+            links = netfilter.attach_all(fds, netns)
+            self._links += links
+            self.attached.append(f"netfilter links at {len(links)} points in {netns or 'this namespace'}")
 
     def nat_flows(self) -> list[tuple[Any, Any]]:
         """(struct pt_nat_key, struct pt_nat_stats) pairs of every NAT rewrite seen so far."""

@@ -45,7 +45,8 @@ class ProbeConfig:
     drops: bool = True
     path: bool = False
     netfilter: bool = False  # BPF netfilter link programs (attached by tracer/netfilter.py)
-    netfilter_netns: str | None = None  # `ip netns` name the links are created in (None: podtrace's own)
+    # `ip netns` names the links are created in (None: podtrace's own namespace, the node on a real worker)
+    netfilter_netns: tuple[str | None, ...] = (None,)
     ringbuf_pages: int = 256  # 1 MiB: about 3500 events of headroom per poll
     path_rate: int = 20000  # path events per second per CPU
 

@@ -1,0 +1,89 @@
+"""podtrace flows on the built-in lab: Service flows from real netfilter links, real kube-proxy rules, real faults."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from support.podtrace import Running, start
+
+from tracer.lab import control, faults, traffic
+
+pytestmark = pytest.mark.root
+
+NODES = ("--node", "pt-node1", "--node", "pt-node2")
+DATAGRAMS = 31  # a prime: nothing else in the lab produces exactly this many
+
+
+@pytest.fixture(scope="module", params=["iptables", "nftables"])
+def lab(request: pytest.FixtureRequest) -> Iterator[str]:
+    control.down()
+    try:
+        control.up(proxy_mode=request.param)
+        yield request.param
+    finally:
+        control.down()
+
+
+@pytest.fixture
+def no_faults(lab: str) -> Iterator[str]:
+    yield lab
+    faults.clear_all()
+
+
+def _trace(*filter_words: str) -> Running:
+    return start("flows", "--json", *NODES, *filter_words)
+
+
+def _flows(result: Running, service: str) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    return [row for row in result.rows if row.get("service") == service and "backend" in row]
+
+
+def test_udp_service_flows_name_every_endpoint_with_exact_counts(no_faults: str) -> None:
+    tracer = _trace("udp port 53 or udp port 5353")
+    sent = traffic.probe("default/web:dns", count=DATAGRAMS)
+    time.sleep(0.5)
+    result = tracer.stop()
+    answered = sent.per_target["default/web:dns"].endpoints
+    assert sum(answered.values()) == DATAGRAMS, sent
+    flows = _flows(result, "default/web:dns")
+    by_pod = {flow["backend_pod"]: flow for flow in flows}
+    assert set(by_pod) == {"web-1", "web-2", "web-3"} == set(answered), flows
+    for pod, flow in by_pod.items():
+        assert flow["client_pod"] == "client" and flow["vip"] == "10.96.0.10" and flow["port"] == 53
+        assert flow["backend_port"] == 5353 and flow["proto"] == "udp"
+        assert flow["packets_out"] == answered[pod], (pod, flow, answered)
+        assert flow["packets_in"] == answered[pod], "each reply un-NATed back to the VIP"
+        assert flow["connections"] == answered[pod]
+        assert flow["netfilter_ns_max"] > 0
+    assert result.summary["proxy_mode"] == no_faults
+    assert result.summary["lost"] == 0
+
+
+def test_drop_backend_is_attributed_to_the_service_backend_and_rule(no_faults: str) -> None:
+    faults.set_fault("drop-backend", True)
+    tracer = _trace("tcp port 80 or tcp port 8080")
+    sent = traffic.probe("default/web:http", count=30, timeout=0.5)
+    time.sleep(0.5)
+    result = tracer.stop()
+    assert sent.per_target["default/web:http"].failed > 0, "the fault broke some connections"
+    flows = _flows(result, "default/web:http")
+    dropped = [flow for flow in flows if flow["drops"]]
+    assert [flow["backend_pod"] for flow in dropped] == ["web-2"], flows
+    labels = dropped[0]["drops"]
+    assert any(label.startswith("NETFILTER_DROP") and "FORWARD" in label and "by filter" in label
+               for label in labels), labels
+    assert all(not flow["drops"] for flow in flows if flow["backend_pod"] != "web-2")
+
+
+def test_no_endpoints_reject_is_attributed_to_the_service(no_faults: str) -> None:
+    faults.set_fault("no-endpoints", True)
+    tracer = _trace("tcp port 80")
+    traffic.probe("default/web:http", count=5, timeout=0.5)
+    time.sleep(0.5)
+    result = tracer.stop()
+    drops = [row for row in result.rows if row.get("service_drop")]
+    assert drops and {row["service"] for row in drops} == {"default/web:http"}, result.rows
+    assert all(row["reason"] == "NETFILTER_DROP" and row["dst"] == "10.96.0.10" for row in drops)
