@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "tracer.cmd_trace",
     "tracer.lab.cli",
     "tracer.cmd_flows",
+    "tracer.cmd_overlay",
 )
 
 EPILOG = """\

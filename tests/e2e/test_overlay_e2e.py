@@ -1,0 +1,211 @@
+"""Overlay and stack health on the host kernel: softirq histograms under real load, the MTU verdict and the
+`podtrace mtu` probe on the built-in lab with its `mtu-mismatch` fault."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from support.netns import Pair, netns_pair, send_udp
+
+from tracer.softirq import Log2Hist, SoftirqAggregator, SoftirqProbe
+
+pytestmark = pytest.mark.root
+
+# `podtrace` with the overlay commands registered, whether or not tracer/cli.py lists them yet.
+CLI = ("import sys\nfrom tracer import cli\nif 'tracer.cmd_overlay' not in cli.COMMAND_MODULES:\n"
+       "    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, 'tracer.cmd_overlay')\nsys.exit(cli.main(sys.argv[1:]))\n")
+PRIME = 4999
+TAIL = 50  # the softirq comparison looks at each phase's 50 longest waits
+
+
+def podtrace(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with netns_pair() as created:
+        yield created
+
+
+def _measure(probe: SoftirqProbe, seconds: float) -> SoftirqAggregator:
+    agg = SoftirqAggregator()
+    agg.add(probe.snapshot())
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.25)
+        agg.add(probe.snapshot())
+    return agg
+
+
+def test_softirq_histograms_fill_under_traffic(pair: Pair) -> None:
+    with SoftirqProbe() as probe:
+        agg = SoftirqAggregator()
+        agg.add(probe.snapshot())
+        send_udp(pair.a, pair.addr_b, 9, PRIME, size=200)
+        time.sleep(0.3)
+        agg.add(probe.snapshot())
+    total = agg.report()[-1]
+    wait, run = total.hists[("NET_RX", "wait")], total.hists[("NET_RX", "run")]
+    # A veth transmit queues to the peer's backlog and raises NET_RX (netif_rx -> enqueue_to_backlog).
+    assert wait.count > 0 and run.count > 0 and wait.total == wait.count
+    assert 0 < total.stats(("NET_RX", "wait"))["p50_ns"] <= total.stats(("NET_RX", "wait"))["p99_ns"]
+    assert total.napi["polls"] > 0 and total.napi["work"] >= PRIME
+    assert total.softnet is not None and total.softnet.processed >= PRIME
+
+
+def _spawn(*args: str, netns: str | None = None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tracer.lab.load", *args]
+    if netns:
+        command = ["ip", "netns", "exec", netns, *command]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_cpu_load_and_flood_lengthen_net_rx_wait(pair: Pair) -> None:
+    """Same probe, same run: paced light traffic alone, then CPU hogs on every CPU plus two UDP floods.
+
+    Under load net_rx_action runs out of time/budget and hands NET_RX to ksoftirqd, which competes with the hogs
+    for the CPU: those raise -> entry waits grow from under a microsecond to tens of microseconds or more. The
+    p99 over all waits does NOT show it here: a flood sent from a process raises NET_RX with bottom halves
+    disabled and runs it at local_bh_enable, so hundreds of thousands of sub-microsecond waits bury the deferred
+    ones below the 99th percentile (measured: p99 510 ns loaded vs 829 ns quiet, 178 of 393k waits >= 4 us).
+    A single outlier in the quiet run (one 16-32 us wait) also makes "worst wait" comparisons flaky. The robust
+    statistic is an order statistic of the tail: the 50th-longest wait of each phase (from the log2 buckets),
+    compared within this run, with no fixed time threshold.
+    """
+    key = ("NET_RX", "wait")
+    with SoftirqProbe() as probe:
+        base = SoftirqAggregator()
+        base.add(probe.snapshot())
+        for _ in range(12):
+            send_udp(pair.a, pair.addr_b, 9, 200, size=64)
+            time.sleep(0.2)
+        base.add(probe.snapshot())
+        loaders = [_spawn("hog", "--seconds", "15") for _ in range(os.cpu_count() or 1)]
+        loaders += [_spawn("flood", "--to", f"{pair.addr_b}:9", "--seconds", "15", netns=pair.a) for _ in range(2)]
+        try:
+            time.sleep(0.5)
+            loaded = _measure(probe, 3.0)
+        finally:
+            for proc in loaders:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    quiet, busy = base.report()[-1].hists[key], loaded.report()[-1].hists[key]
+    assert quiet.count > 1000 and busy.count > 1000
+    def nth_longest(hist: Log2Hist, n: int = TAIL) -> float:
+        return hist.percentile(1 - n / hist.total)
+
+    print(f"NET_RX wait: quiet {quiet.count} waits p99 {quiet.percentile(0.99):.0f} ns, 50th longest "
+          f"{nth_longest(quiet):.0f} ns, max {quiet.max_ns} ns; loaded {busy.count} waits p99 "
+          f"{busy.percentile(0.99):.0f} ns, 50th longest {nth_longest(busy):.0f} ns, max {busy.max_ns} ns")
+    assert nth_longest(busy) > nth_longest(quiet)
+
+
+def test_softirq_cli_json(pair: Pair) -> None:
+    sender = _spawn("flood", "--to", f"{pair.addr_b}:9", "--seconds", "4", netns=pair.a)
+    try:
+        result = podtrace("softirq", "--duration", "1.5", "--json")
+    finally:
+        os.killpg(sender.pid, signal.SIGKILL)
+        sender.wait()
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[-1]["cpu"] == "all" and rows[-1]["net_rx_wait"]["count"] > 0
+    assert {"p50_us", "p99_us", "max_us", "buckets_ns"} <= set(rows[-1]["net_rx_wait"])
+
+
+# The lab --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[object]:
+    from tracer.errors import LabError
+    from tracer.lab import control, faults, names
+
+    deadline = time.monotonic() + 90
+    while control.is_up():
+        if time.monotonic() > deadline:
+            pytest.skip("the lab was already up for 90 s: another test or user is using it (`podtrace lab "
+                        "status`); not touching it")
+        time.sleep(3)
+    try:
+        started = control.up()["started"]
+    except LabError as err:
+        pytest.skip(f"could not bring the lab up: {err.one_line()}")
+    try:
+        yield names()
+    finally:
+        if _still_ours(started):  # never tear down a lab another test brought up meanwhile
+            try:
+                faults.clear_all()
+            finally:
+                control.down()
+
+
+def _still_ours(started: object) -> bool:
+    from tracer.lab import state
+
+    data = state.load()
+    return data is not None and data.get("started") == started
+
+
+@pytest.fixture
+def mtu_mismatch(lab: object) -> Iterator[None]:
+    from tracer.errors import LabError
+    from tracer.lab import faults
+
+    try:
+        faults.set_fault("mtu-mismatch", True)
+    except LabError as err:
+        pytest.skip(f"the lab changed under this test (another test took it down or rebuilt it): {err.one_line()}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(LabError):  # the lab is gone: nothing left to switch off
+            faults.set_fault("mtu-mismatch", False)
+
+
+def _remote_web(lab: object) -> str:
+    pods = lab.pods  # type: ignore[attr-defined]
+    client_node = pods["client"].node
+    return next(p.ip for name, p in sorted(pods.items()) if name.startswith("web") and p.node != client_node)
+
+
+def _mtu(*args: str) -> dict:
+    result = podtrace("mtu", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_lab_without_fault_reports_no_mismatch(lab: object) -> None:
+    target = _remote_web(lab)
+    out = _mtu("--from", "client", "--to", target)
+    assert out["verdict"]["ok"], out["verdict"]
+    assert out["verdict"]["pod_mtu"] == 1450 and out["verdict"]["overlay_mtu"] == 1450
+    assert out["probe"]["largest"] == 1450 and out["probe"]["dies_at"] == []
+
+
+@pytest.mark.parametrize("proto", ["icmp", "udp", "tcp"])
+def test_lab_mtu_mismatch_probe_finds_1450_and_frag_needed(lab: object, mtu_mismatch: None, proto: str) -> None:
+    target = _remote_web(lab)
+    client_ip = lab.pods["client"].ip  # type: ignore[attr-defined]
+    out = _mtu("--from", "client", "--to", target, "--proto", proto)
+    verdict, probe = out["verdict"], out["probe"]
+    assert (verdict["pod_mtu"], verdict["overlay_mtu"], verdict["underlay_mtu"]) == (1500, 1450, 1500)
+    assert verdict["text"].startswith(f"pod MTU 1500 > overlay 1450: DF packets above 1450 dropped, ICMP "
+                                      f"frag-needed sent to {client_ip}")
+    assert probe["largest"] == 1450 and probe["smallest_failed"] == 1451
+    sites = probe["dies_at"]
+    assert sites and sites[0]["reason"] == "PKT_TOO_BIG" and sites[0]["netns"] == "pt-node1", sites
+    assert probe["frag_needed_mtu"] == 1450 and probe["frag_needed_sent"] >= 1
+    assert probe["frag_needed_received"] >= 1  # nothing on the lab's path eats the ICMP error
+    assert probe["live"]["frag_needed"].get(client_ip, 0) >= 1

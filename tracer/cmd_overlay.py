@@ -1,0 +1,172 @@
+"""`podtrace mtu` (active path MTU probe with an MTU verdict) and `podtrace softirq` (NET_RX/NET_TX latency)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tracer.errors import UsageError
+
+MTU_EPILOG = """\
+Sends DF probes from inside the source namespace (ICMP echo, UDP or a TCP SYN padded to the size) and
+binary-searches the largest IP total length that arrives, tracing drops and ICMP errors in the kernel
+meanwhile. Sizes are IP total lengths: 1450 means a 1450-byte IP packet. At most --max-probes probes and
+--max-seconds seconds.
+
+exit codes: 0 ok, 1 error, 2 bad usage, 3 an MTU mismatch was found and --fail-on-mismatch was given
+
+examples:
+  sudo podtrace mtu --from pt-client --to 10.244.1.2
+  sudo podtrace mtu --from client --to 10.244.1.3:8080 --proto tcp --json
+  sudo podtrace mtu --from /proc/4242/ns/net --to 10.244.1.2:53 --proto udp
+"""
+
+SOFTIRQ_EPILOG = """\
+wait: from raise (irq:softirq_raise) to the handler starting (irq:softirq_entry); run: entry to exit.
+p50/p99 are estimated from the kernel's log2 buckets (within a factor of two of the truth); max is exact.
+napi exhausted: polls that used their whole budget; softnet dropped/squeezed: /proc/net/softnet_stat deltas.
+
+examples:
+  sudo podtrace softirq --duration 10
+  sudo podtrace softirq --json --duration 5 | jq '.net_rx_wait.p99_us'
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    mtu = subparsers.add_parser(
+        "mtu", help="largest DF packet a pod's path carries, where bigger ones die, and an MTU verdict",
+        description="Probe the path MTU from a pod or network namespace to an IP, and judge the link MTUs on it.",
+        epilog=MTU_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mtu.add_argument("--from", dest="source", required=True, metavar="POD|NETNS",
+                     help="lab pod name, `ip netns` name, or a namespace file such as /proc/PID/ns/net")
+    mtu.add_argument("--to", dest="target", required=True, metavar="IP[:PORT]", help="destination address")
+    mtu.add_argument("--proto", choices=("icmp", "udp", "tcp"), default="icmp", help="probe protocol (icmp)")
+    mtu.add_argument("--json", action="store_true", help="one JSON object")
+    mtu.add_argument("--max-probes", type=int, default=40, help="probe count limit (40)")
+    mtu.add_argument("--max-seconds", type=float, default=60.0, help="time limit (60 s)")
+    mtu.add_argument("--max-size", type=int, help="largest size to try (default: the source interface's MTU)")
+    mtu.add_argument("--subnet-env", default="/run/flannel/subnet.env", help="flannel's subnet.env")
+    mtu.add_argument("--fail-on-mismatch", action="store_true", help="exit 3 when the verdict finds a mismatch")
+    mtu.set_defaults(func=run_mtu)
+
+    softirq = subparsers.add_parser(
+        "softirq", help="NET_RX/NET_TX softirq wait and run latency, NAPI budget, softnet drops per CPU",
+        description="Measure softirq latency per CPU with in-kernel log2 histograms.",
+        epilog=SOFTIRQ_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    softirq.add_argument("--duration", type=float, default=5.0, metavar="S", help="measure for S seconds (5)")
+    softirq.add_argument("--interval", type=float, default=0.5, metavar="S",
+                         help="read the maps every S seconds, 0.1-1 (0.5)")
+    softirq.add_argument("--json", action="store_true", help="one JSON object per CPU, then one for all CPUs")
+    softirq.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
+    softirq.set_defaults(func=run_softirq)
+
+
+def resolve_source(name: str) -> str:
+    """A lab pod name -> its namespace; `ip netns` names and namespace files pass through."""
+    import os  # noqa: PLC0415
+
+    if name.startswith("/"):
+        if not os.path.exists(name):
+            raise UsageError(f"no namespace file {name}")
+        return name
+    if os.path.exists(f"/run/netns/{name}"):
+        return name
+    try:
+        from tracer.lab import names as lab_names  # noqa: PLC0415
+
+        pods = lab_names().pods
+    except Exception:  # noqa: BLE001 - the lab is optional
+        pods = {}
+    if name in pods:
+        return pods[name].netns
+    raise UsageError(f"no pod or network namespace named {name!r}",
+                     "give an `ip netns` name, a lab pod, or /proc/PID/ns/net")
+
+
+def parse_target(text: str) -> tuple[str, int | None]:
+    import ipaddress  # noqa: PLC0415
+
+    host, port = text, None
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise UsageError(f"bad port in {text!r}")
+        port = int(port_text)
+    try:
+        if ipaddress.ip_address(host).version != 4:
+            raise UsageError("podtrace mtu probes IPv4 targets only for now")
+    except ValueError as err:
+        raise UsageError(f"{host!r} is not an IP address", "--to takes IP[:PORT]") from err
+    return host, port
+
+
+def run_mtu(args: argparse.Namespace) -> int:
+    from tracer import bccenv  # noqa: PLC0415
+    from tracer.mtu import collect_path, verdict  # noqa: PLC0415
+    from tracer.mtuprobe import run_probe  # noqa: PLC0415
+
+    bccenv.require_root("podtrace mtu")
+    source = resolve_source(args.source)
+    target, port = parse_target(args.target)
+    path = collect_path(source, target, args.subnet_env) if not source.startswith("/") else None
+
+    def progress(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    result = run_probe(source, target, args.proto, port, max_size=args.max_size, max_probes=args.max_probes,
+                       max_seconds=args.max_seconds, progress=progress)
+    judged = verdict(path, result.live) if path else None
+    if args.json:
+        out = {"probe": result.to_json(), "path": path.to_json() if path else None,
+               "verdict": judged.to_json() if judged else None}
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        sys.stdout.write(result.summary() + "\n")
+        if path and judged:
+            hops = [link for link in (path.pod, path.host_veth, path.bridge, path.overlay, path.underlay) if link]
+            sys.stdout.write("path: " + " -> ".join(f"{h.name}@{h.netns} {h.mtu}" for h in hops)
+                             + (f" (FLANNEL_MTU {path.flannel_mtu})" if path.flannel_mtu else "") + "\n")
+            sys.stdout.write(f"verdict: {judged.text}\n")
+    sys.stdout.flush()
+    return 3 if args.fail_on_mismatch and judged and not judged.ok else 0
+
+
+def run_softirq(args: argparse.Namespace) -> int:
+    from tracer.softirq import SoftirqAggregator, SoftirqProbe, format_table  # noqa: PLC0415
+
+    if args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    interval = min(max(args.interval, 0.1), 1.0)
+    import time  # noqa: PLC0415
+
+    probe = SoftirqProbe()
+    probe.start()
+    aggregator = SoftirqAggregator()
+    try:
+        aggregator.add(probe.snapshot())
+        if args.ready_file:
+            with open(args.ready_file, "w", encoding="utf-8") as handle:
+                handle.write("ready\n")
+        end = time.monotonic() + args.duration
+        try:
+            while (remaining := end - time.monotonic()) > 0:
+                time.sleep(min(interval, remaining))
+                aggregator.add(probe.snapshot())
+        except KeyboardInterrupt:
+            aggregator.add(probe.snapshot())
+    finally:
+        probe.close()
+    rows = aggregator.report()
+    if args.json:
+        for row in rows:
+            data = row.to_json()
+            data["seconds"] = round(aggregator.seconds, 3)
+            sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        sys.stdout.write(format_table(rows, aggregator.seconds))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,401 @@
+"""softirq and NAPI latency: NET_RX/NET_TX wait and run histograms kept in the kernel, softnet_stat deltas.
+
+The BPF side (bpf/softirq.c) keeps per-CPU log2 histograms; `SoftirqProbe` loads it with BCC (its own module,
+independent of the drops pipeline) and takes `SoftirqSnapshot`s of the maps and /proc/net/softnet_stat.
+Everything else is pure: `SoftirqAggregator` takes snapshots (live or recorded) and reports per-CPU deltas with
+p50/p99/max estimated from the log2 buckets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpf import BPF_DIR
+from tracer import bccenv
+from tracer.errors import KernelError
+from tracer.progress import Progress
+
+SLOTS = 48  # PT_SIRQ_SLOTS in bpf/softirq.c
+# hists index in bpf/softirq.c -> (softirq, phase)
+HISTS: tuple[tuple[str, str], ...] = (("NET_TX", "wait"), ("NET_TX", "run"), ("NET_RX", "wait"), ("NET_RX", "run"))
+NAPI_FIELDS = ("polls", "work", "exhausted", "idle")  # PT_NAPI_* order
+SOFTNET_STAT = "/proc/net/softnet_stat"
+TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit", "napi:napi_poll")
+
+HistKey = tuple[str, str]  # ("NET_RX", "wait")
+
+
+# Histograms ------------------------------------------------------------------------------------------------
+
+
+def slot_bounds(slot: int) -> tuple[int, int]:
+    """Values slot `slot` holds, as [low, high): slot 0 is exactly 0, slot s > 0 is [2^(s-1), 2^s)."""
+    if slot <= 0:
+        return 0, 1
+    return 1 << (slot - 1), 1 << slot
+
+
+def slot_of(value: int) -> int:
+    """The slot the kernel puts `value` in (pt_log2_slot): floor(log2(v)) + 1, capped at the last slot."""
+    return min(value.bit_length(), SLOTS - 1)
+
+
+@dataclass(frozen=True)
+class Log2Hist:
+    """A log2 histogram of nanoseconds: counts per slot, plus the exact count, sum and max the kernel kept."""
+
+    slots: tuple[int, ...] = (0,) * SLOTS
+    count: int = 0
+    sum_ns: int = 0
+    max_ns: int = 0
+
+    @classmethod
+    def of_values(cls, values: Iterable[int]) -> Log2Hist:
+        slots = [0] * SLOTS
+        count = total = peak = 0
+        for value in values:
+            slots[slot_of(value)] += 1
+            count += 1
+            total += value
+            peak = max(peak, value)
+        return cls(tuple(slots), count, total, peak)
+
+    def __sub__(self, older: Log2Hist) -> Log2Hist:
+        """What was added since `older` (the kernel's counters only grow); max stays the newer one's."""
+        slots = tuple(max(0, a - b) for a, b in zip(self.slots, older.slots))
+        return Log2Hist(slots, max(0, self.count - older.count), max(0, self.sum_ns - older.sum_ns), self.max_ns)
+
+    def __add__(self, other: Log2Hist) -> Log2Hist:
+        slots = tuple(a + b for a, b in zip(self.slots, other.slots))
+        return Log2Hist(slots, self.count + other.count, self.sum_ns + other.sum_ns, max(self.max_ns, other.max_ns))
+
+    @property
+    def total(self) -> int:
+        return sum(self.slots)
+
+    @property
+    def mean_ns(self) -> float:
+        return self.sum_ns / self.count if self.count else 0.0
+
+    def percentile(self, q: float) -> float:
+        """Estimate of the q-quantile (0 < q <= 1) in ns: linear interpolation inside the bucket that holds it.
+
+        The error is bounded by the bucket: the true value lies in [low, high) of the slot returned from.
+        When the kernel's max falls inside that bucket it caps the estimate.
+        """
+        if not 0 < q <= 1:
+            raise ValueError(f"quantile {q} is not in (0, 1]")
+        total = self.total
+        if not total:
+            return 0.0
+        rank = q * total
+        seen = 0
+        for slot, n in enumerate(self.slots):
+            if not n:
+                continue
+            if seen + n >= rank:
+                low, high = slot_bounds(slot)
+                if self.max_ns and low <= self.max_ns < high:
+                    high = self.max_ns + 1
+                return low + (high - low) * (rank - seen) / n
+            seen += n
+        return float(slot_bounds(SLOTS - 1)[1])
+
+    def nonzero(self) -> list[tuple[int, int, int]]:
+        """(low, high, count) of every non-empty bucket, for printing and JSON."""
+        return [(*slot_bounds(slot), n) for slot, n in enumerate(self.slots) if n]
+
+
+# softnet_stat ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoftnetRow:
+    """One CPU's line of /proc/net/softnet_stat (net/core/net-procfs.c softnet_seq_show)."""
+
+    cpu: int
+    processed: int
+    dropped: int  # backlog queue full (netdev_max_backlog): packets lost before any protocol saw them
+    time_squeeze: int  # net_rx_action ran out of budget or time with work left
+    received_rps: int = 0
+    flow_limit: int = 0
+
+    def __sub__(self, older: SoftnetRow) -> SoftnetRow:
+        # 32-bit counters printed with %08x: a wrap is a small negative difference.
+        def d(a: int, b: int) -> int:
+            return (a - b) % (1 << 32)
+
+        return SoftnetRow(self.cpu, d(self.processed, older.processed), d(self.dropped, older.dropped),
+                          d(self.time_squeeze, older.time_squeeze), d(self.received_rps, older.received_rps),
+                          d(self.flow_limit, older.flow_limit))
+
+
+def parse_softnet_stat(text: str) -> dict[int, SoftnetRow]:
+    """CPU -> counters. Since 5.10 the 13th column is the CPU id; before, lines are in order of online CPUs."""
+    rows: dict[int, SoftnetRow] = {}
+    for index, line in enumerate(text.splitlines()):
+        words = line.split()
+        if not words:
+            continue
+        try:
+            cols = [int(word, 16) for word in words]
+        except ValueError as err:
+            raise ValueError(f"softnet_stat line {index + 1} is not hex: {line!r}") from err
+        if len(cols) < 3:
+            raise ValueError(f"softnet_stat line {index + 1} has {len(cols)} columns, expected at least 3")
+        cpu = cols[12] if len(cols) >= 13 else index
+        rps = cols[9] if len(cols) > 9 else 0
+        flow = cols[10] if len(cols) > 10 else 0
+        rows[cpu] = SoftnetRow(cpu, cols[0], cols[1], cols[2], rps, flow)
+    return rows
+
+
+def read_softnet_stat(path: str = SOFTNET_STAT) -> dict[int, SoftnetRow]:
+    with open(path, encoding="ascii") as handle:
+        return parse_softnet_stat(handle.read())
+
+
+# Snapshots and aggregation ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoftirqSnapshot:
+    """Cumulative kernel counters at one moment: histograms and NAPI counts per CPU, softnet_stat per CPU."""
+
+    ts: float  # time.monotonic()
+    hists: Mapping[int, Mapping[HistKey, Log2Hist]]  # cpu -> (softirq, phase) -> histogram
+    napi: Mapping[int, Mapping[str, int]] = field(default_factory=dict)  # cpu -> NAPI_FIELDS -> count
+    softnet: Mapping[int, SoftnetRow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CpuReport:
+    cpu: int | None  # None: all CPUs together
+    hists: dict[HistKey, Log2Hist]
+    napi: dict[str, int]
+    softnet: SoftnetRow | None
+
+    def stats(self, key: HistKey) -> dict[str, float]:
+        hist = self.hists.get(key, Log2Hist())
+        return {"count": hist.count, "p50_ns": hist.percentile(0.5), "p99_ns": hist.percentile(0.99),
+                "max_ns": hist.max_ns, "mean_ns": hist.mean_ns}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cpu": "all" if self.cpu is None else self.cpu}
+        for softirq, phase in HISTS:
+            key = (softirq, phase)
+            s = self.stats(key)
+            hist = self.hists.get(key, Log2Hist())
+            out[f"{softirq.lower()}_{phase}"] = {
+                "count": s["count"], "p50_us": round(s["p50_ns"] / 1000, 3), "p99_us": round(s["p99_ns"] / 1000, 3),
+                "max_us": round(s["max_ns"] / 1000, 3), "mean_us": round(s["mean_ns"] / 1000, 3),
+                "buckets_ns": [[low, high, n] for low, high, n in hist.nonzero()],
+            }
+        out["napi"] = dict(self.napi)
+        if self.softnet is not None:
+            out["softnet"] = {"processed": self.softnet.processed, "dropped": self.softnet.dropped,
+                              "time_squeeze": self.softnet.time_squeeze}
+        return out
+
+
+class SoftirqAggregator:
+    """Deltas between the first snapshot and the latest, per CPU and for all CPUs.
+
+    Pure: feed it snapshots (from `SoftirqProbe.snapshot()` or a recording) with `add()`, then call `report()`.
+    """
+
+    def __init__(self) -> None:
+        self.first: SoftirqSnapshot | None = None
+        self.last: SoftirqSnapshot | None = None
+        self.snapshots = 0
+
+    def add(self, snapshot: SoftirqSnapshot) -> None:
+        if self.first is None:
+            self.first = snapshot
+        self.last = snapshot
+        self.snapshots += 1
+
+    @property
+    def seconds(self) -> float:
+        if self.first is None or self.last is None:
+            return 0.0
+        return self.last.ts - self.first.ts
+
+    def report(self) -> list[CpuReport]:
+        """One CpuReport per CPU (sorted), then the all-CPU one (cpu None). Empty before two snapshots."""
+        if self.first is None or self.last is None or self.snapshots < 2:
+            return []
+        first, last = self.first, self.last
+        cpus = sorted(set(last.hists) | set(last.softnet) | set(last.napi))
+        rows = []
+        for cpu in cpus:
+            hists = {}
+            for key in HISTS:
+                new = last.hists.get(cpu, {}).get(key, Log2Hist())
+                old = first.hists.get(cpu, {}).get(key, Log2Hist())
+                hists[key] = new - old
+            napi = {name: max(0, last.napi.get(cpu, {}).get(name, 0) - first.napi.get(cpu, {}).get(name, 0))
+                    for name in NAPI_FIELDS}
+            softnet = None
+            if cpu in last.softnet:
+                base = first.softnet.get(cpu, SoftnetRow(cpu, 0, 0, 0))
+                softnet = last.softnet[cpu] - base
+            rows.append(CpuReport(cpu, hists, napi, softnet))
+        rows.append(_total(rows))
+        return rows
+
+
+def _total(rows: Sequence[CpuReport]) -> CpuReport:
+    hists = {key: Log2Hist() for key in HISTS}
+    napi = dict.fromkeys(NAPI_FIELDS, 0)
+    softnet: SoftnetRow | None = None
+    for row in rows:
+        for key in HISTS:
+            hists[key] = hists[key] + row.hists.get(key, Log2Hist())
+        for name in NAPI_FIELDS:
+            napi[name] += row.napi.get(name, 0)
+        if row.softnet is not None:
+            s = row.softnet
+            if softnet is None:
+                softnet = SoftnetRow(-1, 0, 0, 0)
+            softnet = SoftnetRow(-1, softnet.processed + s.processed, softnet.dropped + s.dropped,
+                                 softnet.time_squeeze + s.time_squeeze, softnet.received_rps + s.received_rps,
+                                 softnet.flow_limit + s.flow_limit)
+    return CpuReport(None, hists, napi, softnet)
+
+
+def _us(ns: float) -> str:
+    if ns >= 1_000_000:
+        return f"{ns / 1_000_000:.1f}ms"
+    return f"{ns / 1000:.1f}us"
+
+
+def format_table(rows: Sequence[CpuReport], seconds: float) -> str:
+    """A human table (under 100 columns): per CPU, NET_RX and NET_TX wait/run p50/p99/max, NAPI, softnet."""
+    lines = [f"softirq latency over {seconds:.1f} s (wait: raise -> entry, run: entry -> exit; p50/p99 from log2 "
+             "buckets)",
+             f"{'cpu':>4} {'softirq':7} {'phase':5} {'count':>9} {'p50':>9} {'p99':>9} {'max':>9}"]
+    for row in rows:
+        cpu = "all" if row.cpu is None else str(row.cpu)
+        for softirq in ("NET_RX", "NET_TX"):
+            for phase in ("wait", "run"):
+                s = row.stats((softirq, phase))
+                lines.append(f"{cpu:>4} {softirq:7} {phase:5} {int(s['count']):>9} {_us(s['p50_ns']):>9} "
+                             f"{_us(s['p99_ns']):>9} {_us(s['max_ns']):>9}")
+    lines.append("")
+    lines.append(f"{'cpu':>4} {'napi polls':>11} {'exhausted':>10} {'packets':>10} {'processed':>10} {'dropped':>8} "
+                 f"{'squeezed':>9}")
+    for row in rows:
+        cpu = "all" if row.cpu is None else str(row.cpu)
+        sn = row.softnet
+        lines.append(f"{cpu:>4} {row.napi.get('polls', 0):>11} {row.napi.get('exhausted', 0):>10} "
+                     f"{row.napi.get('work', 0):>10} {sn.processed if sn else '-':>10} {sn.dropped if sn else '-':>8} "
+                     f"{sn.time_squeeze if sn else '-':>9}")
+    return "\n".join(lines) + "\n"
+
+
+# The live probe -------------------------------------------------------------------------------------------
+
+
+def _hist_from_c(value: Any) -> Log2Hist:
+    return Log2Hist(tuple(int(value.slots[i]) for i in range(SLOTS)), int(value.count), int(value.sum_ns),
+                    int(value.max_ns))
+
+
+class SoftirqProbe:
+    """bpf/softirq.c loaded with BCC. Use as a context manager; `snapshot()` reads every counter once."""
+
+    def __init__(self, softnet_path: str = SOFTNET_STAT) -> None:
+        self.softnet_path = softnet_path
+        self._bpf: Any = None
+        self.text = (BPF_DIR / "softirq.c").read_text()
+
+    def start(self, progress: bool = True) -> None:
+        bcc = bccenv.bcc_module()
+        missing = [tp for tp in TRACEPOINTS if not bcc.BPF.tracepoint_exists(*tp.split(":"))]
+        if missing:
+            raise KernelError(f"this kernel has no tracepoint {', '.join(missing)}",
+                              "softirq latency needs the irq and napi tracepoints (CONFIG_TRACEPOINTS)")
+        step: Any = Progress("compiling and attaching softirq probes") if progress else None
+        if step:
+            step.__enter__()
+        failure: BaseException | None = None
+        try:
+            with bccenv.captured_stderr() as errors:
+                try:
+                    self._bpf = bcc.BPF(text=self.text)
+                except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                    detail = next((line for line in errors if "error" in line), str(err))
+                    failure = err
+                    raise KernelError(f"the softirq probes failed to load: {detail.strip()}",
+                                      "run `podtrace doctor` to see what this kernel allows") from err
+            if step:
+                step.done(", ".join(TRACEPOINTS))
+        finally:
+            if step:
+                step.__exit__(type(failure) if failure else None, failure, None)
+
+    def snapshot(self) -> SoftirqSnapshot:
+        if self._bpf is None:
+            raise KernelError("the softirq probes are not loaded")
+        hists: dict[int, dict[HistKey, Log2Hist]] = {}
+        table = self._bpf["sirq_hists"]
+        for index, key in enumerate(HISTS):
+            for cpu, value in enumerate(table.getvalue(table.Key(index))):
+                hists.setdefault(cpu, {})[key] = _hist_from_c(value)
+        napi: dict[int, dict[str, int]] = {}
+        ntable = self._bpf["napi_stats"]
+        for index, name in enumerate(NAPI_FIELDS):
+            for cpu, value in enumerate(ntable.getvalue(ntable.Key(index))):
+                napi.setdefault(cpu, {})[name] = int(value)
+        try:
+            softnet = read_softnet_stat(self.softnet_path)
+        except (OSError, ValueError):
+            softnet = {}
+        # Per-CPU maps have a slot for every possible CPU; keep the CPUs that exist in softnet_stat or saw work.
+        online = set(softnet) or {cpu for cpu, h in hists.items() if any(x.count for x in h.values())}
+        hists = {cpu: h for cpu, h in hists.items() if cpu in online or any(x.count for x in h.values())}
+        napi = {cpu: n for cpu, n in napi.items() if cpu in hists}
+        return SoftirqSnapshot(time.monotonic(), hists, napi, softnet)
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> SoftirqProbe:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def measure(duration: float, interval: float = 0.5, probe: SoftirqProbe | None = None,
+            on_snapshot: Any = None) -> SoftirqAggregator:
+    """Snapshots every `interval` seconds (clamped to 0.1-1 s: 1-10 Hz) for `duration` seconds."""
+    interval = min(max(interval, 0.1), 1.0)
+    aggregator = SoftirqAggregator()
+    own = probe is None
+    probe = probe or SoftirqProbe()
+    if own:
+        probe.start()
+    try:
+        aggregator.add(probe.snapshot())
+        end = time.monotonic() + duration
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(interval, remaining))
+            snap = probe.snapshot()
+            aggregator.add(snap)
+            if on_snapshot is not None:
+                on_snapshot(snap)
+    finally:
+        if own:
+            probe.close()
+    return aggregator
