@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "tracer.cmd_setup",
     "tracer.cmd_doctor",
     "tracer.cmd_trace",
+    "tracer.cmd_check",
     "tracer.lab.cli",
     "tracer.cmd_flows",
     "tracer.cmd_overlay",

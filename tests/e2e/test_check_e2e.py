@@ -1,0 +1,145 @@
+"""`podtrace check` on the built-in lab: each fault flips the right check, and switching it off flips it back.
+
+Root only. The module fixture brings the lab up and always takes it down; when the lab is already up, another test
+session owns it (faults would break its tests), so this module waits a little and then skips, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tracer import cli
+from tracer.errors import LabError
+from tracer.lab import control, faults
+
+pytestmark = pytest.mark.root
+
+WAIT_FOR_FREE_LAB = 90.0  # seconds to wait for another session's lab to go down
+MODULE = "tracer.cli" if "tracer.cmd_check" in cli.COMMAND_MODULES else "tracer.cmd_check"
+PREFIX = ["check"] if MODULE == "tracer.cli" else []
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    deadline = time.monotonic() + WAIT_FOR_FREE_LAB
+    while control.is_up():
+        if time.monotonic() > deadline:
+            st = control.status()
+            pytest.skip(f"the lab is up and owned by another session (proxy mode {st.get('proxy_mode')}, faults "
+                        f"{st.get('faults')}): `podtrace lab status`; rerun when it is down")
+        time.sleep(2)
+    try:
+        control.up()
+    except LabError as err:
+        if "already up" in err.message:
+            pytest.skip("another session brought the lab up first")
+        raise
+    try:
+        yield
+    finally:
+        try:
+            faults.clear_all()
+        finally:
+            control.down()
+
+
+def check(netns: str) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    proc = subprocess.run([sys.executable, "-m", MODULE, *PREFIX, "--json", "--netns", netns, "--window", "0.3"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode in (0, 3), proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["summary"] is True
+    assert proc.returncode == (3 if summary["fail"] else 0)
+    return proc.returncode, lines[:-1], summary
+
+
+def find(rows: list[dict[str, Any]], area: str, check_name: str) -> dict[str, Any]:
+    found = [r for r in rows if r["area"] == area and r["check"] == check_name]
+    assert len(found) == 1, [(r["area"], r["check"]) for r in rows]
+    return found[0]
+
+
+def not_ok(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(r["severity"], r["area"], r["check"]) for r in rows if r["severity"] != "ok"]
+
+
+def test_lab_without_faults_has_no_fail(lab: None) -> None:
+    for node in ("pt-node1", "pt-node2"):
+        code, rows, summary = check(node)
+        assert code == 0 and summary["fail"] == 0, not_ok(rows)
+        assert find(rows, "kube-proxy", "mode")["value"].startswith("iptables: 3 Services, 4 Service ports")
+        assert find(rows, "mtu", "overlay")["value"] == "flannel.1 1450 (vxlan over eth0 1500: room for 1450)"
+        assert find(rows, "bridging", "bridge-nf-call-iptables")["value"] == "1 (cni0)"
+
+
+def test_mtu_mismatch_fails_naming_devices_and_mtus(lab: None) -> None:
+    faults.set_fault("mtu-mismatch", True)
+    try:
+        code, rows, _ = check("pt-node1")
+        assert code == 3
+        pods = find(rows, "mtu", "pods")
+        assert pods["severity"] == "fail"
+        for device in ("cni0 1500", "pt-client:eth0 1500", "pt-web-1:eth0 1500"):
+            assert device in pods["value"]
+        assert pods["value"].count("veth") == 2 and pods["value"].endswith("> 1450 carried by flannel.1 (vxlan)")
+        assert not_ok(rows) == [("fail", "mtu", "pods")]
+    finally:
+        faults.set_fault("mtu-mismatch", False)
+    code, rows, _ = check("pt-node1")
+    assert code == 0 and find(rows, "mtu", "pods")["severity"] == "ok"
+
+
+def test_conntrack_full_fails_with_the_figures(lab: None) -> None:
+    _, details = faults.set_fault("conntrack-full", True)
+    try:
+        code, rows, _ = check("pt-node1")
+        assert code == 3
+        table = find(rows, "conntrack", "table")
+        limit = details["nf_conntrack_max"]
+        assert table["severity"] == "fail" and table["value"] == f"{limit}/{limit} entries (100% full)"
+        assert "table full" in table["why"] and "nf_conntrack_max=" in table["fix"]
+        assert not_ok(rows) == [("fail", "conntrack", "table")]
+        # Only the filled node's table: node2 is unaffected.
+        assert find(check("pt-node2")[1], "conntrack", "table")["severity"] == "ok"
+    finally:
+        faults.set_fault("conntrack-full", False)
+    assert find(check("pt-node1")[1], "conntrack", "table")["severity"] == "ok"
+
+
+def test_rp_filter_warns_on_the_right_interface(lab: None) -> None:
+    faults.set_fault("rp-filter", True)
+    try:
+        code, rows, summary = check("pt-node2")
+        assert code == 0 and summary["fail"] == 0
+        eth0 = find(rows, "bridging", "rp_filter eth0")
+        assert eth0["severity"] == "warn" and eth0["value"] == "eth0 (underlay) = 1"
+        assert eth0["fix"] == "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.eth0.rp_filter=2"
+        # conf.all=1 makes every interface strict (the kernel uses max(all, iface)).
+        assert find(rows, "bridging", "rp_filter flannel.1")["value"] == "flannel.1 (overlay) = 1 (from conf.all)"
+        assert {r["check"] for r in rows if r["severity"] != "ok"} == {
+            "rp_filter eth0", "rp_filter flannel.1", "rp_filter cni0", "rp_filter pod veths"}
+        # node1 keeps rp_filter off.
+        assert not not_ok(check("pt-node1")[1])
+    finally:
+        faults.set_fault("rp-filter", False)
+    assert not not_ok(check("pt-node2")[1])
+
+
+def test_human_table_on_the_lab(lab: None) -> None:
+    proc = subprocess.run([sys.executable, "-m", MODULE, *PREFIX, "--netns", "pt-node1", "--window", "0.2"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("podtrace check on netns pt-node1: 0 fail")
+    assert max(len(line) for line in lines) < 100

@@ -1,0 +1,102 @@
+"""`podtrace check`: audit this node's networking set-up against the known failure modes (no BPF needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import TextIO
+
+from tracer.check import AREAS, Finding, run_checks, summary
+from tracer.errors import UsageError
+
+EPILOG = """\
+exit codes: 0 nothing failed, 1 error (e.g. unknown netns), 3 at least one check failed
+
+checks: kube-proxy mode and Service count, conntrack fill and counters, MTU of underlay/overlay/pods
+(and FLANNEL_MTU), bridge-nf-call-iptables, ip_forward, rp_filter, softnet drops/time_squeeze, CPU steal,
+somaxconn, ephemeral ports, tcp_tw_reuse
+
+examples:
+  sudo podtrace check
+  sudo podtrace check --netns pt-node1            a lab node (ip netns name)
+  sudo podtrace check --json | jq 'select(.severity != "ok")'
+  sudo podtrace check --window 5 || echo "node is configured to fail"
+"""
+
+WIDTH = 99
+CHECK_COLUMN = 25
+LABELS = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check", help="audit the node's networking set-up (no BPF needed)",
+        description="Read sysctls, rules, links and kernel counters and judge them against the known ways "
+                    "Kubernetes node networking fails. Each finding says what was measured, why it matters and "
+                    "the command that fixes it.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per finding per line, then a summary object")
+    parser.add_argument("--netns", metavar="NAME", help="check inside this `ip netns` namespace (e.g. pt-node1)")
+    parser.add_argument("--window", type=float, default=1.0, metavar="S",
+                        help="seconds over which softnet drops and CPU steal are measured (default 1)")
+    parser.set_defaults(func=run)
+
+
+def _wrapped(text: str, first: str, indent: str) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=indent, break_on_hyphens=False,
+                         break_long_words=True) or [first.rstrip()]
+
+
+def write_table(findings: list[Finding], out: TextIO, where: str) -> None:
+    counts = summary(findings)
+    out.write(f"podtrace check on {where}: {counts['fail']} fail, {counts['warn']} warn, {counts['ok']} ok\n")
+    indent = " " * (2 + 6 + CHECK_COLUMN)
+    for area in [*AREAS, *sorted({f.area for f in findings} - set(AREAS))]:
+        rows = [f for f in findings if f.area == area]
+        if not rows:
+            continue
+        out.write(f"\n{area}\n")
+        for f in rows:
+            head = f"  {LABELS[f.severity]:<5} {f.check[:CHECK_COLUMN - 1]:<{CHECK_COLUMN}}"
+            lines = _wrapped(f.value, head, indent)
+            if f.severity != "ok":
+                if f.why:
+                    lines += _wrapped(f.why, indent + "why: ", indent + "     ")
+                if f.fix:
+                    lines += _wrapped(f.fix, indent + "fix: ", indent + "     ")
+            out.write("\n".join(lines) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.window < 0 or args.window > 60:
+        raise UsageError(f"--window {args.window:g} is out of range", "use 0 to 60 seconds")
+    findings = run_checks(args.netns, window=args.window)
+    if args.json:
+        for finding in findings:
+            sys.stdout.write(json.dumps(finding.to_json()) + "\n")
+        sys.stdout.write(json.dumps(summary(findings)) + "\n")
+    else:
+        write_table(findings, sys.stdout, f"netns {args.netns}" if args.netns else "this node")
+    return 3 if any(f.severity == "fail" for f in findings) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tracer.cmd_check ...`: the same command without the rest of the CLI."""
+    from tracer.errors import PodtraceError
+
+    parser = argparse.ArgumentParser(prog="podtrace")
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["check", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except PodtraceError as err:
+        print(f"podtrace: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
