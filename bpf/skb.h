@@ -165,6 +165,12 @@ static __always_inline int pt_fill(struct pt_packet_event *ev, void *skb, struct
 	ev->snap_len = avail > PT_EVENT_SNAP ? PT_EVENT_SNAP : avail;
 	/* A helper copy: clang turns a large __builtin_memcpy into a libc call the verifier rejects. */
 	bpf_probe_read_kernel(ev->snap, PT_EVENT_SNAP, s->buf);
+	/* Bytes past the packet are other kernel memory: never let them leave in an event or a recording. */
+	__u32 keep = ev->snap_len;
+#pragma unroll
+	for (int i = 0; i < PT_EVENT_SNAP; i++)
+		if (i >= keep)
+			ev->snap[i] = 0;
 	if (info->dev)
 		bpf_probe_read_kernel(ev->ifname, PT_IFNAMSIZ, (char *)info->dev + PT_OFF_NET_DEVICE_NAME);
 

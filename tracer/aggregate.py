@@ -46,6 +46,8 @@ class DropTable:
         key = (event.reason, event.location, event.netns, outer.family, outer.proto, outer.saddr,
                outer.daddr, outer.dport)
         self.total += 1
+        if self.raw_groups:  # one bound over both kinds of groups, and raw groups of this key merge here
+            self._fold_raw()
         row = self.groups.get(key)
         if row is not None:
             row.count += 1

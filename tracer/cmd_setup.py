@@ -12,6 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "setup-kernel",
         help="mount tracefs/debugfs and prepare kernel headers for BCC",
         description="Mount tracefs and debugfs when missing and pick the kernel headers BCC compiles against.",
+        epilog="examples:\n  sudo podtrace setup-kernel      (run by `make setup`)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=run)
 

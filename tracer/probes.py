@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bpf import BPF_DIR
 from tracer.btf import Btf
-from tracer.errors import KernelError
+from tracer.errors import KernelError, UsageError
 from tracer.pcapfilter import CompiledFilter, match_all
 
 # -D macro, struct, member path, the size the C code reads.
@@ -76,9 +76,11 @@ def drop_reasons(btf: Btf) -> dict[int, str]:
 
 
 def _ifname_words(name: str) -> tuple[int, int]:
+    """The name as the two words the probe compares with net_device.name; the kernel's dev_valid_name() rules."""
     raw = name.encode()
-    if not raw or len(raw) >= 16:
-        raise KernelError(f"interface name {name!r} is not a valid Linux interface name")
+    if not raw or len(raw) >= 16 or name in (".", "..") or any(c in "/:\0 \t\n\v\f\r" for c in name):
+        raise UsageError(f"interface name {name!r} is not a valid Linux interface name",
+                         "at most 15 bytes, without '/', ':' or spaces")
     low, high = struct.unpack("<QQ", raw.ljust(16, b"\0"))
     return low, high
 

@@ -65,25 +65,38 @@ def drop_rows(table: DropTable, names: Resolver) -> list[dict[str, Any]]:
     return rows
 
 
+def _flow(row: dict[str, Any]) -> str:
+    if row["proto"] in ("tcp", "udp", "sctp"):
+        src, dst = (f"[{addr}]" if ":" in addr else addr for addr in (row["src"], row["dst"]))
+        return f"{row['proto']} {src}:{row['sport']} > {dst}:{row['dport']}"
+    return f"{row['proto']} {row['src']} > {row['dst']}"
+
+
 def write_drop_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     """A table under 100 columns for typical rows: count, reason, location, where, flow.
 
-    Each text column is as wide as its widest value, up to a cap (longer values are cut), so the flow keeps room.
+    Text columns are as wide as their widest value, up to a cap; when the widest flow needs the room, the widest
+    of them gives way first, down to a floor (values are cut, never the flow).
     """
     if not rows:
         out.write("no drops seen\n")
         return
     wheres = [f"{row['netns']}/{row['ifname']}" for row in rows]
-    rw = min(22, max(len("REASON"), *(len(row["reason"]) for row in rows)))
-    lw = min(26, max(len("LOCATION"), *(len(row["location"]) for row in rows)))
-    ww = min(16, max(len("NETNS/IF"), *(len(where) for where in wheres)))
+    flows = [_flow(row) for row in rows]
+    widths = [
+        min(22, max(len("REASON"), *(len(row["reason"]) for row in rows))),
+        min(26, max(len("LOCATION"), *(len(row["location"]) for row in rows))),
+        min(16, max(len("NETNS/IF"), *(len(where) for where in wheres))),
+    ]
+    floors = (14, 20, 13)
+    while 8 + sum(widths) + 3 + max(len(flow) for flow in flows) > 99:
+        shrinkable = [i for i in range(3) if widths[i] > floors[i]]
+        if not shrinkable:
+            break
+        widths[max(shrinkable, key=lambda i: widths[i])] -= 1
+    rw, lw, ww = widths
     out.write(f"{'COUNT':>7} {'REASON':<{rw}} {'LOCATION':<{lw}} {'NETNS/IF':<{ww}} FLOW\n")
-    for row, where in zip(rows, wheres):
-        if row["proto"] in ("tcp", "udp", "sctp"):
-            src, dst = (f"[{addr}]" if ":" in addr else addr for addr in (row["src"], row["dst"]))
-            flow = f"{row['proto']} {src}:{row['sport']} > {dst}:{row['dport']}"
-        else:
-            flow = f"{row['proto']} {row['src']} > {row['dst']}"
+    for row, where, flow in zip(rows, wheres, flows):
         out.write(
             f"{row['count']:>7} {row['reason'][:rw]:<{rw}} {row['location'][:lw]:<{lw}} {where[:ww]:<{ww}} {flow}\n"
         )

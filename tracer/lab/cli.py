@@ -130,7 +130,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND")
     lab.set_defaults(func=lambda _args: (lab.print_help(), 2)[1])
 
-    up = sub.add_parser("up", help="build the lab", epilog="example:\n  sudo podtrace lab up --proxy-mode nftables",
+    up = sub.add_parser("up", help="build the lab", epilog="examples:\n  sudo podtrace lab up\n  sudo podtrace lab up --proxy-mode nftables --services 2000\n"
+                        "  sudo podtrace lab up --if-down        (no error when it is already up)",
                         formatter_class=fmt)
     up.add_argument("--manifest", metavar="FILE", help="topology JSON (default: the shipped default.json)")
     up.add_argument("--proxy-mode", choices=("iptables", "nftables", "ipvs"), default="iptables")
@@ -139,10 +140,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--if-down", action="store_true", help="do nothing if the lab is already up")
     up.set_defaults(func=cmd_up)
 
-    down = sub.add_parser("down", help="remove everything the lab made (safe to run twice)")
+    down = sub.add_parser("down", help="remove everything the lab made (safe to run twice)",
+                          epilog="examples:\n  sudo podtrace lab down", formatter_class=fmt)
     down.set_defaults(func=cmd_down)
 
-    status = sub.add_parser("status", help="what is up, proxy mode, faults")
+    status = sub.add_parser("status", help="what is up, proxy mode, faults",
+                            epilog="examples:\n  podtrace lab status\n  podtrace lab status --json | jq .faults",
+                            formatter_class=fmt)
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(func=cmd_status)
 

@@ -1,0 +1,299 @@
+"""The attach ladder on recorded capability sets (tests/unit/fixtures/capabilities, see its README)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tracer import kernel
+from tracer.cmd_doctor import fixes_for
+from tracer.hookpoints import HOOK_POINTS, Candidate, HookPoint, Mechanism, hook_point
+from tracer.ladder import AttachPlan, HookPlan, Trial, make_plan, plan_hook, trials_from_json, trials_to_json
+
+FIXTURES = Path(__file__).parent / "fixtures" / "capabilities"
+
+EPERM_FENTRY = "fentry refused by the kernel (EPERM: lockdown, an LSM or a kernel built to refuse it)"
+EPERM = "refused by the kernel (EPERM: lockdown, an LSM or a kernel built to refuse it)"
+NO_KPROBES = "kprobes are not in this kernel (CONFIG_KPROBES off)"
+NO_FENTRY = "fentry is not supported by this kernel or BCC"
+
+
+def load(name: str) -> tuple[str, dict[str, Trial]]:
+    data = json.loads((FIXTURES / name).read_text())
+    return data["kernel"], trials_from_json(data["trials"])
+
+
+def plan_of(name: str) -> AttachPlan:
+    release, trials = load(name)
+    return make_plan(release, trials)
+
+
+def rejections(plan: AttachPlan, hook: str) -> list[tuple[str, str]]:
+    return [(r["candidate"], r["reason"]) for r in plan.hook(hook).rejected]
+
+
+# -- hookpoints: the static ladder --
+
+
+def test_hook_points_are_unique_and_named() -> None:
+    names = [point.name for point in HOOK_POINTS]
+    assert len(names) == len(set(names))
+    assert names == ["drops", "path", "netfilter", "nat", "ipvs", "vxlan", "fragmentation", "softirq"]
+    assert [point.name for point in HOOK_POINTS if point.core] == ["drops", "path"]
+    for point in HOOK_POINTS:
+        assert point.candidates, point.name
+        assert point.unseen, point.name
+        assert bool(point.subsystem) == bool(point.requires_symbols), point.name
+
+
+def test_candidate_keys_and_label() -> None:
+    candidate = hook_point("netfilter").candidates[1]
+    assert candidate.mechanism is Mechanism.KPROBE
+    assert candidate.keys == ("kprobe:nf_hook_slow", "kprobe:ipt_do_table", "kprobe:nft_do_chain")
+    assert candidate.label() == "kprobe nf_hook_slow, ipt_do_table, nft_do_chain"
+    assert hook_point("path").candidates[2].keys == ("tracepoint:net:netif_receive_skb", "tracepoint:net:net_dev_queue")
+    assert hook_point("nat").candidates[0].keys == ("netfilter_link:netfilter:ipv4",)
+
+
+def test_unknown_hook_point() -> None:
+    with pytest.raises(KeyError):
+        hook_point("nope")
+
+
+def test_every_trial_key_is_something_the_prober_runs() -> None:
+    """Keys split at the first colon into a Prober method name and its target."""
+    methods = {"fentry", "kprobe", "raw_tracepoint", "tracepoint", "netfilter_link", "tc", "symbol"}
+    for name in ("6.18-ci.json", "6.1-debian-ipvs.json", "5.4-ubuntu-kprobes.json", "locked-down.json"):
+        _release, trials = load(name)
+        for key in trials:
+            kind, _, target = key.partition(":")
+            assert kind in methods and target, (name, key)
+            assert callable(getattr(kernel.Prober, kind)), key
+
+
+# -- the CI machine, recorded --
+
+
+def test_ci_kernel_recorded() -> None:
+    plan = plan_of("6.18-ci.json")
+    assert plan.kernel == "6.18.44-fc-v782"
+    chosen = {hook.name: (hook.chosen, hook.fallback) for hook in plan.hooks}
+    assert chosen == {
+        "drops": ("raw_tracepoint", False),
+        "path": ("tracepoint", True),
+        "netfilter": ("netfilter_link", True),
+        "nat": ("netfilter_link", False),
+        "ipvs": (None, False),
+        "vxlan": ("tracepoint", True),
+        "fragmentation": ("tracepoint", True),
+        "softirq": ("tracepoint", False),
+    }
+    assert plan.core_ok()
+    assert plan.summary() == "7 of 8 hook points (missing: ipvs)"
+
+    path = plan.hook("path")
+    assert path.targets == ["net:netif_receive_skb", "net:net_dev_queue"]
+    assert path.gives == "device receive and transmit queue"
+    assert path.unseen == ""
+    assert rejections(plan, "path") == [
+        ("fentry __netif_receive_skb, __dev_queue_xmit", EPERM_FENTRY),
+        ("kprobe __netif_receive_skb, __dev_queue_xmit", NO_KPROBES),
+    ]
+    assert rejections(plan, "netfilter") == [
+        ("fentry nf_hook_slow, ipt_do_table, nft_do_chain", EPERM_FENTRY),
+        ("kprobe nf_hook_slow, ipt_do_table, nft_do_chain", NO_KPROBES),
+    ]
+    assert rejections(plan, "fragmentation") == [("kprobe ip_do_fragment", NO_KPROBES)]
+    assert plan.hook("fragmentation").targets == ["icmp:icmp_send"]
+    assert rejections(plan, "drops") == []
+    assert plan.hook("drops").targets == ["kfree_skb"]
+    assert plan.hook("softirq").targets == ["irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit",
+                                            "napi:napi_poll"]
+
+
+def test_ci_kernel_ipvs_is_a_missing_subsystem() -> None:
+    plan = plan_of("6.18-ci.json")
+    ipvs = plan.hook("ipvs")
+    assert ipvs.chosen is None and ipvs.targets == [] and ipvs.gives == ""
+    assert ipvs.unseen == hook_point("ipvs").unseen
+    reason = "IPVS: not in this kernel (not built in and no module for it)"
+    assert rejections(plan, "ipvs") == [
+        ("fentry ip_vs_conn_new, ip_vs_nat_xmit", reason),
+        ("kprobe ip_vs_conn_new, ip_vs_nat_xmit", reason),
+    ]
+
+
+def test_ci_kernel_mechanisms_and_fixes() -> None:
+    release, trials = load("6.18-ci.json")
+    plan = make_plan(release, trials)
+    mechanisms = kernel.describe_mechanisms(trials)
+    assert mechanisms == {
+        "fentry": {"available": False, "reason": EPERM_FENTRY},
+        "kprobe": {"available": False, "reason": NO_KPROBES},
+        "raw_tracepoint": {"available": True, "reason": ""},
+        "tracepoint": {"available": True, "reason": ""},
+        "netfilter_link": {"available": True, "reason": ""},
+        "tc": {"available": True, "reason": ""},
+    }
+    fixes = fixes_for(plan, trials)
+    assert [fix.split(":", 1)[0] for fix in fixes] == ["kprobes", "fentry", "IPVS"]
+
+
+# -- hand-written sets --
+
+
+def test_debian_6_1_with_ipvs_loaded() -> None:
+    plan = plan_of("6.1-debian-ipvs.json")
+    chosen = {hook.name: (hook.chosen, hook.fallback) for hook in plan.hooks}
+    assert chosen == {
+        "drops": ("raw_tracepoint", False),
+        "path": ("fentry", False),
+        "netfilter": ("fentry", False),
+        "nat": ("kprobe", True),
+        "ipvs": ("fentry", False),
+        "vxlan": (None, False),
+        "fragmentation": ("kprobe", False),
+        "softirq": ("tracepoint", False),
+    }
+    assert rejections(plan, "nat") == [
+        ("netfilter_link netfilter:ipv4", "kernel 6.1.0-27-amd64 is too old for BPF netfilter links (needs 6.4)"),
+    ]
+    assert plan.hook("nat").targets == ["nf_nat_ipv4_manip_pkt"]
+    assert plan.hook("nat").gives == "NAT rewrites only"
+    assert plan.hook("ipvs").targets == ["ip_vs_conn_new", "ip_vs_nat_xmit"]
+    assert rejections(plan, "ipvs") == []
+    # The vxlan module is on disk but not loaded: every candidate is rejected with the subsystem and the fix.
+    assert {r["reason"] for r in plan.hook("vxlan").rejected} == {"VXLAN: module vxlan is not loaded (modprobe vxlan)"}
+    assert len(plan.hook("vxlan").rejected) == len(hook_point("vxlan").candidates)
+    assert plan.core_ok()
+    assert plan.summary() == "7 of 8 hook points (missing: vxlan)"
+
+
+def test_ubuntu_5_4_kprobes_without_fentry() -> None:
+    plan = plan_of("5.4-ubuntu-kprobes.json")
+    chosen = {hook.name: (hook.chosen, hook.fallback) for hook in plan.hooks}
+    assert chosen == {
+        "drops": ("raw_tracepoint", False),
+        "path": ("kprobe", True),
+        "netfilter": ("kprobe", True),
+        "nat": ("kprobe", True),
+        "ipvs": (None, False),
+        "vxlan": ("kprobe", True),
+        "fragmentation": ("kprobe", False),
+        "softirq": ("tracepoint", False),
+    }
+    assert rejections(plan, "path") == [("fentry __netif_receive_skb, __dev_queue_xmit", NO_FENTRY)]
+    assert rejections(plan, "vxlan") == [("fentry vxlan_rcv, vxlan_xmit_one", NO_FENTRY)]
+    assert plan.hook("vxlan").gives == "encap/decap with VNI from the driver"
+    assert rejections(plan, "ipvs") == [
+        ("fentry ip_vs_conn_new, ip_vs_nat_xmit", "IPVS: module ip_vs is not loaded (modprobe ip_vs)"),
+        ("kprobe ip_vs_conn_new, ip_vs_nat_xmit", "IPVS: module ip_vs is not loaded (modprobe ip_vs)"),
+    ]
+    assert plan.core_ok()
+    assert plan.summary() == "7 of 8 hook points (missing: ipvs)"
+    release, trials = load("5.4-ubuntu-kprobes.json")
+    assert kernel.kernel_version(release) == (5, 4)
+    fixes = fixes_for(plan, trials)
+    assert any(fix.startswith("IPVS:") for fix in fixes)
+    assert any(fix.startswith("netfilter links need kernel 6.4") for fix in fixes)
+    assert not any(fix.startswith("kprobes:") for fix in fixes)
+
+
+def test_locked_down_kernel_fails_the_core() -> None:
+    plan = plan_of("locked-down.json")
+    drops = plan.hook("drops")
+    assert drops.chosen is None
+    assert drops.unseen == "no drop events at all"
+    assert rejections(plan, "drops") == [("raw_tracepoint kfree_skb", EPERM), ("tracepoint skb:kfree_skb", EPERM)]
+    path = plan.hook("path")
+    assert (path.chosen, path.fallback, path.targets) == ("tc", True, ["clsact"])
+    assert [r["reason"] for r in path.rejected] == [EPERM_FENTRY, EPERM, EPERM]
+    assert plan.hook("nat").chosen == "netfilter_link"
+    assert not plan.core_ok()
+    assert plan.summary() == (
+        "3 of 8 hook points (missing: drops, ipvs, vxlan, fragmentation, softirq)"
+    )
+
+
+# -- the ladder's rules on small synthetic sets --
+
+
+POINT = HookPoint(
+    "demo", "a demo", core=True,
+    candidates=(
+        Candidate(Mechanism.FENTRY, ("a", "b"), "best"),
+        Candidate(Mechanism.TRACEPOINT, ("x:y",), "fallback"),
+    ),
+    unseen="nothing",
+)
+
+
+def test_first_failing_target_gives_the_reason() -> None:
+    trials = {"fentry:a": Trial(True), "fentry:b": Trial(False, "b is inlined"), "tracepoint:x:y": Trial(True)}
+    plan = plan_hook(POINT, trials)
+    assert (plan.chosen, plan.fallback, plan.gives) == ("tracepoint", True, "fallback")
+    assert plan.rejected == [{"candidate": "fentry a, b", "reason": "b is inlined"}]
+
+
+def test_untried_candidates_are_said_so() -> None:
+    plan = plan_hook(POINT, {"fentry:a": Trial(True)})
+    assert plan.chosen is None
+    assert plan.unseen == "nothing"
+    assert plan.rejected == [
+        {"candidate": "fentry a, b", "reason": "not tried"},
+        {"candidate": "tracepoint x:y", "reason": "not tried"},
+    ]
+
+
+def test_no_trials_at_all() -> None:
+    plan = make_plan("0.0", {})
+    assert not plan.core_ok()
+    assert plan.summary().startswith("0 of 8 hook points (missing: drops, path,")
+    # The subsystem check runs only on a recorded failure: an untried symbol is "not tried", not "missing".
+    assert {r["reason"] for r in plan.hook("ipvs").rejected} == {"not tried"}
+
+
+def test_subsystem_present_uses_the_ladder() -> None:
+    trials = {"symbol:ip_vs_conn_new": Trial(True), "fentry:ip_vs_conn_new": Trial(False, "no"),
+              "kprobe:ip_vs_conn_new": Trial(True), "kprobe:ip_vs_nat_xmit": Trial(True)}
+    plan = plan_hook(hook_point("ipvs"), trials)
+    assert (plan.chosen, plan.fallback) == ("kprobe", True)
+
+
+def test_summary_without_missing() -> None:
+    plan = AttachPlan("k", [HookPlan("a", "c", True, "tc", ["clsact"], "", "")])
+    assert plan.summary() == "1 of 1 hook points"
+    assert plan.core_ok()
+
+
+def test_hook_lookup_unknown() -> None:
+    with pytest.raises(KeyError):
+        plan_of("6.18-ci.json").hook("nope")
+
+
+# -- JSON round trips --
+
+
+@pytest.mark.parametrize("name", ["6.18-ci.json", "6.1-debian-ipvs.json", "5.4-ubuntu-kprobes.json",
+                                  "locked-down.json"])
+def test_plan_json_round_trip(name: str) -> None:
+    plan = plan_of(name)
+    text = json.dumps(plan.to_json())
+    again = AttachPlan.from_json(json.loads(text))
+    assert again == plan
+    assert again.summary() == plan.summary()
+    assert again.core_ok() == plan.core_ok()
+    data = json.loads(text)
+    assert set(data) == {"kernel", "hooks"}
+    assert set(data["hooks"][0]) == {"name", "concern", "core", "chosen", "targets", "gives", "unseen", "rejected",
+                                     "fallback"}
+
+
+def test_trials_json_round_trip() -> None:
+    raw = json.loads((FIXTURES / "6.18-ci.json").read_text())["trials"]
+    trials = trials_from_json(raw)
+    assert trials_to_json(trials) == raw
+    assert list(trials_to_json(trials)) == sorted(raw)
+    assert trials_from_json({"tc:clsact": {"ok": 1}}) == {"tc:clsact": Trial(True, "")}
