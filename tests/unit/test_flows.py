@@ -53,7 +53,8 @@ def test_snat_only_records_are_kept_apart() -> None:
 
 def test_drop_rows_attach_to_their_flow_or_to_the_service() -> None:
     table = _table()
-    table.add_nat([_nat(1, _t("10.244.0.2", 41000, "10.96.0.10", 80, 6), _t("10.244.0.2", 41000, "10.244.1.2", 8080, 6))])
+    table.add_nat([_nat(1, _t("10.244.0.2", 41000, "10.96.0.10", 80, 6),
+                        _t("10.244.0.2", 41000, "10.244.1.2", 8080, 6))])
     table.add_drops([
         {"reason": "NETFILTER_DROP", "proto": "tcp", "src": "10.244.0.2", "dst": "10.244.1.2", "dport": 8080,
          "count": 3, "hook": "FORWARD first"},

@@ -130,7 +130,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND")
     lab.set_defaults(func=lambda _args: (lab.print_help(), 2)[1])
 
-    up = sub.add_parser("up", help="build the lab", epilog="examples:\n  sudo podtrace lab up\n  sudo podtrace lab up --proxy-mode nftables --services 2000\n"
+    up = sub.add_parser("up", help="build the lab",
+                        epilog="examples:\n  sudo podtrace lab up\n  sudo podtrace lab up --proxy-mode nftables --services 2000\n"
                         "  sudo podtrace lab up --if-down        (no error when it is already up)",
                         formatter_class=fmt)
     up.add_argument("--manifest", metavar="FILE", help="topology JSON (default: the shipped default.json)")
