@@ -131,7 +131,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     lab.set_defaults(func=lambda _args: (lab.print_help(), 2)[1])
 
     up = sub.add_parser("up", help="build the lab",
-                        epilog="examples:\n  sudo podtrace lab up\n  sudo podtrace lab up --proxy-mode nftables --services 2000\n"
+                        epilog="examples:\n  sudo podtrace lab up\n"
+                        "  sudo podtrace lab up --proxy-mode nftables --services 2000\n"
                         "  sudo podtrace lab up --if-down        (no error when it is already up)",
                         formatter_class=fmt)
     up.add_argument("--manifest", metavar="FILE", help="topology JSON (default: the shipped default.json)")
