@@ -8,10 +8,12 @@ PYTEST  := $(PY) -m pytest
 setup:
 	@bash scripts/setup.sh
 
+# The lab with one broken Service endpoint and steady traffic, so the TUI has something to find.
 demo: setup
 	$(VENV)/bin/podtrace lab up --if-down
-	$(VENV)/bin/podtrace lab traffic --background
-	$(VENV)/bin/podtrace tui --netns lab
+	$(VENV)/bin/podtrace lab fault drop-backend --on
+	$(VENV)/bin/podtrace lab traffic --background --rate 20
+	$(VENV)/bin/podtrace tui
 
 # The whole suite: lint, types, unit tests, then root end-to-end tests on this kernel.
 test: setup check test-e2e

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "tracer.lab.cli",
     "tracer.cmd_flows",
     "tracer.cmd_overlay",
+    "tracer.cmd_tui",
 )
 
 EPILOG = """\
@@ -49,8 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        if not sys.stdout.isatty():
+            parser.print_help()
+            return 2
+        from tracer.cmd_tui import run_tui  # noqa: PLC0415 - `podtrace` alone opens the TUI on a terminal
+
+        args.func = run_tui
     try:
         return int(args.func(args))
     except PodtraceError as err:

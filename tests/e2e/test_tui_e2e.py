@@ -1,0 +1,79 @@
+"""The real `podtrace tui` under tmux, against real probes and an iptables DROP in throwaway namespaces."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.netns import Pair, netns_pair, send_udp, sh
+
+pytestmark = pytest.mark.root
+
+PRIME = 17
+ROOT = Path(__file__).resolve().parents[2]
+# `podtrace` itself, with the tui subcommand registered even before tracer/cli.py lists it.
+LAUNCH = ("import sys; from tracer import cli; m = 'tracer.cmd_tui'; "
+          "cli.COMMAND_MODULES += () if m in cli.COMMAND_MODULES else (m,); sys.exit(cli.main(sys.argv[1:]))")
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with netns_pair() as created:
+        yield created
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=False, timeout=10).stdout
+
+
+def screen(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
+
+
+def wait_for(session: str, pattern: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = screen(session)
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern!r} never appeared; screen:\n{text}")
+
+
+def test_tui_shows_the_netfilter_drop_with_its_count_and_quits(pair: Pair) -> None:
+    sh("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5011", "-j", "DROP", netns=pair.b)
+    session = f"ptt-tui-{uuid.uuid4().hex[:6]}"
+    ready = os.path.join(tempfile.mkdtemp(prefix="podtrace-tui-"), "ready")
+    # COLUMNS/LINES from pytest's environment would override the pane's size.
+    command = (f"unset COLUMNS LINES; cd {ROOT} && {sys.executable} -c {LAUNCH!r} tui --netns {pair.b} "
+               f"--ready-file {ready} udp; echo EXIT=$?; sleep 30")
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", command)
+    tmux("resize-window", "-t", session, "-x", "120", "-y", "40")  # a running server may keep its default size
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready):
+            assert time.monotonic() < deadline, f"probes never attached; screen:\n{screen(session)}"
+            time.sleep(0.1)
+        send_udp(pair.a, pair.addr_b, 5011, PRIME, src_port=40011)
+        text = wait_for(session, rf"\b{PRIME}\b.*NETFILTER_DROP")
+        row = next(line for line in text.splitlines() if "NETFILTER_DROP" in line)
+        assert re.match(rf"^\s*{PRIME}\s", row), row
+        assert f"{pair.b}/veth-b" in row and f"udp {pair.addr_a}:40011" in row, text
+        assert "lost 0" in text and "live" in text
+        wait_for(session, r"hook points")  # the attach ladder, probed in a worker
+        tmux("send-keys", "-t", session, "Enter")
+        timeline = wait_for(session, r"last \d+ packets")
+        assert f"{PRIME} drops, {PRIME} path events" in timeline, timeline
+        tmux("send-keys", "-t", session, "q")
+        wait_for(session, r"EXIT=0", timeout=15)
+    finally:
+        tmux("kill-session", "-t", session)

@@ -1,0 +1,243 @@
+"""The TUI on a replay of real events (tests/unit/fixtures/tui: 13 NETFILTER_DROP, 7 + 5 NO_SOCKET, path events)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable, Input, Static, TabbedContent
+
+from tui.app import FilterBar, PodtraceApp
+from tui.screens.help import HelpScreen
+from tui.screens.timeline import TimelineScreen
+from tui.widgets.tables import DropsTable
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tui" / "replay_fixture.py"
+_spec = importlib.util.spec_from_file_location("tui_replay_fixture", FIXTURE)
+assert _spec and _spec.loader
+replay = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(replay)
+
+SIZE = (100, 30)
+
+
+def sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run an async Pilot test without an async pytest plugin."""
+
+    def run() -> None:
+        asyncio.run(test())
+
+    run.__name__ = test.__name__
+    run.__doc__ = test.__doc__
+    return run
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+async def wait_for_drops(app: PodtraceApp, pilot: Any, groups: int = 3) -> None:
+    for _ in range(100):
+        if app.snapshot is not None and len(app.snapshot.drops) == groups and app.plan is not None:
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"no snapshot with {groups} drop groups: {app.snapshot}")
+
+
+def drop_counts(app: PodtraceApp) -> list[tuple[str, int, int]]:
+    assert app.snapshot is not None
+    return [(row["reason"], row["dport"], row["count"]) for row in app.snapshot.drops]
+
+
+@sync
+async def test_drops_view_shows_the_captured_groups_with_counts() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        assert drop_counts(app) == [("NETFILTER_DROP", 5001, 13), ("NO_SOCKET", 5002, 7), ("NO_SOCKET", 5003, 5)]
+        table = app.query_one(DropsTable)
+        assert table.row_count == 3
+        assert str(table.get_row_at(0)[2]) == "NETFILTER_DROP"
+        assert app.snapshot is not None and app.snapshot.counters["lost"] == 0
+        header = str(app.query_one("#header", Static).render())
+        assert "7 of 8 hook points (missing: ipvs)" in header and "lost 0" in header
+
+
+@sync
+async def test_number_keys_switch_views_and_probes_shows_the_ladder() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        tabs = app.query_one(TabbedContent)
+        for key, view in (("2", "flows"), ("3", "overlay"), ("4", "softirq"), ("6", "node"), ("5", "probes"),
+                          ("1", "drops")):
+            await pilot.press(key)
+            assert tabs.active == view
+        await pilot.press("5")
+        ladder = app.query_one("#ladder", DataTable)
+        hooks = [str(ladder.get_row_at(i)[0]) for i in range(ladder.row_count)]
+        assert [name for name in hooks if name] == ["drops", "path", "netfilter", "nat", "ipvs", "vxlan",
+                                                    "fragmentation", "softirq"]
+        ipvs = next(i for i, name in enumerate(hooks) if name == "ipvs")
+        assert str(ladder.get_row_at(ipvs)[1]) == "missing"
+        status = str(app.query_one("#probe-status", Static).render())
+        assert "raw tracepoint kfree_skb" in status and "lost 0" in status
+
+
+@sync
+async def test_placeholder_views_say_there_is_no_data_yet() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        await pilot.press("2")
+        empty = app.query_one("#flows .empty", Static)
+        assert empty.display and "no data from this source yet" in str(empty.render())
+
+
+@sync
+async def test_rows_views_show_a_table_source_when_one_is_attached() -> None:
+    class Flows:
+        columns = ["client", "service"]
+
+        def rows(self) -> list[dict[str, Any]]:
+            return [{"client": "pod-a", "service": "default/web:80", "backend": "pod-b"}]
+
+    app = replay.make_app()
+    app.model.tables["flows"] = Flows()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        await pilot.pause(0.3)
+        await pilot.press("2")
+        table = app.query_one("#flows DataTable", DataTable)
+        assert table.display and table.row_count == 1
+        assert str(table.get_row_at(0)[1]) == "default/web:80"
+
+
+@sync
+async def test_good_view_filter_narrows_drops_without_a_new_source() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        source = app.source
+        await pilot.press("slash")
+        field = app.query_one("#filter-input", Input)
+        assert field.has_focus
+        field.value = "udp port 5002"
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert drop_counts(app) == [("NO_SOCKET", 5002, 7)]
+        assert not app.query_one(FilterBar).has_class("open")
+        assert app.source is source and app.model.filter_text == "udp port 5002"
+        assert "udp port 5002" in str(app.query_one("#header", Static).render())
+        await pilot.press("slash")
+        field.value = ""
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert len(drop_counts(app)) == 3
+
+
+@sync
+async def test_bad_view_filter_shows_its_error_inline_and_keeps_the_old_one() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        await pilot.press("slash")
+        for key in "udp port":
+            await pilot.press("space" if key == " " else key)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        error = str(app.query_one("#filter-error", Static).render())
+        assert "bad filter 'udp port'" in error and "syntax error" in error
+        assert app.query_one(FilterBar).has_class("open")
+        assert len(drop_counts(app)) == 3 and app.model.filter_text == ""
+        await pilot.press("escape")
+        assert not app.query_one(FilterBar).has_class("open")
+
+
+@sync
+async def test_enter_on_a_drop_opens_the_timeline_of_its_packets() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        await pilot.press("down")  # NO_SOCKET udp 5002
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        screen = app.screen
+        assert isinstance(screen, TimelineScreen)
+        rows = screen.rows
+        drops = [row for row in rows if row.is_drop]
+        assert len(drops) == 7 and all("NO_SOCKET @__udp4_lib_rcv" in row.what for row in drops)
+        assert all("> 198.18.2.2:5002" in row.flow for row in rows)
+        assert [row.what for row in rows if not row.is_drop] == ["rx"] * 7  # each packet's receive hop
+        assert [row.ts_ns for row in rows] == sorted(row.ts_ns for row in rows)
+        assert rows[0].delta_ns == 0 and all(row.delta_ns > 0 for row in rows[1:])
+        assert all(row.where == f"{replay.meta()['netns'][next(iter(replay.meta()['netns']))]}/veth-b"
+                   for row in rows)
+        assert screen.query_one("#timeline", DataTable).row_count == 14
+        await pilot.press("escape")
+        assert not isinstance(app.screen, TimelineScreen)
+
+
+@sync
+async def test_pause_freezes_the_display_and_resume_shows_what_arrived() -> None:
+    events = replay.events()
+    app = replay.make_app()
+    app.source._events = events[:10]  # type: ignore[attr-defined]
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot, groups=1)
+        await pilot.press("p")
+        before = app.snapshot
+        assert app.paused and "PAUSED" in str(app.query_one("#header", Static).render())
+        app.source._events = events  # type: ignore[attr-defined]
+        for _ in range(60):
+            await pilot.pause(0.05)
+            if app.latest is not None and len(app.latest.drops) == 3:
+                break
+        assert app.snapshot is before  # frozen while paused
+        assert app.latest is not None and len(app.latest.drops) == 3  # counting went on
+        await pilot.press("p")
+        assert not app.paused and app.snapshot is app.latest
+
+
+@sync
+async def test_help_opens_and_closes_and_q_quits() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("q")
+        await pilot.pause(0.1)
+    assert app.return_code == 0
+
+
+def test_tracer_modules_do_not_import_textual() -> None:
+    code = (
+        "import importlib, pkgutil, sys, tracer\n"
+        "for m in pkgutil.walk_packages(tracer.__path__, 'tracer.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(name for name in sys.modules if name == 'textual' or name.startswith('textual.'))\n"
+        "assert not bad, bad[:5]\n"
+        "assert 'tui' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,72 @@
+"""Pictures of the TUI at 100x30 on the replay fixture. Update with `pytest --snapshot-update` only after looking
+at each picture (tests/unit/__snapshots__/test_tui_snapshots/*.svg; `rsvg-convert x.svg -o x.png` to view)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tui" / "replay_fixture.py"
+_spec = importlib.util.spec_from_file_location("tui_replay_fixture_snap", FIXTURE)
+assert _spec and _spec.loader
+replay = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(replay)
+
+SIZE = (100, 30)
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def settled(*keys: str, text: str = "") -> Any:
+    async def run_before(pilot: Any) -> None:
+        app = pilot.app
+        for _ in range(100):
+            if app.snapshot is not None and len(app.snapshot.drops) == 3 and app.plan is not None:
+                break
+            await pilot.pause(0.05)
+        for key in keys:
+            await pilot.press(key)
+        for key in text:
+            await pilot.press("space" if key == " " else key)
+        if text:
+            await pilot.press("enter")
+        await pilot.pause(0.3)
+
+    return run_before
+
+
+def test_drops_view(snap_compare: Any) -> None:
+    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled())
+
+
+def test_probes_view(snap_compare: Any) -> None:
+    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("5"))
+
+
+def test_timeline_of_the_netfilter_drop(snap_compare: Any) -> None:
+    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("enter"))
+
+
+def test_bad_filter_error_inline(snap_compare: Any) -> None:
+    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("slash", text="udp port"))
+
+
+def test_services_placeholder(snap_compare: Any) -> None:
+    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("2"))

@@ -1,0 +1,97 @@
+"""`podtrace tui`: the interactive view, live on this node or on a recording (`--replay FILE`).
+
+Textual is imported only inside run_tui: tracer/ stays headless (a test checks that importing any tracer module
+leaves textual out of sys.modules).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tracer.errors import PodtraceError, UsageError
+
+EPILOG = """\
+keys: 1-6 views, Enter drill into a drop, / view filter, p pause, r record, ? help, q quit
+
+examples:
+  sudo podtrace tui
+  sudo podtrace tui --netns pt-node1 'udp or tcp'
+  podtrace tui --replay incident.ptrec
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    tui = subparsers.add_parser(
+        "tui", help="interactive view: drops, Service flows, MTU, softirq, probes (the default command)",
+        description="Interactive terminal UI, live on this node or replaying a recording.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_tui_options(tui)
+    tui.set_defaults(func=run_tui)
+
+
+def add_tui_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("filter", nargs="*", metavar="FILTER",
+                        help="tcpdump (pcap-filter) expression run in the kernel; `/` in the TUI narrows it further")
+    parser.add_argument("--replay", metavar="FILE", help="show a recording instead of the live node")
+    parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
+    parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
+    parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
+    parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
+
+
+def tui_defaults() -> dict[str, Any]:
+    """The options run_tui reads, for `podtrace` with no subcommand."""
+    return {"filter": [], "replay": None, "netns": None, "ifname": None, "btf": None, "ready_file": None,
+            "ringbuf_pages": 256}
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    for name, value in tui_defaults().items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    if args.replay:
+        if args.filter or args.netns or args.ifname:
+            raise UsageError("--replay takes no kernel filter, --netns or --ifname",
+                             "use `/` inside the TUI to filter a recording")
+        source, info = _replay(args.replay)
+    else:
+        source, info = _live(args)
+    from tui.app import PodtraceApp, run_app  # noqa: PLC0415 - textual only when the TUI runs
+
+    app = PodtraceApp(source, info, ready_file=args.ready_file)
+    code = run_app(app)
+    if app.error:
+        raise _Failed(app.error)
+    return code
+
+
+class _Failed(PodtraceError):
+    """The source failed inside the TUI: printed on one line after the screen is restored."""
+
+
+def _live(args: argparse.Namespace) -> tuple[Any, Any]:
+    from tracer import bccenv
+    from tracer.kernel import probe_kernel
+    from tracer.live import LiveSource
+    from tracer.names import NetnsNames, Symbolizer
+    from tracer.report import Resolver
+    from tracer.session import probe_config
+    from tui.sources import SessionInfo
+
+    args.duration = None
+    config = probe_config(args, path=bool(args.filter))
+    bccenv.require_root("tracing")
+    source = LiveSource(config, args.btf)
+    names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
+    info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
+                       probe_plan=lambda: probe_kernel()[0], live_clock=True)
+    return source, info
+
+
+def _replay(path: str) -> tuple[Any, Any]:
+    from tui.sources import open_replay
+
+    return open_replay(path)

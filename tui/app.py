@@ -1,0 +1,278 @@
+"""The podtrace TUI: a header, one tab per concern, drill-down into a drop's packets, a view filter.
+
+Events never reach the UI thread one by one: a Reader thread (tui/sources.py) aggregates them in a Model and
+posts a coalescing SnapshotReady a few times per second; the app only draws snapshots.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import suppress
+from typing import Any
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.css.query import NoMatches
+from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
+
+from tracer.errors import UsageError
+from tracer.ladder import AttachPlan
+from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
+from tui.model import Model, Snapshot
+from tui.pyfilter import ViewFilter
+from tui.screens.help import HelpScreen
+from tui.screens.timeline import TimelineScreen
+from tui.sources import Reader, SessionInfo, Source
+from tui.widgets.header import HeaderBar, header_text
+from tui.widgets.tables import DropsTable, ProbesView, RowsView, flow_text
+
+VIEWS = ("drops", "flows", "overlay", "softirq", "probes", "node")
+
+
+class FilterBar(Vertical):
+    """`/`: edit the view filter; a bad expression shows libpcap's error under the input."""
+
+    DEFAULT_CSS = """
+    FilterBar { height: auto; dock: bottom; display: none; background: $panel; }
+    FilterBar.open { display: block; }
+    FilterBar #filter-error { color: $error; height: auto; padding: 0 1; }
+    """
+    BINDINGS = [Binding("escape", "close", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="tcpdump filter, e.g. udp port 53 (empty: show everything)", id="filter-input")
+        yield Static("", id="filter-error")
+
+    def open(self, current: str) -> None:
+        self.add_class("open")
+        self.query_one("#filter-error", Static).update("")
+        field = self.query_one("#filter-input", Input)
+        field.value = current
+        field.cursor_blink = not self.app.is_headless  # steady pictures in tests
+        field.focus()
+
+    def action_close(self) -> None:
+        self.remove_class("open")
+        self.app.set_focus(None)
+        self.app.call_later(self.app.action_focus_view)  # type: ignore[attr-defined]
+
+
+class PodtraceApp(App[int]):
+    TITLE = "podtrace"
+    CSS = """
+    #status { height: auto; padding: 0 1; }
+    #status.failed { color: $error; text-style: bold; }
+    .view-title { padding: 0 1; }
+    .empty { padding: 1 2; color: $text-muted; }
+    #probe-status { padding: 0 1; height: auto; }
+    TabbedContent { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("1", "view('drops')", "Drops"),
+        Binding("2", "view('flows')", "Services"),
+        Binding("3", "view('overlay')", "MTU"),
+        Binding("4", "view('softirq')", "Softirq"),
+        Binding("5", "view('probes')", "Probes"),
+        Binding("6", "view('node')", "Node"),
+        Binding("slash", "edit_filter", "Filter"),
+        Binding("p", "toggle_pause", "Pause"),
+        Binding("r", "record", "Rec"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, source: Source, info: SessionInfo, model: Model | None = None,
+                 refresh_interval: float = 0.25, ready_file: str | None = None) -> None:
+        super().__init__()
+        self.ready_file = ready_file
+        self.source = source
+        self.info = info
+        self.model = model or Model(info.names, clock=time.monotonic_ns if info.live_clock else None)
+        self.refresh_interval = refresh_interval
+        self.reader: Reader | None = None
+        self.snapshot: Snapshot | None = None  # the one on screen
+        self.latest: Snapshot | None = None  # the newest received (differs while paused)
+        self.plan: AttachPlan | None = info.plan
+        self.plan_note = ""
+        self.paused = False
+        self.recording = False
+        self.started = False
+        self.error = ""
+        self._began = time.monotonic()
+
+    # -- layout --
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        yield Static("", id="status")
+        with TabbedContent(initial="drops", id="views"):
+            with TabPane("1 Drops", id="drops"):
+                yield DropsTable(id="drops-table")
+            with TabPane("2 Services", id="flows"):
+                yield RowsView("flows", "Service flows", "client -> Service -> backend",
+                               ["client", "service", "backend", "packets", "bytes", "drops", "nf_time"])
+            with TabPane("3 Overlay/MTU", id="overlay"):
+                yield RowsView("overlay", "Overlay and MTU", "tunnels, fragments, frag-needed, MTU verdicts",
+                               ["device", "vni", "packets", "fragments", "frag_needed", "verdict"])
+            with TabPane("4 Softirq", id="softirq"):
+                yield RowsView("softirq", "Softirq", "per-CPU NET_RX/NET_TX wait and run times",
+                               ["cpu", "kind", "p50", "p99", "squeezes", "histogram"])
+            with TabPane("5 Probes", id="probes"):
+                yield ProbesView(id="probes-view")
+            with TabPane("6 Node", id="node"):
+                yield RowsView("node", "Node", "interfaces, MTUs, conntrack, softnet",
+                               ["name", "value"])
+        yield FilterBar(id="filter-bar")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_header()
+        self.query_one(ProbesView).show_plan(self.plan, "probing the attach ladder...")
+        self.reader = Reader(self.source, self.model, self.post_message, self.info, interval=self.refresh_interval)
+        self.reader.start()
+        self.set_interval(0.2, self._tick_progress)
+        self.action_focus_view()
+
+    def on_unmount(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+
+    # -- messages from the reader --
+
+    def on_source_started(self, message: SourceStarted) -> None:
+        with suppress(NoMatches):  # messages still queued while the app shuts down
+            self.started = True
+            status = self.query_one("#status", Static)
+            if self.info.mode == "live":
+                status.update(Text(f"probes attached in {message.seconds:.1f} s: {', '.join(message.attached)}",
+                                   style="dim"))
+            else:
+                status.update(Text(f"{self.info.mode}", style="dim"))
+            self._show_probes()
+        if self.ready_file:
+            with open(self.ready_file, "w", encoding="utf-8") as handle:
+                handle.write(f"{os.getpid()}\n")
+
+    def on_source_failed(self, message: SourceFailed) -> None:
+        self.error = message.message
+        self.started = True
+        with suppress(NoMatches):  # messages still queued while the app shuts down
+            status = self.query_one("#status", Static)
+            status.add_class("failed")
+            status.update(f"{message.message}  (q quits)")
+
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        self.latest = message.snapshot
+        with suppress(NoMatches):  # messages still queued while the app shuts down
+            if not self.paused:
+                self.show(message.snapshot)
+
+    def on_plan_ready(self, message: PlanReady) -> None:
+        with suppress(NoMatches):  # messages still queued while the app shuts down
+            self.plan = message.plan
+            self.plan_note = message.error
+            self.query_one(ProbesView).show_plan(message.plan, message.error)
+            self.refresh_header()
+
+    # -- drawing --
+
+    def _tick_progress(self) -> None:
+        if self.started:
+            return
+        elapsed = time.monotonic() - self._began
+        what = ", ".join(self.info.programs) or "events"
+        verb = "compiling and attaching probes" if self.info.mode == "live" else "opening"
+        self.query_one("#status", Static).update(Text(f"{verb} ({what}) ... {elapsed:.1f} s", style="yellow"))
+
+    def show(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.query_one(DropsTable).show(snapshot.drops)
+        for view in self.query(RowsView):
+            view.show(snapshot.tables)
+        self._show_probes()
+        self.refresh_header()
+
+    def _show_probes(self) -> None:
+        snap = self.snapshot
+        self.query_one(ProbesView).show_status(
+            self.info.programs, self.info.attached, snap.counters if snap else {},
+            snap.drop_total if snap else 0, snap.path_events if snap else 0)
+
+    def refresh_header(self) -> None:
+        self.query_one(HeaderBar).update(
+            header_text(self.info, self.snapshot, self.plan, self.plan_note, self.paused, self.recording))
+
+    # -- actions --
+
+    def action_view(self, name: str) -> None:
+        if isinstance(self.screen, TimelineScreen):
+            self.pop_screen()
+        self.query_one(TabbedContent).active = name
+        self.action_focus_view()
+
+    def action_focus_view(self) -> None:
+        active = self.query_one(TabbedContent).active
+        tables = [table for table in self.query_one(f"#{active}", TabPane).query(DataTable) if table.display]
+        if tables:
+            tables[0].focus()
+
+    def action_edit_filter(self) -> None:
+        self.query_one(FilterBar).open(self.model.filter_text)
+
+    def on_input_submitted(self, message: Input.Submitted) -> None:
+        if message.input.id != "filter-input":
+            return
+        expression = message.value.strip()
+        try:
+            predicate = ViewFilter(expression) if expression else None
+        except UsageError as err:
+            self.query_one("#filter-error", Static).update(err.one_line())
+            return
+        bar = self.query_one(FilterBar)
+        bar.action_close()
+        self.model.set_filter(expression, predicate)
+        self.notify(f"view filter: {expression}" if expression else "view filter cleared", timeout=2)
+        self.push_snapshot()
+
+    def push_snapshot(self) -> None:
+        """Draw now rather than at the next tick (after a filter change)."""
+        counters = self.latest.counters if self.latest else {}
+        snapshot = self.model.snapshot(counters)
+        self.latest = snapshot
+        if not self.paused:
+            self.show(snapshot)
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused and self.latest is not None:
+            self.show(self.latest)
+        self.refresh_header()
+
+    def action_record(self) -> None:
+        self.notify("recording from the TUI is not available yet: use `podtrace record`", severity="warning")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def on_data_table_row_selected(self, message: DataTable.RowSelected) -> None:
+        if message.data_table.id != "drops-table" or self.snapshot is None:
+            return
+        ident = str(message.row_key.value)
+        row = next((row for row in self.snapshot.drops if row["key"] == ident), None)
+        if row is None:
+            return
+        title = f"{row['reason']} at {row['location']}  {row['netns']}/{row['ifname']}  {flow_text(row)}"
+        self.push_screen(TimelineScreen(self.model, ident, title))
+
+    async def action_quit(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+        self.exit(1 if self.error else 0)
+
+
+def run_app(app: PodtraceApp, **kwargs: Any) -> int:
+    result = app.run(**kwargs)
+    return int(result or 0)

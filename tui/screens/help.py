@@ -1,0 +1,44 @@
+"""The help screen: keys, and what the filters do."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+HELP = """\
+[b]podtrace[/b]: where packets die on this node
+
+[b]1[/b] Drops       reason, kernel location, netns/interface, flow, count, rate over the last 10 s
+[b]2[/b] Services    client -> Service -> backend flows (when a Service source is attached)
+[b]3[/b] Overlay/MTU tunnels, fragments, frag-needed, MTU verdicts
+[b]4[/b] Softirq     per-CPU NET_RX/NET_TX times, squeezes
+[b]5[/b] Probes      attached programs, event and loss counters, the attach ladder
+[b]6[/b] Node        node-wide facts
+
+[b]Enter[/b]  on a drop: the timeline of its recent packets (Esc goes back)
+[b]/[/b]      view filter in tcpdump syntax, e.g. [i]udp port 53[/i] or [i]host 10.96.0.10[/i]:
+       applied to events already captured, without reattaching probes; it narrows the
+       kernel filter given on the command line, it cannot widen it. Empty clears it.
+[b]p[/b]      pause/resume the display (capture and counting go on)
+[b]r[/b]      start/stop recording
+[b]?[/b]      this help        [b]q[/b]  quit
+
+Lost events (ring buffer full) show in red in the header: narrow the filter.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("question_mark", "dismiss", "Close"),
+                Binding("q", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Vertical { width: 96; height: auto; border: round $accent; background: $surface; padding: 0 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(Text.from_markup(HELP))

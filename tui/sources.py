@@ -1,0 +1,171 @@
+"""Where the TUI's events come from, and the reader thread that turns them into a few snapshots per second.
+
+A Source is anything with `poll(timeout_ms) -> list[PacketEvent]` and `counters() -> dict`: tracer.live.LiveSource,
+tracer.replay.ReplaySource, or ListSource here (tests, and replay until recordings exist).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from textual.message import Message
+
+from tracer.errors import PodtraceError
+from tracer.events import PacketEvent
+from tracer.ladder import AttachPlan
+from tracer.report import Resolver
+from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
+from tui.model import Model
+
+
+class Source(Protocol):
+    def poll(self, timeout_ms: int = 100) -> list[PacketEvent]: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+@dataclass
+class SessionInfo:
+    """What the header and the probes view say about where events come from."""
+
+    names: Resolver
+    node: str = field(default_factory=platform.node)
+    kernel: str = field(default_factory=platform.release)
+    mode: str = "live"  # or "replay FILE"
+    kernel_filter: str = ""
+    programs: list[str] = field(default_factory=list)
+    attached: list[str] = field(default_factory=list)
+    plan: AttachPlan | None = None  # known up front in replay
+    probe_plan: Callable[[], AttachPlan] | None = None  # live: probe the kernel's ladder in a worker
+    live_clock: bool = True  # rates against time.monotonic_ns (live) or the newest event (replay)
+
+
+class ListSource:
+    """Decoded events delivered in batches, then nothing: a replay that needs no recording format."""
+
+    def __init__(self, events: Sequence[PacketEvent], counters: dict[str, int] | None = None,
+                 batch: int = 1000) -> None:
+        self._events = list(events)
+        self._position = 0
+        self._batch = batch
+        self._counters = dict(counters or {"events": len(self._events), "lost": 0})
+
+    def poll(self, timeout_ms: int = 100) -> list[PacketEvent]:
+        if self._position >= len(self._events):
+            time.sleep(timeout_ms / 1000)
+            return []
+        batch = self._events[self._position:self._position + self._batch]
+        self._position += len(batch)
+        return batch
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    @property
+    def done(self) -> bool:
+        return self._position >= len(self._events)
+
+
+class Reader:
+    """Starts the source, polls it, feeds the model and posts one SnapshotReady every `interval` seconds."""
+
+    def __init__(self, source: Source, model: Model, post: Callable[[Message], object], info: SessionInfo,
+                 interval: float = 0.25, poll_ms: int = 50) -> None:
+        self.source = source
+        self.model = model
+        self.post = post
+        self.info = info
+        self.interval = interval
+        self.poll_ms = poll_ms
+        self.stopped = threading.Event()
+        self.started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="podtrace-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        began = time.monotonic()
+        try:
+            start: Any = getattr(self.source, "start", None)
+            if start is not None:
+                start(progress=False)
+            attached = list(getattr(self.source, "attached", []) or self.info.attached)
+            self.info.attached = attached
+            self.post(SourceStarted(attached, time.monotonic() - began))
+            self.started.set()
+            if self.info.plan is not None:
+                self.post(PlanReady(self.info.plan))
+            elif self.info.probe_plan is not None:
+                threading.Thread(target=self._probe_plan, name="podtrace-ladder", daemon=True).start()
+            self._loop()
+        except PodtraceError as err:
+            self.post(SourceFailed(err.one_line()))
+        except Exception as err:  # noqa: BLE001 - shown in the TUI rather than lost in a dead thread
+            self.post(SourceFailed(f"the event source failed: {err}"))
+        finally:
+            close = getattr(self.source, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):  # closing on the way out; nothing left to tell
+                    close()
+
+    def _loop(self) -> None:
+        next_post = 0.0
+        while not self.stopped.is_set():
+            events = self.source.poll(self.poll_ms)
+            if events:
+                self.model.add(events)
+            now = time.monotonic()
+            if now >= next_post:
+                self.post(SnapshotReady(self.model.snapshot(self.source.counters())))
+                next_post = now + self.interval
+
+    def _probe_plan(self) -> None:
+        assert self.info.probe_plan is not None
+        try:
+            plan = self.info.probe_plan()
+        except Exception as err:  # noqa: BLE001 - BCC and netlink raise broadly; the view says what failed
+            self.post(PlanReady(None, f"could not probe the attach ladder: {err}"))
+            return
+        self.info.plan = plan
+        self.post(PlanReady(plan))
+
+
+def open_replay(path: str) -> tuple[Source, SessionInfo]:
+    """A recording through tracer.replay.ReplaySource (the recordings work), with its names and attach plan."""
+    try:
+        from tracer.replay import ReplaySource  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise PodtraceError("--replay needs recordings (tracer/replay.py), which this build does not have yet",
+                            "run `podtrace tui` live on the node") from None
+    source: Any = ReplaySource(path)
+    names = getattr(source, "resolver", None) or getattr(source, "names", None)
+    if names is None:
+        names = Resolver(dict(getattr(source, "reasons", {}) or {}), lambda inode: f"netns:{inode}",
+                         lambda address: f"0x{address:x}" if address else "-")
+    header: Any = getattr(source, "header", None)
+    plan = getattr(source, "plan", None) or getattr(header, "plan", None)
+    if isinstance(plan, dict):
+        plan = AttachPlan.from_json(plan)
+    info = SessionInfo(
+        names,
+        node=str(getattr(header, "node", "") or getattr(source, "node", "") or "?"),
+        kernel=str(getattr(header, "kernel", "") or getattr(source, "kernel", "") or "?"),
+        mode=f"replay {path}",
+        programs=list(getattr(header, "programs", []) or []),
+        attached=list(getattr(header, "attached", []) or []),
+        plan=plan if isinstance(plan, AttachPlan) else None,
+        live_clock=False,
+    )
+    return source, info

@@ -1,0 +1,51 @@
+"""The header: node, kernel, attach plan, event rate, lost events (red above zero), filters, recording."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tracer.ladder import AttachPlan
+from tui.model import Snapshot
+from tui.sources import SessionInfo
+
+
+def header_text(info: SessionInfo, snapshot: Snapshot | None, plan: AttachPlan | None, plan_note: str,
+                paused: bool, recording: bool) -> Text:
+    text = Text()
+    text.append(" podtrace ", style="bold reverse")
+    text.append(f" {info.mode}", style="bold")
+    text.append(f"  node {info.node}  kernel {info.kernel}\n plan ")
+    if plan is not None:
+        attached = sum(1 for hook in plan.hooks if hook.chosen)
+        style = "green" if attached == len(plan.hooks) else "yellow"
+        text.append(plan.summary(), style=style)
+    else:
+        text.append(plan_note or "attach plan: probing...", style="dim")
+    text.append("\n ")
+    if snapshot is None:
+        text.append("waiting for events", style="dim")
+    else:
+        lost = snapshot.counters.get("lost", 0)
+        text.append(f"events {snapshot.events}  {snapshot.rate:.0f}/s  ")
+        text.append(f"lost {lost}", style="bold white on red" if lost > 0 else "green")
+        text.append(f"  drops {snapshot.drop_total}"
+                    f" in {snapshot.drop_groups} groups")
+        if snapshot.evicted:
+            text.append(f" ({snapshot.evicted} evicted)", style="yellow")
+    text.append("  filter ")
+    text.append(repr(info.kernel_filter) if info.kernel_filter else "none", style="cyan")
+    if snapshot is not None and snapshot.view_filter:
+        text.append(" view ")
+        text.append(repr(snapshot.view_filter), style="bold cyan")
+    text.append("  ")
+    text.append("● REC" if recording else "○ rec off", style="bold red" if recording else "dim")
+    if paused:
+        text.append("  PAUSED", style="bold black on yellow")
+    return text
+
+
+class HeaderBar(Static):
+    DEFAULT_CSS = """
+    HeaderBar { height: auto; background: $panel; }
+    """
