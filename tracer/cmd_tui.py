@@ -74,6 +74,7 @@ class _Failed(PodtraceError):
 
 def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     from tracer import bccenv
+    from tracer.check.table import NodeFindingsTable
     from tracer.kernel import probe_kernel
     from tracer.live import LiveSource
     from tracer.names import NetnsNames, Symbolizer
@@ -87,7 +88,8 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     source = LiveSource(config, args.btf)
     names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
-                       probe_plan=lambda: probe_kernel()[0], live_clock=True)
+                       probe_plan=lambda: probe_kernel()[0], live_clock=True,
+                       tables={"node": NodeFindingsTable(args.netns)})
     return source, info
 
 

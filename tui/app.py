@@ -91,6 +91,7 @@ class PodtraceApp(App[int]):
         self.source = source
         self.info = info
         self.model = model or Model(info.names, clock=time.monotonic_ns if info.live_clock else None)
+        self.model.tables.update(info.tables)
         self.refresh_interval = refresh_interval
         self.reader: Reader | None = None
         self.snapshot: Snapshot | None = None  # the one on screen
@@ -123,8 +124,8 @@ class PodtraceApp(App[int]):
             with TabPane("5 Probes", id="probes"):
                 yield ProbesView(id="probes-view")
             with TabPane("6 Node", id="node"):
-                yield RowsView("node", "Node", "interfaces, MTUs, conntrack, softnet",
-                               ["name", "value"])
+                yield RowsView("node", "Node", "podtrace check: kube-proxy, conntrack, MTU, bridging, softirq",
+                               ["severity", "check", "value", "fix"])
         yield FilterBar(id="filter-bar")
         yield Footer()
 

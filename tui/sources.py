@@ -44,6 +44,7 @@ class SessionInfo:
     plan: AttachPlan | None = None  # known up front in replay
     probe_plan: Callable[[], AttachPlan] | None = None  # live: probe the kernel's ladder in a worker
     live_clock: bool = True  # rates against time.monotonic_ns (live) or the newest event (replay)
+    tables: dict[str, Any] = field(default_factory=dict)  # view name -> TableSource (tui/model.py)
 
 
 class ListSource:
