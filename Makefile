@@ -13,7 +13,7 @@ demo: setup
 	$(VENV)/bin/podtrace lab up --if-down
 	$(VENV)/bin/podtrace lab fault drop-backend --on
 	$(VENV)/bin/podtrace lab traffic --background --rate 20
-	$(VENV)/bin/podtrace tui
+	$(VENV)/bin/podtrace tui --node pt-node1 --node pt-node2
 
 # The whole suite: lint, types, unit tests, then root end-to-end tests on this kernel.
 test: setup check test-e2e

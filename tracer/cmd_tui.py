@@ -38,6 +38,9 @@ def add_tui_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
     parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
     parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
+    parser.add_argument("--node", action="append", metavar="NETNS",
+                        help="node network namespace for the Services view's netfilter links and kube-proxy rules "
+                             "(repeatable; default: this namespace, which is the node on a real worker)")
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
 
@@ -45,7 +48,7 @@ def add_tui_options(parser: argparse.ArgumentParser) -> None:
 def tui_defaults() -> dict[str, Any]:
     """The options run_tui reads, for `podtrace` with no subcommand."""
     return {"filter": [], "replay": None, "netns": None, "ifname": None, "btf": None, "ready_file": None,
-            "ringbuf_pages": 256}
+            "ringbuf_pages": 256, "node": None}
 
 
 def run_tui(args: argparse.Namespace) -> int:
@@ -75,7 +78,8 @@ class _Failed(PodtraceError):
 def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     from tracer import bccenv
     from tracer.check.table import NodeFindingsTable
-    from tracer.kernel import probe_kernel
+    from tracer.flows import LiveFlowsTable
+    from tracer.kernel import kernel_version, probe_kernel
     from tracer.live import LiveSource
     from tracer.names import NetnsNames, Symbolizer
     from tracer.report import Resolver
@@ -85,11 +89,16 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     args.duration = None
     config = probe_config(args, path=bool(args.filter))
     bccenv.require_root("tracing")
+    # Service flows need BPF netfilter links (kernel >= 6.4); without them the Services view says so.
+    if kernel_version() >= (6, 4):
+        config.netfilter = True
+        config.netfilter_netns = tuple(args.node or [None])
     source = LiveSource(config, args.btf)
     names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
                        probe_plan=lambda: probe_kernel()[0], live_clock=True,
-                       tables={"node": NodeFindingsTable(args.netns)})
+                       tables={"node": NodeFindingsTable(args.netns),
+                               "flows": LiveFlowsTable(source, args.node or [None])})
     return source, info
 
 

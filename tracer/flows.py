@@ -187,4 +187,49 @@ def write_flow_table(table: FlowTable, out: Any) -> None:
                   f" ({drop.src} > {drop.dst}:{drop.dport})\n")
 
 
+class LiveFlowsTable:
+    """The TUI's Services view (a tui/model.py TableSource): NAT records read from the kernel at each refresh."""
+
+    columns = ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us"]
+
+    def __init__(self, source: Any, nodes: Iterable[str | None]) -> None:
+        self.source = source
+        self.nodes = list(nodes)
+        self._services: ServiceMap | None = None
+        self._pods: dict[str, str] = {}
+
+    def _load_names(self) -> ServiceMap:
+        from tracer.errors import PodtraceError  # noqa: PLC0415
+        from tracer.kubeproxy import collect, merge  # noqa: PLC0415 - runs iptables-save/nft once
+
+        maps = []
+        for node in self.nodes:
+            try:
+                maps.append(collect(node))
+            except PodtraceError:
+                continue
+        try:
+            from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+
+            if is_up():
+                self._pods = {pod.ip: name for name, pod in names().pods.items()}
+        except PodtraceError:
+            pass
+        return merge(*maps) if maps else ServiceMap()
+
+    def rows(self) -> list[dict[str, Any]]:
+        if self._services is None:
+            self._services = self._load_names()
+        table = FlowTable(self._services, lambda ip: self._pods.get(ip, "-"))
+        table.add_nat(nat_record_from_map(key, stats) for key, stats in self.source.nat_flows())
+        return [{
+            "service": flow.service,
+            "client": flow.client_pod if flow.client_pod != "-" else flow.client,
+            "backend": f"{flow.backend_pod if flow.backend_pod != '-' else flow.backend}:{flow.backend_port}",
+            "pkts_out": flow.packets_out,
+            "pkts_in": flow.packets_in,
+            "nf_us": round(flow.nat_ns_sum / max(flow.packets_out, 1) / 1000, 1),
+        } for flow in table.rows()]
+
+
 __all__ = ["FlowTable", "NatRecord", "ServiceFlow", "nat_record_from_map", "point_label", "write_flow_table"]

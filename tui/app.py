@@ -113,8 +113,8 @@ class PodtraceApp(App[int]):
             with TabPane("1 Drops", id="drops"):
                 yield DropsTable(id="drops-table")
             with TabPane("2 Services", id="flows"):
-                yield RowsView("flows", "Service flows", "client -> Service -> backend",
-                               ["client", "service", "backend", "packets", "bytes", "drops", "nf_time"])
+                yield RowsView("flows", "Service flows", "client -> Service -> backend, from netfilter links",
+                               ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us"])
             with TabPane("3 Overlay/MTU", id="overlay"):
                 yield RowsView("overlay", "Overlay and MTU", "tunnels, fragments, frag-needed, MTU verdicts",
                                ["device", "vni", "packets", "fragments", "frag_needed", "verdict"])
