@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "tracer.cmd_flows",
     "tracer.cmd_overlay",
     "tracer.cmd_tui",
+    "tracer.cmd_record",
 )
 
 EPILOG = """\

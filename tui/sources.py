@@ -146,27 +146,20 @@ class Reader:
 def open_replay(path: str) -> tuple[Source, SessionInfo]:
     """A recording through tracer.replay.ReplaySource (the recordings work), with its names and attach plan."""
     try:
-        from tracer.replay import ReplaySource  # type: ignore[import-not-found,unused-ignore]
+        from tracer.replay import ReplaySource
     except ImportError:
         raise PodtraceError("--replay needs recordings (tracer/replay.py), which this build does not have yet",
                             "run `podtrace tui` live on the node") from None
-    source: Any = ReplaySource(path)
-    names = getattr(source, "resolver", None) or getattr(source, "names", None)
-    if names is None:
-        names = Resolver(dict(getattr(source, "reasons", {}) or {}), lambda inode: f"netns:{inode}",
-                         lambda address: f"0x{address:x}" if address else "-")
-    header: Any = getattr(source, "header", None)
-    plan = getattr(source, "plan", None) or getattr(header, "plan", None)
-    if isinstance(plan, dict):
-        plan = AttachPlan.from_json(plan)
+    source = ReplaySource(path)
+    header = source.header
     info = SessionInfo(
-        names,
-        node=str(getattr(header, "node", "") or getattr(source, "node", "") or "?"),
-        kernel=str(getattr(header, "kernel", "") or getattr(source, "kernel", "") or "?"),
+        source.resolver(),
+        node=str(header.get("hostname") or "?"),
+        kernel=str(header.get("kernel_release") or "?"),
         mode=f"replay {path}",
-        programs=list(getattr(header, "programs", []) or []),
-        attached=list(getattr(header, "attached", []) or []),
-        plan=plan if isinstance(plan, AttachPlan) else None,
+        programs=list(header.get("programs") or []),
+        attached=list(source.attached),
+        plan=source.plan(),
         live_clock=False,
     )
     return source, info

@@ -127,7 +127,7 @@ async def test_rows_views_show_a_table_source_when_one_is_attached() -> None:
         await pilot.press("2")
         table = app.query_one("#flows DataTable", DataTable)
         assert table.display and table.row_count == 1
-        assert str(table.get_row_at(0)[1]) == "default/web:80"
+        assert str(table.get_row_at(0)[0]) == "default/web:80"
 
 
 @sync

@@ -1,0 +1,311 @@
+"""`podtrace record` (trace to a file), `podtrace report` (the drops table from a file, no root, no BPF) and
+`podtrace export` (pcapng for Wireshark/tshark)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from typing import Any
+
+from tracer import __version__
+from tracer.aggregate import DropTable
+from tracer.errors import PodtraceError, RecordingError, UsageError
+from tracer.events import EVENT_SIZE, decode
+from tracer.recording import FORMAT_VERSION, Recorder, compression_of, parse_size
+from tracer.replay import ReplaySource
+from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
+
+RECORD_EPILOG = """\
+The file is self-contained: kernel, attach plan, drop-reason names, netns names and kernel symbols travel
+with the events, so `podtrace report` and `podtrace export` work on any machine. Compressed when FILE ends in
+.gz (or .zst with the zstandard package). With --max-size the recording continues in FILE.1, FILE.2, ...
+(trace.1.gz for trace.gz), each readable on its own.
+
+examples:
+  sudo podtrace record -o node1.ptrec.gz --duration 60
+  sudo podtrace record -o drops.ptrec --max-size 100M --netns pt-node1 'tcp port 443'
+"""
+
+REPORT_EPILOG = """\
+exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the damage is still printed)
+
+examples:
+  podtrace report node1.ptrec.gz
+  podtrace report --json node1.ptrec.gz | jq 'select(.reason == "NETFILTER_DROP")'
+"""
+
+EXPORT_EPILOG = """\
+Each packet carries a comment with its kind, drop reason, kernel location, netns, interface and pod/Service
+names; the packet bytes start at the IP header (link type RAW).
+
+examples:
+  podtrace export node1.ptrec.gz --pcapng node1.pcapng
+  tshark -r node1.pcapng -T fields -e frame.comment -e ip.src -e ip.dst
+"""
+
+BATCH = 1024  # events per EVENTS record
+TICK_S = 1.0  # counters record, flush and status line
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from tracer.session import add_trace_options
+
+    record = subparsers.add_parser(
+        "record", help="trace drops (and path events for FILTER) to a self-contained file",
+        description="Record drop events, and path events for packets matching FILTER, to FILE.",
+        epilog=RECORD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    record.add_argument("-o", "--output", required=True, metavar="FILE", help="recording to write")
+    record.add_argument("--max-size", metavar="N", help="start a new part when a file reaches N bytes (10M, 1G)")
+    add_trace_options(record)
+    record.set_defaults(func=run_record)
+
+    report = subparsers.add_parser(
+        "report", help="the drops table from a recording (no root, no BPF)",
+        description="Print the drops table `podtrace drops` would have printed over the recorded traffic.",
+        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("file", metavar="FILE")
+    report.add_argument("--json", action="store_true", help="one JSON object per line")
+    report.add_argument("--no-follow", action="store_true", help="read FILE only, not its rotation parts")
+    report.set_defaults(func=run_report)
+
+    export = subparsers.add_parser(
+        "export", help="convert a recording to pcapng with per-packet comments",
+        description="Write the recorded packets to a pcapng file that Wireshark and tshark open.",
+        epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("file", metavar="FILE")
+    export.add_argument("--pcapng", required=True, metavar="OUT", help="pcapng file to write")
+    export.add_argument("--no-follow", action="store_true", help="read FILE only, not its rotation parts")
+    export.set_defaults(func=run_export)
+
+
+# --- record ---------------------------------------------------------------------------------------------------
+
+
+def _attach_plan() -> tuple[dict[str, Any] | None, str]:
+    """The attach ladder's plan for the header; a recording is still worth making without it."""
+    try:
+        from tracer.kernel import probe_kernel
+
+        plan, _trials = probe_kernel()
+        return plan.to_json(), ""
+    except Exception as err:  # noqa: BLE001 - any failure here only costs the header its plan
+        return None, str(err) or type(err).__name__
+
+
+def _lab_names() -> dict[str, Any] | None:
+    """The built-in lab's pods and Services when it is up (None when it is down or unavailable)."""
+    try:
+        from dataclasses import asdict
+
+        from tracer import lab
+
+        return asdict(lab.names())
+    except Exception:  # noqa: BLE001 - the lab is optional
+        return None
+
+
+def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -> dict[str, Any]:
+    plan, plan_error = _attach_plan()
+    wall, mono = time.time_ns(), time.monotonic_ns()
+    return {
+        "format_version": FORMAT_VERSION,
+        "podtrace_version": __version__,
+        "kernel_release": platform.release(),
+        "machine": platform.machine(),
+        "hostname": socket.gethostname(),
+        # events carry bpf_ktime_get_ns (CLOCK_MONOTONIC): wall = ts_ns + wall_offset_ns
+        "clock": {"wall_ns": wall, "monotonic_ns": mono, "wall_offset_ns": wall - mono},
+        "attach_plan": plan,
+        "attach_plan_error": plan_error,
+        "attached": list(source.attached),
+        "programs": list(source.build.programs),
+        "drop_reasons": {str(value): name for value, name in sorted(source.reasons.items())},
+        "filter": {"expression": " ".join(args.filter), "netns": args.netns, "netns_inode": source.config.netns_inode,
+                   "ifname": args.ifname},
+        "event_size": EVENT_SIZE,
+        "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": _lab_names()},
+    }
+
+
+class _RecordLoop:
+    """Callbacks for run_session: buffer raw events, write them in batches, counters and status every second."""
+
+    def __init__(self, args: argparse.Namespace, max_size: int | None) -> None:
+        self.args = args
+        self.max_size = max_size
+        self.recorder: Recorder | None = None
+        self.pending: list[bytes] = []
+        self.next_tick = 0.0
+        self.status = sys.stderr.isatty()
+
+    def on_start(self, source: Any, names: Any) -> None:
+        from tracer.names import named_netns
+
+        known = {inode: name for name, inode in named_netns().items()}
+        own = os.stat("/proc/self/ns/net").st_ino
+        known[own] = "host"
+        names.symbol(1)  # load kallsyms now (~0.6 s), not on the first drop while the ring buffer fills
+        header = build_header(self.args, source, known)
+        self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size)
+        self.recorder.write_counters(source.counters(), time.monotonic_ns())
+        self.recorder.flush()
+        self.next_tick = time.monotonic() + TICK_S
+
+    def on_raw(self, raw: bytes) -> None:
+        self.pending.append(raw)
+        if len(self.pending) >= BATCH:
+            self._write()
+
+    def _write(self) -> None:
+        assert self.recorder is not None
+        self.recorder.add(self.pending)
+        self.pending = []
+
+    def on_tick(self, source: Any) -> None:
+        self._write()
+        now = time.monotonic()
+        if now < self.next_tick:
+            return
+        self.next_tick = now + TICK_S
+        assert self.recorder is not None
+        counters = source.counters()
+        self.recorder.write_counters(counters, time.monotonic_ns())
+        self.recorder.flush()  # a killed recorder loses at most the last second
+        if self.status:
+            parts = f", part {len(self.recorder.parts)}" if len(self.recorder.parts) > 1 else ""
+            sys.stderr.write(f"\rrecording: {self.recorder.events} events, {counters.get('lost', 0)} lost{parts} ")
+            sys.stderr.flush()
+
+    def close(self, final_counters: dict[str, int]) -> None:
+        if self.recorder is None:
+            return
+        if self.pending:
+            self._write()
+        self.recorder.close(final_counters, time.time_ns())
+        if self.status:
+            sys.stderr.write("\n")
+
+
+def _check_output(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {path}: {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write {path}: {directory} is not writable")
+    if compression_of(path) == "zstd":
+        from tracer.recording import _zstandard
+
+        _zstandard()  # the clear error before compiling probes, not after
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from tracer.session import run_session
+
+    try:
+        max_size = parse_size(args.max_size) if args.max_size else None
+    except ValueError as err:
+        raise UsageError(f"--max-size: {err}") from err
+    _check_output(args.output)
+    loop = _RecordLoop(args, max_size)
+    source = None
+    try:
+        source, _names, count = run_session(args, path=bool(args.filter), on_raw=loop.on_raw,
+                                            on_start=loop.on_start, on_tick=loop.on_tick)
+    finally:
+        loop.close(source.final_counters if source is not None else {})
+    assert loop.recorder is not None
+    recorder = loop.recorder
+    counters = source.final_counters
+    if args.json:
+        summary = summary_json(count, counters)
+        summary.update({"file": args.output, "parts": recorder.parts, "bytes": recorder.bytes_written})
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        files = args.output if len(recorder.parts) == 1 else f"{args.output} (+{len(recorder.parts) - 1} parts)"
+        sys.stderr.write(f"recorded {summary_line(count, counters)} to {files}, {recorder.bytes_written} bytes\n")
+    return 0
+
+
+# --- report and export ----------------------------------------------------------------------------------------
+
+
+def _warn_truncated(source: ReplaySource) -> None:
+    for path in source.truncated_parts:
+        sys.stderr.write(f"podtrace: warning: {path} was cut short (recorder killed?): read up to its last "
+                         f"complete record\n")
+
+
+def _describe(source: ReplaySource) -> str:
+    header = source.header
+    started = header.get("clock", {}).get("wall_ns")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started / 1e9)) if started else "?"
+    expression = header.get("filter", {}).get("expression") or "all drops"
+    return (f"recording of {header.get('hostname', '?')} (kernel {header.get('kernel_release', '?')}) "
+            f"from {when}, filter: {expression}")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    source = ReplaySource(args.file, follow=not args.no_follow)
+    table = DropTable()
+    count = 0
+    error: PodtraceError | None = None
+    try:
+        for raw in source:
+            table.add_raw(raw)
+            count += 1
+    except RecordingError as err:
+        error = err
+    finally:
+        source.close()
+    if not args.json:
+        sys.stderr.write(_describe(source) + "\n")
+    _warn_truncated(source)
+    rows = drop_rows(table, source.resolver())
+    counters = source.final_counters
+    if args.json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        summary = summary_json(count, counters, table.evicted)
+        summary["truncated"] = source.truncated
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        write_drop_table(rows, sys.stdout)
+        sys.stdout.write(summary_line(count, counters, table.evicted) + "\n")
+    sys.stdout.flush()
+    if error is not None:
+        raise error
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tracer.pcapng import PcapngWriter
+
+    source = ReplaySource(args.file, follow=not args.no_follow)
+    header = source.header
+    error: PodtraceError | None = None
+    try:
+        with open(args.pcapng, "wb") as out:
+            writer = PcapngWriter(out, f"Linux {header.get('kernel_release', '')}", header.get("hostname", ""))
+            try:
+                for raw in source:
+                    if len(raw) >= EVENT_SIZE:  # NAT events carry no packet bytes
+                        writer.event(decode(raw), source.names)
+            except RecordingError as err:
+                error = err  # the packets before the damage are in the file
+    except OSError as err:
+        raise RecordingError(f"cannot write {args.pcapng}: {err.strerror}") from err
+    finally:
+        source.close()
+    _warn_truncated(source)
+    sys.stderr.write(f"wrote {writer.packets} packets on {writer.interfaces} interfaces to {args.pcapng}\n")
+    if error is not None:
+        raise error
+    return 0

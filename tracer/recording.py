@@ -1,0 +1,431 @@
+"""The recording file format: writer and reader (docs/recording-format.md is the reference).
+
+    preamble  b"PODTRACE" + u32 format version                     (little-endian throughout)
+    record    u32 length | u8 kind | payload[length] | u32 crc32(length, kind, payload)
+
+The first record is the JSON header, then EVENTS, NAMES and COUNTERS records in time order, then a TRAILER.
+The whole stream is gzip- or zstd-compressed when the file name ends in .gz or .zst; readers detect compression
+from the first bytes, not the name. Pure IO on bytes: nothing here knows about BPF.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from tracer.errors import RecordingError
+from tracer.events import EVENT_SIZE
+
+MAGIC = b"PODTRACE"
+FORMAT_VERSION = 1
+PREAMBLE = struct.Struct("<8sI")
+
+KIND_HEADER = 1
+KIND_EVENTS = 2
+KIND_NAMES = 3
+KIND_COUNTERS = 4
+KIND_TRAILER = 5
+KIND_NAMES_BY_VALUE = {KIND_HEADER: "header", KIND_EVENTS: "events", KIND_NAMES: "names",
+                       KIND_COUNTERS: "counters", KIND_TRAILER: "trailer"}
+
+RECORD_HEAD = struct.Struct("<IB")
+RECORD_CRC = struct.Struct("<I")
+EVENT_LEN = struct.Struct("<H")  # before each event: event structs differ in size (packet 296, NAT 128)
+# A length beyond this is corruption, not a record (batches are kept far smaller by the writer).
+MAX_RECORD = 64 << 20
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_HINT = "install it with `pip install zstandard`, or record to a .gz file"
+
+
+def compression_of(path: str) -> str:
+    if path.endswith(".gz"):
+        return "gzip"
+    if path.endswith(".zst"):
+        return "zstd"
+    return "none"
+
+
+def _zstandard() -> Any:
+    try:
+        import zstandard
+    except ImportError as err:
+        raise RecordingError("zstd recordings need the Python package zstandard", ZSTD_HINT) from err
+    return zstandard
+
+
+def encode_record(kind: int, payload: bytes) -> bytes:
+    head = RECORD_HEAD.pack(len(payload), kind)
+    return head + payload + RECORD_CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
+
+
+def encode_json(kind: int, data: dict[str, Any]) -> bytes:
+    return encode_record(kind, json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+
+
+def encode_events(raw_events: list[bytes]) -> bytes:
+    pack = EVENT_LEN.pack
+    return encode_record(KIND_EVENTS, b"".join(pack(len(raw)) + raw for raw in raw_events))
+
+
+class RecordWriter:
+    """One recording file: preamble on open, records appended, flushed and fsynced on close."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.compression = compression_of(path)
+        zstd = _zstandard() if self.compression == "zstd" else None  # fail before creating the file
+        try:
+            self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            raise RecordingError(f"cannot write {path}: {err.strerror}") from err
+        self._gzip: Any = None
+        self._zstd: Any = None
+        if self.compression == "gzip":
+            # A raw zlib stream with a gzip wrapper: flush() yields a decodable prefix (Z_SYNC_FLUSH), so a killed
+            # recorder leaves a readable file.
+            self._gzip = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        elif zstd is not None:
+            self._zstd = zstd.ZstdCompressor(level=3).compressobj()
+        self.uncompressed = 0
+        self._write(PREAMBLE.pack(MAGIC, FORMAT_VERSION))
+
+    def _write(self, data: bytes) -> None:
+        self.uncompressed += len(data)
+        if self._gzip is not None:
+            data = self._gzip.compress(data)
+        elif self._zstd is not None:
+            data = self._zstd.compress(data)
+        if data:
+            self._file.write(data)
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk so far (compressed ones lag by what the compressor still buffers)."""
+        return self._file.tell()
+
+    def write_json(self, kind: int, data: dict[str, Any]) -> None:
+        self._write(encode_json(kind, data))
+
+    def write_events(self, raw_events: list[bytes]) -> None:
+        self._write(encode_events(raw_events))
+
+    def flush(self) -> None:
+        """Push everything written so far to the kernel (a SIGKILL after this loses nothing before it)."""
+        if self._gzip is not None:
+            self._file.write(self._gzip.flush(zlib.Z_SYNC_FLUSH))
+        elif self._zstd is not None:
+            self._file.write(self._zstd.flush(_zstandard().COMPRESSOBJ_FLUSH_BLOCK))
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        if self._gzip is not None:
+            self._file.write(self._gzip.flush(zlib.Z_FINISH))
+        elif self._zstd is not None:
+            self._file.write(self._zstd.flush())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: int
+    payload: bytes
+    offset: int  # of the record's length field in the (decompressed) stream
+
+    def json(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RecordingError(f"record at byte offset {self.offset} holds invalid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise RecordingError(f"record at byte offset {self.offset} is not a JSON object")
+        return data
+
+
+class _Chunks:
+    """Decompressed bytes of a file in chunks; `truncated` once a compressed stream ended early."""
+
+    def __init__(self, handle: BinaryIO, path: str) -> None:
+        self._handle = handle
+        self._path = path
+        self.truncated = False
+        first = handle.read(4)
+        handle.seek(0)
+        self.compression = "gzip" if first[:2] == GZIP_MAGIC else "zstd" if first == ZSTD_MAGIC else "none"
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.compression == "none":
+            while chunk := self._handle.read(1 << 20):
+                yield chunk
+            return
+        yield from (self._gunzip() if self.compression == "gzip" else self._unzstd())
+
+    def _gunzip(self) -> Iterator[bytes]:
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        fed = False  # the current member has input: ending now is a cut, not a clean end
+        while chunk := self._handle.read(1 << 20):
+            while chunk:
+                fed = True
+                try:
+                    yield decompressor.decompress(chunk)
+                except zlib.error as err:
+                    raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
+                if not decompressor.eof:
+                    break
+                chunk = decompressor.unused_data  # concatenated gzip members (cat a.gz b.gz)
+                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                fed = False
+        if fed:
+            yield decompressor.flush()
+            self.truncated = not decompressor.eof
+
+    def _unzstd(self) -> Iterator[bytes]:
+        zstd = _zstandard()
+        decompressor = zstd.ZstdDecompressor().decompressobj()
+        while chunk := self._handle.read(1 << 20):
+            try:
+                yield decompressor.decompress(chunk)
+            except zstd.ZstdError as err:
+                raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
+        self.truncated = not decompressor.eof
+
+
+class RecordReader:
+    """Records of one file, in order. Stops cleanly at a cut-off end (`truncated`), raises on corruption."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._handle: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
+        except FileNotFoundError as err:
+            raise RecordingError(f"{path}: no such file") from err
+        except IsADirectoryError as err:
+            raise RecordingError(f"{path} is a directory, not a podtrace recording") from err
+        except OSError as err:
+            raise RecordingError(f"cannot read {path}: {err.strerror}") from err
+        self._chunks = _Chunks(self._handle, path)
+        self.compression = self._chunks.compression
+        self.truncated = False
+        self.version = 0
+        self.bytes_read = 0  # decompressed bytes of complete records (and preamble)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def _not_recording(self) -> RecordingError:
+        return RecordingError(f"{self.path} is not a podtrace recording")
+
+    def records(self) -> Iterator[Record]:
+        buffer = bytearray()
+        offset = 0  # stream offset of buffer[0]
+        preamble_done = False
+        for chunk in self._chunks:
+            buffer += chunk
+            if not preamble_done:
+                if len(buffer) < PREAMBLE.size:
+                    if not MAGIC.startswith(bytes(buffer[: len(MAGIC)])):
+                        raise self._not_recording()
+                    continue
+                self._check_preamble(bytes(buffer[: PREAMBLE.size]))
+                del buffer[: PREAMBLE.size]
+                offset = self.bytes_read = PREAMBLE.size
+                preamble_done = True
+            position = 0
+            while True:
+                record = self._parse(buffer, position, offset + position)
+                if record is None:
+                    break
+                position += RECORD_HEAD.size + len(record.payload) + RECORD_CRC.size
+                self.bytes_read = offset + position
+                yield record
+            del buffer[:position]
+            offset += position
+        if not preamble_done:
+            if buffer and MAGIC.startswith(bytes(buffer[: len(MAGIC)])):
+                self.truncated = True  # cut inside the preamble
+                return
+            raise self._not_recording()
+        self.truncated = bool(buffer) or self._chunks.truncated
+
+    def _check_preamble(self, data: bytes) -> None:
+        magic, version = PREAMBLE.unpack(data)
+        if magic != MAGIC:
+            raise self._not_recording()
+        if version > FORMAT_VERSION:
+            raise RecordingError(
+                f"{self.path} is recording format version {version}; this podtrace reads up to version "
+                f"{FORMAT_VERSION}", "read it with a newer podtrace")
+        if version < 1:
+            raise self._not_recording()
+        self.version = version
+
+    def _parse(self, buffer: bytearray, position: int, stream_offset: int) -> Record | None:
+        """The record at `position`, or None when the buffer ends inside it."""
+        if len(buffer) - position < RECORD_HEAD.size:
+            return None
+        length, kind = RECORD_HEAD.unpack_from(buffer, position)
+        if length > MAX_RECORD:
+            raise self._corrupt(stream_offset, f"length {length} is impossible")
+        end = position + RECORD_HEAD.size + length
+        if len(buffer) < end + RECORD_CRC.size:
+            return None
+        stored, = RECORD_CRC.unpack_from(buffer, end)
+        if zlib.crc32(buffer[position:end]) != stored:
+            raise self._corrupt(stream_offset, "checksum mismatch")
+        return Record(kind, bytes(buffer[position + RECORD_HEAD.size : end]), stream_offset)
+
+    def _corrupt(self, offset: int, what: str) -> RecordingError:
+        where = f"byte offset {offset}" + (" of the decompressed stream" if self.compression != "none" else "")
+        return RecordingError(f"{self.path}: corrupt record at {where} ({what})",
+                              "everything before it was read")
+
+
+def split_events(record: Record) -> list[bytes]:
+    """The raw events of an EVENTS record."""
+    payload = record.payload
+    events = []
+    position = 0
+    unpack = EVENT_LEN.unpack_from
+    while position < len(payload):
+        if position + EVENT_LEN.size > len(payload):
+            raise RecordingError(f"events record at byte offset {record.offset} does not hold whole events")
+        size, = unpack(payload, position)
+        position += EVENT_LEN.size
+        end = position + size
+        if size < 4 or end > len(payload):
+            raise RecordingError(f"events record at byte offset {record.offset} does not hold whole events")
+        events.append(payload[position:end])
+        position = end
+    return events
+
+
+def part_path(path: str, index: int) -> str:
+    """Rotation part names: trace.ptrec, trace.ptrec.1, ...; the compression suffix stays last (trace.1.gz)."""
+    if index == 0:
+        return path
+    for suffix in (".gz", ".zst"):
+        if path.endswith(suffix):
+            return f"{path[: -len(suffix)]}.{index}{suffix}"
+    return f"{path}.{index}"
+
+
+# events.field_offsets(): a packet event has location at 24 and netns at 36; a NAT event (shorter) netns at 24.
+_LOCATION = struct.Struct("<Q")
+_NETNS = struct.Struct("<I")
+
+
+class Recorder:
+    """Writes a live session: header, event batches preceded by the names they need, counters, trailer.
+
+    `header` is the session's header (see docs/recording-format.md); each rotation part gets a copy with its own
+    part index, the counters at its start and every name seen so far, so each part reads on its own.
+    """
+
+    def __init__(self, path: str, header: dict[str, Any], netns_name: Callable[[int], str],
+                 symbol: Callable[[int], str], max_size: int | None = None) -> None:
+        self.path = path
+        self.max_size = max_size
+        self._netns_name = netns_name
+        self._symbol = symbol
+        self._header = header
+        self.netns: dict[int, str] = {int(k): v for k, v in header.get("names", {}).get("netns", {}).items()}
+        self.symbols: dict[int, str] = {}
+        self.counters: dict[str, int] = {}
+        self.events = 0
+        self.part_events = 0
+        self.parts: list[str] = []
+        self.bytes_written = 0
+        self._writer = self._open(0)
+
+    def _open(self, index: int) -> RecordWriter:
+        path = part_path(self.path, index)
+        writer = RecordWriter(path)
+        header = dict(self._header)
+        header["part"] = {"index": index, "first": os.path.basename(self.path)}
+        header["counters_at_start"] = dict(self.counters)
+        names = dict(header.get("names", {}))
+        names["netns"] = {str(k): v for k, v in sorted(self.netns.items())}
+        names["symbols"] = {str(k): v for k, v in sorted(self.symbols.items())}
+        header["names"] = names
+        writer.write_json(KIND_HEADER, header)
+        self.parts.append(path)
+        self.part_events = 0
+        return writer
+
+    def add(self, raw_events: list[bytes]) -> None:
+        # With a size limit, batches are cut to an eighth of it so a part overshoots by at most that.
+        step = max(1, self.max_size // (8 * EVENT_SIZE)) if self.max_size else len(raw_events) or 1
+        for start in range(0, len(raw_events), step):
+            self._add(raw_events[start : start + step])
+
+    def _add(self, raw_events: list[bytes]) -> None:
+        new_netns: dict[str, str] = {}
+        new_symbols: dict[str, str] = {}
+        for raw in raw_events:
+            packet = len(raw) >= EVENT_SIZE
+            inode, = _NETNS.unpack_from(raw, 36 if packet else 24)
+            if inode not in self.netns:
+                self.netns[inode] = new_netns[str(inode)] = self._netns_name(inode)
+            if not packet:
+                continue
+            location, = _LOCATION.unpack_from(raw, 24)
+            if location and location not in self.symbols:
+                self.symbols[location] = new_symbols[str(location)] = self._symbol(location)
+        if new_netns or new_symbols:  # names go before the events that need them
+            self._writer.write_json(KIND_NAMES, {"netns": new_netns, "symbols": new_symbols})
+        self._writer.write_events(raw_events)
+        self.events += len(raw_events)
+        self.part_events += len(raw_events)
+        if self.max_size and self._writer.size >= self.max_size:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        next_path = part_path(self.path, len(self.parts))
+        self._finish(self._writer, {"next": os.path.basename(next_path)})
+        self._writer = self._open(len(self.parts))
+
+    def write_counters(self, counters: dict[str, int], monotonic_ns: int) -> None:
+        self.counters = dict(counters)
+        self._writer.write_json(KIND_COUNTERS, {"counters": self.counters, "monotonic_ns": monotonic_ns})
+
+    def flush(self) -> None:
+        self._writer.flush()
+        # Compressed output reaches the file at flushes: this is where a compressed part sees its real size.
+        if self.max_size and self._writer.size >= self.max_size:
+            self._rotate()
+
+    def _finish(self, writer: RecordWriter, extra: dict[str, Any]) -> None:
+        trailer = {"counters": self.counters, "events": self.part_events, "total_events": self.events, **extra}
+        writer.write_json(KIND_TRAILER, trailer)
+        writer.close()
+        self.bytes_written += os.path.getsize(writer.path)
+
+    def close(self, final_counters: dict[str, int], end_wall_ns: int) -> None:
+        if final_counters:
+            self.counters = dict(final_counters)
+        self._finish(self._writer, {"next": None, "end_wall_ns": end_wall_ns})
+
+
+def parse_size(text: str) -> int:
+    """ "10M" -> 10485760; plain bytes, K, M, G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in "KMG" else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = int(float(number) * units[unit])
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise ValueError(f"{text!r} is not a size (e.g. 500K, 10M, 1G)")
+    return size
