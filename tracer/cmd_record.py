@@ -132,7 +132,18 @@ def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -
                    "ifname": args.ifname},
         "event_size": EVENT_SIZE,
         "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": _lab_names()},
+        "node_checks": _node_checks(args.netns),
     }
+
+
+def _node_checks(netns: str | None) -> list[dict[str, Any]] | dict[str, str]:
+    """`podtrace check` findings at the start of the recording (a short window: it delays the ready file)."""
+    from tracer.check import run_checks
+
+    try:
+        return [finding.to_json() for finding in run_checks(netns, window=0.2)]
+    except PodtraceError as err:
+        return {"error": err.one_line()}
 
 
 class _RecordLoop:
