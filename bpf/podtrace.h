@@ -24,6 +24,8 @@
 #define PT_POINT_RX 1    /* net:netif_receive_skb */
 #define PT_POINT_QUEUE 2 /* net:net_dev_queue */
 #define PT_POINT_XMIT 3  /* net:net_dev_xmit */
+#define PT_POINT_TC_INGRESS 4 /* tc clsact ingress on a chosen interface */
+#define PT_POINT_TC_EGRESS 5  /* tc clsact egress */
 
 /* pt_packet_event.flags */
 #define PT_FLAG_INNER 0x01     /* inner holds the VXLAN-encapsulated packet's tuple */

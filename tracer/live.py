@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from tracer import bccenv, netfilter, nflink
+from tracer import bccenv, netfilter, nflink, tc
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import COUNTERS, EVENT_NAT, EVENT_SIZE, NAT_SIZE, NatEvent, PacketEvent, decode, decode_any
@@ -17,6 +17,7 @@ ATTACHES = {
     "drops": ["raw tracepoint kfree_skb"],
     "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue"],
     "netfilter": [],  # links are created in _attach_netfilter
+    "tc": [],  # filters are added in _attach_tc
 }
 
 
@@ -34,6 +35,7 @@ class LiveSource:
         self.attached: list[str] = []
         self.final_counters: dict[str, int] = {}
         self._links: list[nflink.NetfilterLink] = []
+        self._tc: list[tc.TcAttachment] = []
 
     def start(self, progress: bool = True) -> None:
         bcc = bccenv.bcc_module()
@@ -50,7 +52,17 @@ class LiveSource:
             self.attached += ATTACHES[program]
         if self.config.netfilter:
             self._attach_netfilter()
+        if self.config.tc_interfaces:
+            self._attach_tc()
         self._bpf["events"].open_ring_buffer(self._on_event)
+
+    def _attach_tc(self) -> None:
+        bcc = bccenv.bcc_module()
+        fds = {"ingress": self._bpf.load_func("pt_tc_ingress", bcc.BPF.SCHED_CLS).fd,
+               "egress": self._bpf.load_func("pt_tc_egress", bcc.BPF.SCHED_CLS).fd}
+        for target in self.config.tc_interfaces:
+            self._tc.append(tc.attach(target, fds))
+            self.attached.append(f"tc ingress+egress on {target}")
 
     def _attach_netfilter(self) -> None:
         fds = {}
@@ -116,6 +128,9 @@ class LiveSource:
         return totals
 
     def close(self) -> None:
+        for attachment in self._tc:
+            tc.detach(attachment)
+        self._tc = []
         for link in self._links:
             link.close()
         self._links = []

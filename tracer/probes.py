@@ -34,7 +34,7 @@ BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
 
 DROP_REASON_ENUM = "skb_drop_reason"
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
-SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c"}
+SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "tc": "tc.c"}
 
 
 @dataclass
@@ -45,6 +45,7 @@ class ProbeConfig:
     drops: bool = True
     path: bool = False
     netfilter: bool = False  # BPF netfilter link programs (attached by tracer/netfilter.py)
+    tc_interfaces: tuple[str, ...] = ()  # "IF" or "NETNS/IF": tc ingress+egress path programs (tracer/tc.py)
     # `ip netns` names the links are created in (None: podtrace's own namespace, the node on a real worker)
     netfilter_netns: tuple[str | None, ...] = (None,)
     ringbuf_pages: int = 256  # 1 MiB: about 3500 events of headroom per poll
@@ -113,7 +114,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     if config.ifname:
         low, high = _ifname_words(config.ifname)
         cflags += [f"-DPT_FILTER_IFNAME_LO={low}ULL", f"-DPT_FILTER_IFNAME_HI={high}ULL"]
-    wanted = (("drops", config.drops), ("path", config.path), ("netfilter", config.netfilter))
+    wanted = (("drops", config.drops), ("path", config.path), ("netfilter", config.netfilter),
+              ("tc", bool(config.tc_interfaces)))
     programs = [name for name, enabled in wanted if enabled]
     if config.netfilter:
         cflags.append("-DPT_NETFILTER=1")

@@ -31,6 +31,8 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--tc", action="append", metavar="[NETNS/]IF", default=[],
+                        help="also trace path events with tc ingress/egress programs on this interface (repeatable)")
     # Read the ring buffer in batches every MS instead of waking per event (tests use it to overflow it).
     parser.add_argument("--poll-interval", type=float, default=0, metavar="MS", help=argparse.SUPPRESS)
 
@@ -46,6 +48,7 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False) 
         filter=compile_filter(expression),
         netns_inode=netns_inode(args.netns) if args.netns and not netfilter else None,
         netfilter=netfilter,
+        tc_interfaces=tuple(getattr(args, "tc", None) or ()),
         netfilter_netns=tuple(getattr(args, "node", None) or [args.netns]) if netfilter else (None,),
         ifname=args.ifname,
         path=path,

@@ -105,3 +105,17 @@ def test_watch_streams_drop_and_path_events_for_matching_packets(pair: Pair) -> 
         assert (event["src"], event["sport"], event["dst"], event["dport"]) == (pair.addr_a, 40009, pair.addr_b, 5009)
         assert event["ifname"] == "veth-b" and event["netns"] == pair.b
     assert result.summary["lost"] == 0
+
+
+def test_tc_on_a_chosen_interface_adds_ingress_path_events_and_cleans_up(pair: Pair) -> None:
+    tracer = start("watch", "--json", "--netns", pair.b, "--tc", f"{pair.b}/veth-b", "udp port 5010")
+    send_udp(pair.a, pair.addr_b, 5010, 5, src_port=40010)
+    time.sleep(0.5)
+    result = tracer.stop()
+    tc_in = [event for event in result.rows if event.get("point") == "tc-in"]
+    assert len(tc_in) == 5
+    for event in tc_in:
+        assert (event["src"], event["sport"], event["dst"], event["dport"]) == (pair.addr_a, 40010, pair.addr_b, 5010)
+        assert event["ifname"] == "veth-b"
+    left = sh("tc", "filter", "show", "dev", "veth-b", "ingress", netns=pair.b)
+    assert "podtrace" not in left, left
