@@ -1,105 +1,104 @@
 """`make bench`: what podtrace costs and carries, measured side by side in one run, written to BENCHMARKS.md.
 
-Every figure is a comparison from the same run (never a timed assertion). Today: the event pipeline
-(decode + aggregate on one core); the packet-path overhead and start-up figures come with issue 10.
+Every figure is a comparison from the same run, never a timed assertion: the benchmark exits non-zero only when a
+section fails with an error, never because a number is slow. Each section lives in tracer/benchmarks/.
+
+    python -m tracer.bench --out BENCHMARKS.md [--quick] [--only pipeline,memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
-from functools import partial
 
-from tracer.aggregate import DropTable
-from tracer.events import EVENT_DROP, PacketEvent, Tuple, decode, encode
+from tracer.benchmarks import machine, memory, packetpath, pipeline, rulecount, startup, sustained
+from tracer.benchmarks.stats import Section
 
-
-def synthetic_drop_events(count: int, flows: int) -> list[bytes]:
-    """Raw drop events over `flows` distinct flows, as the kernel would emit them (encode mirrors the C)."""
-    events = []
-    for index in range(count):
-        flow = index % flows
-        outer = Tuple(bytes([10, 244, (flow >> 8) & 0xFF, flow & 0xFF]) + bytes(12),
-                      bytes([10, 96, 0, 10]) + bytes(12), 40000 + index % 20000, 80, 4, 6, 0, 0, 0x4000, 60)
-        event = PacketEvent(EVENT_DROP, index % 2, 1_000_000 + index, 0xFFFF888000000000 + index * 256,
-                            0xFFFFFFFF81F81C50, 6, 4026532000 + flow % 7, 3, 60, 0, 0x0800, 0x04, 60, 0,
-                            "eth0", outer, None, bytes(60))
-        events.append(encode(event))
-    return events
+SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool]] = {
+    # name: (run, needs root)
+    "pipeline": (pipeline.run, False),
+    "memory": (memory.run, False),
+    "startup": (startup.run, True),
+    "packetpath": (packetpath.run, True),
+    "sustained": (sustained.run, True),
+    "rulecount": (rulecount.run, True),
+}
 
 
-def events_per_second(raw: list[bytes], repeat: int = 5) -> tuple[float, list[float]]:
-    """Median rate of decode + DropTable.add over `raw`, and every run's rate."""
-    rates = []
-    for _ in range(repeat):
-        table = DropTable()
-        started = time.perf_counter()
-        add = table.add
-        for data in raw:
-            add(decode(data))
-        elapsed = time.perf_counter() - started
-        rates.append(len(raw) / elapsed)
-    return statistics.median(rates), rates
+def _log(message: str) -> None:
+    sys.stderr.write(f"bench: {message}\n")
+    sys.stderr.flush()
 
 
-def raw_events_per_second(raw: list[bytes], repeat: int = 5) -> tuple[float, list[float]]:
-    """The same through DropTable.add_raw (group on bytes, decode at read time), rows read at the end."""
-    rates = []
-    for _ in range(repeat):
-        table = DropTable()
-        started = time.perf_counter()
-        add = table.add_raw
-        for data in raw:
-            add(data)
-        table.sorted_groups()
-        elapsed = time.perf_counter() - started
-        rates.append(len(raw) / elapsed)
-    return statistics.median(rates), rates
+def summary(sections: list[Section]) -> Section:
+    """The first table of the report: every section, whether it met its targets, how long it took."""
+    rows = []
+    for section in sections:
+        state = "error" if section.error else ("target missed" if section.missed else "ok")
+        rows.append([section.title, state, f"{section.seconds:.0f} s"])
+    return Section("Summary", "", ["figure", "result", "run time"], rows)
 
 
-def measure(label: str, run: Callable[[], tuple[float, list[float]]]) -> tuple[str, float, list[float]]:
-    median, runs = run()
-    return label, median, runs
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def render(sections: list[Section], quick: bool, total_seconds: float, load: str = "") -> str:
+    head = [
+        "# podtrace benchmarks",
+        "",
+        f"Machine: {machine.describe()}.",
+        "",
+        f"Written by `{'python -m tracer.bench --quick' if quick else 'make bench'}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M')} in {total_seconds:.0f} s. Every figure is a side-by-side comparison "
+        "from this one run; slow numbers never fail the benchmark, errors do.",
+        "",
+    ]
+    if load:
+        head += [f"Load average (1, 5, 15 min) {load}: anything above 0 is other work sharing the CPUs, "
+                 "which shows up as run-to-run spread.", ""]
+    body = [summary(sections).markdown().rsplit("_Section run time", 1)[0].rstrip(), ""]
+    body += [section.markdown() for section in sections]
+    return "\n".join(head + body)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="podtrace benchmarks")
+    parser = argparse.ArgumentParser(prog="python -m tracer.bench", description="podtrace benchmarks")
     parser.add_argument("--out", default="BENCHMARKS.md")
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test: figures are noisy)")
+    parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the target says
-    results = []
-    for flows in (100, 10_000, 100_000):
-        raw = synthetic_drop_events(args.events, flows)
-        results.append(measure(f"decode every event, {flows} flows", partial(events_per_second, raw)))
-        results.append(measure(f"raw fast path, {flows} flows", partial(raw_events_per_second, raw)))
-    lines = [
-        "# podtrace benchmarks",
-        "",
-        f"Machine: {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; written by `make bench` on {time.strftime('%Y-%m-%d %H:%M')}.",
-        "",
-        "## Event pipeline (one core)",
-        "",
-        f"{args.events} raw 296-byte drop events decoded (`tracer.events.decode`) and aggregated "
-        "(`tracer.aggregate.DropTable`), median of 5 runs pinned to one CPU. Target: 500k events/s.",
-        "",
-        "| workload | events/s (median) | runs | vs target |",
-        "|---|---|---|---|",
-    ]
-    for label, median, runs in results:
-        ratio = median / 500_000
-        lines.append(f"| {label} | {median:,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} | {ratio:.2f}x |")
-    text = "\n".join(lines) + "\n"
+    wanted = [name.strip() for name in args.only.split(",") if name.strip()] or list(SECTIONS)
+    unknown = [name for name in wanted if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    started = time.monotonic()
+    load_before = load_average()
+    sections = []
+    for name in wanted:
+        run, needs_root = SECTIONS[name]
+        section_started = time.monotonic()
+        if needs_root and os.geteuid() != 0:
+            section = Section(name, error="needs root (network namespaces, BPF): run `sudo make bench`")
+        else:
+            try:
+                section = run(args.quick, _log)
+            except Exception as err:  # noqa: BLE001 - one failed section must not lose the others' figures
+                _log(f"{name} failed:\n{traceback.format_exc()}")
+                section = Section(name, error=f"{type(err).__name__}: {err}")
+        section.seconds = time.monotonic() - section_started
+        sections.append(section)
+        _log(f"{name}: {'error' if section.error else 'done'} in {section.seconds:.0f} s")
+    text = render(sections, args.quick, time.monotonic() - started,
+                  f"{load_before} at the start, {load_average()} at the end")
     with open(args.out, "w", encoding="utf-8") as handle:
         handle.write(text)
     sys.stdout.write(text)
-    return 0
+    return 1 if any(section.error for section in sections) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""A traced consumer, run as a child process: LiveSource + DropTable.add_raw, as `podtrace drops` does.
+
+    python -m tracer.benchmarks.consumer --ready-file F [--path --filter EXPR] [--netfilter-netns NS ...]
+
+Attaches, writes the ready file, polls until SIGINT/SIGTERM, then prints one JSON object: the kernel counters
+(seen, events, lost, ...), the events read and the table's groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from types import FrameType
+
+from tracer.aggregate import DropTable
+from tracer.live import LiveSource
+from tracer.pcapfilter import compile_filter
+from tracer.probes import ProbeConfig
+
+_stop = False
+
+
+def _handle(_signum: int, _frame: FrameType | None) -> None:
+    global _stop
+    _stop = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tracer.benchmarks.consumer")
+    parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--path", action="store_true")
+    parser.add_argument("--filter", default="")
+    parser.add_argument("--netfilter-netns", action="append", default=[])
+    parser.add_argument("--ringbuf-pages", type=int, default=256)
+    args = parser.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _handle)
+    config = ProbeConfig(filter=compile_filter(args.filter), path=args.path,
+                         netfilter=bool(args.netfilter_netns),
+                         netfilter_netns=tuple(args.netfilter_netns) or (None,), ringbuf_pages=args.ringbuf_pages)
+    source = LiveSource(config)
+    started = time.monotonic()
+    source.start(progress=False)
+    attach_s = time.monotonic() - started
+    table = DropTable()
+    events = 0
+    try:
+        with open(args.ready_file, "w", encoding="utf-8") as handle:
+            handle.write("ready\n")
+        while not _stop:
+            batch = source.poll_raw(100)
+            events += len(batch)
+            for raw in batch:
+                table.add_raw(raw)
+        batch = source.poll_raw(0)
+        events += len(batch)
+        for raw in batch:
+            table.add_raw(raw)
+    finally:
+        source.close()
+    result = {"counters": source.final_counters, "events_read": events, "drops": table.total,
+              "groups": len(table.raw_groups) + len(table.groups), "attach_s": attach_s,
+              "attached": source.attached}
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

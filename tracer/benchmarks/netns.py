@@ -1,0 +1,59 @@
+"""Two throwaway namespaces joined by a veth, for the packet-path and drop-rate benchmarks.
+
+Addresses are in 198.19.0.0/24 (the benchmarking range) and exist only inside these namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+def sh(*argv: str, netns: str | None = None, timeout: float = 60) -> str:
+    command = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)}` failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def in_netns(netns: str, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class Pair:
+    a: str
+    b: str
+    addr_a: str = "198.19.0.1"
+    addr_b: str = "198.19.0.2"
+
+    def inode(self, name: str) -> int:
+        return os.stat(f"/run/netns/{name}").st_ino
+
+
+@contextmanager
+def veth_pair() -> Iterator[Pair]:
+    tag = uuid.uuid4().hex[:6]
+    pair = Pair(f"ptb-{tag}-a", f"ptb-{tag}-b")
+    try:
+        sh("ip", "netns", "add", pair.a)
+        sh("ip", "netns", "add", pair.b)
+        sh("ip", "-n", pair.a, "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns", pair.b)
+        for ns, dev, addr in ((pair.a, "veth-a", pair.addr_a), (pair.b, "veth-b", pair.addr_b)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield pair
+    finally:
+        for ns in (pair.a, pair.b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
