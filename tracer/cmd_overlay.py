@@ -63,6 +63,66 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     softirq.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     softirq.set_defaults(func=run_softirq)
 
+    add_overlay_parser(subparsers)
+
+
+OVERLAY_EPILOG = """\
+Traces packet path events and drops for VXLAN (UDP 8472 flannel, 4789 IANA) and IP fragments, and groups them
+by tunnel: outer source node -> outer destination node, VNI, UDP port, with the inner pod flows that rode it.
+Packet counts are the largest count seen at any one point (queue, xmit, rx), so a packet is counted once.
+Drops of VXLAN packets name the inner flow. Fragments: outer (the VXLAN packet fragmented on the underlay),
+inner in the tunnel (the pod packet fragmented before encapsulation), and outside the tunnel (pod fragments
+on cni0/flannel.1/veths).
+
+examples:
+  sudo podtrace overlay --duration 10
+  sudo podtrace overlay --netns pt-node2 --json --duration 5
+"""
+
+
+def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
+    overlay = subparsers.add_parser(
+        "overlay", help="VXLAN tunnels between nodes with their inner pod flows, drops and fragments",
+        description="Correlate VXLAN outer and inner packets: which tunnel each pod flow rode, underlay drops "
+                    "named by inner flow, fragment counts.",
+        epilog=OVERLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    overlay.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    overlay.add_argument("--json", action="store_true", help="one JSON object")
+    overlay.add_argument("--netns", metavar="NODE", help="only packets in this network namespace (`ip netns` name)")
+    overlay.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
+    overlay.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
+    overlay.set_defaults(func=run_overlay, filter=[], ifname=None, dump_bpf=False, ringbuf_pages=256, tc=[],
+                         poll_interval=0)
+
+
+def run_overlay(args: argparse.Namespace) -> int:
+    from tracer.events import EVENT_DROP, POINT_NAMES, PacketEvent  # noqa: PLC0415
+    from tracer.overlay import OVERLAY_FILTER, TunnelTable  # noqa: PLC0415
+    from tracer.report import Resolver, summary_line  # noqa: PLC0415
+    from tracer.session import run_session  # noqa: PLC0415
+
+    args.filter = [OVERLAY_FILTER]
+    table = TunnelTable()
+
+    def on_event(event: PacketEvent, names: Resolver) -> None:
+        where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
+        if event.type == EVENT_DROP:
+            table.add(event, where, names.reason(event.reason))
+        else:
+            table.add(event, f"{where} {POINT_NAMES.get(event.reason, str(event.reason))}")
+
+    source, _names, count = run_session(args, path=True, on_event=on_event)
+    data = table.to_json()
+    data["counters"] = dict(source.final_counters)
+    if args.json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        sys.stdout.write(table.format_text())
+        sys.stdout.write(summary_line(count, source.final_counters) + "\n")
+    sys.stdout.flush()
+    return 0
+
 
 def resolve_source(name: str) -> str:
     """A lab pod name -> its namespace; `ip netns` names and namespace files pass through."""

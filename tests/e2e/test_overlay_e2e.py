@@ -209,3 +209,105 @@ def test_lab_mtu_mismatch_probe_finds_1450_and_frag_needed(lab: object, mtu_mism
     assert probe["frag_needed_mtu"] == 1450 and probe["frag_needed_sent"] >= 1
     assert probe["frag_needed_received"] >= 1  # nothing on the lab's path eats the ICMP error
     assert probe["live"]["frag_needed"].get(client_ip, 0) >= 1
+
+
+# `podtrace overlay`: VXLAN tunnels, underlay drops by inner flow, fragments ---------------------------------
+
+TUNNEL = ("192.168.77.1", "192.168.77.2", 1, 8472)  # node1 -> node2, flannel VNI 1, UDP 8472 (lab manifest)
+
+
+@contextlib.contextmanager
+def _overlay(tmp_path: object, seconds: float = 6.0) -> Iterator[dict]:
+    """Run `podtrace overlay --json` around the with-block; the parsed output lands in the yielded dict."""
+    ready = f"{tmp_path}/overlay.ready"
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "overlay", "--json", "--duration", str(seconds),
+                             "--ready-file", ready], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: dict = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(ready):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "podtrace overlay never attached"
+            time.sleep(0.1)
+        yield out
+        stdout, stderr = proc.communicate(timeout=seconds + 60)
+        assert proc.returncode == 0, stderr
+        out.update(json.loads(stdout.splitlines()[-1]))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _tunnel(out: dict, key: tuple = TUNNEL) -> dict:
+    found = [t for t in out["tunnels"] if (t["src"], t["dst"], t["vni"], t["port"]) == key]
+    assert found, [(t["src"], t["dst"], t["vni"], t["port"]) for t in out["tunnels"]]
+    return found[0]
+
+
+def _flows_to(tunnel: dict, src: str, dst: str) -> list[dict]:
+    return [f for f in tunnel["flows"] if f["flow"].startswith(f"udp {src}:") and f["flow"].endswith(f"> {dst}")]
+
+
+def _web2(lab: object) -> str:
+    return lab.pods["web-2"].ip  # type: ignore[attr-defined]
+
+
+def test_overlay_shows_tunnel_and_inner_flow(lab: object, tmp_path: object) -> None:
+    from tracer.lab import traffic
+
+    count, client, web2 = 20, lab.pods["client"].ip, _web2(lab)  # type: ignore[attr-defined]
+    with _overlay(tmp_path) as out:
+        summary = traffic.probe(f"udp:{web2}:5353", count=count, clients=["client"])
+    print(summary)
+    tunnel = _tunnel(out)
+    flows = _flows_to(tunnel, client, f"{web2}:5353")
+    print(json.dumps(tunnel, indent=1)[:3000])
+    # Every attempt is a new socket (a new source port): one inner flow per attempt, one packet each.
+    assert sum(f["packets"] for f in flows) == count, flows
+    assert all(f["drops"] == 0 for f in flows)
+    # Seen leaving node1's underlay and arriving on node2's.
+    points = set().union(*(f["points"] for f in flows))
+    assert {"pt-node1/eth0 queue", "pt-node2/eth0 rx"} <= points, points
+    # The replies rode the reverse tunnel.
+    back = _tunnel(out, (TUNNEL[1], TUNNEL[0], 1, 8472))
+    assert sum(f["packets"] for f in back["flows"] if f["flow"].startswith(f"udp {web2}:5353 > {client}:")) == count
+
+
+def test_overlay_underlay_drop_names_inner_flow(lab: object, tmp_path: object) -> None:
+    from tracer.lab import sh, traffic
+
+    count, client, web2 = 10, lab.pods["client"].ip, _web2(lab)  # type: ignore[attr-defined]
+    rule = ["INPUT", "-i", "eth0", "-p", "udp", "--dport", "8472", "-j", "DROP"]
+    sh.run(["iptables", "-w", "-I", *rule], netns="pt-node2")
+    try:
+        with _overlay(tmp_path) as out:
+            traffic.probe(f"udp:{web2}:5353", count=count, clients=["client"], timeout=0.5)
+    finally:
+        sh.run(["iptables", "-w", "-D", *rule], netns="pt-node2")
+    tunnel = _tunnel(out)
+    flows = _flows_to(tunnel, client, f"{web2}:5353")
+    print(json.dumps(flows, indent=1)[:3000])
+    assert sum(f["drops"] for f in flows) == count, flows
+    reasons = {(d["reason"], d["where"]) for f in flows for d in f["drop_reasons"]}
+    assert reasons == {("NETFILTER_DROP", "pt-node2/eth0")}, reasons
+    assert tunnel["drops"] == count
+
+
+def test_overlay_counts_fragments_of_large_non_df_udp(lab: object, mtu_mismatch: None, tmp_path: object) -> None:
+    """Pod MTU 1500 over the 1450 overlay: node1 forwards a 1500-byte non-DF packet to flannel.1 and fragments
+    it there, before encapsulation. The fragments are inner packets (inner MF/offset inside VXLAN); the outer
+    packets fit the 1500 underlay and are not fragmented."""
+    from tracer.lab import traffic
+
+    count, client, web2 = 10, lab.pods["client"].ip, _web2(lab)  # type: ignore[attr-defined]
+    with _overlay(tmp_path) as out:
+        traffic.probe(f"udp:{web2}:5353", count=count, clients=["client"], size=1472, df=False)
+    tunnel = _tunnel(out)
+    print(json.dumps({k: out[k] for k in out if k != "tunnels"}, indent=1)[:3000])
+    print(json.dumps(tunnel["inner_fragment_flows"], indent=1), tunnel["outer_fragments"])
+    # Each 1500-byte packet becomes two fragments (1428 + 72 bytes of IP payload... at most 1450 each).
+    assert tunnel["inner_fragment_flows"].get(f"udp {client} > {web2}") == 2 * count
+    assert out["outer_fragments"] == 0
+    outside = {f["flow"]: f for f in out["fragments_outside_tunnels"]}
+    assert outside[f"udp {client} > {web2}"]["fragments"] == 2 * count

@@ -1,0 +1,219 @@
+"""VXLAN tunnel table: which node-to-node tunnel each inner pod flow rode, underlay drops named by inner flow,
+and fragment counts (pure: events in, rows out).
+
+A tunnel is (outer source node, outer destination node, VNI, UDP port). One packet is seen at several points
+(queue and xmit on the sender's underlay device, rx on the receiver's), so counts are kept per observation point
+("where") and a flow's packet count is the largest per-point count: each point sees a packet at most once.
+
+Fragments are counted honestly where they were seen:
+- outer (underlay) fragments: IPv4 packets between two tunnel endpoints with MF set or a fragment offset
+  (the VXLAN packet itself was fragmented after encapsulation);
+- inner fragments in the tunnel: VXLAN packets whose inner IPv4 header has MF or an offset (a node fragmented
+  the pod packet before encapsulating it, e.g. pod MTU 1500 over a 1450 overlay);
+- inner fragments outside the tunnel: fragments between other addresses (pod packets on cni0, flannel.1 or veths
+  before encapsulation or after decapsulation).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracer.events import EVENT_DROP, PacketEvent, Tuple
+
+VXLAN_PORTS = (8472, 4789)
+MF = 0x2000
+OFFSET = 0x1FFF
+OVERLAY_FILTER = "udp port 8472 or udp port 4789 or (ip[6:2] & 0x3fff != 0)"
+
+
+def is_fragment(t: Tuple | None) -> bool:
+    """IPv4 MF or offset; IPv6 fragment header (offset or M bit)."""
+    if t is None or not t.family:
+        return False
+    if t.family == 4:
+        return bool(t.frag & (MF | OFFSET))
+    return bool(t.frag & 0xFFF9)
+
+
+def _flow(t: Tuple) -> str:
+    return t.describe()
+
+
+def _pair_flow(t: Tuple) -> str:
+    return f"{t.proto_name} {t.src} > {t.dst}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TunnelKey:
+    src: str  # outer source node address
+    dst: str  # outer destination node address
+    vni: int
+    port: int
+
+    def describe(self) -> str:
+        return f"{self.src} -> {self.dst} vni {self.vni} udp/{self.port}"
+
+
+def _most(points: Counter[str]) -> int:
+    return max(points.values(), default=0)
+
+
+@dataclass
+class InnerFlow:
+    flow: str
+    points: Counter[str] = field(default_factory=Counter)  # where -> packets
+    bytes_points: Counter[str] = field(default_factory=Counter)  # where -> inner IP bytes
+    drops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, where) -> count
+
+    @property
+    def packets(self) -> int:
+        return _most(self.points)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow,
+            "packets": self.packets,
+            "bytes": _most(self.bytes_points),
+            "points": dict(sorted(self.points.items())),
+            "drops": sum(self.drops.values()),
+            "drop_reasons": [{"reason": r, "where": w, "count": n} for (r, w), n in sorted(self.drops.items())],
+        }
+
+
+@dataclass
+class Tunnel:
+    key: TunnelKey
+    flows: dict[str, InnerFlow] = field(default_factory=dict)
+    points: Counter[str] = field(default_factory=Counter)  # where -> VXLAN packets (any inner)
+    inner_fragments: dict[str, Counter[str]] = field(default_factory=dict)  # "proto src > dst" -> where -> n
+    outer_fragments: Counter[str] = field(default_factory=Counter)  # first outer fragments with a VXLAN header
+
+    def flow(self, name: str) -> InnerFlow:
+        found = self.flows.get(name)
+        if found is None:
+            found = self.flows[name] = InnerFlow(name)
+        return found
+
+
+class TunnelTable:
+    """Feed it decoded path and drop events (add); read rows (to_json) or a text table (format_text)."""
+
+    def __init__(self) -> None:
+        self.tunnels: dict[TunnelKey, Tunnel] = {}
+        # Non-VXLAN fragments: (src, dst) -> flow text -> where -> count; classified at report time as underlay
+        # (between tunnel endpoints) or inner (anything else).
+        self.fragments: dict[tuple[str, str], dict[str, Counter[str]]] = {}
+        self.fragment_drops: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
+        self.unattributed_drops = 0  # VXLAN drops whose inner packet could not be parsed
+        self.events = 0
+
+    def add(self, event: PacketEvent, where: str = "", reason: str = "") -> None:
+        """where: observation point (e.g. "pt-node1/eth0 xmit"); reason: drop reason name for drop events."""
+        self.events += 1
+        outer = event.outer
+        if not outer.family:
+            return
+        drop = event.type == EVENT_DROP
+        if outer.proto == 17 and outer.dport in VXLAN_PORTS and not outer.frag & OFFSET:
+            key = TunnelKey(outer.src, outer.dst, event.vni, outer.dport)
+            tunnel = self.tunnels.get(key)
+            if tunnel is None:
+                tunnel = self.tunnels[key] = Tunnel(key)
+            if is_fragment(outer) and not drop:
+                tunnel.outer_fragments[where] += 1
+            inner = event.inner
+            if inner is None or not inner.family:
+                if drop:
+                    self.unattributed_drops += 1
+                    tunnel.flow("(inner not parsed)").drops[(reason, where)] += 1
+                else:
+                    tunnel.points[where] += 1
+                return
+            if is_fragment(inner) and not drop:
+                tunnel.inner_fragments.setdefault(_pair_flow(inner), Counter())[where] += 1
+            flow = tunnel.flow(_flow(inner))
+            if drop:
+                flow.drops[(reason, where)] += 1
+            else:
+                tunnel.points[where] += 1
+                flow.points[where] += 1
+                flow.bytes_points[where] += inner.ip_len
+            return
+        if is_fragment(outer):
+            pair = (outer.src, outer.dst)
+            if drop:
+                self.fragment_drops.setdefault(pair, Counter())[(reason, where)] += 1
+            else:
+                self.fragments.setdefault(pair, {}).setdefault(_pair_flow(outer), Counter())[where] += 1
+
+    def add_all(self, events: list[tuple[PacketEvent, str, str]]) -> None:
+        for event, where, reason in events:
+            self.add(event, where, reason)
+
+    def endpoints(self) -> set[tuple[str, str]]:
+        """(outer source, outer destination) of every tunnel seen, in its direction."""
+        return {(k.src, k.dst) for k in self.tunnels}
+
+    def to_json(self) -> dict[str, Any]:
+        endpoints = self.endpoints()
+        tunnels = []
+        for key in sorted(self.tunnels):
+            tunnel = self.tunnels[key]
+            underlay = self.fragments.get((key.src, key.dst), {})
+            # A non-first outer fragment has no UDP header: it is matched to the tunnel by node addresses only.
+            non_first = sum(_most(points) for points in underlay.values())
+            flows = sorted(tunnel.flows.values(), key=lambda f: (-f.packets, -sum(f.drops.values()), f.flow))
+            tunnels.append({
+                "src": key.src, "dst": key.dst, "vni": key.vni, "port": key.port,
+                "packets": _most(tunnel.points),
+                "points": dict(sorted(tunnel.points.items())),
+                "flows": [f.to_json() for f in flows],
+                "drops": sum(sum(f.drops.values()) for f in tunnel.flows.values()),
+                "outer_fragments": _most(tunnel.outer_fragments) + non_first,
+                "inner_fragments": sum(_most(p) for p in tunnel.inner_fragments.values()),
+                "inner_fragment_flows": {flow: _most(p) for flow, p in sorted(tunnel.inner_fragments.items())},
+            })
+        outside = []
+        for (src, dst), by_flow in sorted(self.fragments.items()):
+            if (src, dst) in endpoints:
+                continue
+            for flow, points in sorted(by_flow.items()):
+                outside.append({"flow": flow, "fragments": _most(points), "points": dict(sorted(points.items()))})
+        fragment_drops = [
+            {"src": s, "dst": d, "reason": r, "where": w, "count": n, "underlay": (s, d) in endpoints}
+            for (s, d), drops in sorted(self.fragment_drops.items()) for (r, w), n in sorted(drops.items())
+        ]
+        return {
+            "tunnels": tunnels,
+            "outer_fragments": sum(t["outer_fragments"] for t in tunnels),
+            "inner_fragments_in_tunnels": sum(t["inner_fragments"] for t in tunnels),
+            "inner_fragments_outside_tunnels": sum(f["fragments"] for f in outside),
+            "fragments_outside_tunnels": outside,
+            "fragment_drops": fragment_drops,
+            "unattributed_drops": self.unattributed_drops,
+            "events": self.events,
+        }
+
+    def format_text(self) -> str:
+        data = self.to_json()
+        lines: list[str] = []
+        if not data["tunnels"]:
+            lines.append("no VXLAN tunnel traffic seen (UDP 8472/4789)")
+        for t in data["tunnels"]:
+            key = TunnelKey(t["src"], t["dst"], t["vni"], t["port"])
+            lines.append(f"tunnel {key.describe()}: {t['packets']} packets, {t['drops']} drops, "
+                         f"{t['outer_fragments']} outer fragments, {t['inner_fragments']} inner fragments")
+            lines.extend(f"  {f['packets']:>8} pkts {f['drops']:>5} drops  {f['flow']}" for f in t["flows"])
+            for f in t["flows"]:
+                lines.extend(f"           dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: {f['flow']}"
+                             for d in f["drop_reasons"])
+            lines.extend(f"  {n:>8} inner fragments  {flow}" for flow, n in t["inner_fragment_flows"].items())
+        for f in data["fragments_outside_tunnels"]:
+            lines.append(f"fragments outside the tunnel: {f['fragments']} {f['flow']} "
+                         f"(at {', '.join(f['points'])})")
+        for d in data["fragment_drops"]:
+            lines.append(f"fragment dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: "
+                         f"{d['src']} > {d['dst']}")
+        return "\n".join(lines) + "\n"
