@@ -6,6 +6,7 @@
     for event in rec:                       # PacketEvent, decoded
         ...
     rows = rec.drop_rows()                  # the rows `podtrace drops --json` prints
+    flows = rec.flow_rows()                 # the rows `podtrace flows --json` prints (recorded with --node)
 
 Opening a recording needs neither root nor BPF; `live()` needs both.
 """
@@ -15,12 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracer.aggregate import DropTable
 from tracer.events import PacketEvent, decode
 from tracer.replay import RecordedNames, ReplaySource
 from tracer.report import Resolver, drop_rows, summary_json
+
+if TYPE_CHECKING:
+    from tracer.flows import FlowTable, NatRecord
 
 __all__ = ["Recording", "LiveSession", "open_recording", "live", "tcp_flags", "PacketEvent"]
 
@@ -94,6 +98,46 @@ class Recording:
         """The same row objects `podtrace drops --json` and `podtrace report --json` print."""
         table = self.drop_table()
         return drop_rows(table, self.resolver())
+
+    def nat_records(self) -> list[NatRecord]:
+        """The kernel's Service NAT flows at the end of the recording (empty unless recorded with --node)."""
+        source = self.source()
+        try:
+            for _raw in source:
+                pass
+            return source.nat_records()
+        finally:
+            source.close()
+
+    def flow_table(self) -> FlowTable:
+        """The Service flow table `podtrace flows` shows (empty unless recorded with --node), drops attributed."""
+        source = self.source()
+        table = DropTable()
+        try:
+            for raw in source:
+                table.add_raw(raw)
+        finally:
+            source.close()
+        flows, _services, _warnings = source.flow_table(drop_rows(table, source.resolver()))
+        return flows
+
+    def flow_rows(self) -> list[dict[str, Any]]:
+        """The flow objects `podtrace flows --json` and `podtrace report --json` print."""
+        return [flow.to_json() for flow in self.flow_table().rows()]
+
+    def softirq_rows(self) -> list[dict[str, Any]]:
+        """Per-CPU softirq/NAPI latency rows and the all-CPU one (as `podtrace overlay softirq --json`), over the
+        recording; empty unless recorded with --softirq."""
+        source = self.source()
+        try:
+            for _raw in source:
+                pass
+        finally:
+            source.close()
+        if source.softirq is None:
+            return []
+        seconds = round(source.softirq.seconds, 3)
+        return [{**row.to_json(), "seconds": seconds} for row in source.softirq.report()]
 
     def summary(self) -> dict[str, Any]:
         """Events, lost, ... of the last full read (as the CLI summary object)."""

@@ -16,7 +16,8 @@ from tracer import __version__
 from tracer.aggregate import DropTable
 from tracer.errors import PodtraceError, RecordingError, UsageError
 from tracer.events import EVENT_SIZE, decode
-from tracer.recording import FORMAT_VERSION, Recorder, compression_of, parse_size
+from tracer.flows import write_flow_table
+from tracer.recording import FORMAT_VERSION, Recorder, compression_of, nat_to_json, parse_size
 from tracer.replay import ReplaySource
 from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
 
@@ -26,9 +27,15 @@ with the events, so `podtrace report` and `podtrace export` work on any machine.
 .gz (or .zst with the zstandard package). With --max-size the recording continues in FILE.1, FILE.2, ...
 (trace.1.gz for trace.gz), each readable on its own.
 
+With --node NETNS (repeatable, as for `podtrace flows`) netfilter links are attached in that node's namespace
+and the recording also holds kube-proxy's rules and the kernel's Service NAT flows, so `podtrace report` shows
+the flow table `podtrace flows` would have shown. With --softirq it holds the softirq/NAPI latency histograms
+and /proc/net/softnet_stat every second, and the report adds the softirq table.
+
 examples:
   sudo podtrace record -o node1.ptrec.gz --duration 60
   sudo podtrace record -o drops.ptrec --max-size 100M --netns pt-node1 'tcp port 443'
+  sudo podtrace record -o services.ptrec --node pt-node1 --node pt-node2 'udp port 53 or udp port 5353'
 """
 
 REPORT_EPILOG = """\
@@ -37,6 +44,7 @@ exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the da
 examples:
   podtrace report node1.ptrec.gz
   podtrace report --json node1.ptrec.gz | jq 'select(.reason == "NETFILTER_DROP")'
+  podtrace report --json services.ptrec | jq 'select(.backend)'      # Service flows (recorded with --node)
 """
 
 EXPORT_EPILOG = """\
@@ -63,11 +71,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     record.add_argument("-o", "--output", required=True, metavar="FILE", help="recording to write")
     record.add_argument("--max-size", metavar="N", help="start a new part when a file reaches N bytes (10M, 1G)")
     add_trace_options(record)
+    record.add_argument("--node", action="append", metavar="NETNS",
+                        help="also record Service flows: attach netfilter links in this node's network namespace "
+                             "and store its kube-proxy rules; repeat for several (the lab: --node pt-node1 "
+                             "--node pt-node2)")
+    record.add_argument("--softirq", action="store_true",
+                        help="also record NET_RX/NET_TX softirq and NAPI latency (the `overlay softirq` summary)")
     record.set_defaults(func=run_record)
 
     report = subparsers.add_parser(
-        "report", help="the drops table from a recording (no root, no BPF)",
-        description="Print the drops table `podtrace drops` would have printed over the recorded traffic.",
+        "report", help="the drops (and Service flows) tables from a recording (no root, no BPF)",
+        description="Print the drops table `podtrace drops` would have printed over the recorded traffic, and "
+                    "the flow table of `podtrace flows` when it was recorded with --node.",
         epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("file", metavar="FILE")
@@ -112,6 +127,32 @@ def _lab_names() -> dict[str, Any] | None:
         return None
 
 
+def _services(nodes: list[str]) -> dict[str, Any]:
+    """kube-proxy's rules in each node namespace, as the output of the commands tracer.kubeproxy.collect runs
+    (the report parses them again with the same code, so names come out exactly as `podtrace flows` gives them)."""
+    import shlex
+    from collections.abc import Sequence
+
+    from tracer.kubeproxy import collect, command_runner
+
+    result = []
+    for node in nodes:
+        commands: dict[str, str | None] = {}
+        run = command_runner(node)
+
+        def remember(argv: Sequence[str], run: Any = run, commands: dict[str, str | None] = commands) -> str | None:
+            output = run(argv)
+            commands[shlex.join(argv)] = output
+            return output
+
+        try:
+            collect(node, runner=remember)
+            result.append({"netns": node, "commands": commands, "error": ""})
+        except PodtraceError as err:
+            result.append({"netns": node, "commands": commands, "error": err.one_line()})
+    return {"nodes": result}
+
+
 def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -> dict[str, Any]:
     plan, plan_error = _attach_plan()
     wall, mono = time.time_ns(), time.monotonic_ns()
@@ -133,6 +174,7 @@ def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -
         "event_size": EVENT_SIZE,
         "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": _lab_names()},
         "node_checks": _node_checks(args.netns),
+        **({"services": _services(args.node)} if getattr(args, "node", None) else {}),
     }
 
 
@@ -156,6 +198,7 @@ class _RecordLoop:
         self.pending: list[bytes] = []
         self.next_tick = 0.0
         self.status = sys.stderr.isatty()
+        self.softirq: Any = None  # tracer.softirq.SoftirqProbe with --softirq
 
     def on_start(self, source: Any, names: Any) -> None:
         from tracer.names import named_netns
@@ -167,6 +210,12 @@ class _RecordLoop:
         header = build_header(self.args, source, known)
         self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size)
         self.recorder.write_counters(source.counters(), time.monotonic_ns())
+        if getattr(self.args, "softirq", False):
+            from tracer.softirq import SoftirqProbe
+
+            self.softirq = SoftirqProbe()
+            self.softirq.start(progress=False)
+            self.recorder.write_softirq(self.softirq.snapshot())
         self.recorder.flush()
         self.next_tick = time.monotonic() + TICK_S
 
@@ -189,13 +238,34 @@ class _RecordLoop:
         assert self.recorder is not None
         counters = source.counters()
         self.recorder.write_counters(counters, time.monotonic_ns())
+        self.write_nat(source)
+        if self.softirq is not None:
+            self.recorder.write_softirq(self.softirq.snapshot())
         self.recorder.flush()  # a killed recorder loses at most the last second
         if self.status:
             parts = f", part {len(self.recorder.parts)}" if len(self.recorder.parts) > 1 else ""
             sys.stderr.write(f"\rrecording: {self.recorder.events} events, {counters.get('lost', 0)} lost{parts} ")
             sys.stderr.flush()
 
+    def before_close(self, source: Any) -> None:
+        """The last snapshot of the maps while they still exist (the events are all written by now)."""
+        self._write()
+        self.write_nat(source)
+        if self.softirq is not None and self.recorder is not None:
+            self.recorder.write_softirq(self.softirq.snapshot())
+
+    def write_nat(self, source: Any) -> None:
+        """The kernel's nat_flows map (only with --node: netfilter links attached)."""
+        if self.recorder is None or not getattr(self.args, "node", None):
+            return
+        from tracer.flows import nat_record_from_map
+
+        records = [nat_to_json(nat_record_from_map(key, stats)) for key, stats in source.nat_flows()]
+        self.recorder.write_nat_flows(records, time.monotonic_ns())
+
     def close(self, final_counters: dict[str, int]) -> None:
+        if self.softirq is not None:
+            self.softirq.close()
         if self.recorder is None:
             return
         if self.pending:
@@ -229,7 +299,8 @@ def run_record(args: argparse.Namespace) -> int:
     source = None
     try:
         source, _names, count = run_session(args, path=bool(args.filter), on_raw=loop.on_raw,
-                                            on_start=loop.on_start, on_tick=loop.on_tick)
+                                            on_start=loop.on_start, on_tick=loop.on_tick,
+                                            netfilter=bool(args.node), before_close=loop.before_close)
     finally:
         loop.close(source.final_counters if source is not None else {})
     assert loop.recorder is not None
@@ -281,14 +352,40 @@ def run_report(args: argparse.Namespace) -> int:
     _warn_truncated(source)
     rows = drop_rows(table, source.resolver())
     counters = source.final_counters
+    flows = services = None
+    if source.has_nat_flows:  # recorded with --node: the flow table `podtrace flows` shows
+        flows, services, warnings = source.flow_table(rows)
+        for warning in warnings:
+            sys.stderr.write(f"podtrace: {warning}\n")
+    softirq_rows = source.softirq.report() if source.softirq is not None else []
+    softirq_seconds = source.softirq.seconds if source.softirq is not None else 0.0
     if args.json:
         for row in rows:
             sys.stdout.write(json.dumps(row) + "\n")
+        if flows is not None:
+            for flow in flows.rows():
+                sys.stdout.write(json.dumps(flow.to_json()) + "\n")
+            for drop in flows.service_drops:
+                sys.stdout.write(json.dumps({"service_drop": True, **drop.__dict__}) + "\n")
+            for flagged in getattr(flows, "out_of_sync", []):  # VIPs no kube-proxy rule knows (as `flows` prints)
+                sys.stdout.write(json.dumps(flagged.to_json()) + "\n")
+        for cpu_row in softirq_rows:  # as `podtrace overlay softirq --json` prints them
+            sys.stdout.write(json.dumps({**cpu_row.to_json(), "seconds": round(softirq_seconds, 3)}) + "\n")
         summary = summary_json(count, counters, table.evicted)
         summary["truncated"] = source.truncated
+        if services is not None:
+            summary["proxy_mode"] = services.mode
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         write_drop_table(rows, sys.stdout)
+        if flows is not None and services is not None:
+            sys.stdout.write("\n")
+            write_flow_table(flows, sys.stdout)
+            sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services\n")
+        if softirq_rows:
+            from tracer.softirq import format_table
+
+            sys.stdout.write("\n" + format_table(softirq_rows, softirq_seconds))
         sys.stdout.write(summary_line(count, counters, table.evicted) + "\n")
     sys.stdout.flush()
     if error is not None:

@@ -76,14 +76,17 @@ class _Failed(PodtraceError):
 
 
 def _live(args: argparse.Namespace) -> tuple[Any, Any]:
+    import threading
+
     from tracer import bccenv
     from tracer.check.table import NodeFindingsTable
-    from tracer.flows import LiveFlowsTable
     from tracer.kernel import kernel_version, probe_kernel
     from tracer.live import LiveSource
     from tracer.names import NetnsNames, Symbolizer
     from tracer.report import Resolver
     from tracer.session import probe_config
+    from tui.services import ServiceFlowsTable
+    from tui.softirq import SoftirqTable
     from tui.sources import SessionInfo
 
     args.duration = None
@@ -95,11 +98,40 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
         config.netfilter_netns = tuple(args.node or [None])
     source = LiveSource(config, args.btf)
     names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
+    plan_done = threading.Event()
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
                        probe_plan=lambda: probe_kernel()[0], live_clock=True,
                        tables={"node": NodeFindingsTable(args.netns),
-                               "flows": LiveFlowsTable(source, args.node or [None])})
+                               "flows": ServiceFlowsTable(source, args.node or [None]),
+                               "softirq": SoftirqTable(after=plan_done)},
+                       record_header=lambda: _record_header(args, source, info), plan_done=plan_done)
     return source, info
+
+
+def _record_header(args: argparse.Namespace, source: Any, info: Any) -> dict[str, Any]:
+    """A `podtrace record`-style header for a recording started with `r`, from what the TUI already knows (its attach
+    plan was probed once; probing again would compile BCC programs while others may be compiling, which crashes)."""
+    import os
+    from dataclasses import asdict
+
+    from tracer.names import named_netns
+    from tui.recording import basic_header
+
+    known = {inode: name for name, inode in named_netns().items()}
+    known[os.stat("/proc/self/ns/net").st_ino] = "host"
+    info.names.symbol(1)  # load kallsyms before the first drop needs a name
+    header = basic_header(info.names, info.node, info.kernel, info.programs, info.attached,
+                          info.plan.to_json() if info.plan else None, info.kernel_filter)
+    header["filter"] = {"expression": " ".join(args.filter), "netns": args.netns,
+                        "netns_inode": source.config.netns_inode, "ifname": args.ifname}
+    try:
+        from tracer import lab
+
+        lab_names: dict[str, Any] | None = asdict(lab.names())
+    except Exception:  # noqa: BLE001 - the lab is optional
+        lab_names = None
+    header["names"] = {"netns": {str(k): v for k, v in known.items()}, "lab": lab_names}
+    return header
 
 
 def _replay(path: str) -> tuple[Any, Any]:

@@ -3,7 +3,7 @@
     preamble  b"PODTRACE" + u32 format version                     (little-endian throughout)
     record    u32 length | u8 kind | payload[length] | u32 crc32(length, kind, payload)
 
-The first record is the JSON header, then EVENTS, NAMES and COUNTERS records in time order, then a TRAILER.
+The first record is the JSON header, then EVENTS, NAMES, COUNTERS and NAT_FLOWS records in time order, then a TRAILER.
 The whole stream is gzip- or zstd-compressed when the file name ends in .gz or .zst; readers detect compression
 from the first bytes, not the name. Pure IO on bytes: nothing here knows about BPF.
 """
@@ -16,10 +16,14 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tracer.errors import RecordingError
-from tracer.events import EVENT_SIZE
+from tracer.events import EVENT_SIZE, Tuple
+
+if TYPE_CHECKING:
+    from tracer.flows import NatRecord
+    from tracer.softirq import SoftirqSnapshot
 
 MAGIC = b"PODTRACE"
 FORMAT_VERSION = 1
@@ -30,8 +34,11 @@ KIND_EVENTS = 2
 KIND_NAMES = 3
 KIND_COUNTERS = 4
 KIND_TRAILER = 5
+KIND_NAT_FLOWS = 6  # added within version 1: older readers skip it (unknown kind)
+KIND_SOFTIRQ = 7  # added within version 1, likewise
 KIND_NAMES_BY_VALUE = {KIND_HEADER: "header", KIND_EVENTS: "events", KIND_NAMES: "names",
-                       KIND_COUNTERS: "counters", KIND_TRAILER: "trailer"}
+                       KIND_COUNTERS: "counters", KIND_TRAILER: "trailer", KIND_NAT_FLOWS: "nat_flows",
+                       KIND_SOFTIRQ: "softirq"}
 
 RECORD_HEAD = struct.Struct("<IB")
 RECORD_CRC = struct.Struct("<I")
@@ -398,6 +405,14 @@ class Recorder:
         self.counters = dict(counters)
         self._writer.write_json(KIND_COUNTERS, {"counters": self.counters, "monotonic_ns": monotonic_ns})
 
+    def write_nat_flows(self, records: list[dict[str, Any]], monotonic_ns: int) -> None:
+        """A snapshot of the kernel's nat_flows map (cumulative: the latest one read wins)."""
+        self._writer.write_json(KIND_NAT_FLOWS, {"nat_flows": records, "monotonic_ns": monotonic_ns})
+
+    def write_softirq(self, snapshot: SoftirqSnapshot) -> None:
+        """A snapshot of the softirq/NAPI counters (cumulative: a report takes last minus first)."""
+        self._writer.write_json(KIND_SOFTIRQ, softirq_to_json(snapshot))
+
     def flush(self) -> None:
         self._writer.flush()
         # Compressed output reaches the file at flushes: this is where a compressed part sees its real size.
@@ -414,6 +429,71 @@ class Recorder:
         if final_counters:
             self.counters = dict(final_counters)
         self._finish(self._writer, {"next": None, "end_wall_ns": end_wall_ns})
+
+
+_TUPLE_FIELDS = ("sport", "dport", "family", "proto", "icmp_type", "icmp_code", "frag", "ip_len")
+_NAT_FIELDS = ("point", "netns", "packets", "bytes", "first_ns", "last_ns", "hook_ns_sum", "hook_ns_max")
+
+
+def tuple_to_json(t: Tuple) -> dict[str, Any]:
+    return {"saddr": t.saddr.hex(), "daddr": t.daddr.hex(), **{name: getattr(t, name) for name in _TUPLE_FIELDS}}
+
+
+def tuple_from_json(data: dict[str, Any]) -> Tuple:
+    return Tuple(bytes.fromhex(data["saddr"]), bytes.fromhex(data["daddr"]),
+                 *(int(data[name]) for name in _TUPLE_FIELDS))
+
+
+def nat_to_json(record: NatRecord) -> dict[str, Any]:
+    """A tracer.flows.NatRecord as the JSON object a NAT_FLOWS record lists."""
+    return {"before": tuple_to_json(record.before), "after": tuple_to_json(record.after),
+            **{name: getattr(record, name) for name in _NAT_FIELDS}}
+
+
+def nat_from_json(data: dict[str, Any]) -> NatRecord:
+    """The NatRecord of a NAT_FLOWS list entry (RecordingError when it is not one)."""
+    from tracer import flows  # noqa: PLC0415 - keeps this module free of the flow/kube-proxy code
+
+    try:
+        return flows.NatRecord(before=tuple_from_json(data["before"]), after=tuple_from_json(data["after"]),
+                         **{name: int(data[name]) for name in _NAT_FIELDS})
+    except (KeyError, TypeError, ValueError) as err:
+        raise RecordingError(f"a nat_flows entry is malformed: {err!r}") from err
+
+
+def softirq_to_json(snapshot: SoftirqSnapshot) -> dict[str, Any]:
+    """A tracer.softirq.SoftirqSnapshot as a SOFTIRQ record's JSON (histogram slots sparse: [[slot, n], ...])."""
+    return {
+        "ts": snapshot.ts,
+        "hists": {str(cpu): {f"{softirq}/{phase}": {"slots": [[i, n] for i, n in enumerate(hist.slots) if n],
+                                                    "count": hist.count, "sum_ns": hist.sum_ns,
+                                                    "max_ns": hist.max_ns}
+                             for (softirq, phase), hist in hists.items()}
+                  for cpu, hists in snapshot.hists.items()},
+        "napi": {str(cpu): dict(counts) for cpu, counts in snapshot.napi.items()},
+        "softnet": {str(cpu): [row.processed, row.dropped, row.time_squeeze, row.received_rps, row.flow_limit]
+                    for cpu, row in snapshot.softnet.items()},
+    }
+
+
+def softirq_from_json(data: dict[str, Any]) -> SoftirqSnapshot:
+    from tracer import softirq  # noqa: PLC0415 - only for recordings that hold softirq snapshots
+
+    def hist(item: dict[str, Any]) -> softirq.Log2Hist:
+        slots = [0] * softirq.SLOTS
+        for index, count in item.get("slots", []):
+            slots[int(index)] = int(count)
+        return softirq.Log2Hist(tuple(slots), int(item["count"]), int(item["sum_ns"]), int(item["max_ns"]))
+
+    try:
+        hists = {int(cpu): {tuple(key.split("/", 1)): hist(item) for key, item in per_cpu.items()}
+                 for cpu, per_cpu in data.get("hists", {}).items()}
+        napi = {int(cpu): {name: int(n) for name, n in counts.items()} for cpu, counts in data.get("napi", {}).items()}
+        softnet = {int(cpu): softirq.SoftnetRow(int(cpu), *(int(v) for v in row))
+                   for cpu, row in data.get("softnet", {}).items()}
+        return softirq.SoftirqSnapshot(float(data["ts"]), hists, napi, softnet)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise RecordingError(f"a softirq record is malformed: {err!r}") from err
 
 
 def parse_size(text: str) -> int:

@@ -5,10 +5,11 @@ aggregation, reports and TUI run on it. No BPF, no root: importing this never im
 from __future__ import annotations
 
 import os
+import shlex
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracer.errors import RecordingError
 from tracer.events import EVENT_SIZE, PacketEvent, decode
@@ -18,11 +19,20 @@ from tracer.recording import (
     KIND_EVENTS,
     KIND_HEADER,
     KIND_NAMES,
+    KIND_NAT_FLOWS,
+    KIND_SOFTIRQ,
     KIND_TRAILER,
     RecordReader,
+    nat_from_json,
+    softirq_from_json,
     split_events,
 )
 from tracer.report import Resolver
+
+if TYPE_CHECKING:
+    from tracer.flows import FlowTable, NatRecord
+    from tracer.kubeproxy import ServiceMap
+    from tracer.softirq import SoftirqAggregator
 
 
 @dataclass
@@ -70,6 +80,10 @@ class RecordedNames:
                 return f"{pod.get('namespace', 'default')}/{name}"
         return None
 
+    def pod_names(self) -> dict[str, str]:
+        """Pod IP -> lab pod name, as `podtrace flows` labels flows (empty without the lab)."""
+        return {pod["ip"]: name for name, pod in (self.lab or {}).get("pods", {}).items() if pod.get("ip")}
+
     def service_of(self, ip: str, port: int) -> str | None:
         lab = self.lab or {}
         on_node = ip in lab.get("node_ips", {}).values()
@@ -78,6 +92,38 @@ class RecordedNames:
             if (svc.get("vip") == ip and svc.get("port") == port) or node_port:
                 return str(name)
         return None
+
+
+def recorded_services(header: dict[str, Any]) -> tuple[ServiceMap, list[str]]:
+    """kube-proxy's ServiceMap from the command output a recording's header carries (`services.nodes`), merged
+    per node as `podtrace flows` merges it, and a warning per node whose rules could not be read."""
+    from tracer.errors import PodtraceError  # noqa: PLC0415 - the kube-proxy parsers only when a report needs them
+    from tracer.kubeproxy import ServiceMap, collect, merge, parse_ipvsadm  # noqa: PLC0415
+
+    services = ServiceMap()
+    warnings = []
+    for node in (header.get("services") or {}).get("nodes", []):
+        where = node.get("netns") or "the recording namespace"
+        if node.get("error"):
+            warnings.append(f"Service names unavailable in {where}: {node['error']}")
+            continue
+        commands: dict[str, str | None] = node.get("commands", {})
+
+        def replay(argv: Sequence[str], commands: dict[str, str | None] = commands) -> str | None:
+            return commands.get(shlex.join(argv))
+
+        try:
+            found = collect(None, runner=replay)
+        except PodtraceError as err:
+            warnings.append(f"Service names unavailable in {where}: {err.one_line()}")
+            continue
+        ipvs = commands.get("ipvsadm -Ln")
+        if ipvs and not os.path.exists("/proc/net/ip_vs"):  # collect() asks ipvsadm only where the module is loaded
+            found = merge(found, parse_ipvsadm(ipvs))
+        if not services.ports:
+            services.mode, services.ports = found.mode, found.ports
+        services.rules += found.rules
+    return services, warnings
 
 
 def counter_delta(now: dict[str, int], base: dict[str, int]) -> dict[str, int]:
@@ -113,6 +159,8 @@ class ReplaySource:
         self._error: RecordingError | None = None
         self._lookahead: list[bytes] = []
         self._pace: tuple[float, int] | None = None  # (monotonic at first event, its ts_ns)
+        self._nat: list[dict[str, Any]] | None = None  # the latest nat_flows snapshot read so far
+        self.softirq: SoftirqAggregator | None = None  # softirq snapshots read so far (`record --softirq`)
 
     @property
     def done(self) -> bool:
@@ -139,7 +187,8 @@ class ReplaySource:
                 for record in reader.records():
                     if record.kind == KIND_EVENTS:
                         yield record.kind, split_events(record)
-                    elif record.kind in (KIND_HEADER, KIND_NAMES, KIND_COUNTERS, KIND_TRAILER):
+                    elif record.kind in (KIND_HEADER, KIND_NAMES, KIND_COUNTERS, KIND_TRAILER, KIND_NAT_FLOWS,
+                                         KIND_SOFTIRQ):
                         data = record.json()
                         if record.kind == KIND_TRAILER:
                             next_name, ended = data.get("next"), True
@@ -176,6 +225,14 @@ class ReplaySource:
             self._latest = dict(data.get("counters", {}))
         elif kind == KIND_HEADER:  # the next rotation part: names it repeats are already known
             self.names.update(data.get("names", {}))
+        elif kind == KIND_NAT_FLOWS:  # cumulative snapshots of the kernel map: the latest wins
+            self._nat = list(data.get("nat_flows", []))
+        elif kind == KIND_SOFTIRQ:
+            if self.softirq is None:
+                from tracer.softirq import SoftirqAggregator  # noqa: PLC0415 - only when the file has them
+
+                self.softirq = SoftirqAggregator()
+            self.softirq.add(softirq_from_json(data))
 
     def start(self, progress: bool = True) -> None:
         return None
@@ -249,6 +306,30 @@ class ReplaySource:
 
     def resolver(self) -> Resolver:
         return self.names.resolver()
+
+    @property
+    def has_nat_flows(self) -> bool:
+        """The recording traced Service NAT (`record --node`): Services in its header or nat_flows snapshots."""
+        return self._nat is not None or bool(self.header.get("services"))
+
+    def nat_records(self) -> list[NatRecord]:
+        """The kernel's nat_flows map as of the latest snapshot read so far (all of it once iterated)."""
+        return [nat_from_json(item) for item in self._nat or []]
+
+    def services(self) -> tuple[ServiceMap, list[str]]:
+        """kube-proxy's Services as recorded in the header, and warnings for nodes without them."""
+        return recorded_services(self.header)
+
+    def flow_table(self, drop_rows: list[dict[str, Any]]) -> tuple[FlowTable, ServiceMap, list[str]]:
+        """The table `podtrace flows` would have shown (read the events first: NAT snapshots come with them)."""
+        from tracer.flows import FlowTable  # noqa: PLC0415
+
+        services, warnings = self.services()
+        pods = self.names.pod_names()
+        table = FlowTable(services, lambda ip: pods.get(ip, "-"))
+        table.add_nat(self.nat_records())
+        table.add_drops(drop_rows)
+        return table, services, warnings
 
     def close(self) -> None:
         self._records.close()

@@ -22,7 +22,9 @@ from tracer.errors import UsageError
 from tracer.ladder import AttachPlan
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model, Snapshot
+from tui.overlay import OverlayTable
 from tui.pyfilter import ViewFilter
+from tui.recording import TuiRecording, basic_header, recording_name
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
 from tui.sources import Reader, SessionInfo, Source
@@ -92,6 +94,8 @@ class PodtraceApp(App[int]):
         self.info = info
         self.model = model or Model(info.names, clock=time.monotonic_ns if info.live_clock else None)
         self.model.tables.update(info.tables)
+        # Event-fed: works live and on replays alike.
+        self.model.tables.setdefault("overlay", OverlayTable(self.model.names.netns, self.model.names.reasons))
         self.refresh_interval = refresh_interval
         self.reader: Reader | None = None
         self.snapshot: Snapshot | None = None  # the one on screen
@@ -99,10 +103,12 @@ class PodtraceApp(App[int]):
         self.plan: AttachPlan | None = info.plan
         self.plan_note = ""
         self.paused = False
-        self.recording = False
+        self.recording: TuiRecording | None = None
         self.started = False
         self.error = ""
         self._began = time.monotonic()
+        # Recordings go to the directory the TUI started in: BCC changes the process's cwd while it compiles.
+        self.cwd = os.getcwd()
 
     # -- layout --
 
@@ -114,7 +120,7 @@ class PodtraceApp(App[int]):
                 yield DropsTable(id="drops-table")
             with TabPane("2 Services", id="flows"):
                 yield RowsView("flows", "Service flows", "client -> Service -> backend, from netfilter links",
-                               ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us"])
+                               ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us", "drops"])
             with TabPane("3 Overlay/MTU", id="overlay"):
                 yield RowsView("overlay", "Overlay and MTU", "tunnels, fragments, frag-needed, MTU verdicts",
                                ["device", "vni", "packets", "fragments", "frag_needed", "verdict"])
@@ -140,6 +146,11 @@ class PodtraceApp(App[int]):
     def on_unmount(self) -> None:
         if self.reader is not None:
             self.reader.stop()
+        self._stop_recording()
+        for table in self.model.tables.values():
+            close = getattr(table, "close", None)
+            if close is not None:
+                close()
 
     # -- messages from the reader --
 
@@ -204,7 +215,9 @@ class PodtraceApp(App[int]):
 
     def refresh_header(self) -> None:
         self.query_one(HeaderBar).update(
-            header_text(self.info, self.snapshot, self.plan, self.plan_note, self.paused, self.recording))
+            header_text(self.info, self.snapshot, self.plan, self.plan_note, self.paused,
+                        os.path.basename(self.recording.path) if self.recording else "",
+                        self.recording.error if self.recording else ""))
 
     # -- actions --
 
@@ -253,7 +266,37 @@ class PodtraceApp(App[int]):
         self.refresh_header()
 
     def action_record(self) -> None:
-        self.notify("recording from the TUI is not available yet: use `podtrace record`", severity="warning")
+        """Start or stop recording the raw events into ./podtrace-YYYYmmdd-HHMMSS.ptrec."""
+        if self.reader is None:
+            return
+        if self.recording is None:
+            recording = TuiRecording(os.path.join(self.cwd, recording_name()),
+                                     self.info.record_header or self._basic_header,
+                                     self.model.names, self.source.counters)
+            self.recording = recording
+            self.reader.recording = recording
+            self.notify(f"recording to {os.path.basename(recording.path)} (r stops)", timeout=3)
+        else:
+            recording = self.recording
+            events = self._stop_recording()
+            if recording.error:
+                self.notify(recording.error, severity="error")
+            else:
+                self.notify(f"recorded {events} events to {recording.path}", timeout=5)
+        self.refresh_header()
+
+    def _stop_recording(self) -> int:
+        recording, self.recording = self.recording, None
+        if recording is None:
+            return 0
+        if self.reader is not None:
+            self.reader.recording = None
+        return recording.stop()
+
+    def _basic_header(self) -> dict[str, Any]:
+        info = self.info
+        return basic_header(self.model.names, info.node, info.kernel, info.programs, info.attached,
+                            self.plan.to_json() if self.plan else None, info.kernel_filter)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -271,6 +314,7 @@ class PodtraceApp(App[int]):
     async def action_quit(self) -> None:
         if self.reader is not None:
             self.reader.stop()
+        self._stop_recording()
         self.exit(1 if self.error else 0)
 
 

@@ -28,7 +28,11 @@ FlowKey = tuple[int, int, bytes, bytes, int]  # family, proto, saddr, daddr, dpo
 
 
 class TableSource(Protocol):
-    """Rows of dicts for the views other concerns fill (service flows, overlay/MTU, softirq, node)."""
+    """Rows of dicts for the views other concerns fill (service flows, overlay/MTU, softirq, node).
+
+    Optional: `uses_drops` (rows(drops=...) gets the shown drop rows), `uses_events` (add(event) for every event
+    the view filter keeps, reset() when it changes), close() (called when the app exits).
+    """
 
     columns: list[str]
 
@@ -108,7 +112,13 @@ class Model:
         self.filter_text = ""
         self._reset()
 
+    def _event_fed(self) -> list[Any]:
+        return [table for table in self.tables.values() if getattr(table, "uses_events", False)]
+
     def _reset(self) -> None:
+        self._fed = self._event_fed()
+        for table in self._fed:
+            table.reset()
         self.drops = DropTable()
         self.events = 0
         self.path_events = 0
@@ -122,6 +132,7 @@ class Model:
 
     def add(self, events: Iterable[PacketEvent]) -> None:
         with self.lock:
+            self._fed = self._event_fed()  # tables may be added after the model is made
             for event in events:
                 self.received += 1
                 self.history.append(event)
@@ -131,6 +142,8 @@ class Model:
         if self.predicate is not None and not self.predicate(event):
             return
         self.events += 1
+        for table in self._fed:
+            table.add(event)
         self.latest_ns = max(self.latest_ns, event.ts_ns)
         bucket = event.ts_ns // RATE_BUCKET_NS
         if self.rate_buckets and self.rate_buckets[-1][0] == bucket:
@@ -191,7 +204,9 @@ class Model:
             tables = {}
             for name, source in self.tables.items():
                 try:
-                    tables[name] = source.rows()
+                    # A source with `uses_drops` (the Services view) attributes the shown drop groups itself.
+                    uses_drops = getattr(source, "uses_drops", False)
+                    tables[name] = source.rows(drops=rows) if uses_drops else source.rows()  # type: ignore[call-arg]
                 except Exception:  # noqa: BLE001 - a broken extra table must not stop the drops view
                     tables[name] = []
             return Snapshot(self.events, self.received, rate, dict(counters), rows, len(self.drops), self.drops.total,

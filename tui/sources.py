@@ -1,7 +1,7 @@
 """Where the TUI's events come from, and the reader thread that turns them into a few snapshots per second.
 
 A Source is anything with `poll(timeout_ms) -> list[PacketEvent]` and `counters() -> dict`: tracer.live.LiveSource,
-tracer.replay.ReplaySource, or ListSource here (tests, and replay until recordings exist).
+tracer.replay.ReplaySource, or ListSource / RawListSource here (tests). Sources with `poll_raw` also feed `r`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Any, Protocol
 from textual.message import Message
 
 from tracer.errors import PodtraceError
-from tracer.events import PacketEvent
+from tracer.events import EVENT_NAT, EVENT_SIZE, PacketEvent, decode
 from tracer.ladder import AttachPlan
 from tracer.report import Resolver
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model
+from tui.recording import TuiRecording
 
 
 class Source(Protocol):
@@ -45,6 +46,10 @@ class SessionInfo:
     probe_plan: Callable[[], AttachPlan] | None = None  # live: probe the kernel's ladder in a worker
     live_clock: bool = True  # rates against time.monotonic_ns (live) or the newest event (replay)
     tables: dict[str, Any] = field(default_factory=dict)  # view name -> TableSource (tui/model.py)
+    record_header: Callable[[], dict[str, Any]] | None = None  # live: a recording header with the node's names
+    # Set once the attach ladder is known: BCC must not compile two programs at once (it crashes), so other BCC
+    # users (the Softirq view's probe) wait for it.
+    plan_done: threading.Event = field(default_factory=threading.Event)
 
 
 class ListSource:
@@ -73,6 +78,34 @@ class ListSource:
         return self._position >= len(self._events)
 
 
+class RawListSource:
+    """Raw event bytes delivered in batches (`poll_raw`, like LiveSource and ReplaySource), then nothing."""
+
+    def __init__(self, raw_events: Sequence[bytes], counters: dict[str, int] | None = None, batch: int = 1000) -> None:
+        self.raw_events = list(raw_events)
+        self._position = 0
+        self._batch = batch
+        self._counters = dict(counters or {"events": len(self.raw_events), "lost": 0})
+
+    def poll_raw(self, timeout_ms: int = 100) -> list[bytes]:
+        if self._position >= len(self.raw_events):
+            time.sleep(timeout_ms / 1000)
+            return []
+        batch = self.raw_events[self._position:self._position + self._batch]
+        self._position += len(batch)
+        return batch
+
+    def poll(self, timeout_ms: int = 100) -> list[PacketEvent]:
+        return [decode(raw) for raw in self.poll_raw(timeout_ms) if len(raw) >= EVENT_SIZE]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    @property
+    def done(self) -> bool:
+        return self._position >= len(self.raw_events)
+
+
 class Reader:
     """Starts the source, polls it, feeds the model and posts one SnapshotReady every `interval` seconds."""
 
@@ -86,6 +119,7 @@ class Reader:
         self.poll_ms = poll_ms
         self.stopped = threading.Event()
         self.started = threading.Event()
+        self.recording: TuiRecording | None = None  # set and cleared by the app (`r`)
         self._thread = threading.Thread(target=self._run, name="podtrace-reader", daemon=True)
 
     def start(self) -> None:
@@ -106,10 +140,12 @@ class Reader:
             self.info.attached = attached
             self.post(SourceStarted(attached, time.monotonic() - began))
             self.started.set()
-            if self.info.plan is not None:
-                self.post(PlanReady(self.info.plan))
-            elif self.info.probe_plan is not None:
+            if self.info.probe_plan is not None and self.info.plan is None:
                 threading.Thread(target=self._probe_plan, name="podtrace-ladder", daemon=True).start()
+            else:
+                if self.info.plan is not None:
+                    self.post(PlanReady(self.info.plan))
+                self.info.plan_done.set()
             self._loop()
         except PodtraceError as err:
             self.post(SourceFailed(err.one_line()))
@@ -121,10 +157,21 @@ class Reader:
                 with contextlib.suppress(Exception):  # closing on the way out; nothing left to tell
                     close()
 
+    def _poll(self) -> list[PacketEvent]:
+        """Decoded packet events; raw bytes too when the source has them, for a recording started with `r`."""
+        poll_raw = getattr(self.source, "poll_raw", None)
+        if poll_raw is None:
+            return self.source.poll(self.poll_ms)
+        raws: list[bytes] = poll_raw(self.poll_ms)
+        recording = self.recording
+        if recording is not None and raws:
+            recording.add(raws)
+        return [decode(raw) for raw in raws if len(raw) >= EVENT_SIZE and raw[0] != EVENT_NAT]
+
     def _loop(self) -> None:
         next_post = 0.0
         while not self.stopped.is_set():
-            events = self.source.poll(self.poll_ms)
+            events = self._poll()
             if events:
                 self.model.add(events)
             now = time.monotonic()
@@ -139,6 +186,8 @@ class Reader:
         except Exception as err:  # noqa: BLE001 - BCC and netlink raise broadly; the view says what failed
             self.post(PlanReady(None, f"could not probe the attach ladder: {err}"))
             return
+        finally:
+            self.info.plan_done.set()
         self.info.plan = plan
         self.post(PlanReady(plan))
 

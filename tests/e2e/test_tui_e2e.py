@@ -1,4 +1,5 @@
-"""The real `podtrace tui` under tmux, against real probes and an iptables DROP in throwaway namespaces."""
+"""The real `podtrace tui` under tmux, against real probes: an iptables DROP in throwaway namespaces, and the lab's
+drop-backend fault found in the Services view with its Service."""
 
 from __future__ import annotations
 
@@ -24,6 +25,34 @@ LAUNCH = ("import sys; from tracer import cli; m = 'tracer.cmd_tui'; "
           "cli.COMMAND_MODULES += () if m in cli.COMMAND_MODULES else (m,); sys.exit(cli.main(sys.argv[1:]))")
 
 
+LAB_WAIT_S = 300  # the lab is shared: wait for another run to take it down rather than tear it down under it
+
+
+@pytest.fixture
+def lab() -> Iterator[None]:
+    from tracer.errors import LabError
+    from tracer.lab import control
+
+    deadline = time.monotonic() + LAB_WAIT_S
+    while True:
+        if not control.is_up():
+            try:
+                control.up()
+                break
+            except LabError:  # another run brought it up first
+                if control.is_up():
+                    continue
+                control.down()  # our half-built lab
+                raise
+        if time.monotonic() > deadline:
+            pytest.skip(f"the lab stayed up (someone else's run) for {LAB_WAIT_S} s")
+        time.sleep(10)
+    try:
+        yield
+    finally:
+        control.down()
+
+
 @pytest.fixture
 def pair() -> Iterator[Pair]:
     with netns_pair() as created:
@@ -47,6 +76,50 @@ def wait_for(session: str, pattern: str, timeout: float = 30) -> str:
             return text
         time.sleep(0.2)
     raise AssertionError(f"{pattern!r} never appeared; screen:\n{text}")
+
+
+def start_tui(*args: str, width: int = 120) -> tuple[str, str]:
+    """The TUI in a new tmux session; (session, ready file path)."""
+    session = f"ptt-tui-{uuid.uuid4().hex[:6]}"
+    ready = os.path.join(tempfile.mkdtemp(prefix="podtrace-tui-"), "ready")
+    # COLUMNS/LINES from pytest's environment would override the pane's size.
+    command = (f"unset COLUMNS LINES; cd {ROOT} && {sys.executable} -c {LAUNCH!r} tui {' '.join(args)} "
+               f"--ready-file {ready}; echo EXIT=$?; sleep 30")
+    tmux("new-session", "-d", "-s", session, "-x", str(width), "-y", "40", command)
+    tmux("resize-window", "-t", session, "-x", str(width), "-y", "40")
+    return session, ready
+
+
+def wait_ready(session: str, ready: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(ready):
+        assert time.monotonic() < deadline, f"probes never attached; screen:\n{screen(session)}"
+        time.sleep(0.1)
+
+
+def test_tui_services_view_shows_the_drop_backend_drop_with_its_service(lab: None) -> None:
+    from tracer.lab import faults, traffic
+
+    faults.set_fault("drop-backend", True)
+    session, ready = start_tui("--node", "pt-node1", "--node", "pt-node2", width=200)
+    try:
+        wait_ready(session, ready)
+        sent = traffic.probe("default/web:http", count=30, timeout=0.5)
+        assert sent.per_target["default/web:http"].failed > 0, "the fault broke some connections"
+        text = wait_for(session, r"NETFILTER_DROP")  # the Drops view first
+        tmux("send-keys", "-t", session, "2")
+        text = wait_for(session, r"web-2:8080.*NETFILTER_DROP", timeout=15)
+        row = next(line for line in text.splitlines() if "web-2:8080" in line and "NETFILTER_DROP" in line)
+        assert "default/web:http" in row and "client" in row, text
+        assert re.search(r"\b\d+ NETFILTER_DROP at FORWARD", row), row
+        others = [line for line in text.splitlines() if re.search(r"web-[13]:8080.*NETFILTER_DROP", line)]
+        assert not others, text  # only the faulted backend's flow has netfilter drops
+        assert "DROPS" in text
+        print(text)  # the Services view, for `pytest -s`
+        tmux("send-keys", "-t", session, "q")
+        wait_for(session, r"EXIT=0", timeout=15)
+    finally:
+        tmux("kill-session", "-t", session)
 
 
 def test_tui_shows_the_netfilter_drop_with_its_count_and_quits(pair: Pair) -> None:

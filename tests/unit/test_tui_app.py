@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,9 +16,12 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
+from tracer.api import open_recording
+from tracer.events import EVENT_SIZE
 from tui.app import FilterBar, PodtraceApp
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
+from tui.sources import RawListSource
 from tui.widgets.tables import DropsTable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tui" / "replay_fixture.py"
@@ -241,3 +245,58 @@ def test_tracer_modules_do_not_import_textual() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
+
+
+async def _record_part_of_the_replay() -> tuple[int, list[str]]:
+    """Press r after 20 of the fixture's events, let the other 35 flow, press r again."""
+    raw = (FIXTURE.parent / "events.bin").read_bytes()
+    raws = [raw[i:i + EVENT_SIZE] for i in range(0, len(raw), EVENT_SIZE)]
+    app = replay.make_app()
+    app.source = RawListSource(raws[:20], replay.meta()["counters"])
+    headers: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(100):
+            if app.model.received == 20:
+                break
+            await pilot.pause(0.05)
+        await pilot.press("r")
+        assert app.recording is not None
+        path = app.recording.path
+        headers.append(str(app.query_one("#header", Static).render()))
+        app.source.raw_events = raws  # type: ignore[attr-defined]  # 35 more events flow while recording
+        for _ in range(100):
+            if app.model.received == len(raws) and app.recording.ready:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.2)
+        await pilot.press("r")
+        assert app.recording is None
+        headers.append(str(app.query_one("#header", Static).render()))
+    return len(raws) - 20, [path, *headers]
+
+
+def test_r_records_the_events_that_flow_until_r_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    recorded, (path, recording_header, stopped_header) = asyncio.run(_record_part_of_the_replay())
+    name = os.path.basename(path)
+    assert re.fullmatch(r"podtrace-\d{8}-\d{6}\.ptrec", name) and path == str(tmp_path / name), path
+    assert f"● rec {name}" in recording_header and "○ rec off" in stopped_header
+    events = list(open_recording(path))
+    assert len(events) == recorded == 35
+    assert [e.ts_ns for e in events] == [e.ts_ns for e in replay.events()[20:]]
+    header = open_recording(path).header
+    assert header["hostname"] == replay.meta()["node"] and header["drop_reasons"]
+
+
+def test_header_shows_the_recording_file_in_red_and_a_failure_on_red() -> None:
+    from tui.widgets.header import header_text
+
+    app = replay.make_app()
+    on = header_text(app.info, None, None, "", False, "podtrace-20260101-000000.ptrec")
+    assert "● rec podtrace-20260101-000000.ptrec" in on.plain
+    span = next(s for s in on.spans if on.plain[s.start:s.end].startswith("● rec"))
+    assert "red" in str(span.style)
+    off = header_text(app.info, None, None, "", False)
+    assert "○ rec off" in off.plain
+    failed = header_text(app.info, None, None, "", False, "x.ptrec", "recording failed: disk full")
+    assert "✗ recording failed: disk full" in failed.plain

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
+import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from tracer.errors import UsageError
+from tracer.errors import KernelError, UsageError
+from tracer.kubeproxy import ServiceMap
+from tracer.softirq import Log2Hist, SoftirqAggregator, SoftirqSnapshot, SoftnetRow
 from tui.messages import SnapshotReady
 from tui.model import Model, sparkline
+from tui.overlay import OverlayTable
 from tui.pyfilter import ViewFilter
+from tui.services import ServiceFlowsTable
+from tui.softirq import SoftirqTable, softirq_rows
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tui" / "replay_fixture.py"
 _spec = importlib.util.spec_from_file_location("tui_replay_fixture_model", FIXTURE)
@@ -60,3 +70,122 @@ def test_snapshot_messages_coalesce() -> None:
     model = Model(replay.resolver())
     first, second = SnapshotReady(model.snapshot({})), SnapshotReady(model.snapshot({}))
     assert second.can_replace(first)
+
+
+def _nat_pair(client: str, vip: str, vport: int, backend: str, bport: int, packets: int) -> tuple[Any, Any]:
+    def addr(ip: str) -> bytes:
+        return socket.inet_aton(ip) + bytes(12)
+
+    def tup(src: str, dst: str, dport: int) -> Any:
+        return SimpleNamespace(saddr=addr(src), daddr=addr(dst), sport=40000, dport=dport, family=4, proto=6,
+                               icmp_type=0, icmp_code=0, frag=0, ip_len=60)
+
+    key = SimpleNamespace(point=1, netns=1, before=tup(client, vip, vport), after=tup(client, backend, bport))
+    stats = SimpleNamespace(packets=packets, bytes=60 * packets, first_ns=1, last_ns=2, hook_ns_sum=4000 * packets,
+                            hook_ns_max=9000)
+    return key, stats
+
+
+def test_services_view_counts_drops_on_the_flow_whose_client_and_backend_they_match() -> None:
+    class Kernel:
+        def nat_flows(self) -> list[tuple[Any, Any]]:
+            return [_nat_pair("10.244.0.2", "10.96.0.10", 80, "10.244.1.2", 8080, 10),
+                    _nat_pair("10.244.0.2", "10.96.0.10", 80, "10.244.0.3", 8080, 12)]
+
+    table = ServiceFlowsTable(Kernel(), [None])
+    table._services = ServiceMap()
+    table._pods = {"10.244.0.2": "client", "10.244.1.2": "web-2", "10.244.0.3": "web-1"}
+    drop = {"reason": "NETFILTER_DROP", "proto": "tcp", "src": "10.244.0.2", "dst": "10.244.1.2", "dport": 8080,
+            "hook": "FORWARD", "count": 7}
+    other = dict(drop, src="10.244.9.9", dport=9999, count=3)  # no flow and no Service: not shown
+    rows = table.rows(drops=[drop, other])
+    assert [(r["backend"], r["pkts_out"], r["drops"]) for r in rows] == [
+        ("web-1:8080", 12, ""), ("web-2:8080", 10, "7 NETFILTER_DROP at FORWARD")]
+    assert rows[0]["client"] == "client" and rows[0]["nf_us"] == 4.0
+
+
+
+def test_the_model_hands_its_shown_drop_groups_to_a_table_that_uses_drops() -> None:
+    seen: list[list[dict[str, Any]]] = []
+
+    class Spy:
+        columns = ["n"]
+        uses_drops = True
+
+        def rows(self, drops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            seen.append(drops)
+            return [{"n": len(drops)}]
+
+    model = Model(replay.resolver())
+    model.tables["flows"] = Spy()
+    model.add(replay.events())
+    snap = model.snapshot({})
+    assert snap.tables["flows"] == [{"n": 3}] and seen[-1] == snap.drops
+
+
+def _softirq_snapshot(ts: float, waits: list[int], squeezes: int) -> SoftirqSnapshot:
+    hist = Log2Hist.of_values(waits)
+    return SoftirqSnapshot(ts, {0: {("NET_RX", "wait"): hist}}, {}, {0: SoftnetRow(0, len(waits), 0, squeezes)})
+
+
+def test_softirq_rows_show_p50_p99_squeezes_and_a_bar_of_the_buckets() -> None:
+    aggregator = SoftirqAggregator()
+    aggregator.add(_softirq_snapshot(0.0, [], 1))
+    aggregator.add(_softirq_snapshot(1.0, [1500] * 90 + [40_000] * 10, 4))
+    rows = softirq_rows(aggregator.report())
+    assert [(r["cpu"], r["kind"], r["squeezes"]) for r in rows] == [(0, "NET_RX wait", 3), ("all", "NET_RX wait", 3)]
+    assert rows[0]["p50"] == "1.6us" and rows[0]["p99"] == "39.3us"  # interpolated inside the log2 buckets
+    assert rows[0]["histogram"] == "[1.0us..65.5us) █    ▁"  # 1024-2047 ns: 90, 32768-65535 ns: 10
+
+
+def test_softirq_table_snapshots_its_probe_in_its_own_thread_and_says_why_not() -> None:
+    snapshots = [_softirq_snapshot(float(i), [2000] * i * 10, i) for i in range(50)]
+
+    class Probe:
+        def start(self, progress: bool = True) -> None: ...
+
+        def snapshot(self) -> SoftirqSnapshot:
+            return snapshots.pop(0)
+
+        def close(self) -> None: ...
+
+    table = SoftirqTable(Probe, interval=0.01)
+    assert table.rows() == []
+    for _ in range(200):
+        if table.rows():
+            break
+        time.sleep(0.01)
+    table.close()
+    assert table.rows()[0]["kind"] == "NET_RX wait"
+
+    class Broken(Probe):
+        def start(self, progress: bool = True) -> None:
+            raise KernelError("this kernel has no tracepoint napi:napi_poll")
+
+    broken = SoftirqTable(Broken)
+    broken.rows()
+    broken.close()
+    assert broken.rows() == [{"cpu": "-", "kind": "unavailable: this kernel has no tracepoint napi:napi_poll"}]
+
+
+def test_overlay_view_counts_tunnels_fragments_and_frag_needed_per_device_and_follows_the_filter() -> None:
+    events = replay.events()
+    path = next(e for e in events if not e.is_drop)
+    vxlan = replace(path, ifname="flannel.1", vni=1, inner=replace(path.outer, dport=8080))
+    fragment = replace(path, outer=replace(path.outer, frag=0x2000))  # MF set
+    icmp = replace(path.outer, proto=1, icmp_type=3, icmp_code=4, sport=0, dport=0)
+    needed = replace(path, outer=icmp, snap=bytes([0x45]) + bytes(25) + (1400).to_bytes(2, "big") + bytes(4))
+    resolver = replay.resolver()
+    model = Model(resolver)
+    model.tables["overlay"] = OverlayTable(resolver.netns, resolver.reasons)
+    model.add(events + [vxlan, vxlan, fragment, needed])
+    rows = model.snapshot({}).tables["overlay"]
+    where = f"{resolver.netns(path.netns)}/{path.ifname}"
+    assert [(r["device"], r["vni"], r["packets"], r["fragments"], r["frag_needed"]) for r in rows] == [
+        (f"{resolver.netns(path.netns)}/flannel.1", 1, 2, 0, 0), (where, "-", 2, 1, 1)]
+    assert rows[1]["verdict"] == "frag-needed: path MTU 1400 is smaller than what is sent"
+    assert rows[0]["verdict"] == "ok"
+    model.set_filter("icmp", ViewFilter("icmp"))  # none of the fixture's packets: rebuilt from the history
+    assert model.snapshot({}).tables["overlay"] == []
+    model.set_filter("", None)
+    assert model.snapshot({}).tables["overlay"] == rows

@@ -13,7 +13,7 @@ HELP = """\
 [b]podtrace[/b]: where packets die on this node
 
 [b]1[/b] Drops       reason, kernel location, netns/interface, flow, count, rate over the last 10 s
-[b]2[/b] Services    client -> Service -> backend flows (when a Service source is attached)
+[b]2[/b] Services    client -> Service -> backend flows and their drops (live)
 [b]3[/b] Overlay/MTU tunnels, fragments, frag-needed, MTU verdicts
 [b]4[/b] Softirq     per-CPU NET_RX/NET_TX times, squeezes
 [b]5[/b] Probes      attached programs, event and loss counters, the attach ladder
@@ -24,7 +24,7 @@ HELP = """\
        applied to events already captured, without reattaching probes; it narrows the
        kernel filter given on the command line, it cannot widen it. Empty clears it.
 [b]p[/b]      pause/resume the display (capture and counting go on)
-[b]r[/b]      start/stop recording
+[b]r[/b]      start/stop recording to ./podtrace-YYYYmmdd-HHMMSS.ptrec
 [b]?[/b]      this help        [b]q[/b]  quit
 
 Lost events (ring buffer full) show in red in the header: narrow the filter.

@@ -11,7 +11,7 @@ from tui.sources import SessionInfo
 
 
 def header_text(info: SessionInfo, snapshot: Snapshot | None, plan: AttachPlan | None, plan_note: str,
-                paused: bool, recording: bool) -> Text:
+                paused: bool, recording: str = "", recording_error: str = "") -> Text:
     text = Text()
     text.append(" podtrace ", style="bold reverse")
     text.append(f" {info.mode}", style="bold")
@@ -39,7 +39,12 @@ def header_text(info: SessionInfo, snapshot: Snapshot | None, plan: AttachPlan |
         text.append(" view ")
         text.append(repr(snapshot.view_filter), style="bold cyan")
     text.append("  ")
-    text.append("● REC" if recording else "○ rec off", style="bold red" if recording else "dim")
+    if recording_error:
+        text.append(f"✗ {recording_error}", style="bold white on red")
+    elif recording:
+        text.append(f"● rec {recording}", style="bold red")
+    else:
+        text.append("○ rec off", style="dim")
     if paused:
         text.append("  PAUSED", style="bold black on yellow")
     return text

@@ -1,0 +1,85 @@
+"""The Overlay/MTU view, from the events the model sees: VXLAN packets per device and VNI, IPv4 fragments, ICMP
+frag-needed (with the next-hop MTU they quote, tracer.mtu) and too-big drops.
+
+Pure and event-fed (`uses_events`: the model calls `add` for every event its view filter keeps and `reset` when
+the filter changes). Path events, and so tunnels, fragments and frag-needed, come only with a kernel filter
+(`podtrace tui 'udp port 8472'`); drops always. The verdict column says what the events show, not the configured
+MTUs along the path: `podtrace check` (the Node view) reads those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracer.events import PacketEvent
+from tracer.mtu import TOO_BIG_REASONS, is_frag_needed, is_fragment, next_hop_mtu
+
+COLUMNS = ["device", "vni", "packets", "fragments", "frag_needed", "verdict"]
+
+
+@dataclass
+class _Row:
+    packets: int = 0
+    fragments: int = 0
+    frag_needed: int = 0
+    mtus: dict[int, int] = field(default_factory=dict)  # next-hop MTU quoted -> count
+    too_big: int = 0
+
+
+def verdict(row: _Row) -> str:
+    if row.frag_needed:
+        quoted = ", ".join(str(mtu) for mtu in sorted(row.mtus)) or "?"
+        return f"frag-needed: path MTU {quoted} is smaller than what is sent"
+    if row.too_big:
+        return f"{row.too_big} dropped as too big"
+    if row.fragments:
+        return "fragmenting (no frag-needed seen)"
+    return "ok"
+
+
+class OverlayTable:
+    """A TableSource (tui/model.py) fed event by event."""
+
+    columns = COLUMNS
+    uses_events = True
+
+    def __init__(self, netns_name: Callable[[int], str], reasons: dict[int, str], max_rows: int = 200) -> None:
+        self.netns_name = netns_name
+        self.reasons = reasons
+        self.max_rows = max_rows
+        self._rows: dict[tuple[int, str, int | None], _Row] = {}
+
+    def reset(self) -> None:
+        self._rows = {}
+
+    def add(self, event: PacketEvent) -> None:
+        tunnel = event.inner is not None
+        fragment = is_fragment(event)
+        needed = not event.is_drop and is_frag_needed(event)
+        too_big = event.is_drop and self.reasons.get(event.reason, "") in TOO_BIG_REASONS
+        if not (tunnel or fragment or needed or too_big):
+            return
+        key = (event.netns, event.ifname or "-", event.vni if tunnel else None)
+        row = self._rows.get(key)
+        if row is None:
+            if len(self._rows) >= self.max_rows:
+                return
+            row = self._rows[key] = _Row()
+        row.packets += 1
+        row.fragments += fragment
+        row.too_big += too_big
+        if needed:
+            row.frag_needed += 1
+            mtu = next_hop_mtu(event)
+            if mtu is not None:
+                row.mtus[mtu] = row.mtus.get(mtu, 0) + 1
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for (netns, ifname, vni), row in sorted(self._rows.items(), key=lambda item: -item[1].packets):
+            out.append({"device": f"{self.netns_name(netns)}/{ifname}", "vni": "-" if vni is None else vni,
+                        "packets": row.packets, "fragments": row.fragments, "frag_needed": row.frag_needed,
+                        "verdict": verdict(row)})
+        return out

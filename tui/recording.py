@@ -1,0 +1,119 @@
+"""`r` in the TUI: record the raw events the reader thread polls into a .ptrec file (tracer/recording.py's Recorder).
+
+The reader hands every polled batch to `TuiRecording.add`; the header is built in a worker (live it probes the
+attach ladder, ~2 s) while events already queue, so nothing between the key press and the open file is lost.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tracer import __version__
+from tracer.events import EVENT_SIZE
+from tracer.recording import FORMAT_VERSION, Recorder
+from tracer.report import Resolver
+
+BATCH = 1024  # events per EVENTS record, as `podtrace record`
+TICK_S = 1.0  # counters record and flush
+
+
+def recording_name(now: float | None = None) -> str:
+    return time.strftime("podtrace-%Y%m%d-%H%M%S.ptrec", time.localtime(now))
+
+
+def basic_header(names: Resolver, node: str, kernel: str, programs: list[str], attached: list[str],
+                 plan: dict[str, Any] | None, kernel_filter: str) -> dict[str, Any]:
+    """A header from what the TUI knows (replay, or live without `podtrace record`'s header builder)."""
+    wall, mono = time.time_ns(), time.monotonic_ns()
+    return {
+        "format_version": FORMAT_VERSION,
+        "podtrace_version": __version__,
+        "kernel_release": kernel,
+        "machine": platform.machine(),
+        "hostname": node or socket.gethostname(),
+        # keep the source's clock: recorded ts_ns + wall_offset_ns is still the wall time the source said
+        "clock": {"wall_ns": wall, "monotonic_ns": mono, "wall_offset_ns": names.wall_offset_ns},
+        "attach_plan": plan,
+        "attach_plan_error": "" if plan else "not known to the TUI",
+        "attached": list(attached),
+        "programs": list(programs),
+        "drop_reasons": {str(value): name for value, name in sorted(names.reasons.items())},
+        "filter": {"expression": kernel_filter, "netns": None, "netns_inode": 0, "ifname": None},
+        "event_size": EVENT_SIZE,
+        "names": {"netns": {}, "lab": None},
+        "recorded_by": "podtrace tui",
+    }
+
+
+class TuiRecording:
+    """One recording started with `r`: thread-safe `add` from the reader, `stop` from the app."""
+
+    def __init__(self, path: str, header: Callable[[], dict[str, Any]], names: Resolver,
+                 counters: Callable[[], dict[str, int]]) -> None:
+        self.path = path
+        self.error = ""
+        self.events = 0
+        self._header = header
+        self._names = names
+        self._counters = counters
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._recorder: Recorder | None = None
+        self._closed = False
+        self._next_tick = 0.0
+        self._opener = threading.Thread(target=self._open, name="podtrace-rec-open", daemon=True)
+        self._opener.start()
+
+    def _open(self) -> None:
+        try:
+            recorder = Recorder(self.path, self._header(), self._names.netns, self._names.symbol)
+            recorder.write_counters(self._counters(), time.monotonic_ns())
+            recorder.flush()
+        except Exception as err:  # noqa: BLE001 - header probes and file IO fail broadly; the header says it
+            self.error = f"recording failed: {err}"
+            return
+        with self._lock:
+            self._recorder = recorder
+            self._next_tick = time.monotonic() + TICK_S
+
+    @property
+    def ready(self) -> bool:
+        return self._recorder is not None
+
+    def add(self, raw_events: list[bytes]) -> None:
+        with self._lock:
+            if self._closed or self.error:
+                return
+            self._pending.extend(raw_events)
+            if self._recorder is None:
+                return
+            if len(self._pending) >= BATCH:
+                self._write()
+            if time.monotonic() >= self._next_tick:
+                self._next_tick = time.monotonic() + TICK_S
+                self._write()
+                self._recorder.write_counters(self._counters(), time.monotonic_ns())
+                self._recorder.flush()  # a killed TUI loses at most the last second
+
+    def _write(self) -> None:
+        assert self._recorder is not None
+        if self._pending:
+            self._recorder.add(self._pending)
+            self._pending = []
+        self.events = self._recorder.events
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Write what is queued and close the file; the number of events recorded."""
+        self._opener.join(timeout)
+        with self._lock:
+            self._closed = True
+            if self._recorder is None:
+                return 0
+            self._write()
+            self._recorder.close(self._counters(), time.time_ns())
+            return self._recorder.events

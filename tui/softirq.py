@@ -1,0 +1,97 @@
+"""The Softirq view: tracer.softirq's kernel histograms, per CPU, as p50/p99 and a bar of the log2 buckets.
+
+`softirq_rows` is pure (CpuReports in, rows out). `SoftirqTable` is the live TableSource: its own thread loads
+bpf/softirq.c (tracer.softirq.SoftirqProbe) on first use, once the attach ladder has been probed (two BCC compiles
+at once crash), and takes a snapshot every second, so neither the reader thread nor the UI waits on BCC.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tracer.errors import PodtraceError
+from tracer.softirq import HISTS, CpuReport, SoftirqAggregator, SoftirqProbe, SoftirqSnapshot
+from tui.model import sparkline
+
+COLUMNS = ["cpu", "kind", "p50", "p99", "squeezes", "histogram"]
+
+
+def _us(ns: float) -> str:
+    return f"{ns / 1000:.1f}us" if ns < 1_000_000 else f"{ns / 1e6:.1f}ms"
+
+
+def histogram_bar(slots: Sequence[int]) -> str:
+    """The non-empty range of log2 buckets as bars, with the range: "[1us..64us) ▂▅█▃"."""
+    used = [i for i, n in enumerate(slots) if n]
+    if not used:
+        return ""
+    first, last = used[0], used[-1]
+    low = 0 if first == 0 else 1 << (first - 1)
+    return f"[{_us(low)}..{_us(1 << last)}) {sparkline(list(slots[first:last + 1]))}"
+
+
+def softirq_rows(reports: Sequence[CpuReport]) -> list[dict[str, Any]]:
+    """One row per CPU and softirq phase that saw work, then the all-CPU ones; squeezes on each CPU's first row."""
+    rows = []
+    for report in reports:
+        first = True
+        for key in HISTS:
+            hist = report.hists.get(key)
+            if hist is None or not hist.count:
+                continue
+            squeezes = report.softnet.time_squeeze if report.softnet is not None and first else ""
+            rows.append({"cpu": "all" if report.cpu is None else report.cpu, "kind": f"{key[0]} {key[1]}",
+                         "p50": _us(hist.percentile(0.5)), "p99": _us(hist.percentile(0.99)),
+                         "squeezes": squeezes, "histogram": histogram_bar(hist.slots)})
+            first = False
+    return rows
+
+
+class SoftirqTable:
+    """A TableSource (tui/model.py) over a live SoftirqProbe, started lazily in its own thread."""
+
+    columns = COLUMNS
+
+    def __init__(self, probe: Callable[[], Any] = SoftirqProbe, interval: float = 1.0,
+                 after: threading.Event | None = None) -> None:
+        self._make_probe = probe
+        self._after = after  # BCC compiles one program at a time: wait for the attach ladder's probing
+        self.interval = interval
+        self.error = ""
+        self._rows: list[dict[str, Any]] = []
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="podtrace-softirq", daemon=True)
+            self._thread.start()
+        if self.error:
+            return [{"cpu": "-", "kind": f"unavailable: {self.error}"}]
+        return self._rows
+
+    def _run(self) -> None:
+        if self._after is not None:
+            while not self._after.wait(0.2):
+                if self._stopped.is_set():
+                    return
+        probe = self._make_probe()
+        try:
+            probe.start(progress=False)
+            aggregator = SoftirqAggregator()
+            while not self._stopped.is_set():
+                snapshot: SoftirqSnapshot = probe.snapshot()
+                aggregator.add(snapshot)
+                self._rows = softirq_rows(aggregator.report())
+                self._stopped.wait(self.interval)
+        except Exception as err:  # noqa: BLE001 - BCC raises broadly; the view says what failed
+            self.error = err.one_line() if isinstance(err, PodtraceError) else str(err) or type(err).__name__
+        finally:
+            probe.close()
+
+    def close(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(5)
