@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 
+from tracer import conntrack
 from tracer.aggregate import DropTable
+from tracer.conntrack import Health
 from tracer.errors import PodtraceError
-from tracer.flows import FlowTable, NatRecord, nat_record_from_map, write_flow_table
+from tracer.flows import FlowTable, NatRecord, NodeConntrack, nat_record_from_map, write_flow_table
 from tracer.kubeproxy import ServiceMap, collect
 from tracer.live import LiveSource
 from tracer.report import drop_rows, summary_json, summary_line
@@ -17,7 +19,9 @@ from tracer.session import add_trace_options, run_session
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
 node on a real worker), around conntrack, kube-proxy's DNAT and SNAT. Service names come from kube-proxy's
-rules in that namespace (iptables or nftables mode).
+rules in that namespace (iptables or nftables mode). At the end each node's conntrack table is read (count vs
+max, insert_failed, drop, early_drop): drops no rule explains on a node whose table refuses new entries are
+charged to it. Traffic to a ClusterIP-range address no Service has is flagged "out of sync?".
 
 examples:
   sudo podtrace flows --duration 10
@@ -51,8 +55,21 @@ def _pod_names() -> dict[str, str]:
         return {}
 
 
+def _health(node: str | None, warn: bool) -> Health | None:
+    try:
+        return conntrack.health(node)
+    except PodtraceError as err:
+        if warn:
+            sys.stderr.write(f"podtrace: conntrack health unavailable in {node or 'this namespace'}: "
+                             f"{err.one_line()}\n")
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     drops = DropTable()
+    nodes: list[str | None] = list(args.node or [args.netns])
+    # The drop counters before the trace: their growth during it is what the trace's drops can be charged to.
+    before = {node: _health(node, warn=False) for node in nodes}
     records: list[NatRecord] = []
 
     def read_maps(source: LiveSource) -> None:
@@ -60,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
 
     source, names, count = run_session(args, path=False, on_raw=drops.add_raw, netfilter=True,
                                        before_close=read_maps)
+    states = []
+    for node in nodes:
+        after = _health(node, warn=True)
+        if after is not None:
+            start = before.get(node)
+            states.append(NodeConntrack(node or "host", after, after.drop - start.drop if start else None))
     services = ServiceMap()
-    for node in args.node or [args.netns]:
+    for node in nodes:
         try:
             found = collect(node)
         except PodtraceError as err:
@@ -73,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     pods = _pod_names()
     table = FlowTable(services, lambda ip: pods.get(ip, "-"))
     table.add_nat(records)
+    table.add_conntrack(states)
     rows = drop_rows(drops, names)
     table.add_drops(rows)
     counters = source.final_counters
@@ -81,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(flow.to_json()) + "\n")
         for drop in table.service_drops:
             sys.stdout.write(json.dumps({"service_drop": True, **drop.__dict__}) + "\n")
+        for flagged in table.out_of_sync:
+            sys.stdout.write(json.dumps(flagged.to_json()) + "\n")
+        for state in states:
+            sys.stdout.write(json.dumps(state.to_json()) + "\n")
         sys.stdout.write(json.dumps({**summary_json(count, counters), "proxy_mode": services.mode}) + "\n")
     else:
         write_flow_table(table, sys.stdout)

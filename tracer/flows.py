@@ -6,16 +6,22 @@ Pure: takes NAT records (from the kernel's nat_flows map or a recording), drop r
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracer.conntrack import Health
 from tracer.events import Tuple
 from tracer.kubeproxy import ServiceMap, ServicePort
 from tracer.netfilter import point_label
 
 DNAT_POINTS = {1, 7}  # PREROUTING / OUTPUT after DNAT
 UNDNAT_POINTS = {3, 10}  # INPUT last / POSTROUTING after SNAT: where replies get their VIP back
+# What nf_hook_slow reports when a hook returned NF_DROP: a rule's DROP, or conntrack refusing a new entry.
+NETFILTER_DROP_REASONS = ("NETFILTER_DROP", "NETFILTER_REJECT")
+OUT_OF_SYNC = "VIP with no kube-proxy rules: out of sync?"
+RANGE_MAX_PREFIX = 24  # a ClusterIP range guessed from few VIPs is never narrower than this
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,72 @@ class ServiceDrop:
     src: str
     dst: str
     dport: int
+    cause: str = ""  # why, when no rule did it (e.g. "conntrack table full (262144/262144)")
+
+    def text(self) -> str:
+        return (f"{self.reason} at {self.hook}" + (f" by {self.rule}" if self.rule != "-" else "")
+                + (f": {self.cause}" if self.cause else ""))
+
+
+@dataclass(frozen=True)
+class NodeConntrack:
+    """One node's conntrack table at the end of a trace; `drops_during` is the drop counter's growth during it."""
+
+    node: str
+    health: Health
+    drops_during: int | None = None
+
+    @property
+    def cause(self) -> str:
+        """Why this table drops new connections, or "" when it does not look like it does."""
+        state = f"{self.health.count}/{self.health.max}"
+        if self.health.full:
+            return f"conntrack table full ({state})"
+        if self.drops_during:
+            return f"conntrack dropped {self.drops_during} new connections (table {state})"
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"conntrack": True, "node": self.node, **self.health.to_dict(), "drops_during": self.drops_during}
+
+    def text(self) -> str:
+        h = self.health
+        during = f" ({self.drops_during} during the trace)" if self.drops_during is not None else ""
+        return (f"conntrack {self.node}: {h.count}/{h.max} entries ({h.fill:.0%} full), "
+                f"insert_failed {h.insert_failed}, drop {h.drop}{during}, early_drop {h.early_drop}"
+                + (" - TABLE FULL" if h.full else ""))
+
+
+@dataclass
+class OutOfSync:
+    """Traffic to a ClusterIP-range address no kube-proxy rule knows: rules behind the API, or on another node."""
+
+    vip: str
+    port: int
+    proto: str
+    src: str
+    packets: int
+    seen: str  # what happened to it: "DNATed to IP:port", "NETFILTER_DROP at ..."
+    cluster_range: str
+    note: str = OUT_OF_SYNC
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_of_sync": True, **self.__dict__}
+
+
+def cluster_range(services: ServiceMap) -> ipaddress.IPv4Network | None:
+    """The ClusterIP range the known VIPs suggest: their common prefix, at most /24 (IPv4 only)."""
+    vips = []
+    for port in services.ports:
+        try:
+            vips.append(ipaddress.IPv4Address(port.vip))
+        except ValueError:
+            continue
+    if not vips:
+        return None
+    low, high = int(min(vips)), int(max(vips))
+    prefix = 32 - (low ^ high).bit_length()
+    return ipaddress.IPv4Network((low, min(prefix, RANGE_MAX_PREFIX)), strict=False)
 
 
 def _service_label(port: ServicePort | None) -> str:
@@ -91,6 +163,31 @@ class FlowTable:
         self.flows: dict[tuple[str, str, int, str, str, int], ServiceFlow] = {}
         self.service_drops: list[ServiceDrop] = []
         self.other_nat: list[NatRecord] = []
+        self.conntrack: dict[str, NodeConntrack] = {}  # node (netns name, "host" for podtrace's own) -> table state
+        self.out_of_sync: list[OutOfSync] = []
+        self.cluster_range = cluster_range(services)
+        self._vips = {port.vip for port in services.ports if port.vip}
+
+    def add_conntrack(self, states: Iterable[NodeConntrack]) -> None:
+        """Table state per node: drops no rule explains, on a node whose table refuses entries, are charged to it."""
+        for state in states:
+            self.conntrack[state.node] = state
+
+    def _unknown_vip(self, ip: str) -> bool:
+        """An address in the ClusterIP range that no Service has (any port): no kube-proxy rules for it at all."""
+        if self.cluster_range is None or ip in self._vips:
+            return False
+        try:
+            return ipaddress.IPv4Address(ip) in self.cluster_range
+        except ValueError:
+            return False
+
+    def _flag(self, vip: str, port: int, proto: str, src: str, packets: int, seen: str) -> None:
+        for flagged in self.out_of_sync:
+            if (flagged.vip, flagged.port, flagged.proto, flagged.src, flagged.seen) == (vip, port, proto, src, seen):
+                flagged.packets += packets
+                return
+        self.out_of_sync.append(OutOfSync(vip, port, proto, src, packets, seen, str(self.cluster_range)))
 
     def _flow(self, client: str, vip: str, port: int, proto: str, backend: str, backend_port: int,
               service: ServicePort | None) -> ServiceFlow:
@@ -109,6 +206,9 @@ class FlowTable:
             if record.point in DNAT_POINTS and (before.dst, before.dport) != (after.dst, after.dport):
                 service = self.services.lookup_vip(before.dst, before.dport, proto) or \
                     self.services.lookup_nodeport(before.dport, proto)
+                if service is None and self._unknown_vip(before.dst):
+                    self._flag(before.dst, before.dport, proto, before.src, record.packets,
+                               f"DNATed to {after.dst}:{after.dport}")
                 flow = self._flow(before.src, before.dst, before.dport, proto, after.dst, after.dport, service)
                 flow.packets_out += record.packets
                 flow.bytes_out += record.bytes
@@ -132,10 +232,24 @@ class FlowTable:
         """Drop rows (tracer/report.drop_rows) attributed to the flow or Service they belong to."""
         for row in rows:
             proto, dst, dport, src = row["proto"], row["dst"], row["dport"], row["src"]
-            match = self.services.rule_for_drop(dst, dport, proto, src=src) if row["reason"] in (
-                "NETFILTER_DROP", "NETFILTER_REJECT") or "netfilter" in row.get("hook", "") else None
+            netfilter = row["reason"] in NETFILTER_DROP_REASONS or "netfilter" in row.get("hook", "")
+            match = self.services.rule_for_drop(dst, dport, proto, src=src) if netfilter else None
+            # This node's conntrack refuses new entries, and either no rule explains the drop or the packet was last
+            # seen before conntrack (only conntrack, mangle and nat run between there and "after DNAT": kube-proxy's
+            # DROP/REJECT rules sit later, so a rule matched on addresses alone is the wrong answer): conntrack did
+            # it. nf_conntrack_in returns NF_DROP before any NAT, so the packet still carries the VIP.
+            table = self.conntrack.get(row.get("netns", "")) if netfilter else None
+            cause = table.cause if table else ""
+            if cause and match is not None and not row.get("hook", "-").endswith("before conntrack"):
+                cause = ""
+            if cause:
+                match = None
             rule = match.rule.where() if match else "-"
-            label = f"{row['reason']} at {row.get('hook', '-')}" + (f" by {rule}" if match else "")
+            label = f"{row['reason']} at {row.get('hook', '-')}" + (f" by {rule}" if match else "") + \
+                (f": {cause}" if cause else "")
+            if not cause and self._unknown_vip(dst):
+                # Whatever dropped it (no route, kube-proxy's "unallocated ClusterIP" DROP): nothing maps this VIP.
+                self._flag(dst, dport, proto, src, row["count"], label)
             flows = [flow for flow in self.flows.values()
                      if flow.client == src and ((flow.backend, flow.backend_port) == (dst, dport)
                                                 or (flow.vip, flow.port) == (dst, dport))]
@@ -150,7 +264,7 @@ class FlowTable:
                 service = endpoints[0] if endpoints else None
             if service is not None:
                 self.service_drops.append(ServiceDrop(_service_label(service), row["reason"], row.get("hook", "-"),
-                                                      rule, row["count"], src, dst, dport))
+                                                      rule, row["count"], src, dst, dport, cause))
 
     def rows(self) -> list[ServiceFlow]:
         return sorted(self.flows.values(), key=lambda f: (f.service, f.backend, f.client))
@@ -183,8 +297,12 @@ def write_flow_table(table: FlowTable, out: Any) -> None:
             for label, count in flow.drops.items():
                 out.write(f"{'':<22} {count:>6} x {label}\n")
     for drop in table.service_drops:
-        out.write(f"{drop.service[:22]:<22} {drop.count:>6} x {drop.reason} at {drop.hook} by {drop.rule}"
-                  f" ({drop.src} > {drop.dst}:{drop.dport})\n")
+        out.write(f"{drop.service[:22]:<22} {drop.count:>6} x {drop.text()} ({drop.src} > {drop.dst}:{drop.dport})\n")
+    for flagged in table.out_of_sync:
+        out.write(f"{flagged.proto} {flagged.src} > {flagged.vip}:{flagged.port}: {flagged.packets} packets, "
+                  f"{flagged.seen}; {flagged.note} (ClusterIP range {flagged.cluster_range} guessed from the VIPs)\n")
+    for state in table.conntrack.values():
+        out.write(state.text() + "\n")
 
 
 class LiveFlowsTable:
@@ -232,4 +350,5 @@ class LiveFlowsTable:
         } for flow in table.rows()]
 
 
-__all__ = ["FlowTable", "NatRecord", "ServiceFlow", "nat_record_from_map", "point_label", "write_flow_table"]
+__all__ = ["FlowTable", "NatRecord", "NodeConntrack", "OutOfSync", "ServiceDrop", "ServiceFlow", "cluster_range",
+           "nat_record_from_map", "point_label", "write_flow_table"]

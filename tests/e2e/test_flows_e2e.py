@@ -14,10 +14,18 @@ pytestmark = pytest.mark.root
 
 NODES = ("--node", "pt-node1", "--node", "pt-node2")
 DATAGRAMS = 31  # a prime: nothing else in the lab produces exactly this many
+LAB_WAIT_S = 300  # the lab is shared (other test modules, CI): wait this long for whoever has it up
+
+
+def _wait_for_the_lab() -> None:
+    deadline = time.monotonic() + LAB_WAIT_S
+    while control.is_up() and time.monotonic() < deadline:
+        time.sleep(10)
 
 
 @pytest.fixture(scope="module", params=["iptables", "nftables"])
 def lab(request: pytest.FixtureRequest) -> Iterator[str]:
+    _wait_for_the_lab()
     control.down()
     try:
         control.up(proxy_mode=request.param)
@@ -88,6 +96,35 @@ def test_no_endpoints_reject_is_attributed_to_the_service(no_faults: str) -> Non
     drops = [row for row in result.rows if row.get("service_drop")]
     assert drops and {row["service"] for row in drops} == {"default/web:http"}, result.rows
     assert all(row["reason"] == "NETFILTER_DROP" and row["dst"] == "10.96.0.10" for row in drops)
+
+
+def test_conntrack_full_drops_are_charged_to_the_service_with_the_table_state(no_faults: str) -> None:
+    """node1's table is full: conntrack refuses each new connection's first packet before NAT (NF_DROP in
+    nf_conntrack_in), so the drop carries the VIP and no rule explains it; podtrace charges it to the table."""
+    faults.set_fault("conntrack-full", True)
+    tracer = _trace("tcp port 80 or tcp port 8080")
+    attempts = 10
+    sent = traffic.probe("default/web:http", count=attempts, timeout=0.5)  # under the 1 s SYN retransmit: 1 SYN each
+    time.sleep(0.5)
+    result = tracer.stop()
+    assert sent.per_target["default/web:http"].failed == attempts, sent
+    assert result.returncode == 0, result.stderr
+    tables = {row["node"]: row for row in result.rows if row.get("conntrack")}
+    assert set(tables) == {"pt-node1", "pt-node2"}, result.rows
+    node1, node2 = tables["pt-node1"], tables["pt-node2"]
+    assert node1["full"] and node1["count"] == node1["max"] and node1["fill"] == 1.0, node1
+    assert not node2["full"] and node2["drops_during"] == 0, node2
+    drops = [row for row in result.rows if row.get("service_drop")]
+    assert {row["service"] for row in drops} == {"default/web:http"}, drops
+    cause = f"conntrack table full ({node1['max']}/{node1['max']})"
+    for row in drops:
+        assert (row["reason"], row["cause"], row["rule"]) == ("NETFILTER_DROP", cause, "-"), row
+        assert (row["src"], row["dst"], row["dport"]) == ("10.244.0.2", "10.96.0.10", 80), "not DNATed yet"
+    charged = sum(row["count"] for row in drops)
+    assert charged == attempts, drops
+    assert node1["drops_during"] >= charged, "the kernel's own counter saw at least the drops charged to it"
+    assert not any(row.get("out_of_sync") for row in result.rows), result.rows
+    assert not _flows(result, "default/web:http"), "nothing got through to be DNATed"
 
 
 def _last_service_netfilter_ns(services: int) -> float:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import socket
 from pathlib import Path
 
+from tracer.conntrack import CpuStats, Health
 from tracer.events import Tuple
-from tracer.flows import FlowTable, NatRecord
-from tracer.kubeproxy import parse_iptables_save
+from tracer.flows import FlowTable, NatRecord, NodeConntrack, cluster_range, write_flow_table
+from tracer.kubeproxy import parse_iptables_save, parse_nft_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"
 PODS = {"10.244.0.2": "client", "10.244.0.3": "web-1", "10.244.1.2": "web-2", "10.244.1.3": "web-3"}
@@ -67,3 +69,108 @@ def test_drop_rows_attach_to_their_flow_or_to_the_service() -> None:
     [service_drop] = table.service_drops
     assert service_drop.service == "default/empty:http" and service_drop.count == 2
     assert "KUBE-SERVICES" in service_drop.rule
+
+
+FULL = NodeConntrack("pt-node1", Health(262144, 262144, (CpuStats(0, drop=7), CpuStats(1, drop=3))), 10)
+EMPTY = NodeConntrack("pt-node2", Health(12, 262144, (CpuStats(0),)), 0)
+
+
+def _drop(dst: str, dport: int, count: int, netns: str = "pt-node1", hook: str = "PREROUTING before conntrack",
+          reason: str = "NETFILTER_DROP") -> dict:
+    return {"reason": reason, "proto": "tcp", "src": "10.244.0.2", "dst": dst, "dport": dport, "count": count,
+            "hook": hook, "netns": netns}
+
+
+def test_drops_no_rule_explains_on_a_full_conntrack_table_are_charged_to_the_table() -> None:
+    table = _table()
+    table.add_conntrack([FULL, EMPTY])
+    # conntrack refuses the entry before NAT: the packet still goes to the VIP, and no DROP rule matches it.
+    table.add_drops([_drop("10.96.0.10", 80, 10), _drop("10.96.0.10", 80, 4, netns="pt-node2")])
+    full, other = table.service_drops
+    assert (full.service, full.count, full.rule, full.cause) == ("default/web:http", 10, "-",
+                                                                  "conntrack table full (262144/262144)")
+    assert full.text() == "NETFILTER_DROP at PREROUTING before conntrack: conntrack table full (262144/262144)"
+    assert other.cause == "" and other.count == 4, "node2's table is not full: no cause claimed"
+    assert table.out_of_sync == [], "a known VIP is never out of sync"
+    out = io.StringIO()
+    write_flow_table(table, out)
+    text = out.getvalue()
+    assert "10 x NETFILTER_DROP at PREROUTING before conntrack: conntrack table full (262144/262144)" in text
+    assert "conntrack pt-node1: 262144/262144 entries (100% full), insert_failed 0, drop 10 (10 during" in text
+    assert "TABLE FULL" in text and "conntrack pt-node2: 12/262144 entries (0% full)" in text
+
+
+def test_in_nftables_mode_a_drop_before_conntrack_on_a_full_table_is_not_charged_to_a_cluster_ip_rule() -> None:
+    """nftables kube-proxy's "invalid ports of ClusterIPs" REJECT matches the VIP on addresses alone, but it runs in
+    filter-forward, after DNAT: a packet last seen before conntrack never got there."""
+    table = FlowTable(parse_nft_json((FIXTURES / "lab-nft-node1.json").read_text()), lambda ip: PODS.get(ip, "-"))
+    table.add_conntrack([FULL])
+    table.add_drops([_drop("10.96.0.10", 80, 10), _drop("10.96.0.10", 80, 1, hook="FORWARD first")])
+    by_hook = {drop.hook: drop for drop in table.service_drops}
+    full = by_hook["PREROUTING before conntrack"]
+    assert (full.service, full.rule, full.cause) == ("default/web:http", "-", "conntrack table full (262144/262144)")
+    forwarded = by_hook["FORWARD first"]
+    assert forwarded.cause == "" and "cluster-ips-check" in forwarded.rule, "past conntrack, the rule stands"
+
+
+def test_nftables_drop_of_an_unallocated_cluster_ip_is_flagged_with_its_rule() -> None:
+    table = FlowTable(parse_nft_json((FIXTURES / "lab-nft-node1.json").read_text()), lambda ip: PODS.get(ip, "-"))
+    table.add_drops([_drop("10.96.0.99", 80, 3, hook="FORWARD first")])
+    [flagged] = table.out_of_sync
+    assert (flagged.vip, flagged.packets) == ("10.96.0.99", 3)
+    assert flagged.seen.startswith("NETFILTER_DROP at FORWARD first by ip kube-proxy cluster-ips-check"), flagged
+    assert table.service_drops == []
+
+
+def test_conntrack_drops_join_the_flow_that_lost_them_and_rule_drops_keep_their_rule() -> None:
+    table = _table()
+    table.add_nat([_nat(1, _t("10.244.0.2", 41000, "10.96.0.10", 80, 6),
+                        _t("10.244.0.2", 41000, "10.244.1.2", 8080, 6))])
+    table.add_conntrack([FULL])
+    table.add_drops([_drop("10.96.0.10", 80, 6),
+                     _drop("10.96.0.30", 80, 2, hook="FORWARD first")])  # default/empty's REJECT rule
+    [flow] = table.rows()
+    assert flow.drops == {"NETFILTER_DROP at PREROUTING before conntrack: conntrack table full (262144/262144)": 6}
+    [reject] = table.service_drops
+    assert reject.service == "default/empty:http" and reject.cause == "" and "KUBE-SERVICES" in reject.rule
+
+
+def test_conntrack_state_as_json_and_a_table_that_dropped_without_being_full() -> None:
+    assert FULL.to_json() == {"conntrack": True, "node": "pt-node1", "count": 262144, "max": 262144, "fill": 1.0,
+                              "full": True, "drop": 10, "insert_failed": 0, "early_drop": 0, "drops_during": 10}
+    emptied = NodeConntrack("host", Health(100, 262144), 5)
+    assert emptied.cause == "conntrack dropped 5 new connections (table 100/262144)"
+    assert EMPTY.cause == "" and NodeConntrack("host", Health(1, 10)).cause == ""
+
+
+def test_cluster_range_is_guessed_from_the_vips_and_never_narrower_than_a_24() -> None:
+    assert str(cluster_range(_table().services)) == "10.96.0.0/24"
+    table = FlowTable(parse_iptables_save(""), lambda ip: "-")
+    assert cluster_range(table.services) is None and not table._unknown_vip("10.96.0.10")
+
+
+def test_traffic_to_a_vip_no_rule_knows_is_flagged_out_of_sync() -> None:
+    table = _table()
+    table.add_nat([
+        # DNATed by something kube-proxy's current rules do not have (stale rules on this node, or a stale entry)
+        _nat(1, _t("10.244.0.2", 42000, "10.96.0.77", 80, 6), _t("10.244.0.2", 42000, "10.244.1.3", 8080, 6), 3),
+        _nat(1, _t("10.244.0.2", 42001, "10.96.0.10", 80, 6), _t("10.244.0.2", 42001, "10.244.1.3", 8080, 6)),
+    ])
+    table.add_drops([
+        _drop("10.96.0.99", 80, 2, netns="pt-node2", hook="FORWARD first"),  # no rule: routed away and dropped
+        _drop("10.96.0.99", 80, 1, netns="pt-node2", hook="FORWARD first"),
+        _drop("10.96.0.10", 8443, 5, netns="pt-node2"),  # a known VIP on a port it does not serve: not out of sync
+        _drop("192.168.1.9", 80, 5, netns="pt-node2"),  # outside the ClusterIP range
+    ])
+    flagged = {(f.vip, f.port, f.seen): f for f in table.out_of_sync}
+    assert set(flagged) == {("10.96.0.77", 80, "DNATed to 10.244.1.3:8080"),
+                            ("10.96.0.99", 80, "NETFILTER_DROP at FORWARD first")}
+    dropped = flagged["10.96.0.99", 80, "NETFILTER_DROP at FORWARD first"]
+    assert dropped.packets == 3 and dropped.src == "10.244.0.2" and dropped.cluster_range == "10.96.0.0/24"
+    assert dropped.to_json()["out_of_sync"] is True
+    assert dropped.note == "VIP with no kube-proxy rules: out of sync?"
+    assert flagged["10.96.0.77", 80, "DNATed to 10.244.1.3:8080"].packets == 3
+    out = io.StringIO()
+    write_flow_table(table, out)
+    assert "tcp 10.244.0.2 > 10.96.0.99:80: 3 packets, NETFILTER_DROP at FORWARD first; VIP with no kube-proxy " \
+           "rules: out of sync?" in out.getvalue()
