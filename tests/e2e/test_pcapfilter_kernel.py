@@ -16,7 +16,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,13 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
 
 from tracer import pcapfilter
+from tracer.netfilter import entered_netns
 from tracer.pcapfilter import BpfInsn, BpfProgram
 
 pytestmark = pytest.mark.root
 
 SNAP = 256
 REPEAT = 7  # each packet is sent this many times: a prime, so a stray or lost packet shows in the count
-CLONE_NEWNET = 0x40000000
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 
 EXPRESSIONS = [
@@ -161,29 +160,6 @@ def libpcap_matches(flt: pcapfilter.CompiledFilter, data: bytes) -> bool:
     return lib.pcap_offline_filter(ctypes.byref(prog), ctypes.byref(hdr), data) != 0
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextmanager
-def inside(netns: str) -> Iterator[None]:
-    """Run this thread in the named network namespace, and come back even on failure."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     if os.geteuid() != 0:
@@ -234,7 +210,7 @@ def test_kernel_counts_what_libpcap_matches(expression: str, netns: str, bcc_rea
     want = REPEAT * sum(libpcap_matches(flt, pkt) for pkt in PACKETS)
     if expression:
         assert 0 < want < REPEAT * len(PACKETS), "the packet set should both match and miss this filter"
-    with inside(netns):
+    with entered_netns(netns):
         bpf = BPF(
             text=BPF_TEXT.replace("FILTER_SOURCE", flt.c_source).encode(), cflags=[f"-DPT_SNAP_LEN={SNAP}"]
         )

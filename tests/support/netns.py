@@ -6,12 +6,11 @@ Addresses live only inside these namespaces (198.18.0.0/15, the benchmarking ran
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+
+from tracer.benchmarks.netns import Pair, veth_pair
 
 _counter = itertools.count(1)
 
@@ -24,36 +23,12 @@ def sh(*argv: str, check: bool = True, netns: str | None = None, timeout: float 
     return result.stdout
 
 
-@dataclass
-class Pair:
-    """Two namespaces joined by a veth: a (addr_a) <-> b (addr_b)."""
-
-    a: str
-    b: str
-    addr_a: str
-    addr_b: str
-
-    def inode(self, name: str) -> int:
-        return os.stat(f"/run/netns/{name}").st_ino
-
-
 @contextmanager
 def netns_pair() -> Iterator[Pair]:
-    tag = uuid.uuid4().hex[:6]
+    """Two namespaces joined by a veth: a (addr_a) <-> b (addr_b), removed even when the test fails."""
     index = next(_counter) % 250 + 1
-    pair = Pair(f"ptt-{tag}-a", f"ptt-{tag}-b", f"198.18.{index}.1", f"198.18.{index}.2")
-    try:
-        sh("ip", "netns", "add", pair.a)
-        sh("ip", "netns", "add", pair.b)
-        sh("ip", "-n", pair.a, "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns", pair.b)
-        for ns, dev, addr in ((pair.a, "veth-a", pair.addr_a), (pair.b, "veth-b", pair.addr_b)):
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+    with veth_pair("ptt", f"198.18.{index}.1", f"198.18.{index}.2") as pair:
         yield pair
-    finally:
-        for ns in (pair.a, pair.b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 def send_udp(netns: str, dst: str, port: int, count: int, size: int = 32, src_port: int = 0) -> None:

@@ -42,9 +42,10 @@ class Pair:
 
 
 @contextmanager
-def veth_pair() -> Iterator[Pair]:
+def veth_pair(prefix: str = "ptb", addr_a: str = "198.19.0.1", addr_b: str = "198.19.0.2") -> Iterator[Pair]:
+    """Namespaces PREFIX-<tag>-a and -b joined by veth-a/veth-b; removed on exit, even after a failure."""
     tag = uuid.uuid4().hex[:6]
-    pair = Pair(f"ptb-{tag}-a", f"ptb-{tag}-b")
+    pair = Pair(f"{prefix}-{tag}-a", f"{prefix}-{tag}-b", addr_a, addr_b)
     try:
         sh("ip", "netns", "add", pair.a)
         sh("ip", "netns", "add", pair.b)
