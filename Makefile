@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/podtrace tui --node pt-node1 --node pt-node2
 
 # The whole suite: lint, types, unit tests, then root end-to-end tests on this kernel.
-test: setup check test-e2e
+test: setup check test-e2e test-vm
 
 test-unit:
 	$(PYTEST) -q tests/unit
