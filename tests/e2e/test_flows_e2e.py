@@ -115,7 +115,8 @@ def test_conntrack_full_drops_are_charged_to_the_service_with_the_table_state(no
     assert node1["full"] and node1["count"] == node1["max"] and node1["fill"] == 1.0, node1
     assert not node2["full"] and node2["drops_during"] == 0, node2
     drops = [row for row in result.rows if row.get("service_drop")]
-    assert {row["service"] for row in drops} == {"default/web:http"}, drops
+    # Everything podtrace printed goes into the message: a miss here must say what was seen instead.
+    assert {row["service"] for row in drops} == {"default/web:http"}, (result.rows, result.stderr)
     cause = f"conntrack table full ({node1['max']}/{node1['max']})"
     for row in drops:
         assert (row["reason"], row["cause"], row["rule"]) == ("NETFILTER_DROP", cause, "-"), row
