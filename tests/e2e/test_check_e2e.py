@@ -1,56 +1,32 @@
 """`podtrace check` on the built-in lab: each fault flips the right check, and switching it off flips it back.
 
-Root only. The module fixture brings the lab up and always takes it down; when the lab is already up, another test
-session owns it (faults would break its tests), so this module waits a little and then skips, saying so.
+Root only. The module fixture brings the lab up and always takes it down (tests/support/lab.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.lab import exclusive_lab
 
 from tracer import cli
-from tracer.errors import LabError
-from tracer.lab import control, faults
+from tracer.lab import faults
 
 pytestmark = pytest.mark.root
 
-WAIT_FOR_FREE_LAB = 90.0  # seconds to wait for another session's lab to go down
 MODULE = "tracer.cli" if "tracer.cmd_check" in cli.COMMAND_MODULES else "tracer.cmd_check"
 PREFIX = ["check"] if MODULE == "tracer.cli" else []
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    deadline = time.monotonic() + WAIT_FOR_FREE_LAB
-    while control.is_up():
-        if time.monotonic() > deadline:
-            st = control.status()
-            pytest.skip(f"the lab is up and owned by another session (proxy mode {st.get('proxy_mode')}, faults "
-                        f"{st.get('faults')}): `podtrace lab status`; rerun when it is down")
-        time.sleep(2)
-    try:
-        control.up()
-    except LabError as err:
-        if "already up" in err.message:
-            pytest.skip("another session brought the lab up first")
-        raise
-    try:
+    with exclusive_lab():
         yield
-    finally:
-        try:
-            faults.clear_all()
-        finally:
-            control.down()
 
 
 def check(netns: str) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:

@@ -6,32 +6,21 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from support.lab import exclusive_lab
 from support.podtrace import Running, start
 
-from tracer.lab import control, faults, traffic
+from tracer.lab import faults, traffic
 
 pytestmark = pytest.mark.root
 
 NODES = ("--node", "pt-node1", "--node", "pt-node2")
 DATAGRAMS = 31  # a prime: nothing else in the lab produces exactly this many
-LAB_WAIT_S = 300  # the lab is shared (other test modules, CI): wait this long for whoever has it up
-
-
-def _wait_for_the_lab() -> None:
-    deadline = time.monotonic() + LAB_WAIT_S
-    while control.is_up() and time.monotonic() < deadline:
-        time.sleep(10)
 
 
 @pytest.fixture(scope="module", params=["iptables", "nftables"])
 def lab(request: pytest.FixtureRequest) -> Iterator[str]:
-    _wait_for_the_lab()
-    control.down()
-    try:
-        control.up(proxy_mode=request.param)
+    with exclusive_lab(proxy_mode=request.param):
         yield request.param
-    finally:
-        control.down()
 
 
 @pytest.fixture
@@ -130,9 +119,11 @@ def test_conntrack_full_drops_are_charged_to_the_service_with_the_table_state(no
 
 def _last_service_netfilter_ns(services: int) -> float:
     """Average time in PREROUTING for connections to the Service kube-proxy lists last in KUBE-SERVICES."""
-    control.down()
-    control.up(services=services)
-    name = f"default/dummy-{services - 1}:http"
+    with exclusive_lab(services=services):
+        return _netfilter_ns_to(f"default/dummy-{services - 1}:http")
+
+
+def _netfilter_ns_to(name: str) -> float:
     tracer = _trace("tcp port 80 or tcp port 8080")
     sent = traffic.probe(name, count=15)
     time.sleep(0.5)
@@ -146,10 +137,7 @@ def _last_service_netfilter_ns(services: int) -> float:
 def test_time_in_netfilter_per_first_packet_grows_with_the_number_of_services() -> None:
     """A new connection walks kube-proxy's KUBE-SERVICES list up to its Service's rule; the list's last Service
     pays for every rule before it. Compared within one run, never against a fixed time."""
-    try:
-        few = _last_service_netfilter_ns(10)
-        many = _last_service_netfilter_ns(2000)
-    finally:
-        control.down()
+    few = _last_service_netfilter_ns(10)
+    many = _last_service_netfilter_ns(2000)
     print(f"netfilter time per packet, last of 10 Services: {few:.0f} ns; last of 2000: {many:.0f} ns")
     assert many > few, (few, many)

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from support.lab import exclusive_lab, lab_lock, wait_for_foreign_lab
 
 from tracer.errors import LabError
 from tracer.lab import control, faults, names, processes, proxy, state, traffic
@@ -17,11 +18,6 @@ from tracer.lab import control, faults, names, processes, proxy, state, traffic
 pytestmark = pytest.mark.root
 
 WEB = "default/web:http"
-
-
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
 
 
 def _out(*cmd: str) -> str:
@@ -44,10 +40,16 @@ def _lab_netns(snapshot: dict[str, object]) -> set[str]:
     return {n for n in snapshot["netns"] if n.startswith("pt-")}  # type: ignore[union-attr]
 
 
-def test_up_down_leaves_nothing_behind() -> None:
+@pytest.fixture
+def no_lab() -> Iterator[None]:
+    """The lab lock held and no lab up: for tests that bring it up and down themselves."""
+    with lab_lock():
+        wait_for_foreign_lab()
+        yield
+
+
+def test_up_down_leaves_nothing_behind(no_lab: None) -> None:
     """nftables mode, a fault and background traffic on; `down` (twice) leaves the host exactly as it was."""
-    _need_root()
-    control.down()
     before = _root_snapshot()
     try:
         control.up(proxy_mode="nftables", services=20)
@@ -73,8 +75,7 @@ def test_up_down_leaves_nothing_behind() -> None:
     assert not state.state_file().exists()
 
 
-def test_ipvs_mode() -> None:
-    _need_root()
+def test_ipvs_mode(no_lab: None) -> None:
     if proxy.ipvs_available():
         pytest.skip("this kernel has IPVS: the VM tier tests the ipvs mode")
     with pytest.raises(LabError, match="IPVS is not in this kernel"):
@@ -84,13 +85,8 @@ def test_ipvs_mode() -> None:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    _need_root()
-    control.down()
-    try:
-        control.up()
+    with exclusive_lab():
         yield
-    finally:
-        control.down()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp
 
 from tracer.softirq import Log2Hist, SoftirqAggregator, SoftirqProbe
@@ -128,34 +129,10 @@ def test_softirq_cli_json(pair: Pair) -> None:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[object]:
-    from tracer.errors import LabError
-    from tracer.lab import control, faults, names
+    from tracer.lab import names
 
-    deadline = time.monotonic() + 90
-    while control.is_up():
-        if time.monotonic() > deadline:
-            pytest.skip("the lab was already up for 90 s: another test or user is using it (`podtrace lab "
-                        "status`); not touching it")
-        time.sleep(3)
-    try:
-        started = control.up()["started"]
-    except LabError as err:
-        pytest.skip(f"could not bring the lab up: {err.one_line()}")
-    try:
+    with exclusive_lab():
         yield names()
-    finally:
-        if _still_ours(started):  # never tear down a lab another test brought up meanwhile
-            try:
-                faults.clear_all()
-            finally:
-                control.down()
-
-
-def _still_ours(started: object) -> bool:
-    from tracer.lab import state
-
-    data = state.load()
-    return data is not None and data.get("started") == started
 
 
 @pytest.fixture

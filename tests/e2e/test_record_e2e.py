@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import support.podtrace as podtrace
+from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp, tcp_connect_attempts
 
 pytestmark = pytest.mark.root
@@ -173,26 +174,12 @@ def test_softirq_summary_is_recorded_and_reported(pair: Pair, tmp_path: Path) ->
 
 NODES = ("--node", "pt-node1", "--node", "pt-node2")
 DATAGRAMS = 31  # a prime: nothing else in the lab produces exactly this many
-LAB_WAIT_S = 300
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    """A lab of our own: waits (up to 5 min) while another test or CI run has it up, always takes ours down."""
-    from tracer.lab import control
-
-    deadline = time.monotonic() + LAB_WAIT_S
-    while control.is_up():
-        if time.monotonic() > deadline:
-            pytest.skip("the lab stayed up for 5 min (another run is using it)")
-        time.sleep(10)
-    if control.is_up():  # taken in between: never tear down someone else's lab
-        pytest.skip("another run brought the lab up")
-    try:
-        control.up()
+    with exclusive_lab():
         yield
-    finally:
-        control.down()
 
 
 def test_report_gives_the_flow_numbers_of_the_traffic_sent(lab: None, tmp_path: Path) -> None:

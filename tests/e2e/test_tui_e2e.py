@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp, sh
 
 pytestmark = pytest.mark.root
@@ -25,32 +26,10 @@ LAUNCH = ("import sys; from tracer import cli; m = 'tracer.cmd_tui'; "
           "cli.COMMAND_MODULES += () if m in cli.COMMAND_MODULES else (m,); sys.exit(cli.main(sys.argv[1:]))")
 
 
-LAB_WAIT_S = 300  # the lab is shared: wait for another run to take it down rather than tear it down under it
-
-
 @pytest.fixture
 def lab() -> Iterator[None]:
-    from tracer.errors import LabError
-    from tracer.lab import control
-
-    deadline = time.monotonic() + LAB_WAIT_S
-    while True:
-        if not control.is_up():
-            try:
-                control.up()
-                break
-            except LabError:  # another run brought it up first
-                if control.is_up():
-                    continue
-                control.down()  # our half-built lab
-                raise
-        if time.monotonic() > deadline:
-            pytest.skip(f"the lab stayed up (someone else's run) for {LAB_WAIT_S} s")
-        time.sleep(10)
-    try:
+    with exclusive_lab():
         yield
-    finally:
-        control.down()
 
 
 @pytest.fixture

@@ -113,9 +113,17 @@ def fill(netns: str, entries: int, timeout: int = 3600) -> int:
 
 def flush_filler(netns: str) -> None:
     """Delete only the filler entries: a ctnetlink flush filtered by their mark."""
+    _flush(netns, _attr(CTA_MARK, struct.pack("!I", FILL_MARK)) + _attr(CTA_MARK_MASK, struct.pack("!I", 0xFFFFFFFF)))
+
+
+def flush_all(netns: str) -> None:
+    """Delete every entry (a ctnetlink delete without a tuple flushes the table)."""
+    _flush(netns, b"")
+
+
+def _flush(netns: str, attrs: bytes) -> None:
     sock = _socket(netns)
     try:
-        attrs = _attr(CTA_MARK, struct.pack("!I", FILL_MARK)) + _attr(CTA_MARK_MASK, struct.pack("!I", 0xFFFFFFFF))
         sock.sendall(_message(CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 1, attrs))
         sock.settimeout(30)
         reply = sock.recv(65536)

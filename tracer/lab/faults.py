@@ -100,6 +100,9 @@ def mtu_off(m: Manifest, data: dict[str, Any], d: Details) -> None:
 def conntrack_on(m: Manifest, data: dict[str, Any]) -> Details:
     netns = _client_node(m)
     limit = ctfill.maximum(netns)
+    # The lab's own entries (earlier traffic) expire or get early-dropped, each one opening a slot that lets a new
+    # connection through: only the never-expiring assured fillers keep the table reliably full.
+    ctfill.flush_all(netns)
     added = ctfill.fill(netns, max(0, limit - ctfill.count(netns)))
     return {"netns": netns, "nf_conntrack_max": limit, "filler_entries": added}
 
@@ -180,8 +183,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           "connections to default/web:http time out", drop_backend_on, drop_backend_off),
     Fault("mtu-mismatch", "pod veths and cni0 at MTU 1500 over the 1450 VXLAN overlay: DF packets over 1450 "
           "between nodes are dropped (ICMP frag-needed), small ones pass", mtu_on, mtu_off),
-    Fault("conntrack-full", "the client node's conntrack table filled to nf_conntrack_max: new flows through that "
-          "node are dropped (table full), other nodes unaffected", conntrack_on, conntrack_off),
+    Fault("conntrack-full", "the client node's conntrack table flushed, then filled to nf_conntrack_max: new flows "
+          "through that node are dropped (table full), other nodes unaffected", conntrack_on, conntrack_off),
     Fault("no-endpoints", "default/web loses all endpoints: kube-proxy REJECTs its ClusterIP ports (connection "
           "refused); other Services keep working", no_endpoints_on, no_endpoints_off),
     Fault("rp-filter", "strict rp_filter on node2: asymmetric packets are dropped, so NodePort via node2's IP from "
