@@ -10,6 +10,11 @@ from tracer.events import EVENT_DROP, PacketEvent, decode
 
 _TS = struct.Struct("<Q")
 _LEN = struct.Struct("<I")
+# From location (offset 24) to outer.proto (117), per tracer/events.field_offsets(): the group key, the last
+# source port and the device, without building the dataclasses a full decode does (most of its cost).
+_FOLD = struct.Struct("<QII24x16s16s16sHHBB")
+_FOLD_AT = 24
+RawEvent = bytes  # DropRow has a field named `bytes`: this alias keeps the type readable inside it
 
 # (reason, location, netns, family, proto, saddr, daddr, dport)
 DropKey = tuple[int, int, int, int, int, bytes, bytes, int]
@@ -23,7 +28,18 @@ class DropRow:
     last_ns: int
     last_sport: int
     ifname: str
-    last_event: PacketEvent
+    last_raw: RawEvent | None  # the most recent event, decoded only when someone reads last_event
+    decoded: PacketEvent | None = None
+
+    @property
+    def last_event(self) -> PacketEvent:
+        if self.decoded is None:
+            assert self.last_raw is not None
+            self.decoded = decode(self.last_raw)
+        return self.decoded
+
+    def set_last(self, event: PacketEvent | None, raw: RawEvent | None) -> None:
+        self.decoded, self.last_raw = event, raw
 
 
 class DropTable:
@@ -54,14 +70,14 @@ class DropTable:
             row.bytes += event.len
             row.last_ns = event.ts_ns
             row.last_sport = outer.sport
-            row.last_event = event
+            row.set_last(event, None)
             if event.ifname:
                 row.ifname = event.ifname
             return
         if len(self.groups) >= self.max_groups:
             del self.groups[next(iter(self.groups))]
             self.evicted += 1
-        self.groups[key] = DropRow(1, event.len, event.ts_ns, event.ts_ns, outer.sport, event.ifname, event)
+        self.groups[key] = DropRow(1, event.len, event.ts_ns, event.ts_ns, outer.sport, event.ifname, None, event)
 
     def add_raw(self, data: bytes) -> None:
         """The fast path for raw ring-buffer bytes: group on byte slices, decode only when rows are read.
@@ -92,21 +108,22 @@ class DropTable:
 
     def _fold_raw(self) -> None:
         """Move raw groups into decoded rows (at read time, so the hot path stays cheap)."""
+        unpack = _FOLD.unpack_from
         for count, length, first_ns, last_ns, data in self.raw_groups.values():
-            event = decode(data)
-            outer = event.outer
-            key = (event.reason, event.location, event.netns, outer.family, outer.proto, outer.saddr,
-                   outer.daddr, outer.dport)
+            location, reason, netns, ifname_raw, saddr, daddr, sport, dport, family, proto = unpack(data, _FOLD_AT)
+            key = (reason, location, netns, family, proto, saddr, daddr, dport)
+            ifname = ifname_raw.split(b"\0", 1)[0].decode(errors="replace")
             row = self.groups.get(key)
             if row is None:
-                self.groups[key] = DropRow(count, length, first_ns, last_ns, outer.sport, event.ifname, event)
+                self.groups[key] = DropRow(count, length, first_ns, last_ns, sport, ifname, data)
             else:
                 row.count += count
                 row.bytes += length
                 row.first_ns = min(row.first_ns, first_ns)
                 if last_ns >= row.last_ns:
-                    row.last_ns, row.last_sport, row.last_event = last_ns, outer.sport, event
-                    row.ifname = event.ifname or row.ifname
+                    row.last_ns, row.last_sport = last_ns, sport
+                    row.set_last(None, data)
+                    row.ifname = ifname or row.ifname
         self.raw_groups.clear()
 
     def add_all(self, events: Iterable[PacketEvent]) -> None:
