@@ -32,6 +32,9 @@ BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
     ("PT_OFF_SOCK_SKC_NET", "sock", "__sk_common.skc_net.net", 8),
 )
 
+# Read only by bpf/netfilter.c, with direct (BTF-checked) loads: the hook's network namespace.
+NF_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (("PT_OFF_NF_HOOK_STATE_NET", "nf_hook_state", "net", 8),)
+
 DROP_REASON_ENUM = "skb_drop_reason"
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
 SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "tc": "tc.c"}
@@ -86,9 +89,9 @@ def _ifname_words(name: str) -> tuple[int, int]:
     return low, high
 
 
-def btf_cflags(btf: Btf) -> list[str]:
+def btf_cflags(btf: Btf, extra: tuple[tuple[str, str, str, int], ...] = ()) -> list[str]:
     flags = []
-    for macro, struct_name, member, size in BTF_OFFSETS:
+    for macro, struct_name, member, size in (*BTF_OFFSETS, *extra):
         actual = btf.member_size(struct_name, member)
         if actual != size:
             raise KernelError(
@@ -107,7 +110,7 @@ def btf_cflags(btf: Btf) -> list[str]:
 
 
 def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
-    cflags = [f"-I{BPF_DIR}", *btf_cflags(btf)]
+    cflags = [f"-I{BPF_DIR}", *btf_cflags(btf, NF_BTF_OFFSETS if config.netfilter else ())]
     cflags.append(f"-DPT_PATH_RATE={config.path_rate}")
     if config.netns_inode is not None:
         cflags.append(f"-DPT_FILTER_NETNS={config.netns_inode}U")
