@@ -131,7 +131,7 @@ static __always_inline void pt_nat_seen(__u64 skb, struct pt_nf_state *st, struc
 	ev->hook_ns = hook_ns;
 	ev->before = st->before;
 	ev->after = *after;
-	events.ringbuf_submit(ev, 0);
+	events.ringbuf_submit(ev, pt_wakeup());
 	pt_count(PT_CNT_EVENTS);
 }
 

@@ -249,6 +249,27 @@ static __always_inline int pt_rate_allows(void)
 	return 1;
 }
 
+#ifndef PT_RB_WAKE_EVERY
+#define PT_RB_WAKE_EVERY 64
+#endif
+BPF_PERCPU_ARRAY(rb_quiet, __u32, 1);
+
+/* Wake the reader once per PT_RB_WAKE_EVERY events per CPU. The reader keeps up, so with the default flags nearly
+ * every event finds it waiting and pays a wakeup (irq_work, an IPI: microseconds on a VM, most of a drop event's
+ * cost). It polls at least every 100 ms and drains the ring without being woken (tracer/live.py); this BCC has no
+ * ringbuf_query to wake on the fill level instead. */
+static __always_inline __u64 pt_wakeup(void)
+{
+	__u32 zero = 0;
+	__u32 *quiet = rb_quiet.lookup(&zero);
+	if (!quiet)
+		return 0;
+	if (++*quiet < PT_RB_WAKE_EVERY)
+		return BPF_RB_NO_WAKEUP;
+	*quiet = 0;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
 /* The whole per-packet step: filters first, then an event on the ring buffer. */
 static __always_inline int pt_emit(void *skb, __u32 type, __u32 reason, __u64 location, int sampled)
 {
@@ -292,7 +313,7 @@ static __always_inline int pt_emit(void *skb, __u32 type, __u32 reason, __u64 lo
 	}
 #endif
 	pt_fill(ev, skb, s, &info, avail);
-	events.ringbuf_submit(ev, 0);
+	events.ringbuf_submit(ev, pt_wakeup());
 	pt_count(PT_CNT_EVENTS);
 	return 0;
 }

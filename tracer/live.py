@@ -108,6 +108,9 @@ class LiveSource:
     def poll_raw(self, timeout_ms: int = 100) -> list[bytes]:
         """Raw event bytes that arrived (the fast path: aggregate without decoding every event)."""
         self._bpf.ring_buffer_poll(timeout_ms)
+        # The probes wake the reader only every 64 events per CPU (bpf/skb.h pt_wakeup): what arrived quietly
+        # is drained here, so a poll's timeout is also the longest an event waits.
+        self._bpf.ring_buffer_consume()
         batch, self._pending = self._pending, []
         complete = [raw for raw in batch if len(raw) >= (NAT_SIZE if raw[0] == EVENT_NAT else EVENT_SIZE)]
         self.decode_errors += len(batch) - len(complete)
