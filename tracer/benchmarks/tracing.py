@@ -42,13 +42,16 @@ def _wait_ready(process: subprocess.Popen[str], path: str, timeout: float) -> No
 
 
 @contextmanager
-def traced(args: Sequence[str], timeout: float = 120) -> Iterator[Traced]:
-    """podtrace's probes attached (per `args`, see consumer.py) for the duration of the block."""
+def traced(args: Sequence[str], timeout: float = 120, env: dict[str, str] | None = None,
+           cwd: str | None = None) -> Iterator[Traced]:
+    """podtrace's probes attached (per `args`, see consumer.py) for the duration of the block.
+
+    env/cwd run another version's consumer (tracer.benchmarks.probecost: a baseline commit's tree)."""
     handle, ready = tempfile.mkstemp(prefix="podtrace-bench-ready-")
     os.close(handle)
     os.unlink(ready)
     process = subprocess.Popen(python_module("tracer.benchmarks.consumer", "--ready-file", ready, *args),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     handle_result = Traced(list(args))
     try:
         _wait_ready(process, ready, timeout)

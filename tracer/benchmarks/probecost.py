@@ -1,0 +1,152 @@
+"""Probe cost per run: the kernel's own accounting (bpf_stats) of each podtrace program, this version vs a baseline.
+
+Under one 64-byte UDP flood over a veth, each mode (drops, path, netfilter) runs the traced consumer of this
+checkout and of a baseline commit (extracted with `git archive`, run from its own directory), interleaved. The
+kernel counts every program run and its time (kernel.bpf_stats_enabled), so the figure is nanoseconds per run of
+each program: far less sensitive to other work on the machine than a throughput ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tracer.benchmarks.netns import Pair, in_netns, veth_pair
+from tracer.benchmarks.stats import Section, fmt_rate, fmt_ratio, interleave, median
+from tracer.benchmarks.tracing import traced
+
+# The last commit of the first development session: the figures in BENCHMARKS.md before the probe optimizations.
+DEFAULT_BASELINE = "3b4aef2"
+REPO = Path(__file__).resolve().parents[2]
+PORT = 5211
+MODES = ("drops", "path", "netfilter")
+# bpftool versions that predate a program type print its number: 32 is BPF_PROG_TYPE_NETFILTER.
+PROGRAM_TYPES = ("tracepoint", "raw_tracepoint", "netfilter", 32, "sched_cls", "kprobe")
+
+
+@contextmanager
+def baseline_tree(ref: str) -> Iterator[Path | None]:
+    """The baseline commit's files in a temporary directory; None when this is not a git checkout holding it."""
+    with tempfile.TemporaryDirectory(prefix="podtrace-baseline-") as tmp:
+        archive = Path(tmp, "tree.tar")
+        with archive.open("wb") as out:
+            made = subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=out, stderr=subprocess.PIPE,
+                                  check=False)
+        if made.returncode != 0:
+            yield None
+            return
+        tree = Path(tmp, "tree")
+        tree.mkdir()
+        subprocess.run(["tar", "-x", "-f", str(archive), "-C", str(tree)], check=True)  # our own commit's files
+        yield tree
+
+
+@contextmanager
+def bpf_stats() -> Iterator[None]:
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = path.read_text().strip()
+    path.write_text("1")
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
+def program_stats() -> dict[int, dict[str, Any]]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return {prog["id"]: prog for prog in json.loads(out) if prog.get("type") in PROGRAM_TYPES}
+
+
+def _mode_args(mode: str, pair: Pair) -> list[str]:
+    if mode == "drops":
+        return []
+    if mode == "path":
+        return ["--path", "--filter", f"host {pair.addr_b}"]
+    return ["--netfilter-netns", pair.a, "--netfilter-netns", pair.b]
+
+
+def _flood(pair: Pair, seconds: float) -> float:
+    argv = ["iperf3", "-c", pair.addr_b, "-p", str(PORT), "-t", f"{seconds:g}", "-J", "-u", "-l", "64", "-b", "0"]
+    proc = subprocess.run(in_netns(pair.a, argv), capture_output=True, text=True, timeout=seconds + 30, check=False)
+    data = json.loads(proc.stdout or "{}")
+    if proc.returncode != 0 or "end" not in data:
+        raise RuntimeError(f"iperf3 failed ({proc.returncode}): {data.get('error', proc.stderr.strip())}")
+    total = data["end"]["sum"]
+    return (total["packets"] - total["lost_packets"]) / total["seconds"]
+
+
+def _one_run(pair: Pair, mode: str, tree: Path | None, seconds: float) -> tuple[dict[str, float], float]:
+    """ns per run of each program this consumer loaded (new program ids), and the UDP rate received."""
+    existing = set(program_stats())
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
+    with traced(_mode_args(mode, pair), env=env, cwd=str(tree) if tree else None):
+        before = {pid: prog for pid, prog in program_stats().items() if pid not in existing}
+        rate = _flood(pair, seconds)
+        after = program_stats()
+    costs: dict[str, float] = {}
+    for pid, prog in before.items():
+        now = after.get(pid)
+        runs = (now or {}).get("run_cnt", 0) - prog.get("run_cnt", 0)
+        if now and runs > 0:
+            costs[prog["name"]] = (now.get("run_time_ns", 0) - prog.get("run_time_ns", 0)) / runs
+    return costs, rate
+
+
+@contextmanager
+def _server(pair: Pair) -> Iterator[None]:
+    process = subprocess.Popen(in_netns(pair.b, ["iperf3", "-s", "-p", str(PORT)]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
+    ref = baseline or os.environ.get("PODTRACE_BENCH_BASELINE", DEFAULT_BASELINE)
+    repeats, seconds = (1, 1.0) if quick else (3, 3.0)
+    section = Section(
+        "Probe cost per run",
+        f"Nanoseconds per run of each podtrace BPF program, from the kernel's own accounting "
+        f"(`kernel.bpf_stats_enabled`), under a 64-byte UDP flood over a veth ({seconds:g} s per run, {repeats} "
+        f"interleaved rounds, medians): this checkout vs baseline commit `{ref}` (its own tracer and bpf/, run from "
+        f"a `git archive` of it). Set `PODTRACE_BENCH_BASELINE` to compare with another commit.",
+        ["mode", "program", f"ns/run {ref}", "ns/run now", "now vs baseline"],
+    )
+    costs: dict[tuple[str, str], dict[str, list[float]]] = {}
+    rates: dict[tuple[str, str], list[float]] = {}
+    with baseline_tree(ref) as tree, veth_pair("ptpc", "198.19.7.1", "198.19.7.2") as pair, _server(pair), \
+            bpf_stats():
+        versions = ("baseline", "now") if tree else ("now",)
+        if tree is None:
+            section.notes.append(f"Baseline `{ref}` is not available here (not a git checkout holding it): only "
+                                 f"this checkout is measured.")
+        labels = [f"{mode}:{version}" for mode in MODES for version in versions]
+        for rnd, label in interleave(labels, repeats):
+            mode, version = label.split(":")
+            log(f"probe cost: round {rnd + 1}/{repeats}, {mode} ({version})")
+            per_program, rate = _one_run(pair, mode, tree if version == "baseline" else None, seconds)
+            rates.setdefault((mode, version), []).append(rate)
+            for name, ns in per_program.items():
+                costs.setdefault((mode, name), {}).setdefault(version, []).append(ns)
+    for (mode, name), by_version in sorted(costs.items()):
+        base, now = median(by_version.get("baseline", [])), median(by_version.get("now", []))
+        section.rows.append([mode, name, f"{base:,.0f}" if base else "-", f"{now:,.0f}" if now else "-",
+                             fmt_ratio(now, base) if base and now else "-"])
+    for mode in MODES:
+        base, now = median(rates.get((mode, "baseline"), [])), median(rates.get((mode, "now"), []))
+        section.notes.append(f"{mode}: UDP 64 B received {fmt_rate(base, 'pkt/s') if base else '-'} with the "
+                             f"baseline, {fmt_rate(now, 'pkt/s')} now")
+    section.notes.append(f"Python {sys.version.split()[0]}; programs are matched by name, so a program only one "
+                         f"version has shows '-' for the other.")
+    return section
