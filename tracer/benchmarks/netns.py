@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,3 +59,16 @@ def veth_pair(prefix: str = "ptb", addr_a: str = "198.19.0.1", addr_b: str = "19
     finally:
         for ns in (pair.a, pair.b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@contextmanager
+def iperf_server(pair: Pair, port: int) -> Iterator[None]:
+    """iperf3 -s in namespace b for the duration of the block."""
+    process = subprocess.Popen(in_netns(pair.b, ["iperf3", "-s", "-p", str(port)]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # listening before the first client connects
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

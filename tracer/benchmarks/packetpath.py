@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from tracer.benchmarks.netns import Pair, in_netns, veth_pair
+from tracer.benchmarks.netns import Pair, in_netns, iperf_server, veth_pair
 from tracer.benchmarks.stats import (
     Section,
     cost_percent,
@@ -64,25 +63,13 @@ def _mode_args(mode: str, pair: Pair) -> list[str] | None:
     return ["--netfilter-netns", pair.a, "--netfilter-netns", pair.b]
 
 
-@contextmanager
-def _server(pair: Pair) -> Iterator[None]:
-    process = subprocess.Popen(in_netns(pair.b, ["iperf3", "-s", "-p", str(PORT)]),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def run(quick: bool, log: Callable[[str], None]) -> Section:
     repeats, seconds = (1, 1.0) if quick else (3, 3.0)
     tcp: dict[str, list[float]] = {m: [] for m in MODES}
     udp: dict[str, list[float]] = {m: [] for m in MODES}
     udp_lost: dict[str, list[float]] = {m: [] for m in MODES}
     events: dict[str, list[int]] = {m: [] for m in MODES}
-    with veth_pair() as pair, _server(pair):
+    with veth_pair() as pair, iperf_server(pair, PORT):
         for rnd, mode in interleave(MODES, repeats):
             log(f"packet path: round {rnd + 1}/{repeats}, {mode}")
             args = _mode_args(mode, pair)

@@ -13,13 +13,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tracer.benchmarks.netns import Pair, in_netns, veth_pair
+from tracer.benchmarks.netns import Pair, in_netns, iperf_server, veth_pair
 from tracer.benchmarks.stats import Section, fmt_rate, fmt_ratio, interleave, median
 from tracer.benchmarks.tracing import traced
 
@@ -100,18 +99,6 @@ def _one_run(pair: Pair, mode: str, tree: Path | None, seconds: float) -> tuple[
     return costs, rate
 
 
-@contextmanager
-def _server(pair: Pair) -> Iterator[None]:
-    process = subprocess.Popen(in_netns(pair.b, ["iperf3", "-s", "-p", str(PORT)]),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
     ref = baseline or os.environ.get("PODTRACE_BENCH_BASELINE", DEFAULT_BASELINE)
     repeats, seconds = (1, 1.0) if quick else (3, 3.0)
@@ -125,7 +112,7 @@ def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
     )
     costs: dict[tuple[str, str], dict[str, list[float]]] = {}
     rates: dict[tuple[str, str], list[float]] = {}
-    with baseline_tree(ref) as tree, veth_pair("ptpc", "198.19.7.1", "198.19.7.2") as pair, _server(pair), \
+    with baseline_tree(ref) as tree, veth_pair("ptpc", "198.19.7.1", "198.19.7.2") as pair, iperf_server(pair, PORT), \
             bpf_stats():
         versions = ("baseline", "now") if tree else ("now",)
         if tree is None:
