@@ -27,19 +27,6 @@ struct pt_nf_scratch {
 };
 BPF_PERCPU_ARRAY(nf_scratch, struct pt_nf_scratch, 1);
 
-/* floor(log2(v)) without a loop, capped at the last slot. */
-static __always_inline __u32 pt_log2(__u64 v)
-{
-	__u32 r = 0, shift;
-	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
-	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r < PT_NF_HIST_SLOTS ? r : PT_NF_HIST_SLOTS - 1;
-}
-
 static __always_inline int pt_tuple_equal(const struct pt_tuple *a, const struct pt_tuple *b)
 {
 	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;

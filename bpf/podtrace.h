@@ -19,6 +19,10 @@
 #define PT_EVENT_DROP 1
 #define PT_EVENT_PATH 2
 #define PT_EVENT_NAT 3
+#define PT_EVENT_NF_VERDICT 5 /* struct pt_nf_verdict_event (bpf/nfkprobe.c) */
+/* An ICMP error the node sent (bpf/icmp.c): the event is the offending packet; reason = type << 8 | code,
+ * location = the MTU a frag-needed quotes (0 when not read). */
+#define PT_EVENT_ICMP 4
 
 /* pt_packet_event.point for PT_EVENT_PATH */
 #define PT_POINT_RX 1    /* net:netif_receive_skb */
@@ -26,6 +30,10 @@
 #define PT_POINT_XMIT 3  /* net:net_dev_xmit */
 #define PT_POINT_TC_INGRESS 4 /* tc clsact ingress on a chosen interface */
 #define PT_POINT_TC_EGRESS 5  /* tc clsact egress */
+/* Kprobe points (bpf/overlay.c). For these, pt_packet_event.location carries a point-specific value. */
+#define PT_POINT_VXLAN_RCV 6  /* vxlan_rcv: outer packet with its VXLAN header and inner packet */
+#define PT_POINT_VXLAN_XMIT 7 /* vxlan_xmit_one: inner packet; outer tuple = tunnel endpoints and port */
+#define PT_POINT_FRAGMENT 8   /* ip_do_fragment: the oversize packet; location = MTU of the output device */
 
 /* pt_packet_event.flags */
 #define PT_FLAG_INNER 0x01     /* inner holds the VXLAN-encapsulated packet's tuple */
@@ -40,6 +48,20 @@
 #define PT_CNT_SAMPLED 4    /* path events skipped by the rate limit */
 #define PT_CNT_READ_FAIL 5  /* packet bytes could not be read */
 #define PT_CNT_MAX 8
+/* The counters array holds PT_CNT_MAX counters per probe: index = probe * PT_CNT_MAX + PT_CNT_*.
+ * tracer/probes.py defines PT_PROBE before each program's source, so pt_count() there counts under it;
+ * code outside a program (or a program not listed here) counts under PT_PROBE_OTHER. */
+#define PT_PROBE_OTHER 0
+#define PT_PROBE_DROPS 1
+#define PT_PROBE_PATH 2
+#define PT_PROBE_NETFILTER 3
+#define PT_PROBE_TC 4
+#define PT_PROBE_ICMP 5
+#define PT_PROBE_NF_KPROBE 6
+#define PT_PROBE_OVERLAY_KPROBE 7
+#define PT_PROBE_IPVS_KPROBE 8
+#define PT_PROBES 9
+#define PT_CNT_SLOTS (PT_PROBES * PT_CNT_MAX)
 
 struct pt_tuple {
 	__u8 saddr[16]; /* IPv4 in the first 4 bytes */
@@ -69,7 +91,8 @@ struct pt_packet_event {
 	__u8 flags;      /* PT_FLAG_* */
 	__u8 snap_len;   /* valid bytes in snap (<= PT_EVENT_SNAP) */
 	__u32 vni;       /* VXLAN network identifier when PT_FLAG_INNER */
-	__u32 nf_point;  /* drops: last netfilter point passed + 1 (PT_NF_*), 0 when none or not traced */
+	__u32 nf_point;  /* drops: last netfilter point passed + 1 (PT_NF_*), 0 when none or not traced;
+	                  * with kprobes PT_NFK_POINT(pf, hook) when freed inside nf_hook_slow */
 	char ifname[PT_IFNAMSIZ];
 	struct pt_tuple outer;
 	struct pt_tuple inner;
@@ -90,6 +113,10 @@ struct pt_packet_event {
 #define PT_NF_POST_LAST 10
 #define PT_NF_POINTS 11
 #define PT_NF_HIST_SLOTS 32      /* log2 nanoseconds */
+/* pt_nat_key.point of IPVS records (bpf/ipvs.c, kprobes), numbered apart from the PT_NF_* link points. */
+#define PT_IPVS_CONN 32  /* ip_vs_conn_new: one record per connection the scheduler placed (packets = 1) */
+#define PT_IPVS_XMIT 33  /* ip_vs_nat_xmit: request packets NATed from the VIP to the real server */
+#define PT_IPVS_REPLY 34 /* handle_response: real server replies given the VIP back as their source */
 
 /* A tuple rewritten between two points of one hook (DNAT, SNAT, reply un-NAT): one event per new pair. */
 struct pt_nat_event {
@@ -127,6 +154,54 @@ struct pt_nf_state {
 	__u32 point;     /* the last PT_NF_* point passed */
 	__u32 netns;
 	struct pt_tuple before;
+};
+
+/* Netfilter verdicts seen by kprobes (bpf/nfkprobe.c, kernels with kprobes): one event per packet an
+ * iptables table or nftables base chain dropped (drop events carry the hook: PT_NFK_POINT). */
+#define PT_NFK_IPTABLES 1 /* ipt_do_table: table = struct xt_table.name, chain = the hook's built-in chain */
+#define PT_NFK_NFTABLES 2 /* nft_do_chain: table and base chain names */
+#define PT_NFK_NAME 32
+/* A drop event freed inside nf_hook_slow gets nf_point = PT_NFK_POINT(pf, hook): the hook it died in. */
+#define PT_NFK_POINT_FLAG 0x100
+#define PT_NFK_POINT(pf, hook) (PT_NFK_POINT_FLAG | (((pf) & 0xf) << 4) | ((hook) & 0xf))
+#define PT_NFK_HIST_ROWS 15 /* (IPv4, IPv6, other) x 5 hooks; PT_NF_HIST_SLOTS log2-ns slots each */
+
+/* The nf_hook_slow call in progress on a CPU/task (bpf/nfkprobe.c), read by the drop probe. */
+struct pt_nfk_call {
+	__u64 skb;
+	__u64 entry_ns;
+	__u8 hook;
+	__u8 pf;
+	__u8 pad[6];
+};
+
+/* The iptables table or nftables chain call in progress, keyed like pt_nfk_call (a kretprobe sees only the
+ * return value). nft_do_chain frees a dropped skb itself on kernels with NF_DROP_REASON (Debian's 6.1 has it) and
+ * returns NF_STOLEN: the drop probe then finds this entry and emits the verdict event. */
+struct pt_nfk_table {
+	__u64 skb;
+	__u64 source; /* PT_NFK_* */
+	char table[PT_NFK_NAME];
+	char chain[PT_NFK_NAME];
+};
+
+struct pt_nf_verdict_event {
+	__u32 type;      /* PT_EVENT_NF_VERDICT */
+	__u32 cpu;
+	__u64 ts_ns;
+	__u64 skb;       /* the drop event of the same packet carries the same skb address, just after */
+	__u64 hook_ns;   /* time from nf_hook_slow's entry to this verdict */
+	__u32 netns;
+	__u32 verdict;   /* NF_DROP 0, NF_ACCEPT 1, NF_STOLEN 2, NF_QUEUE 3 (low byte of the return value) */
+	__u8 hook;       /* NF_INET_PRE_ROUTING 0 .. NF_INET_POST_ROUTING 4 */
+	__u8 pf;         /* NFPROTO_IPV4 2, NFPROTO_IPV6 10 */
+	__u8 source;     /* PT_NFK_* */
+	__u8 pad;
+	__u32 len;       /* skb->len */
+	char table[PT_NFK_NAME];
+	char chain[PT_NFK_NAME];
+	struct pt_tuple tuple; /* family 0 when the packet is not IP */
+	__u32 pad2;
 };
 
 /* Per-CPU scratch: the packet snapshot the filter and the parser read (+8: masked index + load stays inside). */

@@ -3,7 +3,7 @@
  * Reading an sk_buff through BTF offsets (PT_OFF_* from tracer/probes.py), copying its headers into the
  * per-CPU scratch buffer, running the filter and parsing IPv4/IPv6 + TCP/UDP/ICMP (and VXLAN's inner packet).
  * Expects before inclusion: podtrace.h, pt_filter_match() (tracer/pcapfilter.py), and these maps:
- *   events (ring buffer), counters (per-CPU u64[PT_CNT_MAX]), scratch (per-CPU struct pt_scratch[1]).
+ *   events (ring buffer), counters (per-CPU u64[PT_CNT_SLOTS]), scratch (per-CPU struct pt_scratch[1]).
  */
 #ifndef PODTRACE_SKB_H
 #define PODTRACE_SKB_H
@@ -19,12 +19,20 @@
 #define PT_VXLAN_PORT_B 4789 /* IANA */
 #endif
 
-static __always_inline void pt_count(__u32 index)
+#ifndef PT_PROBE
+#define PT_PROBE PT_PROBE_OTHER
+#endif
+
+/* One counter of one probe (PT_PROBE_*). Callers write pt_count(PT_CNT_*): the macro takes the probe of the
+ * program source it appears in; helpers below take it as a parameter, passed on by their macros. */
+static __always_inline void pt_count_in(__u32 probe, __u32 counter)
 {
+	__u32 index = probe * PT_CNT_MAX + counter;
 	__u64 *value = counters.lookup(&index);
 	if (value)
 		*value += 1;
 }
+#define pt_count(counter) pt_count_in(PT_PROBE, counter)
 
 struct pt_skb_info {
 	__u32 len;
@@ -56,7 +64,8 @@ static __always_inline __u32 pt_netns_of(void *skb, void *dev)
 }
 
 /* Copy up to PT_SNAP_LEN bytes from the network header into scratch; returns the byte count or 0. */
-static __always_inline __u32 pt_snapshot(void *skb, struct pt_scratch *s, struct pt_skb_info *info)
+#define pt_snapshot(skb, s, info) pt_snapshot_in(PT_PROBE, skb, s, info)
+static __always_inline __u32 pt_snapshot_in(__u32 probe, void *skb, struct pt_scratch *s, struct pt_skb_info *info)
 {
 	unsigned char *head = 0, *data = 0;
 	__u16 network_header = 0, protocol = 0;
@@ -89,7 +98,7 @@ static __always_inline __u32 pt_snapshot(void *skb, struct pt_scratch *s, struct
 	/* A constant-size read keeps the verifier simple. Bytes past tail are still inside the head
 	 * allocation (skb_shared_info follows it) and are never interpreted: avail bounds every parse. */
 	if (bpf_probe_read_kernel(s->buf, PT_SNAP_LEN, start) < 0) {
-		pt_count(PT_CNT_READ_FAIL);
+		pt_count_in(probe, PT_CNT_READ_FAIL);
 		return 0;
 	}
 	info->snap_len = avail;
@@ -230,7 +239,8 @@ struct pt_rate {
 BPF_PERCPU_ARRAY(path_rate, struct pt_rate, 1);
 
 /* Per-CPU cap of PT_PATH_RATE sampled events per second; what it skips is counted (PT_CNT_SAMPLED). */
-static __always_inline int pt_rate_allows(void)
+#define pt_rate_allows() pt_rate_allows_in(PT_PROBE)
+static __always_inline int pt_rate_allows_in(__u32 probe)
 {
 	__u32 zero = 0;
 	struct pt_rate *rate = path_rate.lookup(&zero);
@@ -242,11 +252,34 @@ static __always_inline int pt_rate_allows(void)
 		rate->count = 0;
 	}
 	if (rate->count >= PT_PATH_RATE) {
-		pt_count(PT_CNT_SAMPLED);
+		pt_count_in(probe, PT_CNT_SAMPLED);
 		return 0;
 	}
 	rate->count++;
 	return 1;
+}
+
+#ifdef PT_NFKPROBE
+/* Key of the nf_hook_slow call in progress (bpf/nfkprobe.c): the task, or the CPU for idle tasks (pid 0 on
+ * every CPU), where received packets run in softirq. */
+static __always_inline __u64 pt_nfk_key(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	return (id >> 32) ? id : bpf_get_smp_processor_id();
+}
+#endif
+
+/* floor(log2(v)) without a loop, capped at the last slot. */
+static __always_inline __u32 pt_log2(__u64 v)
+{
+	__u32 r = 0, shift;
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r < PT_NF_HIST_SLOTS ? r : PT_NF_HIST_SLOTS - 1;
 }
 
 #ifndef PT_RB_WAKE_EVERY
@@ -270,29 +303,81 @@ static __always_inline __u64 pt_wakeup(void)
 	return BPF_RB_FORCE_WAKEUP;
 }
 
+#ifdef PT_NFKPROBE
+/* One verdict event for a packet a table or chain dropped (bpf/nfkprobe.c); s/info/avail: its snapshot. */
+#define pt_nfk_verdict(skb, t, verdict, key, s, info, avail) \
+	pt_nfk_verdict_in(PT_PROBE, skb, t, verdict, key, s, info, avail)
+static __always_inline void pt_nfk_verdict_in(__u32 probe, void *skb, struct pt_nfk_table *t, __u32 verdict,
+					      __u64 key, struct pt_scratch *s, struct pt_skb_info *info, __u32 avail)
+{
+	struct pt_nf_verdict_event *ev = events.ringbuf_reserve(sizeof(struct pt_nf_verdict_event));
+	if (!ev) {
+		pt_count_in(probe, PT_CNT_LOST);
+		return;
+	}
+	__u64 *words = (__u64 *)ev;
+#pragma unroll
+	for (int i = 0; i < sizeof(*ev) / 8; i++)
+		words[i] = 0;
+	ev->type = PT_EVENT_NF_VERDICT;
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->skb = (__u64)skb;
+	ev->netns = info->netns;
+	ev->verdict = verdict;
+	ev->source = t->source;
+	ev->len = info->len;
+	ev->hook = 0xf;
+	struct pt_nfk_call *call = nfk_calls.lookup(&key);
+	if (call && call->skb == (__u64)skb) {
+		ev->hook = call->hook;
+		ev->pf = call->pf;
+		ev->hook_ns = ev->ts_ns - call->entry_ns;
+	}
+	/* Word copies: a 32-byte __builtin_memcpy may become a libc call. */
+	__u64 *from = (__u64 *)t->table, *to = (__u64 *)ev->table;
+#pragma unroll
+	for (int i = 0; i < 2 * PT_NFK_NAME / 8; i++) /* table and chain are adjacent in both structs */
+		to[i] = from[i];
+	pt_parse_ip(s->buf, 0, avail, &ev->tuple);
+	events.ringbuf_submit(ev, pt_wakeup());
+	pt_count_in(probe, PT_CNT_EVENTS);
+}
+#endif
+
 /* The whole per-packet step: filters first, then an event on the ring buffer. */
-static __always_inline int pt_emit(void *skb, __u32 type, __u32 reason, __u64 location, int sampled)
+#define pt_emit(skb, type, reason, location, sampled) pt_emit_in(PT_PROBE, skb, type, reason, location, sampled)
+static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 reason, __u64 location,
+				      int sampled)
 {
 	__u32 zero = 0;
 	struct pt_skb_info info = {};
-	pt_count(PT_CNT_SEEN);
+	pt_count_in(probe, PT_CNT_SEEN);
 	struct pt_scratch *s = scratch.lookup(&zero);
 	if (!s)
 		return 0;
 	if (!pt_wanted(skb, &info)) {
-		pt_count(PT_CNT_FILTERED);
+		pt_count_in(probe, PT_CNT_FILTERED);
 		return 0;
 	}
-	__u32 avail = pt_snapshot(skb, s, &info);
+	__u32 avail = pt_snapshot_in(probe, skb, s, &info);
 	if (!pt_filter_match(s->buf, avail, info.len)) {
-		pt_count(PT_CNT_FILTERED);
+		pt_count_in(probe, PT_CNT_FILTERED);
 		return 0;
 	}
-	if (sampled && !pt_rate_allows())
+	if (sampled && !pt_rate_allows_in(probe))
 		return 0;
+#ifdef PT_NFKPROBE
+	if (type == PT_EVENT_DROP) {
+		__u64 key = pt_nfk_key();
+		struct pt_nfk_table *t = nfk_tables.lookup(&key);
+		if (t && t->skb == (__u64)skb) /* freed inside the table call (NF_DROP_REASON): its verdict first */
+			pt_nfk_verdict_in(probe, skb, t, 0, key, s, &info, avail);
+	}
+#endif
 	struct pt_packet_event *ev = events.ringbuf_reserve(sizeof(struct pt_packet_event));
 	if (!ev) {
-		pt_count(PT_CNT_LOST);
+		pt_count_in(probe, PT_CNT_LOST);
 		return 0;
 	}
 	/* Ring buffer memory is not zeroed; an unrolled word loop, since a large memset becomes a libc call. */
@@ -312,9 +397,17 @@ static __always_inline int pt_emit(void *skb, __u32 type, __u32 reason, __u64 lo
 			ev->nf_point = st->point + 1;
 	}
 #endif
+#ifdef PT_NFKPROBE
+	if (type == PT_EVENT_DROP) {
+		__u64 key = pt_nfk_key();
+		struct pt_nfk_call *call = nfk_calls.lookup(&key);
+		if (call && call->skb == (__u64)skb) /* freed by nf_hook_slow: a hook's verdict */
+			ev->nf_point = PT_NFK_POINT(call->pf, call->hook);
+	}
+#endif
 	pt_fill(ev, skb, s, &info, avail);
 	events.ringbuf_submit(ev, pt_wakeup());
-	pt_count(PT_CNT_EVENTS);
+	pt_count_in(probe, PT_CNT_EVENTS);
 	return 0;
 }
 

@@ -18,7 +18,10 @@
 #define PT_SIRQ_TX_RUN 1
 #define PT_SIRQ_RX_WAIT 2
 #define PT_SIRQ_RX_RUN 3
-#define PT_SIRQ_HISTS 4
+/* The subset of waits whose handler ran in ksoftirqd: deferred work that competes with tasks for the CPU, so the
+ * only waits CPU starvation lengthens (irq exit and local_bh_enable run softirqs inline). 4 + (vec == NET_RX). */
+#define PT_SIRQ_TX_WAIT_KSOFTIRQD 4
+#define PT_SIRQ_HISTS 6
 
 /* napi index */
 #define PT_NAPI_POLLS 0
@@ -74,21 +77,32 @@ static __always_inline void pt_sirq_record(__u32 index, __u64 delta)
 		h->max_ns = delta;
 }
 
-static __always_inline struct pt_sirq_times *pt_sirq_state(void)
+/* The prologue every softirq handler shares: NET_TX/NET_RX only, this CPU's timestamps, the [0]/[1] index.
+ * Returns 0 for other vectors (or a failed lookup, which cannot happen for index 0 of a per-CPU array). */
+static __always_inline struct pt_sirq_times *pt_sirq_net(__u32 vec, __u32 *i)
 {
 	__u32 zero = 0;
+	if (vec != PT_SIRQ_VEC_NET_TX && vec != PT_SIRQ_VEC_NET_RX)
+		return 0;
+	*i = vec == PT_SIRQ_VEC_NET_RX;
 	return sirq_times.lookup(&zero);
+}
+
+/* handle_softirqs runs in the ksoftirqd/N thread (run_ksoftirqd) or inline in whatever task was interrupted. */
+static __always_inline int pt_in_ksoftirqd(void)
+{
+	char comm[16] = {};
+	bpf_get_current_comm(comm, sizeof(comm));
+	return comm[0] == 'k' && comm[1] == 's' && comm[2] == 'o' && comm[3] == 'f' && comm[4] == 't' &&
+	       comm[5] == 'i' && comm[6] == 'r' && comm[7] == 'q' && comm[8] == 'd' && comm[9] == '/';
 }
 
 TRACEPOINT_PROBE(irq, softirq_raise)
 {
-	__u32 vec = args->vec;
-	if (vec != PT_SIRQ_VEC_NET_TX && vec != PT_SIRQ_VEC_NET_RX)
-		return 0;
-	struct pt_sirq_times *t = pt_sirq_state();
+	__u32 i = 0;
+	struct pt_sirq_times *t = pt_sirq_net(args->vec, &i);
 	if (!t)
 		return 0;
-	__u32 i = vec == PT_SIRQ_VEC_NET_RX;
 	/* Raising an already pending softirq is a no-op for the kernel: the wait starts at the first raise. */
 	if (!t->raised[i])
 		t->raised[i] = bpf_ktime_get_ns();
@@ -97,37 +111,34 @@ TRACEPOINT_PROBE(irq, softirq_raise)
 
 TRACEPOINT_PROBE(irq, softirq_entry)
 {
-	__u32 vec = args->vec;
-	if (vec != PT_SIRQ_VEC_NET_TX && vec != PT_SIRQ_VEC_NET_RX)
-		return 0;
-	struct pt_sirq_times *t = pt_sirq_state();
+	__u32 i = 0;
+	struct pt_sirq_times *t = pt_sirq_net(args->vec, &i);
 	if (!t)
 		return 0;
-	__u32 i = vec == PT_SIRQ_VEC_NET_RX;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 raised = t->raised[i];
 	/* The pending bit is cleared before handlers run (handle_softirqs), so a raise from now on is a new wait. */
 	t->raised[i] = 0;
 	t->entered[i] = now;
-	if (raised && now >= raised)
-		pt_sirq_record(i * 2 + 0, now - raised);
+	if (raised && now >= raised) {
+		pt_sirq_record(i * 2 + PT_SIRQ_TX_WAIT, now - raised);
+		if (pt_in_ksoftirqd())
+			pt_sirq_record(PT_SIRQ_TX_WAIT_KSOFTIRQD + i, now - raised);
+	}
 	return 0;
 }
 
 TRACEPOINT_PROBE(irq, softirq_exit)
 {
-	__u32 vec = args->vec;
-	if (vec != PT_SIRQ_VEC_NET_TX && vec != PT_SIRQ_VEC_NET_RX)
-		return 0;
-	struct pt_sirq_times *t = pt_sirq_state();
+	__u32 i = 0;
+	struct pt_sirq_times *t = pt_sirq_net(args->vec, &i);
 	if (!t)
 		return 0;
-	__u32 i = vec == PT_SIRQ_VEC_NET_RX;
 	__u64 entered = t->entered[i];
 	t->entered[i] = 0;
 	__u64 now = bpf_ktime_get_ns();
 	if (entered && now >= entered)
-		pt_sirq_record(i * 2 + 1, now - entered);
+		pt_sirq_record(i * 2 + PT_SIRQ_TX_RUN, now - entered);
 	return 0;
 }
 

@@ -8,6 +8,7 @@ import sys
 
 from tracer.aggregate import DropTable
 from tracer.events import PacketEvent
+from tracer.nfverdict import NfAttribution
 from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
 from tracer.session import add_trace_options, run_session
 
@@ -51,9 +52,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_drops(args: argparse.Namespace) -> int:
     table = DropTable()
+    verdicts = NfAttribution()  # netfilter table and chain of each drop, on kernels with kprobes
 
-    source, names, count = run_session(args, path=False, on_raw=table.add_raw)
-    rows = drop_rows(table, names)
+    def on_raw(data: bytes) -> None:
+        table.add_raw(data)
+        verdicts.add_raw(data)
+
+    source, names, count = run_session(args, path=False, on_raw=on_raw)
+    rows = drop_rows(table, names, verdicts)
     counters = source.final_counters
     if args.json:
         for row in rows:

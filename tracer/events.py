@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 EVENT_DROP = 1
 EVENT_PATH = 2
+EVENT_ICMP = 4  # an ICMP error the node sent: the offending packet; reason = type << 8 | code, location = MTU
 
 POINT_RX = 1
 POINT_QUEUE = 2
@@ -34,6 +35,9 @@ FLAG_PARSED = 0x04
 
 # Counter indexes (PT_CNT_*).
 COUNTERS = ("seen", "filtered", "events", "lost", "sampled", "read_fail")
+CNT_MAX = 8  # PT_CNT_MAX: counters per probe in the counters array
+# PT_PROBE_*: the counters array holds CNT_MAX counters per probe (index = probe * CNT_MAX + counter).
+PROBES = ("other", "drops", "path", "netfilter", "tc", "icmp", "nf_kprobe", "overlay_kprobe", "ipvs_kprobe")
 
 SNAP_LEN = 256
 EVENT_SNAP = 128
@@ -229,8 +233,100 @@ def decode_nat(data: bytes | bytearray | memoryview) -> NatEvent:
     return NatEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6], Tuple(*f[7:17]), Tuple(*f[17:27]))
 
 
-def decode_any(data: bytes) -> PacketEvent | NatEvent:
+def decode_any(data: bytes) -> PacketEvent | NatEvent | NfVerdictEvent:
     """Dispatch on the leading type field (every event struct starts with __u32 type)."""
     if data[0] == EVENT_NAT:
         return decode_nat(data)
+    if data[0] == EVENT_NF_VERDICT:
+        return decode_verdict(data)
     return decode(data)
+
+
+# -- netfilter verdicts from kprobes (bpf/nfkprobe.c) --------------------------------------------------------
+#
+#   struct pt_nf_verdict_event {
+#       __u32 type; __u32 cpu; __u64 ts_ns; __u64 skb; __u64 hook_ns; __u32 netns; __u32 verdict;
+#       __u8 hook; __u8 pf; __u8 source; __u8 pad; __u32 len; char table[32]; char chain[32];
+#       struct pt_tuple tuple; __u32 pad2;
+#   };  /* 160 bytes */
+
+EVENT_NF_VERDICT = 5
+NFK_IPTABLES = 1
+NFK_NFTABLES = 2
+NFK_HOOK = 3
+NFK_NAME = 32
+VERDICT_FIELDS = (
+    ("type", "I"),
+    ("cpu", "I"),
+    ("ts_ns", "Q"),
+    ("skb", "Q"),
+    ("hook_ns", "Q"),
+    ("netns", "I"),
+    ("verdict", "I"),
+    ("hook", "B"),
+    ("pf", "B"),
+    ("source", "B"),
+    ("pad", "B"),
+    ("len", "I"),
+    ("table", f"{NFK_NAME}s"),
+    ("chain", f"{NFK_NAME}s"),
+)
+VERDICT_FORMAT = "<" + "".join(fmt for _, fmt in VERDICT_FIELDS) + TUPLE_FORMAT + "I"
+VERDICT_STRUCT = struct.Struct(VERDICT_FORMAT)
+VERDICT_SIZE = VERDICT_STRUCT.size  # 160
+
+# Kprobe path points (PT_POINT_* in bpf/podtrace.h, bpf/overlay.c).
+POINT_VXLAN_RCV = 6
+POINT_VXLAN_XMIT = 7
+POINT_FRAGMENT = 8
+POINT_NAMES.update({POINT_VXLAN_RCV: "vxlan-rcv", POINT_VXLAN_XMIT: "vxlan-xmit", POINT_FRAGMENT: "fragment"})
+
+
+def verdict_offsets() -> dict[str, int]:
+    """Byte offset of every field of struct pt_nf_verdict_event (for the layout cross-check)."""
+    offsets: dict[str, int] = {}
+    position = 0
+    for name, fmt in VERDICT_FIELDS:
+        offsets[name] = position
+        position += struct.calcsize("<" + fmt)
+    offsets["tuple"] = position
+    return offsets
+
+
+@dataclass(frozen=True, slots=True)
+class NfVerdictEvent:
+    """struct pt_nf_verdict_event: the verdict a netfilter table, chain or hook gave a packet."""
+
+    type: int
+    cpu: int
+    ts_ns: int
+    skb: int
+    hook_ns: int
+    netns: int
+    verdict: int  # NF_DROP 0, NF_ACCEPT 1, ...
+    hook: int  # NF_INET_*
+    pf: int  # NFPROTO_*
+    source: int  # NFK_*
+    len: int
+    table: str
+    chain: str
+    tuple: Tuple
+
+    is_drop = False
+
+
+def decode_verdict(data: bytes | bytearray | memoryview) -> NfVerdictEvent:
+    if len(data) < VERDICT_SIZE:
+        raise ValueError(f"verdict event is {len(data)} bytes, expected {VERDICT_SIZE}")
+    f = VERDICT_STRUCT.unpack_from(data)
+
+    def text(raw: bytes) -> str:
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+    return NfVerdictEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[11], text(f[12]),
+                          text(f[13]), Tuple(*f[14:24]))
+
+
+# Each event type's struct size: the ring-buffer reader checks records against it.
+EVENT_SIZES = {EVENT_DROP: EVENT_SIZE, EVENT_PATH: EVENT_SIZE, EVENT_NAT: NAT_SIZE, EVENT_ICMP: EVENT_SIZE,
+               EVENT_NF_VERDICT: VERDICT_SIZE}

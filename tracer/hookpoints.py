@@ -140,6 +140,8 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         core=False,
         candidates=(
             _c(M.KPROBE, "ip_do_fragment", gives="every local fragmentation"),
+            # bpf/icmp.c (6.13+): each frag-needed/reassembly error sent, with the offending packet and quoted MTU.
+            # Without it, tracer/live.py falls back to frag-needed packets seen queued on devices (path events).
             _c(M.TRACEPOINT, "icmp:icmp_send", gives="ICMP errors sent; fragments seen on transmit only"),
         ),
         unseen="fragmentation and frag-needed; MTU drops still show as drop reasons",

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import os
 from typing import Any
 
-from tracer import bccenv, netfilter, nflink, tc
+from tracer import bccenv, kernelfs, netfilter, nflink, tc
 from tracer.btf import Btf
 from tracer.errors import KernelError
-from tracer.events import COUNTERS, EVENT_NAT, EVENT_SIZE, NAT_SIZE, NatEvent, PacketEvent, decode, decode_any
+from tracer.events import (
+    CNT_MAX,
+    COUNTERS,
+    EVENT_SIZE,
+    EVENT_SIZES,
+    PROBES,
+    NatEvent,
+    NfVerdictEvent,
+    PacketEvent,
+    decode,
+    decode_any,
+)
+from tracer.kprobes import attach_list
+from tracer.ksyms import KernelSymbols
 from tracer.probes import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.progress import Progress
 
@@ -18,13 +33,23 @@ ATTACHES = {
     "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue"],
     "netfilter": [],  # links are created in _attach_netfilter
     "tc": [],  # filters are added in _attach_tc
+    "nf_kprobe": [],  # kprobes are attached in _attach_kprobes
+    "overlay_kprobe": [],
+    "ipvs_kprobe": [],
+    "icmp": ["tracepoint icmp:icmp_send"],
 }
+ICMP_TRACEPOINT_ABSENT = ("no tracepoint icmp:icmp_send on this kernel (6.13+): frag-needed is seen only as ICMP "
+                          "packets on the path, without the offending packet")
 
 
 class LiveSource:
     """Events from the running kernel. Use as a context manager; `poll()` returns what arrived."""
 
     def __init__(self, config: ProbeConfig, btf_path: str | None = None) -> None:
+        self.warnings: list[str] = []  # what was asked for but not attached, and what that loses
+        if config.icmp and not _tracepoint_exists("icmp", "icmp_send"):
+            config = dataclasses.replace(config, icmp=False)  # the ladder's fallback: path events only
+            self.warnings.append(ICMP_TRACEPOINT_ABSENT)
         self.config = config
         self.btf = Btf.load(btf_path)
         self.reasons = drop_reasons(self.btf)
@@ -34,6 +59,7 @@ class LiveSource:
         self.decode_errors = 0
         self.attached: list[str] = []
         self.final_counters: dict[str, int] = {}
+        self.final_probe_counters: dict[str, dict[str, int]] = {}
         self._links: list[nflink.NetfilterLink] = []
         self._tc: list[tc.TcAttachment] = []
 
@@ -54,7 +80,38 @@ class LiveSource:
             self._attach_netfilter()
         if self.config.tc_interfaces:
             self._attach_tc()
+        if self.config.kprobes:
+            self._attach_kprobes()
         self._bpf["events"].open_ring_buffer(self._on_event)
+
+    def _attach_kprobes(self) -> None:
+        """The kprobe programs of config.kprobes whose function is in this kernel (tracer/kprobes.py)."""
+        for probe in attach_list(self.config.kprobes, self.build.cflags, KernelSymbols.load()):
+            with bccenv.captured_stderr() as errors:
+                try:
+                    if probe.ret:
+                        self._bpf.attach_kretprobe(event=probe.function, fn_name=probe.program)
+                    else:
+                        self._bpf.attach_kprobe(event=probe.function, fn_name=probe.program)
+                except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                    detail = next((line for line in errors if line.strip()), str(err))
+                    raise KernelError(f"kprobe on {probe.function} failed: {detail.strip()}",
+                                      "run `podtrace doctor` to see what this kernel allows") from err
+            self.attached.append(f"{'kretprobe' if probe.ret else 'kprobe'} {probe.function}")
+
+    def nfk_histograms(self) -> dict[tuple[int, int], list[int]]:
+        """(family row 0 IPv4 / 1 IPv6 / 2 other, hook) -> log2-ns histogram of time in nf_hook_slow (kprobes)."""
+        if self._bpf is None or "netfilter" not in self.config.kprobes:
+            return {}
+        table = self._bpf["nfk_hist"]
+        result: dict[tuple[int, int], list[int]] = {}
+        for row in range(3):
+            for hook in range(5):
+                base = (row * 5 + hook) * netfilter.HIST_SLOTS
+                buckets = [int(sum(table.getvalue(table.Key(base + slot)))) for slot in range(netfilter.HIST_SLOTS)]
+                if any(buckets):
+                    result[(row, hook)] = buckets
+        return result
 
     def _attach_tc(self) -> None:
         bcc = bccenv.bcc_module()
@@ -83,10 +140,21 @@ class LiveSource:
             self.attached.append(f"netfilter links at {len(links)} points in {netns or 'this namespace'}")
 
     def nat_flows(self) -> list[tuple[Any, Any]]:
-        """(struct pt_nat_key, struct pt_nat_stats) pairs of every NAT rewrite seen so far."""
-        if self._bpf is None or not self.config.netfilter:
+        """(struct pt_nat_key, struct pt_nat_stats) pairs of every NAT rewrite seen so far, IPVS's included."""
+        if self._bpf is None:
             return []
-        return list(self._bpf["nat_flows"].items())
+        links = list(self._bpf["nat_flows"].items()) if self.config.netfilter else []
+        return links + self.ipvs_flows()
+
+    def ipvs_flows(self) -> list[tuple[Any, Any]]:
+        """IPVS records from bpf/ipvs.c, keyed like nat_flows: connections, NAT transmits, replies (kprobes)."""
+        if self._bpf is None or "ipvs_kprobe" not in self.build.programs:
+            return []
+        try:
+            table = self._bpf["ipvs_flows"]
+        except KeyError:  # compiled without the ip_vs module's BTF (module not loaded): nothing was traced
+            return []
+        return list(table.items())
 
     def nf_histograms(self) -> dict[int, list[int]]:
         """Closing netfilter point -> log2-ns histogram of time spent in that hook, summed over CPUs."""
@@ -112,23 +180,37 @@ class LiveSource:
         # is drained here, so a poll's timeout is also the longest an event waits.
         self._bpf.ring_buffer_consume()
         batch, self._pending = self._pending, []
-        complete = [raw for raw in batch if len(raw) >= (NAT_SIZE if raw[0] == EVENT_NAT else EVENT_SIZE)]
+        complete = [raw for raw in batch if len(raw) >= EVENT_SIZES.get(raw[0], EVENT_SIZE)]
         self.decode_errors += len(batch) - len(complete)
         return complete
 
     def poll(self, timeout_ms: int = 100) -> list[PacketEvent]:
         """Drop and path events (NAT events, when netfilter is traced, come from poll_all)."""
-        return [decode(raw) for raw in self.poll_raw(timeout_ms) if raw[0] != EVENT_NAT]
+        return [decode(raw) for raw in self.poll_raw(timeout_ms) if EVENT_SIZES.get(raw[0], EVENT_SIZE) == EVENT_SIZE]
 
-    def poll_all(self, timeout_ms: int = 100) -> list[PacketEvent | NatEvent]:
+    def poll_all(self, timeout_ms: int = 100) -> list[PacketEvent | NatEvent | NfVerdictEvent]:
         return [decode_any(raw) for raw in self.poll_raw(timeout_ms)]
 
     def counters(self) -> dict[str, int]:
-        table = self._bpf["counters"]
-        totals = {}
-        for index, name in enumerate(COUNTERS):
-            totals[name] = int(sum(table.getvalue(table.Key(index))))
+        """Each counter summed over probes and CPUs."""
+        totals = dict.fromkeys(COUNTERS, 0)
+        for per_probe in self.probe_counters().values():
+            for name, value in per_probe.items():
+                totals[name] += value
         return totals
+
+    def probe_counters(self) -> dict[str, dict[str, int]]:
+        """Probe (events.PROBES) -> counter -> value summed over CPUs; probes with all counters at 0 are left out."""
+        if self._bpf is None:
+            return dict(self.final_probe_counters)
+        table = self._bpf["counters"]
+        result: dict[str, dict[str, int]] = {}
+        for probe_index, probe in enumerate(PROBES):
+            values = {name: int(sum(table.getvalue(table.Key(probe_index * CNT_MAX + index))))
+                      for index, name in enumerate(COUNTERS)}
+            if any(values.values()):
+                result[probe] = values
+        return result
 
     def close(self) -> None:
         for attachment in self._tc:
@@ -138,6 +220,7 @@ class LiveSource:
             link.close()
         self._links = []
         if self._bpf is not None:
+            self.final_probe_counters = self.probe_counters()
             self.final_counters = self.counters()
             self._bpf.cleanup()
             self._bpf = None
@@ -148,6 +231,11 @@ class LiveSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _tracepoint_exists(category: str, event: str) -> bool:
+    root = kernelfs.tracefs_path()
+    return root is not None and os.path.isdir(os.path.join(root, "events", category, event))
 
 
 class _Quiet:

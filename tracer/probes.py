@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from bpf import BPF_DIR
 from tracer.btf import Btf
 from tracer.errors import KernelError, UsageError
+from tracer.events import PROBES
+from tracer.modbtf import ModuleBtf, kprobe_cflags
 from tracer.pcapfilter import CompiledFilter, match_all
 
 # -D macro, struct, member path, the size the C code reads.
@@ -37,7 +39,15 @@ NF_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (("PT_OFF_NF_HOOK_STATE_
 
 DROP_REASON_ENUM = "skb_drop_reason"
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
-SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "tc": "tc.c"}
+SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "tc": "tc.c", "icmp": "icmp.c",
+           "nf_kprobe": "nfkprobe.c", "overlay_kprobe": "overlay.c", "ipvs_kprobe": "ipvs.c"}
+# Read only by bpf/icmp.c (the MTU a frag-needed quotes): the dst of the offending packet.
+ICMP_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
+    ("PT_OFF_SK_BUFF_SKB_REFDST", "sk_buff", "_skb_refdst", 8),
+    ("PT_OFF_DST_ENTRY_DEV", "dst_entry", "dev", 8),
+    ("PT_OFF_DST_ENTRY_METRICS", "dst_entry", "_metrics", 8),
+    ("PT_OFF_NET_DEVICE_MTU", "net_device", "mtu", 4),
+)
 
 
 @dataclass
@@ -53,6 +63,9 @@ class ProbeConfig:
     netfilter_netns: tuple[str | None, ...] = (None,)
     ringbuf_pages: int = 256  # 1 MiB: about 3500 events of headroom per poll
     path_rate: int = 20000  # path events per second per CPU
+    # concerns whose kprobe programs are loaded ("netfilter", "vxlan", "fragmentation"; tracer/kprobes.py)
+    kprobes: tuple[str, ...] = ()
+    icmp: bool = False  # icmp:icmp_send: frag-needed and reassembly time-exceeded the node sends (bpf/icmp.c)
 
 
 @dataclass
@@ -109,8 +122,14 @@ def btf_cflags(btf: Btf, extra: tuple[tuple[str, str, str, int], ...] = ()) -> l
     return flags
 
 
+def probe_id(program: str) -> int:
+    """PT_PROBE_* of a program (events.PROBES); programs not listed there count under "other"."""
+    return PROBES.index(program) if program in PROBES else 0
+
+
 def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
-    cflags = [f"-I{BPF_DIR}", *btf_cflags(btf, NF_BTF_OFFSETS if config.netfilter else ())]
+    extra = (*(ICMP_BTF_OFFSETS if config.icmp else ()), *(NF_BTF_OFFSETS if config.netfilter else ()))
+    cflags = [f"-I{BPF_DIR}", *btf_cflags(btf, extra)]
     cflags.append(f"-DPT_PATH_RATE={config.path_rate}")
     if config.netns_inode is not None:
         cflags.append(f"-DPT_FILTER_NETNS={config.netns_inode}U")
@@ -118,20 +137,30 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         low, high = _ifname_words(config.ifname)
         cflags += [f"-DPT_FILTER_IFNAME_LO={low}ULL", f"-DPT_FILTER_IFNAME_HI={high}ULL"]
     wanted = (("drops", config.drops), ("path", config.path), ("netfilter", config.netfilter),
-              ("tc", bool(config.tc_interfaces)))
+              ("tc", bool(config.tc_interfaces)), ("icmp", config.icmp))
     programs = [name for name, enabled in wanted if enabled]
     if config.netfilter:
         cflags.append("-DPT_NETFILTER=1")
+    if config.kprobes:
+        cflags += kprobe_cflags(ModuleBtf(btf, btf.path), config.kprobes)
+        programs += [name for name, concerns in (("nf_kprobe", ("netfilter",)),
+                                                 ("overlay_kprobe", ("vxlan", "fragmentation")),
+                                                 ("ipvs_kprobe", ("ipvs",)))
+                     if set(concerns) & set(config.kprobes)]
     parts = [
         '#include "podtrace.h"',
         f"BPF_RINGBUF_OUTPUT(events, {config.ringbuf_pages});",
-        "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_MAX);",
+        "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_SLOTS);",
         "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
         'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if config.netfilter else "",
+        "BPF_HASH(nfk_calls, __u64, struct pt_nfk_call, 4096);\n"
+        "BPF_HASH(nfk_tables, __u64, struct pt_nfk_table, 4096);" if "netfilter" in config.kprobes else "",
         f"// filter: {config.filter.expression or '(none)'}",
         config.filter.c_source,
         # Inlined, not #included: BCC rewrites map calls (counters.lookup) only in the main source text.
         (BPF_DIR / "skb.h").read_text(),
     ]
-    parts += [(BPF_DIR / SOURCES[name]).read_text() for name in programs]
+    # Each program's pt_count() calls count under its own probe (PT_PROBE_* in podtrace.h, events.PROBES).
+    parts += [f"#undef PT_PROBE\n#define PT_PROBE {probe_id(name)}\n{(BPF_DIR / SOURCES[name]).read_text()}"
+              for name in programs]
     return ProbeBuild("\n".join(parts) + "\n", cflags, programs)

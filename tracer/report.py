@@ -12,7 +12,8 @@ from typing import Any, TextIO
 
 from tracer.aggregate import DropTable
 from tracer.events import POINT_NAMES, PacketEvent, Tuple
-from tracer.netfilter import last_point_label
+from tracer.nfverdict import NfAttribution, hook_label
+from tracer.nfverdict import describe as describe_verdict
 
 
 @dataclass
@@ -38,7 +39,8 @@ def _endpoint(t: Tuple, addr: str, port: int) -> str:
     return addr
 
 
-def drop_rows(table: DropTable, names: Resolver) -> list[dict[str, Any]]:
+def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None = None) -> list[dict[str, Any]]:
+    """One row per drop group; `verdicts` (kprobe kernels) adds the netfilter table and chain that dropped it."""
     rows = []
     for key, row in table.sorted_groups():
         event = row.last_event
@@ -56,12 +58,15 @@ def drop_rows(table: DropTable, names: Resolver) -> list[dict[str, Any]]:
             "netns": names.netns(key[2]),
             "netns_inode": key[2],
             "ifname": row.ifname or "-",
-            "hook": last_point_label(event.nf_point),
+            "hook": hook_label(event.nf_point),
             "first_seen": round(names.wall(row.first_ns), 6),
             "last_seen": round(names.wall(row.last_ns), 6),
             "inner": event.inner.describe() if event.inner else None,
             "vni": event.vni if event.inner else None,
         })
+        verdict = verdicts.for_drop(event) if verdicts else None
+        if verdict is not None:
+            rows[-1].update(describe_verdict(verdict))
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import signal
 import sys
 import time
@@ -12,47 +13,67 @@ from types import FrameType
 
 from tracer import bccenv
 from tracer.errors import UsageError
-from tracer.events import EVENT_NAT, PacketEvent, decode
+from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode
+from tracer.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
 from tracer.pcapfilter import compile_filter
 from tracer.probes import ProbeConfig
 from tracer.report import Resolver
 
+PACKET_EVENTS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == EVENT_SIZE)
 
-def add_trace_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("filter", nargs="*", metavar="FILTER",
-                        help="tcpdump (pcap-filter) expression, run in the kernel, e.g. 'tcp port 80'")
+
+FILTER_HELP = "tcpdump (pcap-filter) expression, run in the kernel, e.g. 'tcp port 80'"
+
+
+def add_probe_options(parser: argparse.ArgumentParser, filter_help: str = FILTER_HELP) -> None:
+    """What every live command (the tracing commands and the TUI) asks the probes for."""
+    parser.add_argument("filter", nargs="*", metavar="FILTER", help=filter_help)
     parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
     parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
+
+
+def add_trace_options(parser: argparse.ArgumentParser) -> None:
+    add_probe_options(parser)
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tc", action="append", metavar="[NETNS/]IF", default=[],
                         help="also trace path events with tc ingress/egress programs on this interface (repeatable)")
     # Read the ring buffer in batches every MS instead of waking per event (tests use it to overflow it).
     parser.add_argument("--poll-interval", type=float, default=0, metavar="MS", help=argparse.SUPPRESS)
 
 
-def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False) -> ProbeConfig:
+def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, icmp: bool = False) -> ProbeConfig:
     expression = " ".join(args.filter)
     pages = args.ringbuf_pages
     if pages < 1 or pages & (pages - 1):
         raise UsageError(f"--ringbuf-pages {pages} is not a power of two")
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
+    # The kprobe side of the attach ladder (kernels with kprobes): netfilter verdicts with table and chain for
+    # every session; VXLAN and fragmentation kprobes with the path events.
+    # IPVS kprobes (bpf/ipvs.c) with Service flows: kube-proxy's IPVS mode never passes netfilter's NAT.
+    kprobes = choose_live((CONCERNS if path else ("netfilter",)) + (("ipvs",) if netfilter else ()))
+    if netfilter and not netfilter_links_possible():
+        sys.stderr.write(f"podtrace: kernel {platform.release()} has no BPF netfilter links (6.4+): no per-packet "
+                         "NAT tuples" + (", netfilter verdicts from kprobes" if kprobes else "") + "\n")
+        netfilter = False
     return ProbeConfig(
         filter=compile_filter(expression),
         netns_inode=netns_inode(args.netns) if args.netns and not netfilter else None,
         netfilter=netfilter,
+        kprobes=kprobes,
         tc_interfaces=tuple(getattr(args, "tc", None) or ()),
         netfilter_netns=tuple(getattr(args, "node", None) or [args.netns]) if netfilter else (None,),
         ifname=args.ifname,
         path=path,
         ringbuf_pages=pages,
+        icmp=icmp,
     )
 
 
@@ -77,12 +98,13 @@ def run_session(
     on_tick: Callable[[LiveSource], None] | None = None,
     netfilter: bool = False,
     before_close: Callable[[LiveSource], None] | None = None,
+    icmp: bool = False,
 ) -> tuple[LiveSource, Resolver, int]:
     """Trace until --duration or a signal; returns the closed source, its resolver and the event count.
 
     on_start runs once the probes are attached (before --ready-file is written); on_tick after every poll.
     """
-    config = probe_config(args, path, netfilter)
+    config = probe_config(args, path, netfilter, icmp)
     bccenv.require_root("tracing")
     source = LiveSource(config, args.btf)
     if args.dump_bpf:
@@ -110,7 +132,7 @@ def run_session(
             for raw in batch:
                 if on_raw:
                     on_raw(raw)
-                if on_event and raw[0] != EVENT_NAT:
+                if on_event and raw[0] in PACKET_EVENTS:
                     on_event(decode(raw), names)
             if on_tick:
                 on_tick(source)

@@ -191,9 +191,9 @@ def test_event_json_drop() -> None:
 
 def test_event_json_path_with_inner() -> None:
     inner = Tuple(v4("10.244.2.7"), v4("10.244.1.5"), 8080, 40000, 4, 6, 0, 0, 0, 52)
-    data = event_json(event(kind=EVENT_PATH, reason=7, inner=inner, vni=9, netns=12345), names())
+    data = event_json(event(kind=EVENT_PATH, reason=70, inner=inner, vni=9, netns=12345), names())
     assert data["kind"] == "path"
-    assert data["point"] == "7"
+    assert data["point"] == "70"
     assert "reason" not in data and "location" not in data and "icmp_type" not in data
     assert (data["inner"], data["vni"], data["netns"]) == ("tcp 10.244.2.7:8080 > 10.244.1.5:40000", 9,
                                                            "netns:12345")

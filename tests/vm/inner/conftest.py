@@ -24,6 +24,9 @@ from tracer import kernel
 HERE = Path(__file__).resolve().parent
 # br_netfilter: the lab sets net.bridge.bridge-nf-call-iptables, which exists only once it is loaded.
 MODULES = ("vxlan", "ip_vs", "ip_tables", "iptable_filter", "nf_tables", "br_netfilter")
+# Python starts several times slower under software emulation: the lab's 15 s wait for its servers' ready files
+# is too short here (seen: "lab servers did not start within 15 s: web-3.ready").
+os.environ.setdefault("PODTRACE_LAB_READY_TIMEOUT", "120")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,3 +65,18 @@ def doctor(modules: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     timed("doctor", time.monotonic() - started)
     assert result.returncode == 0, result.stderr
     yield json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def ipvs_lab(modules: tuple[str, ...]) -> Iterator[None]:
+    """The lab in kube-proxy's IPVS mode, once per VM boot (test_ipvs_lab.py, test_ipvs_flows.py)."""
+    from tracer.lab import control  # noqa: PLC0415
+
+    control.down()
+    started = time.monotonic()
+    try:
+        control.up(proxy_mode="ipvs")
+        timed("ipvs lab up", time.monotonic() - started)
+        yield
+    finally:
+        control.down()

@@ -50,6 +50,10 @@ def test_iptables_drop_is_netfilter_drop_with_exact_count(traced: tuple[Pair, Ru
     assert (row["src"], row["sport"], row["dst"]) == (pair.addr_a, 40001, pair.addr_b)
     assert row["netns"] == pair.b and row["ifname"] == "veth-b"
     assert row["location"].split("+")[0] in NETFILTER_FUNCTIONS, row["location"]
+    # kprobes (bpf/nfkprobe.c) name the hook and the table/chain whose verdict dropped it; `iptables` here is
+    # iptables-nft, so the verdict comes from nft_do_chain on the table iptables-nft made.
+    assert (row["hook"], row.get("table"), row.get("chain"), row.get("verdict")) == (
+        "INPUT", "filter", "INPUT", "DROP"), row
 
 
 def test_closed_ports_are_no_socket(traced: tuple[Pair, Running]) -> None:

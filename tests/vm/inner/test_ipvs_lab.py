@@ -4,35 +4,15 @@ virtual server per Service port with masquerading real servers, and traffic to a
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 
-import pytest
-
-from tracer.lab import control, names, processes, traffic
+from tracer.lab import names, traffic
 
 WEB = "default/web:http"
-# Python starts several times slower under software emulation: the lab's fixed 15 s wait for its servers'
-# ready files is too short in the VM (seen: "lab servers did not start within 15 s: web-3.ready").
-EMULATION_SLOWDOWN = 8
 
 
 def _in(netns: str, *argv: str) -> str:
     return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
                           check=True, timeout=60).stdout
-
-
-@pytest.fixture(scope="module")
-def ipvs_lab(modules: tuple[str, ...]) -> Iterator[None]:
-    wait = processes.wait_for_files
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(processes, "wait_for_files",
-                      lambda paths, timeout, what: wait(paths, timeout * EMULATION_SLOWDOWN, what))
-        control.down()
-        try:
-            control.up(proxy_mode="ipvs")
-            yield
-        finally:
-            control.down()
 
 
 def test_vips_on_kube_ipvs0_and_virtual_servers_in_every_node(ipvs_lab: None) -> None:
@@ -54,12 +34,8 @@ def test_traffic_to_the_vip_reaches_every_endpoint(ipvs_lab: None) -> None:
     assert set(summary.stats(WEB).endpoints) == {"web-1", "web-2", "web-3"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab bug found by this tier: in ipvs mode the lab masquerades only traffic to the service CIDR, so "
-    "a NodePort connection DNATed to an endpoint on another node gets its reply straight from the pod (no "
-    "KUBE-NODE-PORT -> KUBE-MARK-MASQ as kube-proxy installs): the remote endpoint's third times out",
-)
 def test_nodeport_through_ipvs(ipvs_lab: None) -> None:
+    """Sent to node2's address: endpoints on node1 answer only because node2 masqueraded the connection
+    (KUBE-NODE-PORT -> KUBE-MARK-MASQ, net.ipv4.vs.conntrack=1), so the reply returns through node2's IPVS."""
     summary = traffic.probe("default/web-nodeport:http nodeport", 12)
     assert summary.failed == 0 and summary.ok == 12, summary.format()
