@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
-from tracer import conntrack
+from tracer import conntrack, ipvs
 from tracer.aggregate import DropTable
 from tracer.conntrack import Health
 from tracer.errors import PodtraceError
 from tracer.flows import FlowTable, NatRecord, NodeConntrack, nat_record_from_map, write_flow_table
 from tracer.kubeproxy import ServiceMap, collect
 from tracer.live import LiveSource
+from tracer.nfverdict import NfAttribution
 from tracer.report import drop_rows, summary_json, summary_line
 from tracer.session import add_trace_options, run_session
 
@@ -22,6 +23,8 @@ node on a real worker), around conntrack, kube-proxy's DNAT and SNAT. Service na
 rules in that namespace (iptables or nftables mode). At the end each node's conntrack table is read (count vs
 max, insert_failed, drop, early_drop): drops no rule explains on a node whose table refuses new entries are
 charged to it. Traffic to a ClusterIP-range address no Service has is flagged "out of sync?".
+In kube-proxy's IPVS mode (kernels with kprobes and ip_vs loaded) the flows come from kprobes on ip_vs_conn_new,
+ip_vs_nat_xmit and handle_response, and `ipvsadm -Ln` with kube-ipvs0's addresses maps virtual servers to Services.
 
 examples:
   sudo podtrace flows --duration 10
@@ -75,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
     def read_maps(source: LiveSource) -> None:
         records.extend(nat_record_from_map(key, stats) for key, stats in source.nat_flows())
 
-    source, names, count = run_session(args, path=False, on_raw=drops.add_raw, netfilter=True,
-                                       before_close=read_maps)
+    verdicts = NfAttribution()  # netfilter table and chain of each drop, on kernels with kprobes
+
+    def on_raw(data: bytes) -> None:
+        drops.add_raw(data)
+        verdicts.add_raw(data)
+
+    source, names, count = run_session(args, path=False, on_raw=on_raw, netfilter=True, before_close=read_maps)
     states = []
     for node in nodes:
         after = _health(node, warn=True)
@@ -93,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
         if not services.ports:
             services.mode, services.ports = found.mode, found.ports
         services.rules += found.rules
+    services = ipvs.service_map(services, nodes)  # IPVS virtual servers named as Services, NodePorts folded in
     pods = _pod_names()
     table = FlowTable(services, lambda ip: pods.get(ip, "-"))
     table.add_nat(records)
     table.add_conntrack(states)
-    rows = drop_rows(drops, names)
+    rows = drop_rows(drops, names, verdicts)
     table.add_drops(rows)
     counters = source.final_counters
     if args.json:

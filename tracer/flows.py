@@ -16,8 +16,10 @@ from tracer.events import Tuple
 from tracer.kubeproxy import ServiceMap, ServicePort
 from tracer.netfilter import point_label
 
-DNAT_POINTS = {1, 7}  # PREROUTING / OUTPUT after DNAT
-UNDNAT_POINTS = {3, 10}  # INPUT last / POSTROUTING after SNAT: where replies get their VIP back
+# IPVS records (bpf/ipvs.c, PT_IPVS_* in bpf/podtrace.h) share the NAT record shape under their own points.
+IPVS_CONN, IPVS_XMIT, IPVS_REPLY = 32, 33, 34
+DNAT_POINTS = {1, 7, IPVS_XMIT}  # PREROUTING / OUTPUT after DNAT; IPVS NAT transmit
+UNDNAT_POINTS = {3, 10, IPVS_REPLY}  # INPUT last / POSTROUTING after SNAT: where replies get their VIP back
 # What nf_hook_slow reports when a hook returned NF_DROP: a rule's DROP, or conntrack refusing a new entry.
 NETFILTER_DROP_REASONS = ("NETFILTER_DROP", "NETFILTER_REJECT")
 OUT_OF_SYNC = "VIP with no kube-proxy rules: out of sync?"
@@ -60,6 +62,7 @@ class ServiceFlow:
     nat_ns_max: int = 0
     drops: dict[str, int] = field(default_factory=dict)  # "REASON at hook / rule" -> count
     client_ports: set[int] = field(default_factory=set)
+    scheduled: int = 0  # IPVS: connections its scheduler placed on this backend (ip_vs_conn_new)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,7 +71,7 @@ class ServiceFlow:
             "backend_pod": self.backend_pod, "packets_out": self.packets_out, "bytes_out": self.bytes_out,
             "packets_in": self.packets_in, "bytes_in": self.bytes_in, "connections": len(self.client_ports),
             "netfilter_ns_avg": self.nat_ns_sum // max(self.packets_out, 1), "netfilter_ns_max": self.nat_ns_max,
-            "drops": self.drops,
+            "drops": self.drops, "scheduled": self.scheduled,
         }
 
 
@@ -214,6 +217,12 @@ class FlowTable:
                 flow.bytes_out += record.bytes
                 flow.nat_ns_sum += record.hook_ns_sum
                 flow.nat_ns_max = max(flow.nat_ns_max, record.hook_ns_max)
+                flow.client_ports.add(before.sport)
+            elif record.point == IPVS_CONN:
+                service = self.services.lookup_vip(before.dst, before.dport, proto) or \
+                    self.services.lookup_nodeport(before.dport, proto)
+                flow = self._flow(before.src, before.dst, before.dport, proto, after.dst, after.dport, service)
+                flow.scheduled += record.packets
                 flow.client_ports.add(before.sport)
             elif record.point in UNDNAT_POINTS and self._reply_service(after, proto) is not None:
                 # A reply getting its Service address back (masquerade SNAT also rewrites sources: not this).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +35,8 @@ def up(manifest_path: str | None = None, proxy_mode: str = "iptables", services:
                        "use `podtrace lab down` first, or `lab up --if-down`")
     sh.run(["id", "-u"])  # cheap check that commands run at all
     proxy.check_mode(proxy_mode)
+    processes.ready_timeout()  # a bad $PODTRACE_LAB_READY_TIMEOUT is refused before anything is built
+    _load_modules(progress)
     base = mf.load(manifest_path)
     manifest = base.with_dummy_services(services)
     data: dict[str, Any] = {
@@ -59,6 +63,21 @@ def up(manifest_path: str | None = None, proxy_mode: str = "iptables", services:
     return data
 
 
+# The lab sets net.bridge.bridge-nf-call-iptables, which exists only once br_netfilter is loaded (or built in).
+MODULES = ("br_netfilter",)
+
+
+def _load_modules(progress: Progress) -> None:
+    """modprobe what the lab needs where the kernel has loadable modules; kernels without them (built in, or no
+    module support at all) are left to the sysctls, which name what is missing."""
+    if not os.path.isdir(f"/lib/modules/{os.uname().release}") or not shutil.which("modprobe"):
+        return
+    for module in MODULES:
+        if not os.path.isdir(f"/sys/module/{module}"):
+            sh.run(["modprobe", "-q", module], check=False)
+            progress(f"modprobe {module}" + ("" if os.path.isdir(f"/sys/module/{module}") else ": not available"))
+
+
 def _start_servers(m: mf.Manifest, progress: Progress) -> dict[str, list[int]]:
     pids: dict[str, list[int]] = {}
     ready = []
@@ -77,7 +96,7 @@ def _start_servers(m: mf.Manifest, progress: Progress) -> dict[str, list[int]]:
         pids[f"server:{pod.name}"] = [processes.python_module("tracer.lab.server", *args, netns=pod.netns,
                                                               log=f"{pod.name}.log")]
         ready.append(flag)
-    processes.wait_for_files(ready, 15, "lab servers")
+    processes.wait_for_files(ready, processes.ready_timeout(), "lab servers")
     for flag in ready:
         flag.unlink(missing_ok=True)
     return pids

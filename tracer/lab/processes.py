@@ -77,6 +77,25 @@ def _reap(pids: list[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
+READY_TIMEOUT_ENV = "PODTRACE_LAB_READY_TIMEOUT"
+READY_TIMEOUT = 15.0  # seconds for the lab's servers to start; Python starts far slower under emulation (VM tier)
+
+
+def ready_timeout() -> float:
+    """The servers' start-up wait: $PODTRACE_LAB_READY_TIMEOUT seconds, or 15."""
+    value = os.environ.get(READY_TIMEOUT_ENV, "").strip()
+    if not value:
+        return READY_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise LabError(f"{READY_TIMEOUT_ENV}={value!r} is not a positive number of seconds",
+                       f"unset it to use {READY_TIMEOUT:g} s")
+    return seconds
+
+
 def wait_for_files(paths: list[Path], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
