@@ -12,7 +12,10 @@ MTU_EPILOG = """\
 Sends DF probes from inside the source namespace (ICMP echo, UDP or a TCP SYN padded to the size) and
 binary-searches the largest IP total length that arrives, tracing drops and ICMP errors in the kernel
 meanwhile. Sizes are IP total lengths: 1450 means a 1450-byte IP packet. At most --max-probes probes and
---max-seconds seconds.
+--max-seconds seconds. --watch S keeps tracing S seconds after the search, so the verdict's counts (frag-needed
+sent, fragments, reassembly timeouts) include the node's own traffic. Reassembly timeouts come from
+FRAG_REASM_TIMEOUT drops, ICMP time-exceeded sent, and ReasmTimeout/ReasmFails of /proc/net/snmp read inside
+the source, node and target namespaces.
 
 exit codes: 0 ok, 1 error, 2 bad usage, 3 an MTU mismatch was found and --fail-on-mismatch was given
 
@@ -20,10 +23,14 @@ examples:
   sudo podtrace mtu --from pt-client --to 10.244.1.2
   sudo podtrace mtu --from client --to 10.244.1.3:8080 --proto tcp --json
   sudo podtrace mtu --from /proc/4242/ns/net --to 10.244.1.2:53 --proto udp
+  sudo podtrace mtu --from client --to 10.244.1.3 --watch 30
 """
 
 SOFTIRQ_EPILOG = """\
 wait: from raise (irq:softirq_raise) to the handler starting (irq:softirq_entry); run: entry to exit.
+defer (JSON net_rx_wait_ksoftirqd): the waits whose handler ran in ksoftirqd. Softirqs raised by an interrupt or
+by a task sending packets run inline, at irq exit or local_bh_enable, so CPU load hardly changes their wait;
+the ones deferred to ksoftirqd queue behind busy tasks: their p99 is the figure that shows a starved node.
 p50/p99 are estimated from the kernel's log2 buckets (within a factor of two of the truth); max is exact.
 napi exhausted: polls that used their whole budget; softnet dropped/squeezed: /proc/net/softnet_stat deltas.
 
@@ -49,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mtu.add_argument("--max-size", type=int, help="largest size to try (default: the source interface's MTU)")
     mtu.add_argument("--subnet-env", default="/run/flannel/subnet.env", help="flannel's subnet.env")
     mtu.add_argument("--fail-on-mismatch", action="store_true", help="exit 3 when the verdict finds a mismatch")
+    mtu.add_argument("--watch", type=float, default=0.0, metavar="S",
+                     help="keep tracing S seconds after the search for live counts (0)")
+    mtu.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     mtu.set_defaults(func=run_mtu)
 
     softirq = subparsers.add_parser(
@@ -169,6 +179,8 @@ def run_mtu(args: argparse.Namespace) -> int:
     from tracer.mtuprobe import run_probe  # noqa: PLC0415
 
     bccenv.require_root("podtrace mtu")
+    if args.watch < 0:
+        raise UsageError("--watch must be 0 or more seconds")
     source = resolve_source(args.source)
     target, port = parse_target(args.target)
     path = collect_path(source, target, args.subnet_env) if not source.startswith("/") else None
@@ -177,8 +189,13 @@ def run_mtu(args: argparse.Namespace) -> int:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
+    def ready() -> None:
+        if args.ready_file:
+            with open(args.ready_file, "w", encoding="utf-8") as handle:
+                handle.write("ready\n")
+
     result = run_probe(source, target, args.proto, port, max_size=args.max_size, max_probes=args.max_probes,
-                       max_seconds=args.max_seconds, progress=progress)
+                       max_seconds=args.max_seconds, progress=progress, watch=args.watch, ready=ready)
     judged = verdict(path, result.live) if path else None
     if args.json:
         out = {"probe": result.to_json(), "path": path.to_json() if path else None,
@@ -191,6 +208,10 @@ def run_mtu(args: argparse.Namespace) -> int:
             sys.stdout.write("path: " + " -> ".join(f"{h.name}@{h.netns} {h.mtu}" for h in hops)
                              + (f" (FLANNEL_MTU {path.flannel_mtu})" if path.flannel_mtu else "") + "\n")
             sys.stdout.write(f"verdict: {judged.text}\n")
+        if result.live and result.live.snmp:
+            sys.stdout.write("reassembly during the run (/proc/net/snmp): " + ", ".join(
+                f"{ns} timeouts +{d['ReasmTimeout']} fails +{d['ReasmFails']}"
+                for ns, d in sorted(result.live.snmp.items())) + "\n")
     sys.stdout.flush()
     return 3 if args.fail_on_mismatch and judged and not judged.ok else 0
 

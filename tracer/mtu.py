@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tracer.errors import UsageError
-from tracer.events import EVENT_PATH, POINT_QUEUE, PacketEvent
+from tracer.events import EVENT_ICMP, EVENT_PATH, POINT_QUEUE, PacketEvent
 
 SUBNET_ENV = "/run/flannel/subnet.env"
 NETNS_DIR = "/run/netns"
@@ -70,13 +71,19 @@ class PathLinks:
 
 @dataclass
 class LiveCounts:
-    """What the kernel showed during `seconds`: frag-needed sent (by destination), fragments, too-big drops."""
+    """What the kernel showed during `seconds`: frag-needed sent (by destination), fragments, too-big drops,
+    reassembly timeouts (drops, ICMP time-exceeded sent, and /proc/net/snmp deltas per namespace)."""
 
     seconds: float = 0.0
     frag_needed: dict[str, int] = field(default_factory=dict)  # ICMP destination (the sender) -> count
     frag_needed_mtu: dict[int, int] = field(default_factory=dict)  # next-hop MTU quoted -> count
     fragments: int = 0
     too_big_drops: int = 0
+    frag_needed_seen_by: str = ""  # FRAG_NEEDED_BY_TRACEPOINT or FRAG_NEEDED_BY_PATH
+    reasm_drops: int = 0  # fragments freed with FRAG_REASM_TIMEOUT
+    reasm_time_exceeded: dict[str, int] = field(default_factory=dict)  # ICMP 11/1 destination -> count
+    snmp: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> SNMP_FIELDS deltas during the run
+    snmp_total: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> the counters at the end
 
     def rate(self, count: int) -> str:
         if self.seconds <= 0:
@@ -93,6 +100,7 @@ class MtuVerdict:
     carried: int | None  # the largest IP packet the path carries without fragmenting
     findings: tuple[str, ...]
     text: str
+    notes: tuple[str, ...] = ()  # context that is not a fault now (e.g. reassembly timeouts before this run)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +145,8 @@ def verdict(path: PathLinks, counts: LiveCounts | None = None) -> MtuVerdict:
     if counts and counts.too_big_drops and not findings:
         findings.append(f"{counts.too_big_drops} packets dropped as too big ({counts.rate(counts.too_big_drops)}) "
                         "although the link MTUs agree: look for a smaller MTU further on")
+    reassembly, notes = _reassembly(counts) if counts else ([], [])
+    findings += reassembly
 
     ok = not findings
     if ok:
@@ -149,12 +159,47 @@ def verdict(path: PathLinks, counts: LiveCounts | None = None) -> MtuVerdict:
             text = f"no mismatch: pod MTU {pod}, path MTU {carried}"
     else:
         text = "; ".join(findings)
-    return MtuVerdict(ok, pod, overlay, underlay, carried, tuple(findings), text)
+    if notes:
+        text += " (" + "; ".join(notes) + ")"
+    return MtuVerdict(ok, pod, overlay, underlay, carried, tuple(findings), text, tuple(notes))
+
+
+def _reassembly(counts: LiveCounts) -> tuple[list[str], list[str]]:
+    """Findings (reassembly timeouts during the run) and notes (earlier ones), from snmp deltas and events."""
+    evidence = []
+    if counts.reasm_drops:
+        evidence.append(f"{counts.reasm_drops} fragments dropped as FRAG_REASM_TIMEOUT")
+    if counts.reasm_time_exceeded:
+        to = ", ".join(f"{dst} ({counts.rate(n)})" for dst, n in sorted(counts.reasm_time_exceeded.items()))
+        evidence.append(f"ICMP time-exceeded (reassembly) sent to {to}")
+    per_netns = [(netns, delta) for netns, delta in sorted(counts.snmp.items()) if delta.get("ReasmTimeout", 0)]
+    findings = [f"{delta['ReasmTimeout']} IPv4 reassembly timeouts in {netns} ({counts.rate(delta['ReasmTimeout'])}; "
+                f"ReasmTimeout +{delta['ReasmTimeout']}, ReasmFails +{delta.get('ReasmFails', 0)}): fragments of "
+                "those packets never all arrived, so the whole packets were lost"
+                for netns, delta in per_netns]
+    if findings and evidence:
+        findings[0] += "; " + "; ".join(evidence)
+    elif evidence:
+        findings.append("IPv4 reassembly timed out (some fragments never arrived): " + "; ".join(evidence))
+    notes = [f"{netns} counted {total['ReasmTimeout']} reassembly timeouts before this run"
+             for netns, total in sorted(counts.snmp_total.items())
+             if total.get("ReasmTimeout", 0) and not counts.snmp.get(netns, {}).get("ReasmTimeout", 0)]
+    return findings, notes
 
 
 # Live counts from events ----------------------------------------------------------------------------------
 
 TOO_BIG_REASONS = frozenset({"PKT_TOO_BIG", "FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR", "IP_INADDRERRORS"})
+REASM_TIMEOUT_REASON = "FRAG_REASM_TIMEOUT"  # ip_expire (net/ipv4/ip_fragment.c) frees the queued fragments
+ICMP_FRAG_NEEDED = (3, 4)
+ICMP_REASM_TIME_EXCEEDED = (11, 1)  # ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME: sent when the first fragment came
+FRAG_NEEDED_BY_TRACEPOINT = "icmp:icmp_send (each error sent, quoted MTU)"
+FRAG_NEEDED_BY_PATH = "ICMP packets queued on devices (path events)"
+
+
+def icmp_sent(event: PacketEvent) -> tuple[int, int] | None:
+    """(type, code) of an ICMP error the node sent (an EVENT_ICMP from bpf/icmp.c), else None."""
+    return (event.reason >> 8, event.reason & 0xFF) if event.type == EVENT_ICMP else None
 
 
 def is_frag_needed(event: PacketEvent) -> bool:
@@ -185,16 +230,30 @@ class MtuEventCounter:
     within `dedupe_ns` is the same packet.
     """
 
-    def __init__(self, reasons: Mapping[int, str], dedupe_ns: int = 2_000_000) -> None:
+    def __init__(self, reasons: Mapping[int, str], dedupe_ns: int = 2_000_000, icmp_tracepoint: bool = False) -> None:
+        """icmp_tracepoint: bpf/icmp.c was attached, so frag-needed is counted from its events (one per error
+        sent, exact) instead of ICMP packets queued on devices."""
         self.reasons = reasons
         self.dedupe_ns = dedupe_ns
+        self.icmp_tracepoint = icmp_tracepoint
         self.counts = LiveCounts()
-        self._recent: dict[tuple[int, str], int] = {}
+        self._queued_needed: dict[str, int] = {}
+        self._queued_mtu: dict[int, int] = {}
+        self._sent_needed: dict[str, int] = {}
+        self._sent_mtu: dict[int, int] = {}
+        self._recent: dict[tuple[Any, ...], int] = {}
         self.first_ns = 0
         self.last_ns = 0
 
     def _fresh(self, event: PacketEvent, what: str) -> bool:
-        key = (event.skb, what)
+        # A packet is known by its IP identity, not its skb: a freed skb is reused at once by the next packet (a
+        # burst of ICMP errors alternates between two addresses), and a fragment reassembled by conntrack and cut
+        # again the same way comes out of another skb. ICMP errors and fragments are never atomic (DF, ID 0).
+        t, snap = event.outer, event.snap
+        if t.family == 4 and len(snap) >= 6:
+            key: tuple[Any, ...] = (what, t.src, t.dst, int.from_bytes(snap[4:6], "big"), t.frag, t.ip_len)
+        else:
+            key = (what, event.skb)
         seen = self._recent.get(key)
         self._recent[key] = event.ts_ns
         if len(self._recent) > 4096:
@@ -207,23 +266,96 @@ class MtuEventCounter:
             self.first_ns = event.ts_ns
         self.last_ns = max(self.last_ns, event.ts_ns)
         if event.is_drop:
-            if self.reasons.get(event.reason, "") in TOO_BIG_REASONS:
+            reason = self.reasons.get(event.reason, "")
+            if reason == REASM_TIMEOUT_REASON:
+                self.counts.reasm_drops += 1
+            elif reason in TOO_BIG_REASONS:
                 self.counts.too_big_drops += 1
+            return
+        sent = icmp_sent(event)
+        if sent is not None:
+            # The event is the offending packet: the error goes back to its source.
+            if sent == ICMP_FRAG_NEEDED:
+                _bump(self._sent_needed, event.outer.src)
+                if event.location:
+                    _bump(self._sent_mtu, event.location)
+            elif sent == ICMP_REASM_TIME_EXCEEDED:
+                _bump(self.counts.reasm_time_exceeded, event.outer.src)
             return
         if event.type != EVENT_PATH or event.reason != POINT_QUEUE:
             return
         if is_frag_needed(event) and self._fresh(event, "icmp"):
-            dst = event.outer.dst
-            self.counts.frag_needed[dst] = self.counts.frag_needed.get(dst, 0) + 1
+            _bump(self._queued_needed, event.outer.dst)
             mtu = next_hop_mtu(event)
             if mtu is not None:
-                self.counts.frag_needed_mtu[mtu] = self.counts.frag_needed_mtu.get(mtu, 0) + 1
+                _bump(self._queued_mtu, mtu)
         elif is_fragment(event) and self._fresh(event, "frag"):
             self.counts.fragments += 1
 
     def result(self, seconds: float) -> LiveCounts:
         self.counts.seconds = seconds
+        if self.icmp_tracepoint:
+            self.counts.frag_needed, self.counts.frag_needed_mtu = self._sent_needed, self._sent_mtu
+            self.counts.frag_needed_seen_by = FRAG_NEEDED_BY_TRACEPOINT
+        else:
+            self.counts.frag_needed, self.counts.frag_needed_mtu = self._queued_needed, self._queued_mtu
+            self.counts.frag_needed_seen_by = FRAG_NEEDED_BY_PATH
         return self.counts
+
+
+def _bump(counts: dict[Any, int], key: Any) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+# IPv4 fragmentation counters of /proc/net/snmp, per namespace ---------------------------------------------
+
+# net/ipv4/proc.c snmp4_ipstats_list: ReasmTimeout counts queues ip_expire gave up on; ReasmFails counts them
+# too, plus queues that failed for other reasons (overlaps, too big, out of memory).
+SNMP_FIELDS = ("ReasmTimeout", "ReasmReqds", "ReasmOKs", "ReasmFails", "FragOKs", "FragFails", "FragCreates")
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """The `Ip:` counters of /proc/net/snmp (a header line of names, then a line of values)."""
+    lines = [line.split() for line in text.splitlines() if line.startswith("Ip:")]
+    if len(lines) < 2 or len(lines[0]) != len(lines[1]):
+        raise ValueError("no `Ip:` header and value lines in /proc/net/snmp")
+    names, values = lines[0][1:], lines[1][1:]
+    return {name: int(value) for name, value in zip(names, values) if name in SNMP_FIELDS}
+
+
+def read_snmp(netns: str) -> dict[str, int] | None:
+    """The counters inside `netns` ("" or "host": this namespace; a name in /run/netns; a namespace file)."""
+    if netns in ("", "host"):
+        command = ["cat", "/proc/net/snmp"]
+    elif netns.startswith("/"):
+        command = ["nsenter", f"--net={netns}", "cat", "/proc/net/snmp"]
+    else:
+        command = ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+        return parse_snmp(result.stdout) if result.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None  # a namespace that vanished meanwhile
+
+
+class SnmpWatch:
+    """Counters in the namespaces a probe crosses, read at start and at the end: deltas and end totals."""
+
+    def __init__(self, namespaces: Iterable[str]) -> None:
+        self.namespaces = list(dict.fromkeys(ns for ns in namespaces if ns is not None))
+        self.start = {ns: found for ns in self.namespaces if (found := read_snmp(ns)) is not None}
+
+    def finish(self, counts: LiveCounts) -> None:
+        for ns, before in self.start.items():
+            after = read_snmp(ns)
+            if after is None:
+                continue
+            counts.snmp[ns] = snmp_delta(before, after)
+            counts.snmp_total[ns] = after
+
+
+def snmp_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    return {name: max(0, after.get(name, 0) - before.get(name, 0)) for name in SNMP_FIELDS}
 
 
 # Collection with netlink ----------------------------------------------------------------------------------

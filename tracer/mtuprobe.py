@@ -21,7 +21,15 @@ from typing import Any
 
 from tracer.errors import PodtraceError, UsageError
 from tracer.events import EVENT_PATH, POINT_RX, PacketEvent
-from tracer.mtu import LiveCounts, MtuEventCounter, collect_path, next_hop_mtu
+from tracer.mtu import (
+    ICMP_FRAG_NEEDED,
+    LiveCounts,
+    MtuEventCounter,
+    SnmpWatch,
+    collect_path,
+    icmp_sent,
+    next_hop_mtu,
+)
 
 HEADERS = {"icmp": 28, "udp": 28, "tcp": 40}  # IPv4 20 + ICMP 8 / UDP 8 / TCP 20
 DEFAULT_PORTS = {"udp": 33434, "tcp": 80, "icmp": 0}
@@ -135,9 +143,11 @@ class MtuProbeResult:
     frag_needed_answers: int = 0  # ... handed to the probe's socket (scapy saw them)
     frag_needed_mtu: int | None = None
     frag_needed_from: str = ""
-    live: LiveCounts | None = None  # frag-needed, fragments and too-big drops the kernel showed meanwhile
+    live: LiveCounts | None = None  # frag-needed, fragments, too-big drops, reassembly the kernel showed meanwhile
     stopped: str = ""  # why the search ended early, if it did
     seconds: float = 0.0
+    watched: float = 0.0  # seconds traced after the search (--watch)
+    warnings: list[str] = field(default_factory=list)  # hook points that did not attach and what that loses
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +174,7 @@ class MtuProbeResult:
             lines.append("  no ICMP frag-needed came back: senders cannot learn the path MTU (black hole)")
         if self.stopped:
             lines.append(f"  search stopped early: {self.stopped}")
+        lines.extend(f"  warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
@@ -269,28 +280,40 @@ Report = Callable[[str], None]
 
 def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | None = None, *,
               max_size: int | None = None, max_probes: int = 40, max_seconds: float = 60.0,
-              answer_timeout: float = 1.0, trace: bool = True, progress: Report | None = None) -> MtuProbeResult:
-    """Search the largest DF size from `source_netns` to `target`; trace drops and ICMP errors meanwhile."""
+              answer_timeout: float = 1.0, trace: bool = True, progress: Report | None = None,
+              watch: float = 0.0, ready: Callable[[], None] | None = None) -> MtuProbeResult:
+    """Search the largest DF size from `source_netns` to `target`; trace drops and ICMP errors meanwhile.
+
+    watch: keep tracing that many seconds after the search, so the live counts (frag-needed, fragments,
+    reassembly timeouts) cover the node's own traffic too. ready: called once the probes are attached.
+    """
     if proto not in HEADERS:
         raise UsageError(f"unknown protocol {proto!r}", "use udp, tcp or icmp")
     port = DEFAULT_PORTS[proto] if port is None else port
     say = progress or (lambda _text: None)
+    path = collect_path(source_netns, target) if not source_netns.startswith("/") else None
     if max_size is None:
-        path = collect_path(source_netns, target) if not source_netns.startswith("/") else None
         max_size = path.pod.mtu if path and path.pod else 1500
     result = MtuProbeResult(source_netns, target, proto, port)
     source = names = symbolize = None
     src_inode = _inode(source_netns)
-    target_inode = netns_with_address(target)
+    target_netns = netns_with_address(target)
+    target_inode = _inode(target_netns) if target_netns else None
+    # Reassembly happens where packets are delivered (the target), or in a node that defragments for conntrack.
+    node = path.host_veth.netns if path and path.host_veth else None
+    snmp = SnmpWatch([source_netns, *([node] if node else []), *([target_netns] if target_netns else [])])
     if trace:
         from tracer.live import LiveSource  # noqa: PLC0415 - BCC only when tracing
         from tracer.names import NetnsNames, Symbolizer  # noqa: PLC0415
         from tracer.pcapfilter import compile_filter  # noqa: PLC0415
         from tracer.probes import ProbeConfig  # noqa: PLC0415
 
-        source = LiveSource(ProbeConfig(filter=compile_filter(f"host {target} or icmp"), path=True))
+        source = LiveSource(ProbeConfig(filter=compile_filter(f"host {target} or icmp"), path=True, icmp=True))
+        result.warnings += source.warnings
         source.start()
         names, symbolize = NetnsNames(), Symbolizer()
+    if ready is not None:
+        ready()
     started = time.monotonic()
     events: list[PacketEvent] = []
     worker_proc = _Worker(_worker_command(source_netns, target, proto, port, answer_timeout))
@@ -329,6 +352,10 @@ def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | N
                 verdict += f" (mtu {attempt.mtu})"
             say(f"probe {len(result.attempts):2d}: {size:5d} bytes {proto} DF -> {verdict}; "
                 f"largest so far {search.largest or '-'}")
+        watch_end = time.monotonic() + watch
+        while source is not None and time.monotonic() < watch_end:
+            events += source.poll(100)
+        result.watched = watch
         if source is not None:
             time.sleep(0.2)
             events += source.poll(50)
@@ -340,17 +367,19 @@ def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | N
     result.largest = search.largest
     result.smallest_failed = search.bad if search.bad <= max_size else None
     reasons = source.reasons if source else {}
-    _evidence(result, events, reasons, names, symbolize, src_inode)
+    icmp_traced = source is not None and "icmp" in source.build.programs
+    _evidence(result, events, reasons, names, symbolize, src_inode, icmp_traced)
     if source is not None:
-        counter = MtuEventCounter(reasons)
+        counter = MtuEventCounter(reasons, icmp_tracepoint=icmp_traced)
         for event in events:
             counter.add(event)
         result.live = counter.result(result.seconds)
+        snmp.finish(result.live)
     return result
 
 
-def netns_with_address(address: str) -> int | None:
-    """The inode of the named namespace (`ip netns`, where containerd keeps pod namespaces) that owns `address`."""
+def netns_with_address(address: str) -> str | None:
+    """The named namespace (`ip netns`, where containerd keeps pod namespaces) that owns `address`."""
     from pyroute2 import NetNS  # noqa: PLC0415
 
     try:
@@ -364,7 +393,7 @@ def netns_with_address(address: str) -> int | None:
             continue
         try:
             if any(msg.get_attr("IFA_ADDRESS") == address for msg in ns.get_addr()):
-                return _inode(name)
+                return name
         finally:
             ns.close()
     return None
@@ -384,13 +413,24 @@ def _inode(netns: str) -> int | None:
 
 
 def _evidence(result: MtuProbeResult, events: list[PacketEvent], reasons: dict[int, str], names: Any,
-              symbolize: Any, src_inode: int | None) -> None:
-    """Fill where failed probes died and what happened to the ICMP frag-needed they caused."""
+              symbolize: Any, src_inode: int | None, icmp_traced: bool = False) -> None:
+    """Fill where failed probes died and what happened to the ICMP frag-needed they caused.
+
+    icmp_traced: icmp:icmp_send was attached, so "sent" counts its events (one per error, about the offending
+    probe) instead of frag-needed packets queued on the node's devices.
+    """
     failed = {a.ip_id for a in result.attempts if not a.arrived}
     sites: dict[tuple[str, str, str, str], DeathSite] = {}
     seen_drops: set[int] = set()
     queued: set[int] = set()  # one frag-needed is queued on each device it crosses (bridge, then its port)
     for event in events:
+        if icmp_sent(event) == ICMP_FRAG_NEEDED:
+            if ip_id_of(event) in failed and event.outer.dst == result.target:
+                result.frag_needed_sent += 1
+                result.frag_needed_mtu = event.location or result.frag_needed_mtu
+                if not result.frag_needed_from and names:
+                    result.frag_needed_from = names.name(event.netns)
+            continue
         if event.is_drop and ip_id_of(event) in failed and event.outer.dst == result.target:
             ident = ip_id_of(event)
             assert ident is not None
@@ -410,7 +450,7 @@ def _evidence(result: MtuProbeResult, events: list[PacketEvent], reasons: dict[i
             result.frag_needed_from = event.outer.src
             if event.reason == POINT_RX and src_inode is not None and event.netns == src_inode:
                 result.frag_needed_received += 1
-            elif event.reason != POINT_RX and (quoted_ip_id(event) or 0) not in queued:
+            elif event.reason != POINT_RX and not icmp_traced and (quoted_ip_id(event) or 0) not in queued:
                 queued.add(quoted_ip_id(event) or 0)
                 result.frag_needed_sent += 1
     result.dies_at = sorted(sites.values(), key=lambda s: -s.count)

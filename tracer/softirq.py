@@ -19,8 +19,10 @@ from tracer.errors import KernelError
 from tracer.progress import Progress
 
 SLOTS = 48  # PT_SIRQ_SLOTS in bpf/softirq.c
-# hists index in bpf/softirq.c -> (softirq, phase)
-HISTS: tuple[tuple[str, str], ...] = (("NET_TX", "wait"), ("NET_TX", "run"), ("NET_RX", "wait"), ("NET_RX", "run"))
+# hists index in bpf/softirq.c -> (softirq, phase). "wait_ksoftirqd" is the subset of waits whose handler ran in
+# ksoftirqd: the deferred ones, the only ones CPU starvation lengthens (see bpf/softirq.c).
+HISTS: tuple[tuple[str, str], ...] = (("NET_TX", "wait"), ("NET_TX", "run"), ("NET_RX", "wait"), ("NET_RX", "run"),
+                                      ("NET_TX", "wait_ksoftirqd"), ("NET_RX", "wait_ksoftirqd"))
 NAPI_FIELDS = ("polls", "work", "exhausted", "idle")  # PT_NAPI_* order
 SOFTNET_STAT = "/proc/net/softnet_stat"
 TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit", "napi:napi_poll")
@@ -276,14 +278,17 @@ def _us(ns: float) -> str:
 def format_table(rows: Sequence[CpuReport], seconds: float) -> str:
     """A human table (under 100 columns): per CPU, NET_RX and NET_TX wait/run p50/p99/max, NAPI, softnet."""
     lines = [f"softirq latency over {seconds:.1f} s (wait: raise -> entry, run: entry -> exit; p50/p99 from log2 "
-             "buckets)",
+             "buckets)", "defer: the waits whose handler ran in ksoftirqd (shown when there were some)",
              f"{'cpu':>4} {'softirq':7} {'phase':5} {'count':>9} {'p50':>9} {'p99':>9} {'max':>9}"]
     for row in rows:
         cpu = "all" if row.cpu is None else str(row.cpu)
         for softirq in ("NET_RX", "NET_TX"):
-            for phase in ("wait", "run"):
+            for phase in ("wait", "run", "wait_ksoftirqd"):
                 s = row.stats((softirq, phase))
-                lines.append(f"{cpu:>4} {softirq:7} {phase:5} {int(s['count']):>9} {_us(s['p50_ns']):>9} "
+                if phase == "wait_ksoftirqd" and not s["count"]:
+                    continue
+                label = "defer" if phase == "wait_ksoftirqd" else phase
+                lines.append(f"{cpu:>4} {softirq:7} {label:5} {int(s['count']):>9} {_us(s['p50_ns']):>9} "
                              f"{_us(s['p99_ns']):>9} {_us(s['max_ns']):>9}")
     lines.append("")
     lines.append(f"{'cpu':>4} {'napi polls':>11} {'exhausted':>10} {'packets':>10} {'processed':>10} {'dropped':>8} "

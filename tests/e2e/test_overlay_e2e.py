@@ -74,14 +74,21 @@ def _spawn(*args: str, netns: str | None = None) -> subprocess.Popen[bytes]:
 def test_cpu_load_and_flood_lengthen_net_rx_wait(pair: Pair) -> None:
     """Same probe, same run: paced light traffic alone, then CPU hogs on every CPU plus two UDP floods.
 
-    Under load net_rx_action runs out of time/budget and hands NET_RX to ksoftirqd, which competes with the hogs
-    for the CPU: those raise -> entry waits grow from under a microsecond to tens of microseconds or more. The
-    p99 over all waits does NOT show it here: a flood sent from a process raises NET_RX with bottom halves
-    disabled and runs it at local_bh_enable, so hundreds of thousands of sub-microsecond waits bury the deferred
-    ones below the 99th percentile (measured: p99 510 ns loaded vs 829 ns quiet, 178 of 393k waits >= 4 us).
-    A single outlier in the quiet run (one 16-32 us wait) also makes "worst wait" comparisons flaky. The robust
-    statistic is an order statistic of the tail: the 50th-longest wait of each phase (from the log2 buckets),
-    compared within this run, with no fixed time threshold.
+    What the issue asks ("NET_RX wait p99 higher under load") is not true of the p99 over all waits, and no traffic
+    a test can make between namespaces changes that. Why, from the kernel: NET_RX raised by a task sending on a
+    veth (netif_rx under local_bh_disable) runs at local_bh_enable in that same task, and NET_RX raised by an
+    interrupt runs at irq exit; neither waits for the CPU, so hogs cannot lengthen them. Only softirqs deferred to
+    ksoftirqd (__do_softirq out of time, restarts or need_resched) queue behind the hogs, and they are rare.
+    Measured on the 2-CPU 6.18 host: p99 510 ns loaded vs 829 ns quiet (178 of 393k waits >= 4 us); same paced
+    traffic with and without hogs, p99 2047 vs 1787 ns and 1507 vs 1456 ns; traffic looping between two
+    namespaces until its TTL ran out (so NET_RX re-raises itself inside softirq), p99 25.6 us quiet vs 7.0 us
+    loaded. Waits that ran in ksoftirqd (podtrace's `defer` histogram) do get longer under hogs (p99 385 us vs
+    42 us), but only 0-8 of them happen in 3 s, too few to compare reliably. The softirq probe also sees the
+    whole machine, where other tests' traffic lands in the quiet phase too.
+
+    So the test compares an order statistic of the tail, which does move: the 50th-longest NET_RX wait of each
+    phase (from the log2 buckets), within this run, with no fixed time threshold. It prints p99 and the deferred
+    waits so a run shows the figures above.
     """
     key = ("NET_RX", "wait")
     with SoftirqProbe() as probe:
@@ -100,14 +107,19 @@ def test_cpu_load_and_flood_lengthen_net_rx_wait(pair: Pair) -> None:
             for proc in loaders:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    quiet, busy = base.report()[-1].hists[key], loaded.report()[-1].hists[key]
+    quiet_row, busy_row = base.report()[-1], loaded.report()[-1]
+    quiet, busy = quiet_row.hists[key], busy_row.hists[key]
     assert quiet.count > 1000 and busy.count > 1000
+
     def nth_longest(hist: Log2Hist, n: int = TAIL) -> float:
         return hist.percentile(1 - n / hist.total)
 
+    deferred = [row.hists[("NET_RX", "wait_ksoftirqd")] for row in (quiet_row, busy_row)]
     print(f"NET_RX wait: quiet {quiet.count} waits p99 {quiet.percentile(0.99):.0f} ns, 50th longest "
-          f"{nth_longest(quiet):.0f} ns, max {quiet.max_ns} ns; loaded {busy.count} waits p99 "
-          f"{busy.percentile(0.99):.0f} ns, 50th longest {nth_longest(busy):.0f} ns, max {busy.max_ns} ns")
+          f"{nth_longest(quiet):.0f} ns; loaded {busy.count} waits p99 {busy.percentile(0.99):.0f} ns, 50th longest "
+          f"{nth_longest(busy):.0f} ns; ran in ksoftirqd: quiet {deferred[0].count} (p99 "
+          f"{deferred[0].percentile(0.99):.0f} ns), loaded {deferred[1].count} (p99 {deferred[1].percentile(0.99):.0f}"
+          " ns)")
     assert nth_longest(busy) > nth_longest(quiet)
 
 
@@ -122,6 +134,104 @@ def test_softirq_cli_json(pair: Pair) -> None:
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert rows[-1]["cpu"] == "all" and rows[-1]["net_rx_wait"]["count"] > 0
     assert {"p50_us", "p99_us", "max_us", "buckets_ns"} <= set(rows[-1]["net_rx_wait"])
+
+
+# ICMP errors and reassembly (own namespaces) ----------------------------------------------------------------
+
+# IP_MTU_DISCOVER (10) = IP_PMTUDISC_PROBE (3): DF set, and a path MTU learned from frag-needed is ignored.
+SEND_DF = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+           "s.setsockopt(socket.IPPROTO_IP,10,3)\n"
+           "[s.sendto(b'x'*int(sys.argv[3]),(sys.argv[1],int(sys.argv[2]))) for _ in range(int(sys.argv[4]))]\n")
+FIRST_FRAGMENTS = ("import sys\nfrom scapy.all import IP,UDP,Raw,send\n"
+                   "send([IP(dst=sys.argv[1],flags='MF',id=900+i)/UDP(sport=5000,dport=9)/Raw(b'x'*1000)"
+                   " for i in range(int(sys.argv[2]))],verbose=0)\n")
+
+
+@contextlib.contextmanager
+def _routed_pair(pair: Pair, mtu: int) -> Iterator[tuple[str, str]]:
+    """pair.b becomes a router to a third namespace behind a link of `mtu`; yields (router netns, far address)."""
+    from support.netns import sh
+
+    far, index = f"{pair.b}-c", int(pair.addr_a.split(".")[2])
+    far_addr, router_addr = f"198.19.{index}.2", f"198.19.{index}.1"
+    try:
+        sh("ip", "netns", "add", far)
+        sh("ip", "-n", pair.b, "link", "add", "veth-r", "mtu", str(mtu), "type", "veth", "peer", "name", "veth-c",
+           "mtu", str(mtu), "netns", far)
+        sh("ip", "-n", pair.b, "addr", "add", f"{router_addr}/24", "dev", "veth-r")
+        sh("ip", "-n", far, "addr", "add", f"{far_addr}/24", "dev", "veth-c")
+        for ns, dev in ((pair.b, "veth-r"), (far, "veth-c"), (far, "lo")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", pair.a, "route", "add", f"198.19.{index}.0/24", "via", pair.addr_b)
+        sh("ip", "-n", far, "route", "add", "default", "via", router_addr)
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=pair.b)
+        yield pair.b, far_addr
+    finally:
+        subprocess.run(["ip", "netns", "del", far], capture_output=True, check=False)
+
+
+def test_icmp_send_tracepoint_names_the_offending_packet_and_mtu(pair: Pair) -> None:
+    """A router between 1500 and 1400 links gets PRIME DF datagrams of 1450 bytes: each is dropped (PKT_TOO_BIG)
+    and answered by one frag-needed quoting 1400 (not rate-limited: icmpv4_mask_allow exempts PMTU discovery)."""
+    from support.netns import sh
+
+    from tracer.events import EVENT_ICMP
+    from tracer.live import LiveSource
+    from tracer.probes import ProbeConfig
+
+    count = 7
+    with _routed_pair(pair, 1400) as (router, far), LiveSource(ProbeConfig(icmp=True)) as source:
+        assert "tracepoint icmp:icmp_send" in source.attached, source.warnings
+        sh(sys.executable, "-c", SEND_DF, far, "9", str(1450 - 28), str(count), netns=pair.a)
+        time.sleep(0.3)
+        events = source.poll(100)
+        reasons = source.reasons
+    router_inode = pair.inode(router)
+    mine = [e for e in events if e.outer.src == pair.addr_a and e.outer.dst == far]
+    sent = [e for e in mine if e.type == EVENT_ICMP]
+    drops = [e for e in mine if e.is_drop]
+    assert len(sent) == count, [(e.type, hex(e.reason)) for e in mine]
+    assert {(e.reason, e.location, e.netns, e.ifname, e.outer.ip_len) for e in sent} == {
+        ((3 << 8) | 4, 1400, router_inode, "veth-b", 1450)}
+    assert len(drops) == count and {reasons[e.reason] for e in drops} == {"PKT_TOO_BIG"}
+
+
+def test_mtu_verdict_reports_reassembly_timeouts(pair: Pair, tmp_path: object) -> None:
+    """First fragments only, into a namespace whose ipfrag_time is 1 s: each queue times out (ip_expire), which
+    podtrace sees three ways: FRAG_REASM_TIMEOUT drops, ICMP time-exceeded sent, and ReasmTimeout in that
+    namespace's /proc/net/snmp. `podtrace mtu --watch` must put them in its verdict."""
+    from support.netns import sh
+
+    count = 7
+    sh("sysctl", "-qw", "net.ipv4.ipfrag_time=1", "net.ipv4.icmp_ratelimit=0", netns=pair.b)
+    ready = f"{tmp_path}/mtu.ready"
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "mtu", "--from", pair.a, "--to", pair.addr_b, "--proto",
+                             "udp", "--watch", "4", "--json", "--ready-file", ready],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(ready):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "podtrace mtu never attached"
+            time.sleep(0.1)
+        sh(sys.executable, "-c", FIRST_FRAGMENTS, pair.addr_b, str(count), netns=pair.a)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    out = json.loads(stdout.splitlines()[-1])
+    live, verdict = out["probe"]["live"], out["verdict"]
+    print(json.dumps(live, indent=1), verdict["text"])
+    assert out["probe"]["largest"] == 1500
+    assert live["snmp"][pair.b]["ReasmTimeout"] == count and live["snmp"][pair.b]["ReasmFails"] == count
+    assert live["snmp"][pair.a]["ReasmTimeout"] == 0
+    assert live["reasm_drops"] == count
+    assert live["reasm_time_exceeded"] == {pair.addr_a: count}
+    assert not verdict["ok"]
+    assert f"{count} IPv4 reassembly timeouts in {pair.b} (" in verdict["text"]
+    assert f"{count} fragments dropped as FRAG_REASM_TIMEOUT" in verdict["text"]
 
 
 # The lab --------------------------------------------------------------------------------------------------

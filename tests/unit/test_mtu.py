@@ -11,8 +11,19 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import Raw
 
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_QUEUE, POINT_RX, PacketEvent, Tuple
-from tracer.mtu import LinkInfo, MtuEventCounter, PathLinks, next_hop_mtu, parse_subnet_env, verdict
+from tracer.events import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_QUEUE, POINT_RX, PacketEvent, Tuple
+from tracer.mtu import (
+    FRAG_NEEDED_BY_TRACEPOINT,
+    LinkInfo,
+    LiveCounts,
+    MtuEventCounter,
+    PathLinks,
+    next_hop_mtu,
+    parse_snmp,
+    parse_subnet_env,
+    snmp_delta,
+    verdict,
+)
 from tracer.mtuprobe import BinarySearch, quoted_ip_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mtu"
@@ -45,8 +56,6 @@ def test_lab_mtu_mismatch_names_pod_and_overlay_mtus() -> None:
 
 
 def test_mismatch_text_carries_live_counts() -> None:
-    from tracer.mtu import LiveCounts
-
     counts = LiveCounts(seconds=2.0, frag_needed={"10.244.0.2": 8}, fragments=30)
     text = verdict(_path("lab-remote-mtu-mismatch.json"), counts).text
     assert "ICMP frag-needed sent to 10.244.0.2 (4.0/s)" in text
@@ -128,3 +137,69 @@ def test_binary_search_when_nothing_arrives() -> None:
 def test_link_info_json_shape() -> None:
     link = LinkInfo("eth0", 1500, "veth", "pt-client", 2)
     assert PathLinks.from_json(PathLinks("10.0.0.1", pod=link).to_json()).pod == link
+
+
+# icmp:icmp_send events (bpf/icmp.c): the event is the offending packet; reason type << 8 | code; location the MTU
+
+
+def _icmp_sent(raw: bytes, skb: int, ts: int, icmp: tuple[int, int], mtu: int = 0) -> PacketEvent:
+    event = _event(raw, EVENT_ICMP, 0, skb, ts)
+    return dataclasses.replace(event, reason=(icmp[0] << 8) | icmp[1], location=mtu)
+
+
+def test_frag_needed_from_the_tracepoint_counts_each_error_with_its_mtu() -> None:
+    probe = IP(src="10.244.0.2", dst="10.244.1.2", flags="DF", id=4242) / UDP(sport=1, dport=2) / Raw(b"x" * 1472)
+    queued = bytes(IP(src="10.244.0.1", dst="10.244.0.2") / ICMP(type=3, code=4, nexthopmtu=1450) / bytes(probe)[:28])
+    events = [_icmp_sent(bytes(probe), 0x10 + i, 1_000 * i, (3, 4), mtu=1450) for i in range(3)]
+    events.append(_event(queued, EVENT_PATH, POINT_QUEUE, 0xA, 5_000))  # one of them, seen leaving on cni0
+    traced = MtuEventCounter({}, icmp_tracepoint=True)
+    fallback = MtuEventCounter({})
+    for event in events:
+        traced.add(event)
+        fallback.add(event)
+    counts = traced.result(2.0)
+    assert counts.frag_needed == {"10.244.0.2": 3} and counts.frag_needed_mtu == {1450: 3}
+    assert counts.frag_needed_seen_by == FRAG_NEEDED_BY_TRACEPOINT
+    # Without the tracepoint only the queued ICMP packet is evidence.
+    assert fallback.result(2.0).frag_needed == {"10.244.0.2": 1}
+    assert "ICMP frag-needed sent to 10.244.0.2 (1.5/s)" in verdict(_path("lab-remote-mtu-mismatch.json"), counts).text
+
+
+def test_reassembly_timeouts_from_drops_icmp_and_snmp() -> None:
+    first = bytes(IP(src="198.18.1.1", dst="198.18.1.2", flags="MF", id=900) / UDP(sport=5, dport=9) / Raw(b"x" * 64))
+    reasons = {95: "FRAG_REASM_TIMEOUT", 93: "PKT_TOO_BIG"}
+    counter = MtuEventCounter(reasons, icmp_tracepoint=True)
+    for i in range(7):
+        counter.add(_event(first, EVENT_DROP, 0, 0x20 + i, 10 * i, reason=95))
+        counter.add(_icmp_sent(first, 0x20 + i, 10 * i + 1, (11, 1)))
+    counts = counter.result(3.5)
+    assert counts.reasm_drops == 7 and counts.too_big_drops == 0
+    assert counts.reasm_time_exceeded == {"198.18.1.1": 7} and counts.frag_needed == {}
+    # Counters read inside the target's namespace at start and end (this fixture: 12 timeouts in all).
+    after = parse_snmp((FIXTURES / "snmp-reasm-timeout.txt").read_text())
+    assert after["ReasmTimeout"] == 12 and after["ReasmFails"] == 12 and after["ReasmOKs"] == 0
+    before = dict(after, ReasmTimeout=5, ReasmFails=5, ReasmReqds=5)
+    counts.snmp = {"ptt-b": snmp_delta(before, after)}
+    counts.snmp_total = {"ptt-b": after}
+    judged = verdict(_path("lab-remote-ok.json"), counts)
+    assert not judged.ok
+    assert judged.findings == ("7 IPv4 reassembly timeouts in ptt-b (2.0/s; ReasmTimeout +7, ReasmFails +7): "
+                               "fragments of those packets never all arrived, so the whole packets were lost; "
+                               "7 fragments dropped as FRAG_REASM_TIMEOUT; ICMP time-exceeded (reassembly) sent to "
+                               "198.18.1.1 (2.0/s)",)
+
+
+def test_reassembly_without_snmp_and_earlier_timeouts_as_a_note() -> None:
+    counts = LiveCounts(seconds=1.0, reasm_drops=2)
+    assert verdict(_path("lab-remote-ok.json"), counts).findings == (
+        "IPv4 reassembly timed out (some fragments never arrived): 2 fragments dropped as FRAG_REASM_TIMEOUT",)
+    old = LiveCounts(seconds=1.0, snmp={"pt-node2": snmp_delta({}, {})},
+                     snmp_total={"pt-node2": {"ReasmTimeout": 4, "ReasmFails": 4}})
+    judged = verdict(_path("lab-remote-ok.json"), old)
+    assert judged.ok and judged.notes == ("pt-node2 counted 4 reassembly timeouts before this run",)
+    assert judged.text.endswith("(pt-node2 counted 4 reassembly timeouts before this run)")
+
+
+def test_snmp_without_ip_lines_is_rejected() -> None:
+    with pytest.raises(ValueError, match="Ip:"):
+        parse_snmp("Icmp: InMsgs\nIcmp: 3\n")

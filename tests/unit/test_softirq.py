@@ -10,6 +10,7 @@ import pytest
 from tracer.softirq import (
     HISTS,
     SLOTS,
+    CpuReport,
     Log2Hist,
     SoftirqAggregator,
     SoftirqSnapshot,
@@ -121,3 +122,15 @@ def test_aggregator_reports_deltas_per_cpu_and_for_all() -> None:
     table = format_table(rows, agg.seconds)
     assert max(len(line) for line in table.splitlines()) < 100
     assert rows[-1].to_json()["net_rx_wait"]["count"] == 3
+
+
+def test_waits_deferred_to_ksoftirqd_have_their_own_row_and_json() -> None:
+    waits = Log2Hist.of_values([400, 500, 600])
+    deferred = Log2Hist.of_values([40_000])  # one of the NET_RX waits ended in ksoftirqd
+    row = CpuReport(None, {("NET_RX", "wait"): waits, ("NET_RX", "wait_ksoftirqd"): deferred}, {}, None)
+    table = format_table([row], 1.0)
+    defer = [line for line in table.splitlines() if " defer " in line]
+    assert len(defer) == 1 and defer[0].split()[:4] == ["all", "NET_RX", "defer", "1"]
+    assert "NET_TX  defer" not in table  # no deferred NET_TX waits: no row
+    assert row.to_json()["net_rx_wait_ksoftirqd"]["count"] == 1
+    assert max(len(line) for line in table.splitlines()) < 100
