@@ -12,7 +12,8 @@ from typing import Any
 from tracer.errors import PodtraceError, UsageError
 
 EPILOG = """\
-keys: 1-6 views, Enter drill into a drop, / view filter, p pause, r record, ? help, q quit
+keys: 1-6 views, Enter drill into a drop or a Service flow, s sort Services, / view filter, p pause, r record,
+? help, q quit
 
 examples:
   sudo podtrace tui
@@ -32,23 +33,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_tui_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("filter", nargs="*", metavar="FILTER",
-                        help="tcpdump (pcap-filter) expression run in the kernel; `/` in the TUI narrows it further")
+    from tracer.session import add_probe_options
+
+    add_probe_options(parser, "tcpdump (pcap-filter) expression run in the kernel; `/` in the TUI narrows it further")
     parser.add_argument("--replay", metavar="FILE", help="show a recording instead of the live node")
-    parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
-    parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
-    parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
     parser.add_argument("--node", action="append", metavar="NETNS",
                         help="node network namespace for the Services view's netfilter links and kube-proxy rules "
                              "(repeatable; default: this namespace, which is the node on a real worker)")
-    parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
 
 
 def tui_defaults() -> dict[str, Any]:
-    """The options run_tui reads, for `podtrace` with no subcommand."""
-    return {"filter": [], "replay": None, "netns": None, "ifname": None, "btf": None, "ready_file": None,
-            "ringbuf_pages": 256, "node": None}
+    """The options run_tui reads, for `podtrace` with no subcommand: the parser's own defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_tui_options(parser)
+    return vars(parser.parse_args([]))
 
 
 def run_tui(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from tui.pyfilter import ViewFilter
 from tui.recording import TuiRecording, basic_header, recording_name
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
+from tui.services import SORTS
 from tui.sources import Reader, SessionInfo, Source
 from tui.widgets.header import HeaderBar, header_text
 from tui.widgets.tables import DropsTable, ProbesView, RowsView, flow_text
@@ -64,6 +65,7 @@ class FilterBar(Vertical):
 
 class PodtraceApp(App[int]):
     TITLE = "podtrace"
+    ENABLE_COMMAND_PALETTE = False  # its footer entry pushed Help and Quit out of a 100-column footer
     CSS = """
     #status { height: auto; padding: 0 1; }
     #status.failed { color: $error; text-style: bold; }
@@ -79,6 +81,7 @@ class PodtraceApp(App[int]):
         Binding("4", "view('softirq')", "Softirq"),
         Binding("5", "view('probes')", "Probes"),
         Binding("6", "view('node')", "Node"),
+        Binding("s", "sort", "Sort"),
         Binding("slash", "edit_filter", "Filter"),
         Binding("p", "toggle_pause", "Pause"),
         Binding("r", "record", "Rec"),
@@ -119,8 +122,9 @@ class PodtraceApp(App[int]):
             with TabPane("1 Drops", id="drops"):
                 yield DropsTable(id="drops-table")
             with TabPane("2 Services", id="flows"):
-                yield RowsView("flows", "Service flows", "client -> Service -> backend, from netfilter links",
-                               ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us", "drops"])
+                yield RowsView("flows", "Service flows", "client -> Service -> backend, Enter: its packets",
+                               ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us", "drops"], sorts=SORTS,
+                               empty=self._flows_empty(), id="flows-view")
             with TabPane("3 Overlay/MTU", id="overlay"):
                 yield RowsView("overlay", "Overlay and MTU", "tunnels, fragments, frag-needed, MTU verdicts",
                                ["device", "vni", "packets", "fragments", "frag_needed", "verdict"])
@@ -134,6 +138,13 @@ class PodtraceApp(App[int]):
                                ["severity", "check", "value", "fix"])
         yield FilterBar(id="filter-bar")
         yield Footer()
+
+    def _flows_empty(self) -> str:
+        if self.info.mode == "live":
+            return "no Service flows yet (netfilter links see NAT rewrites from the first packets of new connections)"
+        if "flows" in self.model.tables:
+            return "no Service flows in this recording (record with --node to keep NAT rewrites and Service names)"
+        return "no data from this source yet"
 
     def on_mount(self) -> None:
         self.refresh_header()
@@ -161,8 +172,9 @@ class PodtraceApp(App[int]):
             if self.info.mode == "live":
                 status.update(Text(f"probes attached in {message.seconds:.1f} s: {', '.join(message.attached)}",
                                    style="dim"))
-            else:
-                status.update(Text(f"{self.info.mode}", style="dim"))
+            else:  # the header already names the recording
+                status.update(Text("reading the recording as fast as it goes: rates are per second of recorded time",
+                                   style="dim"))
             self._show_probes()
         if self.ready_file:
             with open(self.ready_file, "w", encoding="utf-8") as handle:
@@ -211,7 +223,8 @@ class PodtraceApp(App[int]):
         snap = self.snapshot
         self.query_one(ProbesView).show_status(
             self.info.programs, self.info.attached, snap.counters if snap else {},
-            snap.drop_total if snap else 0, snap.path_events if snap else 0)
+            snap.drop_total if snap else 0, snap.path_events if snap else 0,
+            snap.probe_events if snap else {}, snap.probe_counters if snap else {}, snap.nat_events if snap else 0)
 
     def refresh_header(self) -> None:
         self.query_one(HeaderBar).update(
@@ -226,6 +239,21 @@ class PodtraceApp(App[int]):
             self.pop_screen()
         self.query_one(TabbedContent).active = name
         self.action_focus_view()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """`s` shows in the footer only where it sorts something (the Services view)."""
+        if action == "sort":
+            try:
+                return self.query_one(TabbedContent).active == "flows" and not isinstance(self.screen, TimelineScreen)
+            except NoMatches:
+                return False
+        return True
+
+    def on_tabbed_content_tab_activated(self, _message: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()
+
+    def action_sort(self) -> None:
+        self.query_one("#flows-view", RowsView).cycle_sort()  # its title names the order
 
     def action_focus_view(self) -> None:
         active = self.query_one(TabbedContent).active
@@ -254,7 +282,7 @@ class PodtraceApp(App[int]):
     def push_snapshot(self) -> None:
         """Draw now rather than at the next tick (after a filter change)."""
         counters = self.latest.counters if self.latest else {}
-        snapshot = self.model.snapshot(counters)
+        snapshot = self.model.snapshot(counters, self.latest.probe_counters if self.latest else {})
         self.latest = snapshot
         if not self.paused:
             self.show(snapshot)
@@ -272,7 +300,8 @@ class PodtraceApp(App[int]):
         if self.recording is None:
             recording = TuiRecording(os.path.join(self.cwd, recording_name()),
                                      self.info.record_header or self._basic_header,
-                                     self.model.names, self.source.counters)
+                                     self.model.names, self.source.counters,
+                                     getattr(self.source, "probe_counters", None))
             self.recording = recording
             self.reader.recording = recording
             self.notify(f"recording to {os.path.basename(recording.path)} (r stops)", timeout=3)
@@ -302,6 +331,12 @@ class PodtraceApp(App[int]):
         self.push_screen(HelpScreen())
 
     def on_data_table_row_selected(self, message: DataTable.RowSelected) -> None:
+        flows = self.query_one("#flows-view", RowsView)
+        if message.data_table.parent is flows:
+            row = flows.selected()
+            if row is not None and row.get("_flow") is not None:
+                self.push_screen(TimelineScreen(self.model, "", row.get("_title", row["service"]), flow=row["_flow"]))
+            return
         if message.data_table.id != "drops-table" or self.snapshot is None:
             return
         ident = str(message.row_key.value)

@@ -7,6 +7,7 @@ snapshots; screens never see individual events, only a Snapshot at a steady few 
 from __future__ import annotations
 
 import heapq
+import socket
 import threading
 import time
 from collections import OrderedDict, deque
@@ -15,7 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tracer.aggregate import DropKey, DropTable
-from tracer.events import POINT_NAMES, PacketEvent
+from tracer.events import (
+    EVENT_DROP,
+    EVENT_ICMP,
+    EVENT_NAT,
+    EVENT_NF_VERDICT,
+    POINT_FRAGMENT,
+    POINT_NAMES,
+    POINT_TC_EGRESS,
+    POINT_TC_INGRESS,
+    POINT_VXLAN_RCV,
+    POINT_VXLAN_XMIT,
+    NatEvent,
+    PacketEvent,
+    Tuple,
+)
+from tracer.netfilter import point_label
+from tracer.nfverdict import hook_label
 from tracer.report import Resolver, drop_rows
 from tui.pyfilter import Predicate
 
@@ -25,6 +42,17 @@ RATE_BUCKET_NS = 100_000_000
 NS = 1_000_000_000
 
 FlowKey = tuple[int, int, bytes, bytes, int]  # family, proto, saddr, daddr, dport: a packet's path across netns
+Hop = PacketEvent | NatEvent  # what a timeline shows: packet events and the NAT rewrites between them
+POINT_PROBES = {POINT_TC_INGRESS: "tc", POINT_TC_EGRESS: "tc", POINT_VXLAN_RCV: "overlay_kprobe",
+                POINT_VXLAN_XMIT: "overlay_kprobe", POINT_FRAGMENT: "overlay_kprobe"}
+TYPE_PROBES = {EVENT_DROP: "drops", EVENT_NAT: "netfilter", EVENT_ICMP: "icmp", EVENT_NF_VERDICT: "nf_kprobe"}
+
+
+def probe_of(event: Any) -> str:
+    """The probe (tracer.events.PROBES) that emitted a decoded event, from its type and point code."""
+    if event.type in TYPE_PROBES:
+        return str(TYPE_PROBES[event.type])
+    return POINT_PROBES.get(event.reason, "path")
 
 
 class TableSource(Protocol):
@@ -46,10 +74,14 @@ class TimelineRow:
     time: str  # HH:MM:SS.micro
     cpu: int
     where: str  # netns/ifname
-    what: str  # "DROP NETFILTER_DROP at nft_do_chain+0x..." or "rx"/"queue"/"xmit"
-    flow: str
+    what: str  # "DROP NETFILTER_DROP @nft_do_chain+0x...", "rx"/"queue"/"tc-in", "DNAT"/"SNAT"
+    flow: str  # the packet's tuple at this hop (a NAT row: before the rewrite)
     length: int
     is_drop: bool
+    hook: str = ""  # the netfilter hook a drop passed last, a NAT rewrite's netfilter point ("-" for path events)
+    nat: str = ""  # a NAT row: "before -> after"; a rewritten packet's later hops: "was <before>"
+    is_nat: bool = False
+    location: str = ""  # drops: the kernel function that freed the packet
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,9 @@ class Snapshot:
     path_events: int
     view_filter: str
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    probe_events: dict[str, int] = field(default_factory=dict)  # events decoded per probe, before the view filter
+    probe_counters: dict[str, dict[str, int]] = field(default_factory=dict)  # the kernel's counters per probe
+    nat_events: int = 0
 
 
 def key_id(key: DropKey) -> str:
@@ -76,8 +111,33 @@ def key_id(key: DropKey) -> str:
 
 
 def flow_of(event: PacketEvent) -> FlowKey:
-    t = event.outer
+    return tuple_flow(event.outer)
+
+
+def tuple_flow(t: Tuple) -> FlowKey:
     return (t.family, t.proto, t.saddr, t.daddr, t.dport)
+
+
+def ip_flow(proto: str, src: str, dst: str, dport: int) -> FlowKey:
+    """A FlowKey from text (the Services view's rows)."""
+    family = 6 if ":" in dst else 4
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+
+    def raw(ip: str) -> bytes:
+        return socket.inet_pton(af, ip).ljust(16, b"\0")
+
+    return (family, {"tcp": 6, "udp": 17, "sctp": 132}.get(proto, 0), raw(src), raw(dst), dport)
+
+
+def nat_change(before: Tuple, after: Tuple) -> tuple[str, str, str]:
+    """What a NAT rewrite changed: ("DNAT", "10.96.0.10:80", "10.244.1.5:8080"), SNAT likewise, or both."""
+    dnat = (before.daddr, before.dport) != (after.daddr, after.dport)
+    snat = (before.saddr, before.sport) != (after.saddr, after.sport)
+    if dnat and not snat:
+        return "DNAT", f"{before.dst}:{before.dport}", f"{after.dst}:{after.dport}"
+    if snat and not dnat:
+        return "SNAT", f"{before.src}:{before.sport}", f"{after.src}:{after.sport}"
+    return "NAT", before.describe(), after.describe()
 
 
 def sparkline(counts: list[int]) -> str:
@@ -85,6 +145,11 @@ def sparkline(counts: list[int]) -> str:
     if top == 0:
         return " " * len(counts)
     return "".join(" " if c == 0 else SPARK[min(len(SPARK) - 1, (c * len(SPARK) - 1) // top)] for c in counts)
+
+
+def _packet_key(t: Tuple) -> tuple[int, int, bytes, bytes, int, int]:
+    """A tuple with its source port: one connection, as a NAT rewrite is keyed."""
+    return (t.family, t.proto, t.saddr, t.daddr, t.sport, t.dport)
 
 
 class Model:
@@ -104,10 +169,11 @@ class Model:
         self.timeline_len = timeline_len
         self.max_timelines = max_timelines
         self.max_rows = max_rows
-        self.history: deque[PacketEvent] = deque(maxlen=history_len)
+        self.history: deque[Any] = deque(maxlen=history_len)
         self.tables: dict[str, TableSource] = {}
         self.lock = threading.Lock()
         self.received = 0
+        self.probe_events: dict[str, int] = {}
         self.predicate: Predicate | None = None
         self.filter_text = ""
         self._reset()
@@ -122,36 +188,41 @@ class Model:
         self.drops = DropTable()
         self.events = 0
         self.path_events = 0
+        self.nat_events = 0
         self.latest_ns = 0
         self.timelines: OrderedDict[DropKey, deque[PacketEvent]] = OrderedDict()
-        self.paths: OrderedDict[FlowKey, deque[PacketEvent]] = OrderedDict()
+        self.paths: OrderedDict[FlowKey, deque[Hop]] = OrderedDict()
+        # NAT rewrites seen, both ways: after flow -> before flows, and per connection the rewrite itself, so a
+        # timeline follows a packet across its DNAT and says on every later hop what it was before.
+        self.nat_before: OrderedDict[FlowKey, set[FlowKey]] = OrderedDict()
+        self.rewrites: OrderedDict[tuple[int, int, bytes, bytes, int, int], NatEvent] = OrderedDict()
         self.per_second: dict[DropKey, dict[int, int]] = {}
         self.rate_buckets: deque[list[int]] = deque()  # [bucket index, count]
 
     # -- feeding --
 
-    def add(self, events: Iterable[PacketEvent]) -> None:
+    def add(self, events: Iterable[Any]) -> None:
+        """Decoded events: packet events (drops, path), NAT rewrites; other kinds are only counted per probe."""
         with self.lock:
             self._fed = self._event_fed()  # tables may be added after the model is made
             for event in events:
                 self.received += 1
-                self.history.append(event)
-                self._add(event)
+                probe = probe_of(event)
+                self.probe_events[probe] = self.probe_events.get(probe, 0) + 1
+                if isinstance(event, (PacketEvent, NatEvent)):
+                    self.history.append(event)
+                    self._add(event)
 
-    def _add(self, event: PacketEvent) -> None:
+    def _add(self, event: Hop) -> None:
+        if isinstance(event, NatEvent):
+            self._add_nat(event)  # no packet bytes to filter on: rewrites are few (first packet of each)
+            return
         if self.predicate is not None and not self.predicate(event):
             return
         self.events += 1
         for table in self._fed:
             table.add(event)
-        self.latest_ns = max(self.latest_ns, event.ts_ns)
-        bucket = event.ts_ns // RATE_BUCKET_NS
-        if self.rate_buckets and self.rate_buckets[-1][0] == bucket:
-            self.rate_buckets[-1][1] += 1
-        else:
-            self.rate_buckets.append([bucket, 1])
-            while len(self.rate_buckets) > 64:
-                self.rate_buckets.popleft()
+        self._count_rate(event.ts_ns)
         if not event.is_drop:
             self.path_events += 1
             _bounded_append(self.paths, flow_of(event), event, self.timeline_len, self.max_timelines)
@@ -170,6 +241,33 @@ class Model:
             for old in sorted(seconds)[:-SPARK_SECONDS]:
                 del seconds[old]
 
+    def _count_rate(self, ts_ns: int) -> None:
+        self.latest_ns = max(self.latest_ns, ts_ns)
+        bucket = ts_ns // RATE_BUCKET_NS
+        if self.rate_buckets and self.rate_buckets[-1][0] == bucket:
+            self.rate_buckets[-1][1] += 1
+        else:
+            self.rate_buckets.append([bucket, 1])
+            while len(self.rate_buckets) > 64:
+                self.rate_buckets.popleft()
+
+    def _add_nat(self, event: NatEvent) -> None:
+        self.nat_events += 1
+        before, after = tuple_flow(event.before), tuple_flow(event.after)
+        _bounded_append(self.paths, after, event, self.timeline_len, self.max_timelines)
+        if before != after:
+            _bounded_append(self.paths, before, event, self.timeline_len, self.max_timelines)
+        befores = self.nat_before.get(after)
+        if befores is None:
+            befores = self.nat_before[after] = set()
+            while len(self.nat_before) > self.max_timelines:
+                self.nat_before.popitem(last=False)
+        if len(befores) < 64:  # a backend behind many VIPs: enough to follow, bounded
+            befores.add(before)
+        self.rewrites[_packet_key(event.after)] = event
+        while len(self.rewrites) > self.max_timelines * 4:
+            self.rewrites.popitem(last=False)
+
     def set_filter(self, expression: str, predicate: Predicate | None) -> None:
         """Re-aggregate the kept history under a new view filter (nothing is reattached)."""
         with self.lock:
@@ -184,7 +282,7 @@ class Model:
     def now_ns(self) -> int:
         return self.clock() if self.clock is not None else self.latest_ns
 
-    def snapshot(self, counters: dict[str, int]) -> Snapshot:
+    def snapshot(self, counters: dict[str, int], probe_counters: dict[str, dict[str, int]] | None = None) -> Snapshot:
         with self.lock:
             now = self.now_ns()
             since = (now - NS) // RATE_BUCKET_NS
@@ -210,7 +308,9 @@ class Model:
                 except Exception:  # noqa: BLE001 - a broken extra table must not stop the drops view
                     tables[name] = []
             return Snapshot(self.events, self.received, rate, dict(counters), rows, len(self.drops), self.drops.total,
-                            self.drops.evicted, self.path_events, self.filter_text, tables)
+                            self.drops.evicted, self.path_events, self.filter_text, tables, dict(self.probe_events),
+                            {probe: dict(values) for probe, values in (probe_counters or {}).items()},
+                            self.nat_events)
 
     def find(self, ident: str) -> DropKey | None:
         with self.lock:
@@ -220,39 +320,85 @@ class Model:
         return None
 
     def timeline(self, ident: str) -> list[TimelineRow]:
-        """The recent packets of one drop group: its drops and the path events of the same flow, oldest first."""
+        """The recent packets of one drop group: its drops, the path events of the same flow and of the flows NAT
+        rewrote into it (a Service VIP before DNAT), and those rewrites, oldest first."""
         key = self.find(ident)
         if key is None:
             return []
         with self.lock:
             drops = list(self.timelines.get(key, ()))
-            flow = (key[3], key[4], key[5], key[6], key[7])
-            path = list(self.paths.get(flow, ()))
-        events = sorted(drops + path, key=lambda e: e.ts_ns)[-self.timeline_len * 2:]
+        return self._rows(drops, (key[3], key[4], key[5], key[6], key[7]))
+
+    def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]:
+        """The recent packets of one flow (e.g. client -> Service VIP, or client -> backend after DNAT), with the
+        drops of the same flow, across its NAT rewrites."""
+        with self.lock:
+            flows = self._related(flow)
+            drops = [event for key, events in self.timelines.items() if (key[3], key[4], key[5], key[6], key[7])
+                     in flows for event in events]
+        return self._rows(drops, flow)
+
+    def _related(self, flow: FlowKey) -> set[FlowKey]:
+        """The flow, the flows NAT rewrote into it, and the flows it was rewritten into."""
+        related = {flow, *self.nat_before.get(flow, ())}
+        related |= {after for after, befores in self.nat_before.items() if flow in befores}
+        return related
+
+    def _rows(self, drops: list[PacketEvent], flow: FlowKey) -> list[TimelineRow]:
+        with self.lock:
+            hops: list[Hop] = list(drops)
+            seen: set[int] = set()
+            for related in self._related(flow):
+                for hop in self.paths.get(related, ()):
+                    if id(hop) not in seen:  # a NAT event is stored under its before and after flows
+                        seen.add(id(hop))
+                        hops.append(hop)
+            rewrites = dict(self.rewrites)
+        events = sorted(hops, key=lambda e: e.ts_ns)[-self.timeline_len * 3:]
         rows = []
         previous = 0
         for event in events:
-            rows.append(self._timeline_row(event, event.ts_ns - previous if previous else 0))
+            rows.append(self._timeline_row(event, event.ts_ns - previous if previous else 0, rewrites))
             previous = event.ts_ns
         return rows
 
-    def _timeline_row(self, event: PacketEvent, delta: int) -> TimelineRow:
+    def _stamp(self, ts_ns: int) -> str:
+        wall = self.names.wall(ts_ns)
+        return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1_000_000:06d}"
+
+    def _timeline_row(self, event: Hop, delta: int,
+                      rewrites: dict[tuple[int, int, bytes, bytes, int, int], NatEvent]) -> TimelineRow:
         names = self.names
-        wall = names.wall(event.ts_ns)
-        stamp = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1_000_000:06d}"
+        if isinstance(event, NatEvent):
+            kind, before, after = nat_change(event.before, event.after)
+            return TimelineRow(event.ts_ns, delta, self._stamp(event.ts_ns), event.cpu, f"{names.netns(event.netns)}/-",
+                               kind, event.before.describe(), 0, False, point_label(event.point),
+                               f"{before} -> {after}", True)
+        location = ""
         if event.is_drop:
-            what = f"DROP {names.reason(event.reason)} @{names.symbol(event.location)}"
+            what = f"DROP {names.reason(event.reason)}"
+            location = names.symbol(event.location)
+            hook = hook_label(event.nf_point) if event.nf_point else "-"
+        elif event.type == EVENT_ICMP:  # an ICMP error the node sent about this packet (reason = type << 8 | code)
+            what = f"ICMP {event.reason >> 8}/{event.reason & 0xff} sent" + (f" mtu {event.location}" if event.location
+                                                                            else "")
+            hook = "icmp_send"
         else:
             what = POINT_NAMES.get(event.reason, str(event.reason))
+            hook = "-"
         flow = event.outer.describe()
         if event.inner:
             flow += f" [vxlan {event.vni}: {event.inner.describe()}]"
-        return TimelineRow(event.ts_ns, delta, stamp, event.cpu, f"{names.netns(event.netns)}/{event.ifname or '-'}",
-                           what, flow, event.len, event.is_drop)
+        nat = ""
+        rewrite = rewrites.get(_packet_key(event.outer))
+        if rewrite is not None and rewrite.before != rewrite.after and rewrite.ts_ns <= event.ts_ns:
+            nat = f"was {nat_change(rewrite.before, rewrite.after)[1]}"
+        return TimelineRow(event.ts_ns, delta, self._stamp(event.ts_ns), event.cpu,
+                           f"{names.netns(event.netns)}/{event.ifname or '-'}", what, flow, event.len, event.is_drop,
+                           hook, nat, location=location)
 
 
-def _bounded_append(store: OrderedDict[Any, deque[PacketEvent]], key: Any, event: PacketEvent, length: int,
-                    limit: int) -> Any:
+def _bounded_append(store: OrderedDict[Any, deque[Any]], key: Any, event: Any, length: int, limit: int) -> Any:
     """Append to key's deque, making room by evicting the least recently inserted key, which is returned."""
     found = store.get(key)
     if found is not None:

@@ -54,13 +54,15 @@ class TuiRecording:
     """One recording started with `r`: thread-safe `add` from the reader, `stop` from the app."""
 
     def __init__(self, path: str, header: Callable[[], dict[str, Any]], names: Resolver,
-                 counters: Callable[[], dict[str, int]]) -> None:
+                 counters: Callable[[], dict[str, int]],
+                 probe_counters: Callable[[], dict[str, dict[str, int]]] | None = None) -> None:
         self.path = path
         self.error = ""
         self.events = 0
         self._header = header
         self._names = names
         self._counters = counters
+        self._probe_counters = probe_counters  # sources that count per probe (LiveSource, recent recordings)
         self._lock = threading.Lock()
         self._pending: list[bytes] = []
         self._recorder: Recorder | None = None
@@ -72,7 +74,7 @@ class TuiRecording:
     def _open(self) -> None:
         try:
             recorder = Recorder(self.path, self._header(), self._names.netns, self._names.symbol)
-            recorder.write_counters(self._counters(), time.monotonic_ns())
+            recorder.write_counters(self._counters(), time.monotonic_ns(), self._probes())
             recorder.flush()
         except Exception as err:  # noqa: BLE001 - header probes and file IO fail broadly; the header says it
             self.error = f"recording failed: {err}"
@@ -80,6 +82,9 @@ class TuiRecording:
         with self._lock:
             self._recorder = recorder
             self._next_tick = time.monotonic() + TICK_S
+
+    def _probes(self) -> dict[str, dict[str, int]] | None:
+        return self._probe_counters() if self._probe_counters is not None else None
 
     @property
     def ready(self) -> bool:
@@ -97,7 +102,7 @@ class TuiRecording:
             if time.monotonic() >= self._next_tick:
                 self._next_tick = time.monotonic() + TICK_S
                 self._write()
-                self._recorder.write_counters(self._counters(), time.monotonic_ns())
+                self._recorder.write_counters(self._counters(), time.monotonic_ns(), self._probes())
                 self._recorder.flush()  # a killed TUI loses at most the last second
 
     def _write(self) -> None:
@@ -115,5 +120,5 @@ class TuiRecording:
             if self._recorder is None:
                 return 0
             self._write()
-            self._recorder.close(self._counters(), time.time_ns())
+            self._recorder.close(self._counters(), time.time_ns(), probes=self._probes())
             return self._recorder.events

@@ -1,4 +1,6 @@
-"""The Services view: tracer.flows.LiveFlowsTable's Service flows, with the drops the model saw attributed to them.
+"""The Services view: Service flows (client -> Service -> backend) from the kernel's NAT records, live
+(tracer.flows.LiveFlowsTable) or from a recording (tracer.replay.ReplaySource), with the drops the model saw
+attributed to them, and the orders the view sorts them in.
 
 Drops go through tracer.flows.FlowTable.add_drops, as in `podtrace flows`: a drop whose (src, dst, dport) is a
 flow's (client, backend, backend_port) counts on that flow; one that matches no flow but a Service (a VIP, a rule,
@@ -7,17 +9,61 @@ an endpoint) gets a row of its own under that Service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tracer.flows import FlowTable, LiveFlowsTable, nat_record_from_map
+from tracer.kubeproxy import ServiceMap
+from tui.model import ip_flow
 
 COLUMNS = ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us", "drops"]
+
+# The Services view's orders (`s` cycles them): label, key on a row, descending.
+SORTS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
+    ("packets", lambda row: (row.get("_packets", 0), row.get("_drops", 0)), True),
+    ("drops", lambda row: (row.get("_drops", 0), row.get("_packets", 0)), True),
+    ("time in netfilter", lambda row: (row.get("_nf_us", 0.0), row.get("_packets", 0)), True),
+    ("name", lambda row: (str(row.get("service", "")), str(row.get("client", "")), str(row.get("backend", ""))),
+     False),
+]
 
 
 def drops_text(drops: dict[str, int]) -> str:
     """"13 NETFILTER_DROP at FORWARD by filter FORWARD #1, 2 QUEUE_PURGE at -": the most frequent first."""
     return ", ".join(f"{count} {label}" for label, count in sorted(drops.items(), key=lambda item: -item[1]))
+
+
+def flow_rows(table: FlowTable, pods: dict[str, str]) -> list[dict[str, Any]]:
+    """The view's rows; keys starting with "_" are for sorting and drill-down, not shown."""
+
+    def name(ip: str) -> str:
+        return pods.get(ip, ip)
+
+    rows = []
+    for flow in table.rows():
+        nf_us = round(flow.nat_ns_sum / max(flow.packets_out, 1) / 1000, 1)
+        rows.append({
+            "service": flow.service,
+            "client": name(flow.client),
+            "backend": f"{name(flow.backend)}:{flow.backend_port}",
+            "pkts_out": flow.packets_out,
+            "pkts_in": flow.packets_in,
+            "nf_us": nf_us,
+            "drops": drops_text(flow.drops),
+            "_packets": flow.packets_out + flow.packets_in,
+            "_drops": sum(flow.drops.values()),
+            "_nf_us": nf_us,
+            # client -> VIP: the model follows it across the DNAT to the backend
+            "_flow": ip_flow(flow.proto, flow.client, flow.vip, flow.port) if flow.vip else None,
+            "_title": f"{flow.service}  {flow.client} -> {flow.vip}:{flow.port} -> {flow.backend}:{flow.backend_port}",
+        })
+    for drop in table.service_drops:
+        by = f" by {drop.rule}" if drop.rule != "-" else ""
+        rows.append({"service": drop.service, "client": name(drop.src), "backend": f"{name(drop.dst)}:{drop.dport}",
+                     "pkts_out": "", "pkts_in": "", "nf_us": "",
+                     "drops": f"{drop.count} {drop.reason} at {drop.hook}{by}",
+                     "_packets": 0, "_drops": drop.count, "_nf_us": 0.0})
+    return rows
 
 
 class ServiceFlowsTable(LiveFlowsTable):
@@ -32,22 +78,28 @@ class ServiceFlowsTable(LiveFlowsTable):
         table = FlowTable(self._services, lambda ip: self._pods.get(ip, "-"))
         table.add_nat(nat_record_from_map(key, stats) for key, stats in self.source.nat_flows())
         table.add_drops(drops)
+        return flow_rows(table, self._pods)
 
-        def name(ip: str) -> str:
-            return self._pods.get(ip, ip)
 
-        rows = [{
-            "service": flow.service,
-            "client": name(flow.client),
-            "backend": f"{name(flow.backend)}:{flow.backend_port}",
-            "pkts_out": flow.packets_out,
-            "pkts_in": flow.packets_in,
-            "nf_us": round(flow.nat_ns_sum / max(flow.packets_out, 1) / 1000, 1),
-            "drops": drops_text(flow.drops),
-        } for flow in table.rows()]
-        for drop in table.service_drops:
-            by = f" by {drop.rule}" if drop.rule != "-" else ""
-            rows.append({"service": drop.service, "client": name(drop.src), "backend": f"{name(drop.dst)}:{drop.dport}",
-                         "pkts_out": "", "pkts_in": "", "nf_us": "",
-                         "drops": f"{drop.count} {drop.reason} at {drop.hook}{by}"})
-        return rows
+class RecordedFlowsTable:
+    """The Services view of a recording: its NAT snapshots as read so far, its Services, its conntrack state (a
+    tracer.replay.ReplaySource, read by the reader thread that feeds the model)."""
+
+    columns = COLUMNS
+    uses_drops = True
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._services: ServiceMap | None = None
+
+    def rows(self, drops: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+        if not self.source.has_nat_flows:
+            return []
+        if self._services is None:  # parsed once: the header's kube-proxy rules do not change
+            self._services = self.source.services()[0]
+        pods = self.source.names.pod_names()
+        table = FlowTable(self._services, lambda ip: pods.get(ip, "-"))
+        table.add_nat(self.source.nat_records())
+        table.add_conntrack(state for recorded in self.source.conntrack() if (state := recorded.state()) is not None)
+        table.add_drops(drops)
+        return flow_rows(table, pods)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from textual.message import Message
 
 from tracer.errors import PodtraceError
-from tracer.events import EVENT_NAT, EVENT_SIZE, PacketEvent, decode
+from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
 from tracer.ladder import AttachPlan
 from tracer.report import Resolver
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
@@ -81,11 +81,14 @@ class ListSource:
 class RawListSource:
     """Raw event bytes delivered in batches (`poll_raw`, like LiveSource and ReplaySource), then nothing."""
 
-    def __init__(self, raw_events: Sequence[bytes], counters: dict[str, int] | None = None, batch: int = 1000) -> None:
+    def __init__(self, raw_events: Sequence[bytes], counters: dict[str, int] | None = None, batch: int = 1000,
+                 probe_counters: dict[str, dict[str, int]] | None = None) -> None:
         self.raw_events = list(raw_events)
         self._position = 0
         self._batch = batch
         self._counters = dict(counters or {"events": len(self.raw_events), "lost": 0})
+        if probe_counters is not None:  # like LiveSource's; otherwise the source has none
+            self.probe_counters = lambda: {probe: dict(values) for probe, values in probe_counters.items()}
 
     def poll_raw(self, timeout_ms: int = 100) -> list[bytes]:
         if self._position >= len(self.raw_events):
@@ -157,16 +160,22 @@ class Reader:
                 with contextlib.suppress(Exception):  # closing on the way out; nothing left to tell
                     close()
 
-    def _poll(self) -> list[PacketEvent]:
-        """Decoded packet events; raw bytes too when the source has them, for a recording started with `r`."""
+    def _poll(self) -> list[Any]:
+        """Decoded events (packet, NAT and the other kinds, by their type); raw bytes too when the source has them,
+        for a recording started with `r`."""
         poll_raw = getattr(self.source, "poll_raw", None)
         if poll_raw is None:
-            return self.source.poll(self.poll_ms)
+            return list(self.source.poll(self.poll_ms))
         raws: list[bytes] = poll_raw(self.poll_ms)
         recording = self.recording
         if recording is not None and raws:
             recording.add(raws)
-        return [decode(raw) for raw in raws if len(raw) >= EVENT_SIZE and raw[0] != EVENT_NAT]
+        return [decode_any(raw) for raw in raws if len(raw) >= EVENT_SIZES.get(raw[0], EVENT_SIZE)]
+
+    def _counters(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The kernel's counters, totals and per probe (sources without per-probe counters: none)."""
+        per_probe = getattr(self.source, "probe_counters", None)
+        return self.source.counters(), (per_probe() if per_probe is not None else {})
 
     def _loop(self) -> None:
         next_post = 0.0
@@ -176,7 +185,7 @@ class Reader:
                 self.model.add(events)
             now = time.monotonic()
             if now >= next_post:
-                self.post(SnapshotReady(self.model.snapshot(self.source.counters())))
+                self.post(SnapshotReady(self.model.snapshot(*self._counters())))
                 next_post = now + self.interval
 
     def _probe_plan(self) -> None:
@@ -199,6 +208,8 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
     except ImportError:
         raise PodtraceError("--replay needs recordings (tracer/replay.py), which this build does not have yet",
                             "run `podtrace tui` live on the node") from None
+    from tui.services import RecordedFlowsTable
+
     source = ReplaySource(path)
     header = source.header
     info = SessionInfo(
@@ -210,5 +221,6 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         attached=list(source.attached),
         plan=source.plan(),
         live_clock=False,
+        tables={"flows": RecordedFlowsTable(source)},
     )
     return source, info

@@ -133,9 +133,49 @@ def test_tui_shows_the_netfilter_drop_with_its_count_and_quits(pair: Pair) -> No
         assert "lost 0" in text and "live" in text
         wait_for(session, r"hook points")  # the attach ladder, probed in a worker
         tmux("send-keys", "-t", session, "Enter")
-        timeline = wait_for(session, r"last \d+ packets")
+        timeline = wait_for(session, r"last \d+ hops")
         assert f"{PRIME} drops, {PRIME} path events" in timeline, timeline
         tmux("send-keys", "-t", session, "q")
         wait_for(session, r"EXIT=0", timeout=15)
     finally:
         tmux("kill-session", "-t", session)
+
+
+def test_per_probe_counters_add_up_to_the_totals_and_match_the_events_of_each_probe(pair: Pair) -> None:
+    """Real probes (drops, path, netfilter links, tc) on veth traffic: a DNAT to a port INPUT drops, so every
+    probe fires; each probe's kernel counters add up to the totals the header shows, and each probe's `events`
+    is the number of events of its kind that came out of the ring buffer."""
+    from tracer.events import decode_any
+    from tracer.live import LiveSource
+    from tracer.pcapfilter import compile_filter
+    from tracer.probes import ProbeConfig
+    from tui.model import probe_of
+
+    sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DNAT",
+       "--to-destination", f"{pair.addr_b}:5001", netns=pair.b)
+    sh("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5001", "-j", "DROP", netns=pair.b)
+    config = ProbeConfig(filter=compile_filter("udp"), netns_inode=pair.inode(pair.b), path=True, netfilter=True,
+                         netfilter_netns=(pair.b,), tc_interfaces=(f"{pair.b}/veth-b",))
+    source = LiveSource(config)
+    source.start(progress=False)
+    events = []
+    try:
+        for port in range(40200, 40200 + PRIME):  # one connection each: one NAT event each
+            send_udp(pair.a, pair.addr_b, 5432, 1, src_port=port)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            events += [decode_any(raw) for raw in source.poll_raw(100)]
+        totals, per_probe = source.counters(), source.probe_counters()
+    finally:
+        source.close()
+    print(per_probe)
+    assert set(per_probe) == {"drops", "path", "netfilter", "tc"}, per_probe
+    for name, total in totals.items():
+        assert sum(values[name] for values in per_probe.values()) == total, (name, per_probe, totals)
+    assert totals["lost"] == 0 and totals["events"] == len(events)
+    decoded: dict[str, int] = {}
+    for event in events:
+        decoded[probe_of(event)] = decoded.get(probe_of(event), 0) + 1
+    assert {probe: values["events"] for probe, values in per_probe.items()} == decoded
+    assert decoded == {"drops": PRIME, "path": PRIME, "netfilter": PRIME, "tc": PRIME}, decoded
+    assert source.final_probe_counters == per_probe and source.final_counters == totals

@@ -187,7 +187,8 @@ async def test_enter_on_a_drop_opens_the_timeline_of_its_packets() -> None:
         assert isinstance(screen, TimelineScreen)
         rows = screen.rows
         drops = [row for row in rows if row.is_drop]
-        assert len(drops) == 7 and all("NO_SOCKET @__udp4_lib_rcv" in row.what for row in drops)
+        assert len(drops) == 7 and all(row.what == "DROP NO_SOCKET" for row in drops)
+        assert all(row.location.startswith("__udp4_lib_rcv") for row in drops)
         assert all("> 198.18.2.2:5002" in row.flow for row in rows)
         assert [row.what for row in rows if not row.is_drop] == ["rx"] * 7  # each packet's receive hop
         assert [row.ts_ns for row in rows] == sorted(row.ts_ns for row in rows)
@@ -247,12 +248,17 @@ def test_tracer_modules_do_not_import_textual() -> None:
     assert result.returncode == 0, result.stderr
 
 
+# Per-probe counters as LiveSource reports them (the fixture's totals, split between its two probes).
+PROBE_COUNTERS = {"drops": {"seen": 40, "filtered": 15, "events": 25, "lost": 0, "sampled": 0, "read_fail": 0},
+                  "path": {"seen": 73, "filtered": 43, "events": 30, "lost": 0, "sampled": 0, "read_fail": 0}}
+
+
 async def _record_part_of_the_replay() -> tuple[int, list[str]]:
     """Press r after 20 of the fixture's events, let the other 35 flow, press r again."""
     raw = (FIXTURE.parent / "events.bin").read_bytes()
     raws = [raw[i:i + EVENT_SIZE] for i in range(0, len(raw), EVENT_SIZE)]
     app = replay.make_app()
-    app.source = RawListSource(raws[:20], replay.meta()["counters"])
+    app.source = RawListSource(raws[:20], replay.meta()["counters"], probe_counters=PROBE_COUNTERS)
     headers: list[str] = []
     async with app.run_test(size=SIZE) as pilot:
         for _ in range(100):
@@ -286,6 +292,16 @@ def test_r_records_the_events_that_flow_until_r_again(tmp_path: Path, monkeypatc
     assert [e.ts_ns for e in events] == [e.ts_ns for e in replay.events()[20:]]
     header = open_recording(path).header
     assert header["hostname"] == replay.meta()["node"] and header["drop_reasons"]
+    from tracer.replay import ReplaySource
+
+    recorded = ReplaySource(path)
+    list(recorded)
+    # Per-probe counters kept like the totals: the first part starts from none, the trailer has the last read.
+    assert recorded.header["probe_counters_at_start"] == {} == recorded.header["counters_at_start"]
+    assert recorded.trailer is not None and recorded.trailer["probe_counters"] == PROBE_COUNTERS
+    assert recorded.probe_counters() == PROBE_COUNTERS
+    assert {name: sum(values[name] for values in PROBE_COUNTERS.values()) for name in recorded.counters()} == \
+        recorded.counters()
 
 
 def test_header_shows_the_recording_file_in_red_and_a_failure_on_red() -> None:
@@ -300,3 +316,136 @@ def test_header_shows_the_recording_file_in_red_and_a_failure_on_red() -> None:
     assert "○ rec off" in off.plain
     failed = header_text(app.info, None, None, "", False, "x.ptrec", "recording failed: disk full")
     assert "✗ recording failed: disk full" in failed.plain
+
+
+# -- the Services fixture: a real recording with DNAT (tests/unit/fixtures/tui/capture_services.py) --------------
+
+SERVICES = FIXTURE.parent / "services.ptrec"
+
+
+def services_app() -> PodtraceApp:
+    from tui.sources import open_replay
+
+    source, info = open_replay(str(SERVICES))
+    return PodtraceApp(source, info)
+
+
+async def wait_for_flows(app: PodtraceApp, pilot: Any) -> None:
+    for _ in range(100):
+        snap = app.snapshot
+        if snap is not None and len(snap.tables.get("flows", [])) == 2 and snap.drop_total == 7 and app.plan:
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"no snapshot with both Service flows: {app.snapshot}")
+
+
+def shown_services(app: PodtraceApp) -> list[tuple[str, str]]:
+    table = app.query_one("#flows DataTable", DataTable)
+    return [(str(table.get_row_at(i)[0]), str(table.get_row_at(i)[6])) for i in range(table.row_count)]
+
+
+@sync
+async def test_services_view_of_a_recording_sorts_by_packets_drops_netfilter_time_and_name() -> None:
+    app = services_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_flows(app, pilot)
+        assert app.check_action("sort", ()) is False  # not offered outside the Services view
+        await pilot.press("2")
+        await pilot.pause(0.1)
+        assert app.check_action("sort", ()) is True
+        title = app.query_one("#flows .view-title", Static)
+        rows = {row["service"]: row for row in app.snapshot.tables["flows"]}  # type: ignore[union-attr]
+        assert (rows["default/web:http"]["pkts_out"], rows["default/db:pg"]["pkts_out"]) == (11, 7)
+        assert rows["default/db:pg"]["drops"].startswith("7 NETFILTER_DROP at INPUT")
+        assert rows["default/web:http"]["drops"] == ""
+        web_first = rows["default/web:http"]["nf_us"] > rows["default/db:pg"]["nf_us"]
+        expected = {"packets": "default/web:http", "drops": "default/db:pg",
+                    "time in netfilter": "default/web:http" if web_first else "default/db:pg", "name": "default/db:pg"}
+        for order in ("packets", "drops", "time in netfilter", "name"):
+            assert f"sorted by {order} (s)" in str(title.render())
+            assert shown_services(app)[0][0] == expected[order], (order, shown_services(app))
+            assert len(shown_services(app)) == 2
+            await pilot.press("s")
+        assert "sorted by packets" in str(title.render())  # the cycle wraps
+
+
+@sync
+async def test_timeline_of_a_dnat_drop_shows_each_hop_with_its_nat_rewrite() -> None:
+    app = services_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_flows(app, pilot)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        screen = app.screen
+        assert isinstance(screen, TimelineScreen)
+        rows = screen.rows
+        # Seven datagrams to the db Service's VIP, each: received, tc ingress, DNAT to the backend, dropped in INPUT.
+        assert [(row.hook, row.what) for row in rows] == [
+            ("-", "rx"), ("-", "tc-in"), ("PREROUTING after DNAT", "DNAT"), ("INPUT first", "DROP NETFILTER_DROP"),
+        ] * 7
+        nat = [row for row in rows if row.is_nat]
+        assert all(row.nat == "10.96.0.11:5432 -> 198.18.2.2:5001" and "> 10.96.0.11:5432" in row.flow for row in nat)
+        drops = [row for row in rows if row.is_drop]
+        assert all(row.nat == "was 10.96.0.11:5432" and "> 198.18.2.2:5001" in row.flow for row in drops)
+        assert all(row.nat == "" and "> 10.96.0.11:5432" in row.flow for row in rows if row.what in ("rx", "tc-in"))
+        assert rows[0].delta_ns == 0 and all(row.delta_ns > 0 for row in rows[1:])
+        assert [row.ts_ns - prev.ts_ns for prev, row in zip(rows, rows[1:])] == [row.delta_ns for row in rows[1:]]
+        table = screen.query_one("#timeline", DataTable)
+        assert table.row_count == 28
+        assert str(table.get_row_at(2)[4]) == "10.96.0.11:5432 -> 198.18.2.2:5001"
+        assert str(table.get_row_at(3)[4]) == "was 10.96.0.11:5432" and str(table.get_row_at(3)[7]).startswith("nft_")
+        summary = str(screen.query_one("#timeline-summary", Static).render())
+        assert "last 28 hops: 7 drops, 14 path events, 7 NAT rewrites" in summary
+
+
+@sync
+async def test_enter_on_a_service_flow_opens_its_packets_across_the_dnat() -> None:
+    app = services_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_flows(app, pilot)
+        await pilot.press("2")
+        assert shown_services(app)[0][0] == "default/web:http"
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        screen = app.screen
+        assert isinstance(screen, TimelineScreen)
+        assert "default/web:http  198.18.2.1 -> 10.96.0.10:80 -> 198.18.2.2:8080" in screen.title_text
+        whats = [row.what for row in screen.rows]
+        # 11 datagrams of one connection: one DNAT event (the first packet of a translation), no drop
+        assert whats.count("rx") == 11 and whats.count("tc-in") == 11 and whats.count("DNAT") == 1
+        assert not any(row.is_drop for row in screen.rows)
+        assert whats[:3] == ["rx", "tc-in", "DNAT"]
+        await pilot.press("escape")
+        assert not isinstance(app.screen, TimelineScreen)
+
+
+@sync
+async def test_probes_view_shows_events_and_losses_per_probe_adding_up_to_the_totals() -> None:
+    app = services_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_flows(app, pilot)
+        await pilot.press("5")
+        await pilot.pause(0.3)
+        table = app.query_one("#probe-counters", DataTable)
+        shown = {str(table.get_row_at(i)[0]): [str(cell) for cell in table.get_row_at(i)[1:]]
+                 for i in range(table.row_count)}
+        assert list(shown) == ["drops", "path", "netfilter", "tc"]
+        # PROBE SEEN FILTERED EVENTS DECODED LOST SAMPLED READ_FAIL
+        assert shown["drops"][2:4] == ["7", "7"] and shown["netfilter"][2:4] == ["8", "8"]
+        assert shown["path"][2:4] == ["18", "18"] and shown["tc"][2:4] == ["18", "18"]
+        snap = app.snapshot
+        assert snap is not None
+        for column, name in enumerate(("seen", "filtered", "events")):
+            assert sum(int(cells[column]) for cells in shown.values()) == snap.counters[name], name
+        assert all(cells[4] == "0" for cells in shown.values())  # lost
+        status = str(app.query_one("#probe-status", Static).render())
+        assert "NAT rewrites 8" in status and "netfilter links at 11 points" in status
+
+
+@sync
+async def test_header_separates_its_fields_and_counts_one_group_in_the_singular() -> None:
+    app = services_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_flows(app, pilot)
+        header = str(app.query_one("#header", Static).render())
+        assert "lost 0 · drops 7 in 1 group · filter none · ○ rec off" in header, header

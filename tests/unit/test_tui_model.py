@@ -189,3 +189,37 @@ def test_overlay_view_counts_tunnels_fragments_and_frag_needed_per_device_and_fo
     assert model.snapshot({}).tables["overlay"] == []
     model.set_filter("", None)
     assert model.snapshot({}).tables["overlay"] == rows
+
+
+def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> None:
+    import re
+
+    from tracer.btf import Btf
+    from tracer.events import CNT_MAX, PROBES
+    from tracer.pcapfilter import compile_filter
+    from tracer.probes import ProbeConfig, build
+
+    header = (Path(__file__).resolve().parents[2] / "bpf" / "podtrace.h").read_text()
+    ids = {name.lower(): int(value) for name, value in re.findall(r"#define PT_PROBE_(\w+) (\d+)", header)}
+    assert {name: ids[name] for name in PROBES} == {name: index for index, name in enumerate(PROBES)}
+    assert f"#define PT_PROBES {len(PROBES)}" in header and f"#define PT_CNT_MAX {CNT_MAX}" in header
+    vmlinux = Path("/sys/kernel/btf/vmlinux")  # world-readable, as tests/unit/test_probes_build.py uses it
+    if not vmlinux.exists():
+        pytest.skip("no kernel BTF here")
+    text = build(Btf.load(str(vmlinux)), ProbeConfig(filter=compile_filter("udp"), path=True)).text
+    drops, path = text.index("RAW_TRACEPOINT_PROBE(kfree_skb)"), text.index("TRACEPOINT_PROBE(net, netif_receive_skb)")
+    assert text[text.rindex("#define PT_PROBE ", 0, drops):].startswith("#define PT_PROBE 1\n")  # drops
+    assert text[text.rindex("#define PT_PROBE ", 0, path):].startswith("#define PT_PROBE 2\n")  # path
+    assert "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_SLOTS);" in text
+
+
+def test_events_count_under_the_probe_that_emitted_them() -> None:
+    from tui.model import probe_of
+
+    events = replay.events()
+    model = Model(replay.resolver())
+    model.add(events)
+    assert model.probe_events == {"drops": 25, "path": 30}
+    assert {probe_of(e) for e in events if e.is_drop} == {"drops"}
+    tc = replace(events[0], type=2, reason=4)
+    assert probe_of(tc) == "tc" and probe_of(replace(events[0], type=4)) == "icmp"

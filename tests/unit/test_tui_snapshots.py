@@ -70,3 +70,39 @@ def test_bad_filter_error_inline(snap_compare: Any) -> None:
 
 def test_services_placeholder(snap_compare: Any) -> None:
     assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("2"))
+
+
+def services_app() -> Any:
+    from tui.app import PodtraceApp
+    from tui.sources import open_replay
+
+    source, info = open_replay(str(FIXTURE.parent / "services.ptrec"))
+    info.mode = "replay services.ptrec"  # the same picture from any checkout
+    return PodtraceApp(source, info)
+
+
+def settled_services(*keys: str) -> Any:
+    async def run_before(pilot: Any) -> None:
+        app = pilot.app
+        for _ in range(100):
+            snap = app.snapshot
+            if snap is not None and len(snap.tables.get("flows", [])) == 2 and snap.drop_total == 7 and app.plan:
+                break
+            await pilot.pause(0.05)
+        for key in keys:
+            await pilot.press(key)
+        await pilot.pause(0.3)
+
+    return run_before
+
+
+def test_services_sorted_by_drops(snap_compare: Any) -> None:
+    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("2", "s"))
+
+
+def test_timeline_of_a_dnat_drop(snap_compare: Any) -> None:
+    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("enter"))
+
+
+def test_probes_per_probe(snap_compare: Any) -> None:
+    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("5"))

@@ -13,13 +13,15 @@ HELP = """\
 [b]podtrace[/b]: where packets die on this node
 
 [b]1[/b] Drops       reason, kernel location, netns/interface, flow, count, rate over the last 10 s
-[b]2[/b] Services    client -> Service -> backend flows and their drops (live)
+[b]2[/b] Services    client -> Service -> backend flows and their drops; [b]s[/b] sorts (packets, drops,
+                    time in netfilter, name)
 [b]3[/b] Overlay/MTU tunnels, fragments, frag-needed, MTU verdicts
 [b]4[/b] Softirq     per-CPU NET_RX/NET_TX times, squeezes
-[b]5[/b] Probes      attached programs, event and loss counters, the attach ladder
+[b]5[/b] Probes      attached programs, events and losses per probe, the attach ladder
 [b]6[/b] Node        node-wide facts
 
-[b]Enter[/b]  on a drop: the timeline of its recent packets (Esc goes back)
+[b]Enter[/b]  on a drop or a Service flow: its recent packets hop by hop (device, hook, NAT
+       before -> after, drop, time and delta); Esc goes back
 [b]/[/b]      view filter in tcpdump syntax, e.g. [i]udp port 53[/i] or [i]host 10.96.0.10[/i]:
        applied to events already captured, without reattaching probes; it narrows the
        kernel filter given on the command line, it cannot widen it. Empty clears it.

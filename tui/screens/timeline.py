@@ -1,4 +1,5 @@
-"""Drill-down: the recent packets of one drop group, with the path events of the same flow, oldest first."""
+"""Drill-down: the recent packets of one drop group or one Service flow, hop by hop, oldest first: each hop's
+device, hook, NAT rewrite (before -> after; later hops say what the packet was before), drop, time and delta."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tui.model import Model, TimelineRow
+from tui.model import FlowKey, Model, TimelineRow
 
-COLUMNS = ("TIME", "+DELTA", "NETNS/IF", "POINT / DROP", "PACKET", "LEN", "CPU")
+# What tells the story first (the NAT and drop columns fit 100 columns); the packet as seen at that hop after.
+COLUMNS = ("TIME", "+DELTA", "HOOK", "EVENT", "NAT", "NETNS/IF", "PACKET", "LOCATION", "LEN", "CPU")
 
 
 def format_delta(ns: int) -> str:
@@ -26,9 +28,10 @@ def format_delta(ns: int) -> str:
 
 
 def timeline_cells(row: TimelineRow) -> tuple[Any, ...]:
-    what = Text(row.what, style="bold red") if row.is_drop else Text(row.what, style="green")
-    return (row.time, Text(format_delta(row.delta_ns), justify="right"), row.where, what, row.flow,
-            Text(str(row.length), justify="right"), str(row.cpu))
+    style = "bold red" if row.is_drop else "bold magenta" if row.is_nat else "green"
+    return (row.time, Text(format_delta(row.delta_ns), justify="right"), row.hook, Text(row.what, style=style),
+            Text(row.nat, style="magenta"), row.where, row.flow, row.location,
+            Text(str(row.length) if row.length else "", justify="right"), str(row.cpu))
 
 
 class TimelineScreen(Screen[None]):
@@ -42,10 +45,12 @@ class TimelineScreen(Screen[None]):
     TimelineScreen #timeline-title { height: auto; }
     """
 
-    def __init__(self, model: Model, ident: str, title: str) -> None:
+    def __init__(self, model: Model, ident: str, title: str, flow: FlowKey | None = None) -> None:
+        """A drop group's timeline (`ident`, a Snapshot drop row's key) or a flow's (`flow`)."""
         super().__init__()
         self.model = model
         self.ident = ident
+        self.flow = flow
         self.title_text = title
         self._shown: list[TimelineRow] = []
 
@@ -66,7 +71,7 @@ class TimelineScreen(Screen[None]):
     def refresh_rows(self) -> None:
         if getattr(self.app, "paused", False):
             return
-        rows = self.model.timeline(self.ident)
+        rows = self.model.flow_timeline(self.flow) if self.flow is not None else self.model.timeline(self.ident)
         if rows == self._shown:
             return
         self._shown = rows
@@ -75,9 +80,11 @@ class TimelineScreen(Screen[None]):
         for row in rows:
             table.add_row(*timeline_cells(row))
         drops = sum(1 for row in rows if row.is_drop)
+        nat = sum(1 for row in rows if row.is_nat)
         span = format_delta(rows[-1].ts_ns - rows[0].ts_ns) if len(rows) > 1 else "-"
+        rewrites = f", {nat} NAT rewrites" if nat else ""
         self.query_one("#timeline-summary", Static).update(
-            Text(f" last {len(rows)} packets: {drops} drops, {len(rows) - drops} path events, over {span}",
+            Text(f" last {len(rows)} hops: {drops} drops, {len(rows) - drops - nat} path events{rewrites}, over {span}",
                  style="dim"))
 
     @property

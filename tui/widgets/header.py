@@ -27,18 +27,20 @@ def header_text(info: SessionInfo, snapshot: Snapshot | None, plan: AttachPlan |
         text.append("waiting for events", style="dim")
     else:
         lost = snapshot.counters.get("lost", 0)
-        text.append(f"events {snapshot.events}  {snapshot.rate:.0f}/s  ")
+        # Separators end each field's span: SVG renderers drop the leading spaces of a span (the snapshots).
+        text.append(f"events {snapshot.events} ({snapshot.rate:.0f}/s) · ")
         text.append(f"lost {lost}", style="bold white on red" if lost > 0 else "green")
-        text.append(f"  drops {snapshot.drop_total}"
-                    f" in {snapshot.drop_groups} groups")
+        groups = "group" if snapshot.drop_groups == 1 else "groups"
+        text.append(f" · drops {snapshot.drop_total} in {snapshot.drop_groups} {groups}")
         if snapshot.evicted:
             text.append(f" ({snapshot.evicted} evicted)", style="yellow")
-    text.append("  filter ")
+        text.append(" ·")
+    text.append(" filter ")
     text.append(repr(info.kernel_filter) if info.kernel_filter else "none", style="cyan")
     if snapshot is not None and snapshot.view_filter:
         text.append(" view ")
         text.append(repr(snapshot.view_filter), style="bold cyan")
-    text.append("  ")
+    text.append(" · ")
     if recording_error:
         text.append(f"✗ {recording_error}", style="bold white on red")
     elif recording:

@@ -3,6 +3,7 @@ concerns other sources fill later (service flows, overlay/MTU, softirq, node).""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -10,6 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from tracer.events import PROBES
 from tracer.ladder import AttachPlan
 
 DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("reason", "REASON"), ("location", "LOCATION"),
@@ -66,39 +68,83 @@ class DropsTable(DataTable[Any]):
 
 
 class RowsView(Vertical):
-    """A view over rows of dicts from a table source that may not exist yet."""
+    """A view over rows of dicts from a table source that may not exist yet; optionally sortable (`sorts`: label,
+    key on a row, descending), the current order named in its title. Keys starting with "_" are never shown."""
 
-    def __init__(self, table: str, title: str, about: str, columns: list[str], **kwargs: Any) -> None:
+    def __init__(self, table: str, title: str, about: str, columns: list[str],
+                 sorts: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] | None = None,
+                 empty: str = "no data from this source yet", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table_name = table
         self.title = title
         self.about = about
         self.columns = columns
-        self._shown: list[dict[str, Any]] | None = None
+        self.sorts = sorts or []
+        self.sort_index = 0
+        self.empty_text = empty
+        self._received: list[dict[str, Any]] | None = None
+        self.shown: list[dict[str, Any]] = []  # in display order
 
     def compose(self) -> ComposeResult:
-        yield Static(Text.assemble((self.title, "bold"), "  ", (self.about, "dim")), classes="view-title")
-        yield Static("no data from this source yet", classes="empty")
+        yield Static(self._title(), classes="view-title")
+        yield Static(self.empty_text, classes="empty")
         table: DataTable[Any] = DataTable(cursor_type="row")
         table.display = False
         yield table
+
+    def _title(self) -> Text:
+        text = Text.assemble((self.title, "bold"), "  ", (self.about, "dim"))
+        if self.sorts:
+            text.append("  sorted by ", style="dim")
+            text.append(self.sorts[self.sort_index][0], style="bold cyan")
+            text.append(" (s)", style="dim")
+        return text
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         for column in self.columns:
             table.add_column(column.upper(), key=column)
 
+    @property
+    def sort_label(self) -> str:
+        return self.sorts[self.sort_index][0] if self.sorts else ""
+
+    def cycle_sort(self) -> str:
+        """The next order; redraws the rows already received."""
+        if not self.sorts:
+            return ""
+        self.sort_index = (self.sort_index + 1) % len(self.sorts)
+        self.query_one(".view-title", Static).update(self._title())
+        self._draw(self._received or [])
+        return self.sort_label
+
     def show(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         rows = tables.get(self.table_name)
-        if rows == self._shown:
+        if rows == self._received:
             return
-        self._shown = rows
+        self._received = rows
+        self._draw(rows or [])
+
+    def _draw(self, rows: list[dict[str, Any]]) -> None:
+        if self.sorts:
+            _label, key, descending = self.sorts[self.sort_index]
+            rows = sorted(rows, key=key, reverse=descending)
         empty, table = self.query_one(".empty", Static), self.query_one(DataTable)
         empty.display = not rows
         table.display = bool(rows)
+        selected = table.cursor_row if table.row_count else 0
         table.clear()
-        for row in rows or []:
+        self.shown = list(rows)
+        for row in rows:
             table.add_row(*(str(row.get(column, "")) for column in self.columns))
+        if rows:
+            table.move_cursor(row=min(selected, len(rows) - 1), animate=False)
+
+    def selected(self) -> dict[str, Any] | None:
+        table = self.query_one(DataTable)
+        if not table.row_count or not 0 <= table.cursor_row < len(self.shown):
+            return None
+        return self.shown[table.cursor_row]
 
 
 def ladder_rows(plan: AttachPlan) -> list[tuple[Any, ...]]:
@@ -121,11 +167,41 @@ def ladder_rows(plan: AttachPlan) -> list[tuple[Any, ...]]:
     return rows
 
 
+PROBE_COLUMNS = ("PROBE", "SEEN", "FILTERED", "EVENTS", "DECODED", "LOST", "SAMPLED", "READ FAIL")
+
+
+def probe_rows(probe_events: dict[str, int], probe_counters: dict[str, dict[str, int]]) -> list[tuple[Any, ...]]:
+    """One row per probe that counted or delivered anything: the kernel's counters (when the source has them per
+    probe) and the events decoded from the ring buffer; losses in red."""
+    rows: list[tuple[Any, ...]] = []
+    for probe in [name for name in PROBES if name in probe_counters or name in probe_events]:
+        kernel = probe_counters.get(probe)
+
+        def cell(name: str, kernel: dict[str, int] | None = kernel) -> Text:
+            if kernel is None:
+                return Text("-", style="dim", justify="right")
+            value = kernel.get(name, 0)
+            style = "bold white on red" if value and name in ("lost", "read_fail") else ""
+            return Text(str(value), style=style, justify="right")
+
+        rows.append((Text(probe, style="bold"), cell("seen"), cell("filtered"), cell("events"),
+                     Text(str(probe_events.get(probe, 0)), justify="right"), cell("lost"), cell("sampled"),
+                     cell("read_fail")))
+    return rows
+
+
 class ProbesView(Vertical):
-    """Attached programs, the event counters, and the attach ladder of this kernel (or the recording's)."""
+    """Attached programs, the event counters (in total and per probe), and the attach ladder of this kernel (or
+    the recording's)."""
+
+    DEFAULT_CSS = """
+    ProbesView #probe-counters { height: auto; max-height: 10; }
+    """
 
     def compose(self) -> ComposeResult:
         yield Static("", id="probe-status")
+        counters: DataTable[Any] = DataTable(id="probe-counters", cursor_type="none", zebra_stripes=False)
+        yield counters
         yield Static(Text("attach ladder", style="bold"), classes="view-title")
         ladder: DataTable[Any] = DataTable(id="ladder", cursor_type="row")
         yield ladder
@@ -134,9 +210,14 @@ class ProbesView(Vertical):
         ladder = self.query_one("#ladder", DataTable)
         for column in ("HOOK", "STATUS", "MECHANISM", "GIVES / WHY NOT"):
             ladder.add_column(column, key=column.lower())
+        counters = self.query_one("#probe-counters", DataTable)
+        for column in PROBE_COLUMNS:
+            counters.add_column(column, key=column.lower())
+        self._probe_rows: list[tuple[Any, ...]] = []
 
     def show_status(self, programs: list[str], attached: list[str], counters: dict[str, int],
-                    drops: int, paths: int) -> None:
+                    drops: int, paths: int, probe_events: dict[str, int] | None = None,
+                    probe_counters: dict[str, dict[str, int]] | None = None, nat: int = 0) -> None:
         text = Text()
         text.append("programs ", style="bold")
         text.append(", ".join(programs) or "none")
@@ -148,8 +229,18 @@ class ProbesView(Vertical):
             style = "bold white on red" if name == "lost" and value else ""
             text.append(f"{name} {value}", style=style)
             text.append("  ")
-        text.append(f"\nshown    drop events {drops}  path events {paths}")
+        text.append(f"\nshown    drop events {drops}  path events {paths}  NAT rewrites {nat}")
+        if probe_events and not probe_counters:
+            text.append("\n         per-probe kernel counters: not in this source", style="dim")
         self.query_one("#probe-status", Static).update(text)
+        rows = probe_rows(probe_events or {}, probe_counters or {})
+        if [tuple(str(cell) for cell in row) for row in rows] == self._probe_rows:
+            return
+        self._probe_rows = [tuple(str(cell) for cell in row) for row in rows]
+        table = self.query_one("#probe-counters", DataTable)
+        table.clear()
+        for row in rows:
+            table.add_row(*row)
 
     def show_plan(self, plan: AttachPlan | None, note: str = "") -> None:
         ladder = self.query_one("#ladder", DataTable)
