@@ -7,6 +7,8 @@
         ...
     rows = rec.drop_rows()                  # the rows `podtrace drops --json` prints
     flows = rec.flow_rows()                 # the rows `podtrace flows --json` prints (recorded with --node)
+    tables = rec.conntrack_rows()           # each node's conntrack table at the start and the end
+    mtu = rec.mtu_rows()                    # link MTUs, frag-needed/fragment/too-big counts, path verdicts
 
 Opening a recording needs neither root nor BPF; `live()` needs both.
 """
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tracer.aggregate import DropTable
-from tracer.events import PacketEvent, decode
+from tracer.events import EVENT_SIZE, PacketEvent, decode
 from tracer.replay import RecordedNames, ReplaySource
 from tracer.report import Resolver, drop_rows, summary_json
 
@@ -138,6 +140,32 @@ class Recording:
             return []
         seconds = round(source.softirq.seconds, 3)
         return [{**row.to_json(), "seconds": seconds} for row in source.softirq.report()]
+
+    def conntrack_rows(self) -> list[dict[str, Any]]:
+        """Each node's conntrack table at the end of the recording (count vs max, insert_failed, drop, early_drop,
+        `drops_during` the recording) with its reading at the start, as `podtrace report --json` prints them."""
+        source = self.source()
+        try:
+            for _raw in source:
+                pass
+        finally:
+            source.close()
+        return [recorded.to_json() for recorded in source.conntrack()]
+
+    def mtu_rows(self) -> list[dict[str, Any]]:
+        """Per node: link MTUs at record time, ICMP frag-needed / fragment / too-big counts of the recorded events
+        and the `podtrace mtu` verdict of each pod's path (`ok` false on a mismatch), as `podtrace report --json`."""
+        from tracer.recorded_node import relevant  # noqa: PLC0415 - netlink/conntrack code only when asked
+
+        source = self.source()
+        summary = source.mtu_summary()
+        try:
+            for raw in source:
+                if len(raw) >= EVENT_SIZE and relevant(raw, summary.too_big):
+                    summary.add(decode(raw))
+        finally:
+            source.close()
+        return [node.to_json() for node in summary.nodes(source.seconds or summary.event_span())]
 
     def summary(self) -> dict[str, Any]:
         """Events, lost, ... of the last full read (as the CLI summary object)."""

@@ -17,7 +17,9 @@ from tracer.aggregate import DropTable
 from tracer.errors import PodtraceError, RecordingError, UsageError
 from tracer.events import EVENT_SIZE, decode
 from tracer.flows import write_flow_table
-from tracer.recording import FORMAT_VERSION, Recorder, compression_of, nat_to_json, parse_size
+from tracer.mtu import SUBNET_ENV
+from tracer.recorded_node import relevant
+from tracer.recording import FORMAT_MINOR, FORMAT_VERSION, Recorder, compression_of, nat_to_json, parse_size
 from tracer.replay import ReplaySource
 from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
 
@@ -32,6 +34,12 @@ and the recording also holds kube-proxy's rules and the kernel's Service NAT flo
 the flow table `podtrace flows` would have shown. With --softirq it holds the softirq/NAPI latency histograms
 and /proc/net/softnet_stat every second, and the report adds the softirq table.
 
+Every recording also keeps the link MTUs of the node namespaces (--node, else --netns, else podtrace's own: pod
+veths and their pod ends, bridges, overlay, underlay) and flannel's subnet.env, and each node's conntrack table
+(count vs max, insert_failed, drop, early_drop) at the start and at the end: the report judges each pod's path
+as `podtrace mtu` does, with the frag-needed, fragment and too-big counts of the recorded events (path events
+for ICMP and fragments need a FILTER that keeps them, e.g. 'icmp or udp'), and charges drops to a full table.
+
 examples:
   sudo podtrace record -o node1.ptrec.gz --duration 60
   sudo podtrace record -o drops.ptrec --max-size 100M --netns pt-node1 'tcp port 443'
@@ -39,12 +47,19 @@ examples:
 """
 
 REPORT_EPILOG = """\
+Sections: drops; Service flows (recorded with --node); each node's conntrack table at the end with its growth
+since the start; MTU per node (link MTUs, ICMP frag-needed, fragments and too-big drops of the recorded events,
+the `podtrace mtu` verdict of each pod's path); VXLAN tunnels and fragments (`podtrace overlay`, when the
+recording has them); softirq (recorded with --softirq). --json: one object per row, the summary last.
+
 exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the damage is still printed)
 
 examples:
   podtrace report node1.ptrec.gz
   podtrace report --json node1.ptrec.gz | jq 'select(.reason == "NETFILTER_DROP")'
   podtrace report --json services.ptrec | jq 'select(.backend)'      # Service flows (recorded with --node)
+  podtrace report --json node1.ptrec.gz | jq 'select(.mtu and (.ok | not)) | .paths[].verdict.text'
+  podtrace report --json node1.ptrec.gz | jq 'select(.conntrack) | {node, count, max, drops_during}'
 """
 
 EXPORT_EPILOG = """\
@@ -77,12 +92,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "--node pt-node2)")
     record.add_argument("--softirq", action="store_true",
                         help="also record NET_RX/NET_TX softirq and NAPI latency (the `overlay softirq` summary)")
+    record.add_argument("--subnet-env", default=SUBNET_ENV, metavar="FILE",
+                        help="flannel's subnet.env, kept for the MTU verdict (default: %(default)s)")
     record.set_defaults(func=run_record)
 
     report = subparsers.add_parser(
-        "report", help="the drops (and Service flows) tables from a recording (no root, no BPF)",
-        description="Print the drops table `podtrace drops` would have printed over the recorded traffic, and "
-                    "the flow table of `podtrace flows` when it was recorded with --node.",
+        "report", help="drops, Service flows, conntrack, MTU and softirq summaries of a recording (no root, no BPF)",
+        description="Print the drops table `podtrace drops` would have printed over the recorded traffic, the "
+                    "flow table of `podtrace flows` when it was recorded with --node, each node's conntrack table, "
+                    "the MTU verdicts of `podtrace mtu`, the tunnels of `podtrace overlay` and the softirq table.",
         epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("file", metavar="FILE")
@@ -153,11 +171,22 @@ def _services(nodes: list[str]) -> dict[str, Any]:
     return {"nodes": result}
 
 
+def node_namespaces(args: argparse.Namespace) -> list[str | None]:
+    """The namespaces whose links and conntrack a recording keeps: the --node list, else --netns, else our own."""
+    return list(getattr(args, "node", None) or [getattr(args, "netns", None)])
+
+
 def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -> dict[str, Any]:
+    from tracer.recorded_node import collect_conntrack, collect_links
+
     plan, plan_error = _attach_plan()
+    nodes = node_namespaces(args)
+    links = collect_links(nodes, getattr(args, "subnet_env", SUBNET_ENV))
+    conntrack = collect_conntrack(nodes)  # before the clock: events follow it
     wall, mono = time.time_ns(), time.monotonic_ns()
     return {
         "format_version": FORMAT_VERSION,
+        "format_minor": FORMAT_MINOR,
         "podtrace_version": __version__,
         "kernel_release": platform.release(),
         "machine": platform.machine(),
@@ -174,6 +203,8 @@ def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -
         "event_size": EVENT_SIZE,
         "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": _lab_names()},
         "node_checks": _node_checks(args.netns),
+        "links": links,  # every link of each node namespace, pod ends of veths, subnet.env: the MTU section
+        "conntrack": conntrack,  # each node's table at the start (the last trailer has it at the end)
         **({"services": _services(args.node)} if getattr(args, "node", None) else {}),
     }
 
@@ -209,7 +240,7 @@ class _RecordLoop:
         names.symbol(1)  # load kallsyms now (~0.6 s), not on the first drop while the ring buffer fills
         header = build_header(self.args, source, known)
         self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size)
-        self.recorder.write_counters(source.counters(), time.monotonic_ns())
+        self.recorder.write_counters(source.counters(), time.monotonic_ns(), source.probe_counters())
         if getattr(self.args, "softirq", False):
             from tracer.softirq import SoftirqProbe
 
@@ -237,7 +268,7 @@ class _RecordLoop:
         self.next_tick = now + TICK_S
         assert self.recorder is not None
         counters = source.counters()
-        self.recorder.write_counters(counters, time.monotonic_ns())
+        self.recorder.write_counters(counters, time.monotonic_ns(), source.probe_counters())
         self.write_nat(source)
         if self.softirq is not None:
             self.recorder.write_softirq(self.softirq.snapshot())
@@ -263,14 +294,17 @@ class _RecordLoop:
         records = [nat_to_json(nat_record_from_map(key, stats)) for key, stats in source.nat_flows()]
         self.recorder.write_nat_flows(records, time.monotonic_ns())
 
-    def close(self, final_counters: dict[str, int]) -> None:
+    def close(self, final_counters: dict[str, int], probes: dict[str, dict[str, int]] | None = None) -> None:
         if self.softirq is not None:
             self.softirq.close()
         if self.recorder is None:
             return
         if self.pending:
             self._write()
-        self.recorder.close(final_counters, time.time_ns())
+        from tracer.recorded_node import collect_conntrack
+
+        end = collect_conntrack(node_namespaces(self.args))  # drops during the recording: end minus start
+        self.recorder.close(final_counters, time.time_ns(), {"conntrack": end}, probes)
         if self.status:
             sys.stderr.write("\n")
 
@@ -302,7 +336,8 @@ def run_record(args: argparse.Namespace) -> int:
                                             on_start=loop.on_start, on_tick=loop.on_tick,
                                             netfilter=bool(args.node), before_close=loop.before_close)
     finally:
-        loop.close(source.final_counters if source is not None else {})
+        loop.close(source.final_counters if source is not None else {},
+                   source.final_probe_counters if source is not None else None)
     assert loop.recorder is not None
     recorder = loop.recorder
     counters = source.final_counters
@@ -327,6 +362,8 @@ def _warn_truncated(source: ReplaySource) -> None:
 
 def _describe(source: ReplaySource) -> str:
     header = source.header
+    if not header:
+        return f"{source.path}: cut short inside its header: nothing to report"
     started = header.get("clock", {}).get("wall_ns")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started / 1e9)) if started else "?"
     expression = header.get("filter", {}).get("expression") or "all drops"
@@ -335,14 +372,21 @@ def _describe(source: ReplaySource) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from tracer.overlay import TunnelTable
+
     source = ReplaySource(args.file, follow=not args.no_follow)
     table = DropTable()
+    mtu = source.mtu_summary()
+    tunnels = TunnelTable()
+    names = source.resolver()
     count = 0
     error: PodtraceError | None = None
     try:
         for raw in source:
             table.add_raw(raw)
             count += 1
+            if len(raw) >= EVENT_SIZE and relevant(raw, mtu.too_big):
+                _add_mtu_event(decode(raw), mtu, tunnels, names)
     except RecordingError as err:
         error = err
     finally:
@@ -357,6 +401,9 @@ def run_report(args: argparse.Namespace) -> int:
         flows, services, warnings = source.flow_table(rows)
         for warning in warnings:
             sys.stderr.write(f"podtrace: {warning}\n")
+    conntrack = source.conntrack()
+    mtu_nodes = mtu.nodes(source.seconds or mtu.event_span())
+    overlay = tunnels.to_json() if tunnels.tunnels or tunnels.fragments else None
     softirq_rows = source.softirq.report() if source.softirq is not None else []
     softirq_seconds = source.softirq.seconds if source.softirq is not None else 0.0
     if args.json:
@@ -369,6 +416,12 @@ def run_report(args: argparse.Namespace) -> int:
                 sys.stdout.write(json.dumps({"service_drop": True, **drop.__dict__}) + "\n")
             for flagged in getattr(flows, "out_of_sync", []):  # VIPs no kube-proxy rule knows (as `flows` prints)
                 sys.stdout.write(json.dumps(flagged.to_json()) + "\n")
+        for recorded in conntrack:  # as `podtrace flows --json` prints each node's table, plus the start reading
+            sys.stdout.write(json.dumps(recorded.to_json()) + "\n")
+        for node in mtu_nodes:
+            sys.stdout.write(json.dumps(node.to_json()) + "\n")
+        if overlay is not None:  # as `podtrace overlay --json` prints it
+            sys.stdout.write(json.dumps({"overlay": True, **overlay}) + "\n")
         for cpu_row in softirq_rows:  # as `podtrace overlay softirq --json` prints them
             sys.stdout.write(json.dumps({**cpu_row.to_json(), "seconds": round(softirq_seconds, 3)}) + "\n")
         summary = summary_json(count, counters, table.evicted)
@@ -380,8 +433,15 @@ def run_report(args: argparse.Namespace) -> int:
         write_drop_table(rows, sys.stdout)
         if flows is not None and services is not None:
             sys.stdout.write("\n")
+            flows.conntrack = {}  # each node's table is printed below, with its start reading
             write_flow_table(flows, sys.stdout)
             sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services\n")
+        if conntrack:
+            sys.stdout.write("\n" + "".join(recorded.text() + "\n" for recorded in conntrack))
+        if mtu_nodes:
+            sys.stdout.write("\n" + "".join(node.text() for node in mtu_nodes))
+        if overlay is not None:
+            sys.stdout.write("\n" + tunnels.format_text())
         if softirq_rows:
             from tracer.softirq import format_table
 
@@ -391,6 +451,18 @@ def run_report(args: argparse.Namespace) -> int:
     if error is not None:
         raise error
     return 0
+
+
+def _add_mtu_event(event: Any, mtu: Any, tunnels: Any, names: Any) -> None:
+    """One decoded event into the MTU section and the tunnel table, named as `podtrace overlay` names it."""
+    from tracer.events import EVENT_DROP, POINT_NAMES
+
+    mtu.add(event)
+    where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
+    if event.type == EVENT_DROP:
+        tunnels.add(event, where, names.reason(event.reason))
+    else:
+        tunnels.add(event, f"{where} {POINT_NAMES.get(event.reason, str(event.reason))}")
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 MAGIC = b"PODTRACE"
 FORMAT_VERSION = 1
+# Additions within version 1 that older readers skip (header "format_minor"): 1 nat_flows and softirq records,
+# 2 the header's "links" and "conntrack" and the last trailer's "conntrack", 3 per-probe counters ("probe_counters"
+# in counters records and trailers, "probe_counters_at_start" in headers). Absent in the first files: 0.
+FORMAT_MINOR = 3
 PREAMBLE = struct.Struct("<8sI")
 
 KIND_HEADER = 1
@@ -348,6 +352,7 @@ class Recorder:
         self.netns: dict[int, str] = {int(k): v for k, v in header.get("names", {}).get("netns", {}).items()}
         self.symbols: dict[int, str] = {}
         self.counters: dict[str, int] = {}
+        self.probe_counters: dict[str, dict[str, int]] = {}  # probe -> counter (tracer.events.PROBES)
         self.events = 0
         self.part_events = 0
         self.parts: list[str] = []
@@ -360,6 +365,7 @@ class Recorder:
         header = dict(self._header)
         header["part"] = {"index": index, "first": os.path.basename(self.path)}
         header["counters_at_start"] = dict(self.counters)
+        header["probe_counters_at_start"] = {probe: dict(values) for probe, values in self.probe_counters.items()}
         names = dict(header.get("names", {}))
         names["netns"] = {str(k): v for k, v in sorted(self.netns.items())}
         names["symbols"] = {str(k): v for k, v in sorted(self.symbols.items())}
@@ -401,9 +407,15 @@ class Recorder:
         self._finish(self._writer, {"next": os.path.basename(next_path)})
         self._writer = self._open(len(self.parts))
 
-    def write_counters(self, counters: dict[str, int], monotonic_ns: int) -> None:
+    def write_counters(self, counters: dict[str, int], monotonic_ns: int,
+                       probes: dict[str, dict[str, int]] | None = None) -> None:
+        """The kernel's counters (totals, and per probe when `probes` is given: LiveSource.probe_counters())."""
         self.counters = dict(counters)
-        self._writer.write_json(KIND_COUNTERS, {"counters": self.counters, "monotonic_ns": monotonic_ns})
+        record: dict[str, Any] = {"counters": self.counters, "monotonic_ns": monotonic_ns}
+        if probes is not None:
+            self.probe_counters = {probe: dict(values) for probe, values in probes.items()}
+            record["probe_counters"] = self.probe_counters
+        self._writer.write_json(KIND_COUNTERS, record)
 
     def write_nat_flows(self, records: list[dict[str, Any]], monotonic_ns: int) -> None:
         """A snapshot of the kernel's nat_flows map (cumulative: the latest one read wins)."""
@@ -421,14 +433,20 @@ class Recorder:
 
     def _finish(self, writer: RecordWriter, extra: dict[str, Any]) -> None:
         trailer = {"counters": self.counters, "events": self.part_events, "total_events": self.events, **extra}
+        if self.probe_counters:
+            trailer["probe_counters"] = self.probe_counters
         writer.write_json(KIND_TRAILER, trailer)
         writer.close()
         self.bytes_written += os.path.getsize(writer.path)
 
-    def close(self, final_counters: dict[str, int], end_wall_ns: int) -> None:
+    def close(self, final_counters: dict[str, int], end_wall_ns: int, extra: dict[str, Any] | None = None,
+              probes: dict[str, dict[str, int]] | None = None) -> None:
+        """The last trailer; `extra` adds what was read at the end (e.g. "conntrack", format minor 2)."""
         if final_counters:
             self.counters = dict(final_counters)
-        self._finish(self._writer, {"next": None, "end_wall_ns": end_wall_ns})
+        if probes:
+            self.probe_counters = {probe: dict(values) for probe, values in probes.items()}
+        self._finish(self._writer, {**(extra or {}), "next": None, "end_wall_ns": end_wall_ns})
 
 
 _TUPLE_FIELDS = ("sport", "dport", "family", "proto", "icmp_type", "icmp_code", "frag", "ip_len")

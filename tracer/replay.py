@@ -32,6 +32,7 @@ from tracer.report import Resolver
 if TYPE_CHECKING:
     from tracer.flows import FlowTable, NatRecord
     from tracer.kubeproxy import ServiceMap
+    from tracer.recorded_node import MtuSummary, RecordedConntrack
     from tracer.softirq import SoftirqAggregator
 
 
@@ -148,6 +149,8 @@ class ReplaySource:
         self.trailer: dict[str, Any] | None = None
         self._latest: dict[str, int] = {}
         self._base: dict[str, int] | None = None
+        self._latest_probes: dict[str, dict[str, int]] = {}
+        self._base_probes: dict[str, dict[str, int]] = {}
         self._records = self._all_records()
         self.header: dict[str, Any] = self._read_header()
         self.names = RecordedNames.from_header(self.header)
@@ -209,6 +212,7 @@ class ReplaySource:
             if kind != KIND_HEADER or not isinstance(data, dict):
                 raise RecordingError(f"{self.path} does not start with a header record")
             self._base = dict(data.get("counters_at_start", {}))
+            self._base_probes = dict(data.get("probe_counters_at_start") or {})
             return data
         # A valid preamble and no complete header: cut short before anything could be replayed.
         if self.path not in self.truncated_parts:
@@ -220,9 +224,11 @@ class ReplaySource:
             self.names.update(data)
         elif kind == KIND_COUNTERS:
             self._latest = dict(data.get("counters", {}))
+            self._latest_probes = dict(data.get("probe_counters") or self._latest_probes)
         elif kind == KIND_TRAILER:
             self.trailer = data
             self._latest = dict(data.get("counters", {}))
+            self._latest_probes = dict(data.get("probe_counters") or self._latest_probes)
         elif kind == KIND_HEADER:  # the next rotation part: names it repeats are already known
             self.names.update(data.get("names", {}))
         elif kind == KIND_NAT_FLOWS:  # cumulative snapshots of the kernel map: the latest wins
@@ -304,6 +310,12 @@ class ReplaySource:
         """Counters of the recorded span so far (the kernel's counters minus those at the first part's start)."""
         return counter_delta(self._latest, self._base or {})
 
+    def probe_counters(self) -> dict[str, dict[str, int]]:
+        """Per-probe counters of the recorded span so far, as counters() (empty for recordings before format
+        minor 3, which kept only the totals)."""
+        return {probe: counter_delta(values, self._base_probes.get(probe, {}))
+                for probe, values in self._latest_probes.items()}
+
     def resolver(self) -> Resolver:
         return self.names.resolver()
 
@@ -321,15 +333,36 @@ class ReplaySource:
         return recorded_services(self.header)
 
     def flow_table(self, drop_rows: list[dict[str, Any]]) -> tuple[FlowTable, ServiceMap, list[str]]:
-        """The table `podtrace flows` would have shown (read the events first: NAT snapshots come with them)."""
+        """The table `podtrace flows` would have shown (read the events first: NAT snapshots come with them), with
+        each node's conntrack state, so drops a full table explains are charged to it as `podtrace flows` does."""
         from tracer.flows import FlowTable  # noqa: PLC0415
 
         services, warnings = self.services()
         pods = self.names.pod_names()
         table = FlowTable(services, lambda ip: pods.get(ip, "-"))
         table.add_nat(self.nat_records())
+        table.add_conntrack(state for recorded in self.conntrack() if (state := recorded.state()) is not None)
         table.add_drops(drop_rows)
         return table, services, warnings
+
+    def conntrack(self) -> list[RecordedConntrack]:
+        """Each node's conntrack table at the start and (once the last trailer is read) at the end."""
+        from tracer.recorded_node import recorded_conntrack  # noqa: PLC0415
+
+        return recorded_conntrack(self.header, self.trailer if self.trailer and not self.trailer.get("next") else None)
+
+    def mtu_summary(self) -> MtuSummary:
+        """An empty MTU section builder for this recording's links; feed it the decoded events."""
+        from tracer.recorded_node import MtuSummary  # noqa: PLC0415
+
+        return MtuSummary(self.header.get("links"), self.reasons, "icmp" in self.header.get("programs", []))
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock span of the recording so far: header to the last trailer (0 until one is read)."""
+        start = int(self.header.get("clock", {}).get("wall_ns", 0))
+        end = int((self.trailer or {}).get("end_wall_ns") or 0)
+        return max(0.0, (end - start) / 1e9) if start and end else 0.0
 
     def close(self) -> None:
         self._records.close()
