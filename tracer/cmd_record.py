@@ -334,7 +334,8 @@ def run_record(args: argparse.Namespace) -> int:
     try:
         source, _names, count = run_session(args, path=bool(args.filter), on_raw=loop.on_raw,
                                             on_start=loop.on_start, on_tick=loop.on_tick,
-                                            netfilter=bool(args.node), before_close=loop.before_close)
+                                            netfilter=bool(args.node), before_close=loop.before_close,
+                                            icmp=True)  # frag-needed the node sends, with the MTU it quoted
     finally:
         loop.close(source.final_counters if source is not None else {},
                    source.final_probe_counters if source is not None else None)

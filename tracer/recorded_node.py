@@ -21,7 +21,7 @@ from typing import Any
 
 from tracer.conntrack import CpuStats, Health
 from tracer.errors import PodtraceError
-from tracer.events import EVENT_DROP, EVENT_PATH, PacketEvent
+from tracer.events import EVENT_DROP, EVENT_ICMP, EVENT_PATH, PacketEvent
 from tracer.flows import NodeConntrack
 from tracer.mtu import (
     OVERLAY_KINDS,
@@ -305,6 +305,7 @@ class NodeMtu:
                       for link in self.links if link.get("name") != "lo"],
             "frag_needed": dict(sorted(counts.frag_needed.items())),
             "frag_needed_mtu": {str(k): v for k, v in sorted(counts.frag_needed_mtu.items())},
+            "frag_needed_seen_by": counts.frag_needed_seen_by,
             "fragments": counts.fragments, "too_big_drops": counts.too_big_drops, "seconds": round(counts.seconds, 3),
             "paths": [{"pods": pods, "links": path.to_json(), "verdict": judged.to_json()}
                       for pods, path, judged in self.verdicts],
@@ -350,8 +351,11 @@ _VXLAN_PORTS = frozenset({8472, 4789})
 
 def relevant(raw: bytes, too_big: frozenset[int]) -> bool:
     """Whether a raw packet event can count for the MTU or overlay sections (decoding costs 10x a drop-table add,
-    so the report decodes only these): too-big drops, ICMP, fragments, VXLAN. Offsets: events.field_offsets()."""
+    so the report decodes only these): ICMP errors the node sent, too-big drops, ICMP, fragments, VXLAN.
+    Offsets: events.field_offsets()."""
     kind, = _TYPE.unpack_from(raw, 0)
+    if kind == EVENT_ICMP:  # bpf/icmp.c emits only frag-needed and reassembly time-exceeded
+        return True
     if kind == EVENT_DROP and _REASON.unpack_from(raw, 32)[0] in too_big:
         return True
     if kind not in (EVENT_DROP, EVENT_PATH):

@@ -375,6 +375,7 @@ def test_report_shows_the_mtu_and_conntrack_of_the_recorded_node(tmp_path: Path)
 
     [mtu] = [row for row in lines if row.get("mtu") and row["node"] == mini.node]
     assert mtu["frag_needed"] == {POD_IP: TOO_BIG} and mtu["frag_needed_mtu"] == {"1450": TOO_BIG}, mtu
+    assert mtu["frag_needed_seen_by"].startswith("icmp:icmp_send"), "each error the node sent, from the tracepoint"
     assert mtu["too_big_drops"] == TOO_BIG and mtu["fragments"] == 2 * FRAGMENTED, mtu
     assert mtu["flannel_mtu"] == 1450 and mtu["ok"] is False
     links = {link["name"]: link for link in mtu["links"]}
