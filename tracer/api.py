@@ -127,15 +127,20 @@ class Recording:
         """The flow objects `podtrace flows --json` and `podtrace report --json` print."""
         return [flow.to_json() for flow in self.flow_table().rows()]
 
-    def softirq_rows(self) -> list[dict[str, Any]]:
-        """Per-CPU softirq/NAPI latency rows and the all-CPU one (as `podtrace overlay softirq --json`), over the
-        recording; empty unless recorded with --softirq."""
+    def _read_through(self) -> ReplaySource:
+        """The recording read to its end and closed: what only the trailer and the last snapshots hold."""
         source = self.source()
         try:
             for _raw in source:
                 pass
         finally:
             source.close()
+        return source
+
+    def softirq_rows(self) -> list[dict[str, Any]]:
+        """Per-CPU softirq/NAPI latency rows and the all-CPU one (as `podtrace overlay softirq --json`), over the
+        recording; empty unless recorded with --softirq."""
+        source = self._read_through()
         if source.softirq is None:
             return []
         seconds = round(source.softirq.seconds, 3)
@@ -144,12 +149,7 @@ class Recording:
     def conntrack_rows(self) -> list[dict[str, Any]]:
         """Each node's conntrack table at the end of the recording (count vs max, insert_failed, drop, early_drop,
         `drops_during` the recording) with its reading at the start, as `podtrace report --json` prints them."""
-        source = self.source()
-        try:
-            for _raw in source:
-                pass
-        finally:
-            source.close()
+        source = self._read_through()
         return [recorded.to_json() for recorded in source.conntrack()]
 
     def mtu_rows(self) -> list[dict[str, Any]]:
