@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tracer.lab import iptables_rules, nft_rules
+from tracer.lab import faults, iptables_rules, nft_rules
 from tracer.lab import manifest as mf
 
 
@@ -90,3 +90,20 @@ def test_nftables_default_manifest() -> None:
         for target in re.findall(r"goto (\S+?)[ ,}]", line):
             if not line.startswith("add element"):
                 assert target in added, target
+
+
+def test_cpu_mask_is_sysfs_bitmap_format() -> None:
+    assert faults.cpu_mask(0) == "00000001"
+    assert faults.cpu_mask(1) == "00000002"
+    assert faults.cpu_mask(31) == "80000000"
+    assert faults.cpu_mask(32) == "00000001,00000000"  # 32-bit groups, most significant first
+
+
+def test_softirq_load_rules_are_one_removable_chain() -> None:
+    chain, count = faults.LOAD_CHAIN, faults.LOAD_RULES
+    lines = faults._load_rules().splitlines()
+    assert lines[0] == "*raw" and lines[-1] == "COMMIT"
+    assert f"-I PREROUTING -j {chain}" in lines
+    appended = [line for line in lines if line.startswith(f"-A {chain} ")]
+    assert len(appended) == count and len(set(appended)) == count
+    assert all("192.0.2." in line for line in appended)  # TEST-NET-1: never a lab or real address

@@ -13,9 +13,15 @@ from typing import Any
 from tracer.errors import LabError
 from tracer.lab import ctfill, processes, proxy, sh, state
 from tracer.lab.manifest import Endpoint, Manifest, Service, ServicePort
+from tracer.lab.topology import UNDERLAY_DEV
 
 COMMENT = "podtrace-lab fault drop-backend"
 LOAD_SECONDS = 600  # softirq-load's processes stop by themselves after this, whatever happens to the lab
+FLOODS = 2  # softirq-load's senders
+# softirq-load's per-packet receive work: rules that match nothing (as on a node with thousands of kube-proxy or
+# policy rules); with them one sender CPU outpaces the receive CPU (500 rules: backlog drops within a second).
+LOAD_RULES = 500
+LOAD_CHAIN = "PODTRACE-LAB-LOAD"
 Details = dict[str, Any]
 
 
@@ -162,20 +168,74 @@ def blackhole_off(m: Manifest, data: dict[str, Any], d: Details) -> None:
 # softirq-load -----------------------------------------------------------------------------------------------
 
 
+def cpu_mask(cpu: int) -> str:
+    """The sysfs bitmap (rps_cpus) of one CPU: hex in comma-separated 32-bit groups, as bitmap_parse reads it."""
+    digits = f"{1 << cpu:x}"
+    digits = digits.zfill(-(-len(digits) // 8) * 8)
+    return ",".join(digits[i:i + 8] for i in range(0, len(digits), 8))
+
+
+def _rps_path(dev: str) -> str:
+    return f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
+
+
 def softirq_on(m: Manifest, data: dict[str, Any]) -> Details:
-    hogs = min(os.cpu_count() or 1, 4)
+    """A node whose receive CPU is saturated: its underlay RX is steered to one CPU (RPS, as a NIC's IRQ affinity
+    would on a real node), every packet walks LOAD_RULES iptables rules there, a CPU hog runs there, and UDP floods
+    from the other CPUs arrive across the overlay.
+
+    The receive CPU cannot keep up: the backlog overflows (softnet dropped), NAPI polls exhaust their budget, and
+    NET_RX deferred out of net_rx_action waits behind the hog until ksoftirqd or the next tick runs it
+    (milliseconds). CPU load alone does not do this: NET_RX raised by a sending task or an interrupt runs inline
+    at local_bh_enable or irq exit, and a receive CPU with spare time drains its backlog at once.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    receive_cpu = cpus[-1]
+    senders = ",".join(str(c) for c in cpus if c != receive_cpu) or str(receive_cpu)
     client = m.clients()[0] if m.clients() else m.pods[0]
     target = _remote_endpoints(m)[0]
-    pids = [processes.python_module("tracer.lab.load", "hog", "--seconds", str(LOAD_SECONDS),
-                                    log="softirq-load.log") for _ in range(hogs)]
-    pids.append(processes.python_module("tracer.lab.load", "flood", "--to", f"{target.ip}:9", "--seconds",
-                                        str(LOAD_SECONDS), netns=client.netns, log="softirq-load.log"))
+    node = m.node(target.node).netns
+    steered = len(cpus) > 1  # with one CPU the senders share it: no queue builds up, no deferral
+    details: Details = {
+        "hog_cpu": receive_cpu, "netns": node, "rules": f"{LOAD_RULES} in raw {LOAD_CHAIN}",
+        "rps": f"{node}/{UNDERLAY_DEV} receive steered to CPU {receive_cpu} (RPS)" if steered else "",
+        "flood": f"{FLOODS} x {client.name} -> {target.pod} {target.ip}:9/udp from CPU {senders}",
+        "seconds": LOAD_SECONDS,
+    }
+    pids: list[int] = []
+    try:
+        sh.run(["iptables-restore", "--noflush"], netns=node, stdin=_load_rules())
+        if details["rps"]:
+            sh.run(["sh", "-c", f"echo {cpu_mask(receive_cpu)} > {_rps_path(UNDERLAY_DEV)}"], netns=node)
+        pids.append(processes.python_module("tracer.lab.load", "hog", "--seconds", str(LOAD_SECONDS), "--cpus",
+                                            str(receive_cpu), log="softirq-load.log"))
+        pids += [processes.python_module("tracer.lab.load", "flood", "--to", f"{target.ip}:9", "--seconds",
+                                         str(LOAD_SECONDS), "--cpus", senders, netns=client.netns,
+                                         log="softirq-load.log") for _ in range(FLOODS)]
+    except LabError:
+        processes.stop(pids)
+        softirq_off(m, {}, details)  # half a fault is worse than none
+        raise
     data.setdefault("processes", {})["fault:softirq-load"] = pids
-    return {"hogs": hogs, "flood": f"{client.name} -> {target.pod} {target.ip}:9/udp", "seconds": LOAD_SECONDS}
+    return details
+
+
+def _load_rules() -> str:
+    """LOAD_RULES rules that match nothing, walked by every packet the node receives (raw PREROUTING)."""
+    rules = [f"-A {LOAD_CHAIN} -s 192.0.2.{i % 254 + 1}/32 -p udp --dport {1024 + i} -j DROP"
+             for i in range(LOAD_RULES)]
+    return "\n".join(["*raw", f":{LOAD_CHAIN} - [0:0]", f"-I PREROUTING -j {LOAD_CHAIN}", *rules, "COMMIT", ""])
 
 
 def softirq_off(m: Manifest, data: dict[str, Any], d: Details) -> None:
     processes.stop(data.get("processes", {}).pop("fault:softirq-load", []))
+    if not sh.netns_exists(d.get("netns", "")):
+        return
+    sh.run(["iptables", "-t", "raw", "-D", "PREROUTING", "-j", LOAD_CHAIN], netns=d["netns"], check=False)
+    sh.run(["iptables", "-t", "raw", "-F", LOAD_CHAIN], netns=d["netns"], check=False)
+    sh.run(["iptables", "-t", "raw", "-X", LOAD_CHAIN], netns=d["netns"], check=False)
+    if d.get("rps"):
+        sh.run(["sh", "-c", f"echo 0 > {_rps_path(UNDERLAY_DEV)}"], netns=d["netns"], check=False)
 
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (
@@ -191,8 +251,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           "node1's pods times out; ClusterIP traffic still works", rp_filter_on, rp_filter_off),
     Fault("blackhole-route", "a blackhole route on the client node for one remote web pod's IP: about 1/3 of "
           "connections to default/web:http time out", blackhole_on, blackhole_off),
-    Fault("softirq-load", "CPU hogs on every CPU (max 4) plus a UDP flood across the overlay: NET_RX softirqs "
-          f"wait (latency, softnet drops); stops after {LOAD_SECONDS} s at most", softirq_on, softirq_off),
+    Fault("softirq-load", f"node2's receive steered to one CPU (RPS) with a CPU hog and {LOAD_RULES} iptables rules "
+          "per packet, UDP floods across the overlay: that CPU's NET_RX waits milliseconds, its backlog drops "
+          f"packets, some connections to node2's pods fail; stops after {LOAD_SECONDS} s at most",
+          softirq_on, softirq_off),
 )}
 
 

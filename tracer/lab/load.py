@@ -1,12 +1,13 @@
 """Load for the softirq-load fault: CPU hogs and a UDP flood, each with a hard deadline.
 
-  python -m tracer.lab.load hog --seconds 300
-  ip netns exec pt-client python -m tracer.lab.load flood --to 10.244.1.2:9 --seconds 300
+  python -m tracer.lab.load hog --seconds 300 --cpus 1
+  ip netns exec pt-client python -m tracer.lab.load flood --to 10.244.1.2:9 --seconds 300 --cpus 0
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import time
@@ -44,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--to", default="", help="flood target host:port")
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--cpus", default="", help="run only on these CPUs, e.g. 0 or 0,2 (default: any)")
     args = ap.parse_args(argv)
     seconds = min(max(args.seconds, 0.0), MAX_SECONDS)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     if args.mode == "hog":
         hog(seconds)
     else:
