@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,8 +64,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 @contextlib.contextmanager
@@ -89,13 +90,30 @@ def entered_netns(name: str | None) -> Iterator[None]:
         os.close(home)
 
 
+# The kernel allows one BPF program per hook and priority (EBUSY): another podtrace (a `record` beside a live
+# `flows`) or another tool may hold ours. Neighbouring priorities keep the point's meaning, as long as they stay
+# clear of the kernel's own hooks (the nearest is 1 away from -99 and 99: DNAT -100, SNAT 100; so step away).
+PRIORITY_TRIES = 16
+
+
+def _attach_near(program_fd: int, point: NfPoint) -> nflink.NetfilterLink:
+    step = 1 if point.priority < 0 else -1
+    for offset in range(PRIORITY_TRIES - 1):
+        try:
+            return nflink.attach(program_fd, point.hook, point.priority + step * offset)
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise
+    return nflink.attach(program_fd, point.hook, point.priority + step * (PRIORITY_TRIES - 1))
+
+
 def attach_all(program_fds: dict[str, int], netns: str | None) -> list[nflink.NetfilterLink]:
     """One link per point, created inside `netns`; on any failure the links made so far are closed."""
     links: list[nflink.NetfilterLink] = []
     try:
         with entered_netns(netns):
             for point in POINTS:
-                links.append(nflink.attach(program_fds[point.program], point.hook, point.priority))
+                links.append(_attach_near(program_fds[point.program], point))
     except OSError as err:
         for link in links:
             link.close()
