@@ -3,8 +3,8 @@
 The path from a pod to a destination is: pod eth0 -> its veth peer on the node -> the bridge (cni0) -> the
 overlay device (flannel.1, VXLAN) -> the underlay device. `collect_path()` reads it with pyroute2 in the pod's
 and node's namespaces; `verdict()` is pure and works on a recorded `PathLinks` (tests/unit/fixtures/mtu/).
-`MtuEventCounter` turns decoded events (ICMP frag-needed, fragments, PKT_TOO_BIG drops) into the counts the
-verdict quotes.
+`MtuEventCounter` turns decoded events (ICMP frag-needed, ICMPv6 packet-too-big, fragments on the wire, packets
+ip_do_fragment cut, PKT_TOO_BIG drops, reassembly timeouts) into the counts the verdict quotes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tracer.errors import UsageError
-from tracer.events import EVENT_ICMP, EVENT_PATH, POINT_QUEUE, PacketEvent
+from tracer.events import EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, POINT_QUEUE, PacketEvent
 
 SUBNET_ENV = "/run/flannel/subnet.env"
 NETNS_DIR = "/run/netns"
@@ -71,8 +71,9 @@ class PathLinks:
 
 @dataclass
 class LiveCounts:
-    """What the kernel showed during `seconds`: frag-needed sent (by destination), fragments, too-big drops,
-    reassembly timeouts (drops, ICMP time-exceeded sent, and /proc/net/snmp deltas per namespace)."""
+    """What the kernel showed during `seconds`: frag-needed sent (by destination), ICMPv6 packet-too-big sent,
+    fragments on the wire, packets fragmented locally, too-big drops, reassembly timeouts (drops, ICMP
+    time-exceeded sent, and /proc/net/snmp deltas per namespace)."""
 
     seconds: float = 0.0
     frag_needed: dict[str, int] = field(default_factory=dict)  # ICMP destination (the sender) -> count
@@ -80,6 +81,11 @@ class LiveCounts:
     fragments: int = 0
     too_big_drops: int = 0
     frag_needed_seen_by: str = ""  # FRAG_NEEDED_BY_TRACEPOINT or FRAG_NEEDED_BY_PATH
+    ptb_sent: dict[str, int] = field(default_factory=dict)  # ICMPv6 packet-too-big: destination (the sender) -> count
+    ptb_mtu: dict[int, int] = field(default_factory=dict)  # MTU quoted -> count
+    ptb_seen_by: str = ""  # PTB_BY_PATH: no kernel has an ICMPv6 send tracepoint
+    fragmented_locally: int = 0  # packets ip_do_fragment cut (kprobe): each became 2+ fragments on the wire
+    fragmented_locally_mtu: dict[int, int] = field(default_factory=dict)  # device MTU they were cut for -> count
     reasm_drops: int = 0  # fragments freed with FRAG_REASM_TIMEOUT
     reasm_time_exceeded: dict[str, int] = field(default_factory=dict)  # ICMP 11/1 destination -> count
     snmp: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> SNMP_FIELDS deltas during the run
@@ -124,7 +130,14 @@ def verdict(path: PathLinks, counts: LiveCounts | None = None) -> MtuVerdict:
         to = ", ".join(f"{dst} ({counts.rate(n)})" for dst, n in sorted(counts.frag_needed.items())) if counts else ""
         icmp = f"ICMP frag-needed sent to {to}" if to else f"ICMP frag-needed sent to {sender}" + (
             " (none seen)" if sent == 0 else "")
-        frags = f" ({counts.rate(counts.fragments)} fragments)" if counts else ""
+        if counts and counts.ptb_sent:
+            icmp += ", ICMPv6 packet-too-big sent to " + ", ".join(
+                f"{dst} ({counts.rate(n)})" for dst, n in sorted(counts.ptb_sent.items()))
+        frags = ""
+        if counts:
+            cut = (f", {counts.rate(counts.fragmented_locally)} packets cut by ip_do_fragment"
+                   if counts.fragmented_locally else "")
+            frags = f" ({counts.rate(counts.fragments)} fragments{cut})"
         findings.append(f"pod MTU {pod} > overlay {overlay}: DF packets above {overlay} dropped, {icmp}; "
                         f"non-DF packets fragmented on the node before encapsulation{frags}")
     if overlay is not None and underlay is not None and overlay > underlay - path.overhead:
@@ -189,12 +202,19 @@ def _reassembly(counts: LiveCounts) -> tuple[list[str], list[str]]:
 
 # Live counts from events ----------------------------------------------------------------------------------
 
-TOO_BIG_REASONS = frozenset({"PKT_TOO_BIG", "FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR", "IP_INADDRERRORS"})
+TOO_BIG_REASONS = frozenset({"PKT_TOO_BIG", "FRAG_TOO_FAR", "IP_INADDRERRORS"})
 REASM_TIMEOUT_REASON = "FRAG_REASM_TIMEOUT"  # ip_expire (net/ipv4/ip_fragment.c) frees the queued fragments
+# Drops the MTU and overlay counts look at: too big, and reassembly timeouts (counted apart: a lost fragment, not
+# a packet too big for a link).
+MTU_DROP_REASONS = TOO_BIG_REASONS | {REASM_TIMEOUT_REASON}
 ICMP_FRAG_NEEDED = (3, 4)
 ICMP_REASM_TIME_EXCEEDED = (11, 1)  # ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME: sent when the first fragment came
+ICMPV6_PACKET_TOO_BIG = 2  # RFC 4443 3.2: type 2, code 0, then the 32-bit MTU
 FRAG_NEEDED_BY_TRACEPOINT = "icmp:icmp_send (each error sent, quoted MTU)"
 FRAG_NEEDED_BY_PATH = "ICMP packets queued on devices (path events)"
+# icmp:icmp_send is IPv4 only and icmp6_send has no tracepoint (checked on 6.18): packet-too-big is always counted
+# from the ICMPv6 packets themselves.
+PTB_BY_PATH = "ICMPv6 packets queued on devices (path events)"
 
 
 def icmp_sent(event: PacketEvent) -> tuple[int, int] | None:
@@ -203,18 +223,27 @@ def icmp_sent(event: PacketEvent) -> tuple[int, int] | None:
 
 
 def is_frag_needed(event: PacketEvent) -> bool:
+    """An ICMP (IPv4) destination-unreachable, fragmentation-needed packet."""
     t = event.outer
-    return (t.proto == 1 and t.icmp_type == 3 and t.icmp_code == 4) or (t.proto == 58 and t.icmp_type == 2)
+    return t.family == 4 and t.proto == 1 and t.icmp_type == 3 and t.icmp_code == 4
+
+
+def is_packet_too_big(event: PacketEvent) -> bool:
+    """An ICMPv6 packet-too-big packet (IPv6 routers never fragment: they send this instead)."""
+    t = event.outer
+    return t.family == 6 and t.proto == 58 and t.icmp_type == ICMPV6_PACKET_TOO_BIG
 
 
 def next_hop_mtu(event: PacketEvent) -> int | None:
     """The MTU an ICMP frag-needed (RFC 1191) or ICMPv6 packet-too-big quotes, read from the snapshot."""
-    if not is_frag_needed(event) or not event.snap:
+    if not (is_frag_needed(event) or is_packet_too_big(event)) or not event.snap:
         return None
     snap = event.snap
     if event.outer.family == 4:
         at = (snap[0] & 0x0F) * 4
         return int.from_bytes(snap[at + 6:at + 8], "big") if len(snap) >= at + 8 else None
+    # The IPv6 header is 40 bytes (bpf/skb.h parses no extension header but the fragment header, which an ICMPv6
+    # error sent by this node never has); then type, code, checksum and the MTU.
     return int.from_bytes(snap[44:48], "big") if len(snap) >= 48 else None
 
 
@@ -224,7 +253,8 @@ def is_fragment(event: PacketEvent) -> bool:
 
 
 class MtuEventCounter:
-    """Counts frag-needed, fragments and too-big drops from events; one packet seen at several devices counts once.
+    """Counts frag-needed, packet-too-big, fragments, packets fragmented locally, too-big drops and reassembly
+    timeouts from events; one packet seen at several devices counts once.
 
     Path events fire at every device a packet is queued on (a bridge and then its port); the same skb pointer
     within `dedupe_ns` is the same packet.
@@ -249,9 +279,13 @@ class MtuEventCounter:
         # A packet is known by its IP identity, not its skb: a freed skb is reused at once by the next packet (a
         # burst of ICMP errors alternates between two addresses), and a fragment reassembled by conntrack and cut
         # again the same way comes out of another skb. ICMP errors and fragments are never atomic (DF, ID 0).
+        # IPv6 has no ID: an ICMPv6 error is known by its bytes (it quotes the offending packet; a bridge that
+        # floods clones the skb), so only identical errors within dedupe_ns merge.
         t, snap = event.outer, event.snap
         if t.family == 4 and len(snap) >= 6:
             key: tuple[Any, ...] = (what, t.src, t.dst, int.from_bytes(snap[4:6], "big"), t.frag, t.ip_len)
+        elif t.family == 6 and len(snap) >= 48:
+            key = (what, t.src, t.dst, bytes(snap))
         else:
             key = (what, event.skb)
         seen = self._recent.get(key)
@@ -282,13 +316,26 @@ class MtuEventCounter:
             elif sent == ICMP_REASM_TIME_EXCEEDED:
                 _bump(self.counts.reasm_time_exceeded, event.outer.src)
             return
-        if event.type != EVENT_PATH or event.reason != POINT_QUEUE:
+        if event.type != EVENT_PATH:
+            return
+        if event.reason == POINT_FRAGMENT:
+            # The ip_do_fragment kprobe (bpf/overlay.c): one call per packet cut, location the device MTU.
+            self.counts.fragmented_locally += 1
+            if event.location:
+                _bump(self.counts.fragmented_locally_mtu, event.location)
+            return
+        if event.reason != POINT_QUEUE:
             return
         if is_frag_needed(event) and self._fresh(event, "icmp"):
             _bump(self._queued_needed, event.outer.dst)
             mtu = next_hop_mtu(event)
             if mtu is not None:
                 _bump(self._queued_mtu, mtu)
+        elif is_packet_too_big(event) and self._fresh(event, "ptb"):
+            _bump(self.counts.ptb_sent, event.outer.dst)
+            mtu = next_hop_mtu(event)
+            if mtu is not None:
+                _bump(self.counts.ptb_mtu, mtu)
         elif is_fragment(event) and self._fresh(event, "frag"):
             self.counts.fragments += 1
 
@@ -300,6 +347,7 @@ class MtuEventCounter:
         else:
             self.counts.frag_needed, self.counts.frag_needed_mtu = self._queued_needed, self._queued_mtu
             self.counts.frag_needed_seen_by = FRAG_NEEDED_BY_PATH
+        self.counts.ptb_seen_by = PTB_BY_PATH
         return self.counts
 
 

@@ -21,12 +21,12 @@ from typing import Any
 
 from tracer.conntrack import CpuStats, Health
 from tracer.errors import PodtraceError
-from tracer.events import EVENT_DROP, EVENT_ICMP, EVENT_PATH, PacketEvent
+from tracer.events import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent
 from tracer.flows import NodeConntrack
 from tracer.mtu import (
+    MTU_DROP_REASONS,
     OVERLAY_KINDS,
     SUBNET_ENV,
-    TOO_BIG_REASONS,
     LinkInfo,
     LiveCounts,
     MtuEventCounter,
@@ -306,7 +306,11 @@ class NodeMtu:
             "frag_needed": dict(sorted(counts.frag_needed.items())),
             "frag_needed_mtu": {str(k): v for k, v in sorted(counts.frag_needed_mtu.items())},
             "frag_needed_seen_by": counts.frag_needed_seen_by,
-            "fragments": counts.fragments, "too_big_drops": counts.too_big_drops, "seconds": round(counts.seconds, 3),
+            "ptb_sent": dict(sorted(counts.ptb_sent.items())),  # ICMPv6 packet-too-big, by destination
+            "ptb_mtu": {str(k): v for k, v in sorted(counts.ptb_mtu.items())},
+            "fragments": counts.fragments, "fragmented_locally": counts.fragmented_locally,
+            "too_big_drops": counts.too_big_drops, "reasm_drops": counts.reasm_drops,
+            "seconds": round(counts.seconds, 3),
             "paths": [{"pods": pods, "links": path.to_json(), "verdict": judged.to_json()}
                       for pods, path, judged in self.verdicts],
         }
@@ -332,9 +336,17 @@ class NodeMtu:
         c = self.counts
         quoted = ", ".join(f"{mtu} x{n}" for mtu, n in sorted(c.frag_needed_mtu.items()))
         to = ", ".join(f"{dst} x{n}" for dst, n in sorted(c.frag_needed.items()))
+        quoted6 = ", ".join(f"{mtu} x{n}" for mtu, n in sorted(c.ptb_mtu.items()))
+        to6 = ", ".join(f"{dst} x{n}" for dst, n in sorted(c.ptb_sent.items()))
         lines.append(f"  events over {c.seconds:.1f} s: {sum(c.frag_needed.values())} ICMP frag-needed sent"
                      + (f" (next-hop MTU {quoted}; to {to})" if to else "")
-                     + f", {c.fragments} fragments, {c.too_big_drops} dropped as too big")
+                     + (f", {sum(c.ptb_sent.values())} packet-too-big sent (ICMPv6) (MTU {quoted6}; to {to6})"
+                        if to6 else "")
+                     + f", {c.fragments} fragments"
+                     + (f", {c.fragmented_locally} packets fragmented locally (ip_do_fragment)"
+                        if c.fragmented_locally else "")
+                     + f", {c.too_big_drops} dropped as too big"
+                     + (f", {c.reasm_drops} reassembly timeouts" if c.reasm_drops else ""))
         for pods, path, judged in self.verdicts:
             hops = [link for link in (path.pod, path.host_veth, path.bridge, path.overlay, path.underlay) if link]
             shown = ", ".join(pods[:MAX_POD_NAMES]) + (f" and {len(pods) - MAX_POD_NAMES} more"
@@ -351,7 +363,8 @@ _VXLAN_PORTS = frozenset({8472, 4789})
 
 def relevant(raw: bytes, too_big: frozenset[int]) -> bool:
     """Whether a raw packet event can count for the MTU or overlay sections (decoding costs 10x a drop-table add,
-    so the report decodes only these): ICMP errors the node sent, too-big drops, ICMP, fragments, VXLAN.
+    so the report decodes only these): ICMP errors the node sent, too-big and reassembly-timeout drops, ICMP and
+    ICMPv6, fragments, packets ip_do_fragment cut, VXLAN.
     Offsets: events.field_offsets()."""
     kind, = _TYPE.unpack_from(raw, 0)
     if kind == EVENT_ICMP:  # bpf/icmp.c emits only frag-needed and reassembly time-exceeded
@@ -360,6 +373,8 @@ def relevant(raw: bytes, too_big: frozenset[int]) -> bool:
         return True
     if kind not in (EVENT_DROP, EVENT_PATH):
         return False
+    if kind == EVENT_PATH and _REASON.unpack_from(raw, 32)[0] == POINT_FRAGMENT:  # ip_do_fragment (kprobe)
+        return True
     proto, = _PROTO.unpack_from(raw, 117)
     return proto in (1, 58) or bool(_FRAG.unpack_from(raw, 120)[0] & 0x3FFF) or (
         proto == 17 and _DPORT.unpack_from(raw, 114)[0] in _VXLAN_PORTS)
@@ -391,7 +406,7 @@ class MtuSummary:
                 if peer and peer.get("inode"):
                     self._owner.setdefault(int(peer["inode"]), name)
         self._other = MtuEventCounter(reasons, icmp_tracepoint=icmp_tracepoint)
-        self.too_big = frozenset(value for value, name in reasons.items() if name in TOO_BIG_REASONS)
+        self.too_big = frozenset(value for value, name in reasons.items() if name in MTU_DROP_REASONS)
         env = self.links.get("flannel_env")
         value = parse_subnet_env(env).get("FLANNEL_MTU", "") if env else ""
         self.flannel_mtu = int(value) if value.isdigit() else None
@@ -430,6 +445,7 @@ class MtuSummary:
                 section.verdicts = list(groups.values())
             out.append(section)
         other = self._other.result(seconds)
-        if other.frag_needed or other.fragments or other.too_big_drops:  # older recordings: only this, if anything
+        if (other.frag_needed or other.ptb_sent or other.fragments or other.fragmented_locally or other.too_big_drops
+                or other.reasm_drops):  # older recordings: only this, if anything
             out.append(NodeMtu("other namespaces" if self._nodes else "all namespaces", [], self.flannel_mtu, other))
         return out

@@ -11,13 +11,30 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import Raw
 
-from tracer.events import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_QUEUE, POINT_RX, PacketEvent, Tuple
+from tracer.events import (
+    EVENT_DROP,
+    EVENT_ICMP,
+    EVENT_PATH,
+    POINT_FRAGMENT,
+    POINT_NAMES,
+    POINT_QUEUE,
+    POINT_RX,
+    PacketEvent,
+    Tuple,
+    decode,
+    encode,
+)
 from tracer.mtu import (
     FRAG_NEEDED_BY_TRACEPOINT,
+    MTU_DROP_REASONS,
+    PTB_BY_PATH,
+    TOO_BIG_REASONS,
     LinkInfo,
     LiveCounts,
     MtuEventCounter,
     PathLinks,
+    is_frag_needed,
+    is_packet_too_big,
     next_hop_mtu,
     parse_snmp,
     parse_subnet_env,
@@ -203,3 +220,97 @@ def test_reassembly_without_snmp_and_earlier_timeouts_as_a_note() -> None:
 def test_snmp_without_ip_lines_is_rejected() -> None:
     with pytest.raises(ValueError, match="Ip:"):
         parse_snmp("Icmp: InMsgs\nIcmp: 3\n")
+
+
+# ICMPv6 packet-too-big (no ICMPv6 tracepoint: counted from the packets queued on devices) ---------------------
+
+R_ADDR, A_ADDR, B_ADDR = "fd00:5054:1::2", "fd00:5054:1::1", "fd00:5054:2::2"
+
+
+def _event6(raw: bytes, type_: int, point: int, skb: int, ts: int, ifname: str = "veth-ra") -> PacketEvent:
+    """An IPv6 event as bpf/skb.h fills it (outer tuple, 128-byte snapshot), round-tripped through the raw bytes."""
+    from scapy.layers.inet6 import IPv6
+
+    pkt = IPv6(raw)
+    outer = Tuple(socket.inet_pton(socket.AF_INET6, pkt.src), socket.inet_pton(socket.AF_INET6, pkt.dst), 0, 0, 6,
+                  pkt.nh, raw[40] if pkt.nh == 58 else 0, raw[41] if pkt.nh == 58 else 0, 0, pkt.plen + 40)
+    event = PacketEvent(type_, 0, ts, skb, 0, point, 1, 1, len(raw), 0, 0x86DD, 4, min(len(raw), 128), 0, ifname,
+                        outer, None, raw[:128])
+    return decode(encode(event))
+
+
+def _ptb(seq: int, mtu: int = 1280) -> bytes:
+    from scapy.layers.inet6 import UDP as UDP6
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+
+    datagram = IPv6(src=A_ADDR, dst=B_ADDR) / UDP6(sport=40000, dport=9) / Raw(seq.to_bytes(4, "big") + b"x" * 1396)
+    return bytes(IPv6(src=R_ADDR, dst=A_ADDR) / ICMPv6PacketTooBig(mtu=mtu) / bytes(datagram)[:1232])
+
+
+def test_packet_too_big_counts_each_error_once_with_its_mtu_apart_from_frag_needed() -> None:
+    counter = MtuEventCounter({}, icmp_tracepoint=True)  # the IPv4 tracepoint does not see ICMPv6
+    for i in range(5):
+        raw = _ptb(i)
+        counter.add(_event6(raw, EVENT_PATH, POINT_QUEUE, 0xA, 1_000_000 * i))  # every error reuses one skb
+        counter.add(_event6(raw, EVENT_PATH, POINT_QUEUE, 0xB, 1_000_000 * i + 10, "vethpod0"))  # a bridge's clone
+        counter.add(_event6(raw, EVENT_PATH, POINT_RX, 0xB, 1_000_000 * i + 20, "eth0"))  # received: not sent
+    counter.add(_event6(_ptb(9, mtu=1400), EVENT_PATH, POINT_QUEUE, 0xA, 9_000_000))
+    counts = counter.result(2.0)
+    assert counts.ptb_sent == {A_ADDR: 6} and counts.ptb_mtu == {1280: 5, 1400: 1}
+    assert counts.ptb_seen_by == PTB_BY_PATH
+    assert counts.frag_needed == {} and counts.fragments == 0
+    event = _event6(_ptb(1), EVENT_PATH, POINT_QUEUE, 0xA, 1)
+    assert is_packet_too_big(event) and not is_frag_needed(event) and next_hop_mtu(event) == 1280
+    text = verdict(_path("lab-remote-mtu-mismatch.json"), counts).text
+    assert f"ICMPv6 packet-too-big sent to {A_ADDR} (3.0/s)" in text
+
+
+def test_packet_too_big_in_the_node_mtu_section_json_and_text() -> None:
+    from tracer.recorded_node import NodeMtu
+
+    counter = MtuEventCounter({})
+    for i in range(3):
+        counter.add(_event6(_ptb(i), EVENT_PATH, POINT_QUEUE, 0xA, 3_000_000 * i))
+    section = NodeMtu("pt-node1", [{"name": "cni0", "mtu": 1500, "kind": "bridge"}], None, counter.result(1.0))
+    data = section.to_json()
+    assert data["ptb_sent"] == {A_ADDR: 3} and data["ptb_mtu"] == {"1280": 3} and data["frag_needed"] == {}
+    assert f"3 packet-too-big sent (ICMPv6) (MTU 1280 x3; to {A_ADDR} x3)" in section.text()
+
+
+# ip_do_fragment (kprobe, PT_POINT_FRAGMENT): packets this node cut, not fragments seen on the wire --------------
+
+
+def test_packets_fragmented_locally_are_counted_apart_from_fragments_on_the_wire() -> None:
+    from scapy.layers.inet import fragment
+
+    from tracer.recorded_node import relevant
+
+    big = IP(src="10.244.0.2", dst="10.244.1.2", id=77) / UDP(sport=5, dport=9) / Raw(b"z" * 3000)
+    counter = MtuEventCounter({})
+    for i in range(3):  # three packets cut for a 1450 device, each then queued as three fragments
+        cut = _event(bytes(big)[:128], EVENT_PATH, POINT_FRAGMENT, 0x300 + i, 1_000_000 * i)
+        raw = encode(dataclasses.replace(cut, location=1450))
+        assert relevant(raw, frozenset()) and POINT_NAMES[POINT_FRAGMENT] == "fragment"
+        counter.add(decode(raw))
+        cut_packet = big.copy()
+        cut_packet.id = 100 + i
+        for j, piece in enumerate(fragment(cut_packet, fragsize=1400)):
+            counter.add(decode(encode(_event(bytes(piece), EVENT_PATH, POINT_QUEUE, 0x400 + j, 1_000_000 * i + j))))
+    counter.add(decode(encode(_event(bytes(big)[:128], EVENT_PATH, POINT_FRAGMENT, 0x500, 9_000_000))))  # no MTU
+    counts = counter.result(2.0)
+    assert counts.fragmented_locally == 4 and counts.fragmented_locally_mtu == {1450: 3}
+    assert counts.fragments == 9
+    text = verdict(_path("lab-remote-mtu-mismatch.json"), counts).text
+    assert "(4.5/s fragments, 2.0/s packets cut by ip_do_fragment)" in text
+
+
+def test_reassembly_timeouts_are_not_too_big_drops() -> None:
+    reasons = {95: "FRAG_REASM_TIMEOUT", 93: "PKT_TOO_BIG"}
+    first = bytes(IP(src="198.18.1.1", dst="198.18.1.2", flags="MF", id=900) / UDP(sport=5, dport=9) / Raw(b"x" * 64))
+    counter = MtuEventCounter(reasons)
+    for i in range(3):
+        counter.add(_event(first, EVENT_DROP, 0, 0x20 + i, 10 * i, reason=95))
+    counter.add(_event(first, EVENT_DROP, 0, 0x30, 100, reason=93))
+    counts = counter.result(1.0)
+    assert counts.reasm_drops == 3 and counts.too_big_drops == 1
+    assert "FRAG_REASM_TIMEOUT" in MTU_DROP_REASONS and "FRAG_REASM_TIMEOUT" not in TOO_BIG_REASONS

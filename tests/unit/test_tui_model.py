@@ -191,6 +191,26 @@ def test_overlay_view_counts_tunnels_fragments_and_frag_needed_per_device_and_fo
     assert model.snapshot({}).tables["overlay"] == rows
 
 
+def test_overlay_view_counts_reassembly_timeouts_apart_from_too_big_and_names_packet_too_big() -> None:
+    path = next(e for e in replay.events() if not e.is_drop)
+    reasons = {93: "PKT_TOO_BIG", 95: "FRAG_REASM_TIMEOUT"}
+    table = OverlayTable(lambda inode: "ns", reasons)
+    timeout = replace(path, type=1, reason=95, ifname="veth-t")  # EVENT_DROP
+    for _ in range(3):
+        table.add(timeout)
+    assert [(r["device"], r["packets"], r["verdict"]) for r in table.rows()] == [
+        ("ns/veth-t", 3, "3 reassembly timeouts (fragments that never all arrived)")]
+    table.add(replace(timeout, reason=93))
+    assert table.rows()[0]["verdict"] == "1 dropped as too big; 3 reassembly timeouts"
+    # ICMPv6 packet-too-big: IPv6 header, then type 2, code 0, checksum and the MTU (RFC 4443).
+    v6 = replace(path.outer, family=6, proto=58, icmp_type=2, icmp_code=0, sport=0, dport=0)
+    ptb = replace(path, ifname="veth-r", outer=v6, snap=bytes([0x60]) + bytes(43) + (1280).to_bytes(4, "big"))
+    table.add(ptb)
+    row = next(r for r in table.rows() if r["device"] == "ns/veth-r")
+    assert row["frag_needed"] == 1
+    assert row["verdict"] == "packet-too-big (ICMPv6): path MTU 1280 is smaller than what is sent"
+
+
 def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> None:
     import re
 
