@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.bpftool_btf import parse_bpftool_raw
 
 from tracer.btf import DEFAULT_PATH, Btf
 
@@ -37,22 +37,6 @@ MEMBERS = [
 ]
 
 _ALIASES = ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG")
-
-
-def _parse_raw(text: str) -> dict[int, dict[str, Any]]:
-    """`bpftool btf dump ... format raw` as {id: {kind, name, attrs, members: [(name, attrs)]}}."""
-    types: dict[int, dict[str, Any]] = {}
-    cur: dict[str, Any] | None = None
-    for line in text.splitlines():
-        m = re.match(r"\[(\d+)\] (\w+) '([^']*)'(.*)", line)
-        if m:
-            cur = {"kind": m[2], "name": m[3], "attrs": dict(re.findall(r"(\w+)=(\S+)", m[4])), "members": []}
-            types[int(m[1])] = cur
-        elif line.startswith("\t'") and cur is not None:
-            mm = re.match(r"\t'([^']*)' (.*)", line)
-            assert mm, line
-            cur["members"].append((mm[1], dict(re.findall(r"(\w+)=(-?\d+)", mm[2]))))
-    return types
 
 
 class Oracle:
@@ -113,7 +97,7 @@ class Oracle:
 @pytest.fixture(scope="module")
 def oracle() -> Oracle:
     cmd = ["bpftool", "btf", "dump", "file", DEFAULT_PATH, "format", "raw"]
-    return Oracle(_parse_raw(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    return Oracle(parse_bpftool_raw(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 import shutil
 import struct
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.bpftool_btf import parse_bpftool_raw
 
 from tracer.btf import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF, Btf
 from tracer.errors import KernelError
@@ -410,22 +410,6 @@ def test_broken_hand_built(case: str) -> None:
 
 
 # -- cross-check against bpftool ------------------------------------------------------------------------
-
-
-def parse_bpftool_raw(text: str) -> dict[int, dict[str, Any]]:
-    """`bpftool btf dump ... format raw` as {id: {kind, name, attrs, members: [(name, attrs)]}}."""
-    types: dict[int, dict[str, Any]] = {}
-    cur: dict[str, Any] | None = None
-    for line in text.splitlines():
-        m = re.match(r"\[(\d+)\] (\w+) '([^']*)'(.*)", line)
-        if m:
-            cur = {"kind": m[2], "name": m[3], "attrs": dict(re.findall(r"(\w+)=(\S+)", m[4])), "members": []}
-            types[int(m[1])] = cur
-        elif line.startswith("\t'") and cur is not None:
-            mm = re.match(r"\t'([^']*)' (.*)", line)
-            assert mm, line
-            cur["members"].append((mm[1], dict(re.findall(r"(\w+)=(-?\d+)", mm[2]))))
-    return types
 
 
 def oracle_members(types: dict[int, dict[str, Any]], tid: int, base: int = 0) -> dict[str, tuple[int, int]]:

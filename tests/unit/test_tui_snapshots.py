@@ -4,9 +4,6 @@ at each picture (tests/unit/__snapshots__/test_tui_snapshots/*.svg; `rsvg-conver
 from __future__ import annotations
 
 import importlib.util
-import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +18,7 @@ _spec.loader.exec_module(replay)
 SIZE = (100, 30)
 
 
-@pytest.fixture(autouse=True)
-def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 def settled(*keys: str, text: str = "") -> Any:
