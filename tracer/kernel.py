@@ -13,7 +13,7 @@ import platform
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,28 +121,30 @@ class Prober:
             return Trial(False, self._fentry_refusal)
         return Trial(False, reason)
 
-    def raw_tracepoint(self, name: str) -> Trial:
+    @staticmethod
+    def _attach_and_detach(attach: Callable[[], object], detach: Callable[[], object], failed: str) -> Trial:
+        """Attach a nop program and detach it again; the failure is BCC's first error line, or `failed`."""
         with bccenv.captured_stderr() as lines:
             try:
-                self.module.attach_raw_tracepoint(tp=name, fn_name="pt_nop_raw_tp")
-                self.module.detach_raw_tracepoint(tp=name)
+                attach()
+                detach()
                 return Trial(True)
             except Exception:  # noqa: BLE001
                 pass
-        return Trial(False, _first_error(lines, f"raw tracepoint {name} is not in this kernel"))
+        return Trial(False, _first_error(lines, failed))
+
+    def raw_tracepoint(self, name: str) -> Trial:
+        return self._attach_and_detach(lambda: self.module.attach_raw_tracepoint(tp=name, fn_name="pt_nop_raw_tp"),
+                                       lambda: self.module.detach_raw_tracepoint(tp=name),
+                                       f"raw tracepoint {name} is not in this kernel")
 
     def tracepoint(self, name: str) -> Trial:
         category, _, event = name.partition(":")
         if not self.bcc.BPF.tracepoint_exists(category, event):
             return Trial(False, f"tracepoint {name} is not in this kernel")
-        with bccenv.captured_stderr() as lines:
-            try:
-                self.module.attach_tracepoint(tp=name, fn_name="pt_nop_tp")
-                self.module.detach_tracepoint(tp=name)
-                return Trial(True)
-            except Exception:  # noqa: BLE001
-                pass
-        return Trial(False, _first_error(lines, f"tracepoint {name} failed to attach"))
+        return self._attach_and_detach(lambda: self.module.attach_tracepoint(tp=name, fn_name="pt_nop_tp"),
+                                       lambda: self.module.detach_tracepoint(tp=name),
+                                       f"tracepoint {name} failed to attach")
 
     def netfilter_link(self, _target: str) -> Trial:
         if kernel_version(self.release) < (6, 4):
