@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from support.flows import assert_web_dns_flows
 from support.lab import exclusive_lab
 from support.podtrace import Running, start
 
@@ -46,15 +47,7 @@ def test_udp_service_flows_name_every_endpoint_with_exact_counts(no_faults: str)
     answered = sent.per_target["default/web:dns"].endpoints
     assert sum(answered.values()) == DATAGRAMS, sent
     flows = _flows(result, "default/web:dns")
-    by_pod = {flow["backend_pod"]: flow for flow in flows}
-    assert set(by_pod) == {"web-1", "web-2", "web-3"} == set(answered), flows
-    for pod, flow in by_pod.items():
-        assert flow["client_pod"] == "client" and flow["vip"] == "10.96.0.10" and flow["port"] == 53
-        assert flow["backend_port"] == 5353 and flow["proto"] == "udp"
-        assert flow["packets_out"] == answered[pod], (pod, flow, answered)
-        assert flow["packets_in"] == answered[pod], "each reply un-NATed back to the VIP"
-        assert flow["connections"] == answered[pod]
-        assert flow["netfilter_ns_max"] > 0
+    assert_web_dns_flows(flows, answered)
     assert result.summary["proxy_mode"] == no_faults
     assert result.summary["lost"] == 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import support.podtrace as podtrace
+from support.flows import assert_web_dns_flows
 from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp, sh, tcp_connect_attempts
 
@@ -219,15 +220,7 @@ def test_report_gives_the_flow_numbers_of_the_traffic_sent(lab: None, tmp_path: 
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     summary = lines[-1]
     flows = [line for line in lines if line.get("service") == "default/web:dns" and "backend" in line]
-    by_pod = {flow["backend_pod"]: flow for flow in flows}
-    assert set(by_pod) == {"web-1", "web-2", "web-3"} == set(answered), flows
-    for pod, flow in by_pod.items():
-        assert flow["client_pod"] == "client" and flow["vip"] == "10.96.0.10" and flow["port"] == 53
-        assert flow["backend_port"] == 5353 and flow["proto"] == "udp"
-        assert flow["packets_out"] == answered[pod], (pod, flow, answered)
-        assert flow["packets_in"] == answered[pod], "each reply un-NATed back to the VIP"
-        assert flow["connections"] == answered[pod]
-        assert flow["netfilter_ns_max"] > 0
+    assert_web_dns_flows(flows, answered)
     assert summary["proxy_mode"] == "iptables" and summary["lost"] == 0 and summary["truncated"] is False
     assert summary["events"] == recorded.summary["events"]
     # Each node's links and conntrack table, as read in the lab's namespaces (pod ifindexes repeat across nodes:
