@@ -29,8 +29,10 @@ examples:
 SOFTIRQ_EPILOG = """\
 wait: from raise (irq:softirq_raise) to the handler starting (irq:softirq_entry); run: entry to exit.
 defer (JSON net_rx_wait_ksoftirqd): the waits whose handler ran in ksoftirqd. Softirqs raised by an interrupt or
-by a task sending packets run inline, at irq exit or local_bh_enable, so CPU load hardly changes their wait;
-the ones deferred to ksoftirqd queue behind busy tasks: their p99 is the figure that shows a starved node.
+by a task sending packets run inline, at irq exit or local_bh_enable, so CPU load alone hardly changes their
+wait. A CPU that cannot keep up with its receive work defers NET_RX behind busy tasks (to ksoftirqd or the next
+tick): its own row shows waits of milliseconds, backlog drops and exhausted NAPI polls, which the all-CPU row can
+hide. The findings at the end name such CPUs (JSON: "findings" in the all-CPU object).
 p50/p99 are estimated from the kernel's log2 buckets (within a factor of two of the truth); max is exact.
 napi exhausted: polls that used their whole budget; softnet dropped/squeezed: /proc/net/softnet_stat deltas.
 
@@ -217,7 +219,7 @@ def run_mtu(args: argparse.Namespace) -> int:
 
 
 def run_softirq(args: argparse.Namespace) -> int:
-    from tracer.softirq import SoftirqAggregator, SoftirqProbe, format_table  # noqa: PLC0415
+    from tracer.softirq import SoftirqAggregator, SoftirqProbe, findings, format_table  # noqa: PLC0415
 
     if args.duration <= 0:
         raise UsageError("--duration must be positive")
@@ -246,6 +248,8 @@ def run_softirq(args: argparse.Namespace) -> int:
         for row in rows:
             data = row.to_json()
             data["seconds"] = round(aggregator.seconds, 3)
+            if row.cpu is None:
+                data["findings"] = findings(rows, aggregator.seconds)
             sys.stdout.write(json.dumps(data) + "\n")
     else:
         sys.stdout.write(format_table(rows, aggregator.seconds))

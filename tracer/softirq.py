@@ -269,6 +269,37 @@ def _total(rows: Sequence[CpuReport]) -> CpuReport:
     return CpuReport(None, hists, napi, softnet)
 
 
+# A NET_RX softirq that runs inline (irq exit, local_bh_enable) waits microseconds; one deferred behind busy tasks
+# waits until ksoftirqd gets the CPU or the next tick: a millisecond or more is a starved softirq.
+STARVED_WAIT_NS = 1_000_000
+
+
+def findings(rows: Sequence[CpuReport], seconds: float) -> list[str]:
+    """What the figures mean, one line per CPU and problem (empty when nothing is wrong)."""
+    out = []
+    per_second = max(seconds, 1e-9)
+    for row in rows:
+        if row.cpu is None:
+            continue
+        where = f"CPU {row.cpu}"
+        sn = row.softnet
+        if sn is not None and sn.dropped:
+            rate = sn.dropped / per_second
+            out.append(f"{where}: input backlog overflowed, {sn.dropped} packets dropped ({rate:,.0f}/s): the kernel "
+                       "dropped them before any socket or netfilter saw them")
+        wait = row.stats(("NET_RX", "wait"))
+        if wait["count"] and wait["p99_ns"] >= STARVED_WAIT_NS:
+            out.append(f"{where}: NET_RX waited {_us(wait['p99_ns'])} at p99 (max {_us(wait['max_ns'])}) before "
+                       "running: softirq starved (receive work this CPU cannot keep up with, or tasks holding it)")
+        polls, exhausted = row.napi.get("polls", 0), row.napi.get("exhausted", 0)
+        if polls and exhausted * 2 >= polls:
+            out.append(f"{where}: {exhausted} of {polls} NAPI polls used their whole budget: receive work is backing "
+                       "up")
+        if sn is not None and sn.time_squeeze:
+            out.append(f"{where}: net_rx_action ran out of budget or time {sn.time_squeeze} times (time_squeeze)")
+    return out
+
+
 def _us(ns: float) -> str:
     if ns >= 1_000_000:
         return f"{ns / 1_000_000:.1f}ms"
@@ -299,6 +330,8 @@ def format_table(rows: Sequence[CpuReport], seconds: float) -> str:
         lines.append(f"{cpu:>4} {row.napi.get('polls', 0):>11} {row.napi.get('exhausted', 0):>10} "
                      f"{row.napi.get('work', 0):>10} {sn.processed if sn else '-':>10} {sn.dropped if sn else '-':>8} "
                      f"{sn.time_squeeze if sn else '-':>9}")
+    lines.append("")
+    lines += [f"! {line}" for line in findings(rows, seconds)] or ["no softirq trouble seen"]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp
 
 from tracer.lab import faults, traffic
-from tracer.softirq import CpuReport, SoftirqAggregator, SoftirqProbe
+from tracer.softirq import CpuReport, SoftirqAggregator, SoftirqProbe, findings
 
 pytestmark = pytest.mark.root
 
@@ -97,9 +97,14 @@ def test_softirq_load_fault_lengthens_net_rx_wait() -> None:
         try:
             time.sleep(0.5)
             loaded = _measure(probe, 3.0)
+            cli = podtrace("softirq", "--duration", "2", "--json")
         finally:
             faults.set_fault("softirq-load", False)
     cpu = details["hog_cpu"]
+    assert cli.returncode == 0, cli.stderr
+    said = json.loads(cli.stdout.splitlines()[-1])["findings"]
+    assert any(line.startswith(f"CPU {cpu}: NET_RX waited") for line in said), said
+    assert not [line for line in findings(quiet.report(), quiet.seconds) if line.startswith(f"CPU {cpu}:")]
     before, during = _cpu_row(quiet, cpu), _cpu_row(loaded, cpu)
     print(f"CPU {cpu} NET_RX wait: without the fault {before.hists[key].count} waits p99 "
           f"{before.stats(key)['p99_ns']:.0f} ns; with it {during.hists[key].count} waits p99 "

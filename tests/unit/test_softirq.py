@@ -15,6 +15,8 @@ from tracer.softirq import (
     SoftirqAggregator,
     SoftirqSnapshot,
     SoftnetRow,
+    _total,
+    findings,
     format_table,
     parse_softnet_stat,
     slot_bounds,
@@ -134,3 +136,23 @@ def test_waits_deferred_to_ksoftirqd_have_their_own_row_and_json() -> None:
     assert "NET_TX  defer" not in table  # no deferred NET_TX waits: no row
     assert row.to_json()["net_rx_wait_ksoftirqd"]["count"] == 1
     assert max(len(line) for line in table.splitlines()) < 100
+
+
+def _report(cpu: int, waits: list[int], napi: dict[str, int], dropped: int = 0, squeezed: int = 0) -> CpuReport:
+    hists = {key: Log2Hist() for key in HISTS}
+    hists[("NET_RX", "wait")] = Log2Hist.of_values(waits)
+    return CpuReport(cpu, hists, napi, SoftnetRow(cpu, 1000, dropped, squeezed))
+
+
+def test_findings_name_the_starved_cpu_and_nothing_on_a_healthy_one() -> None:
+    healthy = _report(0, [400] * 990 + [2000] * 10, {"polls": 100, "exhausted": 1})
+    starved = _report(1, [1500] * 90 + [3_900_000] * 10, {"polls": 40, "exhausted": 30}, dropped=500, squeezed=3)
+    lines = findings([healthy, starved, _total([healthy, starved])], seconds=2.0)
+    assert all(line.startswith("CPU 1: ") for line in lines), lines
+    assert any("500 packets dropped (250/s)" in line for line in lines)
+    assert any("NET_RX waited" in line and "ms at p99" in line for line in lines)
+    assert any("30 of 40 NAPI polls" in line for line in lines)
+    assert any("3 times (time_squeeze)" in line for line in lines)
+    assert findings([healthy], seconds=2.0) == []
+    assert "no softirq trouble seen" in format_table([healthy], 2.0)
+    assert "! CPU 1: input backlog overflowed" in format_table([healthy, starved], 2.0)
