@@ -22,12 +22,14 @@ from tracer.errors import UsageError
 from tracer.ladder import AttachPlan
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model, Snapshot
+from tui.overlay import COLUMNS as OVERLAY_COLUMNS
 from tui.overlay import OverlayTable
 from tui.pyfilter import ViewFilter
 from tui.recording import TuiRecording, basic_header, recording_name
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
 from tui.services import SORTS
+from tui.softirq import COLUMNS as SOFTIRQ_COLUMNS
 from tui.sources import Reader, SessionInfo, Source
 from tui.widgets.header import HeaderBar, header_text
 from tui.widgets.tables import DropsTable, ProbesView, RowsView, flow_text
@@ -127,10 +129,10 @@ class PodtraceApp(App[int]):
                                empty=self._flows_empty(), id="flows-view")
             with TabPane("3 Overlay/MTU", id="overlay"):
                 yield RowsView("overlay", "Overlay and MTU", "tunnels, fragments, frag-needed, MTU verdicts",
-                               ["device", "vni", "packets", "fragments", "frag_needed", "verdict"])
+                               OVERLAY_COLUMNS)
             with TabPane("4 Softirq", id="softirq"):
-                yield RowsView("softirq", "Softirq", "per-CPU NET_RX/NET_TX wait and run times",
-                               ["cpu", "kind", "p50", "p99", "squeezes", "histogram"])
+                yield RowsView("softirq", "Softirq", "per-CPU NET_RX/NET_TX wait and run times, backlog drops",
+                               SOFTIRQ_COLUMNS)
             with TabPane("5 Probes", id="probes"):
                 yield ProbesView(id="probes-view")
             with TabPane("6 Node", id="node"):

@@ -15,7 +15,7 @@ from tracer.errors import PodtraceError
 from tracer.softirq import HISTS, CpuReport, SoftirqAggregator, SoftirqProbe, SoftirqSnapshot
 from tui.model import sparkline
 
-COLUMNS = ["cpu", "kind", "p50", "p99", "squeezes", "histogram"]
+COLUMNS = ["cpu", "kind", "p50", "p99", "dropped", "squeezes", "histogram"]
 
 
 def _us(ns: float) -> str:
@@ -33,7 +33,8 @@ def histogram_bar(slots: Sequence[int]) -> str:
 
 
 def softirq_rows(reports: Sequence[CpuReport]) -> list[dict[str, Any]]:
-    """One row per CPU and softirq phase that saw work, then the all-CPU ones; squeezes on each CPU's first row."""
+    """One row per CPU and softirq phase that saw work, then the all-CPU ones; backlog drops and squeezes
+    (/proc/net/softnet_stat) on each CPU's first row."""
     rows = []
     for report in reports:
         first = True
@@ -41,10 +42,11 @@ def softirq_rows(reports: Sequence[CpuReport]) -> list[dict[str, Any]]:
             hist = report.hists.get(key)
             if hist is None or not hist.count:
                 continue
-            squeezes = report.softnet.time_squeeze if report.softnet is not None and first else ""
+            softnet = report.softnet if first else None
             rows.append({"cpu": "all" if report.cpu is None else report.cpu, "kind": f"{key[0]} {key[1]}",
                          "p50": _us(hist.percentile(0.5)), "p99": _us(hist.percentile(0.99)),
-                         "squeezes": squeezes, "histogram": histogram_bar(hist.slots)})
+                         "dropped": softnet.dropped if softnet else "", "squeezes": softnet.time_squeeze if softnet
+                         else "", "histogram": histogram_bar(hist.slots)})
             first = False
     return rows
 

@@ -123,17 +123,18 @@ def test_the_model_hands_its_shown_drop_groups_to_a_table_that_uses_drops() -> N
     assert snap.tables["flows"] == [{"n": 3}] and seen[-1] == snap.drops
 
 
-def _softirq_snapshot(ts: float, waits: list[int], squeezes: int) -> SoftirqSnapshot:
+def _softirq_snapshot(ts: float, waits: list[int], squeezes: int, dropped: int = 0) -> SoftirqSnapshot:
     hist = Log2Hist.of_values(waits)
-    return SoftirqSnapshot(ts, {0: {("NET_RX", "wait"): hist}}, {}, {0: SoftnetRow(0, len(waits), 0, squeezes)})
+    return SoftirqSnapshot(ts, {0: {("NET_RX", "wait"): hist}}, {}, {0: SoftnetRow(0, len(waits), dropped, squeezes)})
 
 
 def test_softirq_rows_show_p50_p99_squeezes_and_a_bar_of_the_buckets() -> None:
     aggregator = SoftirqAggregator()
-    aggregator.add(_softirq_snapshot(0.0, [], 1))
-    aggregator.add(_softirq_snapshot(1.0, [1500] * 90 + [40_000] * 10, 4))
+    aggregator.add(_softirq_snapshot(0.0, [], 1, dropped=10))
+    aggregator.add(_softirq_snapshot(1.0, [1500] * 90 + [40_000] * 10, 4, dropped=17))
     rows = softirq_rows(aggregator.report())
-    assert [(r["cpu"], r["kind"], r["squeezes"]) for r in rows] == [(0, "NET_RX wait", 3), ("all", "NET_RX wait", 3)]
+    assert [(r["cpu"], r["kind"], r["dropped"], r["squeezes"]) for r in rows] == [(0, "NET_RX wait", 7, 3),
+                                                                                  ("all", "NET_RX wait", 7, 3)]
     assert rows[0]["p50"] == "1.6us" and rows[0]["p99"] == "39.3us"  # interpolated inside the log2 buckets
     assert rows[0]["histogram"] == "[1.0us..65.5us) █    ▁"  # 1024-2047 ns: 90, 32768-65535 ns: 10
 
