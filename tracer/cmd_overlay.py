@@ -85,6 +85,9 @@ Packet counts are the largest count seen at any one point (queue, xmit, rx), so 
 Drops of VXLAN packets name the inner flow. Fragments: outer (the VXLAN packet fragmented on the underlay),
 inner in the tunnel (the pod packet fragmented before encapsulation), and outside the tunnel (pod fragments
 on cni0/flannel.1/veths).
+Where the kernel has kprobes, also vxlan_rcv and vxlan_xmit_one (the VNI and the tunnel's remote from the
+device's own forwarding entry, before encapsulation) and ip_do_fragment: "cut" counts packets this node
+fragmented itself, with the output device and its MTU (on the underlay, before encapsulation, or elsewhere).
 
 examples:
   sudo podtrace overlay --duration 10
@@ -109,7 +112,7 @@ def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_overlay(args: argparse.Namespace) -> int:
-    from tracer.events import EVENT_DROP, POINT_NAMES, PacketEvent  # noqa: PLC0415
+    from tracer.events import EVENT_DROP, POINT_FRAGMENT, POINT_NAMES, PacketEvent  # noqa: PLC0415
     from tracer.overlay import OVERLAY_FILTER, TunnelTable  # noqa: PLC0415
     from tracer.report import Resolver, summary_line  # noqa: PLC0415
     from tracer.session import run_session  # noqa: PLC0415
@@ -121,12 +124,15 @@ def run_overlay(args: argparse.Namespace) -> int:
         where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
         if event.type == EVENT_DROP:
             table.add(event, where, names.reason(event.reason))
+        elif event.reason == POINT_FRAGMENT:  # its rows name the device and MTU the packet was cut for
+            table.add(event, where)
         else:
             table.add(event, f"{where} {POINT_NAMES.get(event.reason, str(event.reason))}")
 
-    source, _names, count = run_session(args, path=True, on_event=on_event)
+    source, _names, count = run_session(args, path=True, on_event=on_event, overlay=True)
     data = table.to_json()
     data["counters"] = dict(source.final_counters)
+    data["attached"] = list(source.attached)  # e.g. "kprobe vxlan_xmit_one": which points could be seen
     if args.json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:

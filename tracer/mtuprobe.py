@@ -5,6 +5,9 @@ tracer.mtuprobe`) and sends one DF probe per request with scapy (ICMP echo, UDP,
 asked IP total length, each with its own IP id), reporting what answered. The parent binary-searches the size
 and traces in the kernel meanwhile (LiveSource, filter on the target and ICMP): drops of the probes (matched by
 IP id) say where larger packets die, and ICMP frag-needed events say whether the error got back to the sender.
+Where the kernel has kprobes, ip_do_fragment is traced too: non-DF packets to the target that a node cut itself
+(the probes are DF and never are; the node's own traffic during --watch can be), counted in the verdict's live
+figures with the MTU they were cut for.
 """
 
 from __future__ import annotations
@@ -148,6 +151,7 @@ class MtuProbeResult:
     seconds: float = 0.0
     watched: float = 0.0  # seconds traced after the search (--watch)
     warnings: list[str] = field(default_factory=list)  # hook points that did not attach and what that loses
+    attached: list[str] = field(default_factory=list)  # what traced the run, e.g. "kprobe ip_do_fragment"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -303,14 +307,18 @@ def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | N
     node = path.host_veth.netns if path and path.host_veth else None
     snmp = SnmpWatch([source_netns, *([node] if node else []), *([target_netns] if target_netns else [])])
     if trace:
+        from tracer.kprobes import choose_live  # noqa: PLC0415
         from tracer.live import LiveSource  # noqa: PLC0415 - BCC only when tracing
         from tracer.names import NetnsNames, Symbolizer  # noqa: PLC0415
         from tracer.pcapfilter import compile_filter  # noqa: PLC0415
         from tracer.probes import ProbeConfig  # noqa: PLC0415
 
-        source = LiveSource(ProbeConfig(filter=compile_filter(f"host {target} or icmp"), path=True, icmp=True))
+        # ip_do_fragment where kprobes exist (the ladder's choice): local fragmentation of non-DF packets
+        source = LiveSource(ProbeConfig(filter=compile_filter(f"host {target} or icmp"), path=True, icmp=True,
+                                        kprobes=choose_live(("fragmentation",))))
         result.warnings += source.warnings
         source.start()
+        result.attached = list(source.attached)
         names, symbolize = NetnsNames(), Symbolizer()
     if ready is not None:
         ready()

@@ -12,6 +12,12 @@ Fragments are counted honestly where they were seen:
   the pod packet before encapsulating it, e.g. pod MTU 1500 over a 1450 overlay);
 - inner fragments outside the tunnel: fragments between other addresses (pod packets on cni0, flannel.1 or veths
   before encapsulation or after decapsulation).
+
+Where kprobes exist (bpf/overlay.c), three more points: vxlan_rcv (the outer packet, as on the wire), vxlan_xmit_one
+(the inner packet before encapsulation; the outer tuple is the tunnel's remote, VNI and port from struct vxlan_rdst
+and the device's `local` address, unspecified when the kernel picks it by route) and ip_do_fragment (one event per
+packet this node cut, with the output device's MTU): "fragmented locally", counted apart from the fragments seen
+on the wire.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.events import EVENT_DROP, PacketEvent, Tuple
+from tracer.events import EVENT_DROP, EVENT_PATH, POINT_FRAGMENT, POINT_VXLAN_XMIT, PacketEvent, Tuple
 
 VXLAN_PORTS = (8472, 4789)
 MF = 0x2000
 OFFSET = 0x1FFF
 OVERLAY_FILTER = "udp port 8472 or udp port 4789 or (ip[6:2] & 0x3fff != 0)"
+UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # a vxlan device without `local`: its source is chosen by route
 
 
 def is_fragment(t: Tuple | None) -> bool:
@@ -89,12 +96,33 @@ class Tunnel:
     points: Counter[str] = field(default_factory=Counter)  # where -> VXLAN packets (any inner)
     inner_fragments: dict[str, Counter[str]] = field(default_factory=dict)  # "proto src > dst" -> where -> n
     outer_fragments: Counter[str] = field(default_factory=Counter)  # first outer fragments with a VXLAN header
+    cut: Counter[tuple[str, int]] = field(default_factory=Counter)  # (where, MTU) -> VXLAN packets ip_do_fragment cut
+    inner_pairs: set[str] = field(default_factory=set)  # "proto src > dst" of every inner packet seen
 
     def flow(self, name: str) -> InnerFlow:
         found = self.flows.get(name)
         if found is None:
             found = self.flows[name] = InnerFlow(name)
         return found
+
+    def absorb(self, other: Tunnel) -> None:
+        """Add another tunnel's counts (seen at other points, so per-point counts never collide)."""
+        self.points.update(other.points)
+        self.outer_fragments.update(other.outer_fragments)
+        self.cut.update(other.cut)
+        self.inner_pairs |= other.inner_pairs
+        for pair, points in other.inner_fragments.items():
+            self.inner_fragments.setdefault(pair, Counter()).update(points)
+        for name, theirs in other.flows.items():
+            mine = self.flow(name)
+            mine.points.update(theirs.points)
+            mine.bytes_points.update(theirs.bytes_points)
+            mine.drops.update(theirs.drops)
+
+    def copy(self) -> Tunnel:
+        fresh = Tunnel(self.key)
+        fresh.absorb(self)
+        return fresh
 
 
 class TunnelTable:
@@ -107,6 +135,8 @@ class TunnelTable:
         self.fragments: dict[tuple[str, str], dict[str, Counter[str]]] = {}
         self.fragment_drops: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
         self.unattributed_drops = 0  # VXLAN drops whose inner packet could not be parsed
+        # Non-VXLAN packets ip_do_fragment cut: (flow "proto src > dst", where, device MTU) -> packets
+        self.cut: Counter[tuple[str, str, int]] = Counter()
         self.events = 0
 
     def add(self, event: PacketEvent, where: str = "", reason: str = "") -> None:
@@ -116,11 +146,18 @@ class TunnelTable:
         if not outer.family:
             return
         drop = event.type == EVENT_DROP
-        if outer.proto == 17 and outer.dport in VXLAN_PORTS and not outer.frag & OFFSET:
-            key = TunnelKey(outer.src, outer.dst, event.vni, outer.dport)
-            tunnel = self.tunnels.get(key)
-            if tunnel is None:
-                tunnel = self.tunnels[key] = Tunnel(key)
+        point = event.reason if event.type == EVENT_PATH else 0
+        # vxlan_xmit_one's outer tuple is the tunnel itself, whatever its port; elsewhere the port says VXLAN.
+        vxlan = point == POINT_VXLAN_XMIT or (outer.proto == 17 and outer.dport in VXLAN_PORTS)
+        if point == POINT_FRAGMENT:  # the whole packet, before ip_do_fragment cut it: not a fragment on the wire
+            mtu = event.location
+            if vxlan:
+                self._tunnel(TunnelKey(outer.src, outer.dst, event.vni, outer.dport)).cut[(where, mtu)] += 1
+            else:
+                self.cut[(_pair_flow(outer), where, mtu)] += 1
+            return
+        if vxlan and not outer.frag & OFFSET:
+            tunnel = self._tunnel(TunnelKey(outer.src, outer.dst, event.vni, outer.dport))
             if is_fragment(outer) and not drop:
                 tunnel.outer_fragments[where] += 1
             inner = event.inner
@@ -131,6 +168,7 @@ class TunnelTable:
                 else:
                     tunnel.points[where] += 1
                 return
+            tunnel.inner_pairs.add(_pair_flow(inner))
             if is_fragment(inner) and not drop:
                 tunnel.inner_fragments.setdefault(_pair_flow(inner), Counter())[where] += 1
             flow = tunnel.flow(_flow(inner))
@@ -148,19 +186,58 @@ class TunnelTable:
             else:
                 self.fragments.setdefault(pair, {}).setdefault(_pair_flow(outer), Counter())[where] += 1
 
+    def _tunnel(self, key: TunnelKey) -> Tunnel:
+        tunnel = self.tunnels.get(key)
+        if tunnel is None:
+            tunnel = self.tunnels[key] = Tunnel(key)
+        return tunnel
+
     def add_all(self, events: list[tuple[PacketEvent, str, str]]) -> None:
         for event, where, reason in events:
             self.add(event, where, reason)
 
+    def resolved(self) -> dict[TunnelKey, Tunnel]:
+        """The tunnels, with those the xmit kprobe saw from an unspecified source joined to the one tunnel seen
+        on the wire with the same destination, VNI and port (copies: the table itself is left as fed)."""
+        tunnels = {key: tunnel.copy() for key, tunnel in self.tunnels.items() if key.src not in UNSPECIFIED}
+        for key, tunnel in self.tunnels.items():
+            if key.src not in UNSPECIFIED:
+                continue
+            known = [k for k in tunnels if (k.dst, k.vni, k.port) == (key.dst, key.vni, key.port)]
+            if len(known) == 1:
+                tunnels[known[0]].absorb(tunnel)
+            else:  # never seen on the wire here (or ambiguous): keep it under its unspecified source
+                tunnels.setdefault(key, Tunnel(key)).absorb(tunnel)
+        return tunnels
+
     def endpoints(self) -> set[tuple[str, str]]:
         """(outer source, outer destination) of every tunnel seen, in its direction."""
-        return {(k.src, k.dst) for k in self.tunnels}
+        return {(k.src, k.dst) for k in self.resolved()}
+
+    def _cut_rows(self, tunnels: dict[TunnelKey, Tunnel]) -> list[dict[str, Any]]:
+        """Packets ip_do_fragment cut, each row placed: VXLAN packets on the underlay, inner packets before the
+        tunnel that carried their address pair, or outside any tunnel. device_mtu is the output device's: a path
+        MTU the route learned can be lower (vxlan_xmit_one lowers the inner route's to the underlay's room after
+        the first oversize packet, skb_tunnel_check_pmtu), and the kernel then cuts to that; it is not read."""
+        rows = []
+        for key in sorted(tunnels):
+            rows += [{"flow": f"vxlan {key.src} > {key.dst} vni {key.vni}", "where": where, "device_mtu": mtu,
+                      "packets": n, "stage": "underlay", "tunnel": key.describe()}
+                     for (where, mtu), n in sorted(tunnels[key].cut.items())]
+        for (flow, where, mtu), n in sorted(self.cut.items()):
+            carrier = next((k for k in sorted(tunnels) if flow in tunnels[k].inner_pairs), None)
+            rows.append({"flow": flow, "where": where, "device_mtu": mtu, "packets": n,
+                         "stage": "before encapsulation" if carrier else "outside tunnels",
+                         "tunnel": carrier.describe() if carrier else None})
+        return rows
 
     def to_json(self) -> dict[str, Any]:
-        endpoints = self.endpoints()
+        resolved = self.resolved()
+        endpoints = {(k.src, k.dst) for k in resolved}
+        cut_rows = self._cut_rows(resolved)
         tunnels = []
-        for key in sorted(self.tunnels):
-            tunnel = self.tunnels[key]
+        for key in sorted(resolved):
+            tunnel = resolved[key]
             underlay = self.fragments.get((key.src, key.dst), {})
             # A non-first outer fragment has no UDP header: it is matched to the tunnel by node addresses only.
             non_first = sum(_most(points) for points in underlay.values())
@@ -174,6 +251,9 @@ class TunnelTable:
                 "outer_fragments": _most(tunnel.outer_fragments) + non_first,
                 "inner_fragments": sum(_most(p) for p in tunnel.inner_fragments.values()),
                 "inner_fragment_flows": {flow: _most(p) for flow, p in sorted(tunnel.inner_fragments.items())},
+                "cut_on_underlay": sum(tunnel.cut.values()),
+                "cut_before_encapsulation": sum(r["packets"] for r in cut_rows if r["tunnel"] == key.describe()
+                                                and r["stage"] == "before encapsulation"),
             })
         outside = []
         for (src, dst), by_flow in sorted(self.fragments.items()):
@@ -192,6 +272,7 @@ class TunnelTable:
             "inner_fragments_outside_tunnels": sum(f["fragments"] for f in outside),
             "fragments_outside_tunnels": outside,
             "fragment_drops": fragment_drops,
+            "fragmented_locally": cut_rows,
             "unattributed_drops": self.unattributed_drops,
             "events": self.events,
         }
@@ -210,9 +291,16 @@ class TunnelTable:
                 lines.extend(f"           dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: {f['flow']}"
                              for d in f["drop_reasons"])
             lines.extend(f"  {n:>8} inner fragments  {flow}" for flow, n in t["inner_fragment_flows"].items())
+            lines.extend(f"  {r['packets']:>8} cut {r['stage']} at {r['where']} (device MTU {r['device_mtu']})  "
+                         f"{r['flow']}"
+                         for r in data["fragmented_locally"] if r["tunnel"] == key.describe())
         for f in data["fragments_outside_tunnels"]:
             lines.append(f"fragments outside the tunnel: {f['fragments']} {f['flow']} "
                          f"(at {', '.join(f['points'])})")
+        for r in data["fragmented_locally"]:
+            if r["tunnel"] is None:
+                lines.append(f"fragmented locally: {r['packets']} {r['flow']} at {r['where']} "
+                             f"(device MTU {r['device_mtu']})")
         for d in data["fragment_drops"]:
             lines.append(f"fragment dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: "
                          f"{d['src']} > {d['dst']}")

@@ -65,6 +65,9 @@ class ProbeConfig:
     path_rate: int = 20000  # path events per second per CPU
     # concerns whose kprobe programs are loaded ("netfilter", "vxlan", "fragmentation"; tracer/kprobes.py)
     kprobes: tuple[str, ...] = ()
+    # bpf/overlay.c's kprobe events skip the pcap filter (`podtrace overlay`: its filter is written for the outer
+    # packets, while vxlan_xmit_one sees the inner one and ip_do_fragment a packet not yet cut)
+    overlay_kprobes_unfiltered: bool = False
     icmp: bool = False  # icmp:icmp_send: frag-needed and reassembly time-exceeded the node sends (bpf/icmp.c)
 
 
@@ -143,6 +146,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         cflags.append("-DPT_NETFILTER=1")
     if config.kprobes:
         cflags += kprobe_cflags(ModuleBtf(btf, btf.path), config.kprobes)
+        if config.overlay_kprobes_unfiltered:
+            cflags.append("-DPT_KP_OVERLAY_UNFILTERED=1")
         programs += [name for name, concerns in (("nf_kprobe", ("netfilter",)),
                                                  ("overlay_kprobe", ("vxlan", "fragmentation")),
                                                  ("ipvs_kprobe", ("ipvs",)))

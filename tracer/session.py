@@ -48,7 +48,9 @@ def add_trace_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=0, metavar="MS", help=argparse.SUPPRESS)
 
 
-def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, icmp: bool = False) -> ProbeConfig:
+def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, icmp: bool = False,
+                 overlay: bool = False) -> ProbeConfig:
+    """overlay: a `podtrace overlay` session, whose VXLAN and fragmentation kprobe events skip its pcap filter."""
     expression = " ".join(args.filter)
     pages = args.ringbuf_pages
     if pages < 1 or pages & (pages - 1):
@@ -74,6 +76,7 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, 
         path=path,
         ringbuf_pages=pages,
         icmp=icmp,
+        overlay_kprobes_unfiltered=overlay,
     )
 
 
@@ -99,12 +102,13 @@ def run_session(
     netfilter: bool = False,
     before_close: Callable[[LiveSource], None] | None = None,
     icmp: bool = False,
+    overlay: bool = False,
 ) -> tuple[LiveSource, Resolver, int]:
     """Trace until --duration or a signal; returns the closed source, its resolver and the event count.
 
     on_start runs once the probes are attached (before --ready-file is written); on_tick after every poll.
     """
-    config = probe_config(args, path, netfilter, icmp)
+    config = probe_config(args, path, netfilter, icmp, overlay)
     bccenv.require_root("tracing")
     source = LiveSource(config, args.btf)
     if args.dump_bpf:
