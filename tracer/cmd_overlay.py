@@ -112,24 +112,14 @@ def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_overlay(args: argparse.Namespace) -> int:
-    from tracer.events import EVENT_DROP, POINT_FRAGMENT, POINT_NAMES, PacketEvent  # noqa: PLC0415
     from tracer.overlay import OVERLAY_FILTER, TunnelTable  # noqa: PLC0415
-    from tracer.report import Resolver, summary_line  # noqa: PLC0415
+    from tracer.report import summary_line  # noqa: PLC0415
     from tracer.session import run_session  # noqa: PLC0415
 
     args.filter = [OVERLAY_FILTER]
     table = TunnelTable()
 
-    def on_event(event: PacketEvent, names: Resolver) -> None:
-        where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
-        if event.type == EVENT_DROP:
-            table.add(event, where, names.reason(event.reason))
-        elif event.reason == POINT_FRAGMENT:  # its rows name the device and MTU the packet was cut for
-            table.add(event, where)
-        else:
-            table.add(event, f"{where} {POINT_NAMES.get(event.reason, str(event.reason))}")
-
-    source, _names, count = run_session(args, path=True, on_event=on_event, overlay=True)
+    source, _names, count = run_session(args, path=True, on_event=table.add_named, overlay=True)
     data = table.to_json()
     data["counters"] = dict(source.final_counters)
     data["attached"] = list(source.attached)  # e.g. "kprobe vxlan_xmit_one": which points could be seen

@@ -404,7 +404,7 @@ def run_report(args: argparse.Namespace) -> int:
             sys.stderr.write(f"podtrace: {warning}\n")
     conntrack = source.conntrack()
     mtu_nodes = mtu.nodes(source.seconds or mtu.event_span())
-    overlay = tunnels.to_json() if tunnels.tunnels or tunnels.fragments else None
+    overlay = tunnels.to_json() if tunnels.has_rows() else None
     softirq_rows = source.softirq.report() if source.softirq is not None else []
     softirq_seconds = source.softirq.seconds if source.softirq is not None else 0.0
     if args.json:
@@ -456,14 +456,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _add_mtu_event(event: Any, mtu: Any, tunnels: Any, names: Any) -> None:
     """One decoded event into the MTU section and the tunnel table, named as `podtrace overlay` names it."""
-    from tracer.events import EVENT_DROP, POINT_NAMES
-
     mtu.add(event)
-    where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
-    if event.type == EVENT_DROP:
-        tunnels.add(event, where, names.reason(event.reason))
-    else:
-        tunnels.add(event, f"{where} {POINT_NAMES.get(event.reason, str(event.reason))}")
+    tunnels.add_named(event, names)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_FRAGMENT, POINT_VXLAN_XMIT, PacketEvent, Tuple
+from tracer.events import EVENT_DROP, EVENT_PATH, POINT_FRAGMENT, POINT_NAMES, POINT_VXLAN_XMIT, PacketEvent, Tuple
 
 VXLAN_PORTS = (8472, 4789)
 MF = 0x2000
@@ -185,6 +185,20 @@ class TunnelTable:
                 self.fragment_drops.setdefault(pair, Counter())[(reason, where)] += 1
             else:
                 self.fragments.setdefault(pair, {}).setdefault(_pair_flow(outer), Counter())[where] += 1
+
+    def add_named(self, event: PacketEvent, names: Any) -> None:
+        """add() with the observation point and reason named as `podtrace overlay` and `report` show them
+        (names: a tracer.report.Resolver)."""
+        where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
+        if event.type == EVENT_DROP:
+            self.add(event, where, names.reason(event.reason))
+        elif event.reason == POINT_FRAGMENT:  # its rows name the device and MTU the packet was cut for
+            self.add(event, where)
+        else:
+            self.add(event, f"{where} {POINT_NAMES.get(event.reason, str(event.reason))}")
+
+    def has_rows(self) -> bool:
+        return bool(self.tunnels or self.fragments or self.fragment_drops or self.cut)
 
     def _tunnel(self, key: TunnelKey) -> Tunnel:
         tunnel = self.tunnels.get(key)
