@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from tracer.events import EVENT_DROP, PacketEvent, decode
 
-_TS = struct.Struct("<Q")
-_LEN = struct.Struct("<I")
+# One unpack from ts_ns (offset 8) for the hot path: ts_ns, location..netns [24:40], len (44), outer
+# saddr+daddr [80:112], outer dport+family+proto [114:118] (offsets per tracer/events.field_offsets()).
+_HOT = struct.Struct("<Q8x16s4xI32x32s2x4s")
+_HOT_AT = 8
 # From location (offset 24) to outer.proto (117), per tracer/events.field_offsets(): the group key, the last
 # source port and the device, without building the dataclasses a full decode does (most of its cost).
 _FOLD = struct.Struct("<QII24x16s16s16sHHBB")
@@ -52,8 +54,11 @@ class DropTable:
     def __init__(self, max_groups: int = 100_000) -> None:
         self.max_groups = max_groups
         self.groups: dict[DropKey, DropRow] = {}
-        # raw key bytes -> [count, bytes, first_ns, last_ns, last raw event]
-        self.raw_groups: dict[bytes, list] = {}
+        # raw key bytes -> (count, bytes, first_ns, last_ns, last raw event). A tuple, replaced on every event:
+        # as cheap as updating a list in place, and the cyclic GC stops tracking tuples of ints and bytes, so its
+        # full passes do not walk 100k groups.
+        self.raw_groups: dict[bytes, tuple[int, int, int, int, bytes]] = {}
+        self._ifnames: dict[bytes, str] = {}  # raw ifname[16] -> str: a node has few devices, decode each once
         self.evicted = 0
         self.total = 0
 
@@ -80,42 +85,53 @@ class DropTable:
         self.groups[key] = DropRow(1, event.len, event.ts_ns, event.ts_ns, outer.sport, event.ifname, None, event)
 
     def add_raw(self, data: bytes) -> None:
-        """The fast path for raw ring-buffer bytes: group on byte slices, decode only when rows are read.
+        """The fast path for raw ring-buffer bytes: group on the key's bytes, decode only when rows are read.
 
-        Slices follow tracer/events.field_offsets(): location..netns is [24:40], outer saddr+daddr [80:112],
-        outer dport+family+proto [114:118].
+        The key is location..netns, outer saddr+daddr and outer dport+family+proto (see _HOT).
         """
         if data[0] != EVENT_DROP:
             return
-        raw_key = data[24:40] + data[80:112] + data[114:118]
+        ts_ns, head, length, addrs, port_proto = _HOT.unpack_from(data, _HOT_AT)
+        raw_key = head + addrs + port_proto
         self.total += 1
-        row = self.raw_groups.get(raw_key)
-        ts_ns, = _TS.unpack_from(data, 8)
-        length, = _LEN.unpack_from(data, 44)
+        raw_groups = self.raw_groups
+        row = raw_groups.get(raw_key)
         if row is not None:
-            row[0] += 1
-            row[1] += length
-            row[3] = ts_ns
-            row[4] = data
+            raw_groups[raw_key] = (row[0] + 1, row[1] + length, row[2], ts_ns, data)
             return
-        if len(self.raw_groups) + len(self.groups) >= self.max_groups:
-            if self.raw_groups:
-                del self.raw_groups[next(iter(self.raw_groups))]
+        if len(raw_groups) + len(self.groups) >= self.max_groups:
+            if raw_groups:
+                del raw_groups[next(iter(raw_groups))]
             else:
                 del self.groups[next(iter(self.groups))]
             self.evicted += 1
-        self.raw_groups[raw_key] = [1, length, ts_ns, ts_ns, data]
+        raw_groups[raw_key] = (1, length, ts_ns, ts_ns, data)
+
+    def _ifname(self, raw: bytes) -> str:
+        name = self._ifnames.get(raw)
+        if name is None:
+            name = raw.split(b"\0", 1)[0].decode(errors="replace")
+            if len(self._ifnames) < 4096:  # bounded, whatever the bytes after the NUL hold
+                self._ifnames[raw] = name
+        return name
 
     def _fold_raw(self) -> None:
         """Move raw groups into decoded rows (at read time, so the hot path stays cheap)."""
+        raw_groups = self.raw_groups
+        if not raw_groups:
+            return
         unpack = _FOLD.unpack_from
-        for count, length, first_ns, last_ns, data in self.raw_groups.values():
+        groups = self.groups
+        names = self._ifnames
+        for count, length, first_ns, last_ns, data in raw_groups.values():
             location, reason, netns, ifname_raw, saddr, daddr, sport, dport, family, proto = unpack(data, _FOLD_AT)
             key = (reason, location, netns, family, proto, saddr, daddr, dport)
-            ifname = ifname_raw.split(b"\0", 1)[0].decode(errors="replace")
-            row = self.groups.get(key)
+            ifname = names.get(ifname_raw)
+            if ifname is None:
+                ifname = self._ifname(ifname_raw)
+            row = groups.get(key)
             if row is None:
-                self.groups[key] = DropRow(count, length, first_ns, last_ns, sport, ifname, data)
+                groups[key] = DropRow(count, length, first_ns, last_ns, sport, ifname, data)
             else:
                 row.count += count
                 row.bytes += length
@@ -124,7 +140,7 @@ class DropTable:
                     row.last_ns, row.last_sport = last_ns, sport
                     row.set_last(None, data)
                     row.ifname = ifname or row.ifname
-        self.raw_groups.clear()
+        raw_groups.clear()
 
     def add_all(self, events: Iterable[PacketEvent]) -> None:
         for event in events:

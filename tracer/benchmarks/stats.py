@@ -19,6 +19,8 @@ class Section:
     missed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    # Further tables after the first: (caption, headers, rows).
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
 
     def markdown(self) -> str:
         lines = [f"## {self.title}", ""]
@@ -28,6 +30,8 @@ class Section:
             lines += [f"**Error:** {self.error}", ""]
         if self.headers:
             lines += [markdown_table(self.headers, self.rows), ""]
+        for caption, headers, rows in self.tables:
+            lines += [caption, "", markdown_table(headers, rows), ""]
         lines += [f"- {note}" for note in self.notes]
         lines += [f"- **Target missed:** {miss}" for miss in self.missed]
         if self.notes or self.missed:
