@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from tracer.benchmarks.probecost import ProgramCost, program_deltas
 from tracer.benchmarks.rulecount import (
     FLAT_PERCENT,
     MIN_RUNS,
     CountResult,
-    ProgramCost,
     bpf_table,
     flat_verdict,
-    program_deltas,
+    per_packet_verdict,
     round_noise,
     shared_shift,
 )
@@ -62,34 +62,47 @@ def _result(ns_per_run: dict[str, float], runs: int = MIN_RUNS, requests: int = 
     return CountResult([({name: ProgramCost(runs, int(ns * runs)) for name, ns in ns_per_run.items()}, requests)])
 
 
+def _packets(result: CountResult, ns_per_packet: float, packets: int = MIN_RUNS) -> CountResult:
+    """Adds the first PREROUTING link (it counts packets) to every round, at `ns_per_packet` each."""
+    for costs, _ in result.rounds:
+        costs["pt_nf_pre_first"] = ProgramCost(packets, int(ns_per_packet * packets))
+    return result
+
+
 def test_bpf_table_judges_programs_with_enough_runs_only() -> None:
-    results = {10: _result({"nf": 300.0}), 1000: _result({"nf": 310.0})}
+    results = {10: _packets(_result({"nf": 300.0}), 300.0), 1000: _packets(_result({"nf": 310.0}), 300.0)}
     results[10].rounds[0][0]["rare"] = ProgramCost(3, 3_000)
     results[1000].rounds[0][0]["rare"] = ProgramCost(2, 9_000)
     rows, notes, missed = bpf_table((10, 1000), results)
     # one round per count: no measure of the rounds' spread
     assert rows[0] == ["nf", "300", "310", "3%", "-", "1.03x", "1.00 / 1.00"]
-    assert rows[1][0] == "rare" and rows[1][3].endswith("too few runs)")
-    # (310,000 + 9,000) ns / 1,000 requests
-    assert rows[-1] == ["all programs, ns per request", "303", "319", "5%", "-", "1.05x", "-"]
+    assert rows[2][0] == "rare" and rows[2][3].endswith("too few runs)")
+    # (310,000 + 300,000 + 9,000) ns / 1,000 requests
+    assert rows[-2] == ["all programs, ns per request", "603", "619", "3%", "-", "1.03x", "-"]
     assert missed == [] and any("rare: fewer than" in note for note in notes)
 
 
-def test_bpf_table_misses_when_a_program_grows_with_rules_or_nothing_can_be_judged() -> None:
-    _, _, missed = bpf_table((10, 1000), {10: _result({"nf": 300.0}), 1000: _result({"nf": 900.0})})
-    assert len(missed) == 1 and missed[0].startswith("nf: ns/run 300, 900")
-    assert missed[0].endswith("one round per rule count: no measure of the noise")
+def test_the_verdict_is_the_cost_per_packet_growing_with_rules_and_one_program_is_a_note() -> None:
+    _, notes, missed = bpf_table((10, 1000), {10: _packets(_result({"nf": 300.0}), 300.0),
+                                              1000: _packets(_result({"nf": 900.0}), 300.0)})
+    assert any(note.startswith("One program: nf: ns/run 300, 900") for note in notes)
+    assert len(missed) == 1 and missed[0].startswith("BPF time per packet 600 ns, 1,200 ns at 10, 1,000 Services")
+    assert "2.00x with the most vs the fewest" in missed[0] and missed[0].endswith("no measure of the noise")
+    _, _, missed = bpf_table((10, 1000), {10: _result({"nf": 300.0}), 1000: _result({"nf": 300.0})})
+    assert missed and missed[0].startswith("no packets counted")
 
 
-def test_bpf_table_measures_the_noise_as_the_largest_spread_of_rounds_at_one_count() -> None:
+def test_a_middle_bump_is_not_a_trend_and_the_noise_is_the_largest_spread_of_rounds() -> None:
     def rounds(*ns: float) -> CountResult:
-        return CountResult([({"nf": ProgramCost(MIN_RUNS, int(v * MIN_RUNS))}, 1_000) for v in ns])
+        return _packets(CountResult([({"nf": ProgramCost(MIN_RUNS, int(v * MIN_RUNS))}, 1_000) for v in ns]), 100)
 
-    rows, _, missed = bpf_table((10, 1000), {10: rounds(300, 400, 500), 1000: rounds(290, 300, 310)})
-    assert rows[0][:6] == ["nf", "400", "300", "29%", "50%", "0.75x"]  # rounds at 10 Services: 200 / 400
-    assert len(missed) == 1 and missed[0].endswith("within the noise, inconclusive")
-    _, _, missed = bpf_table((10, 1000), {10: _result({"nf": 300.0}, runs=5), 1000: _result({"nf": 300.0}, runs=5)})
-    assert missed and "nothing to judge" in missed[0]
+    rows, notes, missed = bpf_table((10, 1000, 10_000), {10: rounds(300, 400, 500), 1000: rounds(600, 600, 600),
+                                                         10_000: rounds(290, 300, 310)})
+    assert rows[0][:7] == ["nf", "400", "600", "300", "75%", "50%", "0.75x"]  # rounds at 10 Services: 200 / 400
+    assert any("One program: nf" in note and "more than the 50%" in note for note in notes)
+    assert missed == []  # per packet: 500, 700, 400 ns: 0.80x, within 20%
+    assert per_packet_verdict((10, 1000), [500.0, 610.0], 5.0) is not None
+    assert per_packet_verdict((10, 1000), [500.0, 590.0], None) is None
 
 
 def test_ns_per_packet_counts_packets_from_the_first_prerouting_and_output_links() -> None:

@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,32 @@ def program_stats() -> dict[int, dict[str, Any]]:
     return {prog["id"]: prog for prog in json.loads(out) if prog.get("type") in PROGRAM_TYPES}
 
 
+@dataclass
+class ProgramCost:
+    """One program's runs and run time over one traced round (summed over programs of the same name)."""
+
+    runs: int = 0
+    ns: int = 0
+
+    @property
+    def ns_per_run(self) -> float:
+        return self.ns / self.runs if self.runs else 0.0
+
+
+def program_deltas(before: Mapping[int, Mapping[str, Any]],
+                   after: Mapping[int, Mapping[str, Any]]) -> dict[str, ProgramCost]:
+    """Runs and run time each program (by name) added between two `bpftool prog show` snapshots by id."""
+    costs: dict[str, ProgramCost] = {}
+    for pid, prog in before.items():
+        now = after.get(pid)
+        if now is None:
+            continue
+        cost = costs.setdefault(str(prog["name"]), ProgramCost())
+        cost.runs += int(now.get("run_cnt", 0)) - int(prog.get("run_cnt", 0))
+        cost.ns += int(now.get("run_time_ns", 0)) - int(prog.get("run_time_ns", 0))
+    return costs
+
+
 def _mode_args(mode: str, pair: Pair) -> list[str]:
     if mode == "drops":
         return []
@@ -90,12 +117,7 @@ def _one_run(pair: Pair, mode: str, tree: Path | None, seconds: float) -> tuple[
         before = {pid: prog for pid, prog in program_stats().items() if pid not in existing}
         rate = _flood(pair, seconds)
         after = program_stats()
-    costs: dict[str, float] = {}
-    for pid, prog in before.items():
-        now = after.get(pid)
-        runs = (now or {}).get("run_cnt", 0) - prog.get("run_cnt", 0)
-        if now and runs > 0:
-            costs[prog["name"]] = (now.get("run_time_ns", 0) - prog.get("run_time_ns", 0)) / runs
+    costs = {name: cost.ns_per_run for name, cost in program_deltas(before, after).items() if cost.runs > 0}
     return costs, rate
 
 

@@ -22,6 +22,13 @@ class Traced:
 
     args: list[str]
     result: dict[str, Any] = field(default_factory=dict)
+    pid: int = 0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the consumer process (all its threads) has used so far."""
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -52,7 +59,7 @@ def traced(args: Sequence[str], timeout: float = 120, env: dict[str, str] | None
     os.unlink(ready)
     process = subprocess.Popen(python_module("tracer.benchmarks.consumer", "--ready-file", ready, *args),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-    handle_result = Traced(list(args))
+    handle_result = Traced(list(args), pid=process.pid)
     try:
         _wait_ready(process, ready, timeout)
         yield handle_result
