@@ -25,7 +25,7 @@ from tracer.benchmarks.tracing import traced
 from tracer.lab import control
 from tracer.lab import manifest as mf
 
-FLAT_PERCENT = 20.0  # ns/run within this spread (max - min over the median) across rule counts counts as flat
+FLAT_PERCENT = 20.0  # flat: per packet, the most Services within this of the fewest (one program: ns/run spread)
 MIN_RUNS = 1000  # a program with fewer runs per round has a ns/run too noisy to judge (e.g. rare drops)
 
 # Every packet in the node namespace enters netfilter once, at PREROUTING (arrived) or OUTPUT (sent from it): the
