@@ -33,6 +33,7 @@ MF = 0x2000
 OFFSET = 0x1FFF
 OVERLAY_FILTER = "udp port 8472 or udp port 4789 or (ip[6:2] & 0x3fff != 0)"
 UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # a vxlan device without `local`: its source is chosen by route
+FIRST_FRAGMENTS_KEPT = 65536  # IP ids of first outer fragments remembered, to place the fragments that follow
 
 
 def is_fragment(t: Tuple | None) -> bool:
@@ -42,6 +43,13 @@ def is_fragment(t: Tuple | None) -> bool:
     if t.family == 4:
         return bool(t.frag & (MF | OFFSET))
     return bool(t.frag & 0xFFF9)
+
+
+def ipv4_id(event: PacketEvent) -> int | None:
+    """The IPv4 identification field from the snapshot (it starts at the network header); None for IPv6."""
+    if event.outer.family != 4 or len(event.snap) < 6:
+        return None
+    return int.from_bytes(event.snap[4:6], "big")
 
 
 def _flow(t: Tuple) -> str:
@@ -96,6 +104,8 @@ class Tunnel:
     points: Counter[str] = field(default_factory=Counter)  # where -> VXLAN packets (any inner)
     inner_fragments: dict[str, Counter[str]] = field(default_factory=dict)  # "proto src > dst" -> where -> n
     outer_fragments: Counter[str] = field(default_factory=Counter)  # first outer fragments with a VXLAN header
+    # the outer fragments after the first (no UDP header), placed by the IP id of their first fragment
+    later_fragments: Counter[str] = field(default_factory=Counter)
     cut: Counter[tuple[str, int]] = field(default_factory=Counter)  # (where, MTU) -> VXLAN packets ip_do_fragment cut
     inner_pairs: set[str] = field(default_factory=set)  # "proto src > dst" of every inner packet seen
 
@@ -109,6 +119,7 @@ class Tunnel:
         """Add another tunnel's counts (seen at other points, so per-point counts never collide)."""
         self.points.update(other.points)
         self.outer_fragments.update(other.outer_fragments)
+        self.later_fragments.update(other.later_fragments)
         self.cut.update(other.cut)
         self.inner_pairs |= other.inner_pairs
         for pair, points in other.inner_fragments.items():
@@ -137,6 +148,8 @@ class TunnelTable:
         self.unattributed_drops = 0  # VXLAN drops whose inner packet could not be parsed
         # Non-VXLAN packets ip_do_fragment cut: (flow "proto src > dst", where, device MTU) -> packets
         self.cut: Counter[tuple[str, str, int]] = Counter()
+        # (outer src, outer dst, IP id) of first outer fragments -> their tunnel (bounded, oldest forgotten)
+        self._first_fragments: dict[tuple[str, str, int], TunnelKey] = {}
         self.events = 0
 
     def add(self, event: PacketEvent, where: str = "", reason: str = "") -> None:
@@ -160,6 +173,7 @@ class TunnelTable:
             tunnel = self._tunnel(TunnelKey(outer.src, outer.dst, event.vni, outer.dport))
             if is_fragment(outer) and not drop:
                 tunnel.outer_fragments[where] += 1
+                self._remember_first_fragment(event, tunnel.key)
             inner = event.inner
             if inner is None or not inner.family:
                 if drop:
@@ -181,10 +195,22 @@ class TunnelTable:
             return
         if is_fragment(outer):
             pair = (outer.src, outer.dst)
+            ip_id = ipv4_id(event)
+            owner = self._first_fragments.get((*pair, ip_id)) if ip_id is not None else None
             if drop:
                 self.fragment_drops.setdefault(pair, Counter())[(reason, where)] += 1
+            elif owner is not None:
+                self.tunnels[owner].later_fragments[where] += 1
             else:
                 self.fragments.setdefault(pair, {}).setdefault(_pair_flow(outer), Counter())[where] += 1
+
+    def _remember_first_fragment(self, event: PacketEvent, key: TunnelKey) -> None:
+        ip_id = ipv4_id(event)
+        if ip_id is None:
+            return
+        self._first_fragments[(event.outer.src, event.outer.dst, ip_id)] = key
+        if len(self._first_fragments) > FIRST_FRAGMENTS_KEPT:
+            del self._first_fragments[next(iter(self._first_fragments))]
 
     def add_named(self, event: PacketEvent, names: Any) -> None:
         """add() with the observation point and reason named as `podtrace overlay` and `report` show them
@@ -248,13 +274,19 @@ class TunnelTable:
     def to_json(self) -> dict[str, Any]:
         resolved = self.resolved()
         endpoints = {(k.src, k.dst) for k in resolved}
+        tunnels_per_pair = Counter((k.src, k.dst) for k in resolved)
         cut_rows = self._cut_rows(resolved)
         tunnels = []
+        unplaced = 0  # later outer fragments between two nodes with several tunnels, and no first fragment seen
         for key in sorted(resolved):
             tunnel = resolved[key]
-            underlay = self.fragments.get((key.src, key.dst), {})
-            # A non-first outer fragment has no UDP header: it is matched to the tunnel by node addresses only.
-            non_first = sum(_most(points) for points in underlay.values())
+            pair = (key.src, key.dst)
+            # A later outer fragment has no UDP header: placed by its first fragment's IP id, else by the node
+            # pair when only one tunnel joins those nodes.
+            by_pair = sum(_most(points) for points in self.fragments.get(pair, {}).values())
+            if tunnels_per_pair[pair] > 1:
+                unplaced += by_pair if key == min(k for k in resolved if (k.src, k.dst) == pair) else 0
+                by_pair = 0
             flows = sorted(tunnel.flows.values(), key=lambda f: (-f.packets, -sum(f.drops.values()), f.flow))
             tunnels.append({
                 "src": key.src, "dst": key.dst, "vni": key.vni, "port": key.port,
@@ -262,7 +294,7 @@ class TunnelTable:
                 "points": dict(sorted(tunnel.points.items())),
                 "flows": [f.to_json() for f in flows],
                 "drops": sum(sum(f.drops.values()) for f in tunnel.flows.values()),
-                "outer_fragments": _most(tunnel.outer_fragments) + non_first,
+                "outer_fragments": _most(tunnel.outer_fragments) + _most(tunnel.later_fragments) + by_pair,
                 "inner_fragments": sum(_most(p) for p in tunnel.inner_fragments.values()),
                 "inner_fragment_flows": {flow: _most(p) for flow, p in sorted(tunnel.inner_fragments.items())},
                 "cut_on_underlay": sum(tunnel.cut.values()),
@@ -281,7 +313,8 @@ class TunnelTable:
         ]
         return {
             "tunnels": tunnels,
-            "outer_fragments": sum(t["outer_fragments"] for t in tunnels),
+            "outer_fragments": sum(t["outer_fragments"] for t in tunnels) + unplaced,
+            "outer_fragments_unplaced": unplaced,
             "inner_fragments_in_tunnels": sum(t["inner_fragments"] for t in tunnels),
             "inner_fragments_outside_tunnels": sum(f["fragments"] for f in outside),
             "fragments_outside_tunnels": outside,
@@ -308,6 +341,9 @@ class TunnelTable:
             lines.extend(f"  {r['packets']:>8} cut {r['stage']} at {r['where']} (device MTU {r['device_mtu']})  "
                          f"{r['flow']}"
                          for r in data["fragmented_locally"] if r["tunnel"] == key.describe())
+        if data["outer_fragments_unplaced"]:
+            lines.append(f"outer fragments between nodes with several tunnels, first fragment not seen: "
+                         f"{data['outer_fragments_unplaced']}")
         for f in data["fragments_outside_tunnels"]:
             lines.append(f"fragments outside the tunnel: {f['fragments']} {f['flow']} "
                          f"(at {', '.join(f['points'])})")

@@ -145,3 +145,23 @@ def test_overlay_cli_parses() -> None:
     args = parser.parse_args(["overlay", "--duration", "3", "--json", "--netns", "pt-node2"])
     assert (args.duration, args.json, args.netns, args.func) == (3.0, True, "pt-node2", cmd_overlay.run_overlay)
     assert args.filter == [] and args.tc == [] and args.ringbuf_pages == 256
+
+
+def _with_ip_id(event: PacketEvent, ip_id: int) -> PacketEvent:
+    """The snapshot starts at the IPv4 header: bytes 4-5 are the identification."""
+    snap = bytes([0x45, 0, 0, 0]) + ip_id.to_bytes(2, "big") + bytes(14)
+    return PacketEvent(*[snap if name == "snap" else getattr(event, name) for name in PacketEvent.__dataclass_fields__])
+
+
+def test_later_outer_fragments_follow_their_first_fragment_when_two_tunnels_join_the_same_nodes() -> None:
+    table = TunnelTable()
+    inner = tup(CLIENT, WEB, 1000, 5353, ip_len=1500)
+    for vni, ip_id in ((1, 500), (2, 501)):
+        table.add(_with_ip_id(vxlan(inner, vni=vni, outer_frag=0x2000), ip_id), "pt-node1/eth0 queue")
+        table.add(_with_ip_id(plain(tup(N1, N2, frag=0x00B9, ip_len=70), ifname="eth0"), ip_id), "pt-node1/eth0 queue")
+    table.add(_with_ip_id(plain(tup(N1, N2, frag=0x00B9, ip_len=70), ifname="eth0"), 777), "pt-node1/eth0 queue")
+    data = table.to_json()
+    assert flow_in(table, (N1, N2, 1, 8472))["outer_fragments"] == 2  # not 3: vni 2's later fragment is not its
+    assert flow_in(table, (N1, N2, 2, 8472))["outer_fragments"] == 2
+    assert data["outer_fragments_unplaced"] == 1 and data["outer_fragments"] == 5
+    assert "first fragment not seen: 1" in table.format_text()
