@@ -161,6 +161,13 @@ class PacketEvent:
     nf_point: int = 0  # drops: last netfilter point passed + 1 (PT_NF_*), 0 when none
 
     @property
+    def ip_id(self) -> int | None:
+        """The IPv4 identification field from the snapshot (it starts at the network header); None for IPv6."""
+        if self.outer.family != 4 or len(self.snap) < 6:
+            return None
+        return int.from_bytes(self.snap[4:6], "big")
+
+    @property
     def is_drop(self) -> bool:
         return self.type == EVENT_DROP
 

@@ -282,8 +282,8 @@ class MtuEventCounter:
         # IPv6 has no ID: an ICMPv6 error is known by its bytes (it quotes the offending packet; a bridge that
         # floods clones the skb), so only identical errors within dedupe_ns merge.
         t, snap = event.outer, event.snap
-        if t.family == 4 and len(snap) >= 6:
-            key: tuple[Any, ...] = (what, t.src, t.dst, int.from_bytes(snap[4:6], "big"), t.frag, t.ip_len)
+        if event.ip_id is not None:
+            key: tuple[Any, ...] = (what, t.src, t.dst, event.ip_id, t.frag, t.ip_len)
         elif t.family == 6 and len(snap) >= 48:
             key = (what, t.src, t.dst, bytes(snap))
         else:

@@ -182,13 +182,6 @@ class MtuProbeResult:
         return "\n".join(lines)
 
 
-def ip_id_of(event: PacketEvent) -> int | None:
-    snap = event.snap
-    if event.outer.family == 4 and len(snap) >= 6:
-        return int.from_bytes(snap[4:6], "big")
-    return None
-
-
 def quoted_ip_id(event: PacketEvent) -> int | None:
     """The IP id of the packet an ICMP error quotes (IPv4 header, ICMP 8 bytes, then the original header)."""
     snap = event.snap
@@ -408,7 +401,7 @@ def netns_with_address(address: str) -> str | None:
 
 
 def _seen_at_target(events: list[PacketEvent], ip_id: int, target_inode: int) -> bool:
-    return any(e.netns == target_inode and ip_id_of(e) == ip_id and (e.is_drop or e.reason == POINT_RX)
+    return any(e.netns == target_inode and e.ip_id == ip_id and (e.is_drop or e.reason == POINT_RX)
                for e in events)
 
 
@@ -433,14 +426,14 @@ def _evidence(result: MtuProbeResult, events: list[PacketEvent], reasons: dict[i
     queued: set[int] = set()  # one frag-needed is queued on each device it crosses (bridge, then its port)
     for event in events:
         if icmp_sent(event) == ICMP_FRAG_NEEDED:
-            if ip_id_of(event) in failed and event.outer.dst == result.target:
+            if event.ip_id in failed and event.outer.dst == result.target:
                 result.frag_needed_sent += 1
                 result.frag_needed_mtu = event.location or result.frag_needed_mtu
                 if not result.frag_needed_from and names:
                     result.frag_needed_from = names.name(event.netns)
             continue
-        if event.is_drop and ip_id_of(event) in failed and event.outer.dst == result.target:
-            ident = ip_id_of(event)
+        if event.is_drop and event.ip_id in failed and event.outer.dst == result.target:
+            ident = event.ip_id
             assert ident is not None
             if ident in seen_drops:
                 continue

@@ -45,13 +45,6 @@ def is_fragment(t: Tuple | None) -> bool:
     return bool(t.frag & 0xFFF9)
 
 
-def ipv4_id(event: PacketEvent) -> int | None:
-    """The IPv4 identification field from the snapshot (it starts at the network header); None for IPv6."""
-    if event.outer.family != 4 or len(event.snap) < 6:
-        return None
-    return int.from_bytes(event.snap[4:6], "big")
-
-
 def _flow(t: Tuple) -> str:
     return t.describe()
 
@@ -195,7 +188,7 @@ class TunnelTable:
             return
         if is_fragment(outer):
             pair = (outer.src, outer.dst)
-            ip_id = ipv4_id(event)
+            ip_id = event.ip_id
             owner = self._first_fragments.get((*pair, ip_id)) if ip_id is not None else None
             if drop:
                 self.fragment_drops.setdefault(pair, Counter())[(reason, where)] += 1
@@ -205,7 +198,7 @@ class TunnelTable:
                 self.fragments.setdefault(pair, {}).setdefault(_pair_flow(outer), Counter())[where] += 1
 
     def _remember_first_fragment(self, event: PacketEvent, key: TunnelKey) -> None:
-        ip_id = ipv4_id(event)
+        ip_id = event.ip_id
         if ip_id is None:
             return
         self._first_fragments[(event.outer.src, event.outer.dst, ip_id)] = key
