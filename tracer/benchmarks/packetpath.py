@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.benchmarks.netns import Pair, in_netns, iperf_server, veth_pair
-from tracer.benchmarks.probecost import bpf_stats, program_deltas, program_stats
+from tracer.benchmarks.probecost import bpf_stats, program_deltas, program_stats, programs_since
 from tracer.benchmarks.stats import (
     Section,
     cost_percent,
@@ -32,6 +32,7 @@ from tracer.benchmarks.stats import (
     spread_percent,
 )
 from tracer.benchmarks.tracing import Traced, traced
+from tracer.check.softirq import parse_stat
 
 MODES = ("off", "drops", "path", "netfilter")
 MODE_LABELS = {
@@ -47,8 +48,8 @@ BUSY_FIELDS = (0, 1, 2, 5, 6)  # /proc/stat cpu line: user nice system (idle iow
 
 def busy_cpu_seconds(stat_text: str) -> float:
     """CPU time all CPUs spent busy (user, nice, system, irq, softirq) since boot, from /proc/stat's cpu line."""
-    fields = stat_text.splitlines()[0].split()[1:]
-    return sum(int(fields[i]) for i in BUSY_FIELDS) / os.sysconf("SC_CLK_TCK")
+    fields = parse_stat(stat_text)["cpu"]
+    return sum(fields[i] for i in BUSY_FIELDS) / os.sysconf("SC_CLK_TCK")
 
 
 def _busy_now() -> float:
@@ -111,7 +112,7 @@ def run(quick: bool, log: Callable[[str], None]) -> Section:
             existing = set(program_stats())
             context: AbstractContextManager[Traced | None] = nullcontext() if args is None else traced(args)
             with context as handle:
-                ours = {pid: prog for pid, prog in program_stats().items() if pid not in existing}
+                ours = programs_since(existing)
                 consumer_before = handle.cpu_seconds() if handle else 0.0
                 busy_before = _busy_now()
                 tcp[mode].append(_iperf(pair, seconds, udp=False)["value"])

@@ -65,6 +65,11 @@ def program_stats() -> dict[int, dict[str, Any]]:
     return {prog["id"]: prog for prog in json.loads(out) if prog.get("type") in PROGRAM_TYPES}
 
 
+def programs_since(existing: set[int]) -> dict[int, dict[str, Any]]:
+    """The programs loaded since `existing` (ids from program_stats()) was taken: a traced consumer's own."""
+    return {pid: prog for pid, prog in program_stats().items() if pid not in existing}
+
+
 @dataclass
 class ProgramCost:
     """One program's runs and run time over one traced round (summed over programs of the same name)."""
@@ -114,7 +119,7 @@ def _one_run(pair: Pair, mode: str, tree: Path | None, seconds: float) -> tuple[
     existing = set(program_stats())
     env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
     with traced(_mode_args(mode, pair), env=env, cwd=str(tree) if tree else None):
-        before = {pid: prog for pid, prog in program_stats().items() if pid not in existing}
+        before = programs_since(existing)
         rate = _flood(pair, seconds)
         after = program_stats()
     costs = {name: cost.ns_per_run for name, cost in program_deltas(before, after).items() if cost.runs > 0}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tracer.benchmarks.netns import in_netns, python_module
-from tracer.benchmarks.probecost import ProgramCost, bpf_stats, program_deltas, program_stats
+from tracer.benchmarks.probecost import ProgramCost, bpf_stats, program_deltas, program_stats, programs_since
 from tracer.benchmarks.stats import Section, fmt_rate, fmt_ratio, interleave, median, ratio, spread_percent
 from tracer.benchmarks.tracing import traced
 from tracer.lab import control
@@ -261,8 +261,7 @@ def run(quick: bool, log: Callable[[str], None]) -> Section:
                     existing = set(program_stats())
                     requests = 0
                     with traced(["--netfilter-netns", node]):
-                        # The programs this consumer loaded: new ids since just before it started.
-                        before = {pid: p for pid, p in program_stats().items() if pid not in existing}
+                        before = programs_since(existing)  # this consumer's programs
                         for name, (dst, port) in targets.items():
                             measured = _rr(client.netns, dst, port, seconds)
                             rates[(name, mode)].append(measured["rate"])
