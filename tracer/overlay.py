@@ -270,16 +270,15 @@ class TunnelTable:
         tunnels_per_pair = Counter((k.src, k.dst) for k in resolved)
         cut_rows = self._cut_rows(resolved)
         tunnels = []
-        unplaced = 0  # later outer fragments between two nodes with several tunnels, and no first fragment seen
+        # A later outer fragment has no UDP header: placed by its first fragment's IP id (in the tunnel already),
+        # else by the node pair when only one tunnel joins those nodes; with several, it stays unplaced.
+        by_pair = {pair: sum(_most(points) for points in by_flow.values())
+                   for pair, by_flow in self.fragments.items() if pair in endpoints}
+        unplaced = sum(n for pair, n in by_pair.items() if tunnels_per_pair[pair] > 1)
         for key in sorted(resolved):
             tunnel = resolved[key]
             pair = (key.src, key.dst)
-            # A later outer fragment has no UDP header: placed by its first fragment's IP id, else by the node
-            # pair when only one tunnel joins those nodes.
-            by_pair = sum(_most(points) for points in self.fragments.get(pair, {}).values())
-            if tunnels_per_pair[pair] > 1:
-                unplaced += by_pair if key == min(k for k in resolved if (k.src, k.dst) == pair) else 0
-                by_pair = 0
+            placed_by_pair = by_pair.get(pair, 0) if tunnels_per_pair[pair] == 1 else 0
             flows = sorted(tunnel.flows.values(), key=lambda f: (-f.packets, -sum(f.drops.values()), f.flow))
             tunnels.append({
                 "src": key.src, "dst": key.dst, "vni": key.vni, "port": key.port,
@@ -287,7 +286,7 @@ class TunnelTable:
                 "points": dict(sorted(tunnel.points.items())),
                 "flows": [f.to_json() for f in flows],
                 "drops": sum(sum(f.drops.values()) for f in tunnel.flows.values()),
-                "outer_fragments": _most(tunnel.outer_fragments) + _most(tunnel.later_fragments) + by_pair,
+                "outer_fragments": _most(tunnel.outer_fragments) + _most(tunnel.later_fragments) + placed_by_pair,
                 "inner_fragments": sum(_most(p) for p in tunnel.inner_fragments.values()),
                 "inner_fragment_flows": {flow: _most(p) for flow, p in sorted(tunnel.inner_fragments.items())},
                 "cut_on_underlay": sum(tunnel.cut.values()),
