@@ -289,7 +289,8 @@ def findings(rows: Sequence[CpuReport], seconds: float) -> list[str]:
                        "dropped them before any socket or netfilter saw them")
         wait = row.stats(("NET_RX", "wait"))
         if wait["count"] and wait["p99_ns"] >= STARVED_WAIT_NS:
-            out.append(f"{where}: NET_RX waited {_us(wait['p99_ns'])} at p99 (max {_us(wait['max_ns'])}) before "
+            p99, longest = format_us(wait["p99_ns"]), format_us(wait["max_ns"])
+            out.append(f"{where}: NET_RX waited {p99} at p99 (max {longest}) before "
                        "running: softirq starved (receive work this CPU cannot keep up with, or tasks holding it)")
         polls, exhausted = row.napi.get("polls", 0), row.napi.get("exhausted", 0)
         if polls and exhausted * 2 >= polls:
@@ -300,7 +301,8 @@ def findings(rows: Sequence[CpuReport], seconds: float) -> list[str]:
     return out
 
 
-def _us(ns: float) -> str:
+def format_us(ns: float) -> str:
+    """A latency in ns as "1.5us" or "3.9ms" (the CLI table and the TUI view)."""
     if ns >= 1_000_000:
         return f"{ns / 1_000_000:.1f}ms"
     return f"{ns / 1000:.1f}us"
@@ -319,8 +321,8 @@ def format_table(rows: Sequence[CpuReport], seconds: float) -> str:
                 if phase == "wait_ksoftirqd" and not s["count"]:
                     continue
                 label = "defer" if phase == "wait_ksoftirqd" else phase
-                lines.append(f"{cpu:>4} {softirq:7} {label:5} {int(s['count']):>9} {_us(s['p50_ns']):>9} "
-                             f"{_us(s['p99_ns']):>9} {_us(s['max_ns']):>9}")
+                lines.append(f"{cpu:>4} {softirq:7} {label:5} {int(s['count']):>9} {format_us(s['p50_ns']):>9} "
+                             f"{format_us(s['p99_ns']):>9} {format_us(s['max_ns']):>9}")
     lines.append("")
     lines.append(f"{'cpu':>4} {'napi polls':>11} {'exhausted':>10} {'packets':>10} {'processed':>10} {'dropped':>8} "
                  f"{'squeezed':>9}")

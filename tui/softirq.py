@@ -12,14 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tracer.errors import PodtraceError
-from tracer.softirq import HISTS, CpuReport, SoftirqAggregator, SoftirqProbe, SoftirqSnapshot
+from tracer.softirq import HISTS, CpuReport, SoftirqAggregator, SoftirqProbe, SoftirqSnapshot, format_us
 from tui.model import sparkline
 
 COLUMNS = ["cpu", "kind", "p50", "p99", "dropped", "squeezes", "histogram"]
-
-
-def _us(ns: float) -> str:
-    return f"{ns / 1000:.1f}us" if ns < 1_000_000 else f"{ns / 1e6:.1f}ms"
 
 
 def histogram_bar(slots: Sequence[int]) -> str:
@@ -29,7 +25,7 @@ def histogram_bar(slots: Sequence[int]) -> str:
         return ""
     first, last = used[0], used[-1]
     low = 0 if first == 0 else 1 << (first - 1)
-    return f"[{_us(low)}..{_us(1 << last)}) {sparkline(list(slots[first:last + 1]))}"
+    return f"[{format_us(low)}..{format_us(1 << last)}) {sparkline(list(slots[first:last + 1]))}"
 
 
 def softirq_rows(reports: Sequence[CpuReport]) -> list[dict[str, Any]]:
@@ -44,7 +40,7 @@ def softirq_rows(reports: Sequence[CpuReport]) -> list[dict[str, Any]]:
                 continue
             softnet = report.softnet if first else None
             rows.append({"cpu": "all" if report.cpu is None else report.cpu, "kind": f"{key[0]} {key[1]}",
-                         "p50": _us(hist.percentile(0.5)), "p99": _us(hist.percentile(0.99)),
+                         "p50": format_us(hist.percentile(0.5)), "p99": format_us(hist.percentile(0.99)),
                          "dropped": softnet.dropped if softnet else "", "squeezes": softnet.time_squeeze if softnet
                          else "", "histogram": histogram_bar(hist.slots)})
             first = False
