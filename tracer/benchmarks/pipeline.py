@@ -93,11 +93,6 @@ def raw_runs(raw: list[bytes], repeat: int = 5) -> list[RawRun]:
     return runs
 
 
-def raw_events_per_second(raw: list[bytes], repeat: int = 5) -> list[float]:
-    """End-to-end rates of the raw fast path (add_raw for every event, rows read at the end), one per run."""
-    return [run.rate for run in raw_runs(raw, repeat)]
-
-
 def median_run(runs: list[RawRun]) -> RawRun:
     """Per part, the median over runs (each part is noisy on its own)."""
     return RawRun(runs[0].events, median([r.add_s for r in runs]), median([r.fold_s for r in runs]),
