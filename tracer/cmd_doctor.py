@@ -7,16 +7,20 @@ import json
 import os
 import platform
 import sys
+import time
 from typing import Any, TextIO
 
 from tracer import bccenv, kernel
 from tracer.btf import Btf
-from tracer.errors import PodtraceError
-from tracer.ladder import AttachPlan, Trial, trials_to_json
+from tracer.errors import KernelError, PodtraceError
+from tracer.hookpoints import hook_point
+from tracer.ladder import AttachPlan, HookPlan, Trial, trials_to_json
+from tracer.probes import BTF_OFFSETS, DROP_REASON_ENUM
 from tracer.progress import Progress
 
 EPILOG = """\
-exit codes: 0 the core probes (drops, packet path) can attach, 1 they cannot or an error
+exit codes: 0 the core probes (drops, packet path) can attach, 1 they cannot (a hook point or the BTF
+            layout they read is missing) or an error
 
 examples:
   sudo podtrace doctor
@@ -51,10 +55,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def layout_problems(btf: Btf) -> list[str]:
+    """Members the core probes read (tracer/probes.py BTF_OFFSETS) that this BTF lacks or sizes differently.
+
+    Any of them stops the drops and path probes from compiling, so doctor must not call the core attachable.
+    """
+    problems: list[str] = []
+    for _macro, struct_name, member, size in BTF_OFFSETS:
+        try:
+            actual = btf.member_size(struct_name, member)
+        except KernelError as err:
+            problem = err.message
+        else:
+            if actual == size:
+                continue
+            problem = f"{struct_name}.{member} is {actual} bytes, podtrace reads {size}"
+        if problem not in problems:  # a missing struct would otherwise repeat once per member
+            problems.append(problem)
+    return problems
+
+
 def btf_facts(path: str | None) -> dict[str, Any]:
+    started = time.perf_counter()
     btf = Btf.load(path)
-    reasons = btf.enum("skb_drop_reason")
-    return {"path": btf.path, "bytes": os.path.getsize(btf.path), "drop_reasons": len(reasons)}
+    load_ms = (time.perf_counter() - started) * 1000
+    try:
+        reasons = len(btf.enum(DROP_REASON_ENUM))
+    except KernelError:  # kernels before 5.17 have no drop reasons: drops still show, without one
+        reasons = 0
+    return {"path": btf.path, "bytes": os.path.getsize(btf.path), "types": btf.type_count,
+            "load_ms": round(load_ms, 1), "drop_reasons": reasons, "layout_problems": layout_problems(btf)}
 
 
 def fixes_for(plan: AttachPlan, trials: dict[str, Trial]) -> list[str]:
@@ -63,11 +93,43 @@ def fixes_for(plan: AttachPlan, trials: dict[str, Trial]) -> list[str]:
     return [fix for fragment, fix in FIXES if any(fragment in text for text in texts)]
 
 
+def _lost_by_fallback(hook: HookPlan) -> str | None:
+    """What the preferred candidate shows that the fallback attached does not, with the mechanisms it needs."""
+    try:
+        candidates = hook_point(hook.name).candidates
+    except KeyError:  # a plan from a recording made by another podtrace version
+        return None
+    preferred = candidates[0]
+    if not preferred.gives or preferred.gives == hook.gives:
+        return None
+    better = []
+    for candidate in candidates:
+        if candidate.mechanism.value == hook.chosen and list(candidate.targets) == hook.targets:
+            break
+        if candidate.gives == preferred.gives and candidate.mechanism.value not in better:
+            better.append(candidate.mechanism.value)
+    return f"{hook.name}: {preferred.gives} (needs {' or '.join(better)})"
+
+
+def cannot_see(plan: AttachPlan) -> list[str]:
+    """Hook points with nothing attached, and what a fallback loses compared with the preferred mechanism."""
+    lines = []
+    for hook in plan.hooks:
+        if not hook.chosen:
+            lines.append(f"{hook.name}: {hook.unseen}")
+        elif hook.fallback:
+            lost = _lost_by_fallback(hook)
+            if lost:
+                lines.append(lost)
+    return lines
+
+
 def collect(btf_path: str | None) -> dict[str, Any]:
     bccenv.require_root("doctor")
     btf = btf_facts(btf_path)
+    # tracefs, headers and the BCC import first: each failure is then the only line on stderr.
+    header_choice = bccenv.header_choice()
     with Progress("probing the kernel: loading a tiny program per hook mechanism") as progress:
-        header_choice = bccenv.header_choice()
         plan, trials = kernel.probe_kernel(every_mechanism=True)
         progress.done(f"{len(trials)} trials")
     return {
@@ -80,8 +142,8 @@ def collect(btf_path: str | None) -> dict[str, Any]:
         "mechanisms": kernel.describe_mechanisms(trials),
         "hooks": plan.to_json()["hooks"],
         "summary": plan.summary(),
-        "core_ok": plan.core_ok(),
-        "cannot_see": [f"{hook.name}: {hook.unseen}" for hook in plan.hooks if not hook.chosen],
+        "core_ok": plan.core_ok() and not btf["layout_problems"],
+        "cannot_see": cannot_see(plan),
         "fixes": fixes_for(plan, trials),
         "trials": trials_to_json(trials),
     }
@@ -91,7 +153,14 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
     write = out.write
     write(f"podtrace doctor on {report['node']}: kernel {report['kernel']} ({report['arch']})\n")
     btf = report["btf"]
-    write(f"  BTF        {btf['path']} ({btf['bytes'] / 1e6:.1f} MB, {btf['drop_reasons']} drop reasons)\n")
+    write(f"  BTF        {btf['path']} ({btf['bytes'] / 1e6:.1f} MB, {btf['types']} types, "
+          f"read in {btf['load_ms']:.0f} ms)\n")
+    if btf["drop_reasons"]:
+        write(f"  drops      {btf['drop_reasons']} drop reasons (enum skb_drop_reason)\n")
+    else:
+        write("  drops      no enum skb_drop_reason (kernel before 5.17): drops are seen without a reason\n")
+    for problem in btf["layout_problems"]:
+        write(f"  layout     MISSING {problem}\n")
     write(f"  headers    {report['headers']['text']}\n")
     write("\nmechanisms\n")
     for name, state in report["mechanisms"].items():
@@ -126,6 +195,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_report(report, sys.stdout)
     if not report["core_ok"]:
-        raise PodtraceError("the core probes (drops, packet path) cannot attach on this kernel",
-                            "see the hook points above")
+        where = "the BTF layout lines above" if report["btf"]["layout_problems"] else "the hook points above"
+        raise PodtraceError("the core probes (drops, packet path) cannot attach on this kernel", f"see {where}")
     return 0

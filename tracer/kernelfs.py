@@ -40,9 +40,12 @@ def _mount(fstype: str, target: str) -> None:
         ["mount", "-t", fstype, fstype, target], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
+        # mount(8) adds a second line ("dmesg(1) may have more information"); the error stays one line.
+        detail = next((line.strip() for line in result.stderr.splitlines() if line.strip()), "mount failed")
         raise KernelError(
-            f"cannot mount {fstype} on {target}: {result.stderr.strip() or 'mount failed'}",
-            f"mount it by hand (mount -t {fstype} {fstype} {target}) or run podtrace as root",
+            f"cannot mount {fstype} on {target}: {detail}",
+            f"mount it by hand: mount -t {fstype} {fstype} {target} (in a container: mount it on the host "
+            "and bind it in, or grant CAP_SYS_ADMIN)",
         )
 
 

@@ -14,7 +14,9 @@ import pytest
 from support.bpftool_btf import parse_bpftool_raw
 
 from tracer.btf import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF, Btf
+from tracer.cmd_doctor import btf_facts, layout_problems
 from tracer.errors import KernelError
+from tracer.probes import BTF_OFFSETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "btf"
 LE = FIXTURES / "fixture.btf"
@@ -461,3 +463,82 @@ def _readable(btf: Btf, struct_name: str, member: str) -> bool:
     except KernelError:
         return False
     return True
+
+
+# -- what doctor reports about a BTF: the core probes' layout and the drop reasons ------------------------
+
+
+def _kernel_like(sizes: dict[tuple[str, str], int] | None = None) -> bytes:
+    """A BTF holding every member in tracer/probes.py BTF_OFFSETS, dotted paths as nested named structs."""
+    sizes = sizes or {}
+    b = _Builder()
+    ints = {n: _int(b, f"u{n * 8}", n) for n in (1, 2, 4, 8)}
+    tree: dict[str, Any] = {}
+    for _macro, struct_name, path, size in BTF_OFFSETS:
+        node = tree.setdefault(struct_name, {})
+        *outer, last = path.split(".")
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[last] = sizes.get((struct_name, path), size)
+
+    def emit(name: str, node: dict[str, Any]) -> tuple[int, int]:
+        members: list[tuple[str, int, int]] = []
+        offset = 0
+        for member, spec in node.items():
+            if isinstance(spec, dict):
+                tid, size = emit(f"{name}_{member}", spec)
+            elif spec in ints:
+                tid, size = ints[spec], spec
+            else:  # char name[16]
+                tid, size = b.add(ARRAY, "", 0, (ints[1], ints[4], spec)), spec
+            members.append((member, tid, offset * 8))
+            offset += size
+        return b.struct(name, offset, members), offset
+
+    for struct_name, node in tree.items():
+        emit(struct_name, node)
+    return b.blob()
+
+
+def test_layout_of_the_core_probes_is_complete() -> None:
+    assert layout_problems(Btf.from_bytes(_kernel_like())) == []
+
+
+def test_layout_names_a_member_of_another_size() -> None:
+    btf = Btf.from_bytes(_kernel_like({("sk_buff", "len"): 2, ("net", "ns.inum"): 8}))
+    assert layout_problems(btf) == [
+        "sk_buff.len is 2 bytes, podtrace reads 4",
+        "net.ns.inum is 8 bytes, podtrace reads 4",
+    ]
+
+
+def test_layout_names_each_missing_struct_once() -> None:
+    problems = layout_problems(Btf.load(LE))
+    missing = {struct_name for _macro, struct_name, _path, _size in BTF_OFFSETS} - {"net"}
+    assert sorted(problems) == sorted(f"struct {name} not found in BTF {LE}" for name in missing)
+    # fixture.c's struct net has ns.inum: the one core member it does define is not reported
+    assert not any("net.ns.inum" in problem for problem in problems)
+
+
+def test_btf_facts_without_drop_reasons() -> None:
+    """A kernel before 5.17 has no enum skb_drop_reason: doctor reports 0 reasons instead of failing."""
+    facts = btf_facts(str(LE))
+    assert facts["drop_reasons"] == 0
+    assert facts["types"] == Btf.load(LE).type_count
+    assert facts["bytes"] == LE.stat().st_size
+    assert 0 <= facts["load_ms"] < 1000
+    assert facts["layout_problems"] == layout_problems(Btf.load(LE))
+
+
+def test_btf_facts_counts_drop_reasons(tmp_path: Path) -> None:
+    b = _Builder()
+    values: list[int] = []
+    for value, name in enumerate(["SKB_NOT_DROPPED_YET", "SKB_CONSUMED", "SKB_DROP_REASON_NOT_SPECIFIED"]):
+        values += [b.name(name), value]
+    b.add(ENUM, "skb_drop_reason", 4, tuple(values), vlen=3)
+    path = tmp_path / "reasons.btf"
+    path.write_bytes(b.blob())
+    facts = btf_facts(str(path))
+    assert facts["drop_reasons"] == 3
+    structs = {struct_name for _macro, struct_name, _path, _size in BTF_OFFSETS}
+    assert sorted(facts["layout_problems"]) == sorted(f"struct {name} not found in BTF {path}" for name in structs)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tracer import kernel
-from tracer.cmd_doctor import fixes_for
+from tracer.cmd_doctor import cannot_see, fixes_for
 from tracer.hookpoints import HOOK_POINTS, Candidate, HookPoint, Mechanism, hook_point
 from tracer.ladder import AttachPlan, HookPlan, Trial, make_plan, plan_hook, trials_from_json, trials_to_json
 
@@ -139,6 +139,34 @@ def test_ci_kernel_mechanisms_and_fixes() -> None:
     }
     fixes = fixes_for(plan, trials)
     assert [fix.split(":", 1)[0] for fix in fixes] == ["kprobes", "fentry", "IPVS"]
+
+
+def test_ci_kernel_cannot_see_names_the_missing_hook_and_what_each_fallback_loses() -> None:
+    """doctor's "what you cannot see": IPVS is absent, and four hook points run on a fallback that shows less."""
+    assert cannot_see(plan_of("6.18-ci.json")) == [
+        "path: every receive and transmit call (needs fentry or kprobe)",
+        "netfilter: verdicts with table and chain (needs fentry or kprobe)",
+        "ipvs: IPVS Service flows (iptables and nftables modes are unaffected)",
+        "vxlan: encap/decap with VNI from the driver (needs fentry or kprobe)",
+        "fragmentation: every local fragmentation (needs kprobe)",
+    ]
+
+
+def test_cannot_see_is_silent_when_the_fallback_shows_the_same() -> None:
+    """On 5.4, kprobes stand in for missing fentry and show the same: only IPVS and the NAT fallback lose."""
+    assert cannot_see(plan_of("5.4-ubuntu-kprobes.json")) == [
+        "nat: tuples before/after NAT at each hook (needs netfilter_link)",
+        "ipvs: IPVS Service flows (iptables and nftables modes are unaffected)",
+    ]
+    assert cannot_see(plan_of("6.1-debian-ipvs.json")) == [
+        "nat: tuples before/after NAT at each hook (needs netfilter_link)",
+        "vxlan: overlay tunnels and inner/outer correlation",
+    ]
+
+
+def test_cannot_see_a_plan_from_another_version() -> None:
+    plan = AttachPlan("k", [HookPlan("retired", "c", False, "tc", ["clsact"], "", "", fallback=True)])
+    assert cannot_see(plan) == []
 
 
 # -- hand-written sets --
