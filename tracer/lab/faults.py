@@ -239,8 +239,9 @@ def softirq_off(m: Manifest, data: dict[str, Any], d: Details) -> None:
 
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (
-    Fault("drop-backend", "iptables DROP in the FORWARD chain of one web endpoint's node: about 1/3 of new "
-          "connections to default/web:http time out", drop_backend_on, drop_backend_off),
+    Fault("drop-backend", "iptables DROP in node2's FORWARD chain for one endpoint (web-2's TCP port): about 1/3 of "
+          "new connections to each Service it backs (default/web:http, web-nodeport) time out; its UDP port and the "
+          "other endpoints are untouched", drop_backend_on, drop_backend_off),
     Fault("mtu-mismatch", "pod veths and cni0 at MTU 1500 over the 1450 VXLAN overlay: DF packets over 1450 "
           "between nodes are dropped (ICMP frag-needed), small ones pass", mtu_on, mtu_off),
     Fault("conntrack-full", "the client node's conntrack table flushed, then filled to nf_conntrack_max: new flows "
@@ -249,11 +250,13 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           "refused); other Services keep working", no_endpoints_on, no_endpoints_off),
     Fault("rp-filter", "strict rp_filter on node2: asymmetric packets are dropped, so NodePort via node2's IP from "
           "node1's pods times out; ClusterIP traffic still works", rp_filter_on, rp_filter_off),
-    Fault("blackhole-route", "a blackhole route on the client node for one remote web pod's IP: about 1/3 of "
-          "connections to default/web:http time out", blackhole_on, blackhole_off),
+    Fault("blackhole-route", "a blackhole route on the client node for one remote web pod's IP: everything node1 "
+          "sends that pod is dropped, so about 1/3 of connections to each web Service time out; NodePorts on node2 "
+          "and the other pods are untouched", blackhole_on, blackhole_off),
     Fault("softirq-load", f"node2's receive steered to one CPU (RPS) with a CPU hog and {LOAD_RULES} iptables rules "
           "per packet, UDP floods across the overlay: that CPU's NET_RX waits milliseconds, its backlog drops "
-          f"packets, some connections to node2's pods fail; stops after {LOAD_SECONDS} s at most",
+          "packets, many new connections to node2's pods time out; stops after "
+          f"{LOAD_SECONDS} s at most",
           softirq_on, softirq_off),
 )}
 
