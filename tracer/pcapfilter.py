@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import difflib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tracer.errors import PodtraceError, UsageError
@@ -159,6 +160,8 @@ def compile_filter(expression: str) -> CompiledFilter:
             rc = lib.pcap_compile(handle, ctypes.byref(prog), expression.encode(), 1, PCAP_NETMASK_UNKNOWN)
             if rc != 0:
                 message = (lib.pcap_geterr(handle) or b"").decode(errors="replace").strip()
+                if "syntax error" in message:
+                    message = locate_syntax_error(expression, lambda text: _pcap_error(lib, handle, text))
                 raise UsageError(f"bad filter {expression!r}: {message or 'libpcap rejected it'}", HINT)
             try:
                 instructions = [
@@ -174,6 +177,74 @@ def compile_filter(expression: str) -> CompiledFilter:
     except UsageError as err:
         raise UsageError(f"bad filter {expression!r}: {err.message}", err.hint) from None
     return CompiledFilter(expression, instructions, c_source)
+
+
+# --- pointing at a syntax error ---------------------------------------------------------------------------
+
+# libpcap only says "syntax error". To say where, prefixes of the expression are tried with a few endings (and the
+# parentheses they leave open closed): the first prefix no ending can complete holds the offending word; when
+# every prefix can be completed, the expression stops too early.
+_TOKEN = re.compile(r"[A-Za-z0-9_.:/\-]+|&&|\|\||[!=<>]=|<<|>>|\S")
+_ENDINGS = ("", "1", " 1", " 1.2.3.4", " tcp", "1]", "1] = 0", "] = 0", ":1] = 0", " = 0", " 1 = 0")
+# pcap-filter(7) words, for "did you mean" on a misspelt one.
+_KEYWORD_TEXT = (
+    "and arp atalk broadcast byte decnet dir dst ether gateway greater host icmp icmp6 igmp igrp inbound ip ip6 "
+    "ipx iso len less link mpls multicast net not or outbound pim port portrange proto protochain rarp sctp src "
+    "tcp udp vlan geneve mask ifname on rulenum reason rset ruleset action esp ah vrrp carp stp netbeui lat moprc "
+    "mopdl l1 l2 iih lsp snp csnp psnp isis clnp esis ppp slip fddi tr wlan type subtype addr1 addr2 addr3 addr4 "
+    "ra ta pppoed pppoes tcpflags icmptype icmpcode tcp-fin tcp-syn tcp-rst tcp-push tcp-ack tcp-urg tcp-ece "
+    "tcp-cwr icmp-echoreply icmp-unreach icmp-sourcequench icmp-redirect icmp-echo icmp-routeradvert "
+    "icmp-routersolicit icmp-timxceed icmp-paramprob icmp-tstamp icmp-tstampreply icmp-ireq icmp-ireqreply "
+    "icmp-maskreq icmp-maskreply icmp6type icmp6code"
+)
+KEYWORDS = tuple(_KEYWORD_TEXT.split())
+
+
+def _pcap_error(lib: ctypes.CDLL, handle: int, text: str) -> str:
+    """libpcap's error for `text` ("" when it compiles); the caller holds _lock."""
+    prog = BpfProgram()
+    if lib.pcap_compile(handle, ctypes.byref(prog), text.encode(), 1, PCAP_NETMASK_UNKNOWN) == 0:
+        lib.pcap_freecode(ctypes.byref(prog))
+        return ""
+    return (lib.pcap_geterr(handle) or b"").decode(errors="replace")
+
+
+def locate_syntax_error(expression: str, error_of: Callable[[str], str]) -> str:
+    """A message naming the word where `expression` stops parsing; error_of(text) is libpcap's error or ""."""
+    ends = [match.end() for match in _TOKEN.finditer(expression)]
+    words = [match.group() for match in _TOKEN.finditer(expression)]
+
+    def completes(count: int) -> bool:  # can the first `count` tokens start a valid expression?
+        prefix = expression[: ends[count - 1]]
+        closers = ")" * max(0, prefix.count("(") - prefix.count(")"))  # parentheses still open
+        return any("syntax error" not in error_of(prefix + ending + closers) for ending in _ENDINGS)
+
+    low, high = 0, len(words)  # completes(low) holds (0 tokens: trivially); find the last count that does
+    while low < high:
+        middle = (low + high + 1) // 2
+        if completes(middle):
+            low = middle
+        else:
+            high = middle - 1
+    if low == len(words):
+        where = f"after {words[-1]!r}" if words else "empty"
+        if expression.count("(") > expression.count(")"):
+            where += ", a '(' is never closed"
+        return f"syntax error: the expression ends too early ({where}){_did_you_mean(words)}"
+    bad = words[low]
+    column = ends[low] - len(bad) + 1
+    return f"syntax error at {bad!r} (character {column}){_did_you_mean(words[: low + 1])}"
+
+
+def _did_you_mean(words: Sequence[str]) -> str:
+    """A misspelt keyword among the words up to the error: "; 'portt' is not a filter keyword (did you mean ...)"."""
+    for word in reversed(words):
+        if not word[0].isalpha() or word.lower() in KEYWORDS or "." in word or ":" in word:
+            continue
+        close = difflib.get_close_matches(word.lower(), KEYWORDS, n=1, cutoff=0.75)
+        if close:
+            return f"; {word!r} is not a filter keyword (did you mean {close[0]!r}?)"
+    return ""
 
 
 # --- cBPF -> C --------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -119,3 +121,157 @@ def test_tc_on_a_chosen_interface_adds_ingress_path_events_and_cleans_up(pair: P
         assert event["ifname"] == "veth-b"
     left = sh("tc", "filter", "show", "dev", "veth-b", "ingress", netns=pair.b)
     assert "podtrace" not in left, left
+
+
+# IPv6 and VXLAN ------------------------------------------------------------------------------------------------
+
+
+def _send_udp6(netns: str, dst: str, port: int, count: int, src_port: int) -> None:
+    code = (
+        "import socket\n"
+        "s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
+        f"s.bind(('::',{src_port}))\n"
+        f"[s.sendto(b'x'*32,('{dst}',{port})) for _ in range({count})]\n"
+    )
+    sh(sys.executable, "-c", code, netns=netns)
+
+
+def _tcp6_connect_attempts(netns: str, dst: str, port: int, count: int) -> None:
+    code = (
+        "import socket\n"
+        f"for _ in range({count}):\n"
+        "    s=socket.socket(socket.AF_INET6); s.settimeout(2)\n"
+        f"    try: s.connect(('{dst}',{port}))\n"
+        "    except OSError: pass\n"
+        "    s.close()\n"
+    )
+    sh(sys.executable, "-c", code, netns=netns)
+
+
+def _add_ipv6(pair: Pair) -> tuple[str, str]:
+    """ULA addresses on the pair's veths (fd00:5055::/48 exists only inside these namespaces), usable at once."""
+    addr_a, addr_b = "fd00:5055:1::1", "fd00:5055:1::2"
+    for ns, dev, addr in ((pair.a, "veth-a", addr_a), (pair.b, "veth-b", addr_b)):
+        sh("ip", "-n", ns, "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+    return addr_a, addr_b
+
+
+def test_ipv6_udp_tcp_and_icmpv6_drops_carry_the_ipv6_tuple(pair: Pair) -> None:
+    addr_a, addr_b = _add_ipv6(pair)
+    sh("ip6tables", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", "-j", "DROP", netns=pair.b)
+    tracer = start("drops", "--json", "--netns", pair.b, "ip6 and not (icmp6 and ip6[40] >= 133)")  # not ND
+    _send_udp6(pair.a, addr_b, 5020, PRIME, src_port=40020)
+    _tcp6_connect_attempts(pair.a, addr_b, 5021, 7)
+    sh("ping", "-6", "-c", "5", "-i", "0.05", "-W", "1", addr_b, check=False, netns=pair.a)
+    time.sleep(0.5)
+    result = tracer.stop()
+    assert result.returncode == 0, result.stderr
+    udp = _only_row(result.rows, proto="udp", dport=5020)
+    assert (udp["reason"], udp["count"], udp["src"], udp["sport"], udp["dst"]) == (
+        "NO_SOCKET", PRIME, addr_a, 40020, addr_b)
+    assert udp["location"].startswith("__udp6_lib_rcv"), udp["location"]
+    assert (udp["netns"], udp["ifname"]) == (pair.b, "veth-b")
+    tcp = _only_row(result.rows, proto="tcp", dport=5021)
+    assert (tcp["reason"], tcp["count"], tcp["src"], tcp["dst"]) == ("NO_SOCKET", 7, addr_a, addr_b)
+    icmp6 = _only_row(result.rows, proto="icmp6")
+    assert (icmp6["reason"], icmp6["count"], icmp6["src"], icmp6["dst"]) == ("NETFILTER_DROP", 5, addr_a, addr_b)
+    assert icmp6["location"].split("+")[0] in NETFILTER_FUNCTIONS, icmp6["location"]
+    assert result.summary["lost"] == 0
+
+
+VNI = 42
+INNER_A, INNER_B = "198.18.251.1", "198.18.251.2"
+
+
+def test_vxlan_packet_dropped_on_the_underlay_carries_its_inner_flow_and_vni(pair: Pair) -> None:
+    """a encapsulates into VXLAN (VNI 42, port 4789) towards b, where no VXLAN device listens: the outer UDP
+    datagram dies as NO_SOCKET in b, and podtrace reads the inner packet's tuple out of it."""
+    sh("ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "remote", pair.addr_b, "local", pair.addr_a,
+       "dstport", "4789", "dev", "veth-a", netns=pair.a)
+    # No IPv6 on vx0: its router solicitations and MLD reports would be more tunnelled packets to b.
+    sh("sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1", netns=pair.a)
+    sh("ip", "addr", "add", f"{INNER_A}/24", "dev", "vx0", netns=pair.a)
+    sh("ip", "link", "set", "vx0", "up", netns=pair.a)
+    # A static neighbour: the inner packets go out at once, with no ARP (not IP) in between.
+    sh("ip", "neigh", "add", INNER_B, "lladdr", "02:00:00:00:00:02", "dev", "vx0", "nud", "permanent", netns=pair.a)
+    tracer = start("drops", "--json", "--netns", pair.b, "udp port 4789")
+    watch = start("watch", "--json", "--netns", pair.b, "udp port 4789")
+    send_udp(pair.a, INNER_B, 5030, PRIME, src_port=40030)
+    time.sleep(0.5)
+    result, watched = tracer.stop(), watch.stop()
+    assert result.returncode == 0, result.stderr
+    row = _only_row(result.rows, dport=4789)
+    assert (row["reason"], row["count"], row["proto"], row["src"], row["dst"]) == (
+        "NO_SOCKET", PRIME, "udp", pair.addr_a, pair.addr_b)
+    assert (row["vni"], row["inner"]) == (VNI, f"udp {INNER_A}:40030 > {INNER_B}:5030")
+    # The streamed events carry the inner flow too: on receive (path) and at the drop.
+    for kind in ("path", "drop"):
+        events = [event for event in watched.rows if event["kind"] == kind]
+        assert len(events) == PRIME, (kind, watched.rows)
+        assert {(event["vni"], event["inner"]) for event in events} == {(VNI, f"udp {INNER_A}:40030 > {INNER_B}:5030")}
+
+
+def test_a_namespace_only_a_process_holds_is_named_after_that_process() -> None:
+    """No `ip netns` name (a container's namespace): the drop names the process living in it."""
+    tracer = start("drops", "--json", "udp port 5040")
+    sender = (
+        "import socket,time\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        f"[s.sendto(b'x',('127.0.0.1',5040)) for _ in range({PRIME})]\n"
+        "print('sent',flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {sys.executable} -c \"$0\"",
+                               sender], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "sent"
+        with open(f"/proc/{holder.pid}/comm", encoding="utf-8") as handle:
+            comm = handle.read().strip()
+        time.sleep(2.5)  # past the name cache's refresh interval, so the new namespace is looked up at exit
+        result = tracer.stop()
+    finally:
+        holder.kill()
+        holder.wait()
+    row = _only_row(result.rows, dport=5040)
+    assert (row["reason"], row["count"], row["ifname"]) == ("NO_SOCKET", PRIME, "lo")
+    assert row["netns"] == f"pid {holder.pid} ({comm})", row
+
+
+def test_delivered_traffic_is_consumed_not_dropped(pair: Pair) -> None:
+    """Datagrams a socket reads, a TCP exchange and pings answered: freed as consumed (SKB_CONSUMED or consume_skb),
+    never reported as drops; the same session still sees a real drop."""
+    server = (
+        "import socket\n"
+        "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(('0.0.0.0',5060))\n"
+        "t=socket.socket(); t.bind(('0.0.0.0',5061)); t.listen()\n"
+        "print('ready',flush=True)\n"
+        f"[u.recv(64) for _ in range({PRIME})]\n"
+        "c,_=t.accept(); got=b''\n"
+        "while len(got)<20000:\n"  # read it all: closing on unread data is a real drop (QUEUE_PURGE)
+        "    got+=c.recv(65536)\n"
+        "c.sendall(got); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()\n"
+    )
+    listener = subprocess.Popen(["ip", "netns", "exec", pair.b, sys.executable, "-c", server],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        tracer = start("drops", "--json", "--netns", pair.b, "udp port 5060 or tcp port 5061 or icmp or udp port 5062")
+        send_udp(pair.a, pair.addr_b, 5060, PRIME)
+        client = (
+            "import socket\n"
+            f"s=socket.create_connection(('{pair.addr_b}',5061),timeout=5); s.sendall(b'y'*20000)\n"
+            "got=b''\n"
+            "while len(got)<20000:\n"
+            "    got+=s.recv(65536)\n"
+            "s.close()\n"
+        )
+        sh(sys.executable, "-c", client, netns=pair.a)
+        sh("ping", "-c", "3", "-i", "0.05", "-W", "1", pair.addr_b, netns=pair.a)
+        send_udp(pair.a, pair.addr_b, 5062, 3)  # closed: the one real drop
+        listener.wait(timeout=10)
+        time.sleep(0.5)
+        result = tracer.stop()
+    finally:
+        listener.kill()
+        listener.wait()
+    assert [(row["reason"], row["dport"], row["count"]) for row in result.rows] == [("NO_SOCKET", 5062, 3)], result.rows

@@ -425,7 +425,7 @@ def test_only_jump_targets_get_labels() -> None:
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
-        ("tcp prot 80", "bad filter 'tcp prot 80': can't parse filter expression: syntax error"),
+        ("tcp prot 80", "bad filter 'tcp prot 80': syntax error at 'prot' (character 5)"),
         ("host 10.0.0.300", "bad filter 'host 10.0.0.300': "),
         ("ether host 1:2:3:4:5:6", "bad filter 'ether host 1:2:3:4:5:6': ethernet addresses supported only"),
         ("vlan", "bad filter 'vlan': no VLAN support for Raw IP"),
@@ -440,6 +440,49 @@ def test_malformed_filters_raise_usage_error(expression: str, message: str) -> N
     assert "\n" not in info.value.one_line()
     assert info.value.exit_code == 2
     assert info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("tcp port", "syntax error: the expression ends too early (after 'port')"),
+        ("udp and", "syntax error: the expression ends too early (after 'and')"),
+        ("(udp", "syntax error: the expression ends too early (after 'udp', a '(' is never closed)"),
+        ("tcp[", "syntax error: the expression ends too early (after '[')"),
+        ("tcp portt 80",
+         "syntax error at 'portt' (character 5); 'portt' is not a filter keyword (did you mean 'port'?)"),
+        ("udpp port 53", "syntax error at 'udpp' (character 1); 'udpp' is not a filter keyword (did you mean 'udp'?)"),
+        ("tcp port 80 annd udp", "syntax error at 'annd' (character 13); 'annd' is not a filter keyword"),
+        ("tcp port 80)", "syntax error at ')' (character 12)"),
+        ("tcp dst port 80 80", "syntax error at '80' (character 17)"),
+        ("(udp and (tcp port)", "syntax error at ')' (character 19)"),
+        ("ip[2:2] > > 3", "syntax error at '>' (character 11)"),
+    ],
+)
+def test_syntax_errors_point_at_the_word_or_the_missing_end(expression: str, message: str) -> None:
+    """libpcap only says "syntax error": the message names where the expression stops parsing."""
+    with pytest.raises(UsageError) as info:
+        pcapfilter.compile_filter(expression)
+    assert info.value.message.startswith(f"bad filter {expression!r}: {message}"), info.value.message
+    assert "\n" not in info.value.one_line() and info.value.exit_code == 2
+
+
+def test_syntax_error_search_asks_few_compilations() -> None:
+    """A long expression is searched by bisection over its prefixes, not one compile per word per ending."""
+    expression = " or ".join(f"tcp port {port}" for port in range(1000, 1100)) + " or tcp portt 80"
+    asked: list[str] = []
+
+    def error_of(text: str) -> str:
+        asked.append(text)
+        handle = pcapfilter.libpcap().pcap_open_dead(pcapfilter.DLT_RAW, pcapfilter.SNAPLEN)
+        try:
+            return pcapfilter._pcap_error(pcapfilter.libpcap(), handle, text)
+        finally:
+            pcapfilter.libpcap().pcap_close(handle)
+
+    message = pcapfilter.locate_syntax_error(expression, error_of)
+    assert message.startswith(f"syntax error at 'portt' (character {expression.index('portt') + 1})"), message
+    assert len(asked) < 10 * len(pcapfilter._ENDINGS), len(asked)
 
 
 @pytest.mark.parametrize("expression", ["", "   "])
