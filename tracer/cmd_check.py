@@ -72,7 +72,7 @@ def write_table(findings: list[Finding], out: TextIO, where: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.window < 0 or args.window > 60:
+    if not 0 <= args.window <= 60:  # written so that nan is refused too
         raise UsageError(f"--window {args.window:g} is out of range", "use 0 to 60 seconds")
     findings = run_checks(args.netns, window=args.window)
     if args.json:

@@ -129,6 +129,9 @@ def _record_header(args: argparse.Namespace, source: Any, info: Any) -> dict[str
     except Exception:  # noqa: BLE001 - the lab is optional
         lab_names = None
     header["names"] = {"netns": {str(k): v for k, v in known.items()}, "lab": lab_names}
+    node = info.tables.get("node")
+    if hasattr(node, "header_entry"):  # the Node view's findings, as `podtrace record` keeps them
+        header["node_checks"] = node.header_entry()
     return header
 
 

@@ -136,7 +136,7 @@ class PodtraceApp(App[int]):
             with TabPane("5 Probes", id="probes"):
                 yield ProbesView(id="probes-view")
             with TabPane("6 Node", id="node"):
-                yield RowsView("node", "Node", "podtrace check: kube-proxy, conntrack, MTU, bridging, softirq",
+                yield RowsView("node", "Node", "podtrace check: kube-proxy, conntrack, MTU, bridging, softirq, sockets",
                                ["severity", "check", "value", "fix"])
         yield FilterBar(id="filter-bar")
         yield Footer()

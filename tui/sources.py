@@ -208,6 +208,7 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
     except ImportError:
         raise PodtraceError("--replay needs recordings (tracer/replay.py), which this build does not have yet",
                             "run `podtrace tui` live on the node") from None
+    from tracer.check.table import RecordedNodeFindings
     from tui.services import RecordedFlowsTable
 
     source = ReplaySource(path)
@@ -221,6 +222,6 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         attached=list(source.attached),
         plan=source.plan(),
         live_clock=False,
-        tables={"flows": RecordedFlowsTable(source)},
+        tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks"))},
     )
     return source, info

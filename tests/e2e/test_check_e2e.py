@@ -9,13 +9,16 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import support.podtrace as podtrace
 from support.lab import exclusive_lab
 
 from tracer import cli
 from tracer.lab import faults
+from tracer.replay import ReplaySource
 
 pytestmark = pytest.mark.root
 
@@ -46,14 +49,26 @@ def find(rows: list[dict[str, Any]], area: str, check_name: str) -> dict[str, An
     return found[0]
 
 
+# Findings that measure the machine's load over the window (CPU steal, softnet drops), not the lab's set-up: other
+# tests and VMs on the same 2 CPUs move them (seen: cpu steal 8.5% while the VM tier ran), so the lab's verdicts
+# are compared without them.
+LOAD_AREAS = ("softirq",)
+
+
 def not_ok(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    return [(r["severity"], r["area"], r["check"]) for r in rows if r["severity"] != "ok"]
+    return [(r["severity"], r["area"], r["check"]) for r in rows
+            if r["severity"] != "ok" and r["area"] not in LOAD_AREAS]
+
+
+def fails(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [row for row in not_ok(rows) if row[0] == "fail"]
 
 
 def test_lab_without_faults_has_no_fail(lab: None) -> None:
     for node in ("pt-node1", "pt-node2"):
         code, rows, summary = check(node)
-        assert code == 0 and summary["fail"] == 0, not_ok(rows)
+        assert not fails(rows), not_ok(rows)
+        assert code == (3 if summary["fail"] else 0)
         assert find(rows, "kube-proxy", "mode")["value"].startswith("iptables: 3 Services, 4 Service ports")
         assert find(rows, "mtu", "overlay")["value"] == "flannel.1 1450 (vxlan over eth0 1500: room for 1450)"
         assert find(rows, "bridging", "bridge-nf-call-iptables")["value"] == "1 (cni0)"
@@ -72,8 +87,8 @@ def test_mtu_mismatch_fails_naming_devices_and_mtus(lab: None) -> None:
         assert not_ok(rows) == [("fail", "mtu", "pods")]
     finally:
         faults.set_fault("mtu-mismatch", False)
-    code, rows, _ = check("pt-node1")
-    assert code == 0 and find(rows, "mtu", "pods")["severity"] == "ok"
+    _, rows, _ = check("pt-node1")
+    assert not fails(rows) and find(rows, "mtu", "pods")["severity"] == "ok"
 
 
 def test_conntrack_full_fails_with_the_figures(lab: None) -> None:
@@ -96,8 +111,8 @@ def test_conntrack_full_fails_with_the_figures(lab: None) -> None:
 def test_rp_filter_warns_on_the_right_interface(lab: None) -> None:
     faults.set_fault("rp-filter", True)
     try:
-        code, rows, summary = check("pt-node2")
-        assert code == 0 and summary["fail"] == 0
+        _, rows, _ = check("pt-node2")
+        assert not fails(rows), not_ok(rows)
         eth0 = find(rows, "bridging", "rp_filter eth0")
         assert eth0["severity"] == "warn" and eth0["value"] == "eth0 (underlay) = 1"
         assert eth0["fix"] == "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.eth0.rp_filter=2"
@@ -115,7 +130,36 @@ def test_rp_filter_warns_on_the_right_interface(lab: None) -> None:
 def test_human_table_on_the_lab(lab: None) -> None:
     proc = subprocess.run([sys.executable, "-m", MODULE, *PREFIX, "--netns", "pt-node1", "--window", "0.2"],
                           capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode in (0, 3), proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("podtrace check on netns pt-node1: 0 fail")
+    assert lines[0].startswith("podtrace check on netns pt-node1: ")
     assert max(len(line) for line in lines) < 100
+    area = ""
+    for line in lines[1:]:
+        area = line if line and not line.startswith(" ") else area
+        assert area in LOAD_AREAS or not line.startswith("  FAIL"), line
+    assert proc.returncode == (3 if any(line.startswith("  FAIL") for line in lines) else 0)
+
+
+def test_recording_header_keeps_the_findings_of_the_recorded_node(lab: None, tmp_path: Path) -> None:
+    """`podtrace record --netns pt-node1` runs the node checks when it starts: the header has the MTU failure."""
+    output = tmp_path / "node1.ptrec"
+    faults.set_fault("mtu-mismatch", True)
+    try:
+        recorder = podtrace.start("record", "-o", str(output), "--netns", "pt-node1", "icmp", timeout=300)
+        recorder.stop()
+        assert recorder.returncode == 0, recorder.stderr
+        _, rows, _ = check("pt-node1")
+    finally:
+        faults.set_fault("mtu-mismatch", False)
+    header = ReplaySource(str(output)).header
+    recorded = {(f["area"], f["check"]): f for f in header["node_checks"]}
+    live = {(r["area"], r["check"]): r for r in rows}
+    assert set(recorded) == set(live)
+    pods = recorded[("mtu", "pods")]
+    assert pods["severity"] == "fail" and pods == live[("mtu", "pods")]
+    assert [key for key, f in recorded.items() if f["severity"] != "ok" and key[0] not in LOAD_AREAS] == [
+        ("mtu", "pods")]
+    # Counters (softirq over each run's own window, conntrack entries, sockets) move; the set-up does not.
+    same = [key for key in recorded if key[0] in ("kube-proxy", "mtu", "bridging")]
+    assert {key: recorded[key]["value"] for key in same} == {key: live[key]["value"] for key in same}

@@ -105,10 +105,21 @@ def test_unknown_netns_is_one_line_exit_1() -> None:
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("podtrace: no network namespace named")
 
 
-def test_bad_window_is_usage() -> None:
-    proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--window", "-1"], capture_output=True,
+@pytest.mark.parametrize("name", ["", ".", "..", "../netns", "a/b"])
+def test_names_that_are_not_one_namespace_are_refused(name: str) -> None:
+    """"" used to check the host instead, ".." to reach `ip netns exec`: neither is a namespace name."""
+    proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--netns", name, "--window", "0"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"podtrace: no network namespace named {name!r}")
+
+
+@pytest.mark.parametrize("window", ["-1", "61", "nan", "inf"])
+def test_bad_window_is_usage(window: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--window", window], capture_output=True,
                           text=True, check=False)
-    assert proc.returncode == 2 and "--window" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr == f"podtrace: --window {window} is out of range (use 0 to 60 seconds)\n"
 
 
 def test_check_package_is_headless() -> None:

@@ -145,7 +145,8 @@ def _peer_links(state: NodeState) -> dict[int, tuple[str, list[dict[str, Any]]]]
 
 
 def _in_netns(netns: str) -> NodeState:
-    if not (NETNS_DIR / netns).exists():
+    # A name is one entry of /run/netns: "", ".", ".." or a path would resolve to some other directory.
+    if netns in ("", ".", "..") or "/" in netns or not (NETNS_DIR / netns).exists():
         known = ", ".join(sorted(os.listdir(NETNS_DIR))) if NETNS_DIR.is_dir() else ""
         raise PodtraceError(f"no network namespace named {netns!r}", f"known: {known or 'none'}")
     if os.geteuid() != 0:
@@ -168,7 +169,7 @@ def collect(netns: str | None = None, window: float = 1.0) -> NodeState:
     """Read the node (or the named namespace); the global counters are sampled `window` seconds apart."""
     started = time.monotonic()
     softnet_before, stat_before = _read("/proc/net/softnet_stat"), _read("/proc/stat")
-    state = _in_netns(netns) if netns else collect_netns_part()
+    state = _in_netns(netns) if netns is not None else collect_netns_part()
     state.softnet_before, state.stat_before = softnet_before, stat_before
     state.modules = _modules()
     # subnet.env is a file of the host's mount namespace: it describes the host's flannel, not a named netns.
