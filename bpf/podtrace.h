@@ -27,7 +27,8 @@
 /* pt_packet_event.point for PT_EVENT_PATH */
 #define PT_POINT_RX 1    /* net:netif_receive_skb */
 #define PT_POINT_QUEUE 2 /* net:net_dev_queue */
-#define PT_POINT_XMIT 3  /* net:net_dev_xmit */
+#define PT_POINT_XMIT 3  /* net_dev_xmit: the driver took a queued traced packet; the net_dev_queue event
+                         * copied, with location = PT_XMIT_LOCATION(ns since queued, driver return code) */
 #define PT_POINT_TC_INGRESS 4 /* tc clsact ingress on a chosen interface */
 #define PT_POINT_TC_EGRESS 5  /* tc clsact egress */
 /* Kprobe points (bpf/overlay.c). For these, pt_packet_event.location carries a point-specific value. */
@@ -119,6 +120,16 @@ struct pt_packet_event {
 #define PT_IPVS_REPLY 34 /* handle_response: real server replies given the VIP back as their source */
 
 /* A tuple rewritten between two points of one hook (DNAT, SNAT, reply un-NAT): one event per new pair. */
+/* A queued traced packet waiting for net_dev_xmit (bpf/path.c). The device is part of the key: a VXLAN
+ * device's transmit queues the same skb again on the underlay before its own net_dev_xmit fires. */
+struct pt_xmit_key {
+	__u64 skb;
+	__u32 ifindex;
+	__u32 pad;
+};
+#define PT_XMIT_STALE_NS 1000000000ULL /* older entries belong to a packet that never reached the driver */
+#define PT_XMIT_LOCATION(waited_ns, rc) (((waited_ns) & 0xFFFFFFFFFFFFULL) | ((__u64)((rc) & 0xFFFF) << 48))
+
 struct pt_nat_event {
 	__u32 type;      /* PT_EVENT_NAT */
 	__u32 cpu;

@@ -406,6 +406,13 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 	}
 #endif
 	pt_fill(ev, skb, s, &info, avail);
+#ifdef PT_PATH_XMIT
+	if (type == PT_EVENT_PATH && reason == PT_POINT_QUEUE) {
+		/* Kept for net_dev_xmit (bpf/path.c): by then the driver may have freed the skb. */
+		struct pt_xmit_key key = {.skb = (__u64)skb, .ifindex = info.ifindex};
+		xmit_pending.update(&key, ev);
+	}
+#endif
 	events.ringbuf_submit(ev, pt_wakeup());
 	pt_count_in(probe, PT_CNT_EVENTS);
 	return 0;

@@ -138,6 +138,11 @@ class Tuple:
         return f"{self.proto_name} {self.src}:{self.sport} > {self.dst}:{self.dport}"
 
 
+# What a driver's ndo_start_xmit returned (include/linux/netdevice.h: NETDEV_TX_OK, NET_XMIT_DROP, NET_XMIT_CN,
+# NETDEV_TX_BUSY).
+XMIT_RESULTS = {0: "ok", 1: "dropped", 2: "congested", 0x10: "busy"}
+
+
 @dataclass(slots=True, unsafe_hash=True)
 class PacketEvent:
     type: int
@@ -170,6 +175,24 @@ class PacketEvent:
     @property
     def is_drop(self) -> bool:
         return self.type == EVENT_DROP
+
+    @property
+    def is_xmit(self) -> bool:
+        return self.type == EVENT_PATH and self.reason == POINT_XMIT
+
+    @property
+    def queued_ns(self) -> int:
+        """xmit events: nanoseconds from net_dev_queue to the driver (time in the qdisc); PT_XMIT_LOCATION."""
+        return self.location & 0xFFFF_FFFF_FFFF
+
+    @property
+    def xmit_rc(self) -> int:
+        """xmit events: the driver's return code (XMIT_RESULTS)."""
+        return self.location >> 48
+
+    @property
+    def xmit_result(self) -> str:
+        return XMIT_RESULTS.get(self.xmit_rc, f"rc {self.xmit_rc}")
 
 
 def format_addr(family: int, raw: bytes) -> str:

@@ -73,7 +73,7 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
                 M.TRACEPOINT,
                 "net:netif_receive_skb",
                 "net:net_dev_queue",
-                gives="device receive and transmit queue",
+                gives="device receive, transmit queue and driver transmit",
             ),
             _c(M.TC, "clsact", gives="ingress and egress on chosen interfaces only"),
         ),

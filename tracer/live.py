@@ -30,7 +30,7 @@ from tracer.progress import Progress
 # Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).
 ATTACHES = {
     "drops": ["raw tracepoint kfree_skb"],
-    "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue"],
+    "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue", "raw tracepoint net_dev_xmit"],
     "netfilter": [],  # links are created in _attach_netfilter
     "tc": [],  # filters are added in _attach_tc
     "nf_kprobe": [],  # kprobes are attached in _attach_kprobes

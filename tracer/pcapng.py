@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from tracer import __version__
-from tracer.events import FLAG_SNAP_SKB, POINT_NAMES, PacketEvent
+from tracer.events import FLAG_SNAP_SKB, PacketEvent
 from tracer.replay import RecordedNames
+from tracer.report import describe_point
 
 # Snapshots start at the network header: raw IPv4/IPv6, no link layer.
 LINKTYPE_RAW = 101
@@ -131,7 +132,7 @@ def packet_comment(event: PacketEvent, names: RecordedNames) -> str:
         reason = names.reasons.get(event.reason, f"reason {event.reason}")
         parts = [f"drop {reason} at {names.symbol(event.location)}"]
     else:
-        parts = [f"path {POINT_NAMES.get(event.reason, str(event.reason))}"]
+        parts = [f"path {describe_point(event)}"]
     parts += [f"netns {names.netns_name(event.netns)}", f"if {event.ifname or event.ifindex}"]
     outer = event.outer
     if outer.family:

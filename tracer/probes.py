@@ -144,6 +144,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     programs = [name for name, enabled in wanted if enabled]
     if config.netfilter:
         cflags.append("-DPT_NETFILTER=1")
+    if config.path:
+        cflags.append("-DPT_PATH_XMIT=1")
     if config.kprobes:
         cflags += kprobe_cflags(ModuleBtf(btf, btf.path), config.kprobes)
         if config.overlay_kprobes_unfiltered:
@@ -158,6 +160,9 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_SLOTS);",
         "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
         'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if config.netfilter else "",
+        # Queued traced packets until net_dev_xmit (bpf/path.c); an LRU forgets those a qdisc dropped.
+        'BPF_TABLE("lru_hash", struct pt_xmit_key, struct pt_packet_event, xmit_pending, 4096);'
+        if config.path else "",
         "BPF_HASH(nfk_calls, __u64, struct pt_nfk_call, 4096);\n"
         "BPF_HASH(nfk_tables, __u64, struct pt_nfk_table, 4096);" if "netfilter" in config.kprobes else "",
         f"// filter: {config.filter.expression or '(none)'}",

@@ -14,6 +14,7 @@ from tracer.aggregate import DropTable
 from tracer.events import POINT_NAMES, PacketEvent, Tuple
 from tracer.nfverdict import NfAttribution, hook_label
 from tracer.nfverdict import describe as describe_verdict
+from tracer.softirq import format_us
 
 
 @dataclass
@@ -130,12 +131,22 @@ def event_json(event: PacketEvent, names: Resolver) -> dict[str, Any]:
         data["location"] = names.symbol(event.location)
     else:
         data["point"] = POINT_NAMES.get(event.reason, str(event.reason))
+        if event.is_xmit:
+            data["qdisc_ns"], data["xmit"] = event.queued_ns, event.xmit_result
     if outer.proto in (1, 58):
         data["icmp_type"], data["icmp_code"] = outer.icmp_type, outer.icmp_code
     if event.inner:
         data["inner"] = event.inner.describe()
         data["vni"] = event.vni
     return data
+
+
+def describe_point(event: PacketEvent) -> str:
+    """A path event's point, with the qdisc time and driver result for xmit: "xmit qdisc 4.1ms driver ok"."""
+    point = POINT_NAMES.get(event.reason, str(event.reason))
+    if event.is_xmit:
+        return f"{point} qdisc {format_us(event.queued_ns)} driver {event.xmit_result}"
+    return point
 
 
 def event_line(event: PacketEvent, names: Resolver) -> str:
@@ -147,6 +158,8 @@ def event_line(event: PacketEvent, names: Resolver) -> str:
     else:
         what = f"{POINT_NAMES.get(event.reason, '?'):>5}"
     line = f"{stamp}.{micros:06d} {what} {where} {event.outer.describe()} len {event.len}"
+    if event.is_xmit:
+        line += describe_point(event).removeprefix(POINT_NAMES[event.reason])
     if event.inner:
         line += f" [vxlan {event.vni}: {event.inner.describe()}]"
     return line

@@ -22,7 +22,6 @@ from tracer.events import (
     EVENT_NAT,
     EVENT_NF_VERDICT,
     POINT_FRAGMENT,
-    POINT_NAMES,
     POINT_TC_EGRESS,
     POINT_TC_INGRESS,
     POINT_VXLAN_RCV,
@@ -33,7 +32,7 @@ from tracer.events import (
 )
 from tracer.netfilter import point_label
 from tracer.nfverdict import hook_label
-from tracer.report import Resolver, drop_rows
+from tracer.report import Resolver, describe_point, drop_rows
 from tui.pyfilter import Predicate
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -384,7 +383,7 @@ class Model:
                                                                             else "")
             hook = "icmp_send"
         else:
-            what = POINT_NAMES.get(event.reason, str(event.reason))
+            what = describe_point(event)
             hook = "-"
         flow = event.outer.describe()
         if event.inner:

@@ -123,6 +123,51 @@ def test_tc_on_a_chosen_interface_adds_ingress_path_events_and_cleans_up(pair: P
     assert "podtrace" not in left, left
 
 
+def _xmit_pairs(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The queue and xmit path events of a watch, each xmit checked against the queue event of its skb and device."""
+    queued = [event for event in rows if event.get("point") == "queue"]
+    sent = [event for event in rows if event.get("point") == "xmit"]
+    by_skb = {(event["skb"], event["ifname"]): event for event in queued}
+    for event in sent:
+        before = by_skb[(event["skb"], event["ifname"])]
+        for field in ("src", "sport", "dst", "dport", "netns"):
+            assert event[field] == before[field], (field, before, event)
+        assert event["xmit"] == "ok" and 0 <= event["qdisc_ns"] < 1_000_000_000, event
+    return queued, sent
+
+
+def test_xmit_events_follow_queued_packets_with_their_time_in_the_qdisc(pair: Pair) -> None:
+    """A token bucket (1 mbit, one packet of burst) on veth-a holds a burst of 1,000-byte datagrams: the first goes
+    straight to the driver, the later ones wait about 8 ms each. net_dev_xmit gives each packet its wait."""
+    sh("tc", "qdisc", "add", "dev", "veth-a", "root", "tbf", "rate", "1mbit", "burst", "1600", "latency", "1s",
+       netns=pair.a)
+    tracer = start("watch", "--json", "--netns", pair.a, "udp port 5011")
+    send_udp(pair.a, pair.addr_b, 5011, PRIME, size=1000, src_port=40011)
+    time.sleep(PRIME * 0.008 + 0.5)
+    result = tracer.stop()
+    queued, sent = _xmit_pairs(result.rows)
+    assert len(queued) == len(sent) == PRIME, result.rows
+    assert {event["ifname"] for event in sent} == {"veth-a"}
+    waits = sorted(event["qdisc_ns"] for event in sent)
+    # PRIME packets of 1,028 bytes on the wire at 1 mbit: the last waits (PRIME - 1) x 8.2 ms behind the others.
+    assert waits[0] < 5_000_000 and waits[-1] > (PRIME - 2) * 8_000_000, waits
+    assert result.summary["lost"] == 0
+
+
+def test_xmit_of_a_vxlan_device_and_of_its_underlay_are_told_apart(pair: Pair) -> None:
+    """vx0's transmit queues the same skb again on veth-a (the encapsulated packet) before vx0's own net_dev_xmit
+    fires: each device's xmit event must carry that device's packet."""
+    _vxlan_towards_b(pair)
+    tracer = start("watch", "--json", "--netns", pair.a, "udp port 5031 or udp port 4789")
+    send_udp(pair.a, INNER_B, 5031, PRIME, src_port=40031)
+    time.sleep(0.5)
+    queued, sent = _xmit_pairs(tracer.stop().rows)
+    for device, dport in (("vx0", 5031), ("veth-a", 4789)):
+        assert len([e for e in queued if e["ifname"] == device and e["dport"] == dport]) == PRIME, queued
+        assert len([e for e in sent if e["ifname"] == device and e["dport"] == dport]) == PRIME, sent
+    assert len(sent) == 2 * PRIME
+
+
 # IPv6 and VXLAN ------------------------------------------------------------------------------------------------
 
 
@@ -183,9 +228,8 @@ VNI = 42
 INNER_A, INNER_B = "198.18.251.1", "198.18.251.2"
 
 
-def test_vxlan_packet_dropped_on_the_underlay_carries_its_inner_flow_and_vni(pair: Pair) -> None:
-    """a encapsulates into VXLAN (VNI 42, port 4789) towards b, where no VXLAN device listens: the outer UDP
-    datagram dies as NO_SOCKET in b, and podtrace reads the inner packet's tuple out of it."""
+def _vxlan_towards_b(pair: Pair) -> None:
+    """vx0 in a (VNI 42, port 4789) tunnelling to b's underlay address, where no VXLAN device listens."""
     sh("ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "remote", pair.addr_b, "local", pair.addr_a,
        "dstport", "4789", "dev", "veth-a", netns=pair.a)
     # No IPv6 on vx0: its router solicitations and MLD reports would be more tunnelled packets to b.
@@ -194,6 +238,12 @@ def test_vxlan_packet_dropped_on_the_underlay_carries_its_inner_flow_and_vni(pai
     sh("ip", "link", "set", "vx0", "up", netns=pair.a)
     # A static neighbour: the inner packets go out at once, with no ARP (not IP) in between.
     sh("ip", "neigh", "add", INNER_B, "lladdr", "02:00:00:00:00:02", "dev", "vx0", "nud", "permanent", netns=pair.a)
+
+
+def test_vxlan_packet_dropped_on_the_underlay_carries_its_inner_flow_and_vni(pair: Pair) -> None:
+    """a encapsulates into VXLAN (VNI 42, port 4789) towards b, where no VXLAN device listens: the outer UDP
+    datagram dies as NO_SOCKET in b, and podtrace reads the inner packet's tuple out of it."""
+    _vxlan_towards_b(pair)
     tracer = start("drops", "--json", "--netns", pair.b, "udp port 4789")
     watch = start("watch", "--json", "--netns", pair.b, "udp port 4789")
     send_udp(pair.a, INNER_B, 5030, PRIME, src_port=40030)

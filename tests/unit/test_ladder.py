@@ -95,7 +95,7 @@ def test_ci_kernel_recorded() -> None:
 
     path = plan.hook("path")
     assert path.targets == ["net:netif_receive_skb", "net:net_dev_queue"]
-    assert path.gives == "device receive and transmit queue"
+    assert path.gives == "device receive, transmit queue and driver transmit"
     assert path.unseen == ""
     assert rejections(plan, "path") == [
         ("fentry __netif_receive_skb, __dev_queue_xmit", EPERM_FENTRY),

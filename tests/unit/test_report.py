@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import socket
@@ -12,8 +13,27 @@ from pathlib import Path
 import pytest
 
 from tracer.aggregate import DropTable
-from tracer.events import EVENT_DROP, EVENT_PATH, FLAG_INNER, FLAG_PARSED, POINT_RX, PacketEvent, Tuple, decode
-from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
+from tracer.events import (
+    EVENT_DROP,
+    EVENT_PATH,
+    FLAG_INNER,
+    FLAG_PARSED,
+    POINT_RX,
+    POINT_XMIT,
+    PacketEvent,
+    Tuple,
+    decode,
+)
+from tracer.report import (
+    Resolver,
+    describe_point,
+    drop_rows,
+    event_json,
+    event_line,
+    summary_json,
+    summary_line,
+    write_drop_table,
+)
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "events"
 WALL = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z at monotonic 0
@@ -176,6 +196,19 @@ def test_event_line_path_and_vxlan() -> None:
     line = event_line(event(kind=EVENT_PATH, reason=POINT_RX, ts_ns=0, inner=inner, vni=42, ifname=""), names())
     assert line == ("22:13:20.000000    rx pt-node1/- tcp 10.244.1.23:43210 > 10.96.0.10:443 len 60 "
                     "[vxlan 42: icmp 10.244.2.7 > 10.244.1.5 type 8 code 0]")
+
+
+def test_xmit_events_carry_the_qdisc_wait_and_the_driver_result() -> None:
+    # bpf/podtrace.h PT_XMIT_LOCATION: ns since net_dev_queue in the low 48 bits, the driver's return code above.
+    sent = dataclasses.replace(event(kind=EVENT_PATH, reason=POINT_XMIT, ts_ns=0), location=4_067_600)
+    busy = dataclasses.replace(sent, location=0x10 << 48 | 16_200)
+    assert (sent.queued_ns, sent.xmit_result, busy.queued_ns, busy.xmit_result) == (4_067_600, "ok", 16_200, "busy")
+    assert describe_point(sent) == "xmit qdisc 4.1ms driver ok"
+    assert describe_point(dataclasses.replace(sent, location=7 << 48)) == "xmit qdisc 0.0us driver rc 7"
+    assert event_line(busy, names()).endswith("len 60 qdisc 16.2us driver busy")
+    data = event_json(sent, names())
+    assert (data["point"], data["qdisc_ns"], data["xmit"]) == ("xmit", 4_067_600, "ok")
+    assert "qdisc_ns" not in event_json(event(kind=EVENT_PATH, reason=POINT_RX), names())
 
 
 def test_event_json_drop() -> None:
