@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tracer import __version__
 from tracer.errors import PodtraceError
@@ -33,8 +34,15 @@ examples:
 """
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the command's --help, not argparse's usage block followed by the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"podtrace: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="podtrace",
         description="eBPF packet tracer for Kubernetes worker nodes.",
         epilog=EPILOG,

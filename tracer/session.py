@@ -35,6 +35,9 @@ def add_probe_options(parser: argparse.ArgumentParser, filter_help: str = FILTER
     parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--path-rate", type=int, default=ProbeConfig.path_rate, metavar="N",
+                        help="at most N path events per second per CPU; the rest are counted as sampled "
+                             "(default %(default)s)")
 
 
 def add_trace_options(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +60,9 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, 
         raise UsageError(f"--ringbuf-pages {pages} is not a power of two")
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
+    path_rate = getattr(args, "path_rate", ProbeConfig.path_rate)
+    if path_rate < 1:
+        raise UsageError(f"--path-rate {path_rate} must be at least 1")
     # The kprobe side of the attach ladder (kernels with kprobes): netfilter verdicts with table and chain for
     # every session; VXLAN and fragmentation kprobes with the path events.
     # IPVS kprobes (bpf/ipvs.c) with Service flows: kube-proxy's IPVS mode never passes netfilter's NAT.
@@ -75,6 +81,7 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, 
         ifname=args.ifname,
         path=path,
         ringbuf_pages=pages,
+        path_rate=path_rate,
         icmp=icmp,
         overlay_kprobes_unfiltered=overlay,
     )

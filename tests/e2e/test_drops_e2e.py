@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -106,6 +107,23 @@ def test_watch_streams_drop_and_path_events_for_matching_packets(pair: Pair) -> 
     for event in received:
         assert (event["src"], event["sport"], event["dst"], event["dport"]) == (pair.addr_a, 40009, pair.addr_b, 5009)
         assert event["ifname"] == "veth-b" and event["netns"] == pair.b
+    assert result.summary["lost"] == 0
+
+
+def test_path_events_past_the_rate_limit_are_counted_as_sampled(pair: Pair) -> None:
+    """--path-rate 5: of 211 received datagrams a CPU reports 5 per second and counts the rest; drops are never
+    sampled."""
+    sent = 211
+    tracer = start("watch", "--json", "--path-rate", "5", "--netns", pair.b, "udp port 5012")
+    send_udp(pair.a, pair.addr_b, 5012, sent, src_port=40012)
+    time.sleep(0.5)
+    result = tracer.stop()
+    received = [event for event in result.rows if event["kind"] == "path" and event["point"] == "rx"]
+    drops = [event for event in result.rows if event["kind"] == "drop"]
+    assert len(drops) == sent
+    # One window of 5 per CPU that received (the burst takes well under a second; two windows at most).
+    assert 5 <= len(received) <= 5 * 2 * (os.cpu_count() or 1), len(received)
+    assert result.summary["sampled"] == sent - len(received)
     assert result.summary["lost"] == 0
 
 

@@ -61,7 +61,8 @@ def test_bad_filter_is_a_usage_error_before_the_root_check(unprivileged: bool) -
     assert "bad filter 'tcp port'" in line and "tcpdump syntax" in line
 
 
-@pytest.mark.parametrize("args", [["--ringbuf-pages", "3"], ["--duration", "0"], ["--netns", "no-such-ns-x"]])
+@pytest.mark.parametrize("args", [["--ringbuf-pages", "3"], ["--duration", "0"], ["--netns", "no-such-ns-x"],
+                                  ["--path-rate", "0"], ["--path-rate", "many"]])
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     assert_one_line(run("drops", *args, unprivileged=True), 2)
 
