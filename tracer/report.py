@@ -133,6 +133,8 @@ def event_json(event: PacketEvent, names: Resolver) -> dict[str, Any]:
         data["point"] = POINT_NAMES.get(event.reason, str(event.reason))
         if event.is_xmit:
             data["qdisc_ns"], data["xmit"] = event.queued_ns, event.xmit_result
+    if event.mark:  # e.g. kube-proxy's masquerade mark 0x4000, or a CNI's policy marks
+        data["mark"] = f"0x{event.mark:x}"
     if outer.proto in (1, 58):
         data["icmp_type"], data["icmp_code"] = outer.icmp_type, outer.icmp_code
     if event.inner:
@@ -160,6 +162,8 @@ def event_line(event: PacketEvent, names: Resolver) -> str:
     line = f"{stamp}.{micros:06d} {what} {where} {event.outer.describe()} len {event.len}"
     if event.is_xmit:
         line += describe_point(event).removeprefix(POINT_NAMES[event.reason])
+    if event.mark:
+        line += f" mark 0x{event.mark:x}"
     if event.inner:
         line += f" [vxlan {event.vni}: {event.inner.describe()}]"
     return line

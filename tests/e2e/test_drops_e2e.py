@@ -110,6 +110,24 @@ def test_watch_streams_drop_and_path_events_for_matching_packets(pair: Pair) -> 
     assert result.summary["lost"] == 0
 
 
+def test_ifname_keeps_one_device_and_the_packet_mark_is_reported(pair: Pair) -> None:
+    """Closed-port drops in b on veth-b (from a) and on lo (b to itself); an iptables MARK on the veth ones."""
+    sh("iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "veth-b", "-p", "udp", "--dport", "5014",
+       "-j", "MARK", "--set-mark", "0x4000", netns=pair.b)
+    tracer = start("watch", "--json", "--netns", pair.b, "--ifname", "veth-b", "udp port 5014")
+    everywhere = start("watch", "--json", "--netns", pair.b, "udp port 5014")
+    send_udp(pair.a, pair.addr_b, 5014, PRIME, src_port=40014)
+    send_udp(pair.b, "127.0.0.1", 5014, 5, src_port=40015)
+    time.sleep(0.5)
+    only_veth, both = tracer.stop(), everywhere.stop()
+    drops = [event for event in only_veth.rows if event["kind"] == "drop"]
+    assert len(drops) == PRIME and {(event["ifname"], event["sport"]) for event in drops} == {("veth-b", 40014)}
+    assert {event.get("mark") for event in drops} == {"0x4000"}
+    # Without --ifname the loopback drops are there too, unmarked.
+    loopback = [event for event in both.rows if event["kind"] == "drop" and event["ifname"] == "lo"]
+    assert len(loopback) == 5 and all("mark" not in event for event in loopback)
+
+
 def test_path_events_past_the_rate_limit_are_counted_as_sampled(pair: Pair) -> None:
     """--path-rate 5: of 211 received datagrams a CPU reports 5 per second and counts the rest; drops are never
     sampled."""

@@ -211,6 +211,12 @@ def test_xmit_events_carry_the_qdisc_wait_and_the_driver_result() -> None:
     assert "qdisc_ns" not in event_json(event(kind=EVENT_PATH, reason=POINT_RX), names())
 
 
+def test_a_packet_mark_is_shown_only_when_set() -> None:
+    marked = dataclasses.replace(event(), mark=0x4000)
+    assert event_json(marked, names())["mark"] == "0x4000" and "mark" not in event_json(event(), names())
+    assert event_line(marked, names()).endswith("len 60 mark 0x4000") and "mark" not in event_line(event(), names())
+
+
 def test_event_json_drop() -> None:
     data = event_json(event(proto=1, icmp=(3, 4), ts_ns=2_500_000), names())
     assert data == {
