@@ -207,28 +207,6 @@ def test_xmit_of_a_vxlan_device_and_of_its_underlay_are_told_apart(pair: Pair) -
 # IPv6 and VXLAN ------------------------------------------------------------------------------------------------
 
 
-def _send_udp6(netns: str, dst: str, port: int, count: int, src_port: int) -> None:
-    code = (
-        "import socket\n"
-        "s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
-        f"s.bind(('::',{src_port}))\n"
-        f"[s.sendto(b'x'*32,('{dst}',{port})) for _ in range({count})]\n"
-    )
-    sh(sys.executable, "-c", code, netns=netns)
-
-
-def _tcp6_connect_attempts(netns: str, dst: str, port: int, count: int) -> None:
-    code = (
-        "import socket\n"
-        f"for _ in range({count}):\n"
-        "    s=socket.socket(socket.AF_INET6); s.settimeout(2)\n"
-        f"    try: s.connect(('{dst}',{port}))\n"
-        "    except OSError: pass\n"
-        "    s.close()\n"
-    )
-    sh(sys.executable, "-c", code, netns=netns)
-
-
 def _add_ipv6(pair: Pair) -> tuple[str, str]:
     """ULA addresses on the pair's veths (fd00:5055::/48 exists only inside these namespaces), usable at once."""
     addr_a, addr_b = "fd00:5055:1::1", "fd00:5055:1::2"
@@ -241,8 +219,8 @@ def test_ipv6_udp_tcp_and_icmpv6_drops_carry_the_ipv6_tuple(pair: Pair) -> None:
     addr_a, addr_b = _add_ipv6(pair)
     sh("ip6tables", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", "-j", "DROP", netns=pair.b)
     tracer = start("drops", "--json", "--netns", pair.b, "ip6 and not (icmp6 and ip6[40] >= 133)")  # not ND
-    _send_udp6(pair.a, addr_b, 5020, PRIME, src_port=40020)
-    _tcp6_connect_attempts(pair.a, addr_b, 5021, 7)
+    send_udp(pair.a, addr_b, 5020, PRIME, src_port=40020)
+    tcp_connect_attempts(pair.a, addr_b, 5021, 7)
     sh("ping", "-6", "-c", "5", "-i", "0.05", "-W", "1", addr_b, check=False, netns=pair.a)
     time.sleep(0.5)
     result = tracer.stop()

@@ -31,23 +31,27 @@ def netns_pair() -> Iterator[Pair]:
         yield pair
 
 
+def _family(dst: str) -> str:
+    return "AF_INET6" if ":" in dst else "AF_INET"
+
+
 def send_udp(netns: str, dst: str, port: int, count: int, size: int = 32, src_port: int = 0) -> None:
-    """Send `count` UDP datagrams from inside `netns` (a tiny Python sender run there)."""
+    """Send `count` UDP datagrams from inside `netns` (a tiny Python sender run there); IPv6 when dst is."""
     code = (
         "import socket,sys\n"
-        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-        f"s.bind(('0.0.0.0',{src_port}))\n"
+        f"s=socket.socket(socket.{_family(dst)},socket.SOCK_DGRAM)\n"
+        f"s.bind(('{'::' if ':' in dst else '0.0.0.0'}',{src_port}))\n"
         f"[s.sendto(b'x'*{size},('{dst}',{port})) for _ in range({count})]\n"
     )
     sh(_python(), "-c", code, netns=netns)
 
 
 def tcp_connect_attempts(netns: str, dst: str, port: int, count: int) -> None:
-    """`count` TCP connection attempts (one SYN each) to a closed port; each is refused by a RST."""
+    """`count` TCP connection attempts (one SYN each) to a closed port; each is refused by a RST. IPv6 when dst is."""
     code = (
         "import socket\n"
         f"for _ in range({count}):\n"
-        "    s=socket.socket(); s.settimeout(2)\n"
+        f"    s=socket.socket(socket.{_family(dst)}); s.settimeout(2)\n"
         f"    try: s.connect(('{dst}',{port}))\n"
         "    except OSError: pass\n"
         "    s.close()\n"
