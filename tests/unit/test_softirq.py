@@ -146,13 +146,15 @@ def _report(cpu: int, waits: list[int], napi: dict[str, int], dropped: int = 0, 
 
 def test_findings_name_the_starved_cpu_and_nothing_on_a_healthy_one() -> None:
     healthy = _report(0, [400] * 990 + [2000] * 10, {"polls": 100, "exhausted": 1})
-    starved = _report(1, [1500] * 90 + [3_900_000] * 10, {"polls": 40, "exhausted": 30}, dropped=500, squeezed=3)
+    starved = _report(1, [1500] * 90 + [3_900_000] * 10, {"polls": 40, "exhausted": 30}, dropped=500, squeezed=30)
     lines = findings([healthy, starved, _total([healthy, starved])], seconds=2.0)
     assert all(line.startswith("CPU 1: ") for line in lines), lines
     assert any("500 packets dropped (250/s)" in line for line in lines)
     assert any("NET_RX waited" in line and "ms at p99" in line for line in lines)
     assert any("30 of 40 NAPI polls" in line for line in lines)
-    assert any("3 times (time_squeeze)" in line for line in lines)
+    assert any("30 times (15/s, time_squeeze)" in line for line in lines)
     assert findings([healthy], seconds=2.0) == []
+    # An occasional squeeze is how a busy receiver works, not a finding.
+    assert findings([_report(0, [400] * 100, {"polls": 10, "exhausted": 0}, squeezed=3)], seconds=2.0) == []
     assert "no softirq trouble seen" in format_table([healthy], 2.0)
     assert "! CPU 1: input backlog overflowed" in format_table([healthy, starved], 2.0)
