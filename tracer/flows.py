@@ -259,11 +259,7 @@ class FlowTable:
             if not cause and self._unknown_vip(dst):
                 # Whatever dropped it (no route, kube-proxy's "unallocated ClusterIP" DROP): nothing maps this VIP.
                 self._flag(dst, dport, proto, src, row["count"], label)
-            flows = [flow for flow in self.flows.values()
-                     if flow.client == src and ((flow.backend, flow.backend_port) == (dst, dport)
-                                                or (flow.vip, flow.port) == (dst, dport))]
-            if flows:
-                flows[0].drops[label] = flows[0].drops.get(label, 0) + row["count"]
+            if self._charge_flows(row, label):
                 continue
             service = self.services.lookup_vip(dst, dport, proto)
             if service is None and match and match.service:
@@ -274,6 +270,26 @@ class FlowTable:
             if service is not None:
                 self.service_drops.append(ServiceDrop(_service_label(service), row["reason"], row.get("hook", "-"),
                                                       rule, row["count"], src, dst, dport, cause))
+
+    def _charge_flows(self, row: dict[str, Any], label: str) -> bool:
+        """Charge a drop group to the client's flow to that backend (dropped after DNAT) or to that VIP (before).
+
+        Several Services (a ClusterIP and a NodePort) can share one backend: the group names only the backend, so
+        every such flow shows it, marked as shared. A VIP before DNAT names no backend: with several flows it is
+        not charged here but to the Service.
+        """
+        src, dst, dport = row["src"], row["dst"], row["dport"]
+        mine = [flow for flow in self.flows.values() if flow.client == src]
+        flows = [flow for flow in mine if (flow.backend, flow.backend_port) == (dst, dport)]
+        if len(flows) > 1:
+            label += f" (one count shared by {len(flows)} flows to {dst}:{dport})"
+        elif not flows:
+            flows = [flow for flow in mine if (flow.vip, flow.port) == (dst, dport)]
+            if len(flows) != 1:
+                return False
+        for flow in flows:
+            flow.drops[label] = flow.drops.get(label, 0) + row["count"]
+        return True
 
     def rows(self) -> list[ServiceFlow]:
         return sorted(self.flows.values(), key=lambda f: (f.service, f.backend, f.client))

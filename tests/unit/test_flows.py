@@ -71,6 +71,25 @@ def test_drop_rows_attach_to_their_flow_or_to_the_service() -> None:
     assert "KUBE-SERVICES" in service_drop.rule
 
 
+def test_a_backend_drop_shared_by_two_services_shows_on_both_flows_marked_shared() -> None:
+    """web:http (ClusterIP) and web-nodeport both DNAT to web-2:8080: a drop after DNAT names only the backend."""
+    table = _table()
+    table.add_nat([
+        _nat(1, _t("10.244.0.2", 41000, "10.96.0.10", 80, 6), _t("10.244.0.2", 41000, "10.244.1.2", 8080, 6)),
+        _nat(1, _t("10.244.0.2", 41001, "192.168.77.1", 30080, 6), _t("10.244.0.2", 41001, "10.244.1.2", 8080, 6)),
+        _nat(1, _t("10.244.0.2", 41002, "10.96.0.10", 80, 6), _t("10.244.0.2", 41002, "10.244.0.3", 8080, 6)),
+    ])
+    table.add_drops([_drop("10.244.1.2", 8080, 7, hook="FORWARD first"), _drop("10.96.0.10", 80, 2, hook="-")])
+    web2 = [flow for flow in table.rows() if flow.backend_pod == "web-2"]
+    assert {flow.service for flow in web2} == {"default/web:http", "default/web-nodeport:http"}
+    for flow in web2:
+        [(label, count)] = flow.drops.items()
+        assert count == 7 and label.endswith("(one count shared by 2 flows to 10.244.1.2:8080)"), label
+    # Dropped at the VIP, before DNAT chose web-1 or web-2: charged to the Service, not to a backend's flow.
+    assert not [flow for flow in table.rows() if flow.backend_pod == "web-1" and flow.drops]
+    assert [(drop.service, drop.count) for drop in table.service_drops] == [("default/web:http", 2)]
+
+
 FULL = NodeConntrack("pt-node1", Health(262144, 262144, (CpuStats(0, drop=7), CpuStats(1, drop=3))), 10)
 EMPTY = NodeConntrack("pt-node2", Health(12, 262144, (CpuStats(0),)), 0)
 
