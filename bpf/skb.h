@@ -408,9 +408,17 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 	pt_fill(ev, skb, s, &info, avail);
 #ifdef PT_PATH_XMIT
 	if (type == PT_EVENT_PATH && reason == PT_POINT_QUEUE) {
-		/* Kept for net_dev_xmit (bpf/path.c): by then the driver may have freed the skb. */
-		struct pt_xmit_key key = {.skb = (__u64)skb, .ifindex = info.ifindex};
-		xmit_pending.update(&key, ev);
+		/* Kept for net_dev_xmit (bpf/path.c): by then the driver may have freed the skb. Copied through a
+		 * per-CPU map value: before 6.2 a map update's value cannot be ring buffer memory. */
+		struct pt_packet_event *copy = xmit_scratch.lookup(&zero);
+		if (copy) {
+			__u64 *from = (__u64 *)ev, *to = (__u64 *)copy;
+#pragma unroll
+			for (int i = 0; i < sizeof(*ev) / 8; i++)
+				to[i] = from[i];
+			struct pt_xmit_key key = {.skb = (__u64)skb, .ifindex = info.ifindex};
+			xmit_pending.update(&key, copy);
+		}
 	}
 #endif
 	events.ringbuf_submit(ev, pt_wakeup());

@@ -161,8 +161,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
         'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if config.netfilter else "",
         # Queued traced packets until net_dev_xmit (bpf/path.c); an LRU forgets those a qdisc dropped.
-        'BPF_TABLE("lru_hash", struct pt_xmit_key, struct pt_packet_event, xmit_pending, 4096);'
-        if config.path else "",
+        'BPF_TABLE("lru_hash", struct pt_xmit_key, struct pt_packet_event, xmit_pending, 4096);\n'
+        "BPF_PERCPU_ARRAY(xmit_scratch, struct pt_packet_event, 1);" if config.path else "",
         "BPF_HASH(nfk_calls, __u64, struct pt_nfk_call, 4096);\n"
         "BPF_HASH(nfk_tables, __u64, struct pt_nfk_table, 4096);" if "netfilter" in config.kprobes else "",
         f"// filter: {config.filter.expression or '(none)'}",
