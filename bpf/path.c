@@ -46,11 +46,7 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
 		pt_count(PT_CNT_LOST);
 		return 0;
 	}
-	/* Word copies: a large __builtin_memcpy becomes a libc call. */
-	__u64 *from = (__u64 *)queued, *to = (__u64 *)ev;
-#pragma unroll
-	for (int i = 0; i < sizeof(*ev) / 8; i++)
-		to[i] = from[i];
+	pt_copy_event(ev, queued);
 	xmit_pending.delete(&key);
 	ev->reason = PT_POINT_XMIT;
 	ev->cpu = bpf_get_smp_processor_id();

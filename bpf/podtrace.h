@@ -119,7 +119,6 @@ struct pt_packet_event {
 #define PT_IPVS_XMIT 33  /* ip_vs_nat_xmit: request packets NATed from the VIP to the real server */
 #define PT_IPVS_REPLY 34 /* handle_response: real server replies given the VIP back as their source */
 
-/* A tuple rewritten between two points of one hook (DNAT, SNAT, reply un-NAT): one event per new pair. */
 /* A queued traced packet waiting for net_dev_xmit (bpf/path.c). The device is part of the key: a VXLAN
  * device's transmit queues the same skb again on the underlay before its own net_dev_xmit fires. */
 struct pt_xmit_key {
@@ -130,6 +129,7 @@ struct pt_xmit_key {
 #define PT_XMIT_STALE_NS 1000000000ULL /* older entries belong to a packet that never reached the driver */
 #define PT_XMIT_LOCATION(waited_ns, rc) (((waited_ns) & 0xFFFFFFFFFFFFULL) | ((__u64)((rc) & 0xFFFF) << 48))
 
+/* A tuple rewritten between two points of one hook (DNAT, SNAT, reply un-NAT): one event per new pair. */
 struct pt_nat_event {
 	__u32 type;      /* PT_EVENT_NAT */
 	__u32 cpu;

@@ -158,6 +158,16 @@ static __always_inline __u32 pt_parse_ip(const __u8 *buf, __u32 at, __u32 avail,
 	return l4;
 }
 
+/* Copy a whole packet event word by word: a __builtin_memcpy this large becomes a libc call. */
+static __always_inline void pt_copy_event(struct pt_packet_event *to, const struct pt_packet_event *from)
+{
+	__u64 *dst = (__u64 *)to;
+	const __u64 *src = (const __u64 *)from;
+#pragma unroll
+	for (int i = 0; i < sizeof(*to) / 8; i++)
+		dst[i] = src[i];
+}
+
 /* Fill a packet event from skb: device, netns, tuples, snapshot. Returns 0 when the filter rejects it. */
 static __always_inline int pt_fill(struct pt_packet_event *ev, void *skb, struct pt_scratch *s,
 				   struct pt_skb_info *info, __u32 avail)
@@ -412,10 +422,7 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 		 * per-CPU map value: before 6.2 a map update's value cannot be ring buffer memory. */
 		struct pt_packet_event *copy = xmit_scratch.lookup(&zero);
 		if (copy) {
-			__u64 *from = (__u64 *)ev, *to = (__u64 *)copy;
-#pragma unroll
-			for (int i = 0; i < sizeof(*ev) / 8; i++)
-				to[i] = from[i];
+			pt_copy_event(copy, ev);
 			struct pt_xmit_key key = {.skb = (__u64)skb, .ifindex = info.ifindex};
 			xmit_pending.update(&key, copy);
 		}

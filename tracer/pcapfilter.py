@@ -211,8 +211,9 @@ def _pcap_error(lib: ctypes.CDLL, handle: int, text: str) -> str:
 
 def locate_syntax_error(expression: str, error_of: Callable[[str], str]) -> str:
     """A message naming the word where `expression` stops parsing; error_of(text) is libpcap's error or ""."""
-    ends = [match.end() for match in _TOKEN.finditer(expression)]
-    words = [match.group() for match in _TOKEN.finditer(expression)]
+    tokens = list(_TOKEN.finditer(expression))
+    ends = [match.end() for match in tokens]
+    words = [match.group() for match in tokens]
 
     def completes(count: int) -> bool:  # can the first `count` tokens start a valid expression?
         prefix = expression[: ends[count - 1]]

@@ -143,12 +143,15 @@ def event_json(event: PacketEvent, names: Resolver) -> dict[str, Any]:
     return data
 
 
+def xmit_detail(event: PacketEvent) -> str:
+    """An xmit event's time in the qdisc and the driver's answer: "qdisc 4.1ms driver ok"."""
+    return f"qdisc {format_us(event.queued_ns)} driver {event.xmit_result}"
+
+
 def describe_point(event: PacketEvent) -> str:
-    """A path event's point, with the qdisc time and driver result for xmit: "xmit qdisc 4.1ms driver ok"."""
+    """A path event's point, with the xmit detail for xmit: "xmit qdisc 4.1ms driver ok"."""
     point = POINT_NAMES.get(event.reason, str(event.reason))
-    if event.is_xmit:
-        return f"{point} qdisc {format_us(event.queued_ns)} driver {event.xmit_result}"
-    return point
+    return f"{point} {xmit_detail(event)}" if event.is_xmit else point
 
 
 def event_line(event: PacketEvent, names: Resolver) -> str:
@@ -161,7 +164,7 @@ def event_line(event: PacketEvent, names: Resolver) -> str:
         what = f"{POINT_NAMES.get(event.reason, '?'):>5}"
     line = f"{stamp}.{micros:06d} {what} {where} {event.outer.describe()} len {event.len}"
     if event.is_xmit:
-        line += describe_point(event).removeprefix(POINT_NAMES[event.reason])
+        line += f" {xmit_detail(event)}"
     if event.mark:
         line += f" mark 0x{event.mark:x}"
     if event.inner:

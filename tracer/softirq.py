@@ -299,7 +299,7 @@ def findings(rows: Sequence[CpuReport], seconds: float) -> list[str]:
         if polls and exhausted * 2 >= polls:
             out.append(f"{where}: {exhausted} of {polls} NAPI polls used their whole budget: receive work is backing "
                        "up")
-        if sn is not None and sn.time_squeeze / per_second >= SQUEEZES_PER_SECOND:
+        if sn is not None and sn.time_squeeze >= SQUEEZES_PER_SECOND * per_second:
             rate = sn.time_squeeze / per_second
             out.append(f"{where}: net_rx_action ran out of budget or time {sn.time_squeeze} times ({rate:,.0f}/s, "
                        "time_squeeze)")

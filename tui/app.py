@@ -18,6 +18,7 @@ from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
+from tracer.check.table import COLUMNS as NODE_COLUMNS
 from tracer.errors import UsageError
 from tracer.ladder import AttachPlan
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
@@ -137,7 +138,7 @@ class PodtraceApp(App[int]):
                 yield ProbesView(id="probes-view")
             with TabPane("6 Node", id="node"):
                 yield RowsView("node", "Node", "podtrace check: kube-proxy, conntrack, MTU, bridging, softirq, sockets",
-                               ["severity", "check", "value", "fix"])
+                               NODE_COLUMNS)
         yield FilterBar(id="filter-bar")
         yield Footer()
 
