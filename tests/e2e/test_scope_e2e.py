@@ -8,18 +8,14 @@ node and its pods, and lose none.
 
 from __future__ import annotations
 
-import subprocess
 import threading
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
-from support.netns import netns_pair, send_udp, sh
+from support.netns import netns_pair, send_udp
 from support.podtrace import start
 
+from tracer.benchmarks.netns import node_with_pods, udp_no_ports
 from tracer.names import netns_inode
 from tracer.scope import Scope, pods_of
 
@@ -28,48 +24,6 @@ pytestmark = pytest.mark.root
 STORM = 200_000  # datagrams to a closed port in the neighbour namespaces
 POD_DROPS = 13  # to a closed port in each pod, from the node
 NODE_DROPS = 7  # to a closed port on the node, from the first pod
-
-
-@dataclass
-class Node:
-    netns: str
-    pods: list[str]
-    node_ip: str
-    pod_ips: list[str]
-
-
-@contextmanager
-def node_with_pods(count: int = 2) -> Iterator[Node]:
-    """pts-TAG-node with pods pts-TAG-pod0.. behind veths vp0.. (pod side eth0), 198.18.240.0/24."""
-    tag = uuid.uuid4().hex[:6]
-    node = Node(f"pts-{tag}-node", [f"pts-{tag}-pod{i}" for i in range(count)], "198.18.240.1",
-                [f"198.18.240.{10 + i}" for i in range(count)])
-    made: list[str] = []
-    try:
-        for name in (node.netns, *node.pods):
-            sh("ip", "netns", "add", name)
-            made.append(name)
-            sh("ip", "-n", name, "link", "set", "lo", "up")
-        for index, (pod, ip) in enumerate(zip(node.pods, node.pod_ips)):
-            dev = f"vp{index}"
-            sh("ip", "-n", node.netns, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", pod)
-            sh("ip", "-n", node.netns, "addr", "add", f"{node.node_ip}/32", "dev", dev)
-            sh("ip", "-n", node.netns, "link", "set", dev, "up")
-            sh("ip", "-n", node.netns, "route", "add", f"{ip}/32", "dev", dev)
-            sh("ip", "-n", pod, "addr", "add", f"{ip}/24", "dev", "eth0")
-            sh("ip", "-n", pod, "link", "set", "eth0", "up")
-            sh("ip", "-n", pod, "route", "add", f"{node.node_ip}/32", "dev", "eth0")
-        yield node
-    finally:
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-def _udp_no_ports(netns: str) -> int:
-    for line in sh("nstat", "-az", "UdpNoPorts", netns=netns).splitlines():
-        if line.startswith("UdpNoPorts"):
-            return int(line.split()[1])
-    raise AssertionError(f"no UdpNoPorts counter in {netns}")
 
 
 def _storm(neighbour_a: str, neighbour_b: str, done: threading.Event) -> None:
@@ -92,7 +46,7 @@ def test_a_drop_storm_in_another_namespace_costs_a_scoped_session_no_events() ->
     from tracer.api import live
 
     with node_with_pods() as node, netns_pair() as other:
-        storm_before = _udp_no_ports(other.b)
+        storm_before = udp_no_ports(other.b)
         with live(filter="udp port 9", node=node.netns) as session:
             done = threading.Event()
             storm = threading.Thread(target=_storm, args=(other.a, other.addr_b, done))
@@ -104,7 +58,7 @@ def test_a_drop_storm_in_another_namespace_costs_a_scoped_session_no_events() ->
             storm.join()
             seen = Counter(event.netns for event in session.events(duration=2))
             counters = session.counters()
-        storm_drops = _udp_no_ports(other.b) - storm_before
+        storm_drops = udp_no_ports(other.b) - storm_before
         expected = {netns_inode(pod): POD_DROPS for pod in node.pods}
         expected[netns_inode(node.netns)] = NODE_DROPS
     assert storm_drops >= STORM * 0.9, f"the storm made only {storm_drops} drops"
@@ -115,14 +69,14 @@ def test_a_drop_storm_in_another_namespace_costs_a_scoped_session_no_events() ->
 def test_flows_on_a_node_loses_nothing_to_a_neighbours_storm() -> None:
     with node_with_pods() as node, netns_pair() as other:
         tracer = start("flows", "--json", "--node", node.netns, "udp port 9")
-        storm_before = _udp_no_ports(other.b)
+        storm_before = udp_no_ports(other.b)
         try:
             send_udp(other.a, other.addr_b, 9, STORM)
             for ip in node.pod_ips:
                 send_udp(node.netns, ip, 9, POD_DROPS)
         finally:
             result = tracer.stop()
-        storm_drops = _udp_no_ports(other.b) - storm_before
+        storm_drops = udp_no_ports(other.b) - storm_before
     assert result.returncode == 0, result.stderr
     assert storm_drops >= STORM * 0.9, f"the storm made only {storm_drops} drops"
     summary = result.summary
