@@ -8,11 +8,12 @@ node and its pods, and lose none.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections import Counter
 
 import pytest
-from support.netns import netns_pair, send_udp
+from support.netns import netns_pair, send_udp, sh
 from support.podtrace import start
 
 from tracer.benchmarks.netns import node_with_pods, udp_no_ports
@@ -83,3 +84,28 @@ def test_flows_on_a_node_loses_nothing_to_a_neighbours_storm() -> None:
     assert summary["lost"] == 0, summary
     # The node's own traffic: POD_DROPS datagrams to each pod, each dropped there; netfilter events for them too.
     assert summary["events"] < STORM // 100, summary
+
+
+def test_a_pod_created_during_the_session_joins_the_scope() -> None:
+    from tracer.api import live
+
+    with node_with_pods(count=1) as node:
+        late = f"{node.netns.removesuffix('-node')}-late"
+        with live(filter="udp port 9", node=node.netns) as session:
+            try:
+                sh("ip", "netns", "add", late)
+                sh("ip", "-n", node.netns, "link", "add", "vlate", "type", "veth", "peer", "name", "eth0",
+                   "netns", late)
+                sh("ip", "-n", node.netns, "addr", "add", f"{node.node_ip}/32", "dev", "vlate")
+                sh("ip", "-n", node.netns, "link", "set", "vlate", "up")
+                sh("ip", "-n", node.netns, "route", "add", "198.18.240.99/32", "dev", "vlate")
+                sh("ip", "-n", late, "addr", "add", "198.18.240.99/24", "dev", "eth0")
+                sh("ip", "-n", late, "link", "set", "eth0", "up")
+                sh("ip", "-n", late, "link", "set", "lo", "up")
+                # The scope is looked at about once a second: poll past that before the pod's traffic.
+                list(session.events(duration=1.5))
+                send_udp(node.netns, "198.18.240.99", 9, POD_DROPS)
+                seen = Counter(event.netns for event in session.events(duration=2))
+                assert seen == {netns_inode(late): POD_DROPS}
+            finally:
+                subprocess.run(["ip", "netns", "del", late], capture_output=True, check=False)
