@@ -10,16 +10,20 @@ from the first bytes, not the name. Pure IO on bytes: nothing here knows about B
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import struct
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from tracer import recording_schema
 from tracer.errors import RecordingError
-from tracer.events import EVENT_SIZE, Tuple
+from tracer.events import EVENT_SIZE, EVENT_SIZES, Tuple
 
 if TYPE_CHECKING:
     from tracer.flows import NatRecord
@@ -29,8 +33,9 @@ MAGIC = b"PODTRACE"
 FORMAT_VERSION = 1
 # Additions within version 1 that older readers skip (header "format_minor"): 1 nat_flows and softirq records,
 # 2 the header's "links" and "conntrack" and the last trailer's "conntrack", 3 per-probe counters ("probe_counters"
-# in counters records and trailers, "probe_counters_at_start" in headers). Absent in the first files: 0.
-FORMAT_MINOR = 3
+# in counters records and trailers, "probe_counters_at_start" in headers), 4 the header's part.run_id (rotation parts
+# are found by it and their index, never by the trailer's "next"). Absent in the first files: 0.
+FORMAT_MINOR = 4
 PREAMBLE = struct.Struct("<8sI")
 
 KIND_HEADER = 1
@@ -49,6 +54,15 @@ RECORD_CRC = struct.Struct("<I")
 EVENT_LEN = struct.Struct("<H")  # before each event: event structs differ in size (packet 296, NAT 128)
 # A length beyond this is corruption, not a record (batches are kept far smaller by the writer).
 MAX_RECORD = 64 << 20
+MAX_JSON = 32 << 20  # a header with kube-proxy's rules of a large cluster is a few MiB
+# Decompression bounds: a part never holds more than MAX_STREAM bytes, and past RATIO_FLOOR bytes the stream may
+# not be more than MAX_RATIO times the compressed bytes read (real recordings compress 5-20x; a bomb of empty
+# records ~1000x). Both end the read with a RecordingError, in bounded memory: output is taken in OUT_CHUNK pieces.
+MAX_STREAM = 16 << 30
+MAX_RATIO = 200
+RATIO_FLOOR = 4 << 20
+OUT_CHUNK = 1 << 20
+ZSTD_IN_CHUNK = 512  # zstd RLE blocks reach ~32000x: 512 input bytes never yield more than ~16 MiB
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -153,77 +167,130 @@ class Record:
     payload: bytes
     offset: int  # of the record's length field in the (decompressed) stream
 
-    def json(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RecordingError(f"record at byte offset {self.offset} holds invalid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise RecordingError(f"record at byte offset {self.offset} is not a JSON object")
+    def json(self, path: str = "") -> dict[str, Any]:
+        """The payload as a JSON object checked against its kind's schema (tracer.recording_schema)."""
+        name = KIND_NAMES_BY_VALUE.get(self.kind, f"kind {self.kind}")
+        what = f"{path + ': ' if path else ''}{name} record at byte offset {self.offset}"
+        if len(self.payload) > MAX_JSON:
+            raise RecordingError(f"{what} is {len(self.payload)} bytes of JSON, more than {MAX_JSON}")
+        data = recording_schema.load(self.payload, what)
+        recording_schema.check(data, recording_schema.schema_of(self.kind), what)
         return data
 
 
 class _Chunks:
-    """Decompressed bytes of a file in chunks; `truncated` once a compressed stream ended early."""
+    """Decompressed bytes of a file in chunks of at most OUT_CHUNK; `truncated` once a compressed stream ended early.
+
+    Bounded whatever the file holds: output is pulled in pieces (never one unbounded decompress call) and the
+    stream is refused past MAX_STREAM bytes or, beyond RATIO_FLOOR, MAX_RATIO times the compressed bytes read.
+    """
 
     def __init__(self, handle: BinaryIO, path: str) -> None:
         self._handle = handle
         self._path = path
         self.truncated = False
+        self._in = 0
+        self._out = 0
         first = handle.read(4)
         handle.seek(0)
         self.compression = "gzip" if first[:2] == GZIP_MAGIC else "zstd" if first == ZSTD_MAGIC else "none"
 
     def __iter__(self) -> Iterator[bytes]:
         if self.compression == "none":
-            while chunk := self._handle.read(1 << 20):
+            while chunk := self._handle.read(OUT_CHUNK):
                 yield chunk
             return
-        yield from (self._gunzip() if self.compression == "gzip" else self._unzstd())
+        pieces = self._gunzip() if self.compression == "gzip" else self._unzstd()
+        for piece in pieces:
+            if piece:
+                self._out += len(piece)
+                self._bounded()
+                yield piece
+
+    def _read(self, size: int) -> bytes:
+        chunk = self._handle.read(size)
+        self._in += len(chunk)
+        return chunk
+
+    def _bounded(self) -> None:
+        if self._out > MAX_STREAM:
+            raise RecordingError(f"{self._path}: decompresses to more than {MAX_STREAM >> 30} GiB, refused",
+                                 "a recording part is never that large: this looks like a decompression bomb")
+        if self._out > RATIO_FLOOR and self._out > MAX_RATIO * max(self._in, 1):
+            raise RecordingError(
+                f"{self._path}: decompresses more than {MAX_RATIO} times its size ({self._in} bytes -> "
+                f"{self._out} so far), refused", "recordings compress far less: this looks like a decompression bomb")
 
     def _gunzip(self) -> Iterator[bytes]:
         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         fed = False  # the current member has input: ending now is a cut, not a clean end
-        while chunk := self._handle.read(1 << 20):
+        while chunk := self._read(1 << 16):
             while chunk:
                 fed = True
                 try:
-                    yield decompressor.decompress(chunk)
+                    yield decompressor.decompress(chunk, OUT_CHUNK)
                 except zlib.error as err:
                     raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
+                if decompressor.unconsumed_tail:
+                    chunk = decompressor.unconsumed_tail
+                    continue
                 if not decompressor.eof:
                     break
                 chunk = decompressor.unused_data  # concatenated gzip members (cat a.gz b.gz)
                 decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 fed = False
         if fed:
-            yield decompressor.flush()
+            yield decompressor.flush(OUT_CHUNK)
             self.truncated = not decompressor.eof
 
     def _unzstd(self) -> Iterator[bytes]:
         zstd = _zstandard()
         decompressor = zstd.ZstdDecompressor().decompressobj()
-        while chunk := self._handle.read(1 << 20):
-            try:
-                yield decompressor.decompress(chunk)
-            except zstd.ZstdError as err:
-                raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
-        self.truncated = not decompressor.eof
+        fed = False
+        while chunk := self._read(ZSTD_IN_CHUNK):
+            while chunk:
+                fed = True
+                try:
+                    yield decompressor.decompress(chunk)
+                except zstd.ZstdError as err:
+                    raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
+                if not decompressor.eof:
+                    break
+                chunk = decompressor.unused_data  # concatenated frames (cat a.zst b.zst)
+                decompressor = zstd.ZstdDecompressor().decompressobj()
+                fed = False
+        self.truncated = fed and not decompressor.eof
+
+
+def open_regular(path: str, follow_symlinks: bool = True) -> BinaryIO:
+    """`path` opened for reading only if it is a regular file: a FIFO or a device would hang or never end the read
+    (O_NONBLOCK makes the open itself return at once), a symlink is refused when `follow_symlinks` is False."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as err:
+        raise RecordingError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise RecordingError(f"{path} is a directory, not a podtrace recording") from err
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RecordingError(f"{path} is a symbolic link: refused as a rotation part") from err
+        raise RecordingError(f"cannot read {path}: {err.strerror}") from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise RecordingError(f"{path} is {what}, not a podtrace recording")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 class RecordReader:
     """Records of one file, in order. Stops cleanly at a cut-off end (`truncated`), raises on corruption."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, follow_symlinks: bool = True) -> None:
         self.path = path
-        try:
-            self._handle: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
-        except FileNotFoundError as err:
-            raise RecordingError(f"{path}: no such file") from err
-        except IsADirectoryError as err:
-            raise RecordingError(f"{path} is a directory, not a podtrace recording") from err
-        except OSError as err:
-            raise RecordingError(f"cannot read {path}: {err.strerror}") from err
+        self._handle: BinaryIO = open_regular(path, follow_symlinks)
         self._chunks = _Chunks(self._handle, path)
         self.compression = self._chunks.compression
         self.truncated = False
@@ -301,21 +368,29 @@ class RecordReader:
                               "everything before it was read")
 
 
-def split_events(record: Record) -> list[bytes]:
-    """The raw events of an EVENTS record."""
+def split_events(record: Record, path: str = "") -> list[bytes]:
+    """The raw events of an EVENTS record, each checked against its type's size (tracer.events.EVENT_SIZES) before
+    anything decodes it. Events of a type this reader does not know are left out (a later minor may add types)."""
     payload = record.payload
     events = []
     position = 0
     unpack = EVENT_LEN.unpack_from
+    where = f"{path + ': ' if path else ''}events record at byte offset {record.offset}"
     while position < len(payload):
         if position + EVENT_LEN.size > len(payload):
-            raise RecordingError(f"events record at byte offset {record.offset} does not hold whole events")
+            raise RecordingError(f"{where} does not hold whole events (a size field is cut at {position})")
         size, = unpack(payload, position)
         position += EVENT_LEN.size
         end = position + size
         if size < 4 or end > len(payload):
-            raise RecordingError(f"events record at byte offset {record.offset} does not hold whole events")
-        events.append(payload[position:end])
+            raise RecordingError(f"{where} does not hold whole events (an event of {size} bytes at {position})")
+        kind = int.from_bytes(payload[position : position + 4], "little")
+        expected = EVENT_SIZES.get(kind)
+        if expected is not None:
+            if size != expected:
+                raise RecordingError(f"{where}: the event at {position} is {size} bytes, a type-{kind} event is "
+                                     f"{expected}")
+            events.append(payload[position:end])
         position = end
     return events
 
@@ -349,6 +424,7 @@ class Recorder:
         self._netns_name = netns_name
         self._symbol = symbol
         self._header = header
+        self.run_id = uuid.uuid4().hex  # every part carries it: a part of another recording is never merged in
         self.netns: dict[int, str] = {int(k): v for k, v in header.get("names", {}).get("netns", {}).items()}
         self.symbols: dict[int, str] = {}
         self.counters: dict[str, int] = {}
@@ -363,7 +439,7 @@ class Recorder:
         path = part_path(self.path, index)
         writer = RecordWriter(path)
         header = dict(self._header)
-        header["part"] = {"index": index, "first": os.path.basename(self.path)}
+        header["part"] = {"index": index, "first": os.path.basename(self.path), "run_id": self.run_id}
         header["counters_at_start"] = dict(self.counters)
         header["probe_counters_at_start"] = {probe: dict(values) for probe, values in self.probe_counters.items()}
         names = dict(header.get("names", {}))
