@@ -14,7 +14,7 @@ from typing import Any
 
 from tracer import __version__
 from tracer.aggregate import DropTable
-from tracer.errors import PodtraceError, RecordingError, UsageError
+from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
 from tracer.events import EVENT_SIZE, decode
 from tracer.flows import write_flow_table
 from tracer.mtu import SUBNET_ENV
@@ -52,7 +52,8 @@ since the start; MTU per node (link MTUs, ICMP frag-needed, fragments and too-bi
 the `podtrace mtu` verdict of each pod's path); VXLAN tunnels and fragments (`podtrace overlay`, when the
 recording has them); softirq (recorded with --softirq). --json: one object per row, the summary last.
 
-exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the damage is still printed)
+exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the damage is still printed),
+4 incomplete: a rotation part is missing or belongs to another recording (the parts found are reported)
 
 examples:
   podtrace report node1.ptrec.gz
@@ -359,6 +360,16 @@ def _warn_truncated(source: ReplaySource) -> None:
     for path in source.truncated_parts:
         sys.stderr.write(f"podtrace: warning: {path} was cut short (recorder killed?): read up to its last "
                          f"complete record\n")
+    for problem in source.incomplete:
+        sys.stderr.write(f"podtrace: warning: incomplete recording: {problem}\n")
+
+
+def _incomplete(source: ReplaySource) -> RecordingIncomplete | None:
+    """The error (exit 4) of a recording with missing or foreign parts, once its warnings are written."""
+    if not source.incomplete:
+        return None
+    return RecordingIncomplete(f"{source.path}: incomplete recording, {len(source.incomplete)} part(s) missing or "
+                               "foreign", "the events of the parts found were read")
 
 
 def _describe(source: ReplaySource) -> str:
@@ -427,6 +438,7 @@ def run_report(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps({**cpu_row.to_json(), "seconds": round(softirq_seconds, 3)}) + "\n")
         summary = summary_json(count, counters, table.evicted)
         summary["truncated"] = source.truncated
+        summary["incomplete"] = source.incomplete
         if services is not None:
             summary["proxy_mode"] = services.mode
         sys.stdout.write(json.dumps(summary) + "\n")
@@ -451,6 +463,8 @@ def run_report(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if error is not None:
         raise error
+    if (incomplete := _incomplete(source)) is not None:
+        raise incomplete
     return 0
 
 
@@ -483,4 +497,6 @@ def run_export(args: argparse.Namespace) -> int:
     sys.stderr.write(f"wrote {writer.packets} packets on {writer.interfaces} interfaces to {args.pcapng}\n")
     if error is not None:
         raise error
+    if (incomplete := _incomplete(source)) is not None:
+        raise incomplete
     return 0

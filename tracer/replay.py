@@ -226,7 +226,14 @@ class ReplaySource:
         path: str | None = self.path
         identity: PartIdentity | None = None
         while path is not None:
-            reader = RecordReader(path, follow_symlinks=identity is None)  # parts: only files, never links
+            if identity is None:
+                reader = RecordReader(path)
+            else:  # a later part: only a regular file of its own name, never a link, a FIFO or a device
+                try:
+                    reader = RecordReader(path, follow_symlinks=False)
+                except RecordingError as err:
+                    self.incomplete.append(err.message)
+                    return
             self.parts.append(path)
             more = False  # the trailer says another part follows (its `next` is a flag here, never a path)
             ended = False  # a trailer was read: a part without one was cut short, even at a record boundary
