@@ -19,7 +19,15 @@ from tracer.events import EVENT_SIZE, decode
 from tracer.flows import write_flow_table
 from tracer.mtu import SUBNET_ENV
 from tracer.recorded_node import relevant
-from tracer.recording import FORMAT_MINOR, FORMAT_VERSION, Recorder, compression_of, nat_to_json, parse_size
+from tracer.recording import (
+    FORMAT_MINOR,
+    FORMAT_VERSION,
+    Recorder,
+    compression_of,
+    create_new,
+    nat_to_json,
+    parse_size,
+)
 from tracer.replay import ReplaySource
 from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
 
@@ -86,6 +94,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     record.add_argument("-o", "--output", required=True, metavar="FILE", help="recording to write")
     record.add_argument("--max-size", metavar="N", help="start a new part when a file reaches N bytes (10M, 1G)")
+    record.add_argument("--mode", default="0600", metavar="OCTAL",
+                        help="permissions of the files written (default %(default)s: they hold packet bytes)")
     add_trace_options(record)
     record.add_argument("--node", action="append", metavar="NETNS",
                         help="also record Service flows: attach netfilter links in this node's network namespace "
@@ -240,7 +250,8 @@ class _RecordLoop:
         known[own] = "host"
         names.symbol(1)  # load kallsyms now (~0.6 s), not on the first drop while the ring buffer fills
         header = build_header(self.args, source, known)
-        self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size)
+        self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size,
+                                 self.args.file_mode)
         self.recorder.write_counters(source.counters(), time.monotonic_ns(), source.probe_counters())
         if getattr(self.args, "softirq", False):
             from tracer.softirq import SoftirqProbe
@@ -311,6 +322,10 @@ class _RecordLoop:
 
 
 def _check_output(path: str) -> None:
+    if os.path.lexists(path):  # the writer refuses it too (O_EXCL): say so before compiling probes
+        what = "a symbolic link" if os.path.islink(path) else "an existing file"
+        raise UsageError(f"cannot write {path}: it is {what}, refused (podtrace never overwrites or follows links)",
+                         "remove it or choose another name")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"cannot write {path}: {directory} does not exist")
@@ -329,6 +344,7 @@ def run_record(args: argparse.Namespace) -> int:
         max_size = parse_size(args.max_size) if args.max_size else None
     except ValueError as err:
         raise UsageError(f"--max-size: {err}") from err
+    args.file_mode = parse_mode(args.mode)
     _check_output(args.output)
     loop = _RecordLoop(args, max_size)
     source = None
@@ -351,6 +367,17 @@ def run_record(args: argparse.Namespace) -> int:
         files = args.output if len(recorder.parts) == 1 else f"{args.output} (+{len(recorder.parts) - 1} parts)"
         sys.stderr.write(f"recorded {summary_line(count, counters)} to {files}, {recorder.bytes_written} bytes\n")
     return 0
+
+
+def parse_mode(text: str) -> int:
+    """--mode: octal permissions, at most 0666 (no execute, no set-id bits)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o666 or mode & 0o111:
+        raise UsageError(f"--mode {text!r} is not a file mode", "use octal permissions such as 0600 or 0640")
+    return mode
 
 
 # --- report and export ----------------------------------------------------------------------------------------
@@ -481,7 +508,7 @@ def run_export(args: argparse.Namespace) -> int:
     header = source.header
     error: PodtraceError | None = None
     try:
-        with open(args.pcapng, "wb") as out:
+        with create_new(args.pcapng) as out:
             writer = PcapngWriter(out, f"Linux {header.get('kernel_release', '')}", header.get("hostname", ""))
             try:
                 for raw in source:
@@ -490,7 +517,7 @@ def run_export(args: argparse.Namespace) -> int:
             except RecordingError as err:
                 error = err  # the packets before the damage are in the file
     except OSError as err:
-        raise RecordingError(f"cannot write {args.pcapng}: {err.strerror}") from err
+        raise RecordingError(f"cannot write {args.pcapng}: {err.strerror or err}") from err
     finally:
         source.close()
     _warn_truncated(source)

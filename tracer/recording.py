@@ -10,6 +10,7 @@ from the first bytes, not the name. Pure IO on bytes: nothing here knows about B
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -99,17 +100,45 @@ def encode_events(raw_events: list[bytes]) -> bytes:
     return encode_record(KIND_EVENTS, b"".join(pack(len(raw)) + raw for raw in raw_events))
 
 
+FILE_MODE = 0o600  # recordings hold packet snippets: readable by their owner only unless asked (--mode)
+
+
+class WriteFailed(RecordingError):
+    """Writing a recording failed (most often a full disk): the file holds what was written before."""
+
+    def __init__(self, path: str, err: OSError) -> None:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        what = "the disk is full" if full else (err.strerror or str(err))
+        super().__init__(f"cannot write {path}: {what}; the recording ends here",
+                         "what was written before is readable: podtrace report reads it up to the last complete "
+                         "record")
+
+
+def create_new(path: str, mode: int = FILE_MODE) -> BinaryIO:
+    """A new file for writing, created with `mode` exactly (not widened by the umask's absence, not narrowed by
+    it): O_EXCL and O_NOFOLLOW, so an existing file or a planted symlink at a predictable path is refused rather
+    than overwritten or followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError as err:
+        what = "a symbolic link" if os.path.islink(path) else "an existing file"
+        raise RecordingError(f"cannot write {path}: it is {what}, refused (podtrace never overwrites or follows "
+                             "links)", "remove it or choose another name") from err
+    except OSError as err:
+        raise RecordingError(f"cannot write {path}: {err.strerror}") from err
+    os.fchmod(fd, mode)
+    return os.fdopen(fd, "wb")
+
+
 class RecordWriter:
     """One recording file: preamble on open, records appended, flushed and fsynced on close."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, mode: int = FILE_MODE) -> None:
         self.path = path
         self.compression = compression_of(path)
         zstd = _zstandard() if self.compression == "zstd" else None  # fail before creating the file
-        try:
-            self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
-        except OSError as err:
-            raise RecordingError(f"cannot write {path}: {err.strerror}") from err
+        self._file: BinaryIO = create_new(path, mode)
         self._gzip: Any = None
         self._zstd: Any = None
         if self.compression == "gzip":
@@ -128,7 +157,24 @@ class RecordWriter:
         elif self._zstd is not None:
             data = self._zstd.compress(data)
         if data:
-            self._file.write(data)
+            self._out(self._file.write, data)
+
+    def _out(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A write, flush or fsync of the file; a full disk (or any write error) is one RecordingError."""
+        try:
+            return call(*args)
+        except OSError as err:
+            self.abandon()
+            raise WriteFailed(self.path, err) from err
+
+    def abandon(self) -> None:
+        """Close without writing anything more (after a write error: what reached the file stays readable)."""
+        if self._file.closed:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self._file.fileno())  # not file.close(): it would flush the buffer again and fail again
+        with contextlib.suppress(OSError, ValueError):
+            self._file.close()
 
     @property
     def size(self) -> int:
@@ -144,20 +190,20 @@ class RecordWriter:
     def flush(self) -> None:
         """Push everything written so far to the kernel (a SIGKILL after this loses nothing before it)."""
         if self._gzip is not None:
-            self._file.write(self._gzip.flush(zlib.Z_SYNC_FLUSH))
+            self._out(self._file.write, self._gzip.flush(zlib.Z_SYNC_FLUSH))
         elif self._zstd is not None:
-            self._file.write(self._zstd.flush(_zstandard().COMPRESSOBJ_FLUSH_BLOCK))
-        self._file.flush()
+            self._out(self._file.write, self._zstd.flush(_zstandard().COMPRESSOBJ_FLUSH_BLOCK))
+        self._out(self._file.flush)
 
     def close(self) -> None:
         if self._file.closed:
             return
         if self._gzip is not None:
-            self._file.write(self._gzip.flush(zlib.Z_FINISH))
+            self._out(self._file.write, self._gzip.flush(zlib.Z_FINISH))
         elif self._zstd is not None:
-            self._file.write(self._zstd.flush())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+            self._out(self._file.write, self._zstd.flush())
+        self._out(self._file.flush)
+        self._out(os.fsync, self._file.fileno())
         self._file.close()
 
 
@@ -418,9 +464,11 @@ class Recorder:
     """
 
     def __init__(self, path: str, header: dict[str, Any], netns_name: Callable[[int], str],
-                 symbol: Callable[[int], str], max_size: int | None = None) -> None:
+                 symbol: Callable[[int], str], max_size: int | None = None, mode: int = FILE_MODE) -> None:
         self.path = path
         self.max_size = max_size
+        self.mode = mode
+        self.failed: RecordingError | None = None  # a write failed (disk full): nothing more is written
         self._netns_name = netns_name
         self._symbol = symbol
         self._header = header
@@ -437,7 +485,7 @@ class Recorder:
 
     def _open(self, index: int) -> RecordWriter:
         path = part_path(self.path, index)
-        writer = RecordWriter(path)
+        writer = RecordWriter(path, self.mode)
         header = dict(self._header)
         header["part"] = {"index": index, "first": os.path.basename(self.path), "run_id": self.run_id}
         header["counters_at_start"] = dict(self.counters)
@@ -451,7 +499,26 @@ class Recorder:
         self.part_events = 0
         return writer
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[bool]:
+        """Yields False once a write has failed; a failure ends the recording with the file kept as it is."""
+        if self.failed is not None:
+            yield False
+            return
+        try:
+            yield True
+        except RecordingError as err:  # WriteFailed, or a part that could not be created
+            self.failed = err
+            with contextlib.suppress(OSError):
+                self.bytes_written += os.path.getsize(self._writer.path)
+            raise
+
     def add(self, raw_events: list[bytes]) -> None:
+        with self._writing() as ok:
+            if ok:
+                self._add_all(raw_events)
+
+    def _add_all(self, raw_events: list[bytes]) -> None:
         # With a size limit, batches are cut to an eighth of it so a part overshoots by at most that.
         step = max(1, self.max_size // (8 * EVENT_SIZE)) if self.max_size else len(raw_events) or 1
         for start in range(0, len(raw_events), step):
@@ -491,21 +558,30 @@ class Recorder:
         if probes is not None:
             self.probe_counters = {probe: dict(values) for probe, values in probes.items()}
             record["probe_counters"] = self.probe_counters
-        self._writer.write_json(KIND_COUNTERS, record)
+        with self._writing() as ok:
+            if ok:
+                self._writer.write_json(KIND_COUNTERS, record)
 
     def write_nat_flows(self, records: list[dict[str, Any]], monotonic_ns: int) -> None:
         """A snapshot of the kernel's nat_flows map (cumulative: the latest one read wins)."""
-        self._writer.write_json(KIND_NAT_FLOWS, {"nat_flows": records, "monotonic_ns": monotonic_ns})
+        with self._writing() as ok:
+            if ok:
+                self._writer.write_json(KIND_NAT_FLOWS, {"nat_flows": records, "monotonic_ns": monotonic_ns})
 
     def write_softirq(self, snapshot: SoftirqSnapshot) -> None:
         """A snapshot of the softirq/NAPI counters (cumulative: a report takes last minus first)."""
-        self._writer.write_json(KIND_SOFTIRQ, softirq_to_json(snapshot))
+        with self._writing() as ok:
+            if ok:
+                self._writer.write_json(KIND_SOFTIRQ, softirq_to_json(snapshot))
 
     def flush(self) -> None:
-        self._writer.flush()
-        # Compressed output reaches the file at flushes: this is where a compressed part sees its real size.
-        if self.max_size and self._writer.size >= self.max_size:
-            self._rotate()
+        with self._writing() as ok:
+            if not ok:
+                return
+            self._writer.flush()
+            # Compressed output reaches the file at flushes: this is where a compressed part sees its real size.
+            if self.max_size and self._writer.size >= self.max_size:
+                self._rotate()
 
     def _finish(self, writer: RecordWriter, extra: dict[str, Any]) -> None:
         trailer = {"counters": self.counters, "events": self.part_events, "total_events": self.events, **extra}
@@ -522,7 +598,9 @@ class Recorder:
             self.counters = dict(final_counters)
         if probes:
             self.probe_counters = {probe: dict(values) for probe, values in probes.items()}
-        self._finish(self._writer, {**(extra or {}), "next": None, "end_wall_ns": end_wall_ns})
+        with self._writing() as ok:
+            if ok:
+                self._finish(self._writer, {**(extra or {}), "next": None, "end_wall_ns": end_wall_ns})
 
 
 _TUPLE_FIELDS = ("sport", "dport", "family", "proto", "icmp_type", "icmp_code", "frag", "ip_len")

@@ -43,6 +43,14 @@ def _cli(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def _export(path: str, out: str) -> tuple[int, str]:
+    try:
+        return _cli(["export", path, "--pcapng", out])
+    finally:
+        if os.path.exists(out):  # export never overwrites: each file gets a fresh output name
+            os.unlink(out)
+
+
 def _api(path: str) -> str:
     from tracer.api import open_recording
     from tracer.errors import RecordingError
@@ -84,7 +92,7 @@ def _tui(path: str) -> str:
 def check(path: str, out_dir: str) -> dict[str, Any]:
     result: dict[str, Any] = {"file": os.path.basename(path)}
     for name, run in (("report", lambda: _cli(["report", path])),
-                      ("export", lambda: _cli(["export", path, "--pcapng", os.path.join(out_dir, "out.pcapng")])),
+                      ("export", lambda: _export(path, os.path.join(out_dir, "out.pcapng"))),
                       ("api", lambda: _api(path)), ("tui", lambda: _tui(path))):
         signal.alarm(ALARM_S)
         try:
