@@ -177,7 +177,7 @@ class FlightRecorder:
         if age >= self.retention.segment_s or current.size >= self.retention.ring_bytes // 4:
             self._close_current()
             self._open()
-            self._prune_segments()
+        self._prune_segments()  # every tick: the ring is over its cap for at most one tick's events
 
     def _prune_segments(self) -> None:
         horizon = self._clock() - int(self.retention.ring_s * 1e9)
@@ -229,10 +229,11 @@ class FlightRecorder:
 
     def _seal(self, incident: Incident) -> str:
         lo = incident.at_ns - int(self.retention.before_s * 1e9)
-        hi = max(incident.seal_ns, self._clock()) if self.pending is None else incident.seal_ns
+        hi = max(incident.seal_ns, self._clock())
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(incident.firings[0]["wall_ns"] / 1e9))
         final = os.path.join(self.incidents_dir, f"incident-{stamp}-{_slug(incident.trigger)}{SEGMENT_SUFFIX}")
-        partial = os.path.join(self.incidents_dir, f".{os.path.basename(final)}.partial")
+        # Hidden until complete; the same suffix, so it is compressed the same way (tracer/recording.py).
+        partial = os.path.join(self.incidents_dir, f".partial-{os.path.basename(final)}")
         chosen = [s for s in self.segments if s.ours and s.end_ns >= lo and s.start_ns <= hi]
         base = next(((c, p) for ts, c, p in reversed(self._counter_log) if ts <= lo), None) or \
             ((self._counter_log[0][1], self._counter_log[0][2]) if self._counter_log else ({}, {}))
