@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "tracer.cmd_overlay",
     "tracer.cmd_tui",
     "tracer.cmd_record",
+    "tracer.cmd_serve",
 )
 
 EPILOG = """\
