@@ -37,3 +37,32 @@ def test_path_rate_only_where_path_events_are_traced() -> None:
         assert "--path-rate" in subcommands[name].format_help(), name
     for name in ("drops", "flows"):
         assert "--path-rate" not in subcommands[name].format_help(), name
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`podtrace report FILE | head -1`: no BrokenPipeError traceback, SIGPIPE's exit status.
+
+    The pipe's read end is closed before the command starts, so its first write fails: no race with
+    a pipe buffer large enough to hold the whole report.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recording = Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tracer.cli", "report", str(recording)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 141, (result.returncode, result.stderr)
