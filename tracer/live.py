@@ -165,6 +165,18 @@ class LiveSource:
         links = list(self._bpf["nat_flows"].items()) if self.config.netfilter else []
         return links + self.ipvs_flows()
 
+    def forget_nat_flows(self, idle_before_ns: int) -> int:
+        """Delete nat_flows entries last seen before `idle_before_ns` (monotonic): the map holds 16384 flows, and
+        a long-running reader (`podtrace serve`) that has counted an idle one frees its slot for new ones."""
+        if self._bpf is None or not self.config.netfilter:
+            return 0
+        table = self._bpf["nat_flows"]
+        idle = [key for key, stats in table.items() if stats.last_ns < idle_before_ns]
+        for key in idle:
+            with contextlib.suppress(KeyError):
+                del table[key]
+        return len(idle)
+
     def ipvs_flows(self) -> list[tuple[Any, Any]]:
         """IPVS records from bpf/ipvs.c, keyed like nat_flows: connections, NAT transmits, replies (kprobes)."""
         if self._bpf is None or "ipvs_kprobe" not in self.build.programs:
