@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the subcommands import (BCC, pyroute2, textual: up to a second)
+        return 130
     if not getattr(args, "func", None):
         if not sys.stdout.isatty():
             parser.print_help()

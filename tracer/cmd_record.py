@@ -187,14 +187,30 @@ def node_namespaces(args: argparse.Namespace) -> list[str | None]:
     return list(getattr(args, "node", None) or [getattr(args, "netns", None)])
 
 
-def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -> dict[str, Any]:
+def prepare_header(args: argparse.Namespace) -> dict[str, Any]:
+    """The slow parts of the header that do not need the probes (the attach ladder loads test programs, the checks
+    watch for 0.2 s, kube-proxy's rules take a while on a large node): read before the probes attach, so nothing
+    waits in the ring buffer meanwhile."""
     from tracer.recorded_node import collect_conntrack, collect_links
 
     plan, plan_error = _attach_plan()
     nodes = node_namespaces(args)
-    links = collect_links(nodes, getattr(args, "subnet_env", SUBNET_ENV))
-    conntrack = collect_conntrack(nodes)  # before the clock: events follow it
+    return {
+        "attach_plan": plan,
+        "attach_plan_error": plan_error,
+        "node_checks": _node_checks(args.netns),
+        "links": collect_links(nodes, getattr(args, "subnet_env", SUBNET_ENV)),
+        "conntrack": collect_conntrack(nodes),  # each node's table at the start (the last trailer has the end)
+        "lab": _lab_names(),
+        **({"services": _services(args.node)} if getattr(args, "node", None) else {}),
+    }
+
+
+def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str],
+                 prepared: dict[str, Any] | None = None) -> dict[str, Any]:
+    found = dict(prepared if prepared is not None else prepare_header(args))
     wall, mono = time.time_ns(), time.monotonic_ns()
+    lab = found.pop("lab")
     return {
         "format_version": FORMAT_VERSION,
         "format_minor": FORMAT_MINOR,
@@ -204,19 +220,14 @@ def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str]) -
         "hostname": socket.gethostname(),
         # events carry bpf_ktime_get_ns (CLOCK_MONOTONIC): wall = ts_ns + wall_offset_ns
         "clock": {"wall_ns": wall, "monotonic_ns": mono, "wall_offset_ns": wall - mono},
-        "attach_plan": plan,
-        "attach_plan_error": plan_error,
         "attached": list(source.attached),
         "programs": list(source.build.programs),
         "drop_reasons": {str(value): name for value, name in sorted(source.reasons.items())},
         "filter": {"expression": " ".join(args.filter), "netns": args.netns, "netns_inode": source.config.netns_inode,
                    "ifname": args.ifname},
         "event_size": EVENT_SIZE,
-        "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": _lab_names()},
-        "node_checks": _node_checks(args.netns),
-        "links": links,  # every link of each node namespace, pod ends of veths, subnet.env: the MTU section
-        "conntrack": conntrack,  # each node's table at the start (the last trailer has it at the end)
-        **({"services": _services(args.node)} if getattr(args, "node", None) else {}),
+        "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": lab},
+        **found,  # attach plan, node checks, links (the MTU section), conntrack at the start, kube-proxy's rules
     }
 
 
@@ -241,15 +252,25 @@ class _RecordLoop:
         self.next_tick = 0.0
         self.status = sys.stderr.isatty()
         self.softirq: Any = None  # tracer.softirq.SoftirqProbe with --softirq
+        self.prepared: dict[str, Any] | None = None  # prepare_header(), read before the probes attach
+        self.drained = 0  # events read during on_start (the session counts only those it delivers)
+
+    def _drain(self, source: Any) -> None:
+        """Take what the ring buffer holds now: the probes are attached and run while the header is made."""
+        batch = source.poll_raw(0)
+        self.pending += batch
+        self.drained += len(batch)
 
     def on_start(self, source: Any, names: Any) -> None:
         from tracer.names import named_netns
 
+        self._drain(source)
         known = {inode: name for name, inode in named_netns().items()}
         own = os.stat("/proc/self/ns/net").st_ino
         known[own] = "host"
         names.symbol(1)  # load kallsyms now (~0.6 s), not on the first drop while the ring buffer fills
-        header = build_header(self.args, source, known)
+        self._drain(source)
+        header = build_header(self.args, source, known, self.prepared)
         self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size,
                                  self.args.file_mode)
         self.recorder.write_counters(source.counters(), time.monotonic_ns(), source.probe_counters())
@@ -257,7 +278,9 @@ class _RecordLoop:
             from tracer.softirq import SoftirqProbe
 
             self.softirq = SoftirqProbe()
+            self._drain(source)
             self.softirq.start(progress=False)
+            self._drain(source)
             self.recorder.write_softirq(self.softirq.snapshot())
         self.recorder.flush()
         self.next_tick = time.monotonic() + TICK_S
@@ -345,8 +368,15 @@ def run_record(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(f"--max-size: {err}") from err
     args.file_mode = parse_mode(args.mode)
+    if args.node and args.netns:
+        raise UsageError("record --node takes no --netns: with --node, drops are recorded in every namespace and "
+                         "netfilter is traced in the --node ones", "leave out --netns")
     _check_output(args.output)
+    from tracer import bccenv
+
+    bccenv.require_root("tracing")  # before the header's slow parts, which need it too
     loop = _RecordLoop(args, max_size)
+    loop.prepared = prepare_header(args)
     source = None
     try:
         source, _names, count = run_session(args, path=bool(args.filter), on_raw=loop.on_raw,
@@ -359,6 +389,7 @@ def run_record(args: argparse.Namespace) -> int:
     assert loop.recorder is not None
     recorder = loop.recorder
     counters = source.final_counters
+    count += loop.drained
     if args.json:
         summary = summary_json(count, counters)
         summary.update({"file": args.output, "parts": recorder.parts, "bytes": recorder.bytes_written})

@@ -256,6 +256,7 @@ class ReplaySource:
             finally:
                 reader.close()
             if foreign:
+                self.parts.remove(path)
                 self.incomplete.append(f"{path} {foreign}")
                 return
             if reader.truncated or not ended:

@@ -1,8 +1,9 @@
 """Fuzz: hostile variants of real recordings through every reader (report, export, API, TUI replay).
 
 The seed corpus is the real recordings in tests/unit/fixtures/recordings: v1.ptrec as recorded, and the same file
-with the real `links`/`conntrack` entries of node-links.json put in its header and trailer, each plain, gzip and
-zstd. tests/unit/recording_mutate.py derives the variants (CRCs recomputed) from a fixed seed; a worker process
+with the real `links`/`conntrack` entries of node-links.json put in its header and trailer, and with the lab's real
+iptables-save and nft output (tests/unit/fixtures/kubeproxy) as its recorded Services, each plain, gzip and zstd.
+tests/unit/recording_mutate.py derives the variants (CRCs recomputed) from a fixed seed; a worker process
 (tests/unit/recording_fuzz_worker.py) reads them. Every read must end in a normal result or one podtrace line:
 no traceback, no hang, and the worker's peak RSS under RSS_BOUND_MIB.
 """
@@ -42,7 +43,13 @@ def seeds() -> dict[str, list[tuple[int, bytes]]]:
         elif kind == KIND_TRAILER:
             payload = json.dumps({**json.loads(payload), "conntrack": node["conntrack_end"]}).encode()
         with_node.append((kind, payload))
-    return {"v1": plain, "node": with_node}
+    rules = FIXTURES.parent / "kubeproxy"  # real iptables-save and nft output of the lab (their README)
+    services = {"nodes": [{"netns": "pt-node1", "error": "", "commands": {
+        "iptables-save": (rules / "lab-iptables-node1.save").read_text(),
+        "nft -j list ruleset": (rules / "lab-nft-node1.json").read_text(), "ipvsadm -Ln": None}}]}
+    with_services = [(KIND_HEADER, json.dumps({**json.loads(plain[0][1]), "services": services}).encode()),
+                     *plain[1:]]
+    return {"v1": plain, "node": with_node, "services": with_services}
 
 
 def corpus(directory: Path) -> list[Path]:

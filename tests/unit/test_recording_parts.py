@@ -53,6 +53,7 @@ def test_a_part_of_another_recording_is_not_merged_in(tmp_path: Path) -> None:
     source, events = replay_all(tmp_path / "a" / "trace.ptrec")
     assert len(source.incomplete) == 1 and "belongs to another recording" in source.incomplete[0]
     assert events == part_events(parts[0])  # nothing of b's part, and nothing after it
+    assert source.parts == [parts[0]]
 
 
 def test_the_trailers_next_is_never_opened(tmp_path: Path) -> None:

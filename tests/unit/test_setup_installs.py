@@ -29,7 +29,7 @@ PACKAGES = {
 }
 # Every Debian and Ubuntu system has these (Essential: yes packages: coreutils, util-linux, bash, tar, dash),
 # the interpreter runs the suite, and vng comes with the virtme-ng Python package (pyproject's dev extra).
-PRESENT = {"bash", "cat", "id", "mount", "nsenter", "python3", "setpriv", "sh", "tar", "unshare", "vng"}
+PRESENT = {"bash", "cat", "id", "mount", "nsenter", "python3", "setpriv", "sh", "tar", "umount", "unshare", "vng"}
 
 
 def _commands() -> dict[str, set[str]]:
