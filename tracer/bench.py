@@ -23,6 +23,7 @@ from tracer.benchmarks import (
     pipeline,
     probecost,
     rulecount,
+    serve,
     startup,
     sustained,
 )
@@ -38,6 +39,7 @@ SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool
     "sustained": (sustained.run, True),
     "rulecount": (rulecount.run, True),
     "neighbour": (neighbour.run, True),
+    "serve": (serve.run, True),
 }
 
 
