@@ -22,6 +22,7 @@ from tracer.benchmarks import (
     packetpath,
     pipeline,
     probecost,
+    reader,
     rulecount,
     serve,
     startup,
@@ -39,6 +40,7 @@ SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool
     "sustained": (sustained.run, True),
     "rulecount": (rulecount.run, True),
     "neighbour": (neighbour.run, True),
+    "reader": (reader.run, True),
     "serve": (serve.run, True),
 }
 

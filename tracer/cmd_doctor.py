@@ -88,8 +88,9 @@ def btf_facts(path: str | None) -> dict[str, Any]:
 
 
 def fixes_for(plan: AttachPlan, trials: dict[str, Trial]) -> list[str]:
-    texts = [trial.reason for trial in trials.values() if not trial.ok]
-    texts += [rejected["reason"] for hook in plan.hooks for rejected in hook.rejected]
+    # Only what stood between a hook point and a better program: a mechanism no hook offers (fentry) needs no fix.
+    del trials
+    texts = [rejected["reason"] for hook in plan.hooks for rejected in hook.rejected]
     return [fix for fragment, fix in FIXES if any(fragment in text for text in texts)]
 
 

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nflink, tc
+from tracer import bccenv, kernelfs, netfilter, nflink, ringbuf, tc
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import (
@@ -68,6 +68,7 @@ class LiveSource:
         self._tc: list[tc.TcAttachment] = []
         self._scope = ScopeWatch(config.scope) if config.scope is not None else None
         self._scope_checked = 0.0
+        self._ring: ringbuf.RingReader | None = None
 
     def start(self, progress: bool = True) -> None:
         bcc = bccenv.bcc_module()
@@ -89,7 +90,18 @@ class LiveSource:
             self._attach_tc()
         if self.config.kprobes:
             self._attach_kprobes()
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._open_ring()
+
+    def _open_ring(self) -> None:
+        """Our own mmap reader where it is safe (tracer/ringbuf.py), else BCC's callback per event."""
+        table = self._bpf["events"]
+        if ringbuf.supported() and not os.environ.get("PODTRACE_BCC_RINGBUF"):
+            try:
+                self._ring = ringbuf.RingReader(table.map_fd, int(table.max_entries))
+                return
+            except (OSError, ValueError):
+                self._ring = None
+        table.open_ring_buffer(self._on_event)
 
     def _attach_kprobes(self) -> None:
         """The kprobe programs of config.kprobes whose function is in this kernel (tracer/kprobes.py)."""
@@ -218,10 +230,14 @@ class LiveSource:
         if now - self._scope_checked >= SCOPE_REFRESH_S:
             self._scope_checked = now
             self._refresh_scope()
-        self._bpf.ring_buffer_poll(timeout_ms)
         # The probes wake the reader only every 64 events per CPU (bpf/skb.h pt_wakeup): what arrived quietly
         # is drained here, so a poll's timeout is also the longest an event waits.
-        self._bpf.ring_buffer_consume()
+        if self._ring is not None:
+            self._ring.wait(timeout_ms)
+            self._ring.drain(self._pending)
+        else:
+            self._bpf.ring_buffer_poll(timeout_ms)
+            self._bpf.ring_buffer_consume()
         batch, self._pending = self._pending, []
         complete = [raw for raw in batch if len(raw) >= EVENT_SIZES.get(raw[0], EVENT_SIZE)]
         self.decode_errors += len(batch) - len(complete)
@@ -262,6 +278,9 @@ class LiveSource:
         for link in self._links:
             link.close()
         self._links = []
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self._bpf is not None:
             self.final_probe_counters = self.probe_counters()
             self.final_counters = self.counters()
