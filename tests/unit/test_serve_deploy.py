@@ -129,3 +129,18 @@ def test_docs_list_every_metric_and_no_other() -> None:
     for metric in METRICS:
         row = next(line for line in text.splitlines() if line.startswith(f"| `{metric.exported}` |"))
         assert row.split("|")[2].strip() == ", ".join(metric.labels), metric.name
+
+
+def test_the_daemonset_args_are_valid_serve_flags() -> None:
+    import argparse
+
+    from tracer.cmd_serve import add_parser
+    from tracer.serve.options import from_args
+
+    container = _documents("daemonset.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
+    argv = [arg.replace("$(POD_IP)", "10.0.0.1") for arg in container["args"]]
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    options = from_args(parser.parse_args(argv))
+    assert (options.address, options.port) == ("10.0.0.1", container["ports"][0]["containerPort"])
+    assert [trigger.kind for trigger in options.triggers] == ["drop-rate", "conntrack-fill"]
