@@ -356,3 +356,4 @@ class FlightRecorder:
         if self.pending is not None:
             self.tick(force=True)
         self._close_current()
+        self._prune_segments()  # the trailer just written counts against the cap too
