@@ -59,6 +59,7 @@ class Recording:
         self.header: dict[str, Any] = source.header
         self.names: RecordedNames = source.names
         self.truncated = False
+        self.incomplete: list[str] = []  # missing or foreign rotation parts of the last full read, one line each
         self.counters: dict[str, int] = {}
         self.events = 0
 
@@ -78,6 +79,7 @@ class Recording:
             source.close()
             self.names = source.names
             self.truncated = source.truncated
+            self.incomplete = list(source.incomplete)
             self.counters = source.final_counters
 
     def __iter__(self) -> Iterator[PacketEvent]:
@@ -169,7 +171,8 @@ class Recording:
 
     def summary(self) -> dict[str, Any]:
         """Events, lost, ... of the last full read (as the CLI summary object)."""
-        return summary_json(self.events, self.counters)
+        return {**summary_json(self.events, self.counters), "truncated": self.truncated,
+                "incomplete": self.incomplete}
 
 
 def open_recording(path: str, follow: bool = True) -> Recording:

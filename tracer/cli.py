@@ -26,7 +26,7 @@ COMMAND_MODULES = (
 )
 
 EPILOG = """\
-exit codes: 0 ok, 1 error, 2 usage, 3 found what --fail-on-... asked about
+exit codes: 0 ok, 1 error, 2 usage, 3 found what --fail-on-... asked about, 4 incomplete recording (a part missing)
 
 examples:
   sudo podtrace doctor                    what this kernel lets podtrace see
