@@ -24,6 +24,7 @@ from tracer.benchmarks import (
     probecost,
     reader,
     rulecount,
+    serve,
     startup,
     sustained,
 )
@@ -40,6 +41,7 @@ SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool
     "rulecount": (rulecount.run, True),
     "neighbour": (neighbour.run, True),
     "reader": (reader.run, True),
+    "serve": (serve.run, True),
 }
 
 

