@@ -8,19 +8,22 @@ address (getsockname) and the VIP it dialled, never from the packet's post-DNAT 
 from __future__ import annotations
 
 import ctypes
+import json
 import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from support.netns import send_udp, sh
-from support.podtrace import start
+from support.podtrace import run, start
 
 from bpf import BPF_DIR
 from tracer import bccenv, events
+from tracer.api import open_recording
 
 pytestmark = pytest.mark.root
 
@@ -148,3 +151,19 @@ def test_python_ct_event_mirror_matches_the_struct_bcc_compiles() -> None:
                 assert getattr(leaf, name).offset == offsets[name], name
     finally:
         module.cleanup()
+
+
+def test_a_recording_keeps_the_identity_and_report_shows_it(dnat: Dnat, tmp_path: Path) -> None:
+    path = tmp_path / "dnat.ptrec.gz"
+    tracer = start("record", "-o", str(path), "--netns", dnat.node, "tcp")
+    client = sh(sys.executable, "-c", CONNECT, dnat.vip, netns=dnat.client).strip()
+    time.sleep(0.5)
+    assert tracer.stop().returncode == 0, tracer.stderr
+    report = run("report", "--json", str(path))  # no BPF: from the recorded events alone
+    assert report.returncode == 0, report.stderr
+    rows = [json.loads(line) for line in report.stdout.splitlines() if line.startswith("{")]
+    [row] = [row for row in rows if row.get("reason") == "NETFILTER_DROP" and row.get("dport") == 8080]
+    assert (row["ct_client"], row["ct_dialled"], row["ct_backend"]) == (
+        client, f"{dnat.vip}:80", f"{dnat.backend_addr}:8080")
+    rec = open_recording(str(path))
+    assert [r["ct_dialled"] for r in rec.drop_rows() if r["dport"] == 8080] == [f"{dnat.vip}:80"]
