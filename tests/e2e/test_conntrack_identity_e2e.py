@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.netns import send_udp, sh
+from support.netns import netns_pair, send_udp, sh
 from support.podtrace import run, start
 
 from bpf import BPF_DIR
@@ -167,3 +167,29 @@ def test_a_recording_keeps_the_identity_and_report_shows_it(dnat: Dnat, tmp_path
         client, f"{dnat.vip}:80", f"{dnat.backend_addr}:8080")
     rec = open_recording(str(path))
     assert [r["ct_dialled"] for r in rec.drop_rows() if r["dport"] == 8080] == [f"{dnat.vip}:80"]
+
+
+SERVER_NEVER_ACCEPTS = """
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7001)); s.listen()
+time.sleep(0.8); s.close()  # the connection in its accept queue, with data nobody read, is torn down
+"""
+CLIENT_SENDS = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7001)); s.sendall(b'x' * 3000); time.sleep(1); s.close()
+"""
+
+
+def test_a_connection_closed_with_unread_data_is_a_benign_row_not_loss() -> None:
+    with netns_pair() as pair:
+        tracer = start("drops", "--json", "--netns", pair.b)
+        server = subprocess.Popen(["ip", "netns", "exec", pair.b, sys.executable, "-c", SERVER_NEVER_ACCEPTS])
+        time.sleep(0.3)
+        sh(sys.executable, "-c", CLIENT_SENDS, pair.addr_b, netns=pair.a)
+        server.wait(timeout=10)
+        time.sleep(0.3)
+        result = tracer.stop()
+    mine = [row for row in result.rows if row["proto"] == "tcp" and row["dport"] == 7001]
+    assert mine and {(row["reason"], row["severity"]) for row in mine} == {("QUEUE_PURGE", "benign")}, mine
+    classes = [row["severity"] for row in result.rows]
+    assert classes == sorted(classes, key=lambda c: c == "benign"), "benign rows come last"
