@@ -96,9 +96,11 @@ class ServiceDrop:
     dst: str
     dport: int
     cause: str = ""  # why, when no rule did it (e.g. "conntrack table full (262144/262144)")
+    # how the Service is known: "observed" (the drop's conntrack entry named the VIP dialled) or "matched"
+    service_known: str = "matched"
 
     def text(self) -> str:
-        return (f"{self.reason} at {self.hook}" + (f" by {self.rule}" if self.rule != "-" else "")
+        return (f"{self.reason} at {self.hook}" + (f" by {self.rule} (matched)" if self.rule != "-" else "")
                 + (f": {self.cause}" if self.cause else ""))
 
 
@@ -284,7 +286,8 @@ class FlowTable:
                 service = endpoints[0] if endpoints else None
             if service is not None:
                 self.service_drops.append(ServiceDrop(_service_label(service), row["reason"], row.get("hook", "-"),
-                                                      rule, row["count"], src, dst, dport, cause))
+                                                      rule, row["count"], src, dst, dport, cause,
+                                                      "observed" if dialled is not None else "matched"))
 
     def _charge_identity(self, row: dict[str, Any], label: str) -> bool:
         """Charge a drop to the flow its conntrack entry names: client, dialled VIP and backend (observed)."""

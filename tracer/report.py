@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tracer.aggregate import DropTable
+from tracer.attribution import knowledge
 from tracer.events import POINT_NAMES, PacketEvent, Tuple
 from tracer.identity import NOT_TRACED, ConnIdentities, Identity
 from tracer.nfverdict import NfAttribution, hook_label
@@ -74,6 +75,7 @@ def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None 
             rows[-1].update(describe_verdict(verdict))
         rows[-1]["severity"] = classify(names.reason(key[0]), names.symbol(key[1]))
         rows[-1].update((identities.for_drop(event) if identities else NOT_TRACED).as_json())
+        rows[-1].update(knowledge(rows[-1]))
     # Benign rows last, apart (stable: by count otherwise; a policy drop is often the culprit, so it is not
     # ranked under loss here).
     rows.sort(key=lambda item: rank(str(item["severity"])) == rank("benign"))

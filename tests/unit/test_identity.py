@@ -6,6 +6,7 @@ import io
 import socket
 
 from tracer.aggregate import DropTable
+from tracer.attribution import knowledge
 from tracer.events import (
     CT_ENTRY,
     CT_NONE,
@@ -127,3 +128,12 @@ def test_benign_rows_come_last_under_their_own_heading() -> None:
     write_drop_table(rows, out)
     lines = out.getvalue().splitlines()
     assert lines[2] == "benign (normal kernel frees, not network loss):" and "QUEUE_PURGE" in lines[3]
+
+
+def test_knowledge_says_observed_only_when_the_kernel_said_so() -> None:
+    assert knowledge({"ct_identity": "conntrack", "src": "10.244.0.2", "hook": "FORWARD first"}) == {
+        "connection_known": "observed", "hook_known": "observed"}
+    assert knowledge({"ct_identity": "not-traced", "src": "10.244.0.2", "hook": "-"}) == {
+        "connection_known": "matched", "hook_known": "unknown"}
+    assert knowledge({"ct_identity": "no-conntrack", "src": "10.244.0.2", "hook": "-", "table": "filter"})[
+        "hook_known"] == "observed"  # a verdict kprobe named the table
