@@ -381,11 +381,11 @@ static __always_inline void pt_ct_emit_in(__u32 probe, void *skb, struct pt_skb_
 {
 	__u64 nfct = 0;
 	PT_READ(nfct, skb, PT_OFF_SK_BUFF_NFCT);
+	/* Not counted (neither lost nor events): the counters count drops, and a drop without its conntrack event
+	 * says so itself (tracer/identity.py: "not-traced"). A full ring loses the drop event too, counted there. */
 	struct pt_ct_event *ev = events.ringbuf_reserve(sizeof(struct pt_ct_event));
-	if (!ev) {
-		pt_count_in(probe, PT_CNT_LOST);
+	if (!ev)
 		return;
-	}
 	__u64 *words = (__u64 *)ev;
 #pragma unroll
 	for (int i = 0; i < sizeof(*ev) / 8; i++)
@@ -409,7 +409,6 @@ static __always_inline void pt_ct_emit_in(__u32 probe, void *skb, struct pt_skb_
 		pt_ct_tuple(ct + PT_OFF_NF_CONN_TUPLEHASH + PT_NF_CT_HASH_SIZE + PT_OFF_NF_CT_HASH_TUPLE, &ev->reply);
 	}
 	events.ringbuf_submit(ev, pt_wakeup());
-	pt_count_in(probe, PT_CNT_EVENTS);
 }
 #endif
 
