@@ -267,7 +267,9 @@ class FlowTable:
             # The rule is found by matching the packet's fields against the saved ruleset, not reported by the kernel.
             label = f"{row['reason']} at {row.get('hook', '-')}" + (f" by {rule} (matched)" if match else "") + \
                 (f": {cause}" if cause else "")
-            dialled = _endpoint(row.get("ct_dialled"))
+            # Only an entry this node DNATed knows the VIP: on the backend's node of a cross-node connection the
+            # client's node did the DNAT, and the local entry holds the post-DNAT addresses (then: NAT records).
+            dialled = _endpoint(row.get("ct_dialled")) if row.get("ct_dnat") else None
             if dialled is not None:
                 # The kernel said which connection this packet belongs to: charge exactly that one, or its Service.
                 if self._charge_identity(row, label):

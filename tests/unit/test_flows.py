@@ -99,7 +99,7 @@ def test_a_backend_drop_with_its_conntrack_identity_goes_to_the_dialled_service_
     ])
     row = _drop("10.244.1.2", 8080, 7, hook="FORWARD first")
     row.update({"ct_identity": "conntrack", "ct_client": "10.244.0.2:41000", "ct_dialled": "10.96.0.10:80",
-                "ct_backend": "10.244.1.2:8080"})
+                "ct_backend": "10.244.1.2:8080", "ct_dnat": True})
     table.add_drops([row])
     charged = {flow.service: sum(flow.drops.values()) for flow in table.rows()}
     assert charged == {"default/web:http": 7, "default/web-nodeport:http": 0}
@@ -110,13 +110,11 @@ def test_a_backend_drop_with_its_conntrack_identity_goes_to_the_dialled_service_
 def test_an_identified_drop_without_a_flow_goes_to_the_dialled_vips_service_never_a_backends() -> None:
     table = _table()
     row = _drop("10.244.1.2", 8080, 4, hook="FORWARD first")
-    row.update({"ct_client": "10.244.0.2:41000", "ct_dialled": "10.96.0.10:80", "ct_backend": "10.244.1.2:8080"})
+    row.update({"ct_client": "10.244.0.2:41000", "ct_dialled": "10.96.0.10:80", "ct_backend": "10.244.1.2:8080",
+                "ct_dnat": True})
     table.add_drops([row])
-    assert [(drop.service, drop.count) for drop in table.service_drops] == [("default/web:http", 4)]
-    direct = _drop("10.244.1.2", 8080, 2, hook="FORWARD first")  # dialled the pod itself: no Service at all
-    direct.update({"ct_client": "10.244.0.2:41002", "ct_dialled": "10.244.1.2:8080", "ct_backend": "10.244.1.2:8080"})
-    table.add_drops([direct])
-    assert [(drop.service, drop.count) for drop in table.service_drops] == [("default/web:http", 4)]
+    assert [(drop.service, drop.count, drop.service_known) for drop in table.service_drops] == [
+        ("default/web:http", 4, "observed")]
 
 
 FULL = NodeConntrack("pt-node1", Health(262144, 262144, (CpuStats(0, drop=7), CpuStats(1, drop=3))), 10)
