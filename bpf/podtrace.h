@@ -23,6 +23,9 @@
 /* An ICMP error the node sent (bpf/icmp.c): the event is the offending packet; reason = type << 8 | code,
  * location = the MTU a frag-needed quotes (0 when not read). */
 #define PT_EVENT_ICMP 4
+/* The conntrack entry of the packet a drop event is about (struct pt_ct_event): submitted just before that drop
+ * event, same skb and CPU, when the probes read conntrack (PT_CT). */
+#define PT_EVENT_CT 6
 
 /* pt_packet_event.point for PT_EVENT_PATH */
 #define PT_POINT_RX 1    /* net:netif_receive_skb */
@@ -213,6 +216,34 @@ struct pt_nf_verdict_event {
 	char chain[PT_NFK_NAME];
 	struct pt_tuple tuple; /* family 0 when the packet is not IP */
 	__u32 pad2;
+};
+
+/* pt_ct_event.state */
+#define PT_CT_NONE 0      /* skb->_nfct empty: not tracked yet (dropped before conntrack) or conntrack not loaded */
+#define PT_CT_UNTRACKED 1 /* IP_CT_UNTRACKED: a NOTRACK rule exempted it */
+#define PT_CT_ENTRY 2     /* an nf_conn: orig and reply tuples read from it */
+/* skb->_nfct is the nf_conn address with enum ip_conntrack_info in its low 3 bits (NFCT_INFOMASK,
+ * include/linux/skbuff.h); IP_CT_UNTRACKED is 7, ctinfo >= IP_CT_IS_REPLY (3) is the reply direction. */
+#define PT_NFCT_INFOMASK 7ULL
+#define PT_CT_INFO_UNTRACKED 7
+#define PT_CT_INFO_IS_REPLY 3
+
+/* The connection a dropped packet belongs to, read from its own skb->_nfct at the moment of the drop, so it
+ * holds even for an entry not yet confirmed (a first SYN) or gone by the time user space looks. */
+struct pt_ct_event {
+	__u32 type;      /* PT_EVENT_CT */
+	__u32 cpu;
+	__u64 ts_ns;
+	__u64 skb;       /* the drop event that follows carries the same skb address */
+	__u32 netns;
+	__u8 state;      /* PT_CT_* */
+	__u8 ctinfo;     /* enum ip_conntrack_info; direction = ctinfo >= 3 ? reply : original */
+	__u16 pad;
+	__u64 ct;        /* nf_conn address: one connection's identity while it lives */
+	__u32 status;    /* nf_conn.status low word (IPS_*: SRC_NAT 0x10, DST_NAT 0x20, CONFIRMED 0x08) */
+	__u32 pad2;
+	struct pt_tuple orig;  /* tuplehash[IP_CT_DIR_ORIGINAL]: client -> address it dialled (the VIP) */
+	struct pt_tuple reply; /* tuplehash[IP_CT_DIR_REPLY]: backend chosen -> address the reply goes to */
 };
 
 /* Per-CPU scratch: the packet snapshot the filter and the parser read (+8: masked index + load stays inside). */

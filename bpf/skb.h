@@ -360,6 +360,58 @@ static __always_inline void pt_nfk_verdict_in(__u32 probe, void *skb, struct pt_
 }
 #endif
 
+#ifdef PT_CT
+/* One conntrack tuple from nf_conn.tuplehash[dir].tuple (offsets from BTF: tracer/probes.py CT_OFFSETS). */
+static __always_inline void pt_ct_tuple(const char *tuple, struct pt_tuple *t)
+{
+	__u16 l3num = 0, sport = 0, dport = 0;
+	PT_READ(l3num, tuple, PT_OFF_NF_CT_TUPLE_SRC_L3NUM);
+	t->family = l3num == 2 ? 4 : l3num == 10 ? 6 : 0; /* AF_INET, AF_INET6 */
+	bpf_probe_read_kernel(t->saddr, 16, tuple + PT_OFF_NF_CT_TUPLE_SRC_U3);
+	bpf_probe_read_kernel(t->daddr, 16, tuple + PT_OFF_NF_CT_TUPLE_DST_U3);
+	PT_READ(sport, tuple, PT_OFF_NF_CT_TUPLE_SRC_U);
+	PT_READ(dport, tuple, PT_OFF_NF_CT_TUPLE_DST_U);
+	PT_READ(t->proto, tuple, PT_OFF_NF_CT_TUPLE_DST_PROTONUM);
+	t->sport = bpf_ntohs(sport); /* ICMP: the echo id */
+	t->dport = bpf_ntohs(dport); /* ICMP: type and code */
+}
+
+/* The conntrack event of a drop: what skb->_nfct says about the packet's connection. */
+static __always_inline void pt_ct_emit_in(__u32 probe, void *skb, struct pt_skb_info *info)
+{
+	__u64 nfct = 0;
+	PT_READ(nfct, skb, PT_OFF_SK_BUFF_NFCT);
+	/* Not counted (neither lost nor events): the counters count drops, and a drop without its conntrack event
+	 * says so itself (tracer/identity.py: "not-traced"). A full ring loses the drop event too, counted there. */
+	struct pt_ct_event *ev = events.ringbuf_reserve(sizeof(struct pt_ct_event));
+	if (!ev)
+		return;
+	__u64 *words = (__u64 *)ev;
+#pragma unroll
+	for (int i = 0; i < sizeof(*ev) / 8; i++)
+		words[i] = 0;
+	ev->type = PT_EVENT_CT;
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->skb = (__u64)skb;
+	ev->netns = info->netns;
+	ev->ctinfo = nfct & PT_NFCT_INFOMASK;
+	const char *ct = (const char *)(nfct & ~PT_NFCT_INFOMASK);
+	if (ev->ctinfo == PT_CT_INFO_UNTRACKED) {
+		ev->state = PT_CT_UNTRACKED;
+	} else if (ct) {
+		__u64 status = 0;
+		ev->state = PT_CT_ENTRY;
+		ev->ct = (__u64)ct;
+		PT_READ(status, ct, PT_OFF_NF_CONN_STATUS);
+		ev->status = (__u32)status;
+		pt_ct_tuple(ct + PT_OFF_NF_CONN_TUPLEHASH + PT_OFF_NF_CT_HASH_TUPLE, &ev->orig);
+		pt_ct_tuple(ct + PT_OFF_NF_CONN_TUPLEHASH + PT_NF_CT_HASH_SIZE + PT_OFF_NF_CT_HASH_TUPLE, &ev->reply);
+	}
+	events.ringbuf_submit(ev, pt_wakeup());
+}
+#endif
+
 /* The whole per-packet step: filters first, then an event on the ring buffer. */
 #define pt_emit(skb, type, reason, location, sampled) pt_emit_in(PT_PROBE, skb, type, reason, location, sampled)
 static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 reason, __u64 location,
@@ -389,6 +441,10 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 		if (t && t->skb == (__u64)skb) /* freed inside the table call (NF_DROP_REASON): its verdict first */
 			pt_nfk_verdict_in(probe, skb, t, 0, key, s, &info, avail);
 	}
+#endif
+#ifdef PT_CT
+	if (type == PT_EVENT_DROP) /* the connection first, so a reader has it when the drop arrives */
+		pt_ct_emit_in(probe, skb, &info);
 #endif
 	struct pt_packet_event *ev = events.ringbuf_reserve(sizeof(struct pt_packet_event));
 	if (!ev) {

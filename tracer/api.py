@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracer.aggregate import DropTable
 from tracer.events import EVENT_SIZE, PacketEvent, decode
+from tracer.identity import ConnIdentities
 from tracer.replay import RecordedNames, ReplaySource
 from tracer.report import Resolver, drop_rows, summary_json
 
@@ -100,8 +101,11 @@ class Recording:
 
     def drop_rows(self) -> list[dict[str, Any]]:
         """The same row objects `podtrace drops --json` and `podtrace report --json` print."""
-        table = self.drop_table()
-        return drop_rows(table, self.resolver())
+        table, identities = DropTable(), ConnIdentities()
+        for raw in self.raw_events():
+            table.add_raw(raw)
+            identities.add_raw(raw)
+        return drop_rows(table, self.resolver(), None, identities)
 
     def nat_records(self) -> list[NatRecord]:
         """The kernel's Service NAT flows at the end of the recording (empty unless recorded with --node)."""
@@ -116,13 +120,14 @@ class Recording:
     def flow_table(self) -> FlowTable:
         """The Service flow table `podtrace flows` shows (empty unless recorded with --node), drops attributed."""
         source = self.source()
-        table = DropTable()
+        table, identities = DropTable(), ConnIdentities()
         try:
             for raw in source:
                 table.add_raw(raw)
+                identities.add_raw(raw)
         finally:
             source.close()
-        flows, _services, _warnings = source.flow_table(drop_rows(table, source.resolver()))
+        flows, _services, _warnings = source.flow_table(drop_rows(table, source.resolver(), None, identities))
         return flows
 
     def flow_rows(self) -> list[dict[str, Any]]:
@@ -187,14 +192,18 @@ class LiveSession:
         self.source = source
         self.resolver = resolver
         self.table = DropTable()
+        self.identities = ConnIdentities()
         self.events_seen = 0
 
     def events(self, duration: float | None = None, timeout_ms: int = 100) -> Iterator[PacketEvent]:
         deadline = time.monotonic() + duration if duration is not None else None
         while deadline is None or time.monotonic() < deadline:
             for raw in self.source.poll_raw(timeout_ms):
-                self.events_seen += 1
                 self.table.add_raw(raw)
+                self.identities.add_raw(raw)
+                if len(raw) < EVENT_SIZE:  # a drop's conntrack event, a NAT or verdict event: not a packet event
+                    continue
+                self.events_seen += 1
                 yield decode(raw)
 
     def run(self, duration: float) -> None:
@@ -203,7 +212,7 @@ class LiveSession:
             pass
 
     def drop_rows(self) -> list[dict[str, Any]]:
-        return drop_rows(self.table, self.resolver)
+        return drop_rows(self.table, self.resolver, None, self.identities)
 
     def counters(self) -> dict[str, int]:
         return dict(self.source.counters())

@@ -11,6 +11,7 @@ from tracer.aggregate import DropTable
 from tracer.conntrack import Health
 from tracer.errors import PodtraceError
 from tracer.flows import FlowTable, NatRecord, NodeConntrack, nat_record_from_map, write_flow_table
+from tracer.identity import ConnIdentities
 from tracer.kubeproxy import ServiceMap, collect
 from tracer.live import LiveSource
 from tracer.nfverdict import NfAttribution
@@ -80,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     verdicts = NfAttribution()  # netfilter table and chain of each drop, on kernels with kprobes
 
+    identities = ConnIdentities()  # each drop's own conntrack entry: the flow it belongs to, observed
+
     def on_raw(data: bytes) -> None:
         drops.add_raw(data)
         verdicts.add_raw(data)
+        identities.add_raw(data)
 
     source, names, count = run_session(args, path=False, on_raw=on_raw, netfilter=True, before_close=read_maps)
     states = []
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     table = FlowTable(services, lambda ip: pods.get(ip, "-"))
     table.add_nat(records)
     table.add_conntrack(states)
-    rows = drop_rows(drops, names, verdicts)
+    rows = drop_rows(drops, names, verdicts, identities)
     table.add_drops(rows)
     counters = source.final_counters
     if args.json:

@@ -15,8 +15,9 @@ from typing import Any
 from tracer import __version__
 from tracer.aggregate import DropTable
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
-from tracer.events import EVENT_SIZE, decode
+from tracer.events import EVENT_CT, EVENT_SIZE, decode
 from tracer.flows import write_flow_table
+from tracer.identity import ConnIdentities
 from tracer.mtu import SUBNET_ENV
 from tracer.recorded_node import relevant
 from tracer.recording import (
@@ -446,6 +447,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     table = DropTable()
+    identities = ConnIdentities()  # recordings before conntrack events say "not-traced"
     mtu = source.mtu_summary()
     tunnels = TunnelTable()
     names = source.resolver()
@@ -454,7 +456,8 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         for raw in source:
             table.add_raw(raw)
-            count += 1
+            identities.add_raw(raw)
+            count += raw[0] != EVENT_CT  # a drop's conntrack event is part of that drop, as live
             if len(raw) >= EVENT_SIZE and relevant(raw, mtu.too_big):
                 _add_mtu_event(decode(raw), mtu, tunnels, names)
     except RecordingError as err:
@@ -464,7 +467,7 @@ def run_report(args: argparse.Namespace) -> int:
     if not args.json:
         sys.stderr.write(_describe(source) + "\n")
     _warn_truncated(source)
-    rows = drop_rows(table, source.resolver())
+    rows = drop_rows(table, source.resolver(), None, identities)
     counters = source.final_counters
     flows = services = None
     if source.has_nat_flows:  # recorded with --node: the flow table `podtrace flows` shows

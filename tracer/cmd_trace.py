@@ -8,6 +8,7 @@ import sys
 
 from tracer.aggregate import DropTable
 from tracer.events import PacketEvent
+from tracer.identity import ConnIdentities
 from tracer.nfverdict import NfAttribution
 from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
 from tracer.session import add_trace_options, run_session
@@ -53,13 +54,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_drops(args: argparse.Namespace) -> int:
     table = DropTable()
     verdicts = NfAttribution()  # netfilter table and chain of each drop, on kernels with kprobes
+    identities = ConnIdentities()  # each drop's conntrack entry, read by the drop probe
 
     def on_raw(data: bytes) -> None:
         table.add_raw(data)
         verdicts.add_raw(data)
+        identities.add_raw(data)
 
     source, names, count = run_session(args, path=False, on_raw=on_raw)
-    rows = drop_rows(table, names, verdicts)
+    rows = drop_rows(table, names, verdicts, identities)
     counters = source.final_counters
     if args.json:
         for row in rows:
@@ -73,12 +76,15 @@ def run_drops(args: argparse.Namespace) -> int:
 
 
 def run_watch(args: argparse.Namespace) -> int:
+    identities = ConnIdentities()  # fed before on_event sees the drop its conntrack event precedes
     # Lines are written once per poll (at most 100 ms apart), not flushed one by one: a flush per line was
     # most of watch's cost and it fell behind the ring buffer at ~76k path events/s.
     pending: list[str] = []
 
     def on_event(event: PacketEvent, names: Resolver) -> None:
-        pending.append(json.dumps(event_json(event, names)) if args.json else event_line(event, names))
+        identity = identities.for_drop(event) if event.is_drop else None
+        pending.append(json.dumps(event_json(event, names, identity)) if args.json
+                       else event_line(event, names, identity))
 
     def on_tick(_source: object) -> None:
         if pending:
@@ -86,7 +92,8 @@ def run_watch(args: argparse.Namespace) -> int:
             pending.clear()
             sys.stdout.flush()
 
-    source, _names, count = run_session(args, path=bool(args.filter), on_event=on_event, on_tick=on_tick)
+    source, _names, count = run_session(args, path=bool(args.filter), on_event=on_event, on_tick=on_tick,
+                                        on_raw=identities.add_raw)
     on_tick(source)
     counters = source.final_counters
     if args.json:

@@ -265,8 +265,10 @@ def decode_nat(data: bytes | bytearray | memoryview) -> NatEvent:
     return NatEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6], Tuple(*f[7:17]), Tuple(*f[17:27]))
 
 
-def decode_any(data: bytes) -> PacketEvent | NatEvent | NfVerdictEvent:
+def decode_any(data: bytes) -> PacketEvent | NatEvent | NfVerdictEvent | CtEvent:
     """Dispatch on the leading type field (every event struct starts with __u32 type)."""
+    if data[0] == EVENT_CT:
+        return decode_ct(data)
     if data[0] == EVENT_NAT:
         return decode_nat(data)
     if data[0] == EVENT_NF_VERDICT:
@@ -359,6 +361,95 @@ def decode_verdict(data: bytes | bytearray | memoryview) -> NfVerdictEvent:
                           text(f[13]), Tuple(*f[14:24]))
 
 
+# -- conntrack of a dropped packet (bpf/skb.h pt_ct_emit_in) -----------------------------------------------
+#
+#   struct pt_ct_event {
+#       __u32 type; __u32 cpu; __u64 ts_ns; __u64 skb; __u32 netns; __u8 state; __u8 ctinfo; __u16 pad;
+#       __u64 ct; __u32 status; __u32 pad2; struct pt_tuple orig; struct pt_tuple reply;
+#   };  /* 136 bytes */
+
+EVENT_CT = 6
+CT_NONE = 0  # skb->_nfct empty: dropped before conntrack saw it, or conntrack not in use
+CT_UNTRACKED = 1  # a NOTRACK rule exempted the packet
+CT_ENTRY = 2  # orig and reply read from the packet's nf_conn
+CT_STATES = {CT_NONE: "none", CT_UNTRACKED: "untracked", CT_ENTRY: "entry"}
+CT_INFO_IS_REPLY = 3  # enum ip_conntrack_info: IP_CT_IS_REPLY and above are reply-direction packets
+IPS_CONFIRMED = 0x08
+IPS_SRC_NAT = 0x10
+IPS_DST_NAT = 0x20
+CT_FIELDS = (
+    ("type", "I"),
+    ("cpu", "I"),
+    ("ts_ns", "Q"),
+    ("skb", "Q"),
+    ("netns", "I"),
+    ("state", "B"),
+    ("ctinfo", "B"),
+    ("pad", "H"),
+    ("ct", "Q"),
+    ("status", "I"),
+    ("pad2", "I"),
+)
+CT_FORMAT = "<" + "".join(fmt for _, fmt in CT_FIELDS) + TUPLE_FORMAT * 2
+CT_STRUCT = struct.Struct(CT_FORMAT)
+CT_SIZE = CT_STRUCT.size  # 136
+
+
+def ct_offsets() -> dict[str, int]:
+    """Byte offset of every field of struct pt_ct_event (for the layout cross-check)."""
+    offsets: dict[str, int] = {}
+    position = 0
+    for name, fmt in CT_FIELDS:
+        offsets[name] = position
+        position += struct.calcsize("<" + fmt)
+    offsets["orig"] = position
+    offsets["reply"] = position + TUPLE_SIZE
+    return offsets
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class CtEvent:
+    """struct pt_ct_event: the conntrack entry of the packet whose drop event follows (same skb and CPU)."""
+
+    type: int
+    cpu: int
+    ts_ns: int
+    skb: int
+    netns: int
+    state: int  # CT_*
+    ctinfo: int  # enum ip_conntrack_info
+    ct: int  # nf_conn address
+    status: int  # IPS_* bits
+    orig: Tuple  # the client's tuple: client -> the address it dialled
+    reply: Tuple  # the reply's tuple: the backend chosen -> where replies go
+
+    is_drop = False
+
+    @property
+    def reply_direction(self) -> bool:
+        return self.state == CT_ENTRY and self.ctinfo >= CT_INFO_IS_REPLY
+
+    @property
+    def state_name(self) -> str:
+        return CT_STATES.get(self.state, str(self.state))
+
+
+def decode_ct(data: bytes | bytearray | memoryview) -> CtEvent:
+    if len(data) < CT_SIZE:
+        raise ValueError(f"conntrack event is {len(data)} bytes, expected {CT_SIZE}")
+    f = CT_STRUCT.unpack_from(data)
+    return CtEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[8], f[9], Tuple(*f[11:21]), Tuple(*f[21:31]))
+
+
+def encode_ct(event: CtEvent) -> bytes:
+    """The raw bytes of a conntrack event (fixtures and tests of recordings)."""
+    def fields(t: Tuple) -> tuple[object, ...]:
+        return (t.saddr, t.daddr, t.sport, t.dport, t.family, t.proto, t.icmp_type, t.icmp_code, t.frag, t.ip_len)
+
+    return CT_STRUCT.pack(event.type, event.cpu, event.ts_ns, event.skb, event.netns, event.state, event.ctinfo, 0,
+                          event.ct, event.status, 0, *fields(event.orig), *fields(event.reply))
+
+
 # Each event type's struct size: the ring-buffer reader checks records against it.
 EVENT_SIZES = {EVENT_DROP: EVENT_SIZE, EVENT_PATH: EVENT_SIZE, EVENT_NAT: NAT_SIZE, EVENT_ICMP: EVENT_SIZE,
-               EVENT_NF_VERDICT: VERDICT_SIZE}
+               EVENT_NF_VERDICT: VERDICT_SIZE, EVENT_CT: CT_SIZE}

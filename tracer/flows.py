@@ -75,6 +75,14 @@ class ServiceFlow:
         }
 
 
+def _endpoint(text: object) -> tuple[str, int] | None:
+    """An "address:port" drop-row field as (address, port), IPv6 with or without brackets; None when absent."""
+    if not isinstance(text, str) or ":" not in text:
+        return None
+    addr, _, port = text.rpartition(":")
+    return addr.strip("[]"), int(port)
+
+
 @dataclass
 class ServiceDrop:
     """Drops attributed to a Service without a flow (e.g. a REJECT for a Service with no endpoints)."""
@@ -88,9 +96,11 @@ class ServiceDrop:
     dst: str
     dport: int
     cause: str = ""  # why, when no rule did it (e.g. "conntrack table full (262144/262144)")
+    # how the Service is known: "observed" (the drop's conntrack entry named the VIP dialled) or "matched"
+    service_known: str = "matched"
 
     def text(self) -> str:
-        return (f"{self.reason} at {self.hook}" + (f" by {self.rule}" if self.rule != "-" else "")
+        return (f"{self.reason} at {self.hook}" + (f" by {self.rule} (matched)" if self.rule != "-" else "")
                 + (f": {self.cause}" if self.cause else ""))
 
 
@@ -254,22 +264,47 @@ class FlowTable:
             if cause:
                 match = None
             rule = match.rule.where() if match else "-"
-            label = f"{row['reason']} at {row.get('hook', '-')}" + (f" by {rule}" if match else "") + \
+            # The rule is found by matching the packet's fields against the saved ruleset, not reported by the kernel.
+            label = f"{row['reason']} at {row.get('hook', '-')}" + (f" by {rule} (matched)" if match else "") + \
                 (f": {cause}" if cause else "")
+            # Only an entry this node DNATed knows the VIP: on the backend's node of a cross-node connection the
+            # client's node did the DNAT, and the local entry holds the post-DNAT addresses (then: NAT records).
+            dialled = _endpoint(row.get("ct_dialled")) if row.get("ct_dnat") else None
+            if dialled is not None:
+                # The kernel said which connection this packet belongs to: charge exactly that one, or its Service.
+                if self._charge_identity(row, label):
+                    continue
+                dst, dport = dialled  # no flow seen for it: its Service is the one the client dialled
             if not cause and self._unknown_vip(dst):
                 # Whatever dropped it (no route, kube-proxy's "unallocated ClusterIP" DROP): nothing maps this VIP.
                 self._flag(dst, dport, proto, src, row["count"], label)
-            if self._charge_flows(row, label):
+            if dialled is None and self._charge_flows(row, label):
                 continue
             service = self.services.lookup_vip(dst, dport, proto)
             if service is None and match and match.service:
                 service = match.service
-            if service is None:
+            if service is None and dialled is None:  # with the dialled address known, a backend's Service is a guess
                 endpoints = self.services.lookup_endpoint(dst, dport, proto)
                 service = endpoints[0] if endpoints else None
             if service is not None:
                 self.service_drops.append(ServiceDrop(_service_label(service), row["reason"], row.get("hook", "-"),
-                                                      rule, row["count"], src, dst, dport, cause))
+                                                      rule, row["count"], src, dst, dport, cause,
+                                                      "observed" if dialled is not None else "matched"))
+
+    def _charge_identity(self, row: dict[str, Any], label: str) -> bool:
+        """Charge a drop to the flow its conntrack entry names: client, dialled VIP and backend (observed)."""
+        client, dialled, backend = (_endpoint(row.get(key)) for key in ("ct_client", "ct_dialled", "ct_backend"))
+        if client is None or dialled is None or backend is None:
+            return False
+        flows = [flow for flow in self.flows.values()
+                 if flow.client == client[0] and (flow.vip, flow.port) == dialled
+                 and (flow.backend, flow.backend_port) == backend]
+        if not flows:
+            return False
+        label += " (conntrack)"
+        for flow in flows:
+            flow.drops[label] = flow.drops.get(label, 0) + row["count"]
+        return True
 
     def _charge_flows(self, row: dict[str, Any], label: str) -> bool:
         """Charge a drop group to the client's flow to that backend (dropped after DNAT) or to that VIP (before).

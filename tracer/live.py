@@ -18,6 +18,7 @@ from tracer.events import (
     EVENT_SIZE,
     EVENT_SIZES,
     PROBES,
+    CtEvent,
     NatEvent,
     NfVerdictEvent,
     PacketEvent,
@@ -247,7 +248,7 @@ class LiveSource:
         """Drop and path events (NAT events, when netfilter is traced, come from poll_all)."""
         return [decode(raw) for raw in self.poll_raw(timeout_ms) if EVENT_SIZES.get(raw[0], EVENT_SIZE) == EVENT_SIZE]
 
-    def poll_all(self, timeout_ms: int = 100) -> list[PacketEvent | NatEvent | NfVerdictEvent]:
+    def poll_all(self, timeout_ms: int = 100) -> list[PacketEvent | NatEvent | NfVerdictEvent | CtEvent]:
         return [decode_any(raw) for raw in self.poll_raw(timeout_ms)]
 
     def counters(self) -> dict[str, int]:

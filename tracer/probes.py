@@ -13,7 +13,7 @@ from bpf import BPF_DIR
 from tracer.btf import Btf
 from tracer.errors import KernelError, UsageError
 from tracer.events import PROBES
-from tracer.modbtf import ModuleBtf, kprobe_cflags
+from tracer.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
 from tracer.pcapfilter import CompiledFilter, match_all
 from tracer.scope import Scope
 
@@ -51,6 +51,31 @@ ICMP_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
     ("PT_OFF_NET_DEVICE_MTU", "net_device", "mtu", 4),
 )
 
+# Read by the drop probe's conntrack event (bpf/skb.h pt_ct_emit_in): all or nothing. nf_conn lives in
+# nf_conntrack (a module on Debian's 6.1, built in on the CI kernel); skb->_nfct exists with CONFIG_NF_CONNTRACK.
+CT_OFFSETS = (
+    ModuleOffset("PT_OFF_SK_BUFF_NFCT", "sk_buff", "_nfct", 8, ()),
+    ModuleOffset("PT_OFF_NF_CONN_STATUS", "nf_conn", "status", 8, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CONN_TUPLEHASH", "nf_conn", "tuplehash", 0, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CT_HASH_TUPLE", "nf_conntrack_tuple_hash", "tuple", 40, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CT_TUPLE_SRC_U3", "nf_conntrack_tuple", "src.u3", 16, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CT_TUPLE_SRC_U", "nf_conntrack_tuple", "src.u", 2, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CT_TUPLE_SRC_L3NUM", "nf_conntrack_tuple", "src.l3num", 2, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CT_TUPLE_DST_U3", "nf_conntrack_tuple", "dst.u3", 16, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CT_TUPLE_DST_U", "nf_conntrack_tuple", "dst.u", 2, ("nf_conntrack",)),
+    ModuleOffset("PT_OFF_NF_CT_TUPLE_DST_PROTONUM", "nf_conntrack_tuple", "dst.protonum", 1, ("nf_conntrack",)),
+)
+
+
+def conntrack_cflags(mods: ModuleBtf) -> list[str]:
+    """-DPT_CT=1 and the nf_conn offsets, or [] when this kernel's BTF lacks one (drops then carry no conntrack)."""
+    flags = mods.cflags(CT_OFFSETS, "PT_CT")
+    btf = mods.find(CT_OFFSETS[3])
+    if not flags or btf is None:
+        return []
+    # tuplehash[IP_CT_DIR_REPLY] is one struct nf_conntrack_tuple_hash after tuplehash[IP_CT_DIR_ORIGINAL].
+    return [*flags, f"-DPT_NF_CT_HASH_SIZE={btf.struct_size('nf_conntrack_tuple_hash')}"]
+
 
 @dataclass
 class ProbeConfig:
@@ -73,6 +98,7 @@ class ProbeConfig:
     # packets, while vxlan_xmit_one sees the inner one and ip_do_fragment a packet not yet cut)
     overlay_kprobes_unfiltered: bool = False
     icmp: bool = False  # icmp:icmp_send: frag-needed and reassembly time-exceeded the node sends (bpf/icmp.c)
+    conntrack: bool = True  # a conntrack event (struct pt_ct_event) before each drop event, where BTF allows
 
 
 @dataclass
@@ -80,6 +106,7 @@ class ProbeBuild:
     text: str
     cflags: list[str]
     programs: list[str]  # concern names in SOURCES, in load order
+    conntrack: bool = False  # drop events are preceded by their conntrack event (PT_CT)
 
     def dump(self) -> str:
         flags = "\n".join(f"//   {flag}" for flag in self.cflags)
@@ -152,8 +179,11 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         cflags.append("-DPT_NETFILTER=1")
     if config.path:
         cflags.append("-DPT_PATH_XMIT=1")
+    mods = ModuleBtf(btf, btf.path)
+    ct_flags = conntrack_cflags(mods) if config.conntrack and config.drops else []
+    cflags += ct_flags
     if config.kprobes:
-        cflags += kprobe_cflags(ModuleBtf(btf, btf.path), config.kprobes)
+        cflags += kprobe_cflags(mods, config.kprobes)
         if config.overlay_kprobes_unfiltered:
             cflags.append("-DPT_KP_OVERLAY_UNFILTERED=1")
         programs += [name for name, concerns in (("nf_kprobe", ("netfilter",)),
@@ -181,4 +211,4 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     # Each program's pt_count() calls count under its own probe (PT_PROBE_* in podtrace.h, events.PROBES).
     parts += [f"#undef PT_PROBE\n#define PT_PROBE {probe_id(name)}\n{(BPF_DIR / SOURCES[name]).read_text()}"
               for name in programs]
-    return ProbeBuild("\n".join(parts) + "\n", cflags, programs)
+    return ProbeBuild("\n".join(parts) + "\n", cflags, programs, bool(ct_flags))

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tracer.aggregate import DropTable
+from tracer.attribution import knowledge
 from tracer.events import POINT_NAMES, PacketEvent, Tuple
+from tracer.identity import NOT_TRACED, ConnIdentities, Identity
 from tracer.nfverdict import NfAttribution, hook_label
 from tracer.nfverdict import describe as describe_verdict
+from tracer.severity import classify, rank
 from tracer.softirq import format_us
 
 
@@ -40,8 +43,10 @@ def _endpoint(t: Tuple, addr: str, port: int) -> str:
     return addr
 
 
-def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None = None) -> list[dict[str, Any]]:
-    """One row per drop group; `verdicts` (kprobe kernels) adds the netfilter table and chain that dropped it."""
+def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None = None,
+              identities: ConnIdentities | None = None) -> list[dict[str, Any]]:
+    """One row per drop group; `verdicts` (kprobe kernels) adds the netfilter table and chain that dropped it,
+    `identities` the conntrack entry of the group's latest drop (client, dialled address, backend)."""
     rows = []
     for key, row in table.sorted_groups():
         event = row.last_event
@@ -68,6 +73,12 @@ def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None 
         verdict = verdicts.for_drop(event) if verdicts else None
         if verdict is not None:
             rows[-1].update(describe_verdict(verdict))
+        rows[-1]["severity"] = classify(names.reason(key[0]), names.symbol(key[1]))
+        rows[-1].update((identities.for_drop(event) if identities else NOT_TRACED).as_json())
+        rows[-1].update(knowledge(rows[-1]))
+    # Benign rows last, apart (stable: by count otherwise; a policy drop is often the culprit, so it is not
+    # ranked under loss here).
+    rows.sort(key=lambda item: rank(str(item["severity"])) == rank("benign"))
     return rows
 
 
@@ -102,15 +113,26 @@ def write_drop_table(rows: list[dict[str, Any]], out: TextIO) -> None:
         widths[max(shrinkable, key=lambda i: widths[i])] -= 1
     rw, lw, ww = widths
     out.write(f"{'COUNT':>7} {'REASON':<{rw}} {'LOCATION':<{lw}} {'NETNS/IF':<{ww}} FLOW\n")
+    benign_shown = False
     for row, where, flow in zip(rows, wheres, flows):
+        if row.get("severity") == "benign" and not benign_shown:  # rows come ranked: benign ones last
+            out.write("benign (normal kernel frees, not network loss):\n")
+            benign_shown = True
         out.write(
             f"{row['count']:>7} {row['reason'][:rw]:<{rw}} {row['location'][:lw]:<{lw}} {where[:ww]:<{ww}} {flow}\n"
         )
         if row["inner"]:
             out.write(f"{'':>7} {'':<{rw}} inner (VNI {row['vni']}): {row['inner']}\n")
+        if row.get("ct_dialled"):
+            line = f"dialled {row['ct_dialled']} from {row['ct_client']}"
+            if row.get("ct_dnat"):
+                line += f", backend {row['ct_backend']}"
+            out.write(f"{'':>7} {line} (conntrack, observed)\n")
+        elif row.get("ct_identity") == "no-conntrack":
+            out.write(f"{'':>7} no conntrack entry ({row['ct_state']}): dialled address not known\n")
 
 
-def event_json(event: PacketEvent, names: Resolver) -> dict[str, Any]:
+def event_json(event: PacketEvent, names: Resolver, identity: Identity | None = None) -> dict[str, Any]:
     outer = event.outer
     data: dict[str, Any] = {
         "time": round(names.wall(event.ts_ns), 6),
@@ -129,6 +151,8 @@ def event_json(event: PacketEvent, names: Resolver) -> dict[str, Any]:
     if event.is_drop:
         data["reason"] = names.reason(event.reason)
         data["location"] = names.symbol(event.location)
+        data["severity"] = classify(data["reason"], data["location"])
+        data.update((identity or NOT_TRACED).as_json())
     else:
         data["point"] = POINT_NAMES.get(event.reason, str(event.reason))
         if event.is_xmit:
@@ -154,7 +178,7 @@ def describe_point(event: PacketEvent) -> str:
     return f"{point} {xmit_detail(event)}" if event.is_xmit else point
 
 
-def event_line(event: PacketEvent, names: Resolver) -> str:
+def event_line(event: PacketEvent, names: Resolver, identity: Identity | None = None) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(names.wall(event.ts_ns)))
     micros = int(names.wall(event.ts_ns) * 1e6) % 1_000_000
     where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
@@ -169,6 +193,8 @@ def event_line(event: PacketEvent, names: Resolver) -> str:
         line += f" mark 0x{event.mark:x}"
     if event.inner:
         line += f" [vxlan {event.vni}: {event.inner.describe()}]"
+    if event.is_drop and identity is not None:
+        line += f" [{identity.describe()}]"
     return line
 
 

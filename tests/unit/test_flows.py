@@ -90,6 +90,33 @@ def test_a_backend_drop_shared_by_two_services_shows_on_both_flows_marked_shared
     assert [(drop.service, drop.count) for drop in table.service_drops] == [("default/web:http", 2)]
 
 
+def test_a_backend_drop_with_its_conntrack_identity_goes_to_the_dialled_service_only() -> None:
+    """The same backend behind two Services, the drop's conntrack entry says web:http was dialled: only that flow."""
+    table = _table()
+    table.add_nat([
+        _nat(1, _t("10.244.0.2", 41000, "10.96.0.10", 80, 6), _t("10.244.0.2", 41000, "10.244.1.2", 8080, 6)),
+        _nat(1, _t("10.244.0.2", 41001, "192.168.77.1", 30080, 6), _t("10.244.0.2", 41001, "10.244.1.2", 8080, 6)),
+    ])
+    row = _drop("10.244.1.2", 8080, 7, hook="FORWARD first")
+    row.update({"ct_identity": "conntrack", "ct_client": "10.244.0.2:41000", "ct_dialled": "10.96.0.10:80",
+                "ct_backend": "10.244.1.2:8080", "ct_dnat": True})
+    table.add_drops([row])
+    charged = {flow.service: sum(flow.drops.values()) for flow in table.rows()}
+    assert charged == {"default/web:http": 7, "default/web-nodeport:http": 0}
+    [label] = [label for flow in table.rows() for label in flow.drops]
+    assert label.endswith("(conntrack)") and "shared" not in label
+
+
+def test_an_identified_drop_without_a_flow_goes_to_the_dialled_vips_service_never_a_backends() -> None:
+    table = _table()
+    row = _drop("10.244.1.2", 8080, 4, hook="FORWARD first")
+    row.update({"ct_client": "10.244.0.2:41000", "ct_dialled": "10.96.0.10:80", "ct_backend": "10.244.1.2:8080",
+                "ct_dnat": True})
+    table.add_drops([row])
+    assert [(drop.service, drop.count, drop.service_known) for drop in table.service_drops] == [
+        ("default/web:http", 4, "observed")]
+
+
 FULL = NodeConntrack("pt-node1", Health(262144, 262144, (CpuStats(0, drop=7), CpuStats(1, drop=3))), 10)
 EMPTY = NodeConntrack("pt-node2", Health(12, 262144, (CpuStats(0),)), 0)
 

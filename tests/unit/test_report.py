@@ -223,7 +223,7 @@ def test_event_json_drop() -> None:
         "time": 1_700_000_000.0025, "kind": "drop", "proto": "icmp", "src": "10.244.1.23", "sport": 43210,
         "dst": "10.96.0.10", "dport": 443, "len": 60, "netns": "pt-node1", "ifname": "eth0", "cpu": 2,
         "skb": "0xffff888012345600", "reason": "NETFILTER_DROP", "location": "nf_hook_slow+0x8a",
-        "icmp_type": 3, "icmp_code": 4,
+        "icmp_type": 3, "icmp_code": 4, "severity": "policy", "ct_state": "unknown", "ct_identity": "not-traced",
     }
     assert json.loads(json.dumps(data)) == data
 
