@@ -43,8 +43,9 @@ def test_model_groups_drops_and_refilters_its_history() -> None:
     model = Model(replay.resolver())
     model.add(replay.events())
     snap = model.snapshot({"lost": 0})
-    assert [(r["reason"], r["count"]) for r in snap.drops] == [("NETFILTER_DROP", 13), ("NO_SOCKET", 7),
-                                                              ("NO_SOCKET", 5)]
+    # problems first: losses, then policy drops, each by count
+    assert [(r["reason"], r["count"]) for r in snap.drops] == [("NO_SOCKET", 7), ("NO_SOCKET", 5),
+                                                              ("NETFILTER_DROP", 13)]
     assert (snap.events, snap.drop_total, snap.path_events, snap.rate) == (55, 25, 30, 55.0)
     model.set_filter("tcp", ViewFilter("tcp"))
     snap = model.snapshot({})

@@ -48,7 +48,7 @@ def test_probes_view(snap_compare: Any) -> None:
 
 
 def test_timeline_of_the_netfilter_drop(snap_compare: Any) -> None:
-    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("enter"))
+    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("down", "down", "enter"))
 
 
 def test_bad_filter_error_inline(snap_compare: Any) -> None:
@@ -83,8 +83,13 @@ def settled_services(*keys: str) -> Any:
     return run_before
 
 
+def test_services_problems_first(snap_compare: Any) -> None:
+    """No key but `2`: the Service losing packets on top, its VIP and loss share shown."""
+    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("2"))
+
+
 def test_services_sorted_by_drops(snap_compare: Any) -> None:
-    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("2", "s"))
+    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("2", "s", "s"))
 
 
 def test_timeline_of_a_dnat_drop(snap_compare: Any) -> None:

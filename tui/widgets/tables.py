@@ -14,8 +14,10 @@ from textual.widgets import DataTable, Static
 from tracer.events import PROBES
 from tracer.ladder import AttachPlan
 
-DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("reason", "REASON"), ("location", "LOCATION"),
-                ("where", "NETNS/IF"), ("flow", "FLOW"))
+DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("severity", "CLASS"), ("reason", "REASON"),
+                ("location", "LOCATION"), ("where", "NETNS/IF"), ("flow", "FLOW"))
+# tracer.severity's classes: loss is what hurts, policy what someone configured, benign the kernel's normal frees.
+SEVERITY_STYLES = {"loss": "bold red", "policy": "bold yellow", "benign": "dim"}
 
 
 def flow_text(row: dict[str, Any]) -> str:
@@ -28,7 +30,8 @@ def drop_cells(row: dict[str, Any]) -> tuple[Any, ...]:
     return (
         Text(str(row["count"]), justify="right"),
         Text(row.get("spark", ""), style="magenta", justify="left"),
-        Text(row["reason"], style="bold red", justify="left"),
+        Text(row.get("severity", "?"), style=SEVERITY_STYLES.get(row.get("severity", ""), ""), justify="left"),
+        Text(row["reason"], style=SEVERITY_STYLES.get(row.get("severity", ""), "bold red"), justify="left"),
         row["location"],
         f"{row['netns']}/{row['ifname']}",
         flow_text(row),
