@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from tracer.benchmarks import machine, memory, packetpath, pipeline, probecost, rulecount, startup, sustained
+from tracer.benchmarks import machine, memory, packetpath, pipeline, probecost, rulecount, startup, sustained, tui
 from tracer.benchmarks.stats import Section
 
 SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool]] = {
@@ -27,6 +27,7 @@ SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool
     "probecost": (probecost.run, True),
     "sustained": (sustained.run, True),
     "rulecount": (rulecount.run, True),
+    "tui": (tui.run, False),
 }
 
 

@@ -188,12 +188,23 @@ class PodtraceApp(App[int]):
         self.query_one("#status", Static).update(Text(f"{verb} ({what}) ... {elapsed:.1f} s", style="yellow"))
 
     def show(self, snapshot: Snapshot) -> None:
+        """Draw the header and the view on screen only; the others are drawn when their tab is opened."""
         self.snapshot = snapshot
-        self.query_one(DropsTable).show(snapshot.drops)
-        for view in self.query(RowsView):
-            view.show(snapshot.tables)
-        self._show_probes()
+        self._show_active()
         self.refresh_header()
+
+    def _show_active(self) -> None:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        active = self.query_one(TabbedContent).active
+        if active == "drops":
+            self.query_one(DropsTable).show(snapshot.drops)
+        elif active == "probes":
+            self._show_probes()
+        else:
+            for view in self.query_one(f"#{active}", TabPane).query(RowsView):
+                view.show(snapshot.tables)
 
     def _show_probes(self) -> None:
         snap = self.snapshot
@@ -214,6 +225,7 @@ class PodtraceApp(App[int]):
         if isinstance(self.screen, TimelineScreen):
             self.pop_screen()
         self.query_one(TabbedContent).active = name
+        self._show_active()  # before focusing: an empty view's table is hidden and takes no focus
         self.action_focus_view()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -227,6 +239,7 @@ class PodtraceApp(App[int]):
 
     def on_tabbed_content_tab_activated(self, _message: TabbedContent.TabActivated) -> None:
         self.refresh_bindings()
+        self._show_active()  # the snapshot on screen (the frozen one while paused)
 
     def action_sort(self) -> None:
         self.query_one("#flows-view", RowsView).cycle_sort()  # its title names the order

@@ -160,9 +160,9 @@ class Model:
         names: Resolver,
         clock: Callable[[], int] | None = None,
         timeline_len: int = 32,
-        history_len: int = 50_000,
+        history_len: int = 20_000,
         max_timelines: int = 2000,
-        max_rows: int = 500,
+        max_rows: int = 100,
     ) -> None:
         self.names = names
         self.clock = clock  # monotonic ns like bpf_ktime_get_ns; None: the newest event's time (replay)

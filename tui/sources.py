@@ -211,6 +211,7 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
                             "run `podtrace tui` live on the node") from None
     from tracer.check.table import RecordedNodeFindings
     from tui.services import RecordedFlowsTable
+    from tui.softirq import RecordedSoftirqTable
 
     source = ReplaySource(path)
     header = source.header
@@ -223,6 +224,7 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         attached=list(source.attached),
         plan=source.plan(),
         live_clock=False,
-        tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks"))},
+        tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks")),
+                "softirq": RecordedSoftirqTable(source)},  # every section the recording holds
     )
     return source, info

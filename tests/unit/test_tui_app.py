@@ -544,3 +544,33 @@ async def test_header_separates_its_fields_and_counts_one_group_in_the_singular(
         await wait_for_flows(app, pilot)
         header = str(app.query_one("#header", Static).render())
         assert "lost 0 · drops 7 in 1 group · filter none · ○ rec off" in header, header
+
+
+@sync
+async def test_replay_softirq_view_shows_the_recordings_softirq_snapshots(tmp_path: Path) -> None:
+    """A recording made with --softirq: the Softirq view shows its per-CPU rows, as `podtrace report` does."""
+    from test_recording import header, make_event
+    from test_recording_flows import SNAPSHOTS
+
+    from tracer.recording import Recorder
+    from tui.sources import open_replay
+
+    path = tmp_path / "softirq.ptrec"
+    recorder = Recorder(str(path), header(), lambda inode: f"ns-{inode}", lambda addr: "x")
+    recorder.add([make_event(0)])
+    for snapshot in SNAPSHOTS:
+        recorder.write_softirq(snapshot)
+    recorder.close({"lost": 0}, 3_000_000_000)
+    source, info = open_replay(str(path))
+    app = PodtraceApp(source, info)
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(100):
+            if app.snapshot is not None and app.snapshot.tables.get("softirq"):
+                break
+            await pilot.pause(0.05)
+        await pilot.press("4")
+        rows = app.snapshot.tables["softirq"] if app.snapshot else []
+        assert {row["cpu"] for row in rows} == {0, 1, "all"}
+        table = app.query_one("#softirq DataTable", DataTable)
+        assert table.display and table.row_count == len(rows)
+        assert str(table.get_row_at(0)[0]) == "0"
