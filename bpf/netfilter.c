@@ -55,6 +55,10 @@ static __always_inline int pt_nf_tuple(struct pt_nf_ctx *ctx, struct pt_tuple *t
 	if (*netns != PT_FILTER_NETNS)
 		return 0;
 #endif
+#ifdef PT_SCOPE
+	if (!scope.lookup(netns))
+		return 0;
+#endif
 #ifdef PT_FILTER_IFNAME_LO
 	struct pt_skb_info info = {};
 	if (!pt_wanted(skb, &info))

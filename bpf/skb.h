@@ -225,6 +225,11 @@ static __always_inline int pt_wanted(void *skb, struct pt_skb_info *info)
 	if (info->netns != PT_FILTER_NETNS)
 		return 0;
 #endif
+#ifdef PT_SCOPE
+	/* A node and its pods (tracer/scope.py): packets elsewhere on the host cost this lookup and no event. */
+	if (!scope.lookup(&info->netns))
+		return 0;
+#endif
 #ifdef PT_FILTER_IFNAME_LO
 	{
 		__u64 name[2] = {0, 0};

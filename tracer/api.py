@@ -59,6 +59,7 @@ class Recording:
         self.header: dict[str, Any] = source.header
         self.names: RecordedNames = source.names
         self.truncated = False
+        self.incomplete: list[str] = []  # missing or foreign rotation parts of the last full read, one line each
         self.counters: dict[str, int] = {}
         self.events = 0
 
@@ -78,6 +79,7 @@ class Recording:
             source.close()
             self.names = source.names
             self.truncated = source.truncated
+            self.incomplete = list(source.incomplete)
             self.counters = source.final_counters
 
     def __iter__(self) -> Iterator[PacketEvent]:
@@ -169,7 +171,8 @@ class Recording:
 
     def summary(self) -> dict[str, Any]:
         """Events, lost, ... of the last full read (as the CLI summary object)."""
-        return summary_json(self.events, self.counters)
+        return {**summary_json(self.events, self.counters), "truncated": self.truncated,
+                "incomplete": self.incomplete}
 
 
 def open_recording(path: str, follow: bool = True) -> Recording:
@@ -213,21 +216,25 @@ def live(
     ifname: str | None = None,
     path: bool = False,
     btf: str | None = None,
+    node: str | list[str] | None = None,
 ) -> Iterator[LiveSession]:
     """Attach the probes (root), yield a LiveSession, detach on exit.
 
-    `filter` is a tcpdump expression run in the kernel; `netns` an `ip netns` name (or "host"); `path` adds
-    receive/queue events for packets matching the filter.
+    `filter` is a tcpdump expression run in the kernel; `netns` an `ip netns` name (or "host"); `node` one or
+    more node namespaces traced with their pods (tracer/scope.py); `path` adds receive/queue events for packets
+    matching the filter.
     """
     from tracer import bccenv
     from tracer.live import LiveSource
     from tracer.names import NetnsNames, Symbolizer, netns_inode
     from tracer.pcapfilter import compile_filter
     from tracer.probes import ProbeConfig
+    from tracer.scope import Scope
 
     bccenv.require_root("tracing")
+    nodes = tuple([node] if isinstance(node, str) else node or ())
     config = ProbeConfig(filter=compile_filter(filter), netns_inode=netns_inode(netns) if netns else None,
-                         ifname=ifname, path=path)
+                         ifname=ifname, path=path, scope=Scope(nodes=nodes) if nodes else None)
     source = LiveSource(config, btf)
     source.start(progress=False)
     try:

@@ -15,7 +15,19 @@ import time
 import traceback
 from collections.abc import Callable
 
-from tracer.benchmarks import machine, memory, packetpath, pipeline, probecost, rulecount, startup, sustained, tui
+from tracer.benchmarks import (
+    machine,
+    memory,
+    neighbour,
+    packetpath,
+    pipeline,
+    probecost,
+    reader,
+    rulecount,
+    startup,
+    sustained,
+    tui,
+)
 from tracer.benchmarks.stats import Section
 
 SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool]] = {
@@ -27,6 +39,8 @@ SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool
     "probecost": (probecost.run, True),
     "sustained": (sustained.run, True),
     "rulecount": (rulecount.run, True),
+    "neighbour": (neighbour.run, True),
+    "reader": (reader.run, True),
     "tui": (tui.run, False),
 }
 

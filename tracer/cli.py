@@ -22,10 +22,11 @@ COMMAND_MODULES = (
     "tracer.cmd_overlay",
     "tracer.cmd_tui",
     "tracer.cmd_record",
+    "tracer.cmd_serve",
 )
 
 EPILOG = """\
-exit codes: 0 ok, 1 error, 2 usage, 3 found what --fail-on-... asked about
+exit codes: 0 ok, 1 error, 2 usage, 3 found what --fail-on-... asked about, 4 incomplete recording (a part missing)
 
 examples:
   sudo podtrace doctor                    what this kernel lets podtrace see

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from tracer import bccenv, kernel
+from tracer import bccenv, kernel, tc
 from tracer.btf import Btf
 from tracer.errors import KernelError, PodtraceError
 from tracer.hookpoints import hook_point
@@ -88,8 +88,9 @@ def btf_facts(path: str | None) -> dict[str, Any]:
 
 
 def fixes_for(plan: AttachPlan, trials: dict[str, Trial]) -> list[str]:
-    texts = [trial.reason for trial in trials.values() if not trial.ok]
-    texts += [rejected["reason"] for hook in plan.hooks for rejected in hook.rejected]
+    # Only what stood between a hook point and a better program: a mechanism no hook offers (fentry) needs no fix.
+    del trials
+    texts = [rejected["reason"] for hook in plan.hooks for rejected in hook.rejected]
     return [fix for fragment, fix in FIXES if any(fragment in text for text in texts)]
 
 
@@ -146,6 +147,7 @@ def collect(btf_path: str | None) -> dict[str, Any]:
         "cannot_see": cannot_see(plan),
         "fixes": fixes_for(plan, trials),
         "trials": trials_to_json(trials),
+        "tc_leftovers": [stale.describe() for stale in tc.leftovers()],  # filters of killed `--tc` sessions
     }
 
 
@@ -183,6 +185,10 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
     if report["fixes"]:
         write("\nfixes\n")
         for line in report["fixes"]:
+            write(f"  - {line}\n")
+    if report.get("tc_leftovers"):
+        write("\nleftovers (tc filters of podtrace sessions that were killed; the next --tc run there removes them)\n")
+        for line in report["tc_leftovers"]:
             write(f"  - {line}\n")
     verdict = "ok: the core probes attach" if report["core_ok"] else "FAIL: the core probes cannot attach"
     write(f"\n{verdict}\n")

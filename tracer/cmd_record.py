@@ -14,12 +14,20 @@ from typing import Any
 
 from tracer import __version__
 from tracer.aggregate import DropTable
-from tracer.errors import PodtraceError, RecordingError, UsageError
+from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
 from tracer.events import EVENT_SIZE, decode
 from tracer.flows import write_flow_table
 from tracer.mtu import SUBNET_ENV
 from tracer.recorded_node import relevant
-from tracer.recording import FORMAT_MINOR, FORMAT_VERSION, Recorder, compression_of, nat_to_json, parse_size
+from tracer.recording import (
+    FORMAT_MINOR,
+    FORMAT_VERSION,
+    Recorder,
+    compression_of,
+    create_new,
+    nat_to_json,
+    parse_size,
+)
 from tracer.replay import ReplaySource
 from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
 
@@ -52,7 +60,8 @@ since the start; MTU per node (link MTUs, ICMP frag-needed, fragments and too-bi
 the `podtrace mtu` verdict of each pod's path); VXLAN tunnels and fragments (`podtrace overlay`, when the
 recording has them); softirq (recorded with --softirq). --json: one object per row, the summary last.
 
-exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the damage is still printed)
+exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the damage is still printed),
+4 incomplete: a rotation part is missing or belongs to another recording (the parts found are reported)
 
 examples:
   podtrace report node1.ptrec.gz
@@ -85,6 +94,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     record.add_argument("-o", "--output", required=True, metavar="FILE", help="recording to write")
     record.add_argument("--max-size", metavar="N", help="start a new part when a file reaches N bytes (10M, 1G)")
+    record.add_argument("--mode", default="0600", metavar="OCTAL",
+                        help="permissions of the files written (default %(default)s: they hold packet bytes)")
     add_trace_options(record)
     record.add_argument("--node", action="append", metavar="NETNS",
                         help="also record Service flows: attach netfilter links in this node's network namespace "
@@ -239,7 +250,8 @@ class _RecordLoop:
         known[own] = "host"
         names.symbol(1)  # load kallsyms now (~0.6 s), not on the first drop while the ring buffer fills
         header = build_header(self.args, source, known)
-        self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size)
+        self.recorder = Recorder(self.args.output, header, names.netns, names.symbol, self.max_size,
+                                 self.args.file_mode)
         self.recorder.write_counters(source.counters(), time.monotonic_ns(), source.probe_counters())
         if getattr(self.args, "softirq", False):
             from tracer.softirq import SoftirqProbe
@@ -310,6 +322,10 @@ class _RecordLoop:
 
 
 def _check_output(path: str) -> None:
+    if os.path.lexists(path):  # the writer refuses it too (O_EXCL): say so before compiling probes
+        what = "a symbolic link" if os.path.islink(path) else "an existing file"
+        raise UsageError(f"cannot write {path}: it is {what}, refused (podtrace never overwrites or follows links)",
+                         "remove it or choose another name")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"cannot write {path}: {directory} does not exist")
@@ -328,6 +344,7 @@ def run_record(args: argparse.Namespace) -> int:
         max_size = parse_size(args.max_size) if args.max_size else None
     except ValueError as err:
         raise UsageError(f"--max-size: {err}") from err
+    args.file_mode = parse_mode(args.mode)
     _check_output(args.output)
     loop = _RecordLoop(args, max_size)
     source = None
@@ -352,6 +369,17 @@ def run_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_mode(text: str) -> int:
+    """--mode: octal permissions, at most 0666 (no execute, no set-id bits)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o666 or mode & 0o111:
+        raise UsageError(f"--mode {text!r} is not a file mode", "use octal permissions such as 0600 or 0640")
+    return mode
+
+
 # --- report and export ----------------------------------------------------------------------------------------
 
 
@@ -359,6 +387,16 @@ def _warn_truncated(source: ReplaySource) -> None:
     for path in source.truncated_parts:
         sys.stderr.write(f"podtrace: warning: {path} was cut short (recorder killed?): read up to its last "
                          f"complete record\n")
+    for problem in source.incomplete:
+        sys.stderr.write(f"podtrace: warning: incomplete recording: {problem}\n")
+
+
+def _incomplete(source: ReplaySource) -> RecordingIncomplete | None:
+    """The error (exit 4) of a recording with missing or foreign parts, once its warnings are written."""
+    if not source.incomplete:
+        return None
+    return RecordingIncomplete(f"{source.path}: incomplete recording, {len(source.incomplete)} part(s) missing or "
+                               "foreign", "the events of the parts found were read")
 
 
 def _describe(source: ReplaySource) -> str:
@@ -427,6 +465,7 @@ def run_report(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps({**cpu_row.to_json(), "seconds": round(softirq_seconds, 3)}) + "\n")
         summary = summary_json(count, counters, table.evicted)
         summary["truncated"] = source.truncated
+        summary["incomplete"] = source.incomplete
         if services is not None:
             summary["proxy_mode"] = services.mode
         sys.stdout.write(json.dumps(summary) + "\n")
@@ -451,6 +490,8 @@ def run_report(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if error is not None:
         raise error
+    if (incomplete := _incomplete(source)) is not None:
+        raise incomplete
     return 0
 
 
@@ -467,7 +508,7 @@ def run_export(args: argparse.Namespace) -> int:
     header = source.header
     error: PodtraceError | None = None
     try:
-        with open(args.pcapng, "wb") as out:
+        with create_new(args.pcapng) as out:
             writer = PcapngWriter(out, f"Linux {header.get('kernel_release', '')}", header.get("hostname", ""))
             try:
                 for raw in source:
@@ -476,11 +517,13 @@ def run_export(args: argparse.Namespace) -> int:
             except RecordingError as err:
                 error = err  # the packets before the damage are in the file
     except OSError as err:
-        raise RecordingError(f"cannot write {args.pcapng}: {err.strerror}") from err
+        raise RecordingError(f"cannot write {args.pcapng}: {err.strerror or err}") from err
     finally:
         source.close()
     _warn_truncated(source)
     sys.stderr.write(f"wrote {writer.packets} packets on {writer.interfaces} interfaces to {args.pcapng}\n")
     if error is not None:
         raise error
+    if (incomplete := _incomplete(source)) is not None:
+        raise incomplete
     return 0

@@ -41,3 +41,9 @@ class LabError(PodtraceError):
 
 class RecordingError(PodtraceError):
     """A recording is missing, truncated, corrupt or from a newer podtrace."""
+
+
+class RecordingIncomplete(RecordingError):
+    """A rotation part of a recording is missing or belongs to another recording: what was there was read."""
+
+    exit_code = 4

@@ -1,12 +1,16 @@
 """The hook points podtrace wants and, for each, its candidate attach mechanisms in order of preference.
 
 Pure data: tracer/kernel.py tries candidates on the running kernel, tracer/ladder.py picks from the results.
+Every candidate names the bpf/ program that implements it: a mechanism podtrace has no program for (fentry,
+today) is not a candidate, so doctor never reports a choice that no session could load.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+
+from bpf import BPF_DIR
 
 
 class Mechanism(str, Enum):
@@ -22,7 +26,12 @@ class Mechanism(str, Enum):
 class Candidate:
     mechanism: Mechanism
     targets: tuple[str, ...]  # functions, tracepoints ("net:netif_receive_skb"), hooks; all must attach
+    program: str  # the bpf/ source that attaches there (tests check it declares each target)
     gives: str = ""  # what this mechanism shows, or loses compared with the preferred one
+
+    def __post_init__(self) -> None:
+        if not (BPF_DIR / self.program).is_file():
+            raise ValueError(f"candidate {self.label()}: no BPF program bpf/{self.program}")
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -44,8 +53,8 @@ class HookPoint:
     requires_symbols: tuple[str, ...] = ()  # kernel symbols proving the subsystem is present
 
 
-def _c(mechanism: Mechanism, *targets: str, gives: str = "") -> Candidate:
-    return Candidate(mechanism, tuple(targets), gives)
+def _c(mechanism: Mechanism, *targets: str, program: str, gives: str = "") -> Candidate:
+    return Candidate(mechanism, tuple(targets), program, gives)
 
 
 M = Mechanism
@@ -57,8 +66,8 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "packet drops with the kernel's reason and location",
         core=True,
         candidates=(
-            _c(M.RAW_TRACEPOINT, "kfree_skb", gives="reason and location (raw tracepoint args, 5.17+)"),
-            _c(M.TRACEPOINT, "skb:kfree_skb", gives="reason and location"),
+            _c(M.RAW_TRACEPOINT, "kfree_skb", program="drops.c",
+               gives="reason and location (raw tracepoint args, 5.17+)"),
         ),
         unseen="no drop events at all",
     ),
@@ -67,15 +76,14 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "packet path of traced packets (receive, queue, transmit)",
         core=True,
         candidates=(
-            _c(M.FENTRY, "__netif_receive_skb", "__dev_queue_xmit", gives="every receive and transmit call"),
-            _c(M.KPROBE, "__netif_receive_skb", "__dev_queue_xmit", gives="every receive and transmit call"),
             _c(
                 M.TRACEPOINT,
                 "net:netif_receive_skb",
                 "net:net_dev_queue",
+                program="path.c",
                 gives="device receive, transmit queue and driver transmit",
             ),
-            _c(M.TC, "clsact", gives="ingress and egress on chosen interfaces only"),
+            _c(M.TC, "clsact", program="tc.c", gives="ingress and egress on chosen interfaces only"),
         ),
         unseen="no per-packet path for traced packets",
     ),
@@ -84,11 +92,12 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "netfilter hooks: time in iptables/nftables, last hook before a drop",
         core=False,
         candidates=(
-            _c(M.FENTRY, "nf_hook_slow", "ipt_do_table", "nft_do_chain", gives="verdicts with table and chain"),
-            _c(M.KPROBE, "nf_hook_slow", "ipt_do_table", "nft_do_chain", gives="verdicts with table and chain"),
+            _c(M.KPROBE, "nf_hook_slow", "ipt_do_table", "nft_do_chain", program="nfkprobe.c",
+               gives="verdicts with table and chain"),
             _c(
                 M.NETFILTER_LINK,
                 NF_PROBE,
+                program="netfilter.c",
                 gives="hook and priority of the last step passed, time per hook; no table/chain attribution",
             ),
         ),
@@ -99,8 +108,7 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "Service NAT: tuples before and after kube-proxy's DNAT/SNAT",
         core=False,
         candidates=(
-            _c(M.NETFILTER_LINK, NF_PROBE, gives="tuples before/after NAT at each hook"),
-            _c(M.KPROBE, "nf_nat_ipv4_manip_pkt", gives="NAT rewrites only"),
+            _c(M.NETFILTER_LINK, NF_PROBE, program="netfilter.c", gives="tuples before/after NAT at each hook"),
         ),
         unseen="Service flows fall back to conntrack tables only (no per-packet NAT)",
     ),
@@ -109,8 +117,8 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "kube-proxy IPVS mode: scheduler choices and NAT transmit",
         core=False,
         candidates=(
-            _c(M.FENTRY, "ip_vs_conn_new", "ip_vs_nat_xmit"),
-            _c(M.KPROBE, "ip_vs_conn_new", "ip_vs_nat_xmit"),
+            # bpf/ipvs.c also probes handle_response (replies) where the kernel has that symbol.
+            _c(M.KPROBE, "ip_vs_conn_new", "ip_vs_nat_xmit", program="ipvs.c"),
         ),
         unseen="IPVS Service flows (iptables and nftables modes are unaffected)",
         subsystem="IPVS",
@@ -121,12 +129,13 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "VXLAN encapsulation and decapsulation",
         core=False,
         candidates=(
-            _c(M.FENTRY, "vxlan_rcv", "vxlan_xmit_one", gives="encap/decap with VNI from the driver"),
-            _c(M.KPROBE, "vxlan_rcv", "vxlan_xmit_one", gives="encap/decap with VNI from the driver"),
+            _c(M.KPROBE, "vxlan_rcv", "vxlan_xmit_one", program="overlay.c",
+               gives="encap/decap with VNI from the driver"),
             _c(
                 M.TRACEPOINT,
                 "net:netif_receive_skb",
                 "net:net_dev_queue",
+                program="path.c",
                 gives="device- and UDP-port-based (8472/4789) on vxlan devices and the underlay",
             ),
         ),
@@ -136,15 +145,24 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     ),
     HookPoint(
         "fragmentation",
-        "IP fragmentation and ICMP frag-needed / packet-too-big",
+        "IP fragmentation the node does itself",
         core=False,
         candidates=(
-            _c(M.KPROBE, "ip_do_fragment", gives="every local fragmentation"),
-            # bpf/icmp.c (6.13+): each frag-needed/reassembly error sent, with the offending packet and quoted MTU.
-            # Without it, tracer/live.py falls back to frag-needed packets seen queued on devices (path events).
-            _c(M.TRACEPOINT, "icmp:icmp_send", gives="ICMP errors sent; fragments seen on transmit only"),
+            _c(M.KPROBE, "ip_do_fragment", program="overlay.c", gives="every local fragmentation"),
+            # Without the kprobe: fragments are seen as they are queued on devices (MF/offset of path events).
+            _c(M.TRACEPOINT, "net:net_dev_queue", program="path.c", gives="fragments seen on transmit only"),
         ),
-        unseen="fragmentation and frag-needed; MTU drops still show as drop reasons",
+        unseen="fragmentation; MTU drops still show as drop reasons",
+    ),
+    HookPoint(
+        "icmp",
+        "ICMP frag-needed / packet-too-big and reassembly errors the node sends",
+        core=False,
+        candidates=(
+            # bpf/icmp.c: each error sent, with the offending packet and the MTU it quotes.
+            _c(M.TRACEPOINT, "icmp:icmp_send", program="icmp.c", gives="ICMP errors sent, with the packet"),
+        ),
+        unseen="frag-needed only as ICMP packets on the path, without the offending packet",
     ),
     HookPoint(
         "softirq",
@@ -157,9 +175,9 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
                 "irq:softirq_entry",
                 "irq:softirq_exit",
                 "napi:napi_poll",
+                program="softirq.c",
                 gives="per-CPU histograms and NAPI budget use",
             ),
-            _c(M.TRACEPOINT, "irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit", gives="no NAPI"),
         ),
         unseen="softirq latency (only /proc/net/softnet_stat deltas remain)",
     ),

@@ -47,7 +47,6 @@ KPROBES: dict[str, tuple[Kprobe, ...]] = {
     ),
 }
 SOURCES = {"netfilter": "nfkprobe.c", "vxlan": "overlay.c", "fragmentation": "overlay.c", "ipvs": "ipvs.c"}
-NOT_BUILT = "podtrace has no fentry programs for this hook point yet"
 
 
 def cheap_trials(concern: str, symbols: KernelSymbols, have_kprobes: bool, release: str) -> dict[str, Trial]:
@@ -62,8 +61,6 @@ def cheap_trials(concern: str, symbols: KernelSymbols, have_kprobes: bool, relea
             if mechanism == "kprobe":
                 ok = have_kprobes and symbols.has(target)
                 trials[key] = Trial(ok, "" if ok else "kprobes missing or function not in this kernel")
-            elif mechanism == "fentry":
-                trials[key] = Trial(False, NOT_BUILT)
             elif mechanism == "netfilter_link":
                 ok = kernel.kernel_version(release) >= (6, 4)
                 trials[key] = Trial(ok, "" if ok else "netfilter links need kernel 6.4")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
+import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nflink, tc
+from tracer import bccenv, kernelfs, netfilter, nflink, ringbuf, tc
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import (
@@ -26,6 +28,7 @@ from tracer.kprobes import attach_list
 from tracer.ksyms import KernelSymbols
 from tracer.probes import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.progress import Progress
+from tracer.scope import ScopeWatch
 
 # Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).
 ATTACHES = {
@@ -38,6 +41,7 @@ ATTACHES = {
     "ipvs_kprobe": [],
     "icmp": ["tracepoint icmp:icmp_send"],
 }
+SCOPE_REFRESH_S = 1.0  # how often /run/netns is looked at for pods added to a scoped node
 ICMP_TRACEPOINT_ABSENT = ("no tracepoint icmp:icmp_send on this kernel (6.13+): frag-needed is seen only as ICMP "
                           "packets on the path, without the offending packet")
 
@@ -62,6 +66,9 @@ class LiveSource:
         self.final_probe_counters: dict[str, dict[str, int]] = {}
         self._links: list[nflink.NetfilterLink] = []
         self._tc: list[tc.TcAttachment] = []
+        self._scope = ScopeWatch(config.scope) if config.scope is not None else None
+        self._scope_checked = 0.0
+        self._ring: ringbuf.RingReader | None = None
 
     def start(self, progress: bool = True) -> None:
         bcc = bccenv.bcc_module()
@@ -74,6 +81,7 @@ class LiveSource:
                 raise KernelError(f"the probes failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err
             step.done(f"{len(self.build.programs)} programs")
+        self._refresh_scope()
         for program in self.build.programs:
             self.attached += ATTACHES[program]
         if self.config.netfilter:
@@ -82,7 +90,18 @@ class LiveSource:
             self._attach_tc()
         if self.config.kprobes:
             self._attach_kprobes()
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._open_ring()
+
+    def _open_ring(self) -> None:
+        """Our own mmap reader where it is safe (tracer/ringbuf.py), else BCC's callback per event."""
+        table = self._bpf["events"]
+        if ringbuf.supported() and not os.environ.get("PODTRACE_BCC_RINGBUF"):
+            try:
+                self._ring = ringbuf.RingReader(table.map_fd, int(table.max_entries))
+                return
+            except (OSError, ValueError):
+                self._ring = None
+        table.open_ring_buffer(self._on_event)
 
     def _attach_kprobes(self) -> None:
         """The kprobe programs of config.kprobes whose function is in this kernel (tracer/kprobes.py)."""
@@ -146,6 +165,18 @@ class LiveSource:
         links = list(self._bpf["nat_flows"].items()) if self.config.netfilter else []
         return links + self.ipvs_flows()
 
+    def forget_nat_flows(self, idle_before_ns: int) -> int:
+        """Delete nat_flows entries last seen before `idle_before_ns` (monotonic): the map holds 16384 flows, and
+        a long-running reader (`podtrace serve`) that has counted an idle one frees its slot for new ones."""
+        if self._bpf is None or not self.config.netfilter:
+            return 0
+        table = self._bpf["nat_flows"]
+        idle = [key for key, stats in table.items() if stats.last_ns < idle_before_ns]
+        for key in idle:
+            with contextlib.suppress(KeyError):
+                del table[key]
+        return len(idle)
+
     def ipvs_flows(self) -> list[tuple[Any, Any]]:
         """IPVS records from bpf/ipvs.c, keyed like nat_flows: connections, NAT transmits, replies (kprobes)."""
         if self._bpf is None or "ipvs_kprobe" not in self.build.programs:
@@ -173,12 +204,40 @@ class LiveSource:
         self._pending.append(ctypes.string_at(data, size))
         return 0  # returning None costs BCC's wrapper a conversion per event
 
+    @property
+    def scope_inodes(self) -> set[int]:
+        """The netns inodes the kernel side traces now (empty: no scope, every namespace)."""
+        return set(self._scope.current) if self._scope is not None else set()
+
+    def _refresh_scope(self) -> None:
+        """Bring the scope map up to date with the node's namespaces (pods come and go during a session)."""
+        if self._scope is None or self._bpf is None:
+            return
+        change = self._scope.changed()
+        if change is None:
+            return
+        table = self._bpf["scope"]
+        added, removed = change
+        for inode in removed:
+            with contextlib.suppress(KeyError):
+                del table[table.Key(inode)]
+        for inode in added:
+            table[table.Key(inode)] = table.Leaf(1)
+
     def poll_raw(self, timeout_ms: int = 100) -> list[bytes]:
         """Raw event bytes that arrived (the fast path: aggregate without decoding every event)."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+        now = time.monotonic()
+        if now - self._scope_checked >= SCOPE_REFRESH_S:
+            self._scope_checked = now
+            self._refresh_scope()
         # The probes wake the reader only every 64 events per CPU (bpf/skb.h pt_wakeup): what arrived quietly
         # is drained here, so a poll's timeout is also the longest an event waits.
-        self._bpf.ring_buffer_consume()
+        if self._ring is not None:
+            self._ring.wait(timeout_ms)
+            self._ring.drain(self._pending)
+        else:
+            self._bpf.ring_buffer_poll(timeout_ms)
+            self._bpf.ring_buffer_consume()
         batch, self._pending = self._pending, []
         complete = [raw for raw in batch if len(raw) >= EVENT_SIZES.get(raw[0], EVENT_SIZE)]
         self.decode_errors += len(batch) - len(complete)
@@ -219,6 +278,9 @@ class LiveSource:
         for link in self._links:
             link.close()
         self._links = []
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self._bpf is not None:
             self.final_probe_counters = self.probe_counters()
             self.final_counters = self.counters()

@@ -15,6 +15,7 @@ from tracer.errors import KernelError, UsageError
 from tracer.events import PROBES
 from tracer.modbtf import ModuleBtf, kprobe_cflags
 from tracer.pcapfilter import CompiledFilter, match_all
+from tracer.scope import Scope
 
 # -D macro, struct, member path, the size the C code reads.
 BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
@@ -37,6 +38,7 @@ BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
 # Read only by bpf/netfilter.c, with direct (BTF-checked) loads: the hook's network namespace.
 NF_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (("PT_OFF_NF_HOOK_STATE_NET", "nf_hook_state", "net", 8),)
 
+SCOPE_MAX = 4096  # namespaces one session can scope to: a node with thousands of pods
 DROP_REASON_ENUM = "skb_drop_reason"
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
 SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "tc": "tc.c", "icmp": "icmp.c",
@@ -54,6 +56,8 @@ ICMP_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
 class ProbeConfig:
     filter: CompiledFilter = field(default_factory=match_all)
     netns_inode: int | None = None
+    # --node/--netns in sessions with several namespaces: the inodes live in a map (tracer/scope.py)
+    scope: Scope | None = None
     ifname: str | None = None
     drops: bool = True
     path: bool = False
@@ -136,6 +140,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     cflags.append(f"-DPT_PATH_RATE={config.path_rate}")
     if config.netns_inode is not None:
         cflags.append(f"-DPT_FILTER_NETNS={config.netns_inode}U")
+    if config.scope is not None:
+        cflags.append("-DPT_SCOPE=1")
     if config.ifname:
         low, high = _ifname_words(config.ifname)
         cflags += [f"-DPT_FILTER_IFNAME_LO={low}ULL", f"-DPT_FILTER_IFNAME_HI={high}ULL"]
@@ -159,6 +165,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         f"BPF_RINGBUF_OUTPUT(events, {config.ringbuf_pages});",
         "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_SLOTS);",
         "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
+        # The scope's netns inodes (tracer/scope.py), filled before the first event and refreshed while tracing.
+        f"BPF_HASH(scope, __u32, __u8, {SCOPE_MAX});" if config.scope is not None else "",
         'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if config.netfilter else "",
         # Queued traced packets until net_dev_xmit (bpf/path.c); an LRU forgets those a qdisc dropped.
         'BPF_TABLE("lru_hash", struct pt_xmit_key, struct pt_packet_event, xmit_pending, 4096);\n'

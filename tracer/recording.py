@@ -10,16 +10,21 @@ from the first bytes, not the name. Pure IO on bytes: nothing here knows about B
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import struct
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from tracer import recording_schema
 from tracer.errors import RecordingError
-from tracer.events import EVENT_SIZE, Tuple
+from tracer.events import EVENT_SIZE, EVENT_SIZES, Tuple
 
 if TYPE_CHECKING:
     from tracer.flows import NatRecord
@@ -29,8 +34,9 @@ MAGIC = b"PODTRACE"
 FORMAT_VERSION = 1
 # Additions within version 1 that older readers skip (header "format_minor"): 1 nat_flows and softirq records,
 # 2 the header's "links" and "conntrack" and the last trailer's "conntrack", 3 per-probe counters ("probe_counters"
-# in counters records and trailers, "probe_counters_at_start" in headers). Absent in the first files: 0.
-FORMAT_MINOR = 3
+# in counters records and trailers, "probe_counters_at_start" in headers), 4 the header's part.run_id (rotation parts
+# are found by it and their index, never by the trailer's "next"). Absent in the first files: 0.
+FORMAT_MINOR = 4
 PREAMBLE = struct.Struct("<8sI")
 
 KIND_HEADER = 1
@@ -49,6 +55,15 @@ RECORD_CRC = struct.Struct("<I")
 EVENT_LEN = struct.Struct("<H")  # before each event: event structs differ in size (packet 296, NAT 128)
 # A length beyond this is corruption, not a record (batches are kept far smaller by the writer).
 MAX_RECORD = 64 << 20
+MAX_JSON = 32 << 20  # a header with kube-proxy's rules of a large cluster is a few MiB
+# Decompression bounds: a part never holds more than MAX_STREAM bytes, and past RATIO_FLOOR bytes the stream may
+# not be more than MAX_RATIO times the compressed bytes read (real recordings compress 5-20x; a bomb of empty
+# records ~1000x). Both end the read with a RecordingError, in bounded memory: output is taken in OUT_CHUNK pieces.
+MAX_STREAM = 16 << 30
+MAX_RATIO = 200
+RATIO_FLOOR = 4 << 20
+OUT_CHUNK = 1 << 20
+ZSTD_IN_CHUNK = 512  # zstd RLE blocks reach ~32000x: 512 input bytes never yield more than ~16 MiB
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -85,17 +100,45 @@ def encode_events(raw_events: list[bytes]) -> bytes:
     return encode_record(KIND_EVENTS, b"".join(pack(len(raw)) + raw for raw in raw_events))
 
 
+FILE_MODE = 0o600  # recordings hold packet snippets: readable by their owner only unless asked (--mode)
+
+
+class WriteFailed(RecordingError):
+    """Writing a recording failed (most often a full disk): the file holds what was written before."""
+
+    def __init__(self, path: str, err: OSError) -> None:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        what = "the disk is full" if full else (err.strerror or str(err))
+        super().__init__(f"cannot write {path}: {what}; the recording ends here",
+                         "what was written before is readable: podtrace report reads it up to the last complete "
+                         "record")
+
+
+def create_new(path: str, mode: int = FILE_MODE) -> BinaryIO:
+    """A new file for writing, created with `mode` exactly (not widened by the umask's absence, not narrowed by
+    it): O_EXCL and O_NOFOLLOW, so an existing file or a planted symlink at a predictable path is refused rather
+    than overwritten or followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError as err:
+        what = "a symbolic link" if os.path.islink(path) else "an existing file"
+        raise RecordingError(f"cannot write {path}: it is {what}, refused (podtrace never overwrites or follows "
+                             "links)", "remove it or choose another name") from err
+    except OSError as err:
+        raise RecordingError(f"cannot write {path}: {err.strerror}") from err
+    os.fchmod(fd, mode)
+    return os.fdopen(fd, "wb")
+
+
 class RecordWriter:
     """One recording file: preamble on open, records appended, flushed and fsynced on close."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, mode: int = FILE_MODE) -> None:
         self.path = path
         self.compression = compression_of(path)
         zstd = _zstandard() if self.compression == "zstd" else None  # fail before creating the file
-        try:
-            self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
-        except OSError as err:
-            raise RecordingError(f"cannot write {path}: {err.strerror}") from err
+        self._file: BinaryIO = create_new(path, mode)
         self._gzip: Any = None
         self._zstd: Any = None
         if self.compression == "gzip":
@@ -114,7 +157,24 @@ class RecordWriter:
         elif self._zstd is not None:
             data = self._zstd.compress(data)
         if data:
-            self._file.write(data)
+            self._out(self._file.write, data)
+
+    def _out(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A write, flush or fsync of the file; a full disk (or any write error) is one RecordingError."""
+        try:
+            return call(*args)
+        except OSError as err:
+            self.abandon()
+            raise WriteFailed(self.path, err) from err
+
+    def abandon(self) -> None:
+        """Close without writing anything more (after a write error: what reached the file stays readable)."""
+        if self._file.closed:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self._file.fileno())  # not file.close(): it would flush the buffer again and fail again
+        with contextlib.suppress(OSError, ValueError):
+            self._file.close()
 
     @property
     def size(self) -> int:
@@ -130,20 +190,20 @@ class RecordWriter:
     def flush(self) -> None:
         """Push everything written so far to the kernel (a SIGKILL after this loses nothing before it)."""
         if self._gzip is not None:
-            self._file.write(self._gzip.flush(zlib.Z_SYNC_FLUSH))
+            self._out(self._file.write, self._gzip.flush(zlib.Z_SYNC_FLUSH))
         elif self._zstd is not None:
-            self._file.write(self._zstd.flush(_zstandard().COMPRESSOBJ_FLUSH_BLOCK))
-        self._file.flush()
+            self._out(self._file.write, self._zstd.flush(_zstandard().COMPRESSOBJ_FLUSH_BLOCK))
+        self._out(self._file.flush)
 
     def close(self) -> None:
         if self._file.closed:
             return
         if self._gzip is not None:
-            self._file.write(self._gzip.flush(zlib.Z_FINISH))
+            self._out(self._file.write, self._gzip.flush(zlib.Z_FINISH))
         elif self._zstd is not None:
-            self._file.write(self._zstd.flush())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+            self._out(self._file.write, self._zstd.flush())
+        self._out(self._file.flush)
+        self._out(os.fsync, self._file.fileno())
         self._file.close()
 
 
@@ -153,77 +213,130 @@ class Record:
     payload: bytes
     offset: int  # of the record's length field in the (decompressed) stream
 
-    def json(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RecordingError(f"record at byte offset {self.offset} holds invalid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise RecordingError(f"record at byte offset {self.offset} is not a JSON object")
+    def json(self, path: str = "") -> dict[str, Any]:
+        """The payload as a JSON object checked against its kind's schema (tracer.recording_schema)."""
+        name = KIND_NAMES_BY_VALUE.get(self.kind, f"kind {self.kind}")
+        what = f"{path + ': ' if path else ''}{name} record at byte offset {self.offset}"
+        if len(self.payload) > MAX_JSON:
+            raise RecordingError(f"{what} is {len(self.payload)} bytes of JSON, more than {MAX_JSON}")
+        data = recording_schema.load(self.payload, what)
+        recording_schema.check(data, recording_schema.schema_of(self.kind), what)
         return data
 
 
 class _Chunks:
-    """Decompressed bytes of a file in chunks; `truncated` once a compressed stream ended early."""
+    """Decompressed bytes of a file in chunks of at most OUT_CHUNK; `truncated` once a compressed stream ended early.
+
+    Bounded whatever the file holds: output is pulled in pieces (never one unbounded decompress call) and the
+    stream is refused past MAX_STREAM bytes or, beyond RATIO_FLOOR, MAX_RATIO times the compressed bytes read.
+    """
 
     def __init__(self, handle: BinaryIO, path: str) -> None:
         self._handle = handle
         self._path = path
         self.truncated = False
+        self._in = 0
+        self._out = 0
         first = handle.read(4)
         handle.seek(0)
         self.compression = "gzip" if first[:2] == GZIP_MAGIC else "zstd" if first == ZSTD_MAGIC else "none"
 
     def __iter__(self) -> Iterator[bytes]:
         if self.compression == "none":
-            while chunk := self._handle.read(1 << 20):
+            while chunk := self._handle.read(OUT_CHUNK):
                 yield chunk
             return
-        yield from (self._gunzip() if self.compression == "gzip" else self._unzstd())
+        pieces = self._gunzip() if self.compression == "gzip" else self._unzstd()
+        for piece in pieces:
+            if piece:
+                self._out += len(piece)
+                self._bounded()
+                yield piece
+
+    def _read(self, size: int) -> bytes:
+        chunk = self._handle.read(size)
+        self._in += len(chunk)
+        return chunk
+
+    def _bounded(self) -> None:
+        if self._out > MAX_STREAM:
+            raise RecordingError(f"{self._path}: decompresses to more than {MAX_STREAM >> 30} GiB, refused",
+                                 "a recording part is never that large: this looks like a decompression bomb")
+        if self._out > RATIO_FLOOR and self._out > MAX_RATIO * max(self._in, 1):
+            raise RecordingError(
+                f"{self._path}: decompresses more than {MAX_RATIO} times its size ({self._in} bytes -> "
+                f"{self._out} so far), refused", "recordings compress far less: this looks like a decompression bomb")
 
     def _gunzip(self) -> Iterator[bytes]:
         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         fed = False  # the current member has input: ending now is a cut, not a clean end
-        while chunk := self._handle.read(1 << 20):
+        while chunk := self._read(1 << 16):
             while chunk:
                 fed = True
                 try:
-                    yield decompressor.decompress(chunk)
+                    yield decompressor.decompress(chunk, OUT_CHUNK)
                 except zlib.error as err:
                     raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
+                if decompressor.unconsumed_tail:
+                    chunk = decompressor.unconsumed_tail
+                    continue
                 if not decompressor.eof:
                     break
                 chunk = decompressor.unused_data  # concatenated gzip members (cat a.gz b.gz)
                 decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 fed = False
         if fed:
-            yield decompressor.flush()
+            yield decompressor.flush(OUT_CHUNK)
             self.truncated = not decompressor.eof
 
     def _unzstd(self) -> Iterator[bytes]:
         zstd = _zstandard()
         decompressor = zstd.ZstdDecompressor().decompressobj()
-        while chunk := self._handle.read(1 << 20):
-            try:
-                yield decompressor.decompress(chunk)
-            except zstd.ZstdError as err:
-                raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
-        self.truncated = not decompressor.eof
+        fed = False
+        while chunk := self._read(ZSTD_IN_CHUNK):
+            while chunk:
+                fed = True
+                try:
+                    yield decompressor.decompress(chunk)
+                except zstd.ZstdError as err:
+                    raise RecordingError(f"{self._path}: compressed data is corrupt ({err})") from err
+                if not decompressor.eof:
+                    break
+                chunk = decompressor.unused_data  # concatenated frames (cat a.zst b.zst)
+                decompressor = zstd.ZstdDecompressor().decompressobj()
+                fed = False
+        self.truncated = fed and not decompressor.eof
+
+
+def open_regular(path: str, follow_symlinks: bool = True) -> BinaryIO:
+    """`path` opened for reading only if it is a regular file: a FIFO or a device would hang or never end the read
+    (O_NONBLOCK makes the open itself return at once), a symlink is refused when `follow_symlinks` is False."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as err:
+        raise RecordingError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise RecordingError(f"{path} is a directory, not a podtrace recording") from err
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RecordingError(f"{path} is a symbolic link: refused as a rotation part") from err
+        raise RecordingError(f"cannot read {path}: {err.strerror}") from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise RecordingError(f"{path} is {what}, not a podtrace recording")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 class RecordReader:
     """Records of one file, in order. Stops cleanly at a cut-off end (`truncated`), raises on corruption."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, follow_symlinks: bool = True) -> None:
         self.path = path
-        try:
-            self._handle: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
-        except FileNotFoundError as err:
-            raise RecordingError(f"{path}: no such file") from err
-        except IsADirectoryError as err:
-            raise RecordingError(f"{path} is a directory, not a podtrace recording") from err
-        except OSError as err:
-            raise RecordingError(f"cannot read {path}: {err.strerror}") from err
+        self._handle: BinaryIO = open_regular(path, follow_symlinks)
         self._chunks = _Chunks(self._handle, path)
         self.compression = self._chunks.compression
         self.truncated = False
@@ -301,21 +414,29 @@ class RecordReader:
                               "everything before it was read")
 
 
-def split_events(record: Record) -> list[bytes]:
-    """The raw events of an EVENTS record."""
+def split_events(record: Record, path: str = "") -> list[bytes]:
+    """The raw events of an EVENTS record, each checked against its type's size (tracer.events.EVENT_SIZES) before
+    anything decodes it. Events of a type this reader does not know are left out (a later minor may add types)."""
     payload = record.payload
     events = []
     position = 0
     unpack = EVENT_LEN.unpack_from
+    where = f"{path + ': ' if path else ''}events record at byte offset {record.offset}"
     while position < len(payload):
         if position + EVENT_LEN.size > len(payload):
-            raise RecordingError(f"events record at byte offset {record.offset} does not hold whole events")
+            raise RecordingError(f"{where} does not hold whole events (a size field is cut at {position})")
         size, = unpack(payload, position)
         position += EVENT_LEN.size
         end = position + size
         if size < 4 or end > len(payload):
-            raise RecordingError(f"events record at byte offset {record.offset} does not hold whole events")
-        events.append(payload[position:end])
+            raise RecordingError(f"{where} does not hold whole events (an event of {size} bytes at {position})")
+        kind = int.from_bytes(payload[position : position + 4], "little")
+        expected = EVENT_SIZES.get(kind)
+        if expected is not None:
+            if size != expected:
+                raise RecordingError(f"{where}: the event at {position} is {size} bytes, a type-{kind} event is "
+                                     f"{expected}")
+            events.append(payload[position:end])
         position = end
     return events
 
@@ -343,12 +464,15 @@ class Recorder:
     """
 
     def __init__(self, path: str, header: dict[str, Any], netns_name: Callable[[int], str],
-                 symbol: Callable[[int], str], max_size: int | None = None) -> None:
+                 symbol: Callable[[int], str], max_size: int | None = None, mode: int = FILE_MODE) -> None:
         self.path = path
         self.max_size = max_size
+        self.mode = mode
+        self.failed: RecordingError | None = None  # a write failed (disk full): nothing more is written
         self._netns_name = netns_name
         self._symbol = symbol
         self._header = header
+        self.run_id = uuid.uuid4().hex  # every part carries it: a part of another recording is never merged in
         self.netns: dict[int, str] = {int(k): v for k, v in header.get("names", {}).get("netns", {}).items()}
         self.symbols: dict[int, str] = {}
         self.counters: dict[str, int] = {}
@@ -361,9 +485,9 @@ class Recorder:
 
     def _open(self, index: int) -> RecordWriter:
         path = part_path(self.path, index)
-        writer = RecordWriter(path)
+        writer = RecordWriter(path, self.mode)
         header = dict(self._header)
-        header["part"] = {"index": index, "first": os.path.basename(self.path)}
+        header["part"] = {"index": index, "first": os.path.basename(self.path), "run_id": self.run_id}
         header["counters_at_start"] = dict(self.counters)
         header["probe_counters_at_start"] = {probe: dict(values) for probe, values in self.probe_counters.items()}
         names = dict(header.get("names", {}))
@@ -375,7 +499,26 @@ class Recorder:
         self.part_events = 0
         return writer
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[bool]:
+        """Yields False once a write has failed; a failure ends the recording with the file kept as it is."""
+        if self.failed is not None:
+            yield False
+            return
+        try:
+            yield True
+        except RecordingError as err:  # WriteFailed, or a part that could not be created
+            self.failed = err
+            with contextlib.suppress(OSError):
+                self.bytes_written += os.path.getsize(self._writer.path)
+            raise
+
     def add(self, raw_events: list[bytes]) -> None:
+        with self._writing() as ok:
+            if ok:
+                self._add_all(raw_events)
+
+    def _add_all(self, raw_events: list[bytes]) -> None:
         # With a size limit, batches are cut to an eighth of it so a part overshoots by at most that.
         step = max(1, self.max_size // (8 * EVENT_SIZE)) if self.max_size else len(raw_events) or 1
         for start in range(0, len(raw_events), step):
@@ -415,21 +558,30 @@ class Recorder:
         if probes is not None:
             self.probe_counters = {probe: dict(values) for probe, values in probes.items()}
             record["probe_counters"] = self.probe_counters
-        self._writer.write_json(KIND_COUNTERS, record)
+        with self._writing() as ok:
+            if ok:
+                self._writer.write_json(KIND_COUNTERS, record)
 
     def write_nat_flows(self, records: list[dict[str, Any]], monotonic_ns: int) -> None:
         """A snapshot of the kernel's nat_flows map (cumulative: the latest one read wins)."""
-        self._writer.write_json(KIND_NAT_FLOWS, {"nat_flows": records, "monotonic_ns": monotonic_ns})
+        with self._writing() as ok:
+            if ok:
+                self._writer.write_json(KIND_NAT_FLOWS, {"nat_flows": records, "monotonic_ns": monotonic_ns})
 
     def write_softirq(self, snapshot: SoftirqSnapshot) -> None:
         """A snapshot of the softirq/NAPI counters (cumulative: a report takes last minus first)."""
-        self._writer.write_json(KIND_SOFTIRQ, softirq_to_json(snapshot))
+        with self._writing() as ok:
+            if ok:
+                self._writer.write_json(KIND_SOFTIRQ, softirq_to_json(snapshot))
 
     def flush(self) -> None:
-        self._writer.flush()
-        # Compressed output reaches the file at flushes: this is where a compressed part sees its real size.
-        if self.max_size and self._writer.size >= self.max_size:
-            self._rotate()
+        with self._writing() as ok:
+            if not ok:
+                return
+            self._writer.flush()
+            # Compressed output reaches the file at flushes: this is where a compressed part sees its real size.
+            if self.max_size and self._writer.size >= self.max_size:
+                self._rotate()
 
     def _finish(self, writer: RecordWriter, extra: dict[str, Any]) -> None:
         trailer = {"counters": self.counters, "events": self.part_events, "total_events": self.events, **extra}
@@ -446,7 +598,9 @@ class Recorder:
             self.counters = dict(final_counters)
         if probes:
             self.probe_counters = {probe: dict(values) for probe, values in probes.items()}
-        self._finish(self._writer, {**(extra or {}), "next": None, "end_wall_ns": end_wall_ns})
+        with self._writing() as ok:
+            if ok:
+                self._finish(self._writer, {**(extra or {}), "next": None, "end_wall_ns": end_wall_ns})
 
 
 _TUPLE_FIELDS = ("sport", "dport", "family", "proto", "icmp_type", "icmp_code", "frag", "ip_len")

@@ -22,8 +22,10 @@ from tracer.recording import (
     KIND_NAT_FLOWS,
     KIND_SOFTIRQ,
     KIND_TRAILER,
+    PREAMBLE,
     RecordReader,
     nat_from_json,
+    part_path,
     softirq_from_json,
     split_events,
 )
@@ -127,6 +129,46 @@ def recorded_services(header: dict[str, Any]) -> tuple[ServiceMap, list[str]]:
     return services, warnings
 
 
+JSON_KINDS = (KIND_HEADER, KIND_NAMES, KIND_COUNTERS, KIND_TRAILER, KIND_NAT_FLOWS, KIND_SOFTIRQ)
+MAX_PART_GAP = 16  # parts looked for past a missing one
+
+
+@dataclass
+class PartIdentity:
+    """Which recording a part belongs to: the run id and part index of its header (format minor 4; older files
+    have only the index) and the directory and first part's name its siblings are found by."""
+
+    directory: str
+    first: str  # the first part's file name, as the header has it (a bare name, never a path)
+    run_id: str
+    index: int
+
+    @classmethod
+    def of(cls, path: str, header: dict[str, Any]) -> PartIdentity | None:
+        part = header.get("part") or {}
+        index = int(part.get("index", 0))
+        directory, name = os.path.split(path)
+        first = str(part.get("first") or "")
+        if not first or first != os.path.basename(first) or first in (".", ".."):
+            first = name if index == 0 else ""
+        if part_path(first, index) != name:  # renamed: only a first part keeps its siblings (name.1, ...)
+            first = name if index == 0 else ""
+        return cls(directory, first, str(part.get("run_id") or ""), index) if first else None
+
+    def path(self, index: int) -> str | None:
+        return os.path.join(self.directory, part_path(self.first, index)) if self.first else None
+
+    def foreign(self, header: dict[str, Any]) -> str:
+        """Why a header is not that of the expected next part ("" when it is)."""
+        part = header.get("part") or {}
+        run_id = str(part.get("run_id") or "")
+        if run_id != self.run_id:
+            return f"belongs to another recording (run {run_id or 'unknown'}, not {self.run_id or 'unknown'})"
+        if int(part.get("index", -1)) != self.index:
+            return f"is part {part.get('index')} of its recording, not part {self.index}"
+        return ""
+
+
 def counter_delta(now: dict[str, int], base: dict[str, int]) -> dict[str, int]:
     return {name: value - base.get(name, 0) for name, value in now.items()}
 
@@ -146,6 +188,7 @@ class ReplaySource:
         self.speed = speed
         self.parts: list[str] = []
         self.truncated_parts: list[str] = []
+        self.incomplete: list[str] = []  # missing or foreign rotation parts, one line each
         self.trailer: dict[str, Any] | None = None
         self._latest: dict[str, int] = {}
         self._base: dict[str, int] | None = None
@@ -181,31 +224,63 @@ class ReplaySource:
 
     def _all_records(self) -> Generator[tuple[int, dict[str, Any] | list[bytes]], None, None]:
         path: str | None = self.path
+        identity: PartIdentity | None = None
         while path is not None:
-            reader = RecordReader(path)
+            if identity is None:
+                reader = RecordReader(path)
+            else:  # a later part: only a regular file of its own name, never a link, a FIFO or a device
+                try:
+                    reader = RecordReader(path, follow_symlinks=False)
+                except RecordingError as err:
+                    self.incomplete.append(err.message)
+                    return
             self.parts.append(path)
-            next_name: str | None = None
+            more = False  # the trailer says another part follows (its `next` is a flag here, never a path)
             ended = False  # a trailer was read: a part without one was cut short, even at a record boundary
+            foreign = ""
             try:
                 for record in reader.records():
                     if record.kind == KIND_EVENTS:
-                        yield record.kind, split_events(record)
-                    elif record.kind in (KIND_HEADER, KIND_NAMES, KIND_COUNTERS, KIND_TRAILER, KIND_NAT_FLOWS,
-                                         KIND_SOFTIRQ):
-                        data = record.json()
+                        yield record.kind, split_events(record, path)
+                    elif record.kind in JSON_KINDS:
+                        data = record.json(path)
+                        if record.kind == KIND_HEADER and record.offset == PREAMBLE.size:
+                            if identity is None:
+                                identity = PartIdentity.of(path, data)
+                            elif foreign := identity.foreign(data):
+                                break  # nothing of another recording is replayed
                         if record.kind == KIND_TRAILER:
-                            next_name, ended = data.get("next"), True
+                            more, ended = data.get("next") is not None, True
                         yield record.kind, data
                     # unknown kinds are skipped: a newer minor addition an older reader can ignore
             finally:
                 reader.close()
+            if foreign:
+                self.incomplete.append(f"{path} {foreign}")
+                return
             if reader.truncated or not ended:
                 self.truncated_parts.append(path)
             path = None
-            if self.follow and next_name:
-                candidate = os.path.join(os.path.dirname(self.path), next_name)
-                if os.path.exists(candidate):
-                    path = candidate
+            if self.follow and more:
+                if identity is None:
+                    self.incomplete.append(f"the parts after {self.path} cannot be found: it was renamed")
+                else:
+                    path = self._next_part(identity)
+
+    def _next_part(self, identity: PartIdentity) -> str | None:
+        """The part after `identity.index` by its name, reporting missing ones (and reading on past a gap)."""
+        for index in range(identity.index + 1, identity.index + 1 + MAX_PART_GAP):
+            candidate = identity.path(index)
+            if candidate is None:
+                self.incomplete.append(f"part {identity.index + 1} cannot be found: {self.path} was renamed")
+                return None
+            if os.path.lexists(candidate):
+                identity.index = index
+                return candidate
+            self.incomplete.append(f"part {index} ({candidate}) is missing")
+            if not os.path.lexists(identity.path(index + 1) or ""):
+                return None
+        return None
 
     def _read_header(self) -> dict[str, Any]:
         for kind, data in self._records:

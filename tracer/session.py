@@ -20,6 +20,7 @@ from tracer.names import NetnsNames, Symbolizer, netns_inode
 from tracer.pcapfilter import compile_filter
 from tracer.probes import ProbeConfig
 from tracer.report import Resolver
+from tracer.scope import Scope
 
 PACKET_EVENTS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == EVENT_SIZE)
 
@@ -71,9 +72,12 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, 
         sys.stderr.write(f"podtrace: kernel {platform.release()} has no BPF netfilter links (6.4+): no per-packet "
                          "NAT tuples" + (", netfilter verdicts from kprobes" if kprobes else "") + "\n")
         netfilter = False
+    nodes = tuple(getattr(args, "node", None) or ())
     return ProbeConfig(
         filter=compile_filter(expression),
-        netns_inode=netns_inode(args.netns) if args.netns and not netfilter else None,
+        # --netns is one namespace (a constant in the C); --node a node with its pods (a map), in every program.
+        netns_inode=netns_inode(args.netns) if args.netns else None,
+        scope=Scope(nodes=nodes) if nodes else None,
         netfilter=netfilter,
         kprobes=kprobes,
         tc_interfaces=tuple(getattr(args, "tc", None) or ()),

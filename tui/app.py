@@ -289,7 +289,7 @@ class PodtraceApp(App[int]):
             return
         if self.recording is None:
             try:
-                path = new_file(self.info.save_dir, ".ptrec")
+                path = new_file(self.info.save_dir, ".ptrec", create=False)  # the Recorder creates it 0600
             except OSError as err:
                 self.notify(f"cannot record in {self.info.save_dir}: {err.strerror or err}", severity="error")
                 return

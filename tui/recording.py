@@ -53,12 +53,18 @@ def create_private(path: str) -> str:
     return path
 
 
-def new_file(directory: str, suffix: str) -> str:
-    """A fresh private file in the save directory, named after the time (-2, -3, ... when the second is taken)."""
+def new_file(directory: str, suffix: str, create: bool = True) -> str:
+    """A fresh private file in the save directory, named after the time (-2, -3, ... when the second is taken).
+    create=False only picks the free name, for a writer that creates the file itself with O_EXCL|O_NOFOLLOW
+    (tracer.recording.Recorder)."""
     private_dir(directory)
     base = os.path.join(directory, recording_name(suffix=""))
     for attempt in range(1, 100):
         path = f"{base}{'' if attempt == 1 else f'-{attempt}'}{suffix}"
+        if not create:
+            if not os.path.lexists(path):
+                return path
+            continue
         try:
             return create_private(path)
         except FileExistsError:

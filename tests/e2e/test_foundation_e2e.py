@@ -106,7 +106,8 @@ def test_doctor_agrees_with_the_kernel_config_and_an_fentry_trial_of_its_own() -
     assert mechanisms["fentry"]["available"] == fentry_works
     if not fentry_works and any("Operation not permitted" in line for line in lines):
         assert "EPERM" in mechanisms["fentry"]["reason"]
-        assert any(fix.startswith("fentry:") for fix in report["fixes"])
+        # A fact about the kernel, not a fix: no hook point offers fentry (podtrace has no fentry programs).
+        assert not any(fix.startswith("fentry:") for fix in report["fixes"])
 
     # headers: the running kernel's tree when installed, else the newest /usr/src tree (Debian's 6.1 here)
     if not os.path.isdir(f"/lib/modules/{platform.release()}/build") and platform.machine() == "x86_64":

@@ -1,6 +1,7 @@
 """A traced consumer, run as a child process: LiveSource + DropTable.add_raw, as `podtrace drops` does.
 
     python -m tracer.benchmarks.consumer --ready-file F [--path --filter EXPR] [--netfilter-netns NS ...]
+        [--node NS ...]
 
 Attaches, writes the ready file, polls until SIGINT/SIGTERM, then prints one JSON object: the kernel counters
 (seen, events, lost, ...), the events read and the table's groups.
@@ -19,6 +20,7 @@ from tracer.aggregate import DropTable
 from tracer.live import LiveSource
 from tracer.pcapfilter import compile_filter
 from tracer.probes import ProbeConfig
+from tracer.scope import Scope
 
 _stop = False
 
@@ -35,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="")
     parser.add_argument("--netfilter-netns", action="append", default=[])
     parser.add_argument("--ringbuf-pages", type=int, default=256)
+    parser.add_argument("--node", action="append", default=[], help="scope to these nodes and their pods")
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handle)
     config = ProbeConfig(filter=compile_filter(args.filter), path=args.path,
                          netfilter=bool(args.netfilter_netns),
-                         netfilter_netns=tuple(args.netfilter_netns) or (None,), ringbuf_pages=args.ringbuf_pages)
+                         netfilter_netns=tuple(args.netfilter_netns) or (None,), ringbuf_pages=args.ringbuf_pages,
+                         scope=Scope(nodes=tuple(args.node)) if args.node else None)
     source = LiveSource(config)
     started = time.monotonic()
     source.start(progress=False)
@@ -61,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             table.add_raw(raw)
     finally:
         source.close()
+    by_netns: dict[str, int] = {}
+    for key, row in table.sorted_groups():  # DropKey: (reason, location, netns, ...)
+        by_netns[str(key[2])] = by_netns.get(str(key[2]), 0) + row.count
     result = {"counters": source.final_counters, "events_read": events, "drops": table.total,
+              "drops_by_netns": by_netns,
               "groups": len(table.raw_groups) + len(table.groups), "attach_s": attach_s,
               "attached": source.attached}
     sys.stdout.write(json.dumps(result) + "\n")

@@ -72,3 +72,48 @@ def iperf_server(pair: Pair, port: int) -> Iterator[None]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@dataclass
+class Node:
+    """A "node" namespace with "pods" behind veths (vpN on the node, eth0 in the pod), as CNI plugins wire them."""
+
+    netns: str
+    pods: list[str]
+    node_ip: str
+    pod_ips: list[str]
+
+
+@contextmanager
+def node_with_pods(prefix: str = "pts", count: int = 2, subnet: str = "198.18.240") -> Iterator[Node]:
+    """PREFIX-TAG-node with PREFIX-TAG-pod0.. at SUBNET.10.., node SUBNET.1; removed on exit, even after a failure."""
+    tag = uuid.uuid4().hex[:6]
+    node = Node(f"{prefix}-{tag}-node", [f"{prefix}-{tag}-pod{i}" for i in range(count)], f"{subnet}.1",
+                [f"{subnet}.{10 + i}" for i in range(count)])
+    made: list[str] = []
+    try:
+        for name in (node.netns, *node.pods):
+            sh("ip", "netns", "add", name)
+            made.append(name)
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        for index, (pod, ip) in enumerate(zip(node.pods, node.pod_ips)):
+            dev = f"vp{index}"
+            sh("ip", "-n", node.netns, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", pod)
+            sh("ip", "-n", node.netns, "addr", "add", f"{node.node_ip}/32", "dev", dev)
+            sh("ip", "-n", node.netns, "link", "set", dev, "up")
+            sh("ip", "-n", node.netns, "route", "add", f"{ip}/32", "dev", dev)
+            sh("ip", "-n", pod, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", pod, "link", "set", "eth0", "up")
+            sh("ip", "-n", pod, "route", "add", f"{node.node_ip}/32", "dev", "eth0")
+        yield node
+    finally:
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def udp_no_ports(netns: str) -> int:
+    """The namespace's UdpNoPorts counter: datagrams that found no socket (each a NO_SOCKET drop)."""
+    for line in sh("nstat", "-az", "UdpNoPorts", netns=netns).splitlines():
+        if line.startswith("UdpNoPorts"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no UdpNoPorts counter in {netns}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.benchmarks.netns import Pair, in_netns, iperf_server, veth_pair
-from tracer.benchmarks.probecost import bpf_stats, program_deltas, program_stats, programs_since
+from tracer.benchmarks.probecost import bpf_stats, program_deltas, program_stats, programs_of
 from tracer.benchmarks.stats import (
     Section,
     cost_percent,
@@ -109,10 +109,9 @@ def run(quick: bool, log: Callable[[str], None]) -> Section:
         for rnd, mode in interleave(MODES, repeats):
             log(f"packet path: round {rnd + 1}/{repeats}, {mode}")
             args = _mode_args(mode, pair)
-            existing = set(program_stats())
             context: AbstractContextManager[Traced | None] = nullcontext() if args is None else traced(args)
             with context as handle:
-                ours = programs_since(existing)
+                ours = programs_of(handle.pid) if handle else {}
                 consumer_before = handle.cpu_seconds() if handle else 0.0
                 busy_before = _busy_now()
                 tcp[mode].append(_iperf(pair, seconds, udp=False)["value"])

@@ -65,9 +65,28 @@ def program_stats() -> dict[int, dict[str, Any]]:
     return {prog["id"]: prog for prog in json.loads(out) if prog.get("type") in PROGRAM_TYPES}
 
 
-def programs_since(existing: set[int]) -> dict[int, dict[str, Any]]:
-    """The programs loaded since `existing` (ids from program_stats()) was taken: a traced consumer's own."""
-    return {pid: prog for pid, prog in program_stats().items() if pid not in existing}
+def program_ids_of(pid: int) -> set[int]:
+    """Ids of the BPF programs process `pid` holds open: its fds' `prog_id` in /proc/PID/fdinfo.
+
+    A consumer's own programs, whatever else is loaded on the machine meanwhile (another tenant's tracer, a test
+    run), which a before/after diff of `bpftool prog show` would count as the consumer's."""
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for entry in fdinfo.iterdir():
+        try:
+            text = entry.read_text()
+        except OSError:  # closed since the listing
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
+def programs_of(pid: int) -> dict[int, dict[str, Any]]:
+    """`bpftool prog show` records of the programs process `pid` loaded (program_ids_of)."""
+    ids = program_ids_of(pid)
+    return {prog_id: prog for prog_id, prog in program_stats().items() if prog_id in ids}
 
 
 @dataclass
@@ -116,10 +135,9 @@ def _flood(pair: Pair, seconds: float) -> float:
 
 def _one_run(pair: Pair, mode: str, tree: Path | None, seconds: float) -> tuple[dict[str, float], float]:
     """ns per run of each program this consumer loaded (new program ids), and the UDP rate received."""
-    existing = set(program_stats())
     env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
-    with traced(_mode_args(mode, pair), env=env, cwd=str(tree) if tree else None):
-        before = programs_since(existing)
+    with traced(_mode_args(mode, pair), env=env, cwd=str(tree) if tree else None) as handle:
+        before = programs_of(handle.pid)
         rate = _flood(pair, seconds)
         after = program_stats()
     costs = {name: cost.ns_per_run for name, cost in program_deltas(before, after).items() if cost.runs > 0}

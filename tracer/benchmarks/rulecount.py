@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tracer.benchmarks.netns import in_netns, python_module
-from tracer.benchmarks.probecost import ProgramCost, bpf_stats, program_deltas, program_stats, programs_since
+from tracer.benchmarks.probecost import ProgramCost, bpf_stats, program_deltas, program_stats, programs_of
 from tracer.benchmarks.stats import Section, fmt_rate, fmt_ratio, interleave, median, ratio, spread_percent
 from tracer.benchmarks.tracing import traced
 from tracer.lab import control
@@ -258,10 +258,9 @@ def run(quick: bool, log: Callable[[str], None]) -> Section:
                         for name, (dst, port) in targets.items():
                             rates[(name, mode)].append(_rr(client.netns, dst, port, seconds)["rate"])
                         continue
-                    existing = set(program_stats())
                     requests = 0
-                    with traced(["--netfilter-netns", node]):
-                        before = programs_since(existing)  # this consumer's programs
+                    with traced(["--netfilter-netns", node]) as handle:
+                        before = programs_of(handle.pid)  # this consumer's programs, not other tenants'
                         for name, (dst, port) in targets.items():
                             measured = _rr(client.netns, dst, port, seconds)
                             rates[(name, mode)].append(measured["rate"])
