@@ -11,6 +11,8 @@ import pytest
 # tests/support is importable as `support` from every test file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+pytest_plugins = ["support.skipguard"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:

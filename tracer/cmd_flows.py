@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "the time spent in netfilter.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_trace_options(parser)
+    add_trace_options(parser, path=False)
     parser.add_argument("--node", action="append", metavar="NETNS",
                         help="a node's network namespace to attach netfilter links in and read kube-proxy rules "
                              "from; repeat for several (the lab: --node pt-node1 --node pt-node2)")

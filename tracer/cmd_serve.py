@@ -67,10 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--incidents-size", metavar="SIZE", help="sealed incidents kept at most, oldest go (1G)")
     parser.add_argument("--cooldown", metavar="S", help="no new incident this long after one is sealed (60)")
     parser.add_argument("--trigger", action="append", metavar="SPEC", help="seal an incident when SPEC fires")
-    parser.add_argument("--duration", metavar="S", help=argparse.SUPPRESS)
+    parser.add_argument("--duration", metavar="S", help="stop after S seconds (default: until SIGTERM/SIGINT)")
     parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--ringbuf-pages", type=int, default=256, metavar="N",
+                        help="ring buffer size in 4 KiB pages, a power of two (default %(default)s); raise it when "
+                             "podtrace_probe_events_lost_total grows")
     parser.set_defaults(func=run)
 
 

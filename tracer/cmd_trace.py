@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Trace packet drops and print them grouped by reason, location and flow at exit.",
         epilog=DROPS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_trace_options(drops)
+    add_trace_options(drops, path=False)
     drops.add_argument("--fail-on-drops", action="store_true", help="exit 3 when any drop matched")
     drops.set_defaults(func=run_drops)
 

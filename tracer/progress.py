@@ -12,7 +12,8 @@ from typing import TextIO
 class Progress:
     """`with Progress("compiling probes") as p: ...; p.done("3 programs")` prints "... done in 1.2 s".
 
-    On a terminal a spinner shows elapsed time; elsewhere (CI, pipes) one line at the start and one at the end.
+    On a terminal a spinner shows elapsed time; elsewhere (CI, pipes) one line, begun at the start (so a step
+    that hangs shows which) and finished at the end.
     """
 
     def __init__(self, what: str, stream: TextIO | None = None) -> None:
@@ -29,7 +30,7 @@ class Progress:
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()
         else:
-            self.stream.write(f"{self.what} ...\n")
+            self.stream.write(f"{self.what} ... ")
             self.stream.flush()
         return self
 
@@ -49,11 +50,13 @@ class Progress:
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stop.set()
+        lead = ""
         if self._thread:
             self._thread.join()
             self.stream.write("\r\x1b[K")
+            lead = f"{self.what} ... "
         elapsed = time.monotonic() - self.started
         outcome = "failed" if kind else f"done in {elapsed:.1f} s"
         suffix = f": {self.result}" if self.result and not kind else ""
-        self.stream.write(f"{self.what} ... {outcome}{suffix}\n")
+        self.stream.write(f"{lead}{outcome}{suffix}\n")
         self.stream.flush()

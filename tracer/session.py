@@ -28,21 +28,25 @@ PACKET_EVENTS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == 
 FILTER_HELP = "tcpdump (pcap-filter) expression, run in the kernel, e.g. 'tcp port 80'"
 
 
-def add_probe_options(parser: argparse.ArgumentParser, filter_help: str = FILTER_HELP) -> None:
-    """What every live command (the tracing commands and the TUI) asks the probes for."""
+def add_probe_options(parser: argparse.ArgumentParser, filter_help: str = FILTER_HELP, path: bool = True) -> None:
+    """What every live command (the tracing commands and the TUI) asks the probes for; `path`: the command traces
+    path events (watch, record, the TUI), so it takes their rate cap."""
     parser.add_argument("filter", nargs="*", metavar="FILTER", help=filter_help)
     parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
     parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
     parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument("--ringbuf-pages", type=int, default=256, help=argparse.SUPPRESS)
-    parser.add_argument("--path-rate", type=int, default=ProbeConfig.path_rate, metavar="N",
-                        help="at most N path events per second per CPU; the rest are counted as sampled "
-                             "(default %(default)s)")
+    parser.add_argument("--ringbuf-pages", type=int, default=256, metavar="N",
+                        help="ring buffer size in 4 KiB pages, a power of two (default %(default)s = 1 MiB); raise "
+                             "it when the summary reports lost events")
+    if path:
+        parser.add_argument("--path-rate", type=int, default=ProbeConfig.path_rate, metavar="N",
+                            help="at most N path events per second per CPU; the rest are counted as sampled "
+                                 "(default %(default)s)")
 
 
-def add_trace_options(parser: argparse.ArgumentParser) -> None:
-    add_probe_options(parser)
+def add_trace_options(parser: argparse.ArgumentParser, path: bool = True) -> None:
+    add_probe_options(parser, path=path)
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)

@@ -63,3 +63,26 @@ def test_ci_runs_make_test_and_the_check() -> None:
     test_target = re.search(r"^test: (.*)$", makefile, re.M)
     assert test_target is not None
     assert test_target.group(1).split() == ["setup", "check", "test-e2e", "test-vm"]
+
+
+def _guarded_run(tmp_path: Path, ci: bool) -> subprocess.CompletedProcess[str]:
+    """Real pytest, with the skip guard plugin, on one passing module and one whose tests all skip."""
+    (tmp_path / "test_ran.py").write_text(PASSING)
+    (tmp_path / "test_skipped.py").write_text(SKIPPING)
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "tests"), "CI": "true" if ci else "false"}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "support.skipguard", "-q",
+                           "test_ran.py", "test_skipped.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, check=False, env=env)
+
+
+def test_under_ci_a_module_skipped_as_a_whole_fails_the_run(tmp_path: Path) -> None:
+    result = _guarded_run(tmp_path, ci=True)
+    assert result.returncode == 1, result.stdout
+    assert "skipguard: every test of test_skipped.py skipped under CI: needs root" in result.stdout
+    assert "1 passed, 1 skipped" in result.stdout
+
+
+def test_outside_ci_whole_module_skips_are_allowed(tmp_path: Path) -> None:
+    result = _guarded_run(tmp_path, ci=False)
+    assert result.returncode == 0, result.stdout
+    assert "skipguard" not in result.stdout

@@ -290,7 +290,8 @@ def test_vagrantfile_refuses_bad_proxy_mode(bad: str, vagrant_copy: Path, tmp_pa
 def test_vagrant_validate(mode: str, vagrant_copy: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PROXY_MODE=mode, VAGRANT_HOME=str(tmp_path / "vagrant.d"),
                VAGRANT_CHECKPOINT_DISABLE="1")
-    proc = subprocess.run(["vagrant", "validate"], cwd=vagrant_copy, capture_output=True, text=True, env=env,
-                          timeout=180)
+    # --ignore-provider: no VirtualBox/libvirt here; the Vagrantfile itself (boxes, scripts, PROXY_MODE) is checked.
+    proc = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=vagrant_copy, capture_output=True,
+                          text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "validated successfully" in proc.stdout

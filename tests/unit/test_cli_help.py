@@ -1,0 +1,39 @@
+"""Every option a user may need is in `--help`; only the ones for scripts and tests are hidden."""
+
+from __future__ import annotations
+
+import argparse
+
+from tracer.cli import build_parser
+
+HIDDEN = {"--ready-file", "--dump-bpf", "--poll-interval"}  # for scripts and tests (CONVENTIONS.md)
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def test_only_the_script_options_are_hidden() -> None:
+    for name, sub in _subcommands().items():
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS:
+                assert set(action.option_strings) <= HIDDEN, (name, action.option_strings)
+
+
+def test_the_lost_events_advice_is_an_option_users_can_find() -> None:
+    subcommands = _subcommands()
+    for name in ("drops", "watch", "flows", "record"):
+        assert "--ringbuf-pages" in subcommands[name].format_help(), name
+
+
+def test_path_rate_only_where_path_events_are_traced() -> None:
+    subcommands = _subcommands()
+    for name in ("watch", "record"):
+        assert "--path-rate" in subcommands[name].format_help(), name
+    for name in ("drops", "flows"):
+        assert "--path-rate" not in subcommands[name].format_help(), name
