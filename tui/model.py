@@ -300,7 +300,9 @@ class Model:
                 out["key"] = key_id(key)
                 out["spark"] = sparkline([seconds.get(s, 0) for s in range(last_second - SPARK_SECONDS + 1,
                                                                                last_second + 1)])
-            rows.sort(key=lambda out: rank(out["severity"]))  # problems first: loss, policy, benign; stable by count
+            # Benign frees last, the rest by count: on a real node a firewall's policy drop outranks a handful of
+            # unclassified multicast frees (NOT_SPECIFIED counts as loss), so class alone must not order them.
+            rows.sort(key=lambda out: rank(out["severity"]) == rank("benign"))
             tables = {}
             for name, source in self.tables.items():
                 try:

@@ -48,7 +48,7 @@ def test_probes_view(snap_compare: Any) -> None:
 
 
 def test_timeline_of_the_netfilter_drop(snap_compare: Any) -> None:
-    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("down", "down", "enter"))
+    assert snap_compare(replay.make_app(), terminal_size=SIZE, run_before=settled("enter"))
 
 
 def test_bad_filter_error_inline(snap_compare: Any) -> None:
