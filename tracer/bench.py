@@ -27,6 +27,7 @@ from tracer.benchmarks import (
     serve,
     startup,
     sustained,
+    tui,
 )
 from tracer.benchmarks.stats import Section
 
@@ -42,6 +43,7 @@ SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool
     "neighbour": (neighbour.run, True),
     "reader": (reader.run, True),
     "serve": (serve.run, True),
+    "tui": (tui.run, False),
 }
 
 

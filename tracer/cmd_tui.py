@@ -13,7 +13,7 @@ from tracer.errors import PodtraceError, UsageError
 
 EPILOG = """\
 keys: 1-6 views, Enter drill into a drop or a Service flow, s sort Services, / view filter, p pause, r record,
-? help, q quit
+x screenshot (SVG), ? help, q quit. Recordings and screenshots go to --save-dir (0600 files).
 
 examples:
   sudo podtrace tui
@@ -40,6 +40,9 @@ def add_tui_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", action="append", metavar="NETNS",
                         help="node network namespace for the Services view's netfilter links and kube-proxy rules "
                              "(repeatable; default: this namespace, which is the node on a real worker)")
+    parser.add_argument("--save-dir", metavar="DIR", default=None,
+                        help="where r (record) and x (screenshot) write; default $PODTRACE_DIR, else "
+                             "~/.local/state/podtrace (made 0700)")
 
 
 def tui_defaults() -> dict[str, Any]:
@@ -62,6 +65,8 @@ def run_tui(args: argparse.Namespace) -> int:
         source, info = _live(args)
     from tui.app import PodtraceApp, run_app  # noqa: PLC0415 - textual only when the TUI runs
 
+    if args.save_dir:
+        info.save_dir = args.save_dir
     app = PodtraceApp(source, info, ready_file=args.ready_file)
     code = run_app(app)
     if app.error:
@@ -99,7 +104,8 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     plan_done = threading.Event()
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
                        probe_plan=lambda: probe_kernel()[0], live_clock=True,
-                       tables={"node": NodeFindingsTable(args.netns),
+                       # the Node view audits the node being traced (--node), not the namespace podtrace runs in
+                       tables={"node": NodeFindingsTable((args.node or [args.netns])[0]),
                                "flows": ServiceFlowsTable(source, args.node or [None]),
                                "softirq": SoftirqTable(after=plan_done)},
                        record_header=lambda: _record_header(args, source, info), plan_done=plan_done)

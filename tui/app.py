@@ -14,9 +14,8 @@ from typing import Any
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.css.query import NoMatches
-from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from tracer.check.table import COLUMNS as NODE_COLUMNS
 from tracer.errors import UsageError
@@ -26,9 +25,11 @@ from tui.model import Model, Snapshot
 from tui.overlay import COLUMNS as OVERLAY_COLUMNS
 from tui.overlay import OverlayTable
 from tui.pyfilter import ViewFilter
-from tui.recording import TuiRecording, basic_header, recording_name
+from tui.recording import TuiRecording, basic_header, new_file
+from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
+from tui.services import COLUMNS as SERVICE_COLUMNS
 from tui.services import SORTS
 from tui.softirq import COLUMNS as SOFTIRQ_COLUMNS
 from tui.sources import Reader, SessionInfo, Source
@@ -36,34 +37,6 @@ from tui.widgets.header import HeaderBar, header_text
 from tui.widgets.tables import DropsTable, ProbesView, RowsView, flow_text
 
 VIEWS = ("drops", "flows", "overlay", "softirq", "probes", "node")
-
-
-class FilterBar(Vertical):
-    """`/`: edit the view filter; a bad expression shows libpcap's error under the input."""
-
-    DEFAULT_CSS = """
-    FilterBar { height: auto; dock: bottom; display: none; background: $panel; }
-    FilterBar.open { display: block; }
-    FilterBar #filter-error { color: $error; height: auto; padding: 0 1; }
-    """
-    BINDINGS = [Binding("escape", "close", "Cancel")]
-
-    def compose(self) -> ComposeResult:
-        yield Input(placeholder="tcpdump filter, e.g. udp port 53 (empty: show everything)", id="filter-input")
-        yield Static("", id="filter-error")
-
-    def open(self, current: str) -> None:
-        self.add_class("open")
-        self.query_one("#filter-error", Static).update("")
-        field = self.query_one("#filter-input", Input)
-        field.value = current
-        field.cursor_blink = not self.app.is_headless  # steady pictures in tests
-        field.focus()
-
-    def action_close(self) -> None:
-        self.remove_class("open")
-        self.app.set_focus(None)
-        self.app.call_later(self.app.action_focus_view)  # type: ignore[attr-defined]
 
 
 class PodtraceApp(App[int]):
@@ -77,17 +50,19 @@ class PodtraceApp(App[int]):
     #probe-status { padding: 0 1; height: auto; }
     TabbedContent { height: 1fr; }
     """
+    # The tabs name the views with their keys ("1 Drops"): the footer keeps its width for the other keys.
     BINDINGS = [
-        Binding("1", "view('drops')", "Drops"),
-        Binding("2", "view('flows')", "Services"),
-        Binding("3", "view('overlay')", "MTU"),
-        Binding("4", "view('softirq')", "Softirq"),
-        Binding("5", "view('probes')", "Probes"),
-        Binding("6", "view('node')", "Node"),
+        Binding("1", "view('drops')", "Drops", show=False),
+        Binding("2", "view('flows')", "Services", show=False),
+        Binding("3", "view('overlay')", "Overlay", show=False),
+        Binding("4", "view('softirq')", "Softirq", show=False),
+        Binding("5", "view('probes')", "Probes", show=False),
+        Binding("6", "view('node')", "Node", show=False),
         Binding("s", "sort", "Sort"),
         Binding("slash", "edit_filter", "Filter"),
         Binding("p", "toggle_pause", "Pause"),
         Binding("r", "record", "Rec"),
+        Binding("x", "save_svg", "Shot"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -110,11 +85,10 @@ class PodtraceApp(App[int]):
         self.plan_note = ""
         self.paused = False
         self.recording: TuiRecording | None = None
+        self.last_screenshot = ""
         self.started = False
         self.error = ""
         self._began = time.monotonic()
-        # Recordings go to the directory the TUI started in: BCC changes the process's cwd while it compiles.
-        self.cwd = os.getcwd()
 
     # -- layout --
 
@@ -126,9 +100,9 @@ class PodtraceApp(App[int]):
                 yield DropsTable(id="drops-table")
             with TabPane("2 Services", id="flows"):
                 yield RowsView("flows", "Service flows", "client -> Service -> backend, Enter: its packets",
-                               ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us", "drops"], sorts=SORTS,
+                               SERVICE_COLUMNS, sorts=SORTS,
                                empty=self._flows_empty(), id="flows-view")
-            with TabPane("3 Overlay/MTU", id="overlay"):
+            with TabPane("3 Overlay", id="overlay"):
                 yield RowsView("overlay", "Overlay and MTU", "tunnels, fragments, frag-needed, MTU verdicts",
                                OVERLAY_COLUMNS)
             with TabPane("4 Softirq", id="softirq"):
@@ -139,7 +113,6 @@ class PodtraceApp(App[int]):
             with TabPane("6 Node", id="node"):
                 yield RowsView("node", "Node", "podtrace check: kube-proxy, conntrack, MTU, bridging, softirq, sockets",
                                NODE_COLUMNS)
-        yield FilterBar(id="filter-bar")
         yield Footer()
 
     def _flows_empty(self) -> str:
@@ -159,7 +132,7 @@ class PodtraceApp(App[int]):
 
     def on_unmount(self) -> None:
         if self.reader is not None:
-            self.reader.stop()
+            self.reader.stopped.set()  # run_app waits for it after the screen is restored
         self._stop_recording()
         for table in self.model.tables.values():
             close = getattr(table, "close", None)
@@ -215,12 +188,23 @@ class PodtraceApp(App[int]):
         self.query_one("#status", Static).update(Text(f"{verb} ({what}) ... {elapsed:.1f} s", style="yellow"))
 
     def show(self, snapshot: Snapshot) -> None:
+        """Draw the header and the view on screen only; the others are drawn when their tab is opened."""
         self.snapshot = snapshot
-        self.query_one(DropsTable).show(snapshot.drops)
-        for view in self.query(RowsView):
-            view.show(snapshot.tables)
-        self._show_probes()
+        self._show_active()
         self.refresh_header()
+
+    def _show_active(self) -> None:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        active = self.query_one(TabbedContent).active
+        if active == "drops":
+            self.query_one(DropsTable).show(snapshot.drops)
+        elif active == "probes":
+            self._show_probes()
+        else:
+            for view in self.query_one(f"#{active}", TabPane).query(RowsView):
+                view.show(snapshot.tables)
 
     def _show_probes(self) -> None:
         snap = self.snapshot
@@ -241,6 +225,7 @@ class PodtraceApp(App[int]):
         if isinstance(self.screen, TimelineScreen):
             self.pop_screen()
         self.query_one(TabbedContent).active = name
+        self._show_active()  # before focusing: an empty view's table is hidden and takes no focus
         self.action_focus_view()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -254,6 +239,7 @@ class PodtraceApp(App[int]):
 
     def on_tabbed_content_tab_activated(self, _message: TabbedContent.TabActivated) -> None:
         self.refresh_bindings()
+        self._show_active()  # the snapshot on screen (the frozen one while paused)
 
     def action_sort(self) -> None:
         self.query_one("#flows-view", RowsView).cycle_sort()  # its title names the order
@@ -265,19 +251,20 @@ class PodtraceApp(App[int]):
             tables[0].focus()
 
     def action_edit_filter(self) -> None:
-        self.query_one(FilterBar).open(self.model.filter_text)
-
-    def on_input_submitted(self, message: Input.Submitted) -> None:
-        if message.input.id != "filter-input":
+        if isinstance(self.screen, FilterScreen):
             return
-        expression = message.value.strip()
+        self.push_screen(FilterScreen(self.model.filter_text, ViewFilter), self._filter_chosen)
+
+    def _filter_chosen(self, expression: str | None) -> None:
+        """The filter screen's answer: an expression it already compiled, "" to clear, None when cancelled."""
+        self.call_later(self.action_focus_view)
+        if expression is None:
+            return
         try:
             predicate = ViewFilter(expression) if expression else None
-        except UsageError as err:
-            self.query_one("#filter-error", Static).update(err.one_line())
+        except UsageError as err:  # checked by the screen; kept so a changed libpcap cannot crash the app
+            self.notify(err.one_line(), severity="error")
             return
-        bar = self.query_one(FilterBar)
-        bar.action_close()
         self.model.set_filter(expression, predicate)
         self.notify(f"view filter: {expression}" if expression else "view filter cleared", timeout=2)
         self.push_snapshot()
@@ -297,17 +284,21 @@ class PodtraceApp(App[int]):
         self.refresh_header()
 
     def action_record(self) -> None:
-        """Start or stop recording the raw events into ./podtrace-YYYYmmdd-HHMMSS.ptrec."""
+        """Start or stop recording the raw events into SAVE_DIR/podtrace-YYYYmmdd-HHMMSS.ptrec (0600)."""
         if self.reader is None:
             return
         if self.recording is None:
-            recording = TuiRecording(os.path.join(self.cwd, recording_name()),
-                                     self.info.record_header or self._basic_header,
+            try:
+                path = new_file(self.info.save_dir, ".ptrec", create=False)  # the Recorder creates it 0600
+            except OSError as err:
+                self.notify(f"cannot record in {self.info.save_dir}: {err.strerror or err}", severity="error")
+                return
+            recording = TuiRecording(path, self.info.record_header or self._basic_header,
                                      self.model.names, self.source.counters,
                                      getattr(self.source, "probe_counters", None))
             self.recording = recording
             self.reader.recording = recording
-            self.notify(f"recording to {os.path.basename(recording.path)} (r stops)", timeout=3)
+            self.notify(f"recording to {recording.path} (r stops)", timeout=5)
         else:
             recording = self.recording
             events = self._stop_recording()
@@ -316,6 +307,19 @@ class PodtraceApp(App[int]):
             else:
                 self.notify(f"recorded {events} events to {recording.path}", timeout=5)
         self.refresh_header()
+
+    def action_save_svg(self) -> None:
+        """The screen as it is now, as SVG, to SAVE_DIR/podtrace-YYYYmmdd-HHMMSS.svg (0600), for a ticket."""
+        try:
+            path = new_file(self.info.save_dir, ".svg")
+            svg = self.export_screenshot(title=f"podtrace {self.info.node}")
+            with open(path, "w", encoding="utf-8") as handle:  # created 0600 by new_file, never a symlink
+                handle.write(svg)
+        except OSError as err:
+            self.notify(f"cannot save a screenshot in {self.info.save_dir}: {err.strerror or err}", severity="error")
+            return
+        self.last_screenshot = path
+        self.notify(f"screenshot saved to {path}", timeout=5)
 
     def _stop_recording(self) -> int:
         recording, self.recording = self.recording, None
@@ -350,12 +354,17 @@ class PodtraceApp(App[int]):
         self.push_screen(TimelineScreen(self.model, ident, title))
 
     async def action_quit(self) -> None:
+        """At once: the reader is told to stop and joined after the screen is restored (run_app)."""
         if self.reader is not None:
-            self.reader.stop()
+            self.reader.stopped.set()
         self._stop_recording()
         self.exit(1 if self.error else 0)
 
 
 def run_app(app: PodtraceApp, **kwargs: Any) -> int:
-    result = app.run(**kwargs)
+    try:
+        result = app.run(**kwargs)
+    finally:
+        if app.reader is not None:
+            app.reader.stop()  # detaches the probes (the source closes in the reader thread)
     return int(result or 0)

@@ -33,6 +33,7 @@ from tracer.events import (
 from tracer.netfilter import point_label
 from tracer.nfverdict import hook_label
 from tracer.report import Resolver, describe_point, drop_rows
+from tracer.severity import classify, rank
 from tui.pyfilter import Predicate
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -91,7 +92,7 @@ class Snapshot:
     received: int  # every event the source delivered
     rate: float  # events/s over the last second
     counters: dict[str, int]
-    drops: list[dict[str, Any]]  # tracer.report.drop_rows() dicts plus "key" and "spark"
+    drops: list[dict[str, Any]]  # tracer.report.drop_rows() dicts plus "key", "spark" and "severity", problems first
     drop_groups: int
     drop_total: int
     evicted: int
@@ -159,9 +160,9 @@ class Model:
         names: Resolver,
         clock: Callable[[], int] | None = None,
         timeline_len: int = 32,
-        history_len: int = 50_000,
+        history_len: int = 20_000,
         max_timelines: int = 2000,
-        max_rows: int = 500,
+        max_rows: int = 100,
     ) -> None:
         self.names = names
         self.clock = clock  # monotonic ns like bpf_ktime_get_ns; None: the newest event's time (replay)
@@ -293,11 +294,15 @@ class Model:
             view.groups = dict(top)
             rows = drop_rows(view, self.names)
             last_second = now // NS
-            for (key, _row), out in zip(top, rows):
+            for (key, _row), out in zip(view.sorted_groups(), rows):  # drop_rows' own order
+                out["severity"] = classify(out["reason"], out["location"])
                 seconds = self.per_second.get(key, {})
                 out["key"] = key_id(key)
                 out["spark"] = sparkline([seconds.get(s, 0) for s in range(last_second - SPARK_SECONDS + 1,
                                                                                last_second + 1)])
+            # Benign frees last, the rest by count: on a real node a firewall's policy drop outranks a handful of
+            # unclassified multicast frees (NOT_SPECIFIED counts as loss), so class alone must not order them.
+            rows.sort(key=lambda out: rank(out["severity"]) == rank("benign"))
             tables = {}
             for name, source in self.tables.items():
                 try:

@@ -6,8 +6,10 @@ attach ladder, ~2 s) while events already queue, so nothing between the key pres
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -22,8 +24,57 @@ BATCH = 1024  # events per EVENTS record, as `podtrace record`
 TICK_S = 1.0  # counters record and flush
 
 
-def recording_name(now: float | None = None) -> str:
-    return time.strftime("podtrace-%Y%m%d-%H%M%S.ptrec", time.localtime(now))
+def recording_name(now: float | None = None, suffix: str = ".ptrec") -> str:
+    return time.strftime("podtrace-%Y%m%d-%H%M%S", time.localtime(now)) + suffix
+
+
+def default_save_dir() -> str:
+    """Where `r` and the screenshot key write: $PODTRACE_DIR, else $XDG_STATE_HOME/podtrace, else
+    ~/.local/state/podtrace. Never the cwd (BCC changes it while compiling, and it may be anyone's)."""
+    if os.environ.get("PODTRACE_DIR"):
+        return os.environ["PODTRACE_DIR"]
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "podtrace")
+
+
+def private_dir(path: str) -> str:
+    """Make (0700) or check the save directory: a real directory, not a symlink to somewhere else."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise OSError(f"{path} is not a directory (a symlink is not followed)")
+    return path
+
+
+def create_private(path: str) -> str:
+    """Create a new 0600 file at path, never following a symlink or replacing an existing file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    return path
+
+
+def new_file(directory: str, suffix: str, create: bool = True) -> str:
+    """A fresh private file in the save directory, named after the time (-2, -3, ... when the second is taken).
+    create=False only picks the free name, for a writer that creates the file itself with O_EXCL|O_NOFOLLOW
+    (tracer.recording.Recorder)."""
+    private_dir(directory)
+    base = os.path.join(directory, recording_name(suffix=""))
+    for attempt in range(1, 100):
+        path = f"{base}{'' if attempt == 1 else f'-{attempt}'}{suffix}"
+        if not create:
+            if not os.path.lexists(path):
+                return path
+            continue
+        try:
+            return create_private(path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{base}{suffix}: 99 files already exist for this second")
+
+
+def since(baseline: dict[str, int], now: dict[str, int]) -> dict[str, int]:
+    """Counters counted since the baseline: a recording's own events and losses, not the session's totals."""
+    return {name: value - baseline.get(name, 0) for name, value in now.items()}
 
 
 def basic_header(names: Resolver, node: str, kernel: str, programs: list[str], attached: list[str],
@@ -61,8 +112,14 @@ class TuiRecording:
         self.events = 0
         self._header = header
         self._names = names
-        self._counters = counters
-        self._probe_counters = probe_counters  # sources that count per probe (LiveSource, recent recordings)
+        # The kernel's counters are the session's running totals: the recording keeps what happened while it ran.
+        start = counters()
+        self._counters = lambda: since(start, counters())
+        self._probe_counters = None
+        if probe_counters is not None:  # sources that count per probe (LiveSource, recent recordings)
+            probe_start = probe_counters()
+            self._probe_counters = lambda: {probe: since(probe_start.get(probe, {}), values)
+                                            for probe, values in probe_counters().items()}
         self._lock = threading.Lock()
         self._pending: list[bytes] = []
         self._recorder: Recorder | None = None

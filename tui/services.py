@@ -16,10 +16,34 @@ from tracer.flows import FlowTable, LiveFlowsTable, nat_record_from_map
 from tracer.kubeproxy import ServiceMap
 from tui.model import ip_flow
 
-COLUMNS = ["service", "client", "backend", "pkts_out", "pkts_in", "nf_us", "drops"]
+COLUMNS = ["service", "vip", "client", "backend", "loss", "pkts_out", "pkts_in", "nf_us", "drops"]
 
-# The Services view's orders (`s` cycles them): label, key on a row, descending.
+
+def loss_share(drops: int, packets_out: int) -> float | None:
+    """The share of a flow's packets the kernel dropped. A drop after the DNAT (FORWARD, the backend) was counted
+    by the NAT hook too, one before it was not: of max(packets, drops) it is never above 1. None: no packets known
+    (a drop row of its own, attributed to the Service but to no flow)."""
+    if packets_out <= 0:
+        return None
+    return drops / max(packets_out, drops)
+
+
+def loss_text(share: float | None, drops: int) -> str:
+    if not drops:
+        return ""
+    return "?" if share is None else f"{share:.0%}" if share >= 0.01 else "<1%"
+
+
+def problems_first(row: dict[str, Any]) -> tuple[int, float, int, int]:
+    """Rows with drops first, by the share of their packets lost (drops with no packet count after those with
+    one), then by drops and packets."""
+    drops, share = row.get("_drops", 0), row.get("_loss")
+    return (1 if drops else 0, share if share is not None else -1.0, drops, row.get("_packets", 0))
+
+
+# The Services view's orders (`s` cycles them): label, key on a row, descending. The first is the default.
 SORTS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
+    ("loss share", problems_first, True),
     ("packets", lambda row: (row.get("_packets", 0), row.get("_drops", 0)), True),
     ("drops", lambda row: (row.get("_drops", 0), row.get("_packets", 0)), True),
     ("time in netfilter", lambda row: (row.get("_nf_us", 0.0), row.get("_packets", 0)), True),
@@ -42,16 +66,21 @@ def flow_rows(table: FlowTable, pods: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for flow in table.rows():
         nf_us = round(flow.nat_ns_sum / max(flow.packets_out, 1) / 1000, 1)
+        drops = sum(flow.drops.values())
+        share = loss_share(drops, flow.packets_out)
         rows.append({
             "service": flow.service,
+            "vip": f"{flow.vip}:{flow.port}" if flow.vip else "-",
             "client": name(flow.client),
             "backend": f"{name(flow.backend)}:{flow.backend_port}",
+            "loss": loss_text(share, drops),
             "pkts_out": flow.packets_out,
             "pkts_in": flow.packets_in,
             "nf_us": nf_us,
             "drops": drops_text(flow.drops),
             "_packets": flow.packets_out + flow.packets_in,
-            "_drops": sum(flow.drops.values()),
+            "_drops": drops,
+            "_loss": share,
             "_nf_us": nf_us,
             # client -> VIP: the model follows it across the DNAT to the backend
             "_flow": ip_flow(flow.proto, flow.client, flow.vip, flow.port) if flow.vip else None,
@@ -59,10 +88,11 @@ def flow_rows(table: FlowTable, pods: dict[str, str]) -> list[dict[str, Any]]:
         })
     for drop in table.service_drops:
         by = f" by {drop.rule}" if drop.rule != "-" else ""
-        rows.append({"service": drop.service, "client": name(drop.src), "backend": f"{name(drop.dst)}:{drop.dport}",
+        rows.append({"service": drop.service, "vip": "-", "client": name(drop.src),
+                     "backend": f"{name(drop.dst)}:{drop.dport}", "loss": loss_text(None, drop.count),
                      "pkts_out": "", "pkts_in": "", "nf_us": "",
                      "drops": f"{drop.count} {drop.reason} at {drop.hook}{by}",
-                     "_packets": 0, "_drops": drop.count, "_nf_us": 0.0})
+                     "_packets": 0, "_drops": drop.count, "_loss": None, "_nf_us": 0.0})
     return rows
 
 

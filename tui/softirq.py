@@ -93,3 +93,17 @@ class SoftirqTable:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+class RecordedSoftirqTable:
+    """The Softirq view of a recording (`record --softirq`): its snapshots as the reader has read them so far
+    (tracer.replay.ReplaySource.softirq), from the first to the latest."""
+
+    columns = COLUMNS
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def rows(self) -> list[dict[str, Any]]:
+        aggregator = getattr(self.source, "softirq", None)
+        return softirq_rows(aggregator.report()) if aggregator is not None else []

@@ -22,7 +22,7 @@ from tracer.ladder import AttachPlan
 from tracer.report import Resolver
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model
-from tui.recording import TuiRecording
+from tui.recording import TuiRecording, default_save_dir
 
 
 class Source(Protocol):
@@ -45,6 +45,7 @@ class SessionInfo:
     plan: AttachPlan | None = None  # known up front in replay
     probe_plan: Callable[[], AttachPlan] | None = None  # live: probe the kernel's ladder in a worker
     live_clock: bool = True  # rates against time.monotonic_ns (live) or the newest event (replay)
+    save_dir: str = field(default_factory=default_save_dir)  # recordings (`r`) and screenshots go here
     tables: dict[str, Any] = field(default_factory=dict)  # view name -> TableSource (tui/model.py)
     record_header: Callable[[], dict[str, Any]] | None = None  # live: a recording header with the node's names
     # Set once the attach ladder is known: BCC must not compile two programs at once (it crashes), so other BCC
@@ -210,6 +211,7 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
                             "run `podtrace tui` live on the node") from None
     from tracer.check.table import RecordedNodeFindings
     from tui.services import RecordedFlowsTable
+    from tui.softirq import RecordedSoftirqTable
 
     source = ReplaySource(path)
     header = source.header
@@ -222,6 +224,7 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         attached=list(source.attached),
         plan=source.plan(),
         live_clock=False,
-        tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks"))},
+        tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks")),
+                "softirq": RecordedSoftirqTable(source)},  # every section the recording holds
     )
     return source, info

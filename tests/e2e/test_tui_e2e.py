@@ -104,6 +104,13 @@ def test_tui_services_view_shows_the_drop_backend_drop_with_its_service(lab: Non
         others = [line for line in text.splitlines() if re.search(r"web-[13]:8080.*NETFILTER_DROP", line)]
         assert not others, text  # only the faulted backend's flow has netfilter drops
         assert "DROPS" in text
+        # Problems first, with no sort key pressed: the broken backend's flow is the first row under the header,
+        # with the share of its packets lost and the VIP its client dialled.
+        lines = text.splitlines()
+        header = next(index for index, line in enumerate(lines) if "SERVICE" in line and "VIP" in line)
+        first = lines[header + 1]
+        assert "web-2:8080" in first and "NETFILTER_DROP" in first and re.search(r"\d+%", first), text
+        assert "sorted by loss share" in text, text
         print(text)  # the Services view, for `pytest -s`
         tmux("send-keys", "-t", session, "q")
         wait_for(session, r"EXIT=0", timeout=15)

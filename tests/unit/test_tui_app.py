@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import re
@@ -17,7 +18,8 @@ from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from tracer.api import open_recording
 from tracer.events import EVENT_SIZE
-from tui.app import FilterBar, PodtraceApp
+from tui.app import PodtraceApp
+from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
 from tui.sources import RawListSource
@@ -32,14 +34,13 @@ _spec.loader.exec_module(replay)
 SIZE = (100, 30)
 
 
-def sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """Run an async Pilot test without an async pytest plugin."""
+def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async Pilot test without an async pytest plugin (fixtures pass through: pytest reads __wrapped__)."""
 
-    def run() -> None:
-        asyncio.run(test())
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
 
-    run.__name__ = test.__name__
-    run.__doc__ = test.__doc__
     return run
 
 
@@ -64,10 +65,14 @@ async def test_drops_view_shows_the_captured_groups_with_counts() -> None:
     app = replay.make_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_drops(app, pilot)
+        # by count (benign frees would go last), each classed and coloured by tracer.severity
         assert drop_counts(app) == [("NETFILTER_DROP", 5001, 13), ("NO_SOCKET", 5002, 7), ("NO_SOCKET", 5003, 5)]
+        assert [row["severity"] for row in app.snapshot.drops] == ["policy", "loss", "loss"]  # type: ignore[union-attr]
         table = app.query_one(DropsTable)
         assert table.row_count == 3
-        assert str(table.get_row_at(0)[2]) == "NETFILTER_DROP"
+        assert [str(table.get_row_at(i)[2]) for i in range(3)] == ["policy", "loss", "loss"]
+        assert str(table.get_row_at(0)[3]) == "NETFILTER_DROP"
+        assert table.get_row_at(0)[3].style == "bold yellow" and table.get_row_at(1)[3].style == "bold red"
         assert app.snapshot is not None and app.snapshot.counters["lost"] == 0
         header = str(app.query_one("#header", Static).render())
         assert "7 of 8 hook points (missing: ipvs)" in header and "lost 0" in header
@@ -130,16 +135,18 @@ async def test_good_view_filter_narrows_drops_without_a_new_source() -> None:
         await wait_for_drops(app, pilot)
         source = app.source
         await pilot.press("slash")
-        field = app.query_one("#filter-input", Input)
+        field = app.screen.query_one("#filter-input", Input)
         assert field.has_focus
         field.value = "udp port 5002"
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert drop_counts(app) == [("NO_SOCKET", 5002, 7)]
-        assert not app.query_one(FilterBar).has_class("open")
+        assert not isinstance(app.screen, FilterScreen)
         assert app.source is source and app.model.filter_text == "udp port 5002"
         assert "udp port 5002" in str(app.query_one("#header", Static).render())
         await pilot.press("slash")
+        field = app.screen.query_one("#filter-input", Input)
+        assert field.value == "udp port 5002"  # opens on the filter in force
         field.value = ""
         await pilot.press("enter")
         await pilot.pause(0.1)
@@ -156,12 +163,55 @@ async def test_bad_view_filter_shows_its_error_inline_and_keeps_the_old_one() ->
             await pilot.press("space" if key == " " else key)
         await pilot.press("enter")
         await pilot.pause(0.1)
-        error = str(app.query_one("#filter-error", Static).render())
+        error = str(app.screen.query_one("#filter-error", Static).render())
         assert "bad filter 'udp port'" in error and "syntax error" in error
-        assert app.query_one(FilterBar).has_class("open")
+        assert isinstance(app.screen, FilterScreen)
+        field = app.screen.query_one("#filter-input", Input)
+        assert field.has_focus and field.value == "udp port"  # focus kept, the text kept to be mended
         assert len(drop_counts(app)) == 3 and app.model.filter_text == ""
+        field.value = "tcp"  # the fixture's 5003 drops are TCP
+        for key in " port 5003":
+            await pilot.press("space" if key == " " else key)
+        assert str(app.screen.query_one("#filter-error", Static).render()) == ""  # the error went with the edit
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, FilterScreen)
+        assert drop_counts(app) == [("NO_SOCKET", 5003, 5)] and app.model.filter_text == "tcp port 5003"
+        await pilot.press("slash")
         await pilot.press("escape")
-        assert not app.query_one(FilterBar).has_class("open")
+        assert not isinstance(app.screen, FilterScreen) and app.model.filter_text == "tcp port 5003"
+
+
+@sync
+async def test_filter_box_takes_typed_text_every_time_and_no_key_reaches_the_views() -> None:
+    """Opened, typed into and closed three times: every key lands in the box, none sorts, switches views, drills
+    down, records or quits behind it."""
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        views = app.query_one(TabbedContent)
+        for attempt, expression in enumerate(["udp port 5002", "tcp or udp", "not udp port 5001"]):
+            await pilot.press("slash")
+            assert isinstance(app.screen, FilterScreen), attempt
+            field = app.screen.query_one("#filter-input", Input)
+            field.value = ""
+            # keys the main view binds: views, sort, pause, record, screenshot, help, quit, drill-down
+            for key in "2s5prx?q":
+                await pilot.press(key)
+            assert field.has_focus and field.value == "2s5prx?q", attempt
+            assert views.active == "drops" and not app.paused and app.recording is None
+            assert isinstance(app.screen, FilterScreen) and app.return_code is None
+            field.value = ""
+            for key in expression:
+                await pilot.press("space" if key == " " else key)
+            assert field.value == expression, attempt
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert not isinstance(app.screen, FilterScreen) and app.model.filter_text == expression
+            assert app.focused is app.query_one(DropsTable), attempt  # back on the view, keys work again
+        assert sorted(drop_counts(app)) == [("NO_SOCKET", 5002, 7), ("NO_SOCKET", 5003, 5)]
+        await pilot.press("2")
+        assert views.active == "flows"
 
 
 @sync
@@ -218,9 +268,9 @@ async def test_help_opens_and_closes_and_q_quits() -> None:
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
-        await pilot.press("q")
+        await pilot.press("q")  # once
         await pilot.pause(0.1)
-    assert app.return_code == 0
+        assert app.return_code == 0
 
 
 def test_tracer_modules_do_not_import_textual() -> None:
@@ -242,12 +292,20 @@ PROBE_COUNTERS = {"drops": {"seen": 40, "filtered": 15, "events": 25, "lost": 0,
                   "path": {"seen": 73, "filtered": 43, "events": 30, "lost": 0, "sampled": 0, "read_fail": 0}}
 
 
-async def _record_part_of_the_replay() -> tuple[int, list[str]]:
-    """Press r after 20 of the fixture's events, let the other 35 flow, press r again."""
+# What the kernel counts while the recording runs: the recording's own events and losses.
+DURING = {"drops": {"seen": 9, "filtered": 2, "events": 7, "lost": 3, "sampled": 0, "read_fail": 0},
+          "path": {"seen": 30, "filtered": 1, "events": 28, "lost": 1, "sampled": 0, "read_fail": 0}}
+
+
+async def _record_part_of_the_replay(save_dir: Path) -> tuple[int, list[str]]:
+    """Press r after 20 of the fixture's events, let the other 35 flow while the kernel's counters grow, press r."""
     raw = (FIXTURE.parent / "events.bin").read_bytes()
     raws = [raw[i:i + EVENT_SIZE] for i in range(0, len(raw), EVENT_SIZE)]
     app = replay.make_app()
-    app.source = RawListSource(raws[:20], replay.meta()["counters"], probe_counters=PROBE_COUNTERS)
+    app.info.save_dir = str(save_dir)
+    probe_counters = {probe: dict(values) for probe, values in PROBE_COUNTERS.items()}
+    totals = dict(replay.meta()["counters"])
+    app.source = source = RawListSource(raws[:20], totals, probe_counters=probe_counters)
     headers: list[str] = []
     async with app.run_test(size=SIZE) as pilot:
         for _ in range(100):
@@ -258,7 +316,11 @@ async def _record_part_of_the_replay() -> tuple[int, list[str]]:
         assert app.recording is not None
         path = app.recording.path
         headers.append(str(app.query_one("#header", Static).render()))
-        app.source.raw_events = raws  # type: ignore[attr-defined]  # 35 more events flow while recording
+        source.raw_events = raws  # 35 more events flow while recording
+        for probe, values in DURING.items():  # and the session's running totals grow
+            for name, value in values.items():
+                probe_counters[probe][name] += value
+                source._counters[name] = source._counters.get(name, 0) + value  # type: ignore[attr-defined]
         for _ in range(100):
             if app.model.received == len(raws) and app.recording.ready:
                 break
@@ -270,11 +332,16 @@ async def _record_part_of_the_replay() -> tuple[int, list[str]]:
     return len(raws) - 20, [path, *headers]
 
 
-def test_r_records_the_events_that_flow_until_r_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    recorded, (path, recording_header, stopped_header) = asyncio.run(_record_part_of_the_replay())
+def test_r_records_to_a_private_file_in_the_save_dir_with_its_own_counts(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd, save_dir = tmp_path / "cwd", tmp_path / "saved"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    recorded, (path, recording_header, stopped_header) = asyncio.run(_record_part_of_the_replay(save_dir))
     name = os.path.basename(path)
-    assert re.fullmatch(r"podtrace-\d{8}-\d{6}\.ptrec", name) and path == str(tmp_path / name), path
+    assert re.fullmatch(r"podtrace-\d{8}-\d{6}\.ptrec", name) and path == str(save_dir / name), path
+    assert os.listdir(cwd) == []  # never the cwd
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.stat(save_dir).st_mode & 0o777 == 0o700
     assert f"● rec {name}" in recording_header and "○ rec off" in stopped_header
     events = list(open_recording(path))
     assert len(events) == recorded == 35
@@ -285,12 +352,49 @@ def test_r_records_the_events_that_flow_until_r_again(tmp_path: Path, monkeypatc
 
     recorded = ReplaySource(path)
     list(recorded)
-    # Per-probe counters kept like the totals: the first part starts from none, the trailer has the last read.
+    # The recording's counters are what the kernel counted while it ran, not the session's running totals.
     assert recorded.header["probe_counters_at_start"] == {} == recorded.header["counters_at_start"]
-    assert recorded.trailer is not None and recorded.trailer["probe_counters"] == PROBE_COUNTERS
-    assert recorded.probe_counters() == PROBE_COUNTERS
-    assert {name: sum(values[name] for values in PROBE_COUNTERS.values()) for name in recorded.counters()} == \
+    assert recorded.trailer is not None and recorded.trailer["probe_counters"] == DURING
+    assert recorded.probe_counters() == DURING
+    assert recorded.counters()["lost"] == 4
+    assert {name: sum(values[name] for values in DURING.values()) for name in recorded.counters()} == \
         recorded.counters()
+
+
+@sync
+async def test_r_refuses_a_save_dir_that_is_a_symlink(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "saved").symlink_to(elsewhere)
+    app = replay.make_app()
+    app.info.save_dir = str(tmp_path / "saved")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        await pilot.press("r")
+        await pilot.press("x")
+        await pilot.pause(0.1)
+        assert app.recording is None and app.last_screenshot == ""
+        assert os.listdir(elsewhere) == []
+
+
+@sync
+async def test_x_saves_a_screenshot_of_the_screen_as_svg_to_the_save_dir(tmp_path: Path) -> None:
+    app = replay.make_app()
+    app.info.save_dir = str(tmp_path / "saved")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        await pilot.pause(0.2)  # the rows painted
+        await pilot.press("x")
+        await pilot.pause(0.1)
+        path = app.last_screenshot
+        assert path and os.path.dirname(path) == str(tmp_path / "saved")
+        assert re.fullmatch(r"podtrace-\d{8}-\d{6}(-\d+)?\.svg", os.path.basename(path))
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        svg = Path(path).read_text(encoding="utf-8")
+        assert svg.lstrip().startswith("<svg") and "NETFILTER_DROP" in svg  # what was on screen
+        await pilot.press("x")  # a second one in the same second gets a name of its own
+        await pilot.pause(0.1)
+        assert app.last_screenshot != path and len(os.listdir(tmp_path / "saved")) == 2
 
 
 def test_header_shows_the_recording_file_in_red_and_a_failure_on_red() -> None:
@@ -348,14 +452,16 @@ async def test_services_view_of_a_recording_sorts_by_packets_drops_netfilter_tim
         assert rows["default/db:pg"]["drops"].startswith("7 NETFILTER_DROP at INPUT")
         assert rows["default/web:http"]["drops"] == ""
         web_first = rows["default/web:http"]["nf_us"] > rows["default/db:pg"]["nf_us"]
-        expected = {"packets": "default/web:http", "drops": "default/db:pg",
+        assert rows["default/db:pg"]["loss"] == "100%" and rows["default/web:http"]["loss"] == ""
+        assert rows["default/db:pg"]["vip"].endswith(":5432") and rows["default/web:http"]["vip"].endswith(":80")
+        expected = {"loss share": "default/db:pg", "packets": "default/web:http", "drops": "default/db:pg",
                     "time in netfilter": "default/web:http" if web_first else "default/db:pg", "name": "default/db:pg"}
-        for order in ("packets", "drops", "time in netfilter", "name"):
+        for order in ("loss share", "packets", "drops", "time in netfilter", "name"):
             assert f"sorted by {order} (s)" in str(title.render())
             assert shown_services(app)[0][0] == expected[order], (order, shown_services(app))
             assert len(shown_services(app)) == 2
             await pilot.press("s")
-        assert "sorted by packets" in str(title.render())  # the cycle wraps
+        assert "sorted by loss share" in str(title.render())  # the cycle wraps
 
 
 @sync
@@ -393,7 +499,8 @@ async def test_enter_on_a_service_flow_opens_its_packets_across_the_dnat() -> No
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_flows(app, pilot)
         await pilot.press("2")
-        assert shown_services(app)[0][0] == "default/web:http"
+        assert [row[0] for row in shown_services(app)] == ["default/db:pg", "default/web:http"]  # the loss first
+        await pilot.press("down")
         await pilot.press("enter")
         await pilot.pause(0.1)
         screen = app.screen
@@ -438,3 +545,33 @@ async def test_header_separates_its_fields_and_counts_one_group_in_the_singular(
         await wait_for_flows(app, pilot)
         header = str(app.query_one("#header", Static).render())
         assert "lost 0 · drops 7 in 1 group · filter none · ○ rec off" in header, header
+
+
+@sync
+async def test_replay_softirq_view_shows_the_recordings_softirq_snapshots(tmp_path: Path) -> None:
+    """A recording made with --softirq: the Softirq view shows its per-CPU rows, as `podtrace report` does."""
+    from test_recording import header, make_event
+    from test_recording_flows import SNAPSHOTS
+
+    from tracer.recording import Recorder
+    from tui.sources import open_replay
+
+    path = tmp_path / "softirq.ptrec"
+    recorder = Recorder(str(path), header(), lambda inode: f"ns-{inode}", lambda addr: "x")
+    recorder.add([make_event(0)])
+    for snapshot in SNAPSHOTS:
+        recorder.write_softirq(snapshot)
+    recorder.close({"lost": 0}, 3_000_000_000)
+    source, info = open_replay(str(path))
+    app = PodtraceApp(source, info)
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(100):
+            if app.snapshot is not None and app.snapshot.tables.get("softirq"):
+                break
+            await pilot.pause(0.05)
+        await pilot.press("4")
+        rows = app.snapshot.tables["softirq"] if app.snapshot else []
+        assert {row["cpu"] for row in rows} == {0, 1, "all"}
+        table = app.query_one("#softirq DataTable", DataTable)
+        assert table.display and table.row_count == len(rows)
+        assert str(table.get_row_at(0)[0]) == "0"

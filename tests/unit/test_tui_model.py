@@ -43,6 +43,7 @@ def test_model_groups_drops_and_refilters_its_history() -> None:
     model = Model(replay.resolver())
     model.add(replay.events())
     snap = model.snapshot({"lost": 0})
+    # by count, benign frees last (none here)
     assert [(r["reason"], r["count"]) for r in snap.drops] == [("NETFILTER_DROP", 13), ("NO_SOCKET", 7),
                                                               ("NO_SOCKET", 5)]
     assert (snap.events, snap.drop_total, snap.path_events, snap.rate) == (55, 25, 30, 55.0)
@@ -244,3 +245,19 @@ def test_events_count_under_the_probe_that_emitted_them() -> None:
     assert {probe_of(e) for e in events if e.is_drop} == {"drops"}
     tc = replace(events[0], type=2, reason=4)
     assert probe_of(tc) == "tc" and probe_of(replace(events[0], type=4)) == "icmp"
+
+
+def test_benign_drop_groups_go_last_whatever_their_count() -> None:
+    """A socket's queue purged on close (QUEUE_PURGE, benign) counts more than the fixture's drops, yet shows last."""
+    events = replay.events()
+    drop = next(event for event in events if getattr(event, "is_drop", False))
+    purge_code = 9999
+    names = replay.resolver()
+    names.reasons[purge_code] = "QUEUE_PURGE"
+    model = Model(names)
+    model.add(events)
+    model.add([replace(drop, reason=purge_code, ts_ns=drop.ts_ns + i) for i in range(50)])
+    snap = model.snapshot({"lost": 0})
+    assert [(r["reason"], r["count"], r["severity"]) for r in snap.drops] == [
+        ("NETFILTER_DROP", 13, "policy"), ("NO_SOCKET", 7, "loss"), ("NO_SOCKET", 5, "loss"),
+        ("QUEUE_PURGE", 50, "benign")]

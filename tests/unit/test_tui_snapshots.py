@@ -83,8 +83,13 @@ def settled_services(*keys: str) -> Any:
     return run_before
 
 
+def test_services_problems_first(snap_compare: Any) -> None:
+    """No key but `2`: the Service losing packets on top, its VIP and loss share shown."""
+    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("2"))
+
+
 def test_services_sorted_by_drops(snap_compare: Any) -> None:
-    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("2", "s"))
+    assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("2", "s", "s"))
 
 
 def test_timeline_of_a_dnat_drop(snap_compare: Any) -> None:

@@ -15,7 +15,7 @@ HELP = """\
 [b]1[/b] Drops       reason, kernel location, netns/interface, flow, count, rate over the last 10 s
 [b]2[/b] Services    client -> Service -> backend flows and their drops; [b]s[/b] sorts (packets, drops,
                     time in netfilter, name)
-[b]3[/b] Overlay/MTU tunnels, fragments, frag-needed, MTU verdicts
+[b]3[/b] Overlay     tunnels, fragments, frag-needed, MTU verdicts
 [b]4[/b] Softirq     per-CPU NET_RX/NET_TX times, squeezes
 [b]5[/b] Probes      attached programs, events and losses per probe, the attach ladder
 [b]6[/b] Node        node-wide facts
@@ -26,7 +26,8 @@ HELP = """\
        applied to events already captured, without reattaching probes; it narrows the
        kernel filter given on the command line, it cannot widen it. Empty clears it.
 [b]p[/b]      pause/resume the display (capture and counting go on)
-[b]r[/b]      start/stop recording to ./podtrace-YYYYmmdd-HHMMSS.ptrec
+[b]r[/b]      start/stop recording to SAVE_DIR/podtrace-YYYYmmdd-HHMMSS.ptrec (--save-dir)
+[b]x[/b]      save a screenshot (SVG) to SAVE_DIR/podtrace-YYYYmmdd-HHMMSS.svg
 [b]?[/b]      this help        [b]q[/b]  quit
 
 Lost events (ring buffer full) show in red in the header: narrow the filter.

@@ -14,8 +14,10 @@ from textual.widgets import DataTable, Static
 from tracer.events import PROBES
 from tracer.ladder import AttachPlan
 
-DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("reason", "REASON"), ("location", "LOCATION"),
-                ("where", "NETNS/IF"), ("flow", "FLOW"))
+DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("severity", "CLASS"), ("reason", "REASON"),
+                ("location", "LOCATION"), ("where", "NETNS/IF"), ("flow", "FLOW"))
+# tracer.severity's classes: loss is what hurts, policy what someone configured, benign the kernel's normal frees.
+SEVERITY_STYLES = {"loss": "bold red", "policy": "bold yellow", "benign": "dim"}
 
 
 def flow_text(row: dict[str, Any]) -> str:
@@ -28,7 +30,8 @@ def drop_cells(row: dict[str, Any]) -> tuple[Any, ...]:
     return (
         Text(str(row["count"]), justify="right"),
         Text(row.get("spark", ""), style="magenta", justify="left"),
-        Text(row["reason"], style="bold red", justify="left"),
+        Text(row.get("severity", "?"), style=SEVERITY_STYLES.get(row.get("severity", ""), ""), justify="left"),
+        Text(row["reason"], style=SEVERITY_STYLES.get(row.get("severity", ""), "bold red"), justify="left"),
         row["location"],
         f"{row['netns']}/{row['ifname']}",
         flow_text(row),
@@ -44,17 +47,24 @@ class DropsTable(DataTable[Any]):
             self.add_column(label, key=key)
 
     def show(self, rows: list[dict[str, Any]]) -> None:
+        """Same groups in the same order: only the cells that changed are touched (a drop storm changes counts
+        and sparklines, not the rest); otherwise the table is rebuilt, the cursor kept on its group."""
         keys = [row["key"] for row in rows]
-        current = [str(key.value) for key in self.rows]
-        if keys == current:
+        cells = {row["key"]: tuple(str(cell) for cell in drop_cells(row)) for row in rows}
+        shown: dict[str, tuple[str, ...]] = getattr(self, "_shown", {})
+        if keys == [str(key.value) for key in self.rows]:
             for row in rows:
-                for (column, _label), cell in zip(DROP_COLUMNS, drop_cells(row)):
-                    self.update_cell(row["key"], column, cell, update_width=True)
+                before = shown.get(row["key"], ())
+                for index, ((column, _label), cell) in enumerate(zip(DROP_COLUMNS, drop_cells(row))):
+                    if index >= len(before) or before[index] != cells[row["key"]][index]:
+                        self.update_cell(row["key"], column, cell, update_width=True)
+            self._shown = cells
             return
         selected = self.selected_key()
         self.clear()
         for row in rows:
             self.add_row(*drop_cells(row), key=row["key"])
+        self._shown = cells
         if selected in keys:
             self.move_cursor(row=keys.index(selected), animate=False)
 
