@@ -12,6 +12,7 @@ from tracer.identity import ConnIdentities
 from tracer.nfverdict import NfAttribution
 from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
 from tracer.session import add_trace_options, run_session
+from tracer.stdout import write_whole
 
 DROPS_EPILOG = """\
 exit codes: 0 ok, 1 error, 2 bad usage or filter, 3 drops matched and --fail-on-drops was given
@@ -88,9 +89,8 @@ def run_watch(args: argparse.Namespace) -> int:
 
     def on_tick(_source: object) -> None:
         if pending:
-            sys.stdout.write("\n".join(pending) + "\n")
+            write_whole("\n".join(pending) + "\n")  # a signal mid-write must not cut a line
             pending.clear()
-            sys.stdout.flush()
 
     source, _names, count = run_session(args, path=bool(args.filter), on_event=on_event, on_tick=on_tick,
                                         on_raw=identities.add_raw)
