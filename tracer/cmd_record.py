@@ -15,7 +15,7 @@ from typing import Any
 from tracer import __version__
 from tracer.aggregate import DropTable
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
-from tracer.events import EVENT_CT, EVENT_SIZE, decode
+from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
 from tracer.mtu import SUBNET_ENV
@@ -260,7 +260,7 @@ class _RecordLoop:
         """Take what the ring buffer holds now: the probes are attached and run while the header is made."""
         batch = source.poll_raw(0)
         self.pending += batch
-        self.drained += len(batch)
+        self.drained += counted_events(batch)
 
     def on_start(self, source: Any, names: Any) -> None:
         from tracer.names import named_netns

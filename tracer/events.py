@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 EVENT_DROP = 1
@@ -448,6 +449,11 @@ def encode_ct(event: CtEvent) -> bytes:
 
     return CT_STRUCT.pack(event.type, event.cpu, event.ts_ns, event.skb, event.netns, event.state, event.ctinfo, 0,
                           event.ct, event.status, 0, *fields(event.orig), *fields(event.reply))
+
+
+def counted_events(raws: Iterable[bytes]) -> int:
+    """Events as the counters count them: a drop's conntrack event (type 6) is part of that drop, not one more."""
+    return sum(1 for raw in raws if raw[0] != EVENT_CT)
 
 
 # Each event type's struct size: the ring-buffer reader checks records against it.

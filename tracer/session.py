@@ -13,7 +13,7 @@ from types import FrameType
 
 from tracer import bccenv
 from tracer.errors import UsageError
-from tracer.events import EVENT_CT, EVENT_SIZE, EVENT_SIZES, PacketEvent, decode
+from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
 from tracer.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
@@ -147,7 +147,7 @@ def run_session(
                 batch = source.poll_raw(0)
             else:
                 batch = source.poll_raw(0 if finished else 100)  # a last poll drains what arrived before the stop
-            count += sum(1 for raw in batch if raw[0] != EVENT_CT)  # a drop's conntrack event is part of it
+            count += counted_events(batch)
             for raw in batch:
                 if on_raw:
                     on_raw(raw)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from tracer.aggregate import DropKey, DropTable
 from tracer.events import (
+    EVENT_CT,
     EVENT_DROP,
     EVENT_ICMP,
     EVENT_NAT,
@@ -206,6 +207,8 @@ class Model:
         with self.lock:
             self._fed = self._event_fed()  # tables may be added after the model is made
             for event in events:
+                if event.type == EVENT_CT:
+                    continue  # a drop's conntrack companion: part of that drop, as the kernel's counters count it
                 self.received += 1
                 probe = probe_of(event)
                 self.probe_events[probe] = self.probe_events.get(probe, 0) + 1
