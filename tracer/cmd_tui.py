@@ -67,7 +67,7 @@ def run_tui(args: argparse.Namespace) -> int:
 
     if args.save_dir:
         info.save_dir = args.save_dir
-    app = PodtraceApp(source, info, ready_file=args.ready_file)
+    app = PodtraceApp(source, info, ready_file=args.ready_file, ingest="process")
     code = run_app(app)
     if app.error:
         raise _Failed(app.error)

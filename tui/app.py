@@ -1,7 +1,8 @@
 """The podtrace TUI: a header, one tab per concern, drill-down into a drop's packets, a view filter.
 
-Events never reach the UI thread one by one: a Reader thread (tui/sources.py) aggregates them in a Model and
-posts a coalescing SnapshotReady a few times per second; the app only draws snapshots.
+Events never reach the UI thread one by one: a Reader (tui/sources.py) aggregates them in a Model and posts a
+coalescing SnapshotReady a few times per second; the app only draws snapshots. The Reader runs in a thread or, for
+`podtrace tui`, in a child process of its own (tui/ingest.py), so a storm never holds the UI's GIL.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 from tracer.check.table import COLUMNS as NODE_COLUMNS
 from tracer.errors import UsageError
 from tracer.ladder import AttachPlan
+from tui.ingest import Ingest, Recording, ingest_for
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model, Snapshot
 from tui.overlay import COLUMNS as OVERLAY_COLUMNS
 from tui.overlay import OverlayTable
 from tui.pyfilter import ViewFilter
-from tui.recording import TuiRecording, basic_header, new_file
+from tui.recording import new_file
 from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
 from tui.services import COLUMNS as SERVICE_COLUMNS
 from tui.services import SORTS
 from tui.softirq import COLUMNS as SOFTIRQ_COLUMNS
-from tui.sources import Reader, SessionInfo, Source
+from tui.sources import SessionInfo, Source
 from tui.widgets.header import HeaderBar, header_text
 from tui.widgets.tables import DropsTable, ProbesView, RowsView, flow_text
 
@@ -68,8 +70,10 @@ class PodtraceApp(App[int]):
     ]
 
     def __init__(self, source: Source, info: SessionInfo, model: Model | None = None,
-                 refresh_interval: float = 0.25, ready_file: str | None = None) -> None:
+                 refresh_interval: float = 0.25, ready_file: str | None = None, ingest: str = "thread") -> None:
+        """`ingest`: "thread" reads beside the UI (tests), "process" in a child of its own (`podtrace tui`)."""
         super().__init__()
+        self.ingest_kind = ingest
         self.ready_file = ready_file
         self.source = source
         self.info = info
@@ -78,13 +82,13 @@ class PodtraceApp(App[int]):
         # Event-fed: works live and on replays alike.
         self.model.tables.setdefault("overlay", OverlayTable(self.model.names.netns, self.model.names.reasons))
         self.refresh_interval = refresh_interval
-        self.reader: Reader | None = None
+        self.reader: Ingest | None = None
         self.snapshot: Snapshot | None = None  # the one on screen
         self.latest: Snapshot | None = None  # the newest received (differs while paused)
         self.plan: AttachPlan | None = info.plan
         self.plan_note = ""
         self.paused = False
-        self.recording: TuiRecording | None = None
+        self.recording: Recording | None = None
         self.last_screenshot = ""
         self.started = False
         self.error = ""
@@ -125,19 +129,17 @@ class PodtraceApp(App[int]):
     def on_mount(self) -> None:
         self.refresh_header()
         self.query_one(ProbesView).show_plan(self.plan, "probing the attach ladder...")
-        self.reader = Reader(self.source, self.model, self.post_message, self.info, interval=self.refresh_interval)
-        self.reader.start()
+        reader = ingest_for(self.ingest_kind, self.source, self.model, self.post_message, self.info,
+                            self.refresh_interval)
+        self.reader = reader
+        reader.start()
         self.set_interval(0.2, self._tick_progress)
         self.action_focus_view()
 
     def on_unmount(self) -> None:
         if self.reader is not None:
-            self.reader.stopped.set()  # run_app waits for it after the screen is restored
+            self.reader.request_stop()  # run_app waits for it (and its tables) after the screen is restored
         self._stop_recording()
-        for table in self.model.tables.values():
-            close = getattr(table, "close", None)
-            if close is not None:
-                close()
 
     # -- messages from the reader --
 
@@ -253,7 +255,7 @@ class PodtraceApp(App[int]):
     def action_edit_filter(self) -> None:
         if isinstance(self.screen, FilterScreen):
             return
-        self.push_screen(FilterScreen(self.model.filter_text, ViewFilter), self._filter_chosen)
+        self.push_screen(FilterScreen(self.reader.filter_text if self.reader else "", ViewFilter), self._filter_chosen)
 
     def _filter_chosen(self, expression: str | None) -> None:
         """The filter screen's answer: an expression it already compiled, "" to clear, None when cancelled."""
@@ -265,14 +267,25 @@ class PodtraceApp(App[int]):
         except UsageError as err:  # checked by the screen; kept so a changed libpcap cannot crash the app
             self.notify(err.one_line(), severity="error")
             return
-        self.model.set_filter(expression, predicate)
+        if self.reader is None:
+            return
+        try:
+            self.reader.set_filter(expression, predicate)
+        except RuntimeError as err:  # the reader process is gone: its own message says so
+            self.notify(str(err), severity="error")
+            return
         self.notify(f"view filter: {expression}" if expression else "view filter cleared", timeout=2)
         self.push_snapshot()
 
     def push_snapshot(self) -> None:
         """Draw now rather than at the next tick (after a filter change)."""
         counters = self.latest.counters if self.latest else {}
-        snapshot = self.model.snapshot(counters, self.latest.probe_counters if self.latest else {})
+        if self.reader is None:
+            return
+        try:
+            snapshot = self.reader.snapshot(counters, self.latest.probe_counters if self.latest else {})
+        except RuntimeError:
+            return  # the next tick's snapshot draws it
         self.latest = snapshot
         if not self.paused:
             self.show(snapshot)
@@ -293,11 +306,12 @@ class PodtraceApp(App[int]):
             except OSError as err:
                 self.notify(f"cannot record in {self.info.save_dir}: {err.strerror or err}", severity="error")
                 return
-            recording = TuiRecording(path, self.info.record_header or self._basic_header,
-                                     self.model.names, self.source.counters,
-                                     getattr(self.source, "probe_counters", None))
+            try:
+                recording = self.reader.record(path)
+            except RuntimeError as err:
+                self.notify(f"cannot record: {err}", severity="error")
+                return
             self.recording = recording
-            self.reader.recording = recording
             self.notify(f"recording to {recording.path} (r stops)", timeout=5)
         else:
             recording = self.recording
@@ -325,14 +339,7 @@ class PodtraceApp(App[int]):
         recording, self.recording = self.recording, None
         if recording is None:
             return 0
-        if self.reader is not None:
-            self.reader.recording = None
         return recording.stop()
-
-    def _basic_header(self) -> dict[str, Any]:
-        info = self.info
-        return basic_header(self.model.names, info.node, info.kernel, info.programs, info.attached,
-                            self.plan.to_json() if self.plan else None, info.kernel_filter)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -342,7 +349,8 @@ class PodtraceApp(App[int]):
         if message.data_table.parent is flows:
             row = flows.selected()
             if row is not None and row.get("_flow") is not None:
-                self.push_screen(TimelineScreen(self.model, "", row.get("_title", row["service"]), flow=row["_flow"]))
+                self.push_screen(TimelineScreen(self._timelines(), "", row.get("_title", row["service"]),
+                                                flow=row["_flow"]))
             return
         if message.data_table.id != "drops-table" or self.snapshot is None:
             return
@@ -351,12 +359,16 @@ class PodtraceApp(App[int]):
         if row is None:
             return
         title = f"{row['reason']} at {row['location']}  {row['netns']}/{row['ifname']}  {flow_text(row)}"
-        self.push_screen(TimelineScreen(self.model, ident, title))
+        self.push_screen(TimelineScreen(self._timelines(), ident, title))
+
+    def _timelines(self) -> Any:
+        """Where a timeline screen asks for its rows: the reader's model, in this process or its own."""
+        return self.reader if self.reader is not None else self.model
 
     async def action_quit(self) -> None:
         """At once: the reader is told to stop and joined after the screen is restored (run_app)."""
         if self.reader is not None:
-            self.reader.stopped.set()
+            self.reader.request_stop()
         self._stop_recording()
         self.exit(1 if self.error else 0)
 
@@ -366,5 +378,5 @@ def run_app(app: PodtraceApp, **kwargs: Any) -> int:
         result = app.run(**kwargs)
     finally:
         if app.reader is not None:
-            app.reader.stop()  # detaches the probes (the source closes in the reader thread)
+            app.reader.stop()  # detaches the probes (the source closes where it was read) and closes the tables
     return int(result or 0)

@@ -3,7 +3,7 @@ device, hook, NAT rewrite (before -> after; later hops say what the packet was b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,7 +11,15 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tui.model import FlowKey, Model, TimelineRow
+from tui.model import FlowKey, TimelineRow
+
+
+class Timelines(Protocol):
+    """Where the rows come from: a Model, or the ingestion that holds it (tui/ingest.py)."""
+
+    def timeline(self, ident: str) -> list[TimelineRow]: ...
+
+    def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]: ...
 
 # What tells the story first (the NAT and drop columns fit 100 columns); the packet as seen at that hop after.
 COLUMNS = ("TIME", "+DELTA", "HOOK", "EVENT", "NAT", "NETNS/IF", "PACKET", "LOCATION", "LEN", "CPU")
@@ -45,7 +53,7 @@ class TimelineScreen(Screen[None]):
     TimelineScreen #timeline-title { height: auto; }
     """
 
-    def __init__(self, model: Model, ident: str, title: str, flow: FlowKey | None = None) -> None:
+    def __init__(self, model: Timelines, ident: str, title: str, flow: FlowKey | None = None) -> None:
         """A drop group's timeline (`ident`, a Snapshot drop row's key) or a flow's (`flow`)."""
         super().__init__()
         self.model = model
