@@ -201,7 +201,8 @@ class PodtraceApp(App[int]):
             return
         active = self.query_one(TabbedContent).active
         if active == "drops":
-            self.query_one(DropsTable).show(snapshot.drops)
+            # rows past the screen are not drawn: under a storm every row changes on every snapshot
+            self.query_one(DropsTable).show(snapshot.drops[:max(20, self.size.height)])
         elif active == "probes":
             self._show_probes()
         else:
