@@ -311,9 +311,9 @@ class ReplaySource:
             self._nat = list(data.get("nat_flows", []))
         elif kind == KIND_SOFTIRQ:
             if self.softirq is None:
-                from tracer.softirq import SoftirqAggregator  # noqa: PLC0415 - only when the file has them
+                from tracer.softirq import RECENT_SECONDS, SoftirqAggregator  # noqa: PLC0415 - only when the file has them
 
-                self.softirq = SoftirqAggregator()
+                self.softirq = SoftirqAggregator(keep_seconds=RECENT_SECONDS)  # the TUI's windows
             self.softirq.add(softirq_from_json(data))
 
     def start(self, progress: bool = True) -> None:

@@ -9,6 +9,7 @@ p50/p99/max estimated from the log2 buckets.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,34 +204,59 @@ class CpuReport:
         return out
 
 
+# How far back report(window=...) can look when asked to keep snapshots: the TUI's longest window is 60 s.
+RECENT_SECONDS = 62.0
+
+
 class SoftirqAggregator:
-    """Deltas between the first snapshot and the latest, per CPU and for all CPUs.
+    """Deltas between a base snapshot and the latest, per CPU and for all CPUs: the base is the first snapshot, or
+    for `report(window=...)` the newest one at least that many seconds old (kept for up to `keep_seconds`).
 
     Pure: feed it snapshots (from `SoftirqProbe.snapshot()` or a recording) with `add()`, then call `report()`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_seconds: float = 0.0) -> None:
         self.first: SoftirqSnapshot | None = None
         self.last: SoftirqSnapshot | None = None
         self.snapshots = 0
+        self.keep_seconds = keep_seconds  # 0: only the first and the latest (a one-shot measurement)
+        self.recent: deque[SoftirqSnapshot] = deque()
 
     def add(self, snapshot: SoftirqSnapshot) -> None:
         if self.first is None:
             self.first = snapshot
         self.last = snapshot
         self.snapshots += 1
+        if self.keep_seconds:
+            self.recent.append(snapshot)
+            # the newest snapshot at least keep_seconds old stays: it is the longest window's base
+            while len(self.recent) > 2 and self.recent[1].ts <= snapshot.ts - self.keep_seconds:
+                self.recent.popleft()
+
+    def base(self, window: float | None = None) -> SoftirqSnapshot | None:
+        """The snapshot a report subtracts: the first, or the newest at least `window` s before the latest (the
+        oldest kept when none is that old: a window longer than what was seen covers what was seen)."""
+        if window is None or not self.recent or self.last is None:
+            return self.first
+        older = [snap for snap in self.recent if snap.ts <= self.last.ts - window]
+        return older[-1] if older else self.recent[0]
 
     @property
     def seconds(self) -> float:
-        if self.first is None or self.last is None:
-            return 0.0
-        return self.last.ts - self.first.ts
+        return self.seconds_in()
 
-    def report(self) -> list[CpuReport]:
+    def seconds_in(self, window: float | None = None) -> float:
+        """The time the report covers."""
+        base = self.base(window)
+        if base is None or self.last is None:
+            return 0.0
+        return self.last.ts - base.ts
+
+    def report(self, window: float | None = None) -> list[CpuReport]:
         """One CpuReport per CPU (sorted), then the all-CPU one (cpu None). Empty before two snapshots."""
-        if self.first is None or self.last is None or self.snapshots < 2:
+        first, last = self.base(window), self.last
+        if first is None or last is None or self.snapshots < 2 or first is last:
             return []
-        first, last = self.first, self.last
         cpus = sorted(set(last.hists) | set(last.softnet) | set(last.napi))
         rows = []
         for cpu in cpus:
@@ -248,6 +274,15 @@ class SoftirqAggregator:
             rows.append(CpuReport(cpu, hists, napi, softnet))
         rows.append(_total(rows))
         return rows
+
+
+def worst_cpu(rows: Sequence[CpuReport]) -> int | None:
+    """The CPU whose NET_RX waited longest at p99 (its backlog drops break ties); None unless two or more CPUs
+    did receive work (one is not "worst" of anything)."""
+    scored = [(row.stats(("NET_RX", "wait"))["p99_ns"], row.softnet.dropped if row.softnet else 0, row.cpu)
+              for row in rows if row.cpu is not None]
+    scored = [score for score in scored if score[0] or score[1]]
+    return max(scored, key=lambda score: (score[0], score[1]))[2] if len(scored) > 1 else None
 
 
 def _total(rows: Sequence[CpuReport]) -> CpuReport:

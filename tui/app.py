@@ -23,7 +23,7 @@ from tracer.errors import UsageError
 from tracer.ladder import AttachPlan
 from tui.ingest import Ingest, Recording, ingest_for
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
-from tui.model import Model, Snapshot
+from tui.model import WINDOWS, Model, Snapshot, window_label
 from tui.overlay import COLUMNS as OVERLAY_COLUMNS
 from tui.overlay import OverlayTable
 from tui.pyfilter import ViewFilter
@@ -61,6 +61,7 @@ class PodtraceApp(App[int]):
         Binding("5", "view('probes')", "Probes", show=False),
         Binding("6", "view('node')", "Node", show=False),
         Binding("s", "sort", "Sort"),
+        Binding("w", "window", "Window"),
         Binding("slash", "edit_filter", "Filter"),
         Binding("p", "toggle_pause", "Pause"),
         Binding("r", "record", "Rec"),
@@ -243,6 +244,20 @@ class PodtraceApp(App[int]):
     def on_tabbed_content_tab_activated(self, _message: TabbedContent.TabActivated) -> None:
         self.refresh_bindings()
         self._show_active()  # the snapshot on screen (the frozen one while paused)
+
+    def action_window(self) -> None:
+        """The next time window for the drops' counts and the softirq figures: since start, 10 s, 60 s."""
+        if self.reader is None:
+            return
+        current = self.latest.window if self.latest is not None else None
+        following = WINDOWS[(WINDOWS.index(current) + 1) % len(WINDOWS)] if current in WINDOWS else WINDOWS[0]
+        try:
+            self.reader.set_window(following)
+        except RuntimeError as err:  # the reader process is gone: its own message says so
+            self.notify(str(err), severity="error")
+            return
+        self.notify(f"window: {window_label(following)}", timeout=2)
+        self.push_snapshot()
 
     def action_sort(self) -> None:
         self.query_one("#flows-view", RowsView).cycle_sort()  # its title names the order

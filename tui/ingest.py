@@ -58,6 +58,8 @@ class Ingest(Protocol):
 
     def set_filter(self, expression: str, predicate: Predicate | None) -> None: ...
 
+    def set_window(self, seconds: float | None) -> None: ...
+
     def snapshot(self, counters: dict[str, int], probe_counters: dict[str, dict[str, int]]) -> Snapshot: ...
 
     def timeline(self, ident: str) -> list[TimelineRow]: ...
@@ -116,6 +118,9 @@ class ThreadIngest:
 
     def set_filter(self, expression: str, predicate: Predicate | None) -> None:
         self.model.set_filter(expression, predicate)
+
+    def set_window(self, seconds: float | None) -> None:
+        self.model.set_window(seconds)
 
     def snapshot(self, counters: dict[str, int], probe_counters: dict[str, dict[str, int]]) -> Snapshot:
         return self.model.snapshot(counters, probe_counters)
@@ -223,6 +228,9 @@ class ProcessIngest:
     def set_filter(self, expression: str, predicate: Predicate | None) -> None:
         self._call("set_filter", expression)  # compiled again in the child: a predicate does not cross a pipe
         self.filter_text = expression
+
+    def set_window(self, seconds: float | None) -> None:
+        self._call("set_window", seconds)
 
     def snapshot(self, counters: dict[str, int], probe_counters: dict[str, dict[str, int]]) -> Snapshot:
         snapshot: Snapshot = self._call("snapshot", counters, probe_counters)
@@ -410,6 +418,9 @@ def _answer(
     if method == "set_filter":
         (expression,) = args
         model.set_filter(expression, ViewFilter(expression) if expression else None)
+        return None
+    if method == "set_window":
+        model.set_window(*args)
         return None
     if method == "snapshot":
         return model.snapshot(*args)

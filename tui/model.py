@@ -39,6 +39,9 @@ from tui.pyfilter import Predicate
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_SECONDS = 10  # one character per second
+# The drops view's and Softirq view's time windows (`w` cycles them): seconds, None for since the start.
+WINDOWS: tuple[float | None, ...] = (None, 10.0, 60.0)
+KEEP_SECONDS = 61  # per-second drop counts kept per group: the longest window, and the second being counted
 RATE_BUCKET_NS = 100_000_000
 NS = 1_000_000_000
 
@@ -59,8 +62,9 @@ def probe_of(event: Any) -> str:
 class TableSource(Protocol):
     """Rows of dicts for the views other concerns fill (service flows, overlay/MTU, softirq, node).
 
-    Optional: `uses_drops` (rows(drops=...) gets the shown drop rows), `uses_events` (add(event) for every event
-    the view filter keeps, reset() when it changes), close() (called when the app exits).
+    Optional: `uses_drops` (rows(drops=...) gets the drop rows, always since the start: its own packet counts
+    are), `uses_events` (add(event) for every event the view filter keeps, reset() when it changes), `uses_window`
+    (its `window` attribute is set to the model's before each rows()), close() (called when the app exits).
     """
 
     columns: list[str]
@@ -103,6 +107,11 @@ class Snapshot:
     probe_events: dict[str, int] = field(default_factory=dict)  # events decoded per probe, before the view filter
     probe_counters: dict[str, dict[str, int]] = field(default_factory=dict)  # the kernel's counters per probe
     nat_events: int = 0
+    window: float | None = None  # the drops' and softirq's time window (s); None: since the start
+
+
+def window_label(window: float | None) -> str:
+    return "since start" if window is None else f"last {window:.0f} s"
 
 
 def key_id(key: DropKey) -> str:
@@ -177,6 +186,7 @@ class Model:
         self.probe_events: dict[str, int] = {}
         self.predicate: Predicate | None = None
         self.filter_text = ""
+        self.window: float | None = None
         self._reset()
 
     def _event_fed(self) -> list[Any]:
@@ -240,8 +250,8 @@ class Model:
         seconds = self.per_second.setdefault(key, {})
         second = event.ts_ns // NS
         seconds[second] = seconds.get(second, 0) + 1
-        if len(seconds) > SPARK_SECONDS * 2:
-            for old in sorted(seconds)[:-SPARK_SECONDS]:
+        if len(seconds) > KEEP_SECONDS * 2:
+            for old in sorted(seconds)[:-KEEP_SECONDS]:
                 del seconds[old]
 
     def _count_rate(self, ts_ns: int) -> None:
@@ -271,6 +281,11 @@ class Model:
         while len(self.rewrites) > self.max_timelines * 4:
             self.rewrites.popitem(last=False)
 
+    def set_window(self, seconds: float | None) -> None:
+        """The time window of the drops' counts and the softirq figures (rates are per second whatever it is)."""
+        with self.lock:
+            self.window = seconds
+
     def set_filter(self, expression: str, predicate: Predicate | None) -> None:
         """Re-aggregate the kept history under a new view filter (nothing is reattached)."""
         with self.lock:
@@ -290,34 +305,59 @@ class Model:
             now = self.now_ns()
             since = (now - NS) // RATE_BUCKET_NS
             rate = float(sum(count for bucket, count in self.rate_buckets if since < bucket <= now // RATE_BUCKET_NS))
-            top = heapq.nsmallest(
-                self.max_rows, self.drops.groups.items(), key=lambda item: (-item[1].count, -item[1].last_ns)
-            )
-            view = DropTable()
-            view.groups = dict(top)
-            rows = drop_rows(view, self.names)
-            last_second = now // NS
-            for (key, _row), out in zip(view.sorted_groups(), rows):  # drop_rows' own order
-                out["severity"] = classify(out["reason"], out["location"])
-                seconds = self.per_second.get(key, {})
-                out["key"] = key_id(key)
-                out["spark"] = sparkline([seconds.get(s, 0) for s in range(last_second - SPARK_SECONDS + 1,
-                                                                               last_second + 1)])
-            # Benign frees last, the rest by count: on a real node a firewall's policy drop outranks a handful of
-            # unclassified multicast frees (NOT_SPECIFIED counts as loss), so class alone must not order them.
-            rows.sort(key=lambda out: rank(out["severity"]) == rank("benign"))
+            rows = self._drop_rows(now, None)
+            shown = rows if self.window is None else self._drop_rows(now, self.window)
             tables = {}
             for name, source in self.tables.items():
                 try:
-                    # A source with `uses_drops` (the Services view) attributes the shown drop groups itself.
+                    if getattr(source, "uses_window", False):
+                        source.window = self.window  # type: ignore[attr-defined]
+                    # A source with `uses_drops` (the Services view) attributes the drop groups itself: since the
+                    # start, as its packet counts are, whatever the window.
                     uses_drops = getattr(source, "uses_drops", False)
                     tables[name] = source.rows(drops=rows) if uses_drops else source.rows()  # type: ignore[call-arg]
                 except Exception:  # noqa: BLE001 - a broken extra table must not stop the drops view
                     tables[name] = []
-            return Snapshot(self.events, self.received, rate, dict(counters), rows, len(self.drops), self.drops.total,
+            return Snapshot(self.events, self.received, rate, dict(counters), shown, len(self.drops), self.drops.total,
                             self.drops.evicted, self.path_events, self.filter_text, tables, dict(self.probe_events),
                             {probe: dict(values) for probe, values in (probe_counters or {}).items()},
-                            self.nat_events)
+                            self.nat_events, self.window)
+
+    def _drop_rows(self, now: int, window: float | None) -> list[dict[str, Any]]:
+        """The top groups, by count since the start or, with a window, by their drops in its last seconds (kept
+        for the groups with recent packets: the timelines' LRU); "count" is then the window's."""
+        last_second = now // NS
+        groups = self.drops.groups
+        counts: dict[DropKey, int] = {}
+        if window is not None:
+            first = last_second - int(window) + 1
+            for key, seconds in self.per_second.items():
+                recent = sum(n for second, n in seconds.items() if first <= second <= last_second)
+                if recent and key in groups:
+                    counts[key] = recent
+            candidates = [(key, groups[key]) for key in counts]
+        else:
+            candidates = list(groups.items())
+        top = heapq.nsmallest(self.max_rows, candidates,
+                              key=lambda item: (-counts.get(item[0], item[1].count), -item[1].last_ns))
+        view = DropTable()
+        view.groups = dict(top)
+        rows = drop_rows(view, self.names)
+        for (key, _row), out in zip(view.sorted_groups(), rows):  # drop_rows' own order
+            out["severity"] = classify(out["reason"], out["location"])
+            seconds = self.per_second.get(key, {})
+            out["key"] = key_id(key)
+            out["spark"] = sparkline([seconds.get(s, 0) for s in range(last_second - SPARK_SECONDS + 1,
+                                                                           last_second + 1)])
+            if window is not None:
+                out["total"] = out["count"]
+                out["count"] = counts[key]
+        if window is not None:
+            rows.sort(key=lambda out: -out["count"])
+        # Benign frees last, the rest by count: on a real node a firewall's policy drop outranks a handful of
+        # unclassified multicast frees (NOT_SPECIFIED counts as loss), so class alone must not order them.
+        rows.sort(key=lambda out: rank(out["severity"]) == rank("benign"))
+        return rows
 
     def find(self, ident: str) -> DropKey | None:
         with self.lock:

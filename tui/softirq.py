@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tracer.errors import PodtraceError
-from tracer.softirq import HISTS, CpuReport, SoftirqAggregator, SoftirqProbe, SoftirqSnapshot, format_us
+from tracer.softirq import (
+    HISTS,
+    RECENT_SECONDS,
+    CpuReport,
+    SoftirqAggregator,
+    SoftirqProbe,
+    SoftirqSnapshot,
+    format_us,
+    worst_cpu,
+)
 from tui.model import sparkline
 
 COLUMNS = ["cpu", "kind", "p50", "p99", "dropped", "squeezes", "histogram"]
@@ -30,8 +39,10 @@ def histogram_bar(slots: Sequence[int]) -> str:
 
 def softirq_rows(reports: Sequence[CpuReport]) -> list[dict[str, Any]]:
     """One row per CPU and softirq phase that saw work, then the all-CPU ones; backlog drops and squeezes
-    (/proc/net/softnet_stat) on each CPU's first row."""
+    (/proc/net/softnet_stat) on each CPU's first row. The CPU whose NET_RX waited longest is marked worst, its rows
+    in red (`_style`)."""
     rows = []
+    worst = worst_cpu(reports)
     for report in reports:
         first = True
         for key in HISTS:
@@ -39,10 +50,14 @@ def softirq_rows(reports: Sequence[CpuReport]) -> list[dict[str, Any]]:
             if hist is None or not hist.count:
                 continue
             softnet = report.softnet if first else None
-            rows.append({"cpu": "all" if report.cpu is None else report.cpu, "kind": f"{key[0]} {key[1]}",
+            cpu = "all" if report.cpu is None else f"{report.cpu} worst" if report.cpu == worst and first \
+                else report.cpu
+            rows.append({"cpu": cpu, "kind": f"{key[0]} {key[1]}",
                          "p50": format_us(hist.percentile(0.5)), "p99": format_us(hist.percentile(0.99)),
                          "dropped": softnet.dropped if softnet else "", "squeezes": softnet.time_squeeze if softnet
                          else "", "histogram": histogram_bar(hist.slots)})
+            if report.cpu is not None and report.cpu == worst:
+                rows[-1]["_style"] = "bold red"
             first = False
     return rows
 
@@ -51,14 +66,17 @@ class SoftirqTable:
     """A TableSource (tui/model.py) over a live SoftirqProbe, started lazily in its own thread."""
 
     columns = COLUMNS
+    uses_window = True  # the model sets `window` (seconds, None: since start)
 
     def __init__(self, probe: Callable[[], Any] = SoftirqProbe, interval: float = 1.0,
                  after: threading.Event | None = None) -> None:
         self._make_probe = probe
         self._after = after  # BCC compiles one program at a time: wait for the attach ladder's probing
         self.interval = interval
+        self.window: float | None = None
         self.error = ""
-        self._rows: list[dict[str, Any]] = []
+        self._aggregator = SoftirqAggregator(keep_seconds=RECENT_SECONDS)
+        self._lock = threading.Lock()  # the probe's thread adds snapshots while the model reads
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,7 +86,8 @@ class SoftirqTable:
             self._thread.start()
         if self.error:
             return [{"cpu": "-", "kind": f"unavailable: {self.error}"}]
-        return self._rows
+        with self._lock:
+            return softirq_rows(self._aggregator.report(self.window))
 
     def _run(self) -> None:
         if self._after is not None:
@@ -78,11 +97,10 @@ class SoftirqTable:
         probe = self._make_probe()
         try:
             probe.start(progress=False)
-            aggregator = SoftirqAggregator()
             while not self._stopped.is_set():
                 snapshot: SoftirqSnapshot = probe.snapshot()
-                aggregator.add(snapshot)
-                self._rows = softirq_rows(aggregator.report())
+                with self._lock:
+                    self._aggregator.add(snapshot)
                 self._stopped.wait(self.interval)
         except Exception as err:  # noqa: BLE001 - BCC raises broadly; the view says what failed
             self.error = err.one_line() if isinstance(err, PodtraceError) else str(err) or type(err).__name__
@@ -100,10 +118,12 @@ class RecordedSoftirqTable:
     (tracer.replay.ReplaySource.softirq), from the first to the latest."""
 
     columns = COLUMNS
+    uses_window = True
 
     def __init__(self, source: Any) -> None:
         self.source = source
+        self.window: float | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         aggregator = getattr(self.source, "softirq", None)
-        return softirq_rows(aggregator.report()) if aggregator is not None else []
+        return softirq_rows(aggregator.report(self.window)) if aggregator is not None else []

@@ -544,7 +544,7 @@ async def test_header_separates_its_fields_and_counts_one_group_in_the_singular(
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_flows(app, pilot)
         header = str(app.query_one("#header", Static).render())
-        assert "lost 0 · drops 7 in 1 group · filter none · ○ rec off" in header, header
+        assert "lost 0 · drops 7 in 1 group · window since start · filter none · ○ rec off" in header, header
 
 
 @sync
@@ -571,7 +571,28 @@ async def test_replay_softirq_view_shows_the_recordings_softirq_snapshots(tmp_pa
             await pilot.pause(0.05)
         await pilot.press("4")
         rows = app.snapshot.tables["softirq"] if app.snapshot else []
-        assert {row["cpu"] for row in rows} == {0, 1, "all"}
+        # CPU 1 waited longest (the recorded softirq-load snapshots): its first row says so, in red
+        assert {row["cpu"] for row in rows} == {0, 1, "1 worst", "all"}
+        assert all(row.get("_style") == "bold red" for row in rows if str(row["cpu"]).startswith("1"))
         table = app.query_one("#softirq DataTable", DataTable)
         assert table.display and table.row_count == len(rows)
         assert str(table.get_row_at(0)[0]) == "0"
+
+
+@sync
+async def test_w_cycles_the_time_window_named_in_the_header() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        header = app.query_one("#header", Static)
+        assert "window since start" in str(header.render())
+        for label, seconds in (("last 10 s", 10.0), ("last 60 s", 60.0), ("since start", None)):
+            await pilot.press("w")
+            for _ in range(100):
+                if app.snapshot is not None and app.snapshot.window == seconds:
+                    break
+                await pilot.pause(0.05)
+            assert app.snapshot is not None and app.snapshot.window == seconds
+            assert f"window {label}" in str(header.render())
+            # the fixture's drops all fall in its last seconds: every window holds them all
+            assert drop_counts(app) == [("NETFILTER_DROP", 5001, 13), ("NO_SOCKET", 5002, 7), ("NO_SOCKET", 5003, 5)]

@@ -63,6 +63,10 @@ async def _screens_from_a_child() -> None:
         rows = app.screen.rows  # type: ignore[attr-defined]
         assert [row.what for row in rows if row.is_drop] == ["DROP NO_SOCKET"] * 7
         await pilot.press("escape")
+        # the time window, set in the child: its snapshots say it
+        await pilot.press("w")
+        await _until(pilot, lambda: app.snapshot is not None and app.snapshot.window == 10.0, "no window")
+        assert "window last 10 s" in str(app.query_one("#header", Static).render())
         await pilot.press("q")
     assert ingest.process is not None
     ingest.process.join(10)

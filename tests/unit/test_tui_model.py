@@ -261,3 +261,62 @@ def test_benign_drop_groups_go_last_whatever_their_count() -> None:
     assert [(r["reason"], r["count"], r["severity"]) for r in snap.drops] == [
         ("NETFILTER_DROP", 13, "policy"), ("NO_SOCKET", 7, "loss"), ("NO_SOCKET", 5, "loss"),
         ("QUEUE_PURGE", 50, "benign")]
+
+
+def test_a_time_window_counts_only_its_seconds_and_the_services_view_keeps_counting_since_the_start() -> None:
+    events = replay.events()
+    drops = [e for e in events if e.is_drop]
+    late = {drops[-1].outer.dport}  # one group's drops happen 100 s after the others
+    base = min(e.ts_ns for e in drops)
+    moved = [replace(e, ts_ns=base + 100 * 1_000_000_000 + i) if e.outer.dport in late else e
+             for i, e in enumerate(drops)]
+
+    class Flows:
+        columns = ["n"]
+        uses_drops = True
+        uses_window = True
+        window: float | None = None
+
+        def rows(self, drops: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+            self.seen = [(row["dport"], row["count"]) for row in drops]
+            return []
+
+    flows = Flows()
+    model = Model(replay.resolver())  # no clock: now is the newest event's time, as in a replay
+    model.tables["flows"] = flows
+    model.add(moved)
+    everything = [(r["dport"], r["count"]) for r in model.snapshot({}).drops]
+    assert sorted(everything) == sorted(flows.seen) and len(everything) == 3
+    model.set_window(10.0)
+    snap = model.snapshot({})
+    assert snap.window == 10.0 and flows.window == 10.0  # a windowed table is told the window
+    late_count = next(count for port, count in everything if port in late)
+    assert [(r["dport"], r["count"], r["total"]) for r in snap.drops] == [(next(iter(late)), late_count, late_count)]
+    assert sorted(flows.seen) == sorted(everything)  # Service loss shares stay since the start, as packets are
+    model.set_window(None)
+    assert [(r["dport"], r["count"]) for r in model.snapshot({}).drops] == everything
+
+
+def test_softirq_windows_subtract_the_snapshot_that_old_and_the_worst_cpu_is_marked() -> None:
+    from tracer.softirq import worst_cpu
+
+    def snap(ts: float, slow: int) -> SoftirqSnapshot:
+        # CPU 0: 100 quick waits per second; CPU 1: `slow` waits of 2 ms so far (cumulative, as the kernel keeps)
+        quick = Log2Hist.of_values([1500] * int(ts * 100))
+        starved = Log2Hist.of_values([2_000_000] * slow + [1500] * int(ts * 100))
+        return SoftirqSnapshot(ts, {0: {("NET_RX", "wait"): quick}, 1: {("NET_RX", "wait"): starved}}, {},
+                               {0: SoftnetRow(0, int(ts), 0, 0), 1: SoftnetRow(1, int(ts), 0, 0)})
+
+    aggregator = SoftirqAggregator(keep_seconds=62)
+    for second in range(0, 121):
+        aggregator.add(snap(float(second), 50 if second >= 5 else 0))  # CPU 1 starved once, around 5 s
+    whole = aggregator.report()
+    recent = aggregator.report(window=10.0)
+    assert aggregator.seconds_in(None) == 120 and aggregator.seconds_in(10.0) == 10
+    assert whole[1].stats(("NET_RX", "wait"))["count"] == 120 * 100 + 50
+    assert recent[1].stats(("NET_RX", "wait"))["count"] == 10 * 100  # the starvation is older than 10 s
+    assert worst_cpu(whole) == 1
+    rows = softirq_rows(whole)
+    assert [r["cpu"] for r in rows] == [0, "1 worst", "all"] and rows[1]["_style"] == "bold red"
+    assert aggregator.seconds_in(600.0) == 62  # longer than kept: back to the oldest snapshot kept
+    assert len(aggregator.recent) <= 64  # bounded

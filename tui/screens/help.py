@@ -25,6 +25,8 @@ HELP = """\
 [b]/[/b]      view filter in tcpdump syntax, e.g. [i]udp port 53[/i] or [i]host 10.96.0.10[/i]:
        applied to events already captured, without reattaching probes; it narrows the
        kernel filter given on the command line, it cannot widen it. Empty clears it.
+[b]w[/b]      time window of the drops' counts and the Softirq figures: since start, last 10 s,
+       last 60 s (the header names it; the Services view counts since the start)
 [b]p[/b]      pause/resume the display (capture and counting go on)
 [b]r[/b]      start/stop recording to SAVE_DIR/podtrace-YYYYmmdd-HHMMSS.ptrec (--save-dir)
 [b]x[/b]      save a screenshot (SVG) to SAVE_DIR/podtrace-YYYYmmdd-HHMMSS.svg

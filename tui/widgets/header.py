@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tracer.ladder import AttachPlan
-from tui.model import Snapshot
+from tui.model import Snapshot, window_label
 from tui.sources import SessionInfo
 
 
@@ -34,6 +34,8 @@ def header_text(info: SessionInfo, snapshot: Snapshot | None, plan: AttachPlan |
         text.append(f" · drops {snapshot.drop_total} in {snapshot.drop_groups} {groups}")
         if snapshot.evicted:
             text.append(f" ({snapshot.evicted} evicted)", style="yellow")
+        text.append(" · window ")
+        text.append(window_label(snapshot.window), style="bold cyan" if snapshot.window else "")
         text.append(" ·")
     text.append(" filter ")
     text.append(repr(info.kernel_filter) if info.kernel_filter else "none", style="cyan")

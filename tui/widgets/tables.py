@@ -146,7 +146,9 @@ class RowsView(Vertical):
         table.clear()
         self.shown = list(rows)
         for row in rows:
-            table.add_row(*(str(row.get(column, "")) for column in self.columns))
+            style = row.get("_style", "")  # a row the source marks (the Softirq view's worst CPU)
+            table.add_row(*(Text(str(row.get(column, "")), style=style) if style else str(row.get(column, ""))
+                            for column in self.columns))
         if rows:
             table.move_cursor(row=min(selected, len(rows) - 1), animate=False)
 
