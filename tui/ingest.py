@@ -25,7 +25,7 @@ from textual.message import Message
 
 from tracer.errors import PodtraceError
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
-from tui.model import FlowKey, Model, Snapshot, TimelineRow
+from tui.model import ConnKey, FlowKey, Model, Snapshot, TimelineRow
 from tui.pyfilter import Predicate, ViewFilter
 from tui.recording import TuiRecording, basic_header
 from tui.sources import Reader, SessionInfo, Source
@@ -65,6 +65,8 @@ class Ingest(Protocol):
     def timeline(self, ident: str) -> list[TimelineRow]: ...
 
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]: ...
+
+    def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]: ...
 
     def record(self, path: str) -> Recording: ...
 
@@ -130,6 +132,9 @@ class ThreadIngest:
 
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]:
         return self.model.flow_timeline(flow)
+
+    def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]:
+        return self.model.connection_timeline(conn)
 
     def record(self, path: str) -> Recording:
         recording = TuiRecording(
@@ -242,6 +247,10 @@ class ProcessIngest:
 
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]:
         rows: list[TimelineRow] = self._call("flow_timeline", flow)
+        return rows
+
+    def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]:
+        rows: list[TimelineRow] = self._call("connection_timeline", conn)
         return rows
 
     def record(self, path: str) -> Recording:
@@ -428,6 +437,8 @@ def _answer(
         return model.timeline(*args)
     if method == "flow_timeline":
         return model.flow_timeline(*args)
+    if method == "connection_timeline":
+        return model.connection_timeline(*args)
     if method == "record":
         (path,) = args
         recording = TuiRecording(

@@ -27,9 +27,11 @@ from tracer.events import (
     POINT_TC_INGRESS,
     POINT_VXLAN_RCV,
     POINT_VXLAN_XMIT,
+    PROTO_NAMES,
     NatEvent,
     PacketEvent,
     Tuple,
+    format_addr,
 )
 from tracer.netfilter import point_label
 from tracer.nfverdict import hook_label
@@ -46,6 +48,7 @@ RATE_BUCKET_NS = 100_000_000
 NS = 1_000_000_000
 
 FlowKey = tuple[int, int, bytes, bytes, int]  # family, proto, saddr, daddr, dport: a packet's path across netns
+ConnKey = tuple[int, int, bytes, bytes, int, int]  # and its source port: one connection, one direction
 Hop = PacketEvent | NatEvent  # what a timeline shows: packet events and the NAT rewrites between them
 POINT_PROBES = {POINT_TC_INGRESS: "tc", POINT_TC_EGRESS: "tc", POINT_VXLAN_RCV: "overlay_kprobe",
                 POINT_VXLAN_XMIT: "overlay_kprobe", POINT_FRAGMENT: "overlay_kprobe"}
@@ -87,6 +90,7 @@ class TimelineRow:
     nat: str = ""  # a NAT row: "before -> after"; a rewritten packet's later hops: "was <before>"
     is_nat: bool = False
     location: str = ""  # drops: the kernel function that freed the packet
+    conn: ConnKey | None = None  # the packet's connection at this hop (a NAT row: before the rewrite)
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ def sparkline(counts: list[int]) -> str:
     return "".join(" " if c == 0 else SPARK[min(len(SPARK) - 1, (c * len(SPARK) - 1) // top)] for c in counts)
 
 
-def _packet_key(t: Tuple) -> tuple[int, int, bytes, bytes, int, int]:
+def _packet_key(t: Tuple) -> ConnKey:
     """A tuple with its source port: one connection, as a NAT rewrite is keyed."""
     return (t.family, t.proto, t.saddr, t.daddr, t.sport, t.dport)
 
@@ -206,7 +210,7 @@ class Model:
         # NAT rewrites seen, both ways: after flow -> before flows, and per connection the rewrite itself, so a
         # timeline follows a packet across its DNAT and says on every later hop what it was before.
         self.nat_before: OrderedDict[FlowKey, set[FlowKey]] = OrderedDict()
-        self.rewrites: OrderedDict[tuple[int, int, bytes, bytes, int, int], NatEvent] = OrderedDict()
+        self.rewrites: OrderedDict[ConnKey, NatEvent] = OrderedDict()
         self.per_second: dict[DropKey, dict[int, int]] = {}
         self.rate_buckets: deque[list[int]] = deque()  # [bucket index, count]
 
@@ -385,13 +389,34 @@ class Model:
                      in flows for event in events]
         return self._rows(drops, flow)
 
+    def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]:
+        """One connection's packets only: its tuple, what NAT rewrote it from or into, and the replies of each
+        (never another connection to the same address and port)."""
+        with self.lock:
+            keys = self._connection_keys(conn)
+            flow: FlowKey = (conn[0], conn[1], conn[2], conn[3], conn[5])
+            flows = self._related(flow)
+            drops = [event for key, events in self.timelines.items() if (key[3], key[4], key[5], key[6], key[7])
+                     in flows for event in events]
+        return self._rows(drops, flow, keys)
+
+    def _connection_keys(self, conn: ConnKey) -> set[ConnKey]:
+        keys = {conn}
+        rewrite = self.rewrites.get(conn)  # conn is what a rewrite made
+        if rewrite is not None:
+            keys.add(_packet_key(rewrite.before))
+        keys |= {after for after, event in self.rewrites.items() if _packet_key(event.before) == conn}
+        replies = {(family, proto, daddr, saddr, dport, sport) for family, proto, saddr, daddr, sport, dport in keys}
+        return keys | replies
+
     def _related(self, flow: FlowKey) -> set[FlowKey]:
         """The flow, the flows NAT rewrote into it, and the flows it was rewritten into."""
         related = {flow, *self.nat_before.get(flow, ())}
         related |= {after for after, befores in self.nat_before.items() if flow in befores}
         return related
 
-    def _rows(self, drops: list[PacketEvent], flow: FlowKey) -> list[TimelineRow]:
+    def _rows(self, drops: list[PacketEvent], flow: FlowKey, conns: set[ConnKey] | None = None) -> list[TimelineRow]:
+        """`conns`: only the hops of these connections."""
         with self.lock:
             hops: list[Hop] = list(drops)
             seen: set[int] = set()
@@ -400,6 +425,8 @@ class Model:
                     if id(hop) not in seen:  # a NAT event is stored under its before and after flows
                         seen.add(id(hop))
                         hops.append(hop)
+            if conns is not None:
+                hops = [hop for hop in hops if not conns.isdisjoint(_hop_conns(hop))]
             rewrites = dict(self.rewrites)
         events = sorted(hops, key=lambda e: e.ts_ns)[-self.timeline_len * 3:]
         rows = []
@@ -413,14 +440,13 @@ class Model:
         wall = self.names.wall(ts_ns)
         return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1_000_000:06d}"
 
-    def _timeline_row(self, event: Hop, delta: int,
-                      rewrites: dict[tuple[int, int, bytes, bytes, int, int], NatEvent]) -> TimelineRow:
+    def _timeline_row(self, event: Hop, delta: int, rewrites: dict[ConnKey, NatEvent]) -> TimelineRow:
         names = self.names
         if isinstance(event, NatEvent):
             kind, before, after = nat_change(event.before, event.after)
             return TimelineRow(event.ts_ns, delta, self._stamp(event.ts_ns), event.cpu, f"{names.netns(event.netns)}/-",
                                kind, event.before.describe(), 0, False, point_label(event.point),
-                               f"{before} -> {after}", True)
+                               f"{before} -> {after}", True, conn=_packet_key(event.before))
         location = ""
         if event.is_drop:
             what = f"DROP {names.reason(event.reason)}"
@@ -442,7 +468,22 @@ class Model:
             nat = f"was {nat_change(rewrite.before, rewrite.after)[1]}"
         return TimelineRow(event.ts_ns, delta, self._stamp(event.ts_ns), event.cpu,
                            f"{names.netns(event.netns)}/{event.ifname or '-'}", what, flow, event.len, event.is_drop,
-                           hook, nat, location=location)
+                           hook, nat, location=location, conn=_packet_key(event.inner or event.outer))
+
+
+def connection_text(conn: ConnKey) -> str:
+    family, proto, saddr, daddr, sport, dport = conn
+    src, dst = format_addr(family, saddr), format_addr(family, daddr)
+    if family == 6:
+        src, dst = f"[{src}]", f"[{dst}]"
+    return f"{PROTO_NAMES.get(proto, str(proto))} {src}:{sport} > {dst}:{dport}"
+
+
+def _hop_conns(hop: Hop) -> tuple[ConnKey, ...]:
+    """The connection keys a hop belongs to: a NAT rewrite's both sides; a packet's tuple (and its inner one)."""
+    if isinstance(hop, NatEvent):
+        return _packet_key(hop.before), _packet_key(hop.after)
+    return (_packet_key(hop.outer),) if hop.inner is None else (_packet_key(hop.outer), _packet_key(hop.inner))
 
 
 def _bounded_append(store: OrderedDict[Any, deque[Any]], key: Any, event: Any, length: int, limit: int) -> Any:

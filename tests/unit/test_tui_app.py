@@ -596,3 +596,30 @@ async def test_w_cycles_the_time_window_named_in_the_header() -> None:
             assert f"window {label}" in str(header.render())
             # the fixture's drops all fall in its last seconds: every window holds them all
             assert drop_counts(app) == [("NETFILTER_DROP", 5001, 13), ("NO_SOCKET", 5002, 7), ("NO_SOCKET", 5003, 5)]
+
+
+@sync
+async def test_enter_on_a_hop_narrows_the_timeline_to_that_connection_across_its_dnat() -> None:
+    app = services_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_flows(app, pilot)
+        await pilot.press("enter")  # the db drop group: seven datagrams, seven connections, each DNAT'd
+        await pilot.pause(0.1)
+        group = app.screen
+        assert isinstance(group, TimelineScreen)
+        clients = {row.conn[4] for row in group.rows if row.conn is not None and not row.is_nat}
+        assert len(clients) == 7  # seven source ports
+        await pilot.press("down", "down", "down", "down")  # the second datagram's rx
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        one = app.screen
+        assert isinstance(one, TimelineScreen) and one is not group and one.conn is not None
+        sport = one.conn[4]
+        assert "one connection: udp 198.18.2.1:" in one.title_text and f":{sport} > 10.96.0.11:5432" in one.title_text
+        # its four hops: before the DNAT (VIP), the rewrite, and the drop after it (backend), nothing of the others
+        assert [(row.hook, row.what) for row in one.rows] == [
+            ("-", "rx"), ("-", "tc-in"), ("PREROUTING after DNAT", "DNAT"), ("INPUT first", "DROP NETFILTER_DROP")]
+        assert all(row.conn is not None and row.conn[4] == sport for row in one.rows)
+        assert "> 198.18.2.2:5001" in one.rows[-1].flow
+        await pilot.press("escape")
+        assert app.screen is group

@@ -62,6 +62,16 @@ async def _screens_from_a_child() -> None:
         await _until(pilot, lambda: isinstance(app.screen, TimelineScreen) and app.screen.rows, "no timeline")
         rows = app.screen.rows  # type: ignore[attr-defined]
         assert [row.what for row in rows if row.is_drop] == ["DROP NO_SOCKET"] * 7
+        # one connection of it, asked of the child
+        group = app.screen
+        await pilot.press("enter")
+        await _until(pilot, lambda: app.screen is not group and app.screen.rows, "no connection timeline")
+        conn = app.screen.conn  # type: ignore[attr-defined]
+        one = app.screen.rows  # type: ignore[attr-defined]
+        # the fixture's seven datagrams to port 5002 are one connection (source port 40002, no NAT): all of them
+        assert conn is not None and conn[4:] == (40002, 5002) and all(row.conn == conn for row in one)
+        assert len(one) == len(rows)
+        await pilot.press("escape")
         await pilot.press("escape")
         # the time window, set in the child: its snapshots say it
         await pilot.press("w")

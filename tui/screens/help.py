@@ -21,7 +21,8 @@ HELP = """\
 [b]6[/b] Node        node-wide facts
 
 [b]Enter[/b]  on a drop or a Service flow: its recent packets hop by hop (device, hook, NAT
-       before -> after, drop, time and delta); Esc goes back
+       before -> after, drop, time and delta); Enter on a hop: that connection's packets only
+       (before and after NAT, and its replies); Esc goes back
 [b]/[/b]      view filter in tcpdump syntax, e.g. [i]udp port 53[/i] or [i]host 10.96.0.10[/i]:
        applied to events already captured, without reattaching probes; it narrows the
        kernel filter given on the command line, it cannot widen it. Empty clears it.

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tui.model import FlowKey, TimelineRow
+from tui.model import ConnKey, FlowKey, TimelineRow, connection_text
 
 
 class Timelines(Protocol):
@@ -20,6 +20,8 @@ class Timelines(Protocol):
     def timeline(self, ident: str) -> list[TimelineRow]: ...
 
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]: ...
+
+    def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]: ...
 
 # What tells the story first (the NAT and drop columns fit 100 columns); the packet as seen at that hop after.
 COLUMNS = ("TIME", "+DELTA", "HOOK", "EVENT", "NAT", "NETNS/IF", "PACKET", "LOCATION", "LEN", "CPU")
@@ -53,12 +55,15 @@ class TimelineScreen(Screen[None]):
     TimelineScreen #timeline-title { height: auto; }
     """
 
-    def __init__(self, model: Timelines, ident: str, title: str, flow: FlowKey | None = None) -> None:
-        """A drop group's timeline (`ident`, a Snapshot drop row's key) or a flow's (`flow`)."""
+    def __init__(self, model: Timelines, ident: str, title: str, flow: FlowKey | None = None,
+                 conn: ConnKey | None = None) -> None:
+        """A drop group's timeline (`ident`, a Snapshot drop row's key), a flow's (`flow`) or one connection's
+        (`conn`: Enter on a hop of the others)."""
         super().__init__()
         self.model = model
         self.ident = ident
         self.flow = flow
+        self.conn = conn
         self.title_text = title
         self._shown: list[TimelineRow] = []
 
@@ -79,7 +84,12 @@ class TimelineScreen(Screen[None]):
     def refresh_rows(self) -> None:
         if getattr(self.app, "paused", False):
             return
-        rows = self.model.flow_timeline(self.flow) if self.flow is not None else self.model.timeline(self.ident)
+        if self.conn is not None:
+            rows = self.model.connection_timeline(self.conn)
+        elif self.flow is not None:
+            rows = self.model.flow_timeline(self.flow)
+        else:
+            rows = self.model.timeline(self.ident)
         if rows == self._shown:
             return
         self._shown = rows
@@ -94,6 +104,17 @@ class TimelineScreen(Screen[None]):
         self.query_one("#timeline-summary", Static).update(
             Text(f" last {len(rows)} hops: {drops} drops, {len(rows) - drops - nat} path events{rewrites}, over {span}",
                  style="dim"))
+
+    def on_data_table_row_selected(self, message: DataTable.RowSelected) -> None:
+        """Enter on a hop: only that hop's connection, its packets before and after NAT, and its replies."""
+        message.stop()  # the app's own handler opens timelines from the views, not from here
+        index = message.cursor_row
+        if self.conn is not None or not 0 <= index < len(self._shown):
+            return
+        conn = self._shown[index].conn
+        if conn is not None:
+            self.app.push_screen(TimelineScreen(self.model, "", f"one connection: {connection_text(conn)}",
+                                                conn=conn))
 
     @property
     def rows(self) -> list[TimelineRow]:
