@@ -382,19 +382,24 @@ class Model:
 
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]:
         """The recent packets of one flow (e.g. client -> Service VIP, or client -> backend after DNAT), with the
-        drops of the same flow, across its NAT rewrites."""
+        drops of the same flow, across its NAT rewrites. After a rewrite only the connections NAT made from this
+        flow count: another Service's connections to the same backend share its post-DNAT addresses."""
         with self.lock:
             flows = self._related(flow)
             drops = [event for key, events in self.timelines.items() if (key[3], key[4], key[5], key[6], key[7])
                      in flows for event in events]
-        return self._rows(drops, flow)
+            made = set().union(*(self._connection_keys(after) for after, event in self.rewrites.items()
+                                 if _key_flow(_packet_key(event.before)) == flow))
+        if not made:  # not a flow NAT rewrote (a post-DNAT or plain flow): every packet of it
+            return self._rows(drops, flow)
+        return self._rows(drops, flow, made, keep=flow)
 
     def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]:
         """One connection's packets only: its tuple, what NAT rewrote it from or into, and the replies of each
         (never another connection to the same address and port)."""
         with self.lock:
             keys = self._connection_keys(conn)
-            flow: FlowKey = (conn[0], conn[1], conn[2], conn[3], conn[5])
+            flow = _key_flow(conn)
             flows = self._related(flow)
             drops = [event for key, events in self.timelines.items() if (key[3], key[4], key[5], key[6], key[7])
                      in flows for event in events]
@@ -415,8 +420,9 @@ class Model:
         related |= {after for after, befores in self.nat_before.items() if flow in befores}
         return related
 
-    def _rows(self, drops: list[PacketEvent], flow: FlowKey, conns: set[ConnKey] | None = None) -> list[TimelineRow]:
-        """`conns`: only the hops of these connections."""
+    def _rows(self, drops: list[PacketEvent], flow: FlowKey, conns: set[ConnKey] | None = None,
+              keep: FlowKey | None = None) -> list[TimelineRow]:
+        """`conns`: only the hops of these connections, and of the flow `keep` whatever their connection."""
         with self.lock:
             hops: list[Hop] = list(drops)
             seen: set[int] = set()
@@ -426,7 +432,8 @@ class Model:
                         seen.add(id(hop))
                         hops.append(hop)
             if conns is not None:
-                hops = [hop for hop in hops if not conns.isdisjoint(_hop_conns(hop))]
+                hops = [hop for hop in hops if not conns.isdisjoint(_hop_conns(hop))
+                        or (keep is not None and any(_key_flow(conn) == keep for conn in _hop_conns(hop)))]
             rewrites = dict(self.rewrites)
         events = sorted(hops, key=lambda e: e.ts_ns)[-self.timeline_len * 3:]
         rows = []
@@ -477,6 +484,10 @@ def connection_text(conn: ConnKey) -> str:
     if family == 6:
         src, dst = f"[{src}]", f"[{dst}]"
     return f"{PROTO_NAMES.get(proto, str(proto))} {src}:{sport} > {dst}:{dport}"
+
+
+def _key_flow(conn: ConnKey) -> FlowKey:
+    return conn[0], conn[1], conn[2], conn[3], conn[5]
 
 
 def _hop_conns(hop: Hop) -> tuple[ConnKey, ...]:

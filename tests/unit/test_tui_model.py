@@ -320,3 +320,50 @@ def test_softirq_windows_subtract_the_snapshot_that_old_and_the_worst_cpu_is_mar
     assert [r["cpu"] for r in rows] == [0, "1 worst", "all"] and rows[1]["_style"] == "bold red"
     assert aggregator.seconds_in(600.0) == 62  # longer than kept: back to the oldest snapshot kept
     assert len(aggregator.recent) <= 64  # bounded
+
+
+def test_a_service_flows_timeline_leaves_out_another_services_connections_to_the_same_backend() -> None:
+    from tracer.events import NatEvent, decode_any
+    from tui.model import ip_flow
+    from tui.sources import open_replay
+
+    source, info = open_replay(str(Path(__file__).parent / "fixtures" / "tui" / "services.ptrec"))
+    source.start(progress=False)
+    events: list[Any] = []
+    for _ in range(100):
+        batch = [decode_any(raw) for raw in source.poll_raw(10)]  # NAT events come only raw
+        if not batch and events:
+            break
+        events += batch
+    source.close()
+    # The db Service's seven connections (DNAT 10.96.0.11:5432 -> 198.18.2.2:5001, dropped in INPUT), and the same
+    # seven again as if dialled to another Service's VIP with the same backend (other source ports).
+    vip, other = socket.inet_aton("10.96.0.11"), socket.inet_aton("10.96.0.99")
+    db = [e for e in events if isinstance(e, NatEvent) and e.before.daddr[:4] == vip]
+    assert len(db) == 7
+    ports = {e.before.sport for e in db}
+
+    def moved(event: Any) -> Any:
+        shift = {"sport": event.outer.sport + 1000} if not isinstance(event, NatEvent) else {}
+        if isinstance(event, NatEvent):
+            return replace(event, before=replace(event.before, daddr=other + event.before.daddr[4:],
+                                                 sport=event.before.sport + 1000),
+                           after=replace(event.after, sport=event.after.sport + 1000))
+        outer = replace(event.outer, **shift)
+        if outer.daddr[:4] == vip:
+            outer = replace(outer, daddr=other + outer.daddr[4:])
+        return replace(event, outer=outer)
+
+    twins = [moved(e) for e in events
+             if (e.before.sport if isinstance(e, NatEvent) else e.outer.sport) in ports]
+    model = Model(info.names)
+    model.add(events + twins)
+    client = db[0].before.src
+    rows = model.flow_timeline(ip_flow("udp", client, "10.96.0.11", 5432))
+    assert sum(row.is_drop for row in rows) == 7 and sum(row.is_nat for row in rows) == 7
+    assert {row.conn[4] for row in rows if row.conn is not None} == ports  # none of the twins' source ports
+    twin_rows = model.flow_timeline(ip_flow("udp", client, "10.96.0.99", 5432))
+    assert {row.conn[4] for row in twin_rows if row.conn is not None} == {port + 1000 for port in ports}
+    # the backend's own flow (after DNAT) is every connection to it, from both Services
+    backend = model.flow_timeline(ip_flow("udp", client, "198.18.2.2", 5001))
+    assert sum(row.is_drop for row in backend) == 14
