@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tracer.errors import PodtraceError, UsageError
+from tracer.events import SNAP_LEN
 
 Insn = tuple[int, int, int, int]  # (code, jt, jf, k), as struct bpf_insn
 
@@ -172,11 +173,36 @@ def compile_filter(expression: str) -> CompiledFilter:
                 lib.pcap_freecode(ctypes.byref(prog))
         finally:
             lib.pcap_close(handle)
+    _refuse_loads_past_the_snapshot(expression, instructions)
     try:
         c_source = to_c(instructions, disassemble(instructions))
     except UsageError as err:
         raise UsageError(f"bad filter {expression!r}: {err.message}", err.hint) from None
     return CompiledFilter(expression, instructions, c_source)
+
+
+MIN_IPV4_HEADER = 20  # what `ldx 4*([0]&0xf)` gives at least on a valid IPv4 packet (IHL >= 5)
+_EXTENSIONS = 0xFFFFF000  # SKF_AD_OFF (-4096) and above: Linux's cBPF extension loads, not packet bytes
+
+
+def _refuse_loads_past_the_snapshot(expression: str, instructions: Sequence[Insn]) -> None:
+    """A load past the bytes the probes copy could never match (the load rejects the packet): said, not run."""
+    sizes = {BPF_W: 4, BPF_H: 2, BPF_B: 1}
+    x_min = 0  # the least X can be at this point, as far as this straight scan can tell
+    for code, _jt, _jf, k in instructions:
+        cls, mode = code & 0x07, code & 0xE0
+        if cls == BPF_LDX:
+            x_min = MIN_IPV4_HEADER if mode == BPF_MSH else k if mode == BPF_IMM else 0
+            continue
+        if cls != BPF_LD or mode not in (BPF_ABS, BPF_IND) or k >= _EXTENSIONS:
+            continue
+        end = k + sizes[code & 0x18] + (x_min if mode == BPF_IND else 0)
+        if end > SNAP_LEN:
+            least = "at least " if mode == BPF_IND else ""  # after a header of variable length
+            raise UsageError(
+                f"bad filter {expression!r}: it reads {least}offset {end - 1} of the packet, past the {SNAP_LEN} "
+                "bytes the probes copy from its IP header: it could never match",
+                f"filter on fields within the first {SNAP_LEN} bytes of the packet")
 
 
 # --- pointing at a syntax error ---------------------------------------------------------------------------

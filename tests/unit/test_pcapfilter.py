@@ -445,6 +445,31 @@ def test_malformed_filters_raise_usage_error(expression: str, message: str) -> N
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
+        ("ip[300] = 1", "it reads offset 300 of the packet, past the 256 bytes the probes copy from its IP header"),
+        ("ip[255:2] = 1", "it reads offset 256 of the packet"),
+        ("ip6[253:4] = 1", "it reads offset 256 of the packet"),
+        # tcp[] is indexed from the transport header: at least 20 bytes of IPv4 header come first
+        ("tcp[236] = 1", "it reads at least offset 256 of the packet"),
+        ("udp and udp[240:2] = 1", "it reads at least offset 261 of the packet"),
+    ],
+)
+def test_loads_past_the_copied_snapshot_are_refused_not_left_to_match_nothing(expression: str, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        pcapfilter.compile_filter(expression)
+    assert info.value.message.startswith(f"bad filter {expression!r}: {message}"), info.value.message
+    assert info.value.message.endswith("it could never match") and info.value.exit_code == 2
+    assert "256 bytes" in info.value.hint
+
+
+@pytest.mark.parametrize("expression", ["ip[255] = 1", "ip[254:2] = 1", "ip6[252:4] = 1", "tcp[235] = 1",
+                                        "tcp[tcpflags] & tcp-syn != 0", "icmp6 and ip6[40] = 2", "len > 2000"])
+def test_loads_within_the_snapshot_compile(expression: str) -> None:
+    assert pcapfilter.compile_filter(expression).instructions
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
         ("tcp port", "syntax error: the expression ends too early (after 'port')"),
         ("udp and", "syntax error: the expression ends too early (after 'and')"),
         ("(udp", "syntax error: the expression ends too early (after 'udp', a '(' is never closed)"),
