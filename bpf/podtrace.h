@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Every event struct and constant shared by podtrace's BPF programs and tracer/events.py, which mirrors
- * them field by field. Change both together; tests/e2e/test_event_layout.py cross-checks them.
+ * them field by field. Change both together; tests/e2e/test_foundation_e2e.py cross-checks them against the
+ * struct BCC compiles (test_python_event_mirror_matches_the_struct_bcc_compiles).
  *
  * Kernel struct offsets are never taken from headers: tracer/probes.py reads them from BTF and passes
  * them as -DPT_OFF_<STRUCT>_<MEMBER>=<bytes>.
