@@ -623,3 +623,18 @@ async def test_enter_on_a_hop_narrows_the_timeline_to_that_connection_across_its
         assert "> 198.18.2.2:5001" in one.rows[-1].flow
         await pilot.press("escape")
         assert app.screen is group
+
+
+@sync
+async def test_the_attach_ladder_wraps_within_the_screen_and_keeps_every_word() -> None:
+    app = replay.make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_drops(app, pilot)
+        await pilot.press("5")
+        await pilot.pause(0.1)
+        ladder = app.query_one("#ladder", DataTable)
+        widths = [column.get_render_width(ladder) for column in ladder.columns.values()]
+        assert sum(widths) <= SIZE[0], widths  # no column starts past the right edge
+        notes = " ".join(" ".join(str(ladder.get_row_at(i)[3]).split()) for i in range(ladder.row_count))
+        assert "fentry refused by the kernel (EPERM: lockdown, an LSM or a kernel built to refuse it)" in notes
+        assert any("\n" in str(ladder.get_row_at(i)[3]) for i in range(ladder.row_count))  # folded, not cut

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import Console
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -255,10 +256,33 @@ class ProbesView(Vertical):
             table.add_row(*row)
 
     def show_plan(self, plan: AttachPlan | None, note: str = "") -> None:
+        self._plan, self._note = plan, note
         ladder = self.query_one("#ladder", DataTable)
         ladder.clear()
         if plan is None:
             ladder.add_row("", Text(note or "probing...", style="dim"), "", "")
             return
-        for row in ladder_rows(plan):
-            ladder.add_row(*row)
+        rows = ladder_rows(plan)
+        # MECHANISM and GIVES / WHY NOT wrap within the screen's width instead of running past its right edge
+        # (a DataTable cell does not wrap): HOOK and STATUS keep their content's width, the mechanism takes at most
+        # 45% of what is left.
+        screen = self.size.width or self.app.size.width  # 0 until the tab has been laid out
+        hook, status = (max(_cells(row[i]) for row in rows) for i in (0, 1))
+        rest = max(48, screen - hook - status - 4 * 2 - 2)  # cell padding of 4 columns, the scrollbar
+        mechanism = min(max(_cells(row[2]) for row in rows), rest * 45 // 100)
+        for first, second, third, notes in rows:
+            ladder.add_row(first, second, _wrapped(third, mechanism), _wrapped(notes, rest - mechanism), height=None)
+
+    def on_resize(self) -> None:
+        if getattr(self, "_plan", None) is not None:
+            self.show_plan(self._plan, self._note)
+
+
+def _cells(cell: Any) -> int:
+    return (cell if isinstance(cell, Text) else Text(str(cell))).cell_len
+
+
+def _wrapped(cell: Any, width: int) -> Text:
+    """`cell` folded into lines of at most `width` cells, at spaces where it can."""
+    text = cell if isinstance(cell, Text) else Text(str(cell))
+    return Text("\n").join(text.wrap(Console(width=width, legacy_windows=False), width))
