@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable
 
 from tracer.benchmarks import (
+    dropcost,
     machine,
     memory,
     neighbour,
@@ -38,6 +39,7 @@ SECTIONS: dict[str, tuple[Callable[[bool, Callable[[str], None]], Section], bool
     "startup": (startup.run, True),
     "packetpath": (packetpath.run, True),
     "probecost": (probecost.run, True),
+    "dropcost": (dropcost.run, True),
     "sustained": (sustained.run, True),
     "rulecount": (rulecount.run, True),
     "neighbour": (neighbour.run, True),

@@ -21,6 +21,10 @@ def test_sigint_during_start_up_never_prints_a_traceback() -> None:
         time.sleep(step * 0.045)
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=60)
+        if "Fatal Python error: init_import_site" in err:
+            # The signal landed in the interpreter's own start-up (its site module, before any podtrace code runs):
+            # CPython prints that itself. A loaded machine makes that window longer than the first steps.
+            continue
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (step, err)
         assert process.returncode in (0, 130, -signal.SIGINT), (step, process.returncode, err)
         outcomes.add(process.returncode)
