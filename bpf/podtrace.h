@@ -246,6 +246,15 @@ struct pt_ct_event {
 	struct pt_tuple reply; /* tuplehash[IP_CT_DIR_REPLY]: backend chosen -> address the reply goes to */
 };
 
+/* A drop and its conntrack event in one ring buffer record, the connection first (bpf/skb.h pt_emit_in): one
+ * reservation and one commit where two cost about a third of a drop. The reader splits it into the two events
+ * (tracer/events.py split_records), so everything after it sees them as before. A full ring loses both, counted
+ * once, as the drop's. */
+struct pt_drop_record {
+	struct pt_ct_event ct;
+	struct pt_packet_event drop;
+};
+
 /* Bytes of nf_conn.tuplehash (both directions) the drop probe copies at once; tracer/probes.py checks they fit. */
 #define PT_CT_COPY 128
 

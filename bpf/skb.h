@@ -407,16 +407,11 @@ static __always_inline void pt_ct_tuple(const __u8 *tuple, struct pt_tuple *t)
 }
 
 /* The conntrack event of a drop: what skb->_nfct says about the packet's connection. */
-static __always_inline void pt_ct_emit_in(__u32 probe, int direct, void *skb, struct pt_skb_info *info,
-					  struct pt_scratch *s, __u64 now)
+static __always_inline void pt_ct_fill(int direct, struct pt_ct_event *ev, void *skb, struct pt_skb_info *info,
+				       struct pt_scratch *s, __u64 now)
 {
 	__u64 nfct = 0;
 	PT_GET(direct, nfct, skb, PT_OFF_SK_BUFF_NFCT);
-	/* Not counted (neither lost nor events): the counters count drops, and a drop without its conntrack event
-	 * says so itself (tracer/identity.py: "not-traced"). A full ring loses the drop event too, counted there. */
-	struct pt_ct_event *ev = events.ringbuf_reserve(sizeof(struct pt_ct_event));
-	if (!ev)
-		return;
 	__u64 *words = (__u64 *)ev;
 #pragma unroll
 	for (int i = 0; i < sizeof(*ev) / 8; i++)
@@ -448,7 +443,6 @@ static __always_inline void pt_ct_emit_in(__u32 probe, int direct, void *skb, st
 		}
 		ev->status = (__u32)status;
 	}
-	events.ringbuf_submit(ev, pt_wakeup());
 }
 #endif
 
@@ -485,14 +479,27 @@ static __always_inline int pt_emit_in(__u32 probe, int direct, void *skb, __u32 
 	}
 #endif
 	__u64 now = bpf_ktime_get_ns(); /* one clock read: a drop and its conntrack event share it */
+	struct pt_packet_event *ev;
+	void *record;
 #ifdef PT_CT
-	if (type == PT_EVENT_DROP) /* the connection first, so a reader has it when the drop arrives */
-		pt_ct_emit_in(probe, direct, skb, &info, s, now);
+	if (type == PT_EVENT_DROP) { /* the connection first, so a reader has it when the drop arrives */
+		struct pt_drop_record *both = events.ringbuf_reserve(sizeof(struct pt_drop_record));
+		if (!both) {
+			pt_count_in(probe, PT_CNT_LOST);
+			return 0;
+		}
+		pt_ct_fill(direct, &both->ct, skb, &info, s, now);
+		record = both;
+		ev = &both->drop;
+	} else
 #endif
-	struct pt_packet_event *ev = events.ringbuf_reserve(sizeof(struct pt_packet_event));
-	if (!ev) {
-		pt_count_in(probe, PT_CNT_LOST);
-		return 0;
+	{
+		ev = events.ringbuf_reserve(sizeof(struct pt_packet_event));
+		if (!ev) {
+			pt_count_in(probe, PT_CNT_LOST);
+			return 0;
+		}
+		record = ev;
 	}
 	/* Ring buffer memory is not zeroed; an unrolled word loop, since a large memset becomes a libc call. */
 	__u64 *words = (__u64 *)ev;
@@ -532,7 +539,7 @@ static __always_inline int pt_emit_in(__u32 probe, int direct, void *skb, __u32 
 		}
 	}
 #endif
-	events.ringbuf_submit(ev, pt_wakeup());
+	events.ringbuf_submit(record, pt_wakeup());
 	pt_count_in(probe, PT_CNT_EVENTS);
 	return 0;
 }

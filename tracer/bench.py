@@ -115,7 +115,7 @@ def merge(previous: str, fresh: str, ran: list[Section], when: str = "") -> str:
         rows.append(fresh_row or old_rows.get(title, [title, "(not in the previous summary)", "-"]))
     # Where each section comes from: this run, earlier partial runs (carried forward), or the first full report.
     lines = [f"Re-run on {when or time.strftime('%Y-%m-%d %H:%M')}: {', '.join(t for t in titles if t in ran_titles)}."]
-    for earlier in re.findall(r"(?m)^Re-run on ([^:]+): (.*)\.$", old_head):
+    for earlier in re.findall(r"(?m)^Re-run on (\d{4}-\d\d-\d\d \d\d:\d\d|[^:]+): (.*)\.$", old_head):
         kept = [t for t in earlier[1].split(", ") if t not in ran_titles]
         if kept:
             lines.append(f"Re-run on {earlier[0]}: {', '.join(kept)}.")

@@ -24,6 +24,7 @@ from tracer.events import (
     PacketEvent,
     decode,
     decode_any,
+    split_records,
 )
 from tracer.kprobes import attach_list
 from tracer.ksyms import KernelSymbols
@@ -266,7 +267,7 @@ class LiveSource:
         else:
             self._bpf.ring_buffer_poll(timeout_ms)
             self._bpf.ring_buffer_consume()
-        batch, self._pending = self._pending, []
+        batch, self._pending = split_records(self._pending), []
         complete = [raw for raw in batch if len(raw) >= EVENT_SIZES.get(raw[0], EVENT_SIZE)]
         self.decode_errors += len(batch) - len(complete)
         return complete

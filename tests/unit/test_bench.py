@@ -91,13 +91,16 @@ def test_merge_keeps_the_sections_not_run_and_says_where_each_comes_from() -> No
 
     first = render([section("A", "1"), section("B", "2"), section("C", "3")], False, 6, "0 0 0")
     fresh = section("B", "20")
-    again = merge(first, render([fresh], False, 2, "0 0 0", "python -m tracer.bench --only b"), [fresh], "T1")
+    fresh_text = render([fresh], False, 2, "0 0 0", "python -m tracer.bench --only b")
+    again = merge(first, fresh_text, [fresh], "2026-12-07 15:31")
     assert [line for line in again.splitlines() if line.startswith("## ")] == ["## Summary", "## A", "## B", "## C"]
     assert "| 20 |" in again and "| 2 |" not in again and "| 1 |" in again and "| 3 |" in again
     assert "Written by `python -m tracer.bench --only b`" in again
-    assert "Re-run on T1: B." in again and "Every other section: from the report written by `make bench`" in again
+    assert "Re-run on 2026-12-07 15:31: B." in again
+    assert "Every other section: from the report written by `make bench`" in again
     later = section("C", "30")
     twice = merge(again, render([later], False, 2), [later], "T2")
-    assert "Re-run on T2: C." in twice and "Re-run on T1: B." in twice and twice.count("## C") == 1
+    assert "Re-run on T2: C." in twice and "Re-run on 2026-12-07 15:31: B." in twice
+    assert twice.count("## C") == 1
     assert "| 20 |" in twice and "| 30 |" in twice
     assert "Every other section: from the report written by `make bench`" in twice
