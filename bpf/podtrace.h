@@ -50,7 +50,7 @@
 #define PT_CNT_FILTERED 1   /* dropped by the filter before an event was built */
 #define PT_CNT_EVENTS 2     /* events submitted */
 #define PT_CNT_LOST 3       /* ring buffer full: event not built */
-#define PT_CNT_SAMPLED 4    /* path events skipped by the rate limit */
+#define PT_CNT_SAMPLED 4    /* path packets skipped by the rate limit: over budget, before the copy and the filter */
 #define PT_CNT_READ_FAIL 5  /* packet bytes could not be read */
 #define PT_CNT_MAX 8
 /* The counters array holds PT_CNT_MAX counters per probe: index = probe * PT_CNT_MAX + PT_CNT_*.
@@ -247,9 +247,22 @@ struct pt_ct_event {
 	struct pt_tuple reply; /* tuplehash[IP_CT_DIR_REPLY]: backend chosen -> address the reply goes to */
 };
 
+/* A drop and its conntrack event in one ring buffer record, the connection first (bpf/skb.h pt_emit_in): one
+ * reservation and one commit where two cost about a third of a drop. The reader splits it into the two events
+ * (tracer/events.py split_records), so everything after it sees them as before. A full ring loses both, counted
+ * once, as the drop's. */
+struct pt_drop_record {
+	struct pt_ct_event ct;
+	struct pt_packet_event drop;
+};
+
+/* Bytes of nf_conn.tuplehash (both directions) the drop probe copies at once; tracer/probes.py checks they fit. */
+#define PT_CT_COPY 128
+
 /* Per-CPU scratch: the packet snapshot the filter and the parser read (+8: masked index + load stays inside). */
 struct pt_scratch {
 	__u8 buf[PT_SNAP_LEN + 8];
+	__u8 ct[PT_CT_COPY];  /* nf_conn.tuplehash[2] of a drop's conntrack event (bpf/skb.h pt_ct_emit_in) */
 };
 
 #endif /* PODTRACE_H */

@@ -9,6 +9,16 @@
 #define PODTRACE_SKB_H
 
 #define PT_READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(base) + (off))
+/* A kernel struct field: a direct load where the program's pointers are BTF-typed (tp_btf), checked by the verifier
+ * against the running kernel, else one helper call (raw tracepoints, kprobes: about 20-40 ns each on a VM).
+ * `direct` is a constant at every call site: each program keeps one of the two. */
+#define PT_GET(direct, dst, base, off)                                                    \
+	do {                                                                              \
+		if (direct)                                                               \
+			(dst) = *(typeof(dst) *)((const char *)(base) + (off));           \
+		else                                                                      \
+			PT_READ(dst, base, off);                                          \
+	} while (0)
 #define PT_MASK(i) ((i) & (PT_SNAP_LEN - 1))
 #define PT_U16(buf, i) ((__u16)(((__u16)(buf)[PT_MASK(i)] << 8) | (buf)[PT_MASK((i) + 1)]))
 
@@ -46,37 +56,38 @@ struct pt_skb_info {
 };
 
 /* Network namespace of the skb: its device's, else its socket's (locally generated, no device yet). */
-static __always_inline __u32 pt_netns_of(void *skb, void *dev)
+static __always_inline __u32 pt_netns_of(int direct, void *skb, void *dev)
 {
 	void *net = 0;
 	void *sk = 0;
 	__u32 inum = 0;
 	if (dev)
-		PT_READ(net, dev, PT_OFF_NET_DEVICE_ND_NET);
+		PT_GET(direct, net, dev, PT_OFF_NET_DEVICE_ND_NET);
 	if (!net) {
-		PT_READ(sk, skb, PT_OFF_SK_BUFF_SK);
+		PT_GET(direct, sk, skb, PT_OFF_SK_BUFF_SK);
 		if (sk)
-			PT_READ(net, sk, PT_OFF_SOCK_SKC_NET);
+			PT_GET(direct, net, sk, PT_OFF_SOCK_SKC_NET);
 	}
 	if (net)
-		PT_READ(inum, net, PT_OFF_NET_NS_INUM);
+		PT_GET(direct, inum, net, PT_OFF_NET_NS_INUM);
 	return inum;
 }
 
 /* Copy up to PT_SNAP_LEN bytes from the network header into scratch; returns the byte count or 0. */
-#define pt_snapshot(skb, s, info) pt_snapshot_in(PT_PROBE, skb, s, info)
-static __always_inline __u32 pt_snapshot_in(__u32 probe, void *skb, struct pt_scratch *s, struct pt_skb_info *info)
+#define pt_snapshot(skb, s, info) pt_snapshot_in(PT_PROBE, 0, skb, s, info)
+static __always_inline __u32 pt_snapshot_in(__u32 probe, int direct, void *skb, struct pt_scratch *s,
+					    struct pt_skb_info *info)
 {
 	unsigned char *head = 0, *data = 0;
 	__u16 network_header = 0, protocol = 0;
 	__u32 tail = 0, len = 0;
-	PT_READ(head, skb, PT_OFF_SK_BUFF_HEAD);
-	PT_READ(data, skb, PT_OFF_SK_BUFF_DATA);
-	PT_READ(network_header, skb, PT_OFF_SK_BUFF_NETWORK_HEADER);
-	PT_READ(tail, skb, PT_OFF_SK_BUFF_TAIL);
-	PT_READ(len, skb, PT_OFF_SK_BUFF_LEN);
-	PT_READ(protocol, skb, PT_OFF_SK_BUFF_PROTOCOL);
-	PT_READ(info->mark, skb, PT_OFF_SK_BUFF_MARK);
+	PT_GET(direct, head, skb, PT_OFF_SK_BUFF_HEAD);
+	PT_GET(direct, data, skb, PT_OFF_SK_BUFF_DATA);
+	PT_GET(direct, network_header, skb, PT_OFF_SK_BUFF_NETWORK_HEADER);
+	PT_GET(direct, tail, skb, PT_OFF_SK_BUFF_TAIL);
+	PT_GET(direct, len, skb, PT_OFF_SK_BUFF_LEN);
+	PT_GET(direct, protocol, skb, PT_OFF_SK_BUFF_PROTOCOL);
+	PT_GET(direct, info->mark, skb, PT_OFF_SK_BUFF_MARK);
 	info->len = len;
 	info->l3_proto = bpf_ntohs(protocol);
 
@@ -95,9 +106,9 @@ static __always_inline __u32 pt_snapshot_in(__u32 probe, void *skb, struct pt_sc
 		avail = PT_SNAP_LEN;
 	if (avail < 1)
 		return 0;
-	/* A constant-size read keeps the verifier simple. Bytes past tail are still inside the head
-	 * allocation (skb_shared_info follows it) and are never interpreted: avail bounds every parse. */
-	if (bpf_probe_read_kernel(s->buf, PT_SNAP_LEN, start) < 0) {
+	/* The packet's linear bytes only (avail bounds every parse and the filter): a drop of a 60-byte packet copies
+	 * 60 bytes, not PT_SNAP_LEN. */
+	if (bpf_probe_read_kernel(s->buf, ((avail - 1) & (PT_SNAP_LEN - 1)) + 1, start) < 0) { /* 1..256: verifiable */
 		pt_count_in(probe, PT_CNT_READ_FAIL);
 		return 0;
 	}
@@ -169,11 +180,12 @@ static __always_inline void pt_copy_event(struct pt_packet_event *to, const stru
 }
 
 /* Fill a packet event from skb: device, netns, tuples, snapshot. Returns 0 when the filter rejects it. */
-static __always_inline int pt_fill(struct pt_packet_event *ev, void *skb, struct pt_scratch *s,
-				   struct pt_skb_info *info, __u32 avail)
+#define pt_fill(ev, skb, s, info, avail) pt_fill_in(0, ev, skb, s, info, avail, bpf_ktime_get_ns())
+static __always_inline int pt_fill_in(int direct, struct pt_packet_event *ev, void *skb, struct pt_scratch *s,
+				      struct pt_skb_info *info, __u32 avail, __u64 now)
 {
 	ev->cpu = bpf_get_smp_processor_id();
-	ev->ts_ns = bpf_ktime_get_ns();
+	ev->ts_ns = now;
 	ev->skb = (__u64)skb;
 	ev->len = info->len;
 	ev->mark = info->mark;
@@ -182,16 +194,30 @@ static __always_inline int pt_fill(struct pt_packet_event *ev, void *skb, struct
 	ev->ifindex = info->ifindex;
 	ev->flags = info->flags;
 	ev->snap_len = avail > PT_EVENT_SNAP ? PT_EVENT_SNAP : avail;
-	/* A helper copy: clang turns a large __builtin_memcpy into a libc call the verifier rejects. */
-	bpf_probe_read_kernel(ev->snap, PT_EVENT_SNAP, s->buf);
-	/* Bytes past the packet are other kernel memory: never let them leave in an event or a recording. */
+	/* Word copies (a large __builtin_memcpy becomes a libc call the verifier rejects). Bytes past the packet are
+	 * other kernel memory: never let them leave in an event or a recording, so the word holding the last byte
+	 * is masked (little-endian: lower addresses in lower bits) and the words after it are zero. */
 	__u32 keep = ev->snap_len;
+	__u64 *to = (__u64 *)ev->snap;
+	const __u64 *from = (const __u64 *)s->buf;
 #pragma unroll
-	for (int i = 0; i < PT_EVENT_SNAP; i++)
-		if (i >= keep)
-			ev->snap[i] = 0;
-	if (info->dev)
-		bpf_probe_read_kernel(ev->ifname, PT_IFNAMSIZ, (char *)info->dev + PT_OFF_NET_DEVICE_NAME);
+	for (int i = 0; i < PT_EVENT_SNAP / 8; i++) {
+		__u64 word = 0;
+		if (i * 8 + 8 <= keep)
+			word = from[i];
+		else if (i * 8 < keep)
+			word = from[i] & ((1ULL << ((keep - i * 8) * 8)) - 1);
+		to[i] = word;
+	}
+	if (info->dev) {
+		if (direct) {
+			__u64 *name = (__u64 *)ev->ifname;
+			name[0] = *(__u64 *)((char *)info->dev + PT_OFF_NET_DEVICE_NAME);
+			name[1] = *(__u64 *)((char *)info->dev + PT_OFF_NET_DEVICE_NAME + 8);
+		} else {
+			bpf_probe_read_kernel(ev->ifname, PT_IFNAMSIZ, (char *)info->dev + PT_OFF_NET_DEVICE_NAME);
+		}
+	}
 
 	__u32 l4 = pt_parse_ip(s->buf, 0, avail, &ev->outer);
 	if (ev->outer.family)
@@ -215,12 +241,13 @@ static __always_inline int pt_fill(struct pt_packet_event *ev, void *skb, struct
 }
 
 /* Device, netns and the netns/ifname filters. Returns 0 when the packet is not wanted. */
-static __always_inline int pt_wanted(void *skb, struct pt_skb_info *info)
+#define pt_wanted(skb, info) pt_wanted_in(0, skb, info)
+static __always_inline int pt_wanted_in(int direct, void *skb, struct pt_skb_info *info)
 {
-	PT_READ(info->dev, skb, PT_OFF_SK_BUFF_DEV);
+	PT_GET(direct, info->dev, skb, PT_OFF_SK_BUFF_DEV);
 	if (info->dev)
-		PT_READ(info->ifindex, info->dev, PT_OFF_NET_DEVICE_IFINDEX);
-	info->netns = pt_netns_of(skb, info->dev);
+		PT_GET(direct, info->ifindex, info->dev, PT_OFF_NET_DEVICE_IFINDEX);
+	info->netns = pt_netns_of(direct, skb, info->dev);
 #ifdef PT_FILTER_NETNS
 	if (info->netns != PT_FILTER_NETNS)
 		return 0;
@@ -253,14 +280,17 @@ struct pt_rate {
 };
 BPF_PERCPU_ARRAY(path_rate, struct pt_rate, 1);
 
-/* Per-CPU cap of PT_PATH_RATE sampled events per second; what it skips is counted (PT_CNT_SAMPLED). */
-#define pt_rate_allows() pt_rate_allows_in(PT_PROBE)
-static __always_inline int pt_rate_allows_in(__u32 probe)
+/* Per-CPU cap of PT_PATH_RATE sampled events per second; what it skips is counted (PT_CNT_SAMPLED).
+ * Asked first (take = 0), before the packet is copied: over budget, a packet costs this lookup and no copy; asked
+ * again (take = 1) once the filter wants the packet, so packets the filter rejects spend none of the budget. */
+static __always_inline int pt_rate_allows_in(__u32 probe, int take)
 {
 	__u32 zero = 0;
 	struct pt_rate *rate = path_rate.lookup(&zero);
 	if (!rate)
 		return 0;
+	if (!take && rate->count < PT_PATH_RATE)
+		return 1;
 	__u64 now = bpf_ktime_get_ns();
 	if (now - rate->window_start > 1000000000ULL) {
 		rate->window_start = now;
@@ -270,9 +300,11 @@ static __always_inline int pt_rate_allows_in(__u32 probe)
 		pt_count_in(probe, PT_CNT_SAMPLED);
 		return 0;
 	}
-	rate->count++;
+	if (take)
+		rate->count++;
 	return 1;
 }
+#define pt_rate_allows() pt_rate_allows_in(PT_PROBE, 1)
 
 #ifdef PT_NFKPROBE
 /* Key of the nf_hook_slow call in progress (bpf/nfkprobe.c): the task, or the CPU for idle tasks (pid 0 on
@@ -361,38 +393,32 @@ static __always_inline void pt_nfk_verdict_in(__u32 probe, void *skb, struct pt_
 #endif
 
 #ifdef PT_CT
-/* One conntrack tuple from nf_conn.tuplehash[dir].tuple (offsets from BTF: tracer/probes.py CT_OFFSETS). */
-static __always_inline void pt_ct_tuple(const char *tuple, struct pt_tuple *t)
+/* One conntrack tuple from a copy of nf_conn.tuplehash[dir].tuple (offsets from BTF: tracer/probes.py
+ * CT_OFFSETS); the copy is per-CPU scratch memory, so these are plain loads. */
+static __always_inline void pt_ct_tuple(const __u8 *tuple, struct pt_tuple *t)
 {
-	__u16 l3num = 0, sport = 0, dport = 0;
-	PT_READ(l3num, tuple, PT_OFF_NF_CT_TUPLE_SRC_L3NUM);
+	__u16 l3num = *(const __u16 *)(tuple + PT_OFF_NF_CT_TUPLE_SRC_L3NUM);
 	t->family = l3num == 2 ? 4 : l3num == 10 ? 6 : 0; /* AF_INET, AF_INET6 */
-	bpf_probe_read_kernel(t->saddr, 16, tuple + PT_OFF_NF_CT_TUPLE_SRC_U3);
-	bpf_probe_read_kernel(t->daddr, 16, tuple + PT_OFF_NF_CT_TUPLE_DST_U3);
-	PT_READ(sport, tuple, PT_OFF_NF_CT_TUPLE_SRC_U);
-	PT_READ(dport, tuple, PT_OFF_NF_CT_TUPLE_DST_U);
-	PT_READ(t->proto, tuple, PT_OFF_NF_CT_TUPLE_DST_PROTONUM);
-	t->sport = bpf_ntohs(sport); /* ICMP: the echo id */
-	t->dport = bpf_ntohs(dport); /* ICMP: type and code */
+	__builtin_memcpy(t->saddr, tuple + PT_OFF_NF_CT_TUPLE_SRC_U3, 16);
+	__builtin_memcpy(t->daddr, tuple + PT_OFF_NF_CT_TUPLE_DST_U3, 16);
+	t->proto = *(const __u8 *)(tuple + PT_OFF_NF_CT_TUPLE_DST_PROTONUM);
+	t->sport = bpf_ntohs(*(const __u16 *)(tuple + PT_OFF_NF_CT_TUPLE_SRC_U)); /* ICMP: the echo id */
+	t->dport = bpf_ntohs(*(const __u16 *)(tuple + PT_OFF_NF_CT_TUPLE_DST_U)); /* ICMP: type and code */
 }
 
 /* The conntrack event of a drop: what skb->_nfct says about the packet's connection. */
-static __always_inline void pt_ct_emit_in(__u32 probe, void *skb, struct pt_skb_info *info)
+static __always_inline void pt_ct_fill(int direct, struct pt_ct_event *ev, void *skb, struct pt_skb_info *info,
+				       struct pt_scratch *s, __u64 now)
 {
 	__u64 nfct = 0;
-	PT_READ(nfct, skb, PT_OFF_SK_BUFF_NFCT);
-	/* Not counted (neither lost nor events): the counters count drops, and a drop without its conntrack event
-	 * says so itself (tracer/identity.py: "not-traced"). A full ring loses the drop event too, counted there. */
-	struct pt_ct_event *ev = events.ringbuf_reserve(sizeof(struct pt_ct_event));
-	if (!ev)
-		return;
+	PT_GET(direct, nfct, skb, PT_OFF_SK_BUFF_NFCT);
 	__u64 *words = (__u64 *)ev;
 #pragma unroll
 	for (int i = 0; i < sizeof(*ev) / 8; i++)
 		words[i] = 0;
 	ev->type = PT_EVENT_CT;
 	ev->cpu = bpf_get_smp_processor_id();
-	ev->ts_ns = bpf_ktime_get_ns();
+	ev->ts_ns = now;
 	ev->skb = (__u64)skb;
 	ev->netns = info->netns;
 	ev->ctinfo = nfct & PT_NFCT_INFOMASK;
@@ -403,19 +429,27 @@ static __always_inline void pt_ct_emit_in(__u32 probe, void *skb, struct pt_skb_
 		__u64 status = 0;
 		ev->state = PT_CT_ENTRY;
 		ev->ct = (__u64)ct;
+		/* Both directions' tuples in one helper call, and status with them where it follows them
+		 * (tracer/probes.py conntrack_cflags): nf_conn comes from _nfct, an integer, so no direct loads. */
+#ifdef PT_CT_STATUS_AT
+		if (bpf_probe_read_kernel(s->ct, PT_CT_SPAN, ct + PT_OFF_NF_CONN_TUPLEHASH) == 0) {
+			status = *(__u64 *)(s->ct + PT_CT_STATUS_AT);
+#else
 		PT_READ(status, ct, PT_OFF_NF_CONN_STATUS);
+		if (bpf_probe_read_kernel(s->ct, 2 * PT_NF_CT_HASH_SIZE, ct + PT_OFF_NF_CONN_TUPLEHASH) == 0) {
+#endif
+			pt_ct_tuple(s->ct + PT_OFF_NF_CT_HASH_TUPLE, &ev->orig);
+			pt_ct_tuple(s->ct + PT_NF_CT_HASH_SIZE + PT_OFF_NF_CT_HASH_TUPLE, &ev->reply);
+		}
 		ev->status = (__u32)status;
-		pt_ct_tuple(ct + PT_OFF_NF_CONN_TUPLEHASH + PT_OFF_NF_CT_HASH_TUPLE, &ev->orig);
-		pt_ct_tuple(ct + PT_OFF_NF_CONN_TUPLEHASH + PT_NF_CT_HASH_SIZE + PT_OFF_NF_CT_HASH_TUPLE, &ev->reply);
 	}
-	events.ringbuf_submit(ev, pt_wakeup());
 }
 #endif
 
-/* The whole per-packet step: filters first, then an event on the ring buffer. */
-#define pt_emit(skb, type, reason, location, sampled) pt_emit_in(PT_PROBE, skb, type, reason, location, sampled)
-static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 reason, __u64 location,
-				      int sampled)
+/* The whole per-packet step: filters first, then an event on the ring buffer. direct: skb is BTF-typed (tp_btf). */
+#define pt_emit(skb, type, reason, location, sampled) pt_emit_in(PT_PROBE, 0, skb, type, reason, location, sampled)
+static __always_inline int pt_emit_in(__u32 probe, int direct, void *skb, __u32 type, __u32 reason,
+				      __u64 location, int sampled)
 {
 	__u32 zero = 0;
 	struct pt_skb_info info = {};
@@ -423,16 +457,18 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 	struct pt_scratch *s = scratch.lookup(&zero);
 	if (!s)
 		return 0;
-	if (!pt_wanted(skb, &info)) {
+	if (!pt_wanted_in(direct, skb, &info)) {
 		pt_count_in(probe, PT_CNT_FILTERED);
 		return 0;
 	}
-	__u32 avail = pt_snapshot_in(probe, skb, s, &info);
+	if (sampled && !pt_rate_allows_in(probe, 0))
+		return 0;
+	__u32 avail = pt_snapshot_in(probe, direct, skb, s, &info);
 	if (!pt_filter_match(s->buf, avail, info.len)) {
 		pt_count_in(probe, PT_CNT_FILTERED);
 		return 0;
 	}
-	if (sampled && !pt_rate_allows_in(probe))
+	if (sampled && !pt_rate_allows_in(probe, 1))
 		return 0;
 #ifdef PT_NFKPROBE
 	if (type == PT_EVENT_DROP) {
@@ -442,14 +478,28 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 			pt_nfk_verdict_in(probe, skb, t, 0, key, s, &info, avail);
 	}
 #endif
+	__u64 now = bpf_ktime_get_ns(); /* one clock read: a drop and its conntrack event share it */
+	struct pt_packet_event *ev;
+	void *record;
 #ifdef PT_CT
-	if (type == PT_EVENT_DROP) /* the connection first, so a reader has it when the drop arrives */
-		pt_ct_emit_in(probe, skb, &info);
+	if (type == PT_EVENT_DROP) { /* the connection first, so a reader has it when the drop arrives */
+		struct pt_drop_record *both = events.ringbuf_reserve(sizeof(struct pt_drop_record));
+		if (!both) {
+			pt_count_in(probe, PT_CNT_LOST);
+			return 0;
+		}
+		pt_ct_fill(direct, &both->ct, skb, &info, s, now);
+		record = both;
+		ev = &both->drop;
+	} else
 #endif
-	struct pt_packet_event *ev = events.ringbuf_reserve(sizeof(struct pt_packet_event));
-	if (!ev) {
-		pt_count_in(probe, PT_CNT_LOST);
-		return 0;
+	{
+		ev = events.ringbuf_reserve(sizeof(struct pt_packet_event));
+		if (!ev) {
+			pt_count_in(probe, PT_CNT_LOST);
+			return 0;
+		}
+		record = ev;
 	}
 	/* Ring buffer memory is not zeroed; an unrolled word loop, since a large memset becomes a libc call. */
 	__u64 *words = (__u64 *)ev;
@@ -464,7 +514,7 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 		__u64 key = (__u64)skb;
 		struct pt_nf_state *st = nf_state.lookup(&key);
 		/* Only a recent state belongs to this packet: skb addresses are reused. */
-		if (st && st->netns == info.netns && bpf_ktime_get_ns() - st->last_ns < 100000000ULL)
+		if (st && st->netns == info.netns && now - st->last_ns < 100000000ULL)
 			ev->nf_point = st->point + 1;
 	}
 #endif
@@ -476,7 +526,7 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 			ev->nf_point = PT_NFK_POINT(call->pf, call->hook);
 	}
 #endif
-	pt_fill(ev, skb, s, &info, avail);
+	pt_fill_in(direct, ev, skb, s, &info, avail, now);
 #ifdef PT_PATH_XMIT
 	if (type == PT_EVENT_PATH && reason == PT_POINT_QUEUE) {
 		/* Kept for net_dev_xmit (bpf/path.c): by then the driver may have freed the skb. Copied through a
@@ -489,7 +539,7 @@ static __always_inline int pt_emit_in(__u32 probe, void *skb, __u32 type, __u32 
 		}
 	}
 #endif
-	events.ringbuf_submit(ev, pt_wakeup());
+	events.ringbuf_submit(record, pt_wakeup());
 	pt_count_in(probe, PT_CNT_EVENTS);
 	return 0;
 }

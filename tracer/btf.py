@@ -466,6 +466,10 @@ class Btf:
                 return tid
         return 0
 
+    def typedef_id(self, name: str) -> int:
+        """Type id of typedef `name` (0 when absent): tp_btf programs attach to `btf_trace_<tracepoint>`."""
+        return next((tid for tid in self._ids_named(name) if self._kind(tid) == TYPEDEF), 0)
+
     def has_function(self, name: str) -> bool:
         """Whether BTF has a FUNC `name`; a missing one was compiled out, renamed or inlined everywhere."""
         return self._func_id(name) != 0

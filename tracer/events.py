@@ -457,5 +457,22 @@ def counted_events(raws: Iterable[bytes]) -> int:
 
 
 # Each event type's struct size: the ring-buffer reader checks records against it.
+# struct pt_drop_record (bpf/podtrace.h): a drop's conntrack event and the drop event in one ring buffer record.
+DROP_RECORD_SIZE = CT_SIZE + EVENT_SIZE
+
+
+def split_records(batch: list[bytes]) -> list[bytes]:
+    """Ring buffer records as events: each pt_drop_record as its conntrack event then its drop event."""
+    if not any(len(raw) == DROP_RECORD_SIZE and raw[0] == EVENT_CT for raw in batch):
+        return batch
+    out: list[bytes] = []
+    for raw in batch:
+        if len(raw) == DROP_RECORD_SIZE and raw[0] == EVENT_CT:
+            out += (raw[:CT_SIZE], raw[CT_SIZE:])
+        else:
+            out.append(raw)
+    return out
+
+
 EVENT_SIZES = {EVENT_DROP: EVENT_SIZE, EVENT_PATH: EVENT_SIZE, EVENT_NAT: NAT_SIZE, EVENT_ICMP: EVENT_SIZE,
                EVENT_NF_VERDICT: VERDICT_SIZE, EVENT_CT: CT_SIZE}

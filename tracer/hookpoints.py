@@ -15,6 +15,7 @@ from bpf import BPF_DIR
 
 class Mechanism(str, Enum):
     FENTRY = "fentry"
+    TP_BTF = "tp_btf"  # BTF-typed raw tracepoint (BPF_TRACE_RAW_TP), loaded by tracer/tpbtf.py
     KPROBE = "kprobe"
     RAW_TRACEPOINT = "raw_tracepoint"
     TRACEPOINT = "tracepoint"
@@ -66,8 +67,9 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "packet drops with the kernel's reason and location",
         core=True,
         candidates=(
-            _c(M.RAW_TRACEPOINT, "kfree_skb", program="drops.c",
-               gives="reason and location (raw tracepoint args, 5.17+)"),
+            # The same drops either way; tp_btf's typed arguments make each one cheaper (direct loads).
+            _c(M.TP_BTF, "kfree_skb", program="drops.c", gives="reason and location (5.17+)"),
+            _c(M.RAW_TRACEPOINT, "kfree_skb", program="drops.c", gives="reason and location (5.17+)"),
         ),
         unseen="no drop events at all",
     ),

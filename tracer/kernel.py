@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracer import bccenv, kernelfs, nflink
+from tracer import bccenv, kernelfs, nflink, tpbtf
+from tracer.btf import Btf
+from tracer.errors import KernelError
 from tracer.hookpoints import HOOK_POINTS, HookPoint, Mechanism
 from tracer.ksyms import KernelSymbols
 from tracer.ladder import AttachPlan, Trial, make_plan
@@ -26,6 +28,7 @@ NOP_PROGRAMS = r"""
 // One function per program type: BCC caches a loaded function by name with its first type.
 int pt_nop_kprobe(void *ctx) { return 0; }
 int pt_nop_raw_tp(void *ctx) { return 0; }
+int pt_nop_tp_btf(void *ctx) { return 0; }
 int pt_nop_tp(void *ctx) { return 0; }
 int pt_nf_accept(void *ctx) { return 1; /* NF_ACCEPT */ }
 int pt_tc_ok(void *ctx) { return 0; /* TC_ACT_OK */ }
@@ -44,10 +47,13 @@ def kprobes_available() -> bool:
     )
 
 
+EPERM_REFUSAL = "refused by the kernel (EPERM: lockdown, an LSM or a kernel built to refuse it)"
+
+
 def _first_error(lines: list[str], fallback: str) -> str:
     for line in lines:
         if "Operation not permitted" in line:
-            return "refused by the kernel (EPERM: lockdown, an LSM or a kernel built to refuse it)"
+            return EPERM_REFUSAL
     for line in lines:
         if line.strip() and "modprobe" not in line:
             return line.strip()[:160]
@@ -138,6 +144,21 @@ class Prober:
                                        lambda: self.module.detach_raw_tracepoint(tp=name),
                                        f"raw tracepoint {name} is not in this kernel")
 
+    def tp_btf(self, name: str) -> Trial:
+        if kernel_version(self.release) < (5, 5):
+            return Trial(False, f"kernel {self.release} is too old for tp_btf programs (needs 5.5)")
+        try:
+            btf = Btf.load()
+        except KernelError as err:
+            return Trial(False, f"tp_btf needs the kernel's BTF: {err.message}")
+        try:
+            tpbtf.attach(self.module.dump_func("pt_nop_tp_btf"), name, btf, "pt_nop_tp_btf").close()
+        except OSError as err:
+            if err.errno == 1:  # EPERM
+                return Trial(False, EPERM_REFUSAL)
+            return Trial(False, f"tp_btf {name} failed: {err.strerror}")
+        return Trial(True)
+
     def tracepoint(self, name: str) -> Trial:
         category, _, event = name.partition(":")
         if not self.bcc.BPF.tracepoint_exists(category, event):
@@ -218,7 +239,7 @@ def _module_on_disk(symbol: str) -> str:
 
 
 # Tried by doctor even when no ladder needs them, so it can say what each mechanism does on this kernel.
-MECHANISM_PROBES = ("raw_tracepoint:kfree_skb", "tracepoint:net:netif_receive_skb", "tc:clsact",
+MECHANISM_PROBES = ("tp_btf:kfree_skb", "raw_tracepoint:kfree_skb", "tracepoint:net:netif_receive_skb", "tc:clsact",
                     "netfilter_link:netfilter:ipv4", "kprobe:nf_hook_slow", "fentry:nf_hook_slow")
 
 

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nflink, ringbuf, tc
+from tracer import bccenv, kernelfs, netfilter, nflink, ringbuf, tc, tpbtf
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import (
@@ -24,6 +24,7 @@ from tracer.events import (
     PacketEvent,
     decode,
     decode_any,
+    split_records,
 )
 from tracer.kprobes import attach_list
 from tracer.ksyms import KernelSymbols
@@ -33,7 +34,7 @@ from tracer.scope import ScopeWatch
 
 # Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).
 ATTACHES = {
-    "drops": ["raw tracepoint kfree_skb"],
+    "drops": [],  # tp_btf or the raw tracepoint: _attach_drops
     "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue", "raw tracepoint net_dev_xmit"],
     "netfilter": [],  # links are created in _attach_netfilter
     "tc": [],  # filters are added in _attach_tc
@@ -42,6 +43,9 @@ ATTACHES = {
     "ipvs_kprobe": [],
     "icmp": ["tracepoint icmp:icmp_send"],
 }
+# Set (to anything) to skip tp_btf and attach the drop probe on the raw tracepoint, as on kernels that refuse tp_btf:
+# the fallback stays tested, and the benchmark measures both side by side.
+RAW_TP_DROPS_ENV = "PODTRACE_RAW_TP_DROPS"
 SCOPE_REFRESH_S = 1.0  # how often /run/netns is looked at for pods added to a scoped node
 ICMP_TRACEPOINT_ABSENT = ("no tracepoint icmp:icmp_send on this kernel (6.13+): frag-needed is seen only as ICMP "
                           "packets on the path, without the offending packet")
@@ -66,6 +70,8 @@ class LiveSource:
         self.final_counters: dict[str, int] = {}
         self.final_probe_counters: dict[str, dict[str, int]] = {}
         self._links: list[nflink.NetfilterLink] = []
+        self._tp_btf: list[tpbtf.TpBtfLink] = []
+        self.drops_refusal = ""  # why tp_btf was not used for drops, when it was not
         self._tc: list[tc.TcAttachment] = []
         self._scope = ScopeWatch(config.scope) if config.scope is not None else None
         self._scope_checked = 0.0
@@ -83,6 +89,8 @@ class LiveSource:
                                   "run `podtrace doctor` to see what this kernel allows") from err
             step.done(f"{len(self.build.programs)} programs")
         self._refresh_scope()
+        if "drops" in self.build.programs:
+            self._attach_drops()
         for program in self.build.programs:
             self.attached += ATTACHES[program]
         if self.config.netfilter:
@@ -92,6 +100,26 @@ class LiveSource:
         if self.config.kprobes:
             self._attach_kprobes()
         self._open_ring()
+
+    def _attach_drops(self) -> None:
+        """kfree_skb on tp_btf (typed arguments: direct loads), else on the raw tracepoint (the drops ladder)."""
+        if os.environ.get(RAW_TP_DROPS_ENV):
+            self.drops_refusal = f"tp_btf not tried ({RAW_TP_DROPS_ENV} is set)"
+        else:
+            try:
+                self._tp_btf.append(tpbtf.attach(self._bpf.dump_func("pt_drop_btf"), "kfree_skb", self.btf))
+                self.attached.append("tp_btf kfree_skb")
+                return
+            except OSError as err:
+                self.drops_refusal = f"tp_btf kfree_skb refused: {err.strerror}"
+        with bccenv.captured_stderr() as errors:
+            try:
+                self._bpf.attach_raw_tracepoint(tp="kfree_skb", fn_name="pt_drop_raw_tp")
+            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                detail = next((line for line in errors if line.strip()), str(err))
+                raise KernelError(f"the drop probe failed to attach ({self.drops_refusal}; raw tracepoint: "
+                                  f"{detail.strip()})", "run `podtrace doctor` to see what this kernel allows") from err
+        self.attached.append("raw tracepoint kfree_skb")
 
     def _open_ring(self) -> None:
         """Our own mmap reader where it is safe (tracer/ringbuf.py), else BCC's callback per event."""
@@ -239,7 +267,7 @@ class LiveSource:
         else:
             self._bpf.ring_buffer_poll(timeout_ms)
             self._bpf.ring_buffer_consume()
-        batch, self._pending = self._pending, []
+        batch, self._pending = split_records(self._pending), []
         complete = [raw for raw in batch if len(raw) >= EVENT_SIZES.get(raw[0], EVENT_SIZE)]
         self.decode_errors += len(batch) - len(complete)
         return complete
@@ -279,6 +307,9 @@ class LiveSource:
         for link in self._links:
             link.close()
         self._links = []
+        for tp_link in self._tp_btf:
+            tp_link.close()
+        self._tp_btf = []
         if self._ring is not None:
             self._ring.close()
             self._ring = None

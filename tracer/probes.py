@@ -67,6 +67,9 @@ CT_OFFSETS = (
 )
 
 
+CT_COPY = 128  # PT_CT_COPY in bpf/podtrace.h: bytes of nf_conn the drop probe copies in one helper call
+
+
 def conntrack_cflags(mods: ModuleBtf) -> list[str]:
     """-DPT_CT=1 and the nf_conn offsets, or [] when this kernel's BTF lacks one (drops then carry no conntrack)."""
     flags = mods.cflags(CT_OFFSETS, "PT_CT")
@@ -74,7 +77,16 @@ def conntrack_cflags(mods: ModuleBtf) -> list[str]:
     if not flags or btf is None:
         return []
     # tuplehash[IP_CT_DIR_REPLY] is one struct nf_conntrack_tuple_hash after tuplehash[IP_CT_DIR_ORIGINAL].
-    return [*flags, f"-DPT_NF_CT_HASH_SIZE={btf.struct_size('nf_conntrack_tuple_hash')}"]
+    hash_size = btf.struct_size("nf_conntrack_tuple_hash")
+    if 2 * hash_size > CT_COPY:
+        return []  # a layout the probe's one-copy read does not hold: drops then carry no conntrack
+    flags.append(f"-DPT_NF_CT_HASH_SIZE={hash_size}")
+    # Where status follows the tuples closely (16 + 112 -> 128 on 6.x), one copy reads both.
+    tuples = btf.member_offset("nf_conn", "tuplehash")
+    status = btf.member_offset("nf_conn", "status")
+    if tuples <= status and status + 8 - tuples <= CT_COPY:
+        flags += [f"-DPT_CT_STATUS_AT={status - tuples}", f"-DPT_CT_SPAN={status + 8 - tuples}"]
+    return flags
 
 
 @dataclass

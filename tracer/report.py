@@ -209,7 +209,7 @@ def summary_line(events: int, counters: dict[str, int], evicted: int = 0) -> str
     if lost:
         text += " (ring buffer full: raise --ringbuf-pages or narrow the filter)"
     if counters.get("sampled"):
-        text += f", {counters['sampled']} path events skipped by the rate limit"
+        text += f", {counters['sampled']} path packets skipped by the rate limit (before the filter)"
     if evicted:
         text += f", {evicted} drop groups evicted (table full)"
     return text

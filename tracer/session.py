@@ -41,8 +41,8 @@ def add_probe_options(parser: argparse.ArgumentParser, filter_help: str = FILTER
                              "it when the summary reports lost events")
     if path:
         parser.add_argument("--path-rate", type=int, default=ProbeConfig.path_rate, metavar="N",
-                            help="at most N path events per second per CPU; the rest are counted as sampled "
-                                 "(default %(default)s)")
+                            help="at most N path events per second per CPU; over that, packets are skipped before they "
+                                 "are copied or filtered, and counted as sampled (default %(default)s)")
 
 
 def add_trace_options(parser: argparse.ArgumentParser, path: bool = True) -> None:

@@ -128,20 +128,30 @@ def test_ifname_keeps_one_device_and_the_packet_mark_is_reported(pair: Pair) -> 
     assert len(loopback) == 5 and all("mark" not in event for event in loopback)
 
 
+def _dest_unreachables_sent(netns: str) -> int:
+    """Icmp OutDestUnreachs of a namespace (/proc/net/snmp): the kernel's own count of port unreachables sent."""
+    names, values = (line.split()[1:] for line in sh("cat", "/proc/net/snmp", netns=netns).splitlines()
+                     if line.startswith("Icmp:"))
+    return int(dict(zip(names, values, strict=True))["OutDestUnreachs"])
+
+
 def test_path_events_past_the_rate_limit_are_counted_as_sampled(pair: Pair) -> None:
     """--path-rate 5: of 211 received datagrams a CPU reports 5 per second and counts the rest; drops are never
-    sampled."""
+    sampled. Over budget a packet is skipped before it is copied, so before the filter: the port unreachables the
+    namespace sends back (net_dev_queue, not UDP) may be counted as sampled too, never more of them than it sent."""
     sent = 211
     tracer = start("watch", "--json", "--path-rate", "5", "--netns", pair.b, "udp port 5012")
+    unreachables = _dest_unreachables_sent(pair.b)
     send_udp(pair.a, pair.addr_b, 5012, sent, src_port=40012)
     time.sleep(0.5)
     result = tracer.stop()
+    unreachables = _dest_unreachables_sent(pair.b) - unreachables
     received = [event for event in result.rows if event["kind"] == "path" and event["point"] == "rx"]
     drops = [event for event in result.rows if event["kind"] == "drop"]
     assert len(drops) == sent
     # One window of 5 per CPU that received (the burst takes well under a second; two windows at most).
     assert 5 <= len(received) <= 5 * 2 * (os.cpu_count() or 1), len(received)
-    assert result.summary["sampled"] == sent - len(received)
+    assert sent - len(received) <= result.summary["sampled"] <= sent - len(received) + unreachables
     assert result.summary["lost"] == 0
 
 

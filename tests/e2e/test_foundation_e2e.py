@@ -41,7 +41,7 @@ def test_doctor_reports_what_the_kernel_really_allows() -> None:
     assert mechanisms["kprobe"]["available"] == kprobes_in_kernel
     if not kprobes_in_kernel:
         assert "not in this kernel" in mechanisms["kprobe"]["reason"]
-    for always in ("raw_tracepoint", "tracepoint", "tc"):
+    for always in ("tp_btf", "raw_tracepoint", "tracepoint", "tc"):
         assert mechanisms[always]["available"], mechanisms[always]
     major, minor = (int(part) for part in platform.release().split(".")[:2])
     assert mechanisms["netfilter_link"]["available"] == ((major, minor) >= (6, 4))
@@ -60,7 +60,7 @@ def test_doctor_reports_what_the_kernel_really_allows() -> None:
 def test_doctor_human_output_names_the_plan() -> None:
     result = run("doctor")
     assert result.returncode == 0, result.stderr
-    assert "drops          raw_tracepoint: kfree_skb" in result.stdout
+    assert "drops          tp_btf: kfree_skb" in result.stdout
     assert "hook points" in result.stdout and "Traceback" not in result.stderr
     assert "ok: the core probes attach" in result.stdout
 

@@ -19,6 +19,8 @@ EXTRAS = {"path": {"raw tracepoint net_dev_xmit"}, "ipvs": {"kprobe handle_respo
 def expected_attachments(hook: dict[str, Any]) -> set[str]:
     """The LiveSource.attached lines a chosen hook plan stands for."""
     chosen, targets = hook["chosen"], hook["targets"]
+    if chosen == "tp_btf":
+        return {f"tp_btf {t}" for t in targets}
     if chosen == "raw_tracepoint":
         return {f"raw tracepoint {t}" for t in targets}
     if chosen == "tracepoint":

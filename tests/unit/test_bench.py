@@ -79,3 +79,28 @@ def test_spread_is_the_range_over_the_median() -> None:
 
     assert spread_percent([90.0, 100.0, 110.0]) == 20.0
     assert spread_percent([]) == 0.0
+
+
+def test_merge_keeps_the_sections_not_run_and_says_where_each_comes_from() -> None:
+    from tracer.bench import merge, render
+
+    def section(title: str, value: str) -> Section:
+        made = Section(title, f"{title} intro", ["figure"], [[value]])
+        made.seconds = 2
+        return made
+
+    first = render([section("A", "1"), section("B", "2"), section("C", "3")], False, 6, "0 0 0")
+    fresh = section("B", "20")
+    fresh_text = render([fresh], False, 2, "0 0 0", "python -m tracer.bench --only b")
+    again = merge(first, fresh_text, [fresh], "2026-12-07 15:31")
+    assert [line for line in again.splitlines() if line.startswith("## ")] == ["## Summary", "## A", "## B", "## C"]
+    assert "| 20 |" in again and "| 2 |" not in again and "| 1 |" in again and "| 3 |" in again
+    assert "Written by `python -m tracer.bench --only b`" in again
+    assert "Re-run on 2026-12-07 15:31: B." in again
+    assert "Every other section: from the report written by `make bench`" in again
+    later = section("C", "30")
+    twice = merge(again, render([later], False, 2), [later], "T2")
+    assert "Re-run on T2: C." in twice and "Re-run on 2026-12-07 15:31: B." in twice
+    assert twice.count("## C") == 1
+    assert "| 20 |" in twice and "| 30 |" in twice
+    assert "Every other section: from the report written by `make bench`" in twice

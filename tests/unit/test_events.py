@@ -321,3 +321,18 @@ def test_tuple_describe_and_names() -> None:
     assert non_ip.describe() == "non-IP"
     assert (non_ip.src, non_ip.dst, non_ip.proto_name) == ("-", "-", "-")
     assert events.format_addr(4, bytes([10, 0, 0, 1]) + bytes(12)) == "10.0.0.1"
+
+
+def test_a_drop_record_splits_into_its_conntrack_event_then_its_drop() -> None:
+    """struct pt_drop_record is { struct pt_ct_event ct; struct pt_packet_event drop; } (bpf/podtrace.h)."""
+    from tracer.events import CT_SIZE, DROP_RECORD_SIZE, EVENT_CT, EVENT_SIZE, split_records
+
+    header = (ROOT / "bpf" / "podtrace.h").read_text()
+    assert re.search(r"struct pt_drop_record \{\s*struct pt_ct_event ct;\s*struct pt_packet_event drop;\s*\};", header)
+    assert DROP_RECORD_SIZE == CT_SIZE + EVENT_SIZE and CT_SIZE % 8 == 0  # the drop stays 8-byte aligned
+    drop = golden_bytes(next(n for n in GOLDEN_IDS if "drop-ipv4-udp" in n))
+    ct = bytes([EVENT_CT]) + bytes(CT_SIZE - 1)
+    path = golden_bytes(GOLDEN_IDS[0])
+    assert split_records([path, ct + drop, path]) == [path, ct, drop, path]
+    assert split_records([ct, drop]) == [ct, drop]  # separate records (an older probe) pass as they are
+    assert decode(split_records([ct + drop])[1]) == decode(drop)

@@ -58,7 +58,8 @@ def test_candidate_keys_and_label() -> None:
 
 
 ATTACH_FORMS = {
-    Mechanism.RAW_TRACEPOINT: lambda target: [f"RAW_TRACEPOINT_PROBE({target})"],
+    Mechanism.TP_BTF: lambda target: [f"tp_btf/{target}"],
+    Mechanism.RAW_TRACEPOINT: lambda target: [f"RAW_TRACEPOINT_PROBE({target})", f"raw_tracepoint/{target}"],
     Mechanism.TRACEPOINT: lambda target: ["TRACEPOINT_PROBE({}, {})".format(*target.split(":", 1))],
     Mechanism.NETFILTER_LINK: lambda _target: ["SEC(\"netfilter\")", "pt_nf_"],
     Mechanism.TC: lambda _target: ["pt_tc_ingress", "pt_tc_egress"],
@@ -97,7 +98,7 @@ def test_unknown_hook_point() -> None:
 
 def test_every_trial_key_is_something_the_prober_runs() -> None:
     """Keys split at the first colon into a Prober method name and its target."""
-    methods = {"fentry", "kprobe", "raw_tracepoint", "tracepoint", "netfilter_link", "tc", "symbol"}
+    methods = {"fentry", "tp_btf", "kprobe", "raw_tracepoint", "tracepoint", "netfilter_link", "tc", "symbol"}
     for name in ("6.18-ci.json", "6.1-debian-ipvs.json", "5.4-ubuntu-kprobes.json", "locked-down.json"):
         _release, trials = load(name)
         for key in trials:
@@ -114,7 +115,7 @@ def test_ci_kernel_recorded() -> None:
     assert plan.kernel == "6.18.44-fc-v1300"
     chosen = {hook.name: (hook.chosen, hook.fallback) for hook in plan.hooks}
     assert chosen == {
-        "drops": ("raw_tracepoint", False),
+        "drops": ("tp_btf", False),
         "path": ("tracepoint", False),
         "netfilter": ("netfilter_link", True),
         "nat": ("netfilter_link", False),
@@ -157,6 +158,7 @@ def test_ci_kernel_mechanisms_and_fixes() -> None:
     mechanisms = kernel.describe_mechanisms(trials)
     assert mechanisms == {
         "fentry": {"available": False, "reason": EPERM_FENTRY},
+        "tp_btf": {"available": True, "reason": ""},
         "kprobe": {"available": False, "reason": NO_KPROBES},
         "raw_tracepoint": {"available": True, "reason": ""},
         "tracepoint": {"available": True, "reason": ""},
@@ -202,7 +204,7 @@ def test_debian_6_1_with_ipvs_loaded() -> None:
     plan = plan_of("6.1-debian-ipvs.json")
     chosen = {hook.name: (hook.chosen, hook.fallback) for hook in plan.hooks}
     assert chosen == {
-        "drops": ("raw_tracepoint", False),
+        "drops": ("tp_btf", False),
         "path": ("tracepoint", False),
         "netfilter": ("kprobe", False),
         "nat": (None, False),
@@ -228,7 +230,7 @@ def test_ubuntu_5_4_kprobes_without_fentry() -> None:
     plan = plan_of("5.4-ubuntu-kprobes.json")
     chosen = {hook.name: (hook.chosen, hook.fallback) for hook in plan.hooks}
     assert chosen == {
-        "drops": ("raw_tracepoint", False),
+        "drops": ("raw_tracepoint", True),  # tp_btf needs 5.5
         "path": ("tracepoint", False),
         "netfilter": ("kprobe", False),
         "nat": (None, False),
@@ -259,7 +261,7 @@ def test_locked_down_kernel_fails_the_core() -> None:
     drops = plan.hook("drops")
     assert drops.chosen is None
     assert drops.unseen == "no drop events at all"
-    assert rejections(plan, "drops") == [("raw_tracepoint kfree_skb", EPERM)]
+    assert rejections(plan, "drops") == [("tp_btf kfree_skb", EPERM), ("raw_tracepoint kfree_skb", EPERM)]
     path = plan.hook("path")
     assert (path.chosen, path.fallback, path.targets) == ("tc", True, ["clsact"])
     assert [r["reason"] for r in path.rejected] == [EPERM]

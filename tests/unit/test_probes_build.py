@@ -75,7 +75,7 @@ def test_text_has_filter_and_drops_program(btf: Btf) -> None:
     assert "// filter: udp port 53" in text
     assert config.filter.c_source in text
     assert re.search(r"static __always_inline int pt_filter_match\(", text)
-    assert "RAW_TRACEPOINT_PROBE(kfree_skb)" in text
+    assert "int pt_drop_btf(__u64 *ctx)" in text and "int pt_drop_raw_tp(" in text
     assert "BPF_RINGBUF_OUTPUT(events, 256);" in text
     assert (BPF_DIR / "skb.h").read_text() in text
     assert "TRACEPOINT_PROBE(net, netif_receive_skb)" not in text
@@ -93,7 +93,7 @@ def test_path_only_when_asked(btf: Btf) -> None:
     assert defines(result.cflags)["PT_PATH_RATE"] == "500"
     only_path = build(btf, ProbeConfig(drops=False, path=True))
     assert only_path.programs == ["path"]
-    assert "RAW_TRACEPOINT_PROBE(kfree_skb)" not in only_path.text
+    assert "pt_drop_btf" not in only_path.text
 
 
 def test_netns_and_ifname_words(btf: Btf) -> None:

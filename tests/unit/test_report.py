@@ -262,7 +262,8 @@ def test_summary_line() -> None:
     assert lost.startswith("12 events, 3 lost")
     assert "ring buffer full" in lost and "--ringbuf-pages" in lost
     full = summary_line(1, {"lost": 0, "sampled": 5}, evicted=2)
-    assert full == "1 events, 0 lost, 5 path events skipped by the rate limit, 2 drop groups evicted (table full)"
+    assert full == ("1 events, 0 lost, 5 path packets skipped by the rate limit (before the filter), "
+                    "2 drop groups evicted (table full)")
 
 
 def test_resolver_defaults() -> None:

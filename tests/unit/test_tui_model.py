@@ -229,7 +229,7 @@ def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> 
     if not vmlinux.exists():
         pytest.skip("no kernel BTF here")
     text = build(Btf.load(str(vmlinux)), ProbeConfig(filter=compile_filter("udp"), path=True)).text
-    drops, path = text.index("RAW_TRACEPOINT_PROBE(kfree_skb)"), text.index("TRACEPOINT_PROBE(net, netif_receive_skb)")
+    drops, path = text.index("int pt_drop_btf("), text.index("TRACEPOINT_PROBE(net, netif_receive_skb)")
     assert text[text.rindex("#define PT_PROBE ", 0, drops):].startswith("#define PT_PROBE 1\n")  # drops
     assert text[text.rindex("#define PT_PROBE ", 0, path):].startswith("#define PT_PROBE 2\n")  # path
     assert "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_SLOTS);" in text

@@ -65,7 +65,7 @@ def test_ipvs_and_vxlan_present_after_modprobe(doctor: dict[str, Any], module_hi
 
 
 def test_drops_and_softirq_use_tracepoints(doctor: dict[str, Any]) -> None:
-    assert _hook(doctor, "drops")["chosen"] == "raw_tracepoint"
+    assert _hook(doctor, "drops")["chosen"] == "tp_btf"  # BTF-typed raw tracepoints since 5.5
     softirq = _hook(doctor, "softirq")
     assert softirq["chosen"] == "tracepoint" and "napi:napi_poll" in softirq["targets"]
 
