@@ -97,3 +97,12 @@ def test_nft_ipv6(seed: int | None) -> None:
     smap = kp.parse_nft_json(doc if seed == 0 else _permuted(doc, seed))
     want.check(smap, want.IPV6_NFT, lb_known=False)
     assert sorted(smap.node_ips) == ["2001:db8:1::2", "2001:db8::1"]
+
+
+def test_old_xlb_chain_no_local_endpoints() -> None:
+    """kube-proxy < 1.24's KUBE-XLB-*: "ns/name: has no local endpoints" -j KUBE-MARK-DROP, in a pasted fragment."""
+    smap = kp.parse_iptables_save(text("kind-xlb-no-local-endpoints.txt"))
+    p = smap.lookup_nodeport(30012, "tcp")
+    assert p is not None and p.name == "default/echo"
+    assert (p.no_local_endpoints, p.no_endpoints, p.vip) == (True, False, "")
+    assert [p.name for p in smap.ports] == ["default/echo"]
