@@ -1026,7 +1026,8 @@ def command_runner(netns: str | None = None, timeout: float = 60) -> Runner:
 def collect(netns: str | None = None, runner: Runner | None = None) -> ServiceMap:
     """Read kube-proxy's rules from the node (or the named netns) in whichever modes are present.
 
-    Runs `iptables-save` (and the other iptables variant's save, when installed), `nft -j list ruleset` and, when
+    Runs `iptables-save` (and the other iptables variant's save, when installed), `ip6tables-save`,
+    `nft -j list ruleset` and, when
     the IPVS module is loaded, `ipvsadm -Ln`. Raises PodtraceError when the netns does not exist, when neither
     iptables-save nor nft is installed, or when one of them fails.
     """
@@ -1050,6 +1051,12 @@ def collect(netns: str | None = None, runner: Runner | None = None) -> ServiceMa
             maps.append(parse_iptables_save(t))
         if variant == "nf_tables":
             seen_tables = [f"ip {t}" for t in re.findall(r"^\*(\w+)", text, re.M)]
+    # IPv6 Services (single-stack v6 and the v6 half of dual-stack) live in ip6tables.
+    text6 = _optional(run, ["ip6tables-save"])
+    if text6 and re.search(r"^-A ", text6, re.M):
+        maps.append(parse_iptables_save(text6))
+        if iptables_variant(text6) == "nf_tables":
+            seen_tables += [f"ip6 {t}" for t in re.findall(r"^\*(\w+)", text6, re.M)]
     nft = run(["nft", "-j", "list", "ruleset"])
     if nft is not None:
         found_any = True
