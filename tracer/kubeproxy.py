@@ -416,10 +416,7 @@ def parse_iptables_save(text: str) -> ServiceMap:
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith("-A "):
-            try:
-                args = shlex.split(line)
-            except ValueError:
-                args = line.split()
+            args = _split(line)
             if len(args) < 2:
                 continue
             key = (table, args[1])
@@ -502,8 +499,11 @@ def parse_iptables_save(text: str) -> ServiceMap:
         p.no_local_endpoints = p.name in no_local
         p.affinity_timeout = affinity.get(p.name, 0)
     # Endpoints in the order the Service chain picks them, then any SEP chain reached only by name (KUBE-SVL-*).
+    seps_by_name: dict[str, list[str]] = {}
+    for sep, sep_owner in sep_name.items():
+        seps_by_name.setdefault(sep_owner, []).append(sep)
     for p in ports.values():
-        seps = jumps.get(p.chain, []) + [s for s, n in sep_name.items() if n == p.name]
+        seps = jumps.get(p.chain, []) + seps_by_name.get(p.name, [])
         for sep in seps:
             if sep in sep_target and not p.endpoint(*sep_target[sep]):
                 p.endpoints.append(Endpoint(*sep_target[sep], sep))
@@ -515,6 +515,17 @@ def parse_iptables_save(text: str) -> ServiceMap:
         smap.mode = "iptables"
         smap.modes = ("iptables",)
     return smap
+
+
+# iptables-save's quoting: a word is a "..." string (with \" and \\ escaped inside) or a run of non-blanks.
+_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _split(line: str) -> list[str]:
+    """The words of one rule line, as shlex.split gives them on iptables-save's output (the 416 rule lines of the
+    fixtures: identical), without shlex's cost (2.5 of 3.5 s profiled on 15,054 rules)."""
+    return [_ESCAPE.sub(r"\1", m.group(1)) if m.group(1) is not None else m.group(2) for m in _WORD.finditer(line)]
 
 
 def _add(values: list[str], value: str) -> None:

@@ -106,3 +106,15 @@ def test_old_xlb_chain_no_local_endpoints() -> None:
     assert p is not None and p.name == "default/echo"
     assert (p.no_local_endpoints, p.no_endpoints, p.vip) == (True, False, "")
     assert [p.name for p in smap.ports] == ["default/echo"]
+
+
+def test_rule_words_split_like_shlex() -> None:
+    """The reader's own tokenizer gives shlex's words on every rule line kube-proxy wrote here."""
+    import shlex
+
+    lines = [line for name in ("iptables-overall-v4.save", "iptables-overall-v4.S.txt", "gke-1.2.4-node-nat.save",
+                               "ip6tables-localhost-nodeports.save") for line in text(name).splitlines()
+             if line.startswith("-A ")]
+    assert len(lines) == 65 + 65 + 39 + 20
+    for line in lines + [r'-A X -m comment --comment "say \"hi\" \\ there" -j Y']:
+        assert kp._split(line) == shlex.split(line), line
