@@ -698,7 +698,7 @@ def _nft_external(chains: dict[tuple[str, str, str], list[dict[str, Any]]], fami
             target = _goto_target(e) if isinstance(e, dict) else ""
             if target.startswith("local-"):
                 for ep in _nft_endpoints(chains, family, target):
-                    if not p.local_endpoints or ep not in p.local_endpoints:
+                    if ep not in p.local_endpoints:
                         p.local_endpoints.append(ep)
 
 
