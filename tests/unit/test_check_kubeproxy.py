@@ -172,3 +172,15 @@ def test_counts_come_from_the_tracers_reader() -> None:
     assert gke.service_ports == {"kube-system/default-http-backend:http", "kube-system/heapster",
                                  "kube-system/kube-dns:dns", "kube-system/kube-dns:dns-tcp",
                                  "kube-system/kubernetes-dashboard", "default/kubernetes:https"}
+
+
+def test_ip6tables_services_are_counted() -> None:
+    """An IPv6-only node's Services live in ip6tables-save alone (TestEnableLocalhostNodePortsIPv6's dump)."""
+    v6 = (KUBE_PROXY / "ip6tables-localhost-nodeports.save").read_text()
+    finding = _by_check(kubeproxy.check(NodeState(iptables_save="", ip6tables_save=v6,
+                                                  nft_ruleset={"nftables": []})), "mode")
+    assert finding.value.startswith("iptables: 1 Services, 1 Service ports, 2 endpoints, 20 rules")
+    both = NodeState(iptables_save=(KUBE_PROXY / "iptables-overall-v4.save").read_text(), ip6tables_save=v6,
+                     nft_ruleset={"nftables": []})
+    # ns1/svc1:p80 has a v4 and a v6 ClusterIP here: one Service port, counted once
+    assert _by_check(kubeproxy.check(both), "mode").value.startswith("iptables: 6 Services, 6 Service ports, ")

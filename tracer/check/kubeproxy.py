@@ -126,7 +126,9 @@ def _has_kube_ipvs0(state: NodeState) -> bool:
 
 def mode(state: NodeState) -> tuple[str, IptablesRules | None, NftRules | None, IpvsTable | None]:
     """'iptables', 'nftables', 'ipvs', or 'none', with what each parser found."""
-    ipt = parse_iptables_save(state.iptables_save) if state.iptables_save is not None else None
+    saves = [t for t in (state.iptables_save, state.ip6tables_save) if t is not None]
+    # One count over both families: a dual-stack Service port is one port with a v4 and a v6 ClusterIP.
+    ipt = parse_iptables_save("\n".join(saves)) if saves else None
     nft = parse_nft(state.nft_ruleset) if state.nft_ruleset is not None else None
     ipvs = parse_ipvsadm(state.ipvsadm) if state.ipvsadm is not None else None
     if _has_kube_ipvs0(state) or (ipvs and ipvs.virtual) or (ipt and (ipt.ipset_cluster_ip or ipt.ipvs_masq_comment)):
