@@ -569,13 +569,9 @@ def parse_nft_json(data: str | dict[str, Any], skip_tables: Iterable[str] = ()) 
         elif kind == "rule":
             chains.setdefault((body.get("family", ""), body.get("table", ""), body.get("chain", "")), []).append(body)
     smap = ServiceMap()
-    ports: dict[tuple[str, str], ServicePort] = {}
-
-    def port_for(name: str, proto: str) -> ServicePort:
-        if (name, proto) not in ports:
-            ports[(name, proto)] = ServicePort(name, proto)
-        return ports[(name, proto)]
-
+    # By family too: a dual-stack Service port is one port in `ip kube-proxy` and one in `ip6 kube-proxy`, each
+    # with its own ClusterIP and endpoints (as ip6tables-save and iptables-save give two).
+    ports: dict[tuple[str, str, str], ServicePort] = {}
     for (family, table, chain), rules in chains.items():
         tname = f"{family} {table}"
         if tname in skip:
@@ -588,6 +584,9 @@ def parse_nft_json(data: str | dict[str, Any], skip_tables: Iterable[str] = ()) 
             smap.rules.append(Rule("nftables", tname, chain, int(rule.get("handle", 0)), text, verdict, target,
                                    rule.get("comment", ""), crit))
     for family in ("ip", "ip6"):
+        def port_for(name: str, proto: str, family: str = family) -> ServicePort:
+            return ports.setdefault((family, name, proto), ServicePort(name, proto))
+
         _nft_services(family, sets, set_meta, maps, chains, port_for, smap)
     smap.ports = list(ports.values())
     if has_table:

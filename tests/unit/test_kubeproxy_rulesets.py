@@ -118,3 +118,17 @@ def test_rule_words_split_like_shlex() -> None:
     assert len(lines) == 65 + 65 + 39 + 20
     for line in lines + [r'-A X -m comment --comment "say \"hi\" \\ there" -j Y']:
         assert kp._split(line) == shlex.split(line), line
+
+
+def test_nft_dual_stack_tables_keep_their_own_ports() -> None:
+    """`ip kube-proxy` and `ip6 kube-proxy` in one ruleset (a dual-stack node): both fixtures name a
+    ns1/svc1:p80, and each keeps its own ClusterIP and endpoints."""
+    v4, v6 = json.loads(text("nft-overall-v4.json")), json.loads(text("nft-knftables-v6.json"))
+    both = {"nftables": v4["nftables"] + v6["nftables"][1:]}
+    for seed in (0, None, 11):
+        smap = kp.parse_nft_json(both if seed == 0 else _permuted(both, seed))
+        assert len(smap.ports) == 7
+        p4, p6 = smap.lookup_vip("172.30.0.41", 80, "tcp"), smap.lookup_vip("fd00:172:30::41", 80, "tcp")
+        assert p4 is not None and p6 is not None and p4 is not p6 and p4.name == p6.name == "ns1/svc1:p80"
+        assert [str(e) for e in p4.endpoints] == ["10.180.0.1:80"]
+        assert sorted(str(e) for e in p6.endpoints) == ["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]
