@@ -91,3 +91,17 @@ def test_nft_loaded_in_both_element_orders(name: str, expected: tuple[want.Expec
         collected = kubeproxy.collect(ns)
         want.check(collected, expected, lb_known=False)
         assert collected.mode == "nftables"
+
+
+def test_nft_dual_stack_both_tables_loaded() -> None:
+    """`table ip kube-proxy` and `table ip6 kube-proxy` side by side, as on a dual-stack node."""
+    with throwaway_netns() as ns:
+        nft_load(ns, nft_script("nft-overall-v4.nft", False))
+        doc = nft_load(ns, nft_script("nft-knftables-v6.nft", True))
+        for smap in (kubeproxy.parse_nft_json(doc), kubeproxy.collect(ns)):
+            assert len(smap.ports) == 7
+            p4, p6 = smap.lookup_vip("172.30.0.41", 80, "tcp"), smap.lookup_vip("fd00:172:30::41", 80, "tcp")
+            assert p4 is not None and p6 is not None and p4 is not p6
+            assert {str(e) for e in p4.endpoints} == {"10.180.0.1:80"}
+            assert {str(e) for e in p6.endpoints} == {"[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"}
+            assert smap.lookup_vip("5.6.7.8", 80, "tcp") is smap.lookup_vip("172.30.0.45", 80, "tcp")
