@@ -2,13 +2,16 @@
 dropped packet hit.
 
 Three proxy modes, three sources, one `ServiceMap`:
-- iptables mode: `iptables-save` text (iptables-nft and iptables-legacy print the same format). Names come from the
-  rule comments kube-proxy writes (`"default/web:http cluster IP"`, `"default/web:http -> 10.244.0.3:8080"`,
-  `"default/empty:http has no endpoints"`); endpoints from the DNAT in each KUBE-SEP-* chain (pkg/proxy/iptables).
-- nftables mode: `nft -j list ruleset`, table `ip kube-proxy` (pkg/proxy/nftables): the `service-ips` and
-  `service-nodeports` verdict maps (element comments carry the name), `service-*` chains picking `endpoint-*`
-  chains with `numgen random`, `dnat to` in each endpoint chain, and `no-endpoint-services` elements that goto
-  `reject-chain`.
+- iptables mode: `iptables-save` / `ip6tables-save` text (iptables-nft and iptables-legacy print the same format),
+  or `iptables -S` (no table headers). Names come from the rule comments kube-proxy writes, current and old
+  (`"default/web:http cluster IP"`, `"kube-system/heapster: cluster IP"` for an unnamed port in kube-proxy 1.2,
+  `"default/web:http -> 10.244.0.3:8080"`, `"... has no endpoints"`, `"... has no local endpoints"`); endpoints from
+  the DNAT in each KUBE-SEP-* chain, local ones from KUBE-SVL-* / KUBE-XLB-* (pkg/proxy/iptables).
+- nftables mode: `nft -j list ruleset`, tables `ip kube-proxy` and `ip6 kube-proxy` (pkg/proxy/nftables): the
+  `service-ips` map (ClusterIP -> service-* chain, ExternalIP and LoadBalancer IP -> external-* chain),
+  `service-nodeports`, `firewall-ips` (source ranges), the `service-*` chains picking `endpoint-*` chains with
+  `numgen random`, `dnat to` in each endpoint chain, and `no-endpoint-services` / `no-endpoint-nodeports`
+  elements (goto reject-chain: no endpoints; drop: Local policy without a local endpoint).
 - IPVS mode: `ipvsadm -Ln` text, one virtual server per VIP:port with its real servers. IPVS carries no names.
 
 Parsing is pure (text or JSON in, `ServiceMap` out); `collect()` runs the commands, in a named netns when asked.
