@@ -10,6 +10,9 @@
     tables = rec.conntrack_rows()           # each node's conntrack table at the start and the end
     mtu = rec.mtu_rows()                    # link MTUs, frag-needed/fragment/too-big counts, path verdicts
 
+    services = read_rules("ticket.save")     # a saved iptables-save / iptables -S / nft -j dump: ServiceMap
+    services.lookup_vip("10.96.0.10", 53, "udp")
+
 Opening a recording needs neither root nor BPF; `live()` needs both.
 """
 
@@ -28,8 +31,9 @@ from tracer.report import Resolver, drop_rows, summary_json
 
 if TYPE_CHECKING:
     from tracer.flows import FlowTable, NatRecord
+    from tracer.kubeproxy import ServiceMap
 
-__all__ = ["Recording", "LiveSession", "open_recording", "live", "tcp_flags", "PacketEvent"]
+__all__ = ["Recording", "LiveSession", "open_recording", "live", "read_rules", "tcp_flags", "PacketEvent"]
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -178,6 +182,14 @@ class Recording:
         """Events, lost, ... of the last full read (as the CLI summary object)."""
         return {**summary_json(self.events, self.counters), "truncated": self.truncated,
                 "incomplete": self.incomplete}
+
+
+def read_rules(path: str) -> ServiceMap:
+    """kube-proxy's Services from a saved ruleset file (iptables-save, ip6tables-save, iptables -S or
+    `nft -j list ruleset`), read as the tracer reads a live node. Raises UsageError when it is none of those."""
+    from tracer import rulesfile
+
+    return rulesfile.read(path).services()
 
 
 def open_recording(path: str, follow: bool = True) -> Recording:

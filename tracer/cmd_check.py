@@ -8,7 +8,8 @@ import sys
 import textwrap
 from typing import TextIO
 
-from tracer.check import AREAS, Finding, run_checks, summary
+from tracer import rulesfile
+from tracer.check import AREAS, Finding, NodeState, kubeproxy, run_checks, summary
 from tracer.errors import UsageError
 
 EPILOG = """\
@@ -23,6 +24,8 @@ examples:
   sudo podtrace check --netns pt-node1            a lab node (ip netns name)
   sudo podtrace check --json | jq 'select(.severity != "ok")'
   sudo podtrace check --window 5 || echo "node is configured to fail"
+  podtrace check --rules ticket-1234.save      kube-proxy checks on a saved ruleset (iptables-save,
+                                               iptables -S or nft -j list ruleset output; no root)
 """
 
 WIDTH = 99
@@ -41,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per finding per line, then a summary object")
     parser.add_argument("--netns", metavar="NAME", help="check inside this `ip netns` namespace (e.g. pt-node1)")
+    parser.add_argument("--rules", metavar="FILE",
+                        help="judge a saved ruleset instead of this node: iptables-save, ip6tables-save, "
+                             "iptables -S or `nft -j list ruleset` output (kube-proxy checks only)")
     parser.add_argument("--window", type=float, default=1.0, metavar="S",
                         help="seconds over which softnet drops and CPU steal are measured (default 1)")
     parser.set_defaults(func=run)
@@ -74,13 +80,22 @@ def write_table(findings: list[Finding], out: TextIO, where: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.window <= 60:  # written so that nan is refused too
         raise UsageError(f"--window {args.window:g} is out of range", "use 0 to 60 seconds")
-    findings = run_checks(args.netns, window=args.window)
+    if args.rules is not None:
+        if args.netns:
+            raise UsageError("--rules and --netns exclude each other", "--rules reads a file, not a node")
+        saved = rulesfile.read(args.rules)
+        state = NodeState(iptables_save=None if saved.nft is not None else saved.text, nft_ruleset=saved.nft)
+        findings = kubeproxy.check(state)
+        where = f"{args.rules} ({saved.kind})"
+    else:
+        findings = run_checks(args.netns, window=args.window)
+        where = f"netns {args.netns}" if args.netns else "this node"
     if args.json:
         for finding in findings:
             sys.stdout.write(json.dumps(finding.to_json()) + "\n")
         sys.stdout.write(json.dumps(summary(findings)) + "\n")
     else:
-        write_table(findings, sys.stdout, f"netns {args.netns}" if args.netns else "this node")
+        write_table(findings, sys.stdout, where)
     return 3 if any(f.severity == "fail" for f in findings) else 0
 
 

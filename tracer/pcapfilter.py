@@ -55,6 +55,17 @@ _ALU_OPS = {BPF_ADD: "+", BPF_SUB: "-", BPF_MUL: "*", BPF_OR: "|", BPF_AND: "&",
 _JMP_OPS = {BPF_JEQ: "{a} == {v}", BPF_JGT: "{a} > {v}", BPF_JGE: "{a} >= {v}", BPF_JSET: "({a} & {v}) != 0"}
 
 
+# Linux BPF extensions (linux/filter.h: SKF_AD_OFF = -0x1000, then SKF_AD_PROTOCOL 0, SKF_AD_PKTTYPE 4,
+# SKF_AD_IFINDEX 8, ...). libpcap emits them for `inbound`, `outbound` and `ifindex` even on a DLT_RAW handle; they
+# read the skb, which the probes' snapshot does not carry, so such a filter would silently match nothing.
+SKF_AD_OFF = 0xFFFFF000
+_EXTENSIONS = {4: ("the packet's direction (skb pkt_type)", "inbound/outbound"),
+               8: ("the receiving interface (skb->dev ifindex)", "ifindex")}
+# Link-layer byte accesses: the snapshot starts at the IP header, so ether[12:2] or link[0] would read IP header
+# bytes (libpcap's link-layer offset on DLT_RAW is 0). `ether proto` is fine: libpcap tests the IP version for it.
+_LINK_INDEX = re.compile(r"(?<![\w.:-])(ether|link|ppp|slip|fddi|tr|wlan)\s*\[|(?<![\w.:-])(byte)(?![\w.:-])")
+
+
 @dataclass(frozen=True)
 class CompiledFilter:
     """A filter ready for the probes: paste c_source before the code that calls pt_filter_match."""
@@ -151,6 +162,7 @@ def compile_filter(expression: str) -> CompiledFilter:
     """Compile a pcap-filter expression for packets that start at the network header."""
     if not expression.strip():
         return match_all()
+    _refuse_link_layer(expression)
     lib = libpcap()
     with _lock:
         handle = lib.pcap_open_dead(DLT_RAW, SNAPLEN)
@@ -173,6 +185,7 @@ def compile_filter(expression: str) -> CompiledFilter:
                 lib.pcap_freecode(ctypes.byref(prog))
         finally:
             lib.pcap_close(handle)
+    _refuse_extensions(expression, instructions)
     _refuse_loads_past_the_snapshot(expression, instructions)
     try:
         c_source = to_c(instructions, disassemble(instructions))
@@ -181,8 +194,25 @@ def compile_filter(expression: str) -> CompiledFilter:
     return CompiledFilter(expression, instructions, c_source)
 
 
+def _refuse_link_layer(expression: str) -> None:
+    m = _LINK_INDEX.search(expression)
+    if m:
+        word = m.group(1) or m.group(2)
+        raise UsageError(
+            f"bad filter {expression!r}: '{word}' reads link-layer bytes, but podtrace's packets start at their IP "
+            "header (there is no link layer to read)",
+            "use ip[...], ip6[...], tcp[...] or udp[...] offsets, or 'ether proto' for the IP version")
+
+
+def _refuse_extensions(expression: str, instructions: Sequence[Insn]) -> None:
+    for code, _jt, _jf, k in instructions:
+        if code & 0x07 in (BPF_LD, BPF_LDX) and code & 0xE0 == BPF_ABS and k >= SKF_AD_OFF:
+            what, words = _EXTENSIONS.get(k - SKF_AD_OFF, ("skb metadata (a Linux BPF extension)", "this word"))
+            raise UsageError(f"bad filter {expression!r}: {words} needs {what}, which podtrace's in-kernel filter "
+                             "does not see", "filter on addresses and ports instead, e.g. 'dst host 10.0.0.1'")
+
+
 MIN_IPV4_HEADER = 20  # what `ldx 4*([0]&0xf)` gives at least on a valid IPv4 packet (IHL >= 5)
-_EXTENSIONS = 0xFFFFF000  # SKF_AD_OFF (-4096) and above: Linux's cBPF extension loads, not packet bytes
 
 
 def _refuse_loads_past_the_snapshot(expression: str, instructions: Sequence[Insn]) -> None:
@@ -194,7 +224,7 @@ def _refuse_loads_past_the_snapshot(expression: str, instructions: Sequence[Insn
         if cls == BPF_LDX:
             x_min = MIN_IPV4_HEADER if mode == BPF_MSH else k if mode == BPF_IMM else 0
             continue
-        if cls != BPF_LD or mode not in (BPF_ABS, BPF_IND) or k >= _EXTENSIONS:
+        if cls != BPF_LD or mode not in (BPF_ABS, BPF_IND) or k >= SKF_AD_OFF:  # extensions: refused above
             continue
         end = k + sizes[code & 0x18] + (x_min if mode == BPF_IND else 0)
         if end > SNAP_LEN:

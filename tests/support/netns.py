@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,17 @@ def netns_pair() -> Iterator[Pair]:
     index = next(_counter) % 250 + 1
     with veth_pair("ptt", f"198.18.{index}.1", f"198.18.{index}.2") as pair:
         yield pair
+
+
+@contextmanager
+def throwaway_netns() -> Iterator[str]:
+    """One empty named namespace (ptt-<uuid>), removed even when the test fails."""
+    name = f"ptt-{uuid.uuid4().hex[:10]}"
+    sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
 
 
 def _family(dst: str) -> str:

@@ -155,3 +155,32 @@ def test_comment_parsing_without_quotes() -> None:
             "COMMIT\n")
     rules = kubeproxy.parse_iptables_save(text)
     assert rules.no_endpoints == {"ns/empty:http"} and rules.rules == {"filter": 2}
+
+
+KUBE_PROXY = Path(__file__).parent / "fixtures" / "kube-proxy"
+
+
+def test_counts_come_from_the_tracers_reader() -> None:
+    """check counts what the tracer reads: kube-proxy's own rulesets (6 ports, svc6 without endpoints) and the
+    GKE 1.2 node's unnamed `"kube-system/heapster: cluster IP"` ports, which a `:port`-needing pattern missed."""
+    ipt = kubeproxy.parse_iptables_save((KUBE_PROXY / "iptables-overall-v4.save").read_text())
+    assert ipt.no_endpoints == {"ns6/svc6:p80"}
+    assert ipt.service_ports == {f"ns{i}/svc{i}:p80" for i in range(1, 6)}
+    nft = kubeproxy.parse_nft(json.loads((KUBE_PROXY / "nft-overall-v4.json").read_text()))
+    assert (nft.service_ports, nft.no_endpoints) == (ipt.service_ports, ipt.no_endpoints)
+    gke = kubeproxy.parse_iptables_save((KUBE_PROXY / "gke-1.2.4-node-nat.save").read_text())
+    assert gke.service_ports == {"kube-system/default-http-backend:http", "kube-system/heapster",
+                                 "kube-system/kube-dns:dns", "kube-system/kube-dns:dns-tcp",
+                                 "kube-system/kubernetes-dashboard", "default/kubernetes:https"}
+
+
+def test_ip6tables_services_are_counted() -> None:
+    """An IPv6-only node's Services live in ip6tables-save alone (TestEnableLocalhostNodePortsIPv6's dump)."""
+    v6 = (KUBE_PROXY / "ip6tables-localhost-nodeports.save").read_text()
+    finding = _by_check(kubeproxy.check(NodeState(iptables_save="", ip6tables_save=v6,
+                                                  nft_ruleset={"nftables": []})), "mode")
+    assert finding.value.startswith("iptables: 1 Services, 1 Service ports, 2 endpoints, 20 rules")
+    both = NodeState(iptables_save=(KUBE_PROXY / "iptables-overall-v4.save").read_text(), ip6tables_save=v6,
+                     nft_ruleset={"nftables": []})
+    # ns1/svc1:p80 has a v4 and a v6 ClusterIP here: one Service port, counted once
+    assert _by_check(kubeproxy.check(both), "mode").value.startswith("iptables: 6 Services, 6 Service ports, ")

@@ -518,3 +518,32 @@ def test_empty_expression_matches_everything(expression: str, tmp_path: Path) ->
     assert flt.instructions == libpcap_compile("")
     built = Built(tmp_path, 256, [flt.c_source])
     assert all(built.verdict(0, data, wirelen) for data, wirelen in CASES)
+
+
+@pytest.mark.parametrize(
+    ("expression", "says"),
+    [
+        # libpcap compiles these to Linux BPF extension loads ([type], [ifidx]) that the snapshot cannot answer
+        ("inbound", "inbound/outbound needs the packet's direction (skb pkt_type)"),
+        ("outbound", "inbound/outbound needs the packet's direction (skb pkt_type)"),
+        ("not inbound", "inbound/outbound needs the packet's direction (skb pkt_type)"),
+        ("tcp port 80 and (inbound or udp)", "inbound/outbound needs the packet's direction (skb pkt_type)"),
+        ("ifindex 3", "ifindex needs the receiving interface (skb->dev ifindex)"),
+        # link-layer offsets: libpcap's link header on DLT_RAW is 0 bytes, these would read the IP header
+        ("ether[12:2] = 0x800", "'ether' reads link-layer bytes"),
+        ("link[0] = 0x45", "'link' reads link-layer bytes"),
+        ("ppp [0] = 1", "'ppp' reads link-layer bytes"),
+        ("udp and byte 0 = 0x45", "'byte' reads link-layer bytes"),
+    ],
+)
+def test_filters_the_snapshot_cannot_answer_are_refused(expression: str, says: str) -> None:
+    with pytest.raises(UsageError) as info:
+        pcapfilter.compile_filter(expression)
+    assert info.value.message.startswith(f"bad filter {expression!r}: {says}"), info.value.message
+    assert "\n" not in info.value.one_line() and info.value.exit_code == 2 and info.value.hint
+
+
+def test_link_words_that_do_not_read_the_link_layer_still_compile() -> None:
+    """`ether proto` is the IP version test on DLT_RAW; `ip[0]` reads the IP header, as meant."""
+    for expression in ("ether proto 0x800", "ip[0] & 0xf0 = 0x40", "tcp[13] & 2 != 0", "len > 100"):
+        assert pcapfilter.compile_filter(expression).instructions

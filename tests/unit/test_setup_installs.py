@@ -25,7 +25,8 @@ PACKAGES = {
     "iptables-save": "iptables", "ipvsadm": "ipvsadm", "modprobe": "kmod", "nft": "nftables", "nstat": "iproute2",
     "ping": "iputils-ping", "prometheus": "prometheus", "qemu-system-x86_64": "qemu-system-x86", "ruby": "ruby",
     "shellcheck": "shellcheck", "sysctl": "procps", "tc": "iproute2", "tmux": "tmux", "tshark": "tshark",
-    "vagrant": "vagrant", "tcpdump": "tcpdump",
+    "vagrant": "vagrant", "tcpdump": "tcpdump", "nfacct": "nfacct", "ip6tables-restore": "iptables",
+    "ip6tables-save": "iptables",
 }
 # Every Debian and Ubuntu system has these (Essential: yes packages: coreutils, util-linux, bash, tar, dash),
 # the interpreter runs the suite, and vng comes with the virtme-ng Python package (pyproject's dev extra).

@@ -114,6 +114,7 @@ def collect_netns_part() -> NodeState:
     state.default_routes = _run_json(state, "routes", ["ip", "-j", "route", "show", "default"]) or []
     state.peer_links = _peer_links(state)
     state.iptables_save = _run(state, "iptables", ["iptables-save"])
+    state.ip6tables_save = _run(state, "ip6tables", ["ip6tables-save"])
     ruleset = _run_json(state, "nft", ["nft", "-j", "list", "ruleset"])
     if ruleset is None and "nft" not in state.errors:
         ruleset = {"nftables": []}  # an empty ruleset prints nothing

@@ -7,10 +7,10 @@ the `kube-ipvs0` dummy, one IPVS virtual server per Service port, iptables/ipset
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracer import kubeproxy as reader
 from tracer.check.model import Finding, NodeState
 
 AREA = "kube-proxy"
@@ -19,8 +19,6 @@ IPVS_MODULES = ("ip_vs", "nf_conntrack")
 SCHEDULER_MODULES = {"rr": "ip_vs_rr", "wrr": "ip_vs_wrr", "sh": "ip_vs_sh", "lc": "ip_vs_lc", "wlc": "ip_vs_wlc",
                      "sed": "ip_vs_sed", "nq": "ip_vs_nq", "mh": "ip_vs_mh"}
 
-_COMMENT = re.compile(r'--comment (?:"([^"]*)"|(\S+))')
-_PORT_NAME = re.compile(r"^([^/\s]+/[^:\s]+):(\S*)")
 
 
 @dataclass
@@ -28,7 +26,7 @@ class IptablesRules:
     rules: dict[str, int] = field(default_factory=dict)  # table -> rule count
     svc_chains: set[str] = field(default_factory=set)
     sep_chains: set[str] = field(default_factory=set)
-    service_ports: set[str] = field(default_factory=set)  # "ns/name:port" from kube-proxy's comments
+    service_ports: set[str] = field(default_factory=set)  # "ns/name:port" ("ns/name" unnamed), tracer's reader
     no_endpoints: set[str] = field(default_factory=set)
     kube_services_rules: int = 0
     ipset_cluster_ip: bool = False  # IPVS mode's `--match-set KUBE-CLUSTER-IP`
@@ -45,14 +43,16 @@ class IptablesRules:
 
 
 def parse_iptables_save(text: str) -> IptablesRules:
+    """Rule counts and mode markers; the Service ports come from the tracer's own reader (tracer.kubeproxy), so
+    check and trace count the same Services."""
     out = IptablesRules()
     table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
             out.rules.setdefault(table, 0)
-        elif line.startswith(":"):
-            chain = line[1:].split()[0]
+        elif line.startswith(":") or line.startswith("-N "):
+            chain = line[1:].split()[0] if line.startswith(":") else line.split()[1]
             if chain.startswith("KUBE-SVC-"):
                 out.svc_chains.add(chain)
             elif chain.startswith("KUBE-SEP-"):
@@ -61,21 +61,15 @@ def parse_iptables_save(text: str) -> IptablesRules:
                 out.portals = True
         elif line.startswith("-A "):
             out.rules[table] = out.rules.get(table, 0) + 1
-            parts = line.split(None, 2)
-            chain = parts[1]
-            match = _COMMENT.search(line)
-            comment = (match.group(1) or match.group(2)) if match else ""
+            chain = line.split(None, 2)[1]
             if "--match-set KUBE-CLUSTER-IP" in line:
                 out.ipset_cluster_ip = True
-            if "cluster ip + port for masquerade purpose" in comment:
+            if "cluster ip + port for masquerade purpose" in line:
                 out.ipvs_masq_comment = True
             if chain == "KUBE-SERVICES":
                 out.kube_services_rules += 1
-            name = _PORT_NAME.match(comment)
-            if name and chain == "KUBE-SERVICES" and comment.endswith("cluster IP") and "KUBE-SVC-" in line:
-                out.service_ports.add(f"{name.group(1)}:{name.group(2)}")
-            elif name and comment.endswith("has no endpoints"):
-                out.no_endpoints.add(f"{name.group(1)}:{name.group(2)}")
+    for port in reader.parse_iptables_save(text).ports:
+        (out.no_endpoints if port.no_endpoints else out.service_ports).add(port.name)
     return out
 
 
@@ -88,15 +82,6 @@ class NftRules:
     no_endpoints: set[str] = field(default_factory=set)
 
 
-def _elem_comments(items: list[Any]) -> set[str]:
-    found = set()
-    for item in items:
-        key = item[0] if isinstance(item, list) and item else item
-        if isinstance(key, dict) and isinstance(key.get("elem"), dict) and key["elem"].get("comment"):
-            found.add(str(key["elem"]["comment"]))
-    return found
-
-
 def parse_nft(ruleset: dict[str, Any]) -> NftRules:
     out = NftRules()
     for item in ruleset.get("nftables", []):
@@ -107,18 +92,10 @@ def parse_nft(ruleset: dict[str, Any]) -> NftRules:
                 out.table = True
             elif kind == "chain":
                 out.chains += 1
-                name = str(body.get("name", ""))
-                if name.startswith("service-"):
-                    # service-<hash8>-<ns>/<name>/<proto>/<port>
-                    parts = name.split("-", 2)[-1].split("/")
-                    if len(parts) == 4:
-                        out.service_ports.add(f"{parts[0]}/{parts[1]}:{parts[3]}")
             elif kind == "rule":
                 out.rules += 1
-            elif kind == "map" and body.get("name") == "service-ips":
-                out.service_ports |= _elem_comments(body.get("elem", []))
-            elif kind == "map" and body.get("name") == "no-endpoint-services":
-                out.no_endpoints |= _elem_comments(body.get("elem", []))
+    for port in reader.parse_nft_json(ruleset).ports:
+        (out.no_endpoints if port.no_endpoints else out.service_ports).add(port.name)
     return out
 
 
@@ -140,7 +117,7 @@ def parse_ipvsadm(text: str) -> IpvsTable:
 
 
 def _services(ports: set[str]) -> int:
-    return len({p.rsplit(":", 1)[0] for p in ports})
+    return len({p.split(":", 1)[0] for p in ports})
 
 
 def _has_kube_ipvs0(state: NodeState) -> bool:
@@ -149,7 +126,9 @@ def _has_kube_ipvs0(state: NodeState) -> bool:
 
 def mode(state: NodeState) -> tuple[str, IptablesRules | None, NftRules | None, IpvsTable | None]:
     """'iptables', 'nftables', 'ipvs', or 'none', with what each parser found."""
-    ipt = parse_iptables_save(state.iptables_save) if state.iptables_save is not None else None
+    saves = [t for t in (state.iptables_save, state.ip6tables_save) if t is not None]
+    # One count over both families: a dual-stack Service port is one port with a v4 and a v6 ClusterIP.
+    ipt = parse_iptables_save("\n".join(saves)) if saves else None
     nft = parse_nft(state.nft_ruleset) if state.nft_ruleset is not None else None
     ipvs = parse_ipvsadm(state.ipvsadm) if state.ipvsadm is not None else None
     if _has_kube_ipvs0(state) or (ipvs and ipvs.virtual) or (ipt and (ipt.ipset_cluster_ip or ipt.ipvs_masq_comment)):

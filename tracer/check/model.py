@@ -56,6 +56,7 @@ class NodeState:
     # Links of other named namespaces holding this node's veth peers: netnsid (as seen here) -> (name, links).
     peer_links: dict[int, tuple[str, list[dict[str, Any]]]] = field(default_factory=dict)
     iptables_save: str | None = None
+    ip6tables_save: str | None = None  # IPv6 Services (single-stack v6, the v6 half of dual-stack)
     nft_ruleset: dict[str, Any] | None = None  # `nft -j list ruleset`
     ipvsadm: str | None = None  # `ipvsadm -Ln`; None when IPVS is not loaded (no /proc/net/ip_vs)
     modules: list[str] = field(default_factory=list)  # loaded and built-in kernel modules
