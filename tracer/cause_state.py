@@ -24,6 +24,7 @@ from tracer.causes import (
     NetnsState,
     RouteAnswer,
     explain,
+    parse_cpu_mask,
 )
 from tracer.errors import PodtraceError
 from tracer.kubeproxy import ServiceMap
@@ -132,12 +133,6 @@ def _sysctls(netns: str) -> dict[str, int]:
             except (OSError, ValueError):
                 continue
     return out
-
-
-def parse_cpu_mask(text: str) -> list[int]:
-    """A sysfs CPU bitmap ("00000002", "ff,ffffffff") as CPU numbers; [] for 0 (not steered)."""
-    value = int(text.strip().replace(",", "") or "0", 16)
-    return [cpu for cpu in range(value.bit_length()) if value >> cpu & 1]
 
 
 def parse_rps(text: str) -> dict[str, list[int]]:

@@ -107,6 +107,12 @@ def cpus_text(cpus: list[int]) -> str:
     return "CPU " + ",".join(str(c) for c in cpus) if len(cpus) < 2 else "CPUs " + ",".join(str(c) for c in cpus)
 
 
+def parse_cpu_mask(text: str) -> list[int]:
+    """A sysfs CPU bitmap ("00000002", "ff,ffffffff") as CPU numbers; [] for 0 (not steered)."""
+    value = int(text.strip().replace(",", "") or "0", 16)
+    return [cpu for cpu in range(value.bit_length()) if value >> cpu & 1]
+
+
 def mask_for(cpus: int) -> str:
     """The rps_cpus mask of every CPU."""
     return f"{(1 << max(cpus, 1)) - 1:x}"
@@ -216,8 +222,9 @@ def _netfilter(row: dict[str, Any], state: NetnsState | None) -> Cause:
     services = state.services
     proto, dst, dport, src = str(row.get("proto", "")), str(row.get("dst", "")), row.get("dport"), row.get("src")
     vip = _dialled(row)
+    # The table a verdict kprobe saw narrows the match; its chain is the base chain, not the one with the rule.
     match = services.rule_for_drop(dst, dport, proto, src=src, table=row.get("table") or None,
-                                   chain=row.get("chain") or None, vip=vip) if services is not None else None
+                                   vip=vip) if services is not None else None
     table = state.conntrack
     before_conntrack = str(row.get("hook", "")).endswith("before conntrack")
     if table is not None and table.full and (match is None or before_conntrack):

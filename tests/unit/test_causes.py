@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tracer.cause_state import parse_cpu_mask, parse_icmp, parse_irq_devices, parse_rps
-from tracer.causes import NetnsState, RouteAnswer, explain
+from tracer.cause_state import parse_icmp, parse_irq_devices, parse_rps
+from tracer.causes import NetnsState, RouteAnswer, explain, parse_cpu_mask
 from tracer.conntrack import Health
 from tracer.kubeproxy import parse_iptables_save, parse_nft_json
 from tracer.report import write_drop_table
