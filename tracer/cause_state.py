@@ -124,15 +124,21 @@ def _rp_filter(netns: str) -> dict[str, int]:
     return out
 
 
-def _sysctls(netns: str) -> dict[str, int]:
+def _read_sysctls() -> dict[str, int]:
     out = {}
-    with conntrack.in_netns(_target(netns)):
-        for name in SYSCTLS:
-            try:
-                out[name] = int(Path("/proc/sys", name.replace(".", "/")).read_text())
-            except (OSError, ValueError):
-                continue
+    for name in SYSCTLS:
+        try:
+            out[name] = int(Path("/proc/sys", name.replace(".", "/")).read_text())
+        except (OSError, ValueError):
+            continue
     return out
+
+
+def _sysctls(netns: str) -> dict[str, int]:
+    """The namespace's values; net.core's backlog and rmem_max exist only in the initial one: read there."""
+    with conntrack.in_netns(_target(netns)):
+        own = _read_sysctls()
+    return {**_read_sysctls(), **own}
 
 
 def parse_rps(text: str) -> dict[str, list[int]]:

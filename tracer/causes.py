@@ -134,7 +134,7 @@ def explain(row: dict[str, Any], state: NetnsState | None) -> Cause:
         return _rcvbuf(row, state)
     if reason == "CPU_BACKLOG" or function == "enqueue_to_backlog":
         return _backlog(row, state)
-    if reason == "NO_SOCKET":
+    if reason == "NO_SOCKET" and row.get("proto") in ("tcp", "udp", "sctp"):
         return Cause("no-socket", f"nothing listens on {row.get('dst')}:{row.get('dport')} ({row.get('proto')}) in "
                      f"{row.get('netns')}", "start the server, or check the Service's targetPort", OBSERVED)
     return UNKNOWN_CAUSE
@@ -285,10 +285,10 @@ def _rcvbuf(row: dict[str, Any], state: NetnsState | None) -> Cause:
 
 def _backlog(row: dict[str, Any], state: NetnsState | None) -> Cause:
     netns, iface, cpu = row.get("netns", "?"), str(row.get("ifname", "-")), row.get("last_cpu")
-    where = f" on CPU {cpu}" if cpu is not None else ""
+    # The drop's CPU is the one that enqueued (RPS enqueues onto another CPU's backlog), not whose backlog was full.
+    seen = f", dropped on CPU {cpu}" if cpu is not None else ""
     limit = state.sysctls.get("net.core.netdev_max_backlog") if state is not None else None
-    backlog = f" (netdev_max_backlog {limit})" if limit is not None else ""
-    text = f"the input backlog was full{where}{backlog}"
+    text = f"the input backlog was full (netdev_max_backlog {limit if limit is not None else '?'}{seen})"
     if state is None:
         return _not_read("backlog", text + ": receive steering", None, "")
     cpus = state.cpus
@@ -300,7 +300,8 @@ def _backlog(row: dict[str, Any], state: NetnsState | None) -> Cause:
         fix = (f"echo {mask_for(cpus)} > /sys/class/net/{dev}/queues/rx-0/rps_cpus" if how == "RPS" else
                f"spread {dev}'s IRQs: echo {mask_for(cpus)} > /proc/irq/<n>/smp_affinity (or run irqbalance)")
         prefix = f"ip netns exec {netns} sh -c '" if how == "RPS" and netns != "host" else ""
-        return Cause("backlog", f"{text}: {how} sends all of {netns}/{dev}'s receive to {cpus_text(got)} of {cpus}",
+        return Cause("backlog", f"{text}: {how} sends all of {netns}/{dev}'s receive to {cpus_text(got)} of {cpus}, "
+                     "whose backlog overflows",
                      prefix + fix + ("'" if prefix else "") + "  # all CPUs", OBSERVED)
     return Cause("backlog", f"{text}; receive is not steered to one CPU (RPS and IRQ affinity read)",
                  f"sysctl -w net.core.netdev_max_backlog={(limit or 1000) * 2}  # and find what keeps that CPU busy",

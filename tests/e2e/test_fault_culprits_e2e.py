@@ -5,7 +5,10 @@ normal kernel free (QUEUE_PURGE on close is benign: tracer/severity.py)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -128,3 +131,59 @@ def test_blackhole_route_charges_the_one_backend_behind_it_with_the_route(no_fau
         assert f": {route} (observed) (conntrack)" in label, label
     assert {pod: got for pod, got in charged.items() if got and pod != details["pod"]} == {}, charged
     assert not any(row.get("service_drop") for row in flow_result.rows), "charged to its flow, not to the Service"
+
+
+def _send_df(size: int, count: int) -> None:
+    """`count` UDP datagrams of `size` bytes with DF set, client pod -> web-2 (node2) across the overlay."""
+    code = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "s.setsockopt(socket.IPPROTO_IP,10,2)\n"  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+            f"for _ in range({count}):\n    try: s.sendto(b'x'*{size},('10.244.1.2',5353))\n"
+            "    except OSError: pass\n")  # EMSGSIZE once the learned path MTU says so
+    subprocess.run(["ip", "netns", "exec", "pt-client", sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_mtu_mismatch_drops_name_the_overlay_device_and_its_mtu(no_faults: None) -> None:
+    faults.set_fault("mtu-mismatch", True)
+    drops = start("drops", "--json", "--netns", "pt-node1", "udp port 5353")
+    _send_df(1460, 5)
+    result = _stop(drops)
+    too_big = [row for row in result.rows if row.get("reason") == "PKT_TOO_BIG"]
+    assert too_big and {(row["netns"], row["dst"]) for row in too_big} == {("pt-node1", "10.244.1.2")}, result.rows
+    for row in too_big:
+        assert row["cause"]["kind"] == "mtu" and row["cause"]["known"] == "observed"
+        assert row["cause"]["text"].startswith(f"packets of ~{row['bytes'] // row['count']} bytes to 10.244.1.2 are "
+                                               "larger than pt-node1/flannel.1's MTU 1450"), row["cause"]
+
+
+def test_conntrack_full_drops_name_the_table_and_its_figures(no_faults: None) -> None:
+    _, details = faults.set_fault("conntrack-full", True)
+    drops = start("drops", "--json", "--netns", details["netns"], "tcp port 80")
+    sent = traffic.probe("default/web:http", count=5, timeout=0.5)
+    result = _stop(drops)
+    assert sent.per_target["default/web:http"].failed == 5, sent
+    full = [row for row in result.rows if row.get("dst") == WEB_VIP]
+    limit = details["nf_conntrack_max"]
+    assert full and all(row["cause"] == {
+        "kind": "conntrack-full", "known": "observed",
+        "text": f"conntrack table full in {details['netns']} ({limit}/{limit}): new connections are dropped before NAT",
+        "fix": f"ip netns exec {details['netns']} sysctl -w net.netfilter.nf_conntrack_max={limit * 2}"}
+        for row in full), result.rows
+
+
+def test_softirq_load_backlog_drops_name_the_rps_mask(no_faults: None) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("one CPU: softirq-load steers nothing")
+    _, details = faults.set_fault("softirq-load", True)
+    try:
+        drops = start("drops", "--json", "--netns", details["netns"], "--duration", "4")
+        drops.process.wait(timeout=60)
+        result = _stop(drops)
+    finally:
+        faults.set_fault("softirq-load", False)
+    backlog = [row for row in result.rows if row.get("reason") == "CPU_BACKLOG"]
+    assert backlog, result.rows
+    for row in backlog:
+        assert row["cause"]["kind"] == "backlog" and row["cause"]["text"].endswith(
+            f": RPS sends all of {details['netns']}/eth0's receive to CPU {details['hog_cpu']} of {cpus}, whose "
+            "backlog overflows"), row["cause"]

@@ -112,8 +112,8 @@ def test_backlog_drops_name_the_rps_mask_that_steers_receive_to_one_cpu() -> Non
     state = NetnsState("pt-node2", rps=rps, cpus=2, sysctls={"net.core.netdev_max_backlog": 1000})
     cause = explain(_row(reason="CPU_BACKLOG", location="enqueue_to_backlog+0x1d6", ifname="eth0", proto="udp"),
                     state)
-    assert cause.text == ("the input backlog was full on CPU 1 (netdev_max_backlog 1000): RPS sends all of "
-                          "pt-node2/eth0's receive to CPU 1 of 2")
+    assert cause.text == ("the input backlog was full (netdev_max_backlog 1000, dropped on CPU 1): RPS sends all "
+                          "of pt-node2/eth0's receive to CPU 1 of 2, whose backlog overflows")
     assert cause.fix.startswith("ip netns exec pt-node2 sh -c 'echo 3 > /sys/class/net/eth0/queues/rx-0/rps_cpus'")
     spread = explain(_row(reason="CPU_BACKLOG", ifname="eth0"), NetnsState("pt-node2", rps={}, cpus=2))
     assert "not steered to one CPU" in spread.text
@@ -138,6 +138,8 @@ def test_mtu_rcvbuf_and_no_socket_causes() -> None:
     rcv = explain(_row(reason="SOCKET_RCVBUFF", proto="udp", dst="10.244.1.2", dport=5353), state)
     assert rcv.kind == "rcvbuf" and "net.core.rmem_max 212992" in rcv.fix
     assert explain(_row(reason="NO_SOCKET", dport=9), None).kind == "no-socket"
+    # An echo reply no ping socket waits for (ping_rcv) is not "nothing listens on port 0".
+    assert explain(_row(reason="NO_SOCKET", proto="icmp", dport=0), None).kind == "unknown"
 
 
 def test_without_node_state_a_cause_says_what_is_not_known() -> None:
