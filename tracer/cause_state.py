@@ -225,35 +225,45 @@ def collect(rows: list[dict[str, Any]], icmp_before: dict[str, dict[str, int]],
         except PodtraceError as err:
             state.errors = dict.fromkeys(("routes", "rp_filter", "rules"), err.one_line())
             continue
-        state.icmp_before = icmp_before.get(netns)
-        state.icmp_after = icmp_counters(netns)
-        state.sysctls = _sysctls(netns)
-        for dst in sorted(w.split(":", 1)[1] for w in want if w.startswith("route:"))[:MAX_ROUTES]:
-            state.routes[dst] = route_answer(netns, dst)
-        if "rp" in want:
-            state.rp_filter = _rp_filter(netns)
-        if "mtu" in want:
-            links = _json(_run(_ip(netns, "-j", "link", "show"))[0])
-            state.mtus = {str(link["ifname"]): int(link["mtu"]) for link in links
-                          if isinstance(link, dict) and "ifname" in link and "mtu" in link}
-        if "rps" in want:
-            state.rps = _rps(netns)
-            if netns == "host":
-                state.irqs = irq_affinity(os.listdir("/sys/class/net"))
-        if "rules" in want:
-            try:
-                state.conntrack = conntrack.health(_target(netns))
-            except PodtraceError as err:
-                state.errors["conntrack"] = err.one_line()
-            known = (services or {}).get(netns)
-            if known is not None:
-                state.services = known
-            else:
-                try:
-                    state.services = collect_rules(_target(netns))
-                except PodtraceError as err:
-                    state.errors["rules"] = err.one_line()
+        try:
+            _read_into(state, want, icmp_before, services)
+        except (PodtraceError, OSError) as err:  # the namespace went away (a pod deleted) while we read it
+            why = err.one_line() if isinstance(err, PodtraceError) else str(err)
+            state.errors.update({key: why for key in ("routes", "rp_filter", "rules") if key not in state.errors})
     return states
+
+
+def _read_into(state: NetnsState, want: set[str], icmp_before: dict[str, dict[str, int]],
+               services: dict[str, ServiceMap] | None) -> None:
+    netns = state.netns
+    state.icmp_before = icmp_before.get(netns)
+    state.icmp_after = icmp_counters(netns)
+    state.sysctls = _sysctls(netns)
+    for dst in sorted(w.split(":", 1)[1] for w in want if w.startswith("route:"))[:MAX_ROUTES]:
+        state.routes[dst] = route_answer(netns, dst)
+    if "rp" in want:
+        state.rp_filter = _rp_filter(netns)
+    if "mtu" in want:
+        links = _json(_run(_ip(netns, "-j", "link", "show"))[0])
+        state.mtus = {str(link["ifname"]): int(link["mtu"]) for link in links
+                      if isinstance(link, dict) and "ifname" in link and "mtu" in link}
+    if "rps" in want:
+        state.rps = _rps(netns)
+        if netns == "host":
+            state.irqs = irq_affinity(os.listdir("/sys/class/net"))
+    if "rules" in want:
+        try:
+            state.conntrack = conntrack.health(_target(netns))
+        except PodtraceError as err:
+            state.errors["conntrack"] = err.one_line()
+        known = (services or {}).get(netns)
+        if known is not None:
+            state.services = known
+        else:
+            try:
+                state.services = collect_rules(_target(netns))
+            except PodtraceError as err:
+                state.errors["rules"] = err.one_line()
 
 
 def add_causes(rows: list[dict[str, Any]], states: dict[str, NetnsState]) -> None:

@@ -60,11 +60,12 @@ class RouteAnswer:
     route: dict[str, Any] | None = None  # the most specific route covering dst (`ip -j route show table all match`)
 
     def special(self) -> str:
-        """"blackhole"/"unreachable"/"prohibit", "no route", or "" when the FIB routes it."""
+        """"blackhole"/"unreachable"/"prohibit", "no route", "error" (an answer not known here), or "" when the
+        FIB routes it."""
         kind = str((self.route or {}).get("type", ""))
         if kind in SPECIAL_ROUTES:
             return kind
-        return ROUTE_ERRORS.get(self.error, "no route" if self.error else "")
+        return ROUTE_ERRORS.get(self.error, "error" if self.error else "")
 
 
 @dataclass
@@ -164,6 +165,9 @@ def _route(row: dict[str, Any], state: NetnsState | None) -> Cause:
     if kind == "no route":
         return Cause("route", f"route lookup: no route to {dst} in {netns} ({answer.error})",
                      f"ip -n {netns} route add {dst} via <gateway>  # or fix the CNI's routes", OBSERVED)
+    if kind == "error":
+        return Cause("route", f"route lookup failed for {dst} in {netns}; `ip route get` says: {answer.error}", "",
+                     UNKNOWN)
     return Cause("route", f"route lookup failed for {dst} in {netns}, but the FIB routes it now (dev "
                  f"{answer.dev or '?'}): the route changed during the session?", "", UNKNOWN)
 

@@ -159,3 +159,19 @@ def test_the_drops_table_prints_the_cause_under_its_row() -> None:
     assert "        cause: Service default/web:http has no endpoints: kube-proxy rejects" in text, text
     assert "(filter KUBE-SERVICES #1) (matched)\n        fix: kubectl -n default get endpointslices" in text, text
     assert all(len(line) < 100 for line in text.splitlines()), text
+
+
+def test_a_fib_answer_not_known_here_is_not_turned_into_a_route_kind() -> None:
+    state = NetnsState("pt-node1", routes={"10.1.1.1": RouteAnswer("10.1.1.1", "Operation not supported")})
+    cause = explain(_row(reason="IP_INNOROUTES", dst="10.1.1.1", netns="pt-node1"), state)
+    assert cause.known == "unknown" and cause.text.endswith("`ip route get` says: Operation not supported")
+
+
+def test_rows_of_a_namespace_that_is_gone_get_causes_that_say_so() -> None:
+    from tracer.cause_state import add_causes, collect  # noqa: PLC0415
+
+    rows = [_row(netns="pt-h16-gone"), _row(reason="IP_RPFILTER", netns="pt-h16-gone")]
+    states = collect(rows, {})
+    add_causes(rows, states)
+    assert [row["cause"]["known"] for row in rows] == ["unknown", "unknown"], rows
+    assert "'pt-h16-gone' is not an `ip netns` name" in rows[1]["cause"]["text"], rows[1]
