@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tracer import conntrack, ipvs
+from tracer import cause_state, conntrack, ipvs
 from tracer.aggregate import DropTable
 from tracer.conntrack import Health
 from tracer.errors import PodtraceError
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     nodes: list[str | None] = list(args.node or [args.netns])
     # The drop counters before the trace: their growth during it is what the trace's drops can be charged to.
     before = {node: _health(node, warn=False) for node in nodes}
+    icmp_before = cause_state.icmp_snapshot(node or "host" for node in nodes)  # a REJECT's rate-limited ICMP
     records: list[NatRecord] = []
 
     def read_maps(source: LiveSource) -> None:
@@ -96,12 +97,14 @@ def run(args: argparse.Namespace) -> int:
             start = before.get(node)
             states.append(NodeConntrack(node or "host", after, after.drop - start.drop if start else None))
     services = ServiceMap()
+    per_node: dict[str, ServiceMap] = {}
     for node in nodes:
         try:
             found = collect(node)
         except PodtraceError as err:
             sys.stderr.write(f"podtrace: Service names unavailable in {node or 'this namespace'}: {err.one_line()}\n")
             continue
+        per_node[node or "host"] = found
         if not services.ports:
             services.mode, services.ports = found.mode, found.ports
         services.rules += found.rules
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_nat(records)
     table.add_conntrack(states)
     rows = drop_rows(drops, names, verdicts, identities)
+    cause_state.add_causes(rows, cause_state.collect(rows, icmp_before, per_node))
     table.add_drops(rows)
     counters = source.final_counters
     if args.json:

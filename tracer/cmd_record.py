@@ -14,6 +14,7 @@ from typing import Any
 
 from tracer import __version__
 from tracer.aggregate import DropTable
+from tracer.cause_state import add_causes
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
 from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
 from tracer.flows import write_flow_table
@@ -468,6 +469,7 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stderr.write(_describe(source) + "\n")
     _warn_truncated(source)
     rows = drop_rows(table, source.resolver(), None, identities)
+    add_causes(rows, source.cause_states())  # from the rules and conntrack tables the recording holds
     counters = source.final_counters
     flows = services = None
     if source.has_nat_flows:  # recorded with --node: the flow table `podtrace flows` shows

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from tracer import cause_state
 from tracer.aggregate import DropTable
 from tracer.events import PacketEvent
 from tracer.identity import ConnIdentities
@@ -62,8 +63,11 @@ def run_drops(args: argparse.Namespace) -> int:
         verdicts.add_raw(data)
         identities.add_raw(data)
 
+    # ICMP counters before the trace: a REJECT's errors rate-limited during it turn "refused" into timeouts.
+    icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
     source, names, count = run_session(args, path=False, on_raw=on_raw)
     rows = drop_rows(table, names, verdicts, identities)
+    cause_state.add_causes(rows, cause_state.collect(rows, icmp_before))
     counters = source.final_counters
     if args.json:
         for row in rows:

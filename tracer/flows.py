@@ -98,6 +98,7 @@ class ServiceDrop:
     cause: str = ""  # why, when no rule did it (e.g. "conntrack table full (262144/262144)")
     # how the Service is known: "observed" (the drop's conntrack entry named the VIP dialled) or "matched"
     service_known: str = "matched"
+    fix: str = ""  # the cause's one-line fix (tracer/causes.py), when it has one
 
     def text(self) -> str:
         return (f"{self.reason} at {self.hook}" + (f" by {self.rule} (matched)" if self.rule != "-" else "")
@@ -264,6 +265,11 @@ class FlowTable:
             if cause:
                 match = None
             rule = match.rule.where() if match else "-"
+            # Why, in words (tracer/causes.py), when the conntrack table above does not already say it.
+            explained = row.get("cause") or {}
+            fix = ""
+            if not cause and explained.get("kind", "unknown") != "unknown":
+                cause, fix = f"{explained['text']} ({explained['known']})", explained.get("fix", "")
             # The rule is found by matching the packet's fields against the saved ruleset, not reported by the kernel.
             label = f"{row['reason']} at {row.get('hook', '-')}" + (f" by {rule} (matched)" if match else "") + \
                 (f": {cause}" if cause else "")
@@ -289,7 +295,7 @@ class FlowTable:
             if service is not None:
                 self.service_drops.append(ServiceDrop(_service_label(service), row["reason"], row.get("hook", "-"),
                                                       rule, row["count"], src, dst, dport, cause,
-                                                      "observed" if dialled is not None else "matched"))
+                                                      "observed" if dialled is not None else "matched", fix))
 
     def _charge_identity(self, row: dict[str, Any], label: str) -> bool:
         """Charge a drop to the flow its conntrack entry names: client, dialled VIP and backend (observed)."""
@@ -358,6 +364,8 @@ def write_flow_table(table: FlowTable, out: Any) -> None:
                 out.write(f"{'':<22} {count:>6} x {label}\n")
     for drop in table.service_drops:
         out.write(f"{drop.service[:22]:<22} {drop.count:>6} x {drop.text()} ({drop.src} > {drop.dst}:{drop.dport})\n")
+        if drop.fix:
+            out.write(f"{'':<22} fix: {drop.fix}\n")
     for flagged in table.out_of_sync:
         out.write(f"{flagged.proto} {flagged.src} > {flagged.vip}:{flagged.port}: {flagged.packets} packets, "
                   f"{flagged.seen}; {flagged.note} (ClusterIP range {flagged.cluster_range} guessed from the VIPs)\n")

@@ -32,6 +32,7 @@ from tracer.recording import (
 from tracer.report import Resolver
 
 if TYPE_CHECKING:
+    from tracer.causes import NetnsState
     from tracer.flows import FlowTable, NatRecord
     from tracer.kubeproxy import ServiceMap
     from tracer.recorded_node import MtuSummary, RecordedConntrack
@@ -97,9 +98,11 @@ class RecordedNames:
         return None
 
 
-def recorded_services(header: dict[str, Any]) -> tuple[ServiceMap, list[str]]:
+def recorded_services(header: dict[str, Any], per_node: dict[str, ServiceMap] | None = None,
+                      ) -> tuple[ServiceMap, list[str]]:
     """kube-proxy's ServiceMap from the command output a recording's header carries (`services.nodes`), merged
-    per node as `podtrace flows` merges it, and a warning per node whose rules could not be read."""
+    per node as `podtrace flows` merges it, and a warning per node whose rules could not be read. `per_node`, when
+    given, receives each node's own map (its netns name, "host" for the recording's own)."""
     from tracer.errors import PodtraceError  # noqa: PLC0415 - the kube-proxy parsers only when a report needs them
     from tracer.kubeproxy import ServiceMap, collect, merge, parse_ipvsadm  # noqa: PLC0415
 
@@ -123,6 +126,8 @@ def recorded_services(header: dict[str, Any]) -> tuple[ServiceMap, list[str]]:
         ipvs = commands.get("ipvsadm -Ln")
         if ipvs and not os.path.exists("/proc/net/ip_vs"):  # collect() asks ipvsadm only where the module is loaded
             found = merge(found, parse_ipvsadm(ipvs))
+        if per_node is not None:
+            per_node[node.get("netns") or "host"] = found
         if not services.ports:
             services.mode, services.ports = found.mode, found.ports
         services.rules += found.rules
@@ -420,6 +425,19 @@ class ReplaySource:
         table.add_conntrack(state for recorded in self.conntrack() if (state := recorded.state()) is not None)
         table.add_drops(drop_rows)
         return table, services, warnings
+
+    def cause_states(self) -> dict[str, NetnsState]:
+        """What the recording knows of each node for tracer/causes.py: its rules and its conntrack table; the
+        rest (routes, sysctls, RPS, ICMP counters) was not recorded and is said to be unknown."""
+        from tracer.causes import NetnsState  # noqa: PLC0415
+
+        per_node: dict[str, ServiceMap] = {}
+        recorded_services(self.header, per_node)
+        tables = {recorded.node: recorded.end or recorded.start for recorded in self.conntrack()}
+        missing = "not in the recording"
+        return {node: NetnsState(node, services=per_node.get(node), conntrack=tables.get(node),
+                                 errors=dict.fromkeys(("routes", "rp_filter"), missing))
+                for node in {*per_node, *tables}}
 
     def conntrack(self) -> list[RecordedConntrack]:
         """Each node's conntrack table at the start and (once the last trailer is read) at the end."""

@@ -5,6 +5,7 @@ Formatters take their names (a Resolver) and a writer; no IO of their own.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any, TextIO
 
 from tracer.aggregate import DropTable
 from tracer.attribution import knowledge
+from tracer.causes import Cause
 from tracer.events import POINT_NAMES, PacketEvent, Tuple
 from tracer.identity import NOT_TRACED, ConnIdentities, Identity
 from tracer.nfverdict import NfAttribution, hook_label
@@ -65,6 +67,7 @@ def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None 
             "netns_inode": key[2],
             "ifname": row.ifname or "-",
             "hook": hook_label(event.nf_point),
+            "last_cpu": event.cpu,  # of the group's latest drop: a backlog drop's CPU
             "first_seen": round(names.wall(row.first_ns), 6),
             "last_seen": round(names.wall(row.last_ns), 6),
             "inner": event.inner.describe() if event.inner else None,
@@ -130,6 +133,12 @@ def write_drop_table(rows: list[dict[str, Any]], out: TextIO) -> None:
             out.write(f"{'':>7} {line} (conntrack, observed)\n")
         elif row.get("ct_identity") == "no-conntrack":
             out.write(f"{'':>7} no conntrack entry ({row['ct_state']}): dialled address not known\n")
+        cause = row.get("cause")
+        if cause and row.get("severity") != "benign":
+            found = Cause(**cause)
+            for line in found.lines():
+                out.write(textwrap.fill(line, 99, initial_indent=" " * 8, subsequent_indent=" " * 10,
+                                        break_on_hyphens=False) + "\n")
 
 
 def event_json(event: PacketEvent, names: Resolver, identity: Identity | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Root only. The module fixture brings the lab up and always takes it down (tests/
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,9 +56,17 @@ def find(rows: list[dict[str, Any]], area: str, check_name: str) -> dict[str, An
 LOAD_AREAS = ("softirq",)
 
 
+# The lab's manifest has one Service without endpoints by design (default/empty): check names it on a healthy lab.
+LAB_EMPTY_SERVICE = {"area": "rules", "check": "no endpoints", "severity": "warn", "value": "default/empty:http"}
+
+
+def _expected(row: dict[str, Any]) -> bool:
+    return all(row.get(key) == value for key, value in LAB_EMPTY_SERVICE.items())
+
+
 def not_ok(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return [(r["severity"], r["area"], r["check"]) for r in rows
-            if r["severity"] != "ok" and r["area"] not in LOAD_AREAS]
+            if r["severity"] != "ok" and r["area"] not in LOAD_AREAS and not _expected(r)]
 
 
 def fails(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -72,6 +81,12 @@ def test_lab_without_faults_has_no_fail(lab: None) -> None:
         assert find(rows, "kube-proxy", "mode")["value"].startswith("iptables: 3 Services, 4 Service ports")
         assert find(rows, "mtu", "overlay")["value"] == "flannel.1 1450 (vxlan over eth0 1500: room for 1450)"
         assert find(rows, "bridging", "bridge-nf-call-iptables")["value"] == "1 (cni0)"
+        # The audits of what drops pod and Service traffic find nothing but the lab's deliberately empty Service.
+        assert find(rows, "rules", "foreign drop rules")["severity"] == "ok"
+        assert find(rows, "routes", "refusing routes")["severity"] == "ok"
+        assert _expected(find(rows, "rules", "no endpoints"))
+        assert find(rows, "softirq", "receive steering")["value"] == "underlay eth0: not steered to one CPU"
+        assert not not_ok(rows), not_ok(rows)
 
 
 def test_mtu_mismatch_fails_naming_devices_and_mtus(lab: None) -> None:
@@ -118,7 +133,7 @@ def test_rp_filter_warns_on_the_right_interface(lab: None) -> None:
         assert eth0["fix"] == "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.eth0.rp_filter=2"
         # conf.all=1 makes every interface strict (the kernel uses max(all, iface)).
         assert find(rows, "bridging", "rp_filter flannel.1")["value"] == "flannel.1 (overlay) = 1 (from conf.all)"
-        assert {r["check"] for r in rows if r["severity"] != "ok"} == {
+        assert {r["check"] for r in rows if r["severity"] != "ok" and not _expected(r)} == {
             "rp_filter eth0", "rp_filter flannel.1", "rp_filter cni0", "rp_filter pod veths"}
         # node1 keeps rp_filter off.
         assert not not_ok(check("pt-node1")[1])
@@ -158,8 +173,55 @@ def test_recording_header_keeps_the_findings_of_the_recorded_node(lab: None, tmp
     assert set(recorded) == set(live)
     pods = recorded[("mtu", "pods")]
     assert pods["severity"] == "fail" and pods == live[("mtu", "pods")]
-    assert [key for key, f in recorded.items() if f["severity"] != "ok" and key[0] not in LOAD_AREAS] == [
-        ("mtu", "pods")]
+    assert [key for key, f in recorded.items()
+            if f["severity"] != "ok" and key[0] not in LOAD_AREAS and not _expected(f)] == [("mtu", "pods")]
     # Counters (softirq over each run's own window, conntrack entries, sockets) move; the set-up does not.
-    same = [key for key in recorded if key[0] in ("kube-proxy", "mtu", "bridging")]
+    same = [key for key in recorded if key[0] in ("kube-proxy", "rules", "routes", "mtu", "bridging")]
     assert {key: recorded[key]["value"] for key in same} == {key: live[key]["value"] for key in same}
+
+
+def test_drop_backend_no_endpoints_and_blackhole_route_are_each_audited(lab: None) -> None:
+    """Each fault flips its own audit on the node it breaks, and only that one; off again, all ok."""
+    _, dropped = faults.set_fault("drop-backend", True)
+    try:
+        rows = check(dropped["netns"])[1]
+        rule = find(rows, "rules", "foreign drop rules")
+        assert rule["severity"] == "fail" and rule["value"].startswith(
+            f"1: filter FORWARD #1 `-A FORWARD -d {dropped['ip']}/32 -p tcp -m tcp --dport {dropped['port']}"), rule
+        assert rule["fix"].startswith(f"ip netns exec {dropped['netns']} iptables -t filter -D FORWARD 1")
+        assert not_ok(rows) == [("fail", "rules", "foreign drop rules")]
+    finally:
+        faults.set_fault("drop-backend", False)
+    _, emptied = faults.set_fault("no-endpoints", True)
+    try:
+        empty = find(check("pt-node1")[1], "rules", "no endpoints")
+        assert empty["value"] == "default/empty:http, default/web:dns, default/web:http", empty
+    finally:
+        faults.set_fault("no-endpoints", False)
+    _, hole = faults.set_fault("blackhole-route", True)
+    try:
+        rows = check(hole["netns"])[1]
+        route = find(rows, "routes", "refusing routes")
+        assert route["severity"] == "fail" and route["value"].startswith(
+            f"blackhole {hole['ip']} covers pods "), route
+        assert route["fix"] == f"ip -n {hole['netns']} route del blackhole {hole['ip']}  # if nobody meant it"
+        assert not_ok(rows) == [("fail", "routes", "refusing routes")]
+    finally:
+        faults.set_fault("blackhole-route", False)
+    for node in ("pt-node1", "pt-node2"):
+        assert not not_ok(check(node)[1])
+
+
+def test_softirq_load_names_the_rps_mask_on_node2s_underlay(lab: None) -> None:
+    _, details = faults.set_fault("softirq-load", True)
+    try:
+        steering = find(check(details["netns"])[1], "softirq", "receive steering")
+    finally:
+        faults.set_fault("softirq-load", False)
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("one CPU: softirq-load steers nothing")
+    assert steering["severity"] == "warn", steering
+    assert steering["value"] == f"RPS sends all of eth0's receive to CPU {details['hog_cpu']} of {cpus}"
+    assert steering["fix"].startswith(f"ip netns exec {details['netns']} sh -c 'echo ")
+    assert find(check(details["netns"])[1], "softirq", "receive steering")["severity"] == "ok"

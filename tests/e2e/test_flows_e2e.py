@@ -66,6 +66,9 @@ def test_drop_backend_is_attributed_to_the_service_backend_and_rule(no_faults: s
     labels = dropped[0]["drops"]
     assert any(label.startswith("NETFILTER_DROP at FORWARD") and "by filter FORWARD" in label
                for label in labels), labels
+    # The cause, in words: the lab's rule is not kube-proxy's, found by matching the packet (tracer/causes.py).
+    assert any("a DROP rule not written by kube-proxy: filter FORWARD #1 `-A FORWARD -d 10.244.1.2/32" in label
+               and "` (matched)" in label for label in labels), labels
     assert dropped[0]["packets_in"] == 0, "no reply ever came back from the dropped backend"
 
 

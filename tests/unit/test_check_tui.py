@@ -55,7 +55,9 @@ def test_node_view_shows_the_failures_first() -> None:
     assert (severity, check) == ("fail", "pods")
     assert "cni0 1500" in value and "pt-client:eth0 1500" in value and value.endswith("carried by flannel.1 (vxlan)")
     assert fix.startswith("for d in cni0 veth")
-    assert {row[0] for row in rows[1:]} == {"ok"}
+    # Then the lab's one deliberately empty Service (default/empty), then everything ok.
+    assert (rows[1][0], rows[1][1], rows[1][2]) == ("warn", "no endpoints", "default/empty:http")
+    assert {row[0] for row in rows[2:]} == {"ok"}
 
 
 def test_replayed_recording_without_node_checks_says_so() -> None:
@@ -72,7 +74,8 @@ def test_replayed_recording_without_node_checks_says_so() -> None:
 def test_recorded_header_entries() -> None:
     findings = _findings("state-lab-node2-rp-filter.json")
     rows = RecordedNodeFindings(findings).rows()
-    assert [row["severity"] for row in rows[:4]] == ["warn"] * 4 and rows[0]["check"] == "rp_filter eth0"
+    assert [row["severity"] for row in rows[:5]] == ["warn"] * 5 and rows[0]["check"] == "no endpoints"
+    assert rows[1]["check"] == "rp_filter eth0"
     failed = RecordedNodeFindings({"error": "no network namespace named 'pt-node9' (known: none)"}).rows()
     assert failed[0]["value"] == "when recording started: no network namespace named 'pt-node9' (known: none)"
     assert finding_rows([], "") == []

@@ -210,3 +210,27 @@ def test_report_prints_the_softirq_summary_of_the_live_command(tmp_path: Path, m
     code, out, _err = run_cli("report", str(path), monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0 and format_table(live.report(), live.seconds) in out
     assert open_recording(str(V1)).softirq_rows() == []
+
+
+def test_report_gives_causes_from_the_rules_the_recording_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tracer.causes import explain  # noqa: PLC0415
+
+    path = tmp_path / "flows.ptrec.gz"
+    record_flows(path)
+    code, out, _err = run_cli("report", "--json", str(path), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0
+    [drop] = [json.loads(line) for line in out.splitlines() if '"reason"' in line and '"backend"' not in line]
+    assert drop["cause"]["kind"] == "no-socket", drop  # the recorded udp drop: nothing listened there
+    with ReplaySource(str(path)) as source:
+        for _ in source:
+            pass
+        states = source.cause_states()
+    assert set(states) == {"pt-node1"} and states["pt-node1"].services is not None
+    # A REJECT of node1's recorded rules, and what the recording cannot say (routes were not recorded).
+    row = {"reason": "NETFILTER_DROP", "proto": "tcp", "src": "10.244.0.2", "dst": "10.96.0.30", "dport": 80,
+           "netns": "pt-node1", "hook": "-"}
+    cause = explain(row, states["pt-node1"])
+    assert cause.kind == "no-endpoints" and cause.text.startswith("Service default/empty:http has no endpoints")
+    route = explain({**row, "reason": "IP_INNOROUTES"}, states["pt-node1"])
+    assert route.known == "unknown" and "not in the recording" in route.text, route

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-from tracer.check import bridging, conntrack, kubeproxy, mtu, sockets, softirq
+from tracer.check import bridging, conntrack, kubeproxy, mtu, routes, rules, sockets, softirq
 from tracer.check.model import AREAS, Finding, NodeState, summary
 
 __all__ = ["AREAS", "Finding", "NodeState", "evaluate", "run_checks", "summary"]
 
-FAMILIES = (kubeproxy, conntrack, mtu, bridging, softirq, sockets)
+FAMILIES = (kubeproxy, rules, routes, conntrack, mtu, bridging, softirq, sockets)
 
 
 def evaluate(state: NodeState) -> list[Finding]:

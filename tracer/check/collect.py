@@ -98,6 +98,36 @@ def _modules() -> list[str]:
     return sorted(n for n in names if n.startswith(MODULE_PREFIXES))
 
 
+LOCAL_ROUTE_TYPES = ("local", "broadcast", "multicast", "anycast")
+SYS_NET = Path("/sys/class/net")  # under `ip netns exec`, the namespace's own sysfs
+
+
+def _rps_masks() -> dict[str, str]:
+    """Each device queue's RPS mask, "eth0/rx-0" -> "00000002" (0: not steered)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for dev in sorted(os.listdir(SYS_NET)):
+            with contextlib.suppress(OSError):
+                for queue in sorted(os.listdir(SYS_NET / dev / "queues")):
+                    if queue.startswith("rx-"):
+                        text = _read(SYS_NET / dev / "queues" / queue / "rps_cpus")
+                        if text is not None:
+                            out[f"{dev}/{queue}"] = text.strip()
+    return out
+
+
+def _irq_affinity() -> dict[str, str]:
+    """IRQ action name (the last column of /proc/interrupts, e.g. "eth0-TxRx-0") -> its effective CPU mask."""
+    out = {}
+    for line in (_read("/proc/interrupts") or "").splitlines():
+        head, _, rest = line.partition(":")
+        if head.strip().isdigit() and rest.split():
+            mask = _read(f"/proc/irq/{head.strip()}/effective_affinity")
+            if mask is not None:
+                out[rest.split()[-1]] = mask.strip()
+    return out
+
+
 def collect_netns_part() -> NodeState:
     """Everything that depends on the network namespace this process is in."""
     state = NodeState()
@@ -112,6 +142,9 @@ def collect_netns_part() -> NodeState:
         state.ipv4_conf[iface] = {k: v.strip() for k, v in values.items()}
     state.links = _run_json(state, "links", ["ip", "-d", "-j", "link", "show"]) or []
     state.default_routes = _run_json(state, "routes", ["ip", "-j", "route", "show", "default"]) or []
+    every = _run_json(state, "routes", ["ip", "-j", "route", "show", "table", "all"]) or []
+    state.routes = [r for r in every if isinstance(r, dict) and r.get("type") not in LOCAL_ROUTE_TYPES]
+    state.rps = _rps_masks()
     state.peer_links = _peer_links(state)
     state.iptables_save = _run(state, "iptables", ["iptables-save"])
     state.ip6tables_save = _run(state, "ip6tables", ["ip6tables-save"])
@@ -173,6 +206,8 @@ def collect(netns: str | None = None, window: float = 1.0) -> NodeState:
     state = _in_netns(netns) if netns is not None else collect_netns_part()
     state.softnet_before, state.stat_before = softnet_before, stat_before
     state.modules = _modules()
+    state.irq_affinity = _irq_affinity()  # global: IRQs belong to the machine's devices
+    state.cpus = len(os.sched_getaffinity(0))
     # subnet.env is a file of the host's mount namespace: it describes the host's flannel, not a named netns.
     state.flannel_env = _read(FLANNEL_ENV) if netns is None else None
     remaining = window - (time.monotonic() - started)

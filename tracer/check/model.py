@@ -11,7 +11,7 @@ from typing import Any
 SEVERITIES = ("ok", "warn", "fail")
 
 # The order areas are shown in, and the check families that produce them.
-AREAS = ("kube-proxy", "conntrack", "mtu", "bridging", "softirq", "sockets")
+AREAS = ("kube-proxy", "rules", "routes", "conntrack", "mtu", "bridging", "softirq", "sockets")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class NodeState:
     ipv4_conf: dict[str, dict[str, str]] = field(default_factory=dict)
     links: list[dict[str, Any]] = field(default_factory=list)  # `ip -d -j link`
     default_routes: list[dict[str, Any]] = field(default_factory=list)  # `ip -j route show default`
+    # `ip -j route show table all` without local/broadcast/multicast routes: pod subnets and special routes
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    rps: dict[str, str] = field(default_factory=dict)  # "eth0/rx-0" -> /sys/class/net/eth0/queues/rx-0/rps_cpus
+    irq_affinity: dict[str, str] = field(default_factory=dict)  # "eth0-TxRx-0" (/proc/interrupts) -> its mask
+    cpus: int = 0
     # Links of other named namespaces holding this node's veth peers: netnsid (as seen here) -> (name, links).
     peer_links: dict[int, tuple[str, list[dict[str, Any]]]] = field(default_factory=dict)
     iptables_save: str | None = None

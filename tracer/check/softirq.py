@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracer.causes import mask_for, parse_cpu_mask
 from tracer.check.model import Finding, NodeState
 
 AREA = "softirq"
@@ -99,5 +100,39 @@ def _steal(state: NodeState) -> Finding:
                    why=f"warns at {STEAL_WARN:.0f}%, fails at {STEAL_FAIL:.0f}%")
 
 
+def underlay_devices(state: NodeState) -> list[str]:
+    """The devices the node's traffic arrives on: default-route devices and the links under its VXLAN devices."""
+    devices = [str(r["dev"]) for r in state.default_routes if r.get("dev")]
+    for link in state.links:
+        info = link.get("linkinfo", {})
+        if info.get("info_kind") == "vxlan" and info.get("info_data", {}).get("link"):
+            devices.append(str(info["info_data"]["link"]))
+    return sorted(set(devices))
+
+
+def _steering(state: NodeState) -> Finding:
+    """An RPS mask or IRQ affinity that sends all of an underlay device's receive to one CPU of several."""
+    if state.cpus < 2:
+        return Finding("ok", "receive steering", f"{state.cpus or '?'} CPU: nothing to spread", area=AREA)
+    checked = []
+    for dev in underlay_devices(state):
+        rps = sorted({c for q, m in state.rps.items() if q.split("/")[0] == dev for c in parse_cpu_mask(m)})
+        irq = sorted({c for action, m in state.irq_affinity.items() if action == dev or action.startswith(dev + "-")
+                      for c in parse_cpu_mask(m)})
+        for how, cpus in (("RPS", rps), ("IRQ affinity", irq)):
+            if len(cpus) == 1:
+                fix = (f"echo {mask_for(state.cpus)} > /sys/class/net/{dev}/queues/rx-0/rps_cpus" if how == "RPS"
+                       else f"spread {dev}'s IRQs over all CPUs (irqbalance, or /proc/irq/N/smp_affinity)")
+                prefix = f"ip netns exec {state.netns} sh -c '" if how == "RPS" and state.netns else ""
+                return Finding("warn", "receive steering", f"{how} sends all of {dev}'s receive to CPU {cpus[0]} of "
+                               f"{state.cpus}", area=AREA,
+                               why="one CPU does every packet's receive work: its backlog overflows and NET_RX "
+                                   "waits under load while the other CPUs idle",
+                               fix=prefix + fix + ("'" if prefix else "") + "  # all CPUs")
+        checked.append(dev)
+    return Finding("ok", "receive steering", "underlay " + (", ".join(checked) or "not found") +
+                   ": not steered to one CPU", area=AREA)
+
+
 def check(state: NodeState) -> list[Finding]:
-    return [*_softnet(state), _steal(state)]
+    return [*_softnet(state), _steal(state), _steering(state)]
