@@ -16,7 +16,7 @@ from tracer.kubeproxy import ServiceMap, collect
 from tracer.live import LiveSource
 from tracer.nfverdict import NfAttribution
 from tracer.report import drop_rows, summary_json, summary_line
-from tracer.session import add_trace_options, run_session
+from tracer.session import add_trace_options, pod_resolver, run_session
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
@@ -46,17 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a node's network namespace to attach netfilter links in and read kube-proxy rules "
                              "from; repeat for several (the lab: --node pt-node1 --node pt-node2)")
     parser.set_defaults(func=run)
-
-
-def _pod_names() -> dict[str, str]:
-    try:
-        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
-
-        if not is_up():
-            return {}
-        return {pod.ip: name for name, pod in names().pods.items()}
-    except PodtraceError:
-        return {}
 
 
 def _health(node: str | None, warn: bool) -> Health | None:
@@ -106,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             services.mode, services.ports = found.mode, found.ports
         services.rules += found.rules
     services = ipvs.service_map(services, nodes)  # IPVS virtual servers named as Services, NodePorts folded in
-    pods = _pod_names()
+    pods = pod_resolver(args).pod_names()  # read at the end: pods created during the trace are named too
     table = FlowTable(services, lambda ip: pods.get(ip, "-"))
     table.add_nat(records)
     table.add_conntrack(states)

@@ -176,7 +176,9 @@ class PodResolver:
     _by_netns: dict[int, Pod] = field(default_factory=dict)
     _loaded_at: float | None = None
 
-    def refresh(self) -> None:
+    def refresh(self, keep_gone: bool = False) -> None:
+        """Re-read the node; `keep_gone`: pods of the last read that are gone stay known (a one-shot report names
+        a pod that lived during the trace even if it is deleted before the end), unless a new pod took their IP."""
         metas: dict[str, PodMeta] = {}
         live: set[str] = set()
         for root in self.roots:
@@ -197,8 +199,9 @@ class PodResolver:
             pod = self._pod_in(inode, pids, metas, live)
             if pod is not None:
                 by_netns[inode] = pod
+        gone = [pod for inode, pod in self._by_netns.items() if inode not in by_netns] if keep_gone else []
         self._by_netns = by_netns
-        self._by_ip = {ip: pod for pod in by_netns.values() for ip in pod.ips}
+        self._by_ip = {ip: pod for pod in (*gone, *by_netns.values()) for ip in pod.ips}
         self.notes = notes
         self._loaded_at = time.monotonic()
 

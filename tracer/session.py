@@ -18,6 +18,7 @@ from tracer.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
 from tracer.pcapfilter import compile_filter
+from tracer.podnames import PodResolver, resolver_for
 from tracer.probes import ProbeConfig
 from tracer.report import Resolver
 from tracer.scope import Scope
@@ -35,6 +36,9 @@ def add_probe_options(parser: argparse.ArgumentParser, filter_help: str = FILTER
     parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
     parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
     parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
+    parser.add_argument("--kubelet-root", metavar="DIR",
+                        help="root of the kubelet's tree (var/log/pods, var/lib/kubelet/pods) that names pods; "
+                             "default: / and the built-in lab's root")
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--ringbuf-pages", type=int, default=256, metavar="N",
                         help="ring buffer size in 4 KiB pages, a power of two (default %(default)s = 1 MiB); raise "
@@ -107,6 +111,11 @@ class StopFlag:
         self.stopped = True
 
 
+def pod_resolver(args: argparse.Namespace) -> PodResolver:
+    """Pods named from this node (cgroups and the kubelet's directories), never from the lab's manifest."""
+    return resolver_for(getattr(args, "kubelet_root", None))
+
+
 def run_session(
     args: argparse.Namespace,
     path: bool,
@@ -129,7 +138,9 @@ def run_session(
     if args.dump_bpf:
         sys.stdout.write(source.build.dump())
         raise SystemExit(0)
-    names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
+    pods = pod_resolver(args)
+    pods.refresh()  # the node's pods as the trace starts; one created later is read when its IP first shows
+    names = Resolver(source.reasons, NetnsNames().name, Symbolizer(), pod=pods.label_of_ip)
     stop = StopFlag()
     source.start()
     count = 0
@@ -161,4 +172,5 @@ def run_session(
             before_close(source)
     finally:
         source.close()
+    pods.refresh(keep_gone=True)  # pods created during the trace, for the report that follows
     return source, names, count
