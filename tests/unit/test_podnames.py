@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tracer.errors import RecordingError
 from tracer.podnames import PodResolver, pod_uid_of_cgroup, pods_from_crictl, pods_from_log_dirs
+from tracer.recording_schema import HEADER, check
+from tracer.replay import RecordedNames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "podnames"
 BPFMAN_UID = "88c00a72-09fa-4f0b-b2e7-185fcaff3b0d"
@@ -62,3 +67,14 @@ def test_without_crictl_the_resolver_says_it_did_not_read_the_cri(tmp_path: Path
     resolver.refresh()
     assert resolver.notes == ["crictl not installed: CRI sandbox metadata not read (names from the kubelet's "
                               "directories)"]
+
+
+def test_a_recording_keeps_the_node_s_pod_names_and_replays_them() -> None:
+    names = {"netns": {}, "lab": None, "pods": {"10.244.0.2": "default/client", "10.244.1.9": f"pod {BPFMAN_UID}"}}
+    check({"names": names}, HEADER, "header")
+    with pytest.raises(RecordingError):
+        check({"names": {**names, "pods": {"10.244.0.2": 7}}}, HEADER, "header")
+    recorded = RecordedNames.from_header({"names": names})
+    assert recorded.resolver().pod("10.244.0.2") == "default/client"
+    assert recorded.resolver().pod("10.244.7.7") is None
+    assert recorded.pod_names() == {"10.244.0.2": "client"}, "a pod known by UID only is given no name"
