@@ -48,6 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _pod_name(label: str | None) -> str | None:
+    """The name part of a `namespace/name` label (flows show pod names); None for `pod <UID>` and no label."""
+    if not label or label.startswith("pod ") or "/" not in label:
+        return None
+    return label.split("/", 1)[1]
+
+
 def _health(node: str | None, warn: bool) -> Health | None:
     try:
         return conntrack.health(node)
@@ -96,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         services.rules += found.rules
     services = ipvs.service_map(services, nodes)  # IPVS virtual servers named as Services, NodePorts folded in
     pods = pod_resolver(args).pod_names()  # read at the end: pods created during the trace are named too
-    table = FlowTable(services, lambda ip: pods.get(ip, "-"))
+    # pods this node does not hold (backends on other nodes) by the Kubernetes API's name, when it is used
+    table = FlowTable(services, lambda ip: pods.get(ip) or _pod_name(names.pod(ip)) or "-")
     table.add_nat(records)
     table.add_conntrack(states)
     rows = drop_rows(drops, names, verdicts, identities)

@@ -31,6 +31,8 @@ class Resolver:
     wall_offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
     # pod IP -> "namespace/name": live from the node (tracer/podnames.py), replayed from the recording's map
     pod: Callable[[str], str | None] = field(default=lambda _ip: None)
+    # pod IP -> its owner workload ("Deployment/web"), from the Kubernetes API when it is used
+    owner: Callable[[str], str | None] = field(default=lambda _ip: None)
 
     def reason(self, value: int) -> str:
         return self.reasons.get(value, f"reason {value}")
@@ -74,6 +76,8 @@ def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None 
             # a VXLAN packet's pods are those of its inner packet
             "src_pod": names.pod((event.inner or outer).src),
             "dst_pod": names.pod((event.inner or outer).dst),
+            "src_owner": names.owner((event.inner or outer).src),
+            "dst_owner": names.owner((event.inner or outer).dst),
         })
         verdict = verdicts.for_drop(event) if verdicts else None
         if verdict is not None:
