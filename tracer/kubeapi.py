@@ -50,8 +50,11 @@ class ApiNames:
         return pod.label if pod is not None else self.endpoint_pods.get(ip)
 
     def owner(self, ip: str) -> str | None:
+        """The pod's workload, with "(inferred)" when no ownerReference said it."""
         pod = self.pods.get(ip)
-        return pod.owner or None if pod is not None else None
+        if pod is None or not pod.owner:
+            return None
+        return f"{pod.owner} (inferred)" if pod.owner_how.startswith("inferred") else pod.owner
 
     def service(self, vip: str, port: int, proto: str) -> str | None:
         return self.services.get((vip, port, proto.upper()))

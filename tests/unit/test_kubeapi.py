@@ -90,7 +90,7 @@ def test_a_deployment_is_inferred_from_its_replicaset_name_when_replicasets_cann
     pod["metadata"]["labels"]["pod-template-hash"] = "5bc7b56845"
     pod["metadata"]["ownerReferences"][0]["name"] = "queue-5bc7b56845"
     names = api_names(pods, {}, {}, {})
-    assert names.owner("172.17.0.6") == "Deployment/queue"
+    assert names.owner("172.17.0.6") == "Deployment/queue (inferred)"
     assert names.pods["172.17.0.6"].owner_how.startswith("inferred")
     listed = {"items": [{"metadata": {"namespace": "default", "name": "queue-5bc7b56845", "ownerReferences": [
         {"kind": "Deployment", "name": "queue", "controller": True}]}}]}
