@@ -147,7 +147,8 @@ def align(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting
 def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]],
              clock: ClockAlignment) -> list[dict[str, Any]]:
     """One object per flow: its matched packets, where they were seen in order, the one-way latency between
-    the nodes (median of the matched packets) and where it died, if it did."""
+    the nodes (median over the matched packets of last sighting on one node to first on the other) and where it
+    died, if it did."""
     flows: dict[tuple[Any, ...], list[list[Sighting]]] = {}
     for key, sightings in matched.items():
         flows.setdefault((key.proto, key.src, key.dst, key.sport, key.dport), []).append(
@@ -156,13 +157,14 @@ def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sight
     for (proto, src, dst, sport, dport), packets in sorted(flows.items()):
         path = packets[0]
         shifted = [s.wall_ns + (clock.offset_ns if s.node == 1 else 0) for s in path]
-        crossings = []
+        crossings = []  # last sighting on the node it left -> first on the node it reached
         for sightings in packets:
-            by_node: dict[int, int] = {}
+            times: dict[int, list[int]] = {}
             for s in sightings:
-                by_node.setdefault(s.node, s.wall_ns + (clock.offset_ns if s.node == 1 else 0))
-            if len(by_node) == 2:
-                crossings.append(abs(by_node[1] - by_node[0]))
+                times.setdefault(s.node, []).append(s.wall_ns + (clock.offset_ns if s.node == 1 else 0))
+            if len(times) == 2:
+                earlier, later = sorted(times.values(), key=min)
+                crossings.append(max(0, min(later) - max(earlier)))
         drops = [s for sightings in packets for s in sightings if s.event.type == EVENT_DROP]
         last = drops[-1] if drops else None
         out.append({

@@ -94,3 +94,34 @@ def test_recordings_of_unrelated_runs_are_refused(client_pod: str, tmp_path: Pat
     assert refused.stdout == ""
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "share no packet" in lines[0] and "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journey(tmp_path: Path) -> None:
+    """pt-node1 and pt-node2 recorded at once during drop-backend: the client's SYNs to web-2 leave node1 (DNAT,
+    VXLAN) and die in node2's FORWARD chain; merge shows that journey, clocks aligned from the matches."""
+    from support.lab import exclusive_lab  # noqa: PLC0415
+
+    from tracer.lab import faults, traffic  # noqa: PLC0415
+
+    with exclusive_lab(proxy_mode="iptables"):
+        faults.set_fault("drop-backend", True)
+        paths = {node: tmp_path / f"{node}.ptrec.gz" for node in ("pt-node1", "pt-node2")}
+        recorders = [podtrace.start("record", "-o", str(path), "--netns", node, "tcp port 8080")
+                     for node, path in paths.items()]
+        try:
+            sent = traffic.probe("default/web:http", count=30, timeout=0.5)
+        finally:
+            results = [recorder.stop() for recorder in recorders]
+        for result in results:
+            assert result.returncode == 0, result.stderr
+        assert sent.per_target["default/web:http"].failed > 0
+    merged = podtrace.run("merge", "--json", str(paths["pt-node1"]), str(paths["pt-node2"]))
+    assert merged.returncode == 0, merged.stderr
+    lines = [json.loads(line) for line in merged.stdout.splitlines()]
+    died = [line for line in lines if line.get("journey") and line["died"]]
+    to_web2 = [j for j in died if j["flow"].startswith("tcp 10.244.0.2:") and j["flow"].endswith("> 10.244.1.2:8080")]
+    assert to_web2, lines
+    for journey in to_web2:
+        assert journey["path"][0]["node"].endswith("/pt-node1") and journey["path"][-1]["node"].endswith("/pt-node2")
+        assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["node"].endswith("/pt-node2")
+    assert lines[-1]["clock"].startswith("clocks aligned from"), lines[-1]
