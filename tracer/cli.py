@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "tracer.cmd_overlay",
     "tracer.cmd_tui",
     "tracer.cmd_record",
+    "tracer.cmd_merge",
     "tracer.cmd_serve",
 )
 

@@ -16,7 +16,7 @@ from tracer.kubeproxy import ServiceMap, collect
 from tracer.live import LiveSource
 from tracer.nfverdict import NfAttribution
 from tracer.report import drop_rows, summary_json, summary_line
-from tracer.session import add_trace_options, run_session
+from tracer.session import add_trace_options, pod_resolver, run_session
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
@@ -48,15 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _pod_names() -> dict[str, str]:
-    try:
-        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
-
-        if not is_up():
-            return {}
-        return {pod.ip: name for name, pod in names().pods.items()}
-    except PodtraceError:
-        return {}
+def _pod_name(label: str | None) -> str | None:
+    """The name part of a `namespace/name` label (flows show pod names); None for `pod <UID>` and no label."""
+    if not label or label.startswith("pod ") or "/" not in label:
+        return None
+    return label.split("/", 1)[1]
 
 
 def _health(node: str | None, warn: bool) -> Health | None:
@@ -109,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
             services.mode, services.ports = found.mode, found.ports
         services.rules += found.rules
     services = ipvs.service_map(services, nodes)  # IPVS virtual servers named as Services, NodePorts folded in
-    pods = _pod_names()
-    table = FlowTable(services, lambda ip: pods.get(ip, "-"))
+    pods = pod_resolver(args).pod_names()  # read at the end: pods created during the trace are named too
+    # pods this node does not hold (backends on other nodes) by the Kubernetes API's name, when it is used
+    table = FlowTable(services, lambda ip: pods.get(ip) or _pod_name(names.pod(ip)) or "-")
     table.add_nat(records)
     table.add_conntrack(states)
     rows = drop_rows(drops, names, verdicts, identities)

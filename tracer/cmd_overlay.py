@@ -133,7 +133,7 @@ def run_overlay(args: argparse.Namespace) -> int:
 
 
 def resolve_source(name: str) -> str:
-    """A lab pod name -> its namespace; `ip netns` names and namespace files pass through."""
+    """A pod name of this node -> its namespace file; `ip netns` names and namespace files pass through."""
     import os  # noqa: PLC0415
 
     if name.startswith("/"):
@@ -142,16 +142,22 @@ def resolve_source(name: str) -> str:
         return name
     if os.path.exists(f"/run/netns/{name}"):
         return name
-    try:
-        from tracer.lab import names as lab_names  # noqa: PLC0415
+    from tracer.podnames import PodResolver  # noqa: PLC0415
 
-        pods = lab_names().pods
-    except Exception:  # noqa: BLE001 - the lab is optional
-        pods = {}
-    if name in pods:
-        return pods[name].netns
+    # a pod of this node, by name or namespace/name, as its cgroup and the kubelet's directories name it
+    matches = [pod for pod in PodResolver().pods() if name in (pod.name, pod.label)]
+    if len(matches) == 1:
+        # its `ip netns` name when it has one (containerd pins pod namespaces in /run/netns/cni-...): the path
+        # collection reads named namespaces only
+        from tracer.names import named_netns  # noqa: PLC0415
+
+        pinned = [netns for netns, inode in named_netns().items() if inode == matches[0].netns]
+        return pinned[0] if pinned else f"/proc/{matches[0].pid}/ns/net"
+    if matches:
+        raise UsageError(f"{len(matches)} pods are named {name!r}: " + ", ".join(pod.label for pod in matches),
+                         "give it as namespace/name")
     raise UsageError(f"no pod or network namespace named {name!r}",
-                     "give an `ip netns` name, a lab pod, or /proc/PID/ns/net")
+                     "give an `ip netns` name, a pod of this node (name or namespace/name), or /proc/PID/ns/net")
 
 
 def parse_target(text: str) -> tuple[str, int | None]:

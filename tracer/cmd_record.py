@@ -20,6 +20,7 @@ from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
 from tracer.mtu import SUBNET_ENV
+from tracer.podnames import resolver_for
 from tracer.recorded_node import relevant
 from tracer.recording import (
     FORMAT_MINOR,
@@ -204,6 +205,8 @@ def prepare_header(args: argparse.Namespace) -> dict[str, Any]:
         "links": collect_links(nodes, getattr(args, "subnet_env", SUBNET_ENV)),
         "conntrack": collect_conntrack(nodes),  # each node's table at the start (the last trailer has the end)
         "lab": _lab_names(),
+        # pod IP -> namespace/name, from the node's cgroups and kubelet directories
+        "pods": resolver_for(getattr(args, "kubelet_root", None)).ip_labels(),
         **({"services": _services(args.node)} if getattr(args, "node", None) else {}),
     }
 
@@ -213,6 +216,7 @@ def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str],
     found = dict(prepared if prepared is not None else prepare_header(args))
     wall, mono = time.time_ns(), time.monotonic_ns()
     lab = found.pop("lab")
+    pods = found.pop("pods", {})
     return {
         "format_version": FORMAT_VERSION,
         "format_minor": FORMAT_MINOR,
@@ -228,7 +232,7 @@ def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str],
         "filter": {"expression": " ".join(args.filter), "netns": args.netns, "netns_inode": source.config.netns_inode,
                    "ifname": args.ifname},
         "event_size": EVENT_SIZE,
-        "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": lab},
+        "names": {"netns": {str(k): v for k, v in netns.items()}, "lab": lab, "pods": pods},
         **found,  # attach plan, node checks, links (the MTU section), conntrack at the start, kube-proxy's rules
     }
 

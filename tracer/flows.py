@@ -9,12 +9,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracer.conntrack import Health
 from tracer.events import Tuple
 from tracer.kubeproxy import ServiceMap, ServicePort
 from tracer.netfilter import point_label
+
+if TYPE_CHECKING:
+    from tracer.podnames import PodResolver
 
 # IPVS records (bpf/ipvs.c, PT_IPVS_* in bpf/podtrace.h) share the NAT record shape under their own points.
 IPVS_CONN, IPVS_XMIT, IPVS_REPLY = 32, 33, 34
@@ -383,6 +386,7 @@ class LiveFlowsTable:
         self.nodes = list(nodes)
         self._services: ServiceMap | None = None
         self._pods: dict[str, str] = {}
+        self._pod_resolver: PodResolver | None = None
 
     def _load_names(self) -> ServiceMap:
         from tracer.errors import PodtraceError  # noqa: PLC0415
@@ -394,18 +398,16 @@ class LiveFlowsTable:
                 maps.append(collect(node))
             except PodtraceError:
                 continue
-        try:
-            from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+        from tracer.podnames import PodResolver  # noqa: PLC0415
 
-            if is_up():
-                self._pods = {pod.ip: name for name, pod in names().pods.items()}
-        except PodtraceError:
-            pass
+        self._pod_resolver = self._pod_resolver or PodResolver()
         return merge(*maps) if maps else ServiceMap()
 
     def rows(self) -> list[dict[str, Any]]:
         if self._services is None:
             self._services = self._load_names()
+        if self._pod_resolver is not None:  # re-read when stale: pods created since are named
+            self._pods = self._pod_resolver.pod_names()
         table = FlowTable(self._services, lambda ip: self._pods.get(ip, "-"))
         table.add_nat(nat_record_from_map(key, stats) for key, stats in self.source.nat_flows())
         return [{

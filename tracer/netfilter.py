@@ -70,12 +70,13 @@ def _setns(fd: int) -> None:
 
 @contextlib.contextmanager
 def entered_netns(name: str | None) -> Iterator[None]:
-    """Run the block with this thread inside `ip netns` NAME (None: stay where we are)."""
+    """Run the block with this thread inside `ip netns` NAME, or the namespace file NAME when it is a path
+    (/proc/PID/ns/net); None: stay where we are."""
     if name is None or name == "host":
         yield
         return
     try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        target = os.open(name if name.startswith("/") else f"/run/netns/{name}", os.O_RDONLY)
     except OSError as err:
         raise KernelError(f"cannot open network namespace {name!r}: {err.strerror}") from err
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)

@@ -297,7 +297,7 @@ HEADER = Obj({
     "filter": Obj({"expression": Str(1 << 20), "netns": Opt(Str(4096)), "netns_inode": Opt(UINT),
                    "ifname": Opt(Str(64))}),
     "event_size": Int(4, 65535),
-    "names": Obj({"netns": NAME_MAP, "symbols": NAME_MAP, "lab": Opt(LAB)}),
+    "names": Obj({"netns": NAME_MAP, "symbols": NAME_MAP, "lab": Opt(LAB), "pods": Opt(Map(Str(4096)))}),
     "node_checks": NODE_CHECKS,
     "services": Opt(SERVICES),
     "part": Obj({"index": Int(0, 1 << 20), "first": Str(4096), "run_id": Str(64)}, required=("index",)),

@@ -47,6 +47,7 @@ class RecordedNames:
     netns: dict[int, str] = field(default_factory=dict)
     symbols: dict[int, str] = field(default_factory=dict)
     lab: dict[str, Any] | None = None
+    pods: dict[str, str] = field(default_factory=dict)  # pod IP -> namespace/name, as the node named it
     wall_offset_ns: int = 0
 
     @classmethod
@@ -57,6 +58,7 @@ class RecordedNames:
             netns={int(k): v for k, v in names.get("netns", {}).items()},
             symbols={int(k): v for k, v in names.get("symbols", {}).items()},
             lab=names.get("lab"),
+            pods=dict(names.get("pods") or {}),
             wall_offset_ns=int(header.get("clock", {}).get("wall_offset_ns", 0)),
         )
 
@@ -76,16 +78,20 @@ class RecordedNames:
 
     def resolver(self) -> Resolver:
         # The dicts are shared: names read later in the file resolve through the same Resolver.
-        return Resolver(self.reasons, self.netns_name, self.symbol, self.wall_offset_ns)
+        return Resolver(self.reasons, self.netns_name, self.symbol, self.wall_offset_ns, pod=self.pod_of_ip)
 
     def pod_of_ip(self, ip: str) -> str | None:
+        if self.pods:  # named from the node when recorded; older recordings carry only the lab's manifest
+            return self.pods.get(ip)
         for name, pod in (self.lab or {}).get("pods", {}).items():
             if pod.get("ip") == ip:
                 return f"{pod.get('namespace', 'default')}/{name}"
         return None
 
     def pod_names(self) -> dict[str, str]:
-        """Pod IP -> lab pod name, as `podtrace flows` labels flows (empty without the lab)."""
+        """Pod IP -> pod name, as `podtrace flows` labels flows: the node's names when recorded, else the lab's."""
+        if self.pods:
+            return {ip: label.split("/", 1)[-1] for ip, label in self.pods.items() if not label.startswith("pod ")}
         return {pod["ip"]: name for name, pod in (self.lab or {}).get("pods", {}).items() if pod.get("ip")}
 
     def service_of(self, ip: str, port: int) -> str | None:

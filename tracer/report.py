@@ -31,6 +31,10 @@ class Resolver:
     symbol: Callable[[int], str]
     # monotonic ns (bpf_ktime_get_ns) -> wall-clock seconds
     wall_offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
+    # pod IP -> "namespace/name": live from the node (tracer/podnames.py), replayed from the recording's map
+    pod: Callable[[str], str | None] = field(default=lambda _ip: None)
+    # pod IP -> its owner workload ("Deployment/web"), from the Kubernetes API when it is used
+    owner: Callable[[str], str | None] = field(default=lambda _ip: None)
 
     def reason(self, value: int) -> str:
         return self.reasons.get(value, f"reason {value}")
@@ -72,6 +76,11 @@ def drop_rows(table: DropTable, names: Resolver, verdicts: NfAttribution | None 
             "last_seen": round(names.wall(row.last_ns), 6),
             "inner": event.inner.describe() if event.inner else None,
             "vni": event.vni if event.inner else None,
+            # a VXLAN packet's pods are those of its inner packet
+            "src_pod": names.pod((event.inner or outer).src),
+            "dst_pod": names.pod((event.inner or outer).dst),
+            "src_owner": names.owner((event.inner or outer).src),
+            "dst_owner": names.owner((event.inner or outer).dst),
         })
         verdict = verdicts.for_drop(event) if verdicts else None
         if verdict is not None:
@@ -126,6 +135,8 @@ def write_drop_table(rows: list[dict[str, Any]], out: TextIO) -> None:
         )
         if row["inner"]:
             out.write(f"{'':>7} {'':<{rw}} inner (VNI {row['vni']}): {row['inner']}\n")
+        if row.get("src_pod") or row.get("dst_pod"):
+            out.write(f"{'':>7} pods {row.get('src_pod') or '-'} > {row.get('dst_pod') or '-'}\n")
         if row.get("ct_dialled"):
             line = f"dialled {row['ct_dialled']} from {row['ct_client']}"
             if row.get("ct_dnat"):

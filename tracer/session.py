@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from tracer import bccenv
+from tracer import bccenv, kubeapi
 from tracer.errors import UsageError
 from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
 from tracer.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
 from tracer.pcapfilter import compile_filter
+from tracer.podnames import PodResolver, resolver_for
 from tracer.probes import ProbeConfig
 from tracer.report import Resolver
 from tracer.scope import Scope
@@ -35,6 +36,12 @@ def add_probe_options(parser: argparse.ArgumentParser, filter_help: str = FILTER
     parser.add_argument("--netns", metavar="NAME", help="only packets in this network namespace (`ip netns` name)")
     parser.add_argument("--ifname", metavar="IF", help="only packets on this interface")
     parser.add_argument("--btf", metavar="FILE", help="BTF to read instead of /sys/kernel/btf/vmlinux")
+    parser.add_argument("--kubeconfig", metavar="FILE",
+                        help="also name pods, their workloads and other nodes' pods from the Kubernetes API "
+                             "(in a pod: its service account); optional, names come from the node without it")
+    parser.add_argument("--kubelet-root", metavar="DIR",
+                        help="root of the kubelet's tree (var/log/pods, var/lib/kubelet/pods) that names pods; "
+                             "default: / and the built-in lab's root")
     parser.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--ringbuf-pages", type=int, default=256, metavar="N",
                         help="ring buffer size in 4 KiB pages, a power of two (default %(default)s = 1 MiB); raise "
@@ -107,6 +114,11 @@ class StopFlag:
         self.stopped = True
 
 
+def pod_resolver(args: argparse.Namespace) -> PodResolver:
+    """Pods named from this node (cgroups and the kubelet's directories), never from the lab's manifest."""
+    return resolver_for(getattr(args, "kubelet_root", None))
+
+
 def run_session(
     args: argparse.Namespace,
     path: bool,
@@ -129,7 +141,22 @@ def run_session(
     if args.dump_bpf:
         sys.stdout.write(source.build.dump())
         raise SystemExit(0)
-    names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
+    pods = pod_resolver(args)
+    pods.refresh()  # the node's pods as the trace starts; one created later is read when its IP first shows
+    api = kubeapi.from_args(getattr(args, "kubeconfig", None))
+    if api is not None:
+        api.names()  # listed before the trace: an unreachable API is said now, in one line
+
+    def pod(ip: str) -> str | None:  # this node's own view first: observed; the API's for the rest
+        found = pods.label_of_ip(ip)
+        listed = api.names() if found is None and api is not None else None
+        return found or (listed.pod_label(ip) if listed else None)
+
+    def owner(ip: str) -> str | None:
+        listed = api.names() if api is not None else None
+        return listed.owner(ip) if listed else None
+
+    names = Resolver(source.reasons, NetnsNames().name, Symbolizer(), pod=pod, owner=owner)
     stop = StopFlag()
     source.start()
     count = 0
@@ -161,4 +188,5 @@ def run_session(
             before_close(source)
     finally:
         source.close()
+    pods.refresh(keep_gone=True)  # pods created during the trace, for the report that follows
     return source, names, count

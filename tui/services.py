@@ -105,6 +105,8 @@ class ServiceFlowsTable(LiveFlowsTable):
     def rows(self, drops: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
         if self._services is None:
             self._services = self._load_names()
+        if self._pod_resolver is not None:  # re-read when stale: pods created since are named
+            self._pods = self._pod_resolver.pod_names()
         table = FlowTable(self._services, lambda ip: self._pods.get(ip, "-"))
         table.add_nat(nat_record_from_map(key, stats) for key, stats in self.source.nat_flows())
         table.add_drops(drops)

@@ -22,7 +22,7 @@ from support.lab import exclusive_lab, lab_lock, wait_for_foreign_lab
 
 from tracer import conntrack
 from tracer.errors import LabError
-from tracer.lab import control, faults, names, processes, proxy, state, traffic
+from tracer.lab import control, faults, kubelet_layout, names, processes, proxy, state, traffic
 from tracer.lab import manifest as mf
 
 pytestmark = pytest.mark.root
@@ -77,6 +77,12 @@ def _root_snapshot() -> dict[str, object]:
         "sysctls": {key: _read("/proc/sys/" + key) for key in ROOT_SYSCTLS},
         "rps": {path: _read(path) for path in sorted(glob.glob("/sys/class/net/*/queues/rx-*/rps_cpus"))},
     }
+
+
+def _lab_cgroups() -> list[str]:
+    """The lab's cgroup directories (its pods' kubepods slices)."""
+    top = Path(kubelet_layout.cgroup2_mount(), kubelet_layout.CGROUP_SUBTREE)
+    return [dirpath for dirpath, _dirs, _files in os.walk(top)]
 
 
 def _lab_netns(snapshot: dict[str, object]) -> set[str]:
@@ -163,7 +169,9 @@ def test_up_down_leaves_nothing_behind(no_lab: None) -> None:
             faults.set_fault(name, True)
         assert control.status()["faults"] == sorted(faults.FAULTS)
         pids = _lab_pids()
-        assert len(pids) == 3 + 1 + 1 + faults.FLOODS  # servers, traffic, softirq-load's hog and floods
+        # servers, pause processes (one per pod), traffic, softirq-load's hog and floods
+        assert len(pids) == 3 + 4 + 1 + 1 + faults.FLOODS
+        assert Path(kubelet_layout.LAB_ROOT, "var/log/pods").is_dir() and _lab_cgroups()
         during = _root_snapshot()
         assert {k: v for k, v in during.items() if k != "netns"} == {k: v for k, v in before.items() if k != "netns"}
         assert len(_lab_netns(during) - _lab_netns(before)) == 6
@@ -174,6 +182,7 @@ def test_up_down_leaves_nothing_behind(no_lab: None) -> None:
     assert after == before
     assert pids and not any(processes.alive(p) for p in pids)
     assert not state.state_file().exists()
+    assert not os.path.exists(kubelet_layout.LAB_ROOT) and not _lab_cgroups(), "the kubelet-style layout is gone"
 
 
 def test_ipvs_mode(no_lab: None) -> None:

@@ -43,13 +43,13 @@ class Running:
         return [line for line in self.lines if not line.get("summary")]
 
 
-def start(*args: str, timeout: float = 60) -> Running:
-    """Start `podtrace ARGS --ready-file F` and return once probes are attached."""
+def start(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Running:
+    """Start `podtrace ARGS --ready-file F` and return once probes are attached; `env` replaces the environment."""
     handle, ready = tempfile.mkstemp(prefix="podtrace-ready-")
     os.close(handle)
     os.unlink(ready)
     process = subprocess.Popen(
-        [*COMMAND, *args, "--ready-file", ready], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*COMMAND, *args, "--ready-file", ready], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):

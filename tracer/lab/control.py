@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import time
@@ -9,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tracer.errors import LabError
+from tracer.lab import kubelet_layout, processes, proxy, sh, state, topology
 from tracer.lab import manifest as mf
-from tracer.lab import processes, proxy, sh, state, topology
 
 Progress = Callable[[str], None]
 
@@ -43,6 +44,8 @@ def up(manifest_path: str | None = None, proxy_mode: str = "iptables", services:
         "version": state.STATE_VERSION, "manifest": base.to_dict(), "manifest_source": base.source,
         "dummy_services": services, "proxy_mode": proxy_mode, "started": time.time(),
         "netns": topology.netns_names(base), "processes": {}, "faults": {}, "without_endpoints": [],
+        # Pod UIDs, as the kubelet's cgroups and directories name pods (tracer/podnames.py reads those, not this).
+        "pod_uids": {pod.name: kubelet_layout.new_uid() for pod in base.pods},
     }
     # Recorded before anything is built, so `lab down` can clean up after a half-finished `up`.
     state.save(data)
@@ -53,7 +56,13 @@ def up(manifest_path: str | None = None, proxy_mode: str = "iptables", services:
         progress(f"kube-proxy ({proxy_mode} mode): {len(manifest.services)} Services in "
                  + ", ".join(n.netns for n in manifest.nodes))
         proxy.apply(manifest, proxy_mode)
-        data["processes"] = _start_servers(base, progress)
+        data["processes"] = _start_pauses(base, data["pod_uids"], progress)
+        state.save(data)
+        servers = _start_servers(base, progress)
+        for pod in base.pods:
+            for pid in servers.get(f"server:{pod.name}", []):
+                kubelet_layout.move_into(data["pod_uids"][pod.name], pid)
+        data["processes"].update(servers)
         state.save(data)
     except BaseException:
         progress("lab up failed: removing what was built")
@@ -76,6 +85,41 @@ def _load_modules(progress: Progress) -> None:
         if not os.path.isdir(f"/sys/module/{module}"):
             sh.run(["modprobe", "-q", module], check=False)
             progress(f"modprobe {module}" + ("" if os.path.isdir(f"/sys/module/{module}") else ": not available"))
+
+
+def _start_pauses(m: mf.Manifest, uids: dict[str, str], progress: Progress) -> dict[str, list[int]]:
+    """Each pod's cgroup, kubelet directories and pause process, as a kubelet and its CRI leave them."""
+    pids: dict[str, list[int]] = {}
+    for pod in m.pods:
+        kubelet_layout.add_pod(pod.namespace, pod.name, uids[pod.name])
+        pids[f"pause:{pod.name}"] = [kubelet_layout.start_pause(pod.netns, uids[pod.name])]
+    progress(f"pods laid out like a kubelet's: cgroups under {kubelet_layout.CGROUP_SUBTREE}/kubepods.slice, "
+             f"directories under {kubelet_layout.LAB_ROOT}")
+    return pids
+
+
+def add_pod(name: str, node: str, namespace: str = "default") -> dict[str, str]:
+    """A pod the manifest does not know, on `node` of the running lab: namespace, veth on cni0, the next free IP,
+    cgroup, kubelet directories and pause process. `lab down` removes it with the rest. Its netns, IP and UID."""
+    data = state.require()
+    m = mf.parse(data["manifest"], source="lab state")
+    host = m.node(node)
+    extra = data.setdefault("extra_pods", {})
+    used = {p.ip for p in m.pods} | {p["ip"] for p in extra.values()}
+    network = ipaddress.ip_network(host.pod_cidr)
+    ip = next(str(a) for a in list(network.hosts())[10:] if str(a) not in used)
+    pod = mf.Pod(name=name, node=node, ip=ip, namespace=namespace)
+    if pod.netns in data["netns"] or name in {p.name for p in m.pods}:
+        raise LabError(f"the lab already has a pod named {name}")
+    uid = kubelet_layout.new_uid()
+    data["netns"].insert(0, pod.netns)  # recorded first, so `lab down` removes a half-made pod
+    extra[name] = {"netns": pod.netns, "ip": ip, "node": node, "namespace": namespace, "uid": uid}
+    state.save(data)
+    topology.add_pod(m, host, pod)
+    kubelet_layout.add_pod(namespace, name, uid)
+    data.setdefault("processes", {})[f"pause:{name}"] = [kubelet_layout.start_pause(pod.netns, uid)]
+    state.save(data)
+    return {"netns": pod.netns, "ip": ip, "uid": uid}
 
 
 def _start_servers(m: mf.Manifest, progress: Progress) -> dict[str, list[int]]:
@@ -119,6 +163,8 @@ def down(progress: Progress = _quiet) -> bool:
         names = [n for n in topology.netns_names(mf.load(None)) if sh.netns_exists(n)]
     existed = bool(data) or bool(names)
     topology.destroy(names, progress)
+    for problem in kubelet_layout.remove_all():
+        progress(f"left behind: {problem}")
     state.remove()
     if state.STATE_DIR.exists():
         for leftover in state.STATE_DIR.glob("*.ready"):

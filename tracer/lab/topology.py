@@ -91,6 +91,10 @@ def _bridge(m: Manifest, node: Node) -> None:
     sh.ip("link", "set", BRIDGE, "up", netns=node.netns)
 
 
+def add_pod(m: Manifest, node: Node, pod: Pod) -> None:
+    _pod(m, node, pod)
+
+
 def _pod(m: Manifest, node: Node, pod: Pod) -> None:
     mtu = str(m.overlay_mtu)
     prefix = ipaddress.ip_network(node.pod_cidr).prefixlen

@@ -183,13 +183,9 @@ class Agent:
             self.services = collect(self.options.node)
         except PodtraceError as err:
             self.log(f"Service names unavailable: {err.one_line()}")
-        try:
-            from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+        from tracer.podnames import PodResolver  # noqa: PLC0415
 
-            if is_up():
-                self.pods = {pod.ip: name for name, pod in names().pods.items()}
-        except PodtraceError:
-            pass
+        self.pods = PodResolver().pod_names()  # from the node's cgroups and kubelet directories
 
     def _recording_args(self) -> argparse.Namespace:
         from tracer.mtu import SUBNET_ENV  # noqa: PLC0415

@@ -1,0 +1,127 @@
+"""`podtrace merge` on two real recordings made at once, one per "node" (a throwaway namespace each), and its
+refusal of recordings that share no packet. The client namespace is laid out as a pod (cgroup and kubelet
+directory), so the recording of its node names the sender and the clocks are aligned from the matched packets.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import podtrace
+from support.netns import netns_pair, sh, tcp_connect_attempts
+
+from tracer.benchmarks.netns import Pair
+from tracer.lab import kubelet_layout
+
+pytestmark = pytest.mark.root
+
+PORT = 5999
+ATTEMPTS = 3  # connection attempts, each a SYN (and its retransmits) dropped on the second node
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with netns_pair() as made:
+        yield made
+
+
+@pytest.fixture
+def client_pod(pair: Pair, tmp_path: Path) -> Iterator[str]:
+    """pair.a laid out as pod default/client on its node; yields the kubelet root."""
+    subtree, uid = f"podtrace-test-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    root = str(tmp_path / "kubelet")
+    kubelet_layout.add_pod("default", "client", uid, root=root, subtree=subtree)
+    pause = subprocess.Popen(["ip", "netns", "exec", pair.a, "sleep", "infinity"])
+    try:
+        kubelet_layout.move_into(uid, pause.pid, subtree)
+        yield root
+    finally:
+        pause.kill()
+        pause.wait()
+        assert not kubelet_layout.remove_all(root=None, subtree=subtree)
+
+
+def _record_both(pair: Pair, root: str, out: Path, traffic: bool = True) -> tuple[Path, Path]:
+    a, b = out / "node-a.ptrec.gz", out / "node-b.ptrec.gz"
+    recorders = [podtrace.start("record", "-o", str(path), "--netns", netns, "--kubelet-root", root,
+                                f"tcp port {PORT}") for path, netns in ((a, pair.a), (b, pair.b))]
+    try:
+        if traffic:
+            tcp_connect_attempts(pair.a, pair.addr_b, PORT, ATTEMPTS)
+    finally:
+        results = [recorder.stop() for recorder in recorders]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    return a, b
+
+
+def test_two_nodes_recordings_merge_into_the_journey_of_the_dropped_connections(pair: Pair, client_pod: str,
+                                                                                tmp_path: Path) -> None:
+    sh("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-j", "DROP", netns=pair.b)
+    a, b = _record_both(pair, client_pod, tmp_path)
+    merged = podtrace.run("merge", "--json", str(a), str(b))
+    assert merged.returncode == 0, merged.stderr
+    lines = [json.loads(line) for line in merged.stdout.splitlines()]
+    journeys = [line for line in lines if line.get("journey")]
+    summary = lines[-1]
+    assert summary["summary"] and summary["clock"].startswith("clocks aligned from"), summary
+    assert "one way only" in summary["clock"]  # SYNs dropped: no packet came back
+    # one flow per connection attempt (its own source port), each SYN seen leaving node a and dying in node b
+    assert len(journeys) == ATTEMPTS, journeys
+    for journey in journeys:
+        assert journey["flow"].startswith(f"tcp {pair.addr_a}:") and journey["flow"].endswith(f"> {pair.addr_b}:{PORT}")
+        nodes = [hop["node"].split("/", 1)[1] for hop in journey["path"]]
+        assert nodes[0] == pair.a and nodes[-1] == pair.b, journey["path"]
+        assert journey["path"][-1]["at"].startswith(f"dropped in {pair.b}/"), journey["path"]
+        assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["netns"] == pair.b, journey
+        assert journey["one_way_us"] is not None and journey["one_way"] == "relative"
+
+
+def test_recordings_of_unrelated_runs_are_refused(client_pod: str, tmp_path: Path) -> None:
+    recordings = []
+    for run in ("first", "second"):  # two runs, each in namespaces of its own: no packet in common
+        with netns_pair() as other:
+            sh("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-j", "DROP", netns=other.b)
+            (tmp_path / run).mkdir()
+            recordings.append(_record_both(other, client_pod, tmp_path / run)[0 if run == "first" else 1])
+    refused = podtrace.run("merge", str(recordings[0]), str(recordings[1]))
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert refused.stdout == ""
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "share no packet" in lines[0] and "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journey(tmp_path: Path) -> None:
+    """pt-node1 and pt-node2 recorded at once during drop-backend: the client's SYNs to web-2 leave node1 (DNAT,
+    VXLAN) and die in node2's FORWARD chain; merge shows that journey, clocks aligned from the matches."""
+    from support.lab import exclusive_lab  # noqa: PLC0415
+
+    from tracer.lab import faults, traffic  # noqa: PLC0415
+
+    with exclusive_lab(proxy_mode="iptables"):
+        faults.set_fault("drop-backend", True)
+        paths = {node: tmp_path / f"{node}.ptrec.gz" for node in ("pt-node1", "pt-node2")}
+        recorders = [podtrace.start("record", "-o", str(path), "--netns", node, "tcp port 8080")
+                     for node, path in paths.items()]
+        try:
+            sent = traffic.probe("default/web:http", count=30, timeout=0.5)
+        finally:
+            results = [recorder.stop() for recorder in recorders]
+        for result in results:
+            assert result.returncode == 0, result.stderr
+        assert sent.per_target["default/web:http"].failed > 0
+    merged = podtrace.run("merge", "--json", str(paths["pt-node1"]), str(paths["pt-node2"]))
+    assert merged.returncode == 0, merged.stderr
+    lines = [json.loads(line) for line in merged.stdout.splitlines()]
+    died = [line for line in lines if line.get("journey") and line["died"]]
+    to_web2 = [j for j in died if j["flow"].startswith("tcp 10.244.0.2:") and j["flow"].endswith("> 10.244.1.2:8080")]
+    assert to_web2, lines
+    for journey in to_web2:
+        assert journey["path"][0]["node"].endswith("/pt-node1") and journey["path"][-1]["node"].endswith("/pt-node2")
+        assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["node"].endswith("/pt-node2")
+    assert lines[-1]["clock"].startswith("clocks aligned from"), lines[-1]

@@ -1,0 +1,95 @@
+"""Matching packets across two nodes' recordings and aligning their clocks (tracer/journey.py), on packets built
+with scapy: the VXLAN datagram node A transmits and the decapsulated packet node B drops are one packet."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+
+from tracer import events
+from tracer.events import PacketEvent, Tuple
+from tracer.journey import NodeRecording, align, journeys, match, packet_key
+
+B_CLOCK_AHEAD_NS = 5_000_000  # node B's wall clock runs 5 ms ahead of node A's
+
+
+def _tuple(ip: IP, l4: TCP | UDP) -> Tuple:
+    return Tuple(socket.inet_aton(ip.src).ljust(16, b"\0"), socket.inet_aton(ip.dst).ljust(16, b"\0"), l4.sport,
+                 l4.dport, 4, ip.proto, 0, 0, 0, ip.len)
+
+
+def _event(packet: IP, ts_ns: int, kind: int, reason: int, vxlan: bool = False) -> PacketEvent:
+    inner = IP(bytes(packet))
+    raw = bytes(IP(src="192.168.77.1", dst="192.168.77.2") / UDP(sport=40000, dport=8472) / VXLAN(vni=1)
+                / Ether() / inner) if vxlan else bytes(inner)
+    outer = IP(raw)
+    l4 = outer[UDP] if vxlan else outer[TCP] if TCP in outer else outer[UDP]
+    inner_tuple = _tuple(inner, inner[TCP] if TCP in inner else inner[UDP]) if vxlan else None
+    return PacketEvent(kind, 0, ts_ns, 0, 0, reason, 7, 2, len(raw), 0, 0x0800, 0, min(len(raw), 128),
+                       1 if vxlan else 0, "eth0" if vxlan else "cni0", _tuple(outer, l4), inner_tuple, raw[:128])
+
+
+def _syn(sport: int, seq: int, ip_id: int, src: str = "10.244.0.2", dst: str = "10.244.1.2", dport: int = 8080) -> IP:
+    return IP(src=src, dst=dst, id=ip_id, flags="DF") / TCP(sport=sport, dport=dport, flags="S", seq=seq)
+
+
+def _nodes(a: list[PacketEvent], b: list[PacketEvent]) -> list[NodeRecording]:
+    return [NodeRecording("a/pt-node1", 0, frozenset({"10.244.0.2"}), {7: "pt-node1"}, a, {3: "NETFILTER_DROP"}, "1"),
+            NodeRecording("b/pt-node2", 0, frozenset({"10.244.1.2"}), {7: "pt-node2"}, b, {3: "NETFILTER_DROP"}, "2")]
+
+
+def test_the_inner_packet_of_a_vxlan_datagram_and_the_decapsulated_packet_have_one_key() -> None:
+    sent = _event(_syn(40312, 1000, 4242), 0, events.EVENT_PATH, events.POINT_XMIT, vxlan=True)
+    dropped = _event(_syn(40312, 1000, 4242), 0, events.EVENT_DROP, 3)
+    assert packet_key(sent) == packet_key(dropped) is not None
+    key = packet_key(sent)
+    assert key is not None and (key.src, key.dst, key.ip_id, key.seq) == ("10.244.0.2", "10.244.1.2", 4242, 1000)
+    assert packet_key(_event(_syn(40312, 1001, 4242), 0, events.EVENT_DROP, 3)) != key  # another segment
+
+
+def test_a_packet_with_nothing_to_tell_it_by_is_never_matched() -> None:
+    udp = IP(src="10.244.0.2", dst="10.244.1.2", id=0, flags="DF") / UDP(sport=5353, dport=53)
+    assert packet_key(_event(udp, 0, events.EVENT_DROP, 3)) is None
+
+
+def test_clocks_are_aligned_from_packets_both_ways_and_journeys_end_where_the_packet_died() -> None:
+    # true times: A sends a SYN at 0, B receives it after 100 us; B answers at 1 ms, A gets it 100 us later.
+    # B's events carry B's clock (+5 ms).
+    a = [_event(_syn(40312, 1000, 11), 0, events.EVENT_PATH, events.POINT_XMIT, vxlan=True),
+         _event(_syn(8080, 5000, 12, src="10.244.1.2", dst="10.244.0.2", dport=40312), 1_100_000, events.EVENT_PATH,
+                events.POINT_RX, vxlan=True)]
+    b = [_event(_syn(40312, 1000, 11), 100_000 + B_CLOCK_AHEAD_NS, events.EVENT_DROP, 3),
+         _event(_syn(8080, 5000, 12, src="10.244.1.2", dst="10.244.0.2", dport=40312), 1_000_000 + B_CLOCK_AHEAD_NS,
+                events.EVENT_PATH, events.POINT_XMIT)]
+    nodes = _nodes(a, b)
+    matched = match(nodes)
+    assert len(matched) == 2
+    clock = align(nodes, matched)
+    assert clock is not None and clock.both_ways and clock.pairs == 2
+    assert clock.offset_ns == -B_CLOCK_AHEAD_NS
+    found = {j["flow"]: j for j in journeys(nodes, matched, clock)}
+    syn = found["tcp 10.244.0.2:40312 > 10.244.1.2:8080"]
+    assert [hop["node"] for hop in syn["path"]] == ["a/pt-node1", "b/pt-node2"]
+    assert syn["one_way_us"] == 100.0 and syn["one_way"] == "estimated"
+    assert syn["died"] == {"node": "b/pt-node2", "reason": "NETFILTER_DROP", "netns": "pt-node2", "packets": 1}
+    assert found["tcp 10.244.1.2:8080 > 10.244.0.2:40312"]["died"] is None
+
+
+def test_recordings_that_share_no_packet_match_nothing() -> None:
+    a = [_event(_syn(40312, 1000, 11), 0, events.EVENT_PATH, events.POINT_XMIT, vxlan=True)]
+    b = [_event(_syn(40999, 77, 13), 0, events.EVENT_DROP, 3)]
+    assert match(_nodes(a, b)) == {}
+
+
+def test_merge_refuses_the_same_recording_twice_in_one_line() -> None:
+    recording = str(Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec")
+    result = subprocess.run([sys.executable, "-m", "tracer.cli", "merge", recording, recording], capture_output=True,
+                            text=True, check=False, cwd=Path(__file__).parents[2])
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "are the same recording" in result.stderr, result.stderr
