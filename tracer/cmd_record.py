@@ -18,6 +18,7 @@ from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, Us
 from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
+from tracer.layout import add_wide_option, table_width
 from tracer.mtu import SUBNET_ENV
 from tracer.recorded_node import relevant
 from tracer.recording import (
@@ -118,6 +119,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("file", metavar="FILE")
     report.add_argument("--json", action="store_true", help="one JSON object per line")
     report.add_argument("--no-follow", action="store_true", help="read FILE only, not its rotation parts")
+    add_wide_option(report)
     report.set_defaults(func=run_report)
 
     export = subparsers.add_parser(
@@ -504,11 +506,12 @@ def run_report(args: argparse.Namespace) -> int:
             summary["proxy_mode"] = services.mode
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
-        write_drop_table(rows, sys.stdout)
+        width = table_width(sys.stdout, args.wide)
+        write_drop_table(rows, sys.stdout, width)
         if flows is not None and services is not None:
             sys.stdout.write("\n")
             flows.conntrack = {}  # each node's table is printed below, with its start reading
-            write_flow_table(flows, sys.stdout)
+            write_flow_table(flows, sys.stdout, width)
             sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services\n")
         if conntrack:
             sys.stdout.write("\n" + "".join(recorded.text() + "\n" for recorded in conntrack))
