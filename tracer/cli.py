@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from tracer import __version__
 from tracer.errors import PodtraceError
+from tracer.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line
 
 # Each module defines add_parser(subparsers) and sets `func(args) -> int` on its parser.
 COMMAND_MODULES = (
@@ -26,8 +27,8 @@ COMMAND_MODULES = (
     "tracer.cmd_serve",
 )
 
-EPILOG = """\
-exit codes: 0 ok, 1 error, 2 usage, 3 found what --fail-on-... asked about, 4 incomplete recording (a part missing)
+EPILOG = f"""\
+{epilog_line()} (the README's table says when)
 
 examples:
   sudo podtrace doctor                    what this kernel lets podtrace see
@@ -40,7 +41,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line naming the command's --help, not argparse's usage block followed by the error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"podtrace: {message} (see {self.prog} --help)\n")
+        self.exit(USAGE, f"podtrace: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,11 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C while the subcommands import (BCC, pyroute2, textual: up to a second)
-        return 130
+        return INTERRUPTED
     if not getattr(args, "func", None):
         if not sys.stdout.isatty():
             parser.print_help()
-            return 2
+            return USAGE
         from tracer.cmd_tui import run_tui  # noqa: PLC0415 - `podtrace` alone opens the TUI on a terminal
 
         args.func = run_tui
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"podtrace: {err.one_line()}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
         return _closed_pipe()
 
@@ -89,7 +90,7 @@ def _closed_pipe() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return 128 + 13
+    return CLOSED_PIPE
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from tracer.errors import UsageError
 from tracer.layout import add_wide_option, table_width
 
 EPILOG = """\
-exit codes: 0 nothing failed, 1 error (e.g. unknown netns), 3 at least one check failed
+exit codes: 0 nothing failed, 1 error, 2 bad usage (e.g. no such netns), 3 at least one check failed
 
 checks: kube-proxy mode and Service count, conntrack fill and counters, MTU of underlay/overlay/pods
 (and FLANNEL_MTU), bridge-nf-call-iptables, ip_forward, rp_filter, softnet drops/time_squeeze, CPU steal,

@@ -17,7 +17,7 @@ from tracer.layout import add_wide_option, table_width
 from tracer.live import LiveSource
 from tracer.nfverdict import NfAttribution
 from tracer.report import drop_rows, summary_json, summary_line
-from tracer.session import add_trace_options, run_session
+from tracer.session import add_trace_options, check_namespaces, run_session
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
@@ -72,6 +72,7 @@ def _health(node: str | None, warn: bool) -> Health | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_namespaces(args)  # before the conntrack readings below, which run `ip netns exec` per node
     drops = DropTable()
     nodes: list[str | None] = list(args.node or [args.netns])
     # The drop counters before the trace: their growth during it is what the trace's drops can be charged to.

@@ -364,7 +364,7 @@ def _check_output(path: str) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from tracer.session import run_session
+    from tracer.session import check_namespaces, run_session
 
     try:
         max_size = parse_size(args.max_size) if args.max_size else None
@@ -375,6 +375,7 @@ def run_record(args: argparse.Namespace) -> int:
         raise UsageError("record --node takes no --netns: with --node, drops are recorded in every namespace and "
                          "netfilter is traced in the --node ones", "leave out --netns")
     _check_output(args.output)
+    check_namespaces(args)
     from tracer import bccenv
 
     bccenv.require_root("tracing")  # before the header's slow parts, which need it too

@@ -114,13 +114,13 @@ def test_long_values_wrap_and_long_names_and_fixes_are_whole() -> None:
     assert max(len(line) for line in lines[:-1]) < 100
 
 
-def test_unknown_netns_is_one_line_exit_1() -> None:
+def test_unknown_netns_is_one_line_exit_2() -> None:
     with pytest.raises(PodtraceError) as err:
         collect_module.collect("pt-no-such-namespace", 0)
-    assert err.value.exit_code == 1 and "no network namespace named 'pt-no-such-namespace'" in err.value.one_line()
+    assert err.value.exit_code == 2 and "no network namespace named 'pt-no-such-namespace'" in err.value.one_line()
     proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--netns", "pt-no-such-namespace"],
                           capture_output=True, text=True, check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("podtrace: no network namespace named")
 
 
@@ -129,7 +129,7 @@ def test_names_that_are_not_one_namespace_are_refused(name: str) -> None:
     """"" used to check the host instead, ".." to reach `ip netns exec`: neither is a namespace name."""
     proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--netns", name, "--window", "0"],
                           capture_output=True, text=True, check=False)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"podtrace: no network namespace named {name!r}")
 
 
