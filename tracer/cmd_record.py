@@ -74,12 +74,16 @@ examples:
 """
 
 EXPORT_EPILOG = """\
-Each packet carries a comment with its kind, drop reason, kernel location, netns, interface and pod/Service
-names; the packet bytes start at the IP header (link type RAW).
+One frame per packet: its bytes as first seen, and a comment with every hop it was seen at (netns/interface,
+point, time from the first), the NAT between them, and its drop with the reason, location and Service (from the
+drop's conntrack entry when recorded). --per-hop writes a frame per hop instead, each hop point its own interface
+("pt-node1/eth0 rx"): Wireshark 4.0 still marks a TCP segment's later hops as retransmissions (4.2+ can keep
+conversations apart by interface). The bytes start at the IP header (link type RAW).
 
 examples:
   podtrace export node1.ptrec.gz --pcapng node1.pcapng
   tshark -r node1.pcapng -T fields -e frame.comment -e ip.src -e ip.dst
+  podtrace export node1.ptrec.gz --per-hop --pcapng node1-hops.pcapng
 """
 
 BATCH = 1024  # events per EVENTS record
@@ -130,6 +134,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("file", metavar="FILE")
     export.add_argument("--pcapng", required=True, metavar="OUT", help="pcapng file to write")
     export.add_argument("--no-follow", action="store_true", help="read FILE only, not its rotation parts")
+    export.add_argument("--per-hop", action="store_true",
+                        help="a frame per hop (each hop point its own interface) instead of one per packet")
     export.set_defaults(func=run_export)
 
 
@@ -540,20 +546,35 @@ def _add_mtu_event(event: Any, mtu: Any, tunnels: Any, names: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from tracer.events import EVENT_NAT, decode_nat
     from tracer.pcapng import PcapngWriter
+    from tracer.pcapng_packets import Packet, PacketFolder, packet_comment
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     header = source.header
     error: PodtraceError | None = None
+    identities = ConnIdentities()  # each drop's conntrack entry: the Service it dialled
     try:
         with create_new(args.pcapng) as out:
             writer = PcapngWriter(out, f"Linux {header.get('kernel_release', '')}", header.get("hostname", ""))
+
+            def emit(packet: Packet) -> None:
+                writer.folded(packet, source.names, packet_comment(packet, source.names, identities.for_drop))
+
+            folder = PacketFolder(emit)
             try:
                 for raw in source:
-                    if len(raw) >= EVENT_SIZE:  # NAT events carry no packet bytes
-                        writer.event(decode(raw), source.names)
+                    identities.add_raw(raw)
+                    if len(raw) < EVENT_SIZE:  # NAT (and other) events carry no packet bytes
+                        if raw[0] == EVENT_NAT and not args.per_hop:
+                            folder.add_nat(decode_nat(raw))
+                    elif args.per_hop:
+                        writer.event(decode(raw), source.names, per_hop=True)
+                    else:
+                        folder.add(decode(raw))
             except RecordingError as err:
                 error = err  # the packets before the damage are in the file
+            folder.flush()
     except OSError as err:
         raise RecordingError(f"cannot write {args.pcapng}: {err.strerror or err}") from err
     finally:
