@@ -19,6 +19,7 @@ from typing import Any
 
 from tracer import bccenv, kernelfs, nflink
 from tracer.hookpoints import HOOK_POINTS, HookPoint, Mechanism
+from tracer.kernelhints import modules_loadable
 from tracer.ksyms import KernelSymbols
 from tracer.ladder import AttachPlan, Trial, make_plan
 
@@ -209,6 +210,8 @@ def _module_on_disk(symbol: str) -> str:
     module = MODULE_OF_SYMBOL.get(symbol)
     if not module:
         return ""
+    if not modules_loadable():  # no modprobe to suggest: the module's file cannot be loaded here
+        return "not in this kernel (not built in, and this kernel loads no modules: /proc/modules is absent)"
     tree = f"/lib/modules/{platform.release()}"
     if os.path.isdir(tree):
         for _dirpath, _dirs, files in os.walk(tree):
