@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import os
-import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import signal
 
-from tracer import __version__
-from tracer.errors import PodtraceError
-from tracer.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line
+if __name__ == "__main__":  # `python -m tracer.cli`: Ctrl-C while this module's own imports run ends the process
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a signal does, not with a traceback; main() takes it back
+
+import argparse  # noqa: E402 - after the handler above
+import importlib  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from tracer import __version__  # noqa: E402
+from tracer.errors import PodtraceError  # noqa: E402
+from tracer.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line  # noqa: E402
 
 # Each module defines add_parser(subparsers) and sets `func(args) -> int` on its parser.
 COMMAND_MODULES = (
@@ -59,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt again: 130 below
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
