@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tracer.errors import UsageError
+from tracer.errors import PodtraceError, UsageError
 
 MTU_EPILOG = """\
 Sends DF probes from inside the source namespace (ICMP echo, UDP or a TCP SYN padded to the size) and
@@ -111,6 +111,29 @@ def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
                          poll_interval=0)
 
 
+def _service_names(netns: str | None) -> dict[str, str]:
+    """Backend and VIP ends -> Service names from kube-proxy's rules in the namespace (and the lab's nodes when
+    the lab is up); none where no rules can be read (the groups are then named by their server end)."""
+    from tracer.kubeproxy import collect  # noqa: PLC0415
+    from tracer.overlay import services_by_server  # noqa: PLC0415
+
+    nodes: list[str | None] = [netns]
+    try:
+        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+
+        if is_up():
+            nodes += [node for node in names().nodes.values() if node != netns]
+    except PodtraceError:
+        pass
+    ports = []
+    for node in nodes:
+        try:
+            ports += collect(node).ports
+        except PodtraceError:
+            continue
+    return services_by_server(ports)
+
+
 def run_overlay(args: argparse.Namespace) -> int:
     from tracer.overlay import OVERLAY_FILTER, TunnelTable  # noqa: PLC0415
     from tracer.report import summary_line  # noqa: PLC0415
@@ -120,13 +143,14 @@ def run_overlay(args: argparse.Namespace) -> int:
     table = TunnelTable()
 
     source, _names, count = run_session(args, path=True, on_event=table.add_named, overlay=True)
-    data = table.to_json()
+    services = _service_names(args.netns)
+    data = table.to_json(services)
     data["counters"] = dict(source.final_counters)
     data["attached"] = list(source.attached)  # e.g. "kprobe vxlan_xmit_one": which points could be seen
     if args.json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
-        sys.stdout.write(table.format_text())
+        sys.stdout.write(table.format_text(services))
         sys.stdout.write(summary_line(count, source.final_counters) + "\n")
     sys.stdout.flush()
     return 0
