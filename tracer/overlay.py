@@ -57,14 +57,23 @@ def _pair_flow(t: Tuple) -> str:
 EPHEMERAL = 32768  # Linux's default net.ipv4.ip_local_port_range starts here: clients' source ports
 
 
+def _end(t: Tuple, addr: str, port: int) -> str:
+    return f"{t.proto_name} {f'[{addr}]' if ':' in addr else addr}:{port}"
+
+
+def _ends(t: Tuple) -> tuple[str, str]:
+    """(source end, destination end) of a flow with ports: "tcp 10.244.1.2:8080"."""
+    return _end(t, t.src, t.sport), _end(t, t.dst, t.dport)
+
+
 def _server(t: Tuple) -> str:
     """The end of an inner flow that stays put across its connections, so one group holds every connection to a
-    backend and its replies: "tcp 10.244.1.2:8080". The destination, unless only the source port is below the
-    ephemeral range (a reply). Inferred from the ports: a server listening on an ephemeral port is mistaken."""
+    backend and its replies: "tcp 10.244.1.2:8080". Where kube-proxy names neither end (see _groups): the
+    destination, unless only the source port is below the ephemeral range (a reply). Inferred from the ports: a
+    server on an ephemeral port, or a client port SNATed under it, is mistaken."""
     if t.proto in (6, 17, 132) and (t.sport or t.dport):
-        reply = t.dport >= EPHEMERAL > t.sport > 0
-        addr, port = (t.src, t.sport) if reply else (t.dst, t.dport)
-        return f"{t.proto_name} {f'[{addr}]' if ':' in addr else addr}:{port}"
+        src, dst = _ends(t)
+        return src if t.dport >= EPHEMERAL > t.sport > 0 else dst
     return _pair_flow(t)
 
 
@@ -73,7 +82,10 @@ def _groups(flows: list[InnerFlow], fragments: dict[str, Counter[str]],
     """A tunnel's flows per server end, with packets, drops and the inner fragments of its address pair."""
     groups: dict[str, dict[str, Any]] = {}
     for f in flows:
-        g = groups.setdefault(f.server, {"server": f.server, "service": services.get(f.server), "flows": 0,
+        # The end kube-proxy names (a backend or VIP) is the server, whatever the ports say: a reply to a
+        # masqueraded client has an SNATed destination port that may lie under the ephemeral range.
+        server = next((end for end in f.ends[::-1] if end in services), f.server)
+        g = groups.setdefault(server, {"server": server, "service": services.get(server), "flows": 0,
                                          "packets": 0, "drops": 0, "inner_fragments": 0, "fragment_pairs": [],
                                          "reasons": Counter()})
         g["flows"] += 1
@@ -130,6 +142,7 @@ def _most(points: Counter[str]) -> int:
 class InnerFlow:
     flow: str
     server: str = ""  # its group: the server end (see _server)
+    ends: tuple[str, str] = ("", "")  # source and destination ends, when it has ports
     points: Counter[str] = field(default_factory=Counter)  # where -> packets
     bytes_points: Counter[str] = field(default_factory=Counter)  # where -> inner IP bytes
     drops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, where) -> count
@@ -161,10 +174,10 @@ class Tunnel:
     cut: Counter[tuple[str, int]] = field(default_factory=Counter)  # (where, MTU) -> VXLAN packets ip_do_fragment cut
     inner_pairs: set[str] = field(default_factory=set)  # "proto src > dst" of every inner packet seen
 
-    def flow(self, name: str, server: str = "") -> InnerFlow:
+    def flow(self, name: str, server: str = "", ends: tuple[str, str] = ("", "")) -> InnerFlow:
         found = self.flows.get(name)
         if found is None:
-            found = self.flows[name] = InnerFlow(name, server or name)
+            found = self.flows[name] = InnerFlow(name, server or name, ends)
         return found
 
     def absorb(self, other: Tunnel) -> None:
@@ -177,7 +190,7 @@ class Tunnel:
         for pair, points in other.inner_fragments.items():
             self.inner_fragments.setdefault(pair, Counter()).update(points)
         for name, theirs in other.flows.items():
-            mine = self.flow(name, theirs.server)
+            mine = self.flow(name, theirs.server, theirs.ends)
             mine.points.update(theirs.points)
             mine.bytes_points.update(theirs.bytes_points)
             mine.drops.update(theirs.drops)
@@ -237,7 +250,8 @@ class TunnelTable:
             tunnel.inner_pairs.add(_pair_flow(inner))
             if is_fragment(inner) and not drop:
                 tunnel.inner_fragments.setdefault(_pair_flow(inner), Counter())[where] += 1
-            flow = tunnel.flow(_flow(inner), _server(inner))
+            ports = inner.proto in (6, 17, 132) and bool(inner.sport or inner.dport)
+            flow = tunnel.flow(_flow(inner), _server(inner), _ends(inner) if ports else ("", ""))
             if drop:
                 flow.drops[(reason, where)] += 1
             else:

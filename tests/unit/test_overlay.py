@@ -206,3 +206,16 @@ def test_service_names_come_from_kube_proxys_endpoints() -> None:
     assert names["tcp 10.244.1.2:8080"] == "default/web-nodeport:http, default/web:http"
     assert names["tcp 10.96.0.10:80"] == "default/web:http"
     assert "tcp 10.96.0.30:80" in names  # a Service without endpoints still names its VIP
+
+
+def test_a_reply_to_a_masqueraded_client_groups_with_its_service() -> None:
+    """Seen on the lab: NodePort replies to node2's flannel address with SNATed ports under 32768
+    (10.244.1.2:8080 > 10.244.1.0:11382): grouped by kube-proxy's backend end, not by the low client port."""
+    table = TunnelTable()
+    for port in (11382, 15988, 1615):
+        table.add(vxlan(tup(WEB, "10.244.1.0", 8080, port)), "pt-node2/eth0 xmit")
+    services = {f"udp {WEB}:8080": "default/web:http"}
+    groups = table.to_json(services)["tunnels"][0]["groups"]
+    assert [(g["server"], g["service"], g["flows"]) for g in groups] == [(f"udp {WEB}:8080", "default/web:http", 3)]
+    unnamed = table.to_json()["tunnels"][0]["groups"]  # no rules read: by ports alone, a group per SNATed port
+    assert len(unnamed) == 3
