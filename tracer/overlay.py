@@ -427,3 +427,16 @@ class TunnelTable:
             lines.append(f"fragment dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: "
                          f"{d['src']} > {d['dst']}")
         return "\n".join(lines) + "\n"
+
+
+def mtu_notes(findings_by_node: Mapping[str, Iterable[Any]]) -> list[str]:
+    """Lines for nodes whose pods' MTU is over what the overlay carries (tracer.check's `mtu` findings): such
+    packets die before encapsulation, where no tunnel shows them. From the link MTUs, not from traced packets."""
+    lines = []
+    for node, findings in findings_by_node.items():
+        for f in findings:
+            if f.area == "mtu" and f.severity == "fail":
+                lines.append(f"{node}: {f.check} MTU {f.value} (read from the links, not traced): packets over "
+                             "the overlay MTU are dropped or fragmented before encapsulation, where no tunnel sees "
+                             "them; `podtrace mtu --from POD --to IP` probes the path")
+    return lines

@@ -219,3 +219,22 @@ def test_a_reply_to_a_masqueraded_client_groups_with_its_service() -> None:
     assert [(g["server"], g["service"], g["flows"]) for g in groups] == [(f"udp {WEB}:8080", "default/web:http", 3)]
     unnamed = table.to_json()["tunnels"][0]["groups"]  # no rules read: by ports alone, a group per SNATed port
     assert len(unnamed) == 3
+
+
+def test_a_pod_mtu_over_the_overlay_is_said_with_where_the_drop_happens() -> None:
+    """The lab's node1 recorded with mtu-mismatch on (tests/unit/fixtures/check): the drop is before
+    encapsulation, so `overlay` says so, from the links, and points at `podtrace mtu`."""
+    import json as json_
+    from pathlib import Path
+
+    from tracer.check import NodeState, evaluate
+    from tracer.overlay import mtu_notes
+
+    fixtures = Path(__file__).parent / "fixtures" / "check"
+    bad = evaluate(NodeState.from_dict(json_.loads((fixtures / "state-lab-node1-mtu-mismatch.json").read_text())))
+    good = evaluate(NodeState.from_dict(json_.loads((fixtures / "state-lab-node1-ok.json").read_text())))
+    [note] = mtu_notes({"pt-node1": bad, "pt-node2": good})
+    assert note.startswith("pt-node1: pods MTU cni0 1500, ") and "> 1450 carried by flannel.1 (vxlan)" in note
+    assert "(read from the links, not traced)" in note and "before encapsulation" in note
+    assert note.endswith("`podtrace mtu --from POD --to IP` probes the path")
+    assert mtu_notes({"pt-node1": good}) == []
