@@ -68,3 +68,13 @@ def test_the_tour_pasted_in_order(tmp_path: Path) -> None:
         finally:
             take_down()
     assert (tmp_path / "tour.ptrec.gz").exists() and (tmp_path / "tour.pcapng").exists()
+    # The API example, saved as the README names it and run the way it says, on the tour's recording: the SYNs
+    # that drop-backend dropped, and exit 1.
+    text = (ROOT / "README.md").read_text()
+    script = text.split("### Scripting: the Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "syn_drops.py").write_text(script)
+    assert "`.venv/bin/python syn_drops.py tour.ptrec.gz`" in text
+    api = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "syn_drops.py", "tour.ptrec.gz"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert api.returncode == 1, api.stderr
+    assert re.search(r"^\d+ SYNs to 10\.244\.1\.2:8080 dropped: NETFILTER_DROP$", api.stdout, re.M), api.stdout
