@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from tracer.events import EVENT_DROP, PacketEvent, decode
 
-# One unpack from ts_ns (offset 8) for the hot path: ts_ns, location..netns [24:40], len (44), outer
-# saddr+daddr [80:112], outer dport+family+proto [114:118] (offsets per tracer/events.field_offsets()).
-_HOT = struct.Struct("<Q8x16s4xI32x32s2x4s")
+# One unpack from ts_ns (offset 8) for the hot path: ts_ns, location..netns [24:40], len (44), ifname [64:80],
+# outer saddr+daddr [80:112], outer dport+family+proto [114:118] (offsets per tracer/events.field_offsets()).
+_HOT = struct.Struct("<Q8x16s4xI16x16s32s2x4s")
 _HOT_AT = 8
 # From location (offset 24) to outer.proto (117), per tracer/events.field_offsets(): the group key, the last
 # source port and the device, without building the dataclasses a full decode does (most of its cost).
@@ -18,8 +18,15 @@ _FOLD = struct.Struct("<QII24x16s16s16sHHBB")
 _FOLD_AT = 24
 RawEvent = bytes  # DropRow has a field named `bytes`: this alias keeps the type readable inside it
 
-# (reason, location, netns, family, proto, saddr, daddr, dport)
-DropKey = tuple[int, int, int, int, int, bytes, bytes, int]
+# (reason, location, netns, family, proto, saddr, daddr, dport, ifname): the device is part of the group, or a
+# group's interface column would flip between the devices its drops were seen on (flannel.1 and eth0).
+DropKey = tuple[int, int, int, int, int, bytes, bytes, int, str]
+
+
+def drop_key(event: PacketEvent) -> DropKey:
+    outer = event.outer
+    return (event.reason, event.location, event.netns, outer.family, outer.proto, outer.saddr, outer.daddr,
+            outer.dport, event.ifname)
 
 
 @dataclass(slots=True)
@@ -45,7 +52,7 @@ class DropRow:
 
 
 class DropTable:
-    """Drops grouped by (reason, location, netns, proto, src, dst, dport), bounded in size.
+    """Drops grouped by (reason, location, netns, proto, src, dst, dport, device), bounded in size.
 
     When full, the group seen least recently... is approximated by the oldest inserted one, which is evicted
     and counted in `evicted`: memory stays bounded whatever the traffic, and nothing is dropped silently.
@@ -64,8 +71,7 @@ class DropTable:
 
     def add(self, event: PacketEvent) -> None:
         outer = event.outer
-        key = (event.reason, event.location, event.netns, outer.family, outer.proto, outer.saddr,
-               outer.daddr, outer.dport)
+        key = drop_key(event)
         self.total += 1
         if self.raw_groups:  # one bound over both kinds of groups, and raw groups of this key merge here
             self._fold_raw()
@@ -76,8 +82,6 @@ class DropTable:
             row.last_ns = event.ts_ns
             row.last_sport = outer.sport
             row.set_last(event, None)
-            if event.ifname:
-                row.ifname = event.ifname
             return
         if len(self.groups) >= self.max_groups:
             del self.groups[next(iter(self.groups))]
@@ -87,12 +91,12 @@ class DropTable:
     def add_raw(self, data: bytes) -> None:
         """The fast path for raw ring-buffer bytes: group on the key's bytes, decode only when rows are read.
 
-        The key is location..netns, outer saddr+daddr and outer dport+family+proto (see _HOT).
+        The key is location..netns, ifname, outer saddr+daddr and outer dport+family+proto (see _HOT).
         """
         if data[0] != EVENT_DROP:
             return
-        ts_ns, head, length, addrs, port_proto = _HOT.unpack_from(data, _HOT_AT)
-        raw_key = head + addrs + port_proto
+        ts_ns, head, length, ifname, addrs, port_proto = _HOT.unpack_from(data, _HOT_AT)
+        raw_key = head + ifname + addrs + port_proto
         self.total += 1
         raw_groups = self.raw_groups
         row = raw_groups.get(raw_key)
@@ -125,10 +129,11 @@ class DropTable:
         names = self._ifnames
         for count, length, first_ns, last_ns, data in raw_groups.values():
             location, reason, netns, ifname_raw, saddr, daddr, sport, dport, family, proto = unpack(data, _FOLD_AT)
-            key = (reason, location, netns, family, proto, saddr, daddr, dport)
             ifname = names.get(ifname_raw)
             if ifname is None:
                 ifname = self._ifname(ifname_raw)
+            # keyed on the decoded name: bytes after its NUL (a renamed device's leftovers) split no group
+            key = (reason, location, netns, family, proto, saddr, daddr, dport, ifname)
             row = groups.get(key)
             if row is None:
                 groups[key] = DropRow(count, length, first_ns, last_ns, sport, ifname, data)
@@ -139,7 +144,6 @@ class DropTable:
                 if last_ns >= row.last_ns:
                     row.last_ns, row.last_sport = last_ns, sport
                     row.set_last(None, data)
-                    row.ifname = ifname or row.ifname
         raw_groups.clear()
 
     def add_all(self, events: Iterable[PacketEvent]) -> None:

@@ -88,8 +88,10 @@ class Recording:
             self.counters = source.final_counters
 
     def __iter__(self) -> Iterator[PacketEvent]:
+        """The packet events: a recording made with --node also holds NAT and conntrack events, of other sizes."""
         for raw in self.raw_events():
-            yield decode(raw)
+            if len(raw) == EVENT_SIZE:
+                yield decode(raw)
 
     def drops(self) -> Iterator[PacketEvent]:
         return (event for event in self if event.is_drop)

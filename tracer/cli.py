@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import os
-import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import signal
 
-from tracer import __version__
-from tracer.errors import PodtraceError
+if __name__ == "__main__":  # `python -m tracer.cli`: Ctrl-C while this module's own imports run ends the process
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a signal does, not with a traceback; main() takes it back
+
+import argparse  # noqa: E402 - after the handler above
+import importlib  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from tracer import __version__  # noqa: E402
+from tracer.errors import PodtraceError  # noqa: E402
+from tracer.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line  # noqa: E402
 
 # Each module defines add_parser(subparsers) and sets `func(args) -> int` on its parser.
 COMMAND_MODULES = (
@@ -27,8 +33,8 @@ COMMAND_MODULES = (
     "tracer.cmd_serve",
 )
 
-EPILOG = """\
-exit codes: 0 ok, 1 error, 2 usage, 3 found what --fail-on-... asked about, 4 incomplete recording (a part missing)
+EPILOG = f"""\
+{epilog_line()} (the README's table says when)
 
 examples:
   sudo podtrace doctor                    what this kernel lets podtrace see
@@ -41,7 +47,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line naming the command's --help, not argparse's usage block followed by the error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"podtrace: {message} (see {self.prog} --help)\n")
+        self.exit(USAGE, f"podtrace: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,15 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt again: 130 below
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C while the subcommands import (BCC, pyroute2, textual: up to a second)
-        return 130
+        return INTERRUPTED
     if not getattr(args, "func", None):
         if not sys.stdout.isatty():
             parser.print_help()
-            return 2
+            return USAGE
         from tracer.cmd_tui import run_tui  # noqa: PLC0415 - `podtrace` alone opens the TUI on a terminal
 
         args.func = run_tui
@@ -77,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"podtrace: {err.one_line()}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
         return _closed_pipe()
 
@@ -90,7 +98,7 @@ def _closed_pipe() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return 128 + 13
+    return CLOSED_PIPE
 
 
 if __name__ == "__main__":

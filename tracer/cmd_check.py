@@ -11,9 +11,10 @@ from typing import TextIO
 from tracer import rulesfile
 from tracer.check import AREAS, Finding, NodeState, kubeproxy, run_checks, summary
 from tracer.errors import UsageError
+from tracer.layout import add_wide_option, table_width
 
 EPILOG = """\
-exit codes: 0 nothing failed, 1 error (e.g. unknown netns), 3 at least one check failed
+exit codes: 0 nothing failed, 1 error, 2 bad usage (e.g. no such netns), 3 at least one check failed
 
 checks: kube-proxy mode and Service count, conntrack fill and counters, MTU of underlay/overlay/pods
 (and FLANNEL_MTU), bridge-nf-call-iptables, ip_forward, rp_filter, softnet drops/time_squeeze, CPU steal,
@@ -28,7 +29,6 @@ examples:
                                                iptables -S or nft -j list ruleset output; no root)
 """
 
-WIDTH = 99
 CHECK_COLUMN = 25
 LABELS = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
 
@@ -49,15 +49,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "iptables -S or `nft -j list ruleset` output (kube-proxy checks only)")
     parser.add_argument("--window", type=float, default=1.0, metavar="S",
                         help="seconds over which softnet drops and CPU steal are measured (default 1)")
+    add_wide_option(parser)
     parser.set_defaults(func=run)
 
 
-def _wrapped(text: str, first: str, indent: str) -> list[str]:
-    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=indent, break_on_hyphens=False,
-                         break_long_words=True) or [first.rstrip()]
+def _wrapped(text: str, first: str, indent: str, width: int | None) -> list[str]:
+    if width is None:  # a pipe, a file or --wide: one line per text, nothing to re-join
+        return [first + text]
+    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=indent, break_on_hyphens=False,
+                         break_long_words=False) or [first.rstrip()]
 
 
-def write_table(findings: list[Finding], out: TextIO, where: str) -> None:
+def write_table(findings: list[Finding], out: TextIO, where: str, width: int | None = None) -> None:
+    """Findings by area. Values and reasons wrap at `width` (the terminal's, or None: never); a fix is a command
+    to paste, so it is never wrapped, whatever the width: a terminal folds it only on screen."""
     counts = summary(findings)
     out.write(f"podtrace check on {where}: {counts['fail']} fail, {counts['warn']} warn, {counts['ok']} ok\n")
     indent = " " * (2 + 6 + CHECK_COLUMN)
@@ -67,13 +72,16 @@ def write_table(findings: list[Finding], out: TextIO, where: str) -> None:
             continue
         out.write(f"\n{area}\n")
         for f in rows:
-            head = f"  {LABELS[f.severity]:<5} {f.check[:CHECK_COLUMN - 1]:<{CHECK_COLUMN}}"
-            lines = _wrapped(f.value, head, indent)
+            label = f"  {LABELS[f.severity]:<5} "
+            if len(f.check) < CHECK_COLUMN:
+                lines = _wrapped(f.value, f"{label}{f.check:<{CHECK_COLUMN}}", indent, width)
+            else:  # a long name whole on its own line, its value under it
+                lines = [f"{label}{f.check}", *_wrapped(f.value, indent, indent, width)]
             if f.severity != "ok":
                 if f.why:
-                    lines += _wrapped(f.why, indent + "why: ", indent + "     ")
+                    lines += _wrapped(f.why, indent + "why: ", indent + "     ", width)
                 if f.fix:
-                    lines += _wrapped(f.fix, indent + "fix: ", indent + "     ")
+                    lines.append(f"{indent}fix: {f.fix}")
             out.write("\n".join(lines) + "\n")
 
 
@@ -95,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(finding.to_json()) + "\n")
         sys.stdout.write(json.dumps(summary(findings)) + "\n")
     else:
-        write_table(findings, sys.stdout, where)
+        write_table(findings, sys.stdout, where, table_width(sys.stdout, args.wide))
     return 3 if any(f.severity == "fail" for f in findings) else 0
 
 

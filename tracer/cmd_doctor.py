@@ -8,12 +8,14 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from tracer import bccenv, kernel, tc
 from tracer.btf import Btf
 from tracer.errors import KernelError, PodtraceError
 from tracer.hookpoints import hook_point
+from tracer.kernelhints import lockdown_hint, module_hint
 from tracer.ladder import AttachPlan, HookPlan, Trial, trials_to_json
 from tracer.probes import BTF_OFFSETS, DROP_REASON_ENUM
 from tracer.progress import Progress
@@ -27,14 +29,14 @@ examples:
   sudo podtrace doctor --json | jq '.hooks[] | select(.chosen == null)'
 """
 
-# Reason fragment -> what the user can do about it.
-FIXES = (
+# Reason fragment -> what the user can do about it (a text, or one made from what this kernel has when asked).
+FIXES: tuple[tuple[str, str | Callable[[], str]], ...] = (
     ("CONFIG_KPROBES off", "kprobes: use a kernel built with CONFIG_KPROBES=y (most distribution kernels) "
      "for table/chain attribution and driver-level VXLAN and fragmentation hooks"),
-    ("EPERM", "fentry: check `cat /sys/kernel/security/lockdown` (needs [none]) and LSMs that restrict BPF "
-     "tracing; podtrace falls back to the next mechanism meanwhile"),
-    ("IPVS", "IPVS: only matters when kube-proxy runs in IPVS mode; then `modprobe ip_vs` (or use a kernel "
-     "with CONFIG_IP_VS)"),
+    ("EPERM", lambda: f"fentry: lockdown and LSMs can refuse BPF tracing: {lockdown_hint()}; podtrace falls back "
+     "to the next mechanism meanwhile"),
+    ("IPVS", lambda: "IPVS: only matters when kube-proxy runs in IPVS mode; then "
+     + module_hint("ip_vs", "CONFIG_IP_VS")),
     ("too old for BPF netfilter links", "netfilter links need kernel 6.4 or later; with kprobes podtrace "
      "uses nf_hook_slow instead"),
     ("is not in this kernel (not in /proc/kallsyms", "a hooked function is missing: load its module or accept "
@@ -91,7 +93,8 @@ def fixes_for(plan: AttachPlan, trials: dict[str, Trial]) -> list[str]:
     # Only what stood between a hook point and a better program: a mechanism no hook offers (fentry) needs no fix.
     del trials
     texts = [rejected["reason"] for hook in plan.hooks for rejected in hook.rejected]
-    return [fix for fragment, fix in FIXES if any(fragment in text for text in texts)]
+    wanted = [fix for fragment, fix in FIXES if any(fragment in text for text in texts)]
+    return [fix if isinstance(fix, str) else fix() for fix in wanted]
 
 
 def _lost_by_fallback(hook: HookPlan) -> str | None:

@@ -13,10 +13,11 @@ from tracer.errors import PodtraceError
 from tracer.flows import FlowTable, NatRecord, NodeConntrack, nat_record_from_map, write_flow_table
 from tracer.identity import ConnIdentities
 from tracer.kubeproxy import ServiceMap, collect
+from tracer.layout import add_wide_option, table_width
 from tracer.live import LiveSource
 from tracer.nfverdict import NfAttribution
 from tracer.report import drop_rows, summary_json, summary_line
-from tracer.session import add_trace_options, pod_resolver, run_session
+from tracer.session import add_trace_options, check_namespaces, pod_resolver, run_session
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
@@ -45,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--node", action="append", metavar="NETNS",
                         help="a node's network namespace to attach netfilter links in and read kube-proxy rules "
                              "from; repeat for several (the lab: --node pt-node1 --node pt-node2)")
+    add_wide_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,6 +68,7 @@ def _health(node: str | None, warn: bool) -> Health | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_namespaces(args)  # before the conntrack readings below, which run `ip netns exec` per node
     drops = DropTable()
     nodes: list[str | None] = list(args.node or [args.netns])
     # The drop counters before the trace: their growth during it is what the trace's drops can be charged to.
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(state.to_json()) + "\n")
         sys.stdout.write(json.dumps({**summary_json(count, counters), "proxy_mode": services.mode}) + "\n")
     else:
-        write_flow_table(table, sys.stdout)
+        write_flow_table(table, sys.stdout, table_width(sys.stdout, args.wide))
         sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services; "
                          + summary_line(count, counters) + "\n")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tracer.errors import UsageError
+from tracer.errors import PodtraceError, UsageError
 
 MTU_EPILOG = """\
 Sends DF probes from inside the source namespace (ICMP echo, UDP or a TCP SYN padded to the size) and
@@ -111,6 +111,47 @@ def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
                          poll_interval=0)
 
 
+def _nodes(netns: str | None) -> list[str | None]:
+    """--netns, and the lab's nodes when the lab is up."""
+    nodes: list[str | None] = [netns]
+    try:
+        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+
+        if is_up():
+            nodes += [node for node in names().nodes.values() if node != netns]
+    except PodtraceError:
+        pass
+    return nodes
+
+
+def _mtu_notes(nodes: list[str | None]) -> list[str]:
+    from tracer.check import run_checks  # noqa: PLC0415
+    from tracer.overlay import mtu_notes  # noqa: PLC0415
+
+    found = {}
+    for node in nodes:
+        try:
+            found[node or "this node"] = [f for f in run_checks(node, window=0) if f.area == "mtu"]
+        except PodtraceError:
+            continue
+    return mtu_notes(found)
+
+
+def _service_names(netns: str | None) -> dict[str, str]:
+    """Backend and VIP ends -> Service names from kube-proxy's rules in the namespace (and the lab's nodes when
+    the lab is up); none where no rules can be read (the groups are then named by their server end)."""
+    from tracer.kubeproxy import collect  # noqa: PLC0415
+    from tracer.overlay import services_by_server  # noqa: PLC0415
+
+    ports = []
+    for node in _nodes(netns):
+        try:
+            ports += collect(node).ports
+        except PodtraceError:
+            continue
+    return services_by_server(ports)
+
+
 def run_overlay(args: argparse.Namespace) -> int:
     from tracer.overlay import OVERLAY_FILTER, TunnelTable  # noqa: PLC0415
     from tracer.report import summary_line  # noqa: PLC0415
@@ -120,13 +161,17 @@ def run_overlay(args: argparse.Namespace) -> int:
     table = TunnelTable()
 
     source, _names, count = run_session(args, path=True, on_event=table.add_named, overlay=True)
-    data = table.to_json()
+    services = _service_names(args.netns)
+    notes = _mtu_notes(_nodes(args.netns))
+    data = table.to_json(services)
+    data["mtu_notes"] = notes
     data["counters"] = dict(source.final_counters)
     data["attached"] = list(source.attached)  # e.g. "kprobe vxlan_xmit_one": which points could be seen
     if args.json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
-        sys.stdout.write(table.format_text())
+        sys.stdout.write(table.format_text(services))
+        sys.stdout.write("".join(f"{note}\n" for note in notes))
         sys.stdout.write(summary_line(count, source.final_counters) + "\n")
     sys.stdout.flush()
     return 0

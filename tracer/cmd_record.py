@@ -19,6 +19,7 @@ from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, Us
 from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
+from tracer.layout import add_wide_option, table_width
 from tracer.mtu import SUBNET_ENV
 from tracer.podnames import resolver_for
 from tracer.recorded_node import relevant
@@ -75,12 +76,16 @@ examples:
 """
 
 EXPORT_EPILOG = """\
-Each packet carries a comment with its kind, drop reason, kernel location, netns, interface and pod/Service
-names; the packet bytes start at the IP header (link type RAW).
+One frame per packet: its bytes as first seen, and a comment with every hop it was seen at (netns/interface,
+point, time from the first), the NAT between them, and its drop with the reason, location and Service (from the
+drop's conntrack entry when recorded). --per-hop writes a frame per hop instead, each hop point its own interface
+("pt-node1/eth0 rx"): Wireshark 4.0 still marks a TCP segment's later hops as retransmissions (4.2+ can keep
+conversations apart by interface). The bytes start at the IP header (link type RAW).
 
 examples:
   podtrace export node1.ptrec.gz --pcapng node1.pcapng
   tshark -r node1.pcapng -T fields -e frame.comment -e ip.src -e ip.dst
+  podtrace export node1.ptrec.gz --per-hop --pcapng node1-hops.pcapng
 """
 
 BATCH = 1024  # events per EVENTS record
@@ -120,6 +125,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("file", metavar="FILE")
     report.add_argument("--json", action="store_true", help="one JSON object per line")
     report.add_argument("--no-follow", action="store_true", help="read FILE only, not its rotation parts")
+    add_wide_option(report)
     report.set_defaults(func=run_report)
 
     export = subparsers.add_parser(
@@ -130,6 +136,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("file", metavar="FILE")
     export.add_argument("--pcapng", required=True, metavar="OUT", help="pcapng file to write")
     export.add_argument("--no-follow", action="store_true", help="read FILE only, not its rotation parts")
+    export.add_argument("--per-hop", action="store_true",
+                        help="a frame per hop (each hop point its own interface) instead of one per packet")
     export.set_defaults(func=run_export)
 
 
@@ -367,7 +375,7 @@ def _check_output(path: str) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from tracer.session import run_session
+    from tracer.session import check_namespaces, run_session
 
     try:
         max_size = parse_size(args.max_size) if args.max_size else None
@@ -378,6 +386,7 @@ def run_record(args: argparse.Namespace) -> int:
         raise UsageError("record --node takes no --netns: with --node, drops are recorded in every namespace and "
                          "netfilter is traced in the --node ones", "leave out --netns")
     _check_output(args.output)
+    check_namespaces(args)
     from tracer import bccenv
 
     bccenv.require_root("tracing")  # before the header's slow parts, which need it too
@@ -510,11 +519,12 @@ def run_report(args: argparse.Namespace) -> int:
             summary["proxy_mode"] = services.mode
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
-        write_drop_table(rows, sys.stdout)
+        width = table_width(sys.stdout, args.wide)
+        write_drop_table(rows, sys.stdout, width)
         if flows is not None and services is not None:
             sys.stdout.write("\n")
             flows.conntrack = {}  # each node's table is printed below, with its start reading
-            write_flow_table(flows, sys.stdout)
+            write_flow_table(flows, sys.stdout, width)
             sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services\n")
         if conntrack:
             sys.stdout.write("\n" + "".join(recorded.text() + "\n" for recorded in conntrack))
@@ -542,20 +552,35 @@ def _add_mtu_event(event: Any, mtu: Any, tunnels: Any, names: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from tracer.events import EVENT_NAT, decode_nat
     from tracer.pcapng import PcapngWriter
+    from tracer.pcapng_packets import Packet, PacketFolder, packet_comment
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     header = source.header
     error: PodtraceError | None = None
+    identities = ConnIdentities()  # each drop's conntrack entry: the Service it dialled
     try:
         with create_new(args.pcapng) as out:
             writer = PcapngWriter(out, f"Linux {header.get('kernel_release', '')}", header.get("hostname", ""))
+
+            def emit(packet: Packet) -> None:
+                writer.folded(packet, source.names, packet_comment(packet, source.names, identities.for_drop))
+
+            folder = PacketFolder(emit)
             try:
                 for raw in source:
-                    if len(raw) >= EVENT_SIZE:  # NAT events carry no packet bytes
-                        writer.event(decode(raw), source.names)
+                    identities.add_raw(raw)
+                    if len(raw) < EVENT_SIZE:  # NAT (and other) events carry no packet bytes
+                        if raw[0] == EVENT_NAT and not args.per_hop:
+                            folder.add_nat(decode_nat(raw))
+                    elif args.per_hop:
+                        writer.event(decode(raw), source.names, per_hop=True)
+                    else:
+                        folder.add(decode(raw))
             except RecordingError as err:
                 error = err  # the packets before the damage are in the file
+            folder.flush()
     except OSError as err:
         raise RecordingError(f"cannot write {args.pcapng}: {err.strerror or err}") from err
     finally:

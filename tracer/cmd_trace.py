@@ -10,6 +10,7 @@ from tracer import cause_state
 from tracer.aggregate import DropTable
 from tracer.events import PacketEvent
 from tracer.identity import ConnIdentities
+from tracer.layout import add_wide_option, table_width
 from tracer.nfverdict import NfAttribution
 from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
 from tracer.session import add_trace_options, run_session
@@ -42,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_trace_options(drops, path=False)
     drops.add_argument("--fail-on-drops", action="store_true", help="exit 3 when any drop matched")
+    add_wide_option(drops)
     drops.set_defaults(func=run_drops)
 
     watch = subparsers.add_parser(
@@ -74,7 +76,7 @@ def run_drops(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(row) + "\n")
         sys.stdout.write(json.dumps(summary_json(count, counters, table.evicted)) + "\n")
     else:
-        write_drop_table(rows, sys.stdout)
+        write_drop_table(rows, sys.stdout, table_width(sys.stdout, args.wide))
         sys.stdout.write(summary_line(count, counters, table.evicted) + "\n")
     sys.stdout.flush()
     return 3 if args.fail_on_drops and rows else 0

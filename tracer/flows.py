@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tracer.conntrack import Health
 from tracer.events import Tuple
 from tracer.kubeproxy import ServiceMap, ServicePort
+from tracer.layout import cut, fit_columns
 from tracer.netfilter import point_label
 
 if TYPE_CHECKING:
@@ -350,23 +351,32 @@ def nat_record_from_map(key: Any, stats: Any) -> NatRecord:
                      stats.first_ns, stats.last_ns, stats.hook_ns_sum, stats.hook_ns_max)
 
 
-def write_flow_table(table: FlowTable, out: Any) -> None:
+def write_flow_table(table: FlowTable, out: Any, width: int | None = None) -> None:
+    """Service, client, backend as wide as their widest value; on a terminal (`width`) the widest gives way
+    first, down to a floor, a shortened name ending in CUT."""
     flows = table.rows()
     if not flows:
         out.write("no Service flows seen\n")
     else:
-        out.write(f"{'SERVICE':<22} {'CLIENT':<18} {'BACKEND':<24} {'PKTS>':>6} {'<PKTS':>6} {'NF us':>6} DROPS\n")
+        cells = []
         for flow in flows:
             client = flow.client_pod if flow.client_pod != "-" else flow.client
             backend = f"{flow.backend_pod if flow.backend_pod != '-' else flow.backend}:{flow.backend_port}"
+            cells.append((flow.service, client, backend))
+        heads = ("SERVICE", "CLIENT", "BACKEND")
+        natural = [max(len(head), *(len(row[i]) for row in cells)) for i, head in enumerate(heads)]
+        sw, cw, bw = fit_columns(natural, [16, 12, 16], 3 + 7 * 3 + len("DROPS"), width)
+        out.write(f"{'SERVICE':<{sw}} {'CLIENT':<{cw}} {'BACKEND':<{bw}} {'PKTS>':>6} {'<PKTS':>6} {'NF us':>6} "
+                  "DROPS\n")
+        for flow, (service, client, backend) in zip(flows, cells):
             avg_us = flow.nat_ns_sum / max(flow.packets_out, 1) / 1000
             drops = sum(flow.drops.values())
-            out.write(f"{flow.service[:22]:<22} {client[:18]:<18} {backend[:24]:<24} {flow.packets_out:>6} "
-                      f"{flow.packets_in:>6} {avg_us:>6.1f} {drops}\n")
+            out.write(f"{cut(service, sw):<{sw}} {cut(client, cw):<{cw}} {cut(backend, bw):<{bw}} "
+                      f"{flow.packets_out:>6} {flow.packets_in:>6} {avg_us:>6.1f} {drops}\n")
             for label, count in flow.drops.items():
-                out.write(f"{'':<22} {count:>6} x {label}\n")
+                out.write(f"{'':<{sw}} {count:>6} x {label}\n")
     for drop in table.service_drops:
-        out.write(f"{drop.service[:22]:<22} {drop.count:>6} x {drop.text()} ({drop.src} > {drop.dst}:{drop.dport})\n")
+        out.write(f"{drop.service:<22} {drop.count:>6} x {drop.text()} ({drop.src} > {drop.dst}:{drop.dport})\n")
         if drop.fix:
             out.write(f"{'':<22} fix: {drop.fix}\n")
     for flagged in table.out_of_sync:

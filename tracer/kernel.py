@@ -21,6 +21,7 @@ from tracer import bccenv, kernelfs, nflink, tpbtf
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.hookpoints import HOOK_POINTS, HookPoint, Mechanism
+from tracer.kernelhints import modules_loadable
 from tracer.ksyms import KernelSymbols
 from tracer.ladder import AttachPlan, Trial, make_plan
 
@@ -230,6 +231,8 @@ def _module_on_disk(symbol: str) -> str:
     module = MODULE_OF_SYMBOL.get(symbol)
     if not module:
         return ""
+    if not modules_loadable():  # no modprobe to suggest: the module's file cannot be loaded here
+        return "not in this kernel (not built in, and this kernel loads no modules: /proc/modules is absent)"
     tree = f"/lib/modules/{platform.release()}"
     if os.path.isdir(tree):
         for _dirpath, _dirs, files in os.walk(tree):

@@ -23,6 +23,7 @@ on the wire.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,75 @@ def _pair_flow(t: Tuple) -> str:
     return f"{t.proto_name} {t.src} > {t.dst}"
 
 
+EPHEMERAL = 32768  # Linux's default net.ipv4.ip_local_port_range starts here: clients' source ports
+
+
+def _end(t: Tuple, addr: str, port: int) -> str:
+    return f"{t.proto_name} {f'[{addr}]' if ':' in addr else addr}:{port}"
+
+
+def _ends(t: Tuple) -> tuple[str, str]:
+    """(source end, destination end) of a flow with ports: "tcp 10.244.1.2:8080"."""
+    return _end(t, t.src, t.sport), _end(t, t.dst, t.dport)
+
+
+def _server(t: Tuple) -> str:
+    """The end of an inner flow that stays put across its connections, so one group holds every connection to a
+    backend and its replies: "tcp 10.244.1.2:8080". Where kube-proxy names neither end (see _groups): the
+    destination, unless only the source port is below the ephemeral range (a reply). Inferred from the ports: a
+    server on an ephemeral port, or a client port SNATed under it, is mistaken."""
+    if t.proto in (6, 17, 132) and (t.sport or t.dport):
+        src, dst = _ends(t)
+        return src if t.dport >= EPHEMERAL > t.sport > 0 else dst
+    return _pair_flow(t)
+
+
+def _groups(flows: list[InnerFlow], fragments: dict[str, Counter[str]],
+            services: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A tunnel's flows per server end, with packets, drops and the inner fragments of its address pair."""
+    groups: dict[str, dict[str, Any]] = {}
+    for f in flows:
+        # The end kube-proxy names (a backend or VIP) is the server, whatever the ports say: a reply to a
+        # masqueraded client has an SNATed destination port that may lie under the ephemeral range.
+        server = next((end for end in f.ends[::-1] if end in services), f.server)
+        g = groups.setdefault(server, {"server": server, "service": services.get(server), "flows": 0,
+                                         "packets": 0, "drops": 0, "inner_fragments": 0, "fragment_pairs": [],
+                                         "reasons": Counter()})
+        g["flows"] += 1
+        g["packets"] += f.packets
+        g["drops"] += sum(f.drops.values())
+        g["reasons"].update(f.drops)
+    for pair, points in sorted(fragments.items()):
+        proto, src, _gt, dst = pair.split(" ", 3)
+        for server, g in groups.items():  # a fragment has no ports: its pair goes to a group of one of its ends
+            s_proto, _, end = server.partition(" ")
+            if s_proto == proto and end.rsplit(":", 1)[0].strip("[]") in (src, dst):
+                g["inner_fragments"] += _most(points)
+                g["fragment_pairs"].append(pair)
+                break
+    rows = []
+    for g in groups.values():
+        reasons = g.pop("reasons")
+        g["drop_reasons"] = [{"reason": r, "where": w, "count": n} for (r, w), n in sorted(reasons.items())]
+        rows.append(g)
+    return sorted(rows, key=lambda g: (-g["drops"], -g["packets"], g["server"]))
+
+
+def services_by_server(ports: Iterable[Any]) -> dict[str, str]:
+    """kube-proxy's Service ports (tracer.kubeproxy.ServicePort) as server end -> Service names: every endpoint,
+    and the VIP. A backend of several Services is named by all of them: which one a packet was for, its inner
+    tuple (after DNAT) cannot say."""
+    names: dict[str, set[str]] = {}
+    for port in ports:
+        proto = port.proto.lower()
+        ends = [f"{proto} {e.ip}:{e.port}" for e in port.endpoints]
+        if port.vip:
+            ends.append(f"{proto} {port.vip}:{port.port}")
+        for end in ends:
+            names.setdefault(end, set()).add(port.name)
+    return {end: ", ".join(sorted(found)) for end, found in names.items()}
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class TunnelKey:
     src: str  # outer source node address
@@ -71,6 +141,8 @@ def _most(points: Counter[str]) -> int:
 @dataclass
 class InnerFlow:
     flow: str
+    server: str = ""  # its group: the server end (see _server)
+    ends: tuple[str, str] = ("", "")  # source and destination ends, when it has ports
     points: Counter[str] = field(default_factory=Counter)  # where -> packets
     bytes_points: Counter[str] = field(default_factory=Counter)  # where -> inner IP bytes
     drops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, where) -> count
@@ -102,10 +174,10 @@ class Tunnel:
     cut: Counter[tuple[str, int]] = field(default_factory=Counter)  # (where, MTU) -> VXLAN packets ip_do_fragment cut
     inner_pairs: set[str] = field(default_factory=set)  # "proto src > dst" of every inner packet seen
 
-    def flow(self, name: str) -> InnerFlow:
+    def flow(self, name: str, server: str = "", ends: tuple[str, str] = ("", "")) -> InnerFlow:
         found = self.flows.get(name)
         if found is None:
-            found = self.flows[name] = InnerFlow(name)
+            found = self.flows[name] = InnerFlow(name, server or name, ends)
         return found
 
     def absorb(self, other: Tunnel) -> None:
@@ -118,7 +190,7 @@ class Tunnel:
         for pair, points in other.inner_fragments.items():
             self.inner_fragments.setdefault(pair, Counter()).update(points)
         for name, theirs in other.flows.items():
-            mine = self.flow(name)
+            mine = self.flow(name, theirs.server, theirs.ends)
             mine.points.update(theirs.points)
             mine.bytes_points.update(theirs.bytes_points)
             mine.drops.update(theirs.drops)
@@ -178,7 +250,8 @@ class TunnelTable:
             tunnel.inner_pairs.add(_pair_flow(inner))
             if is_fragment(inner) and not drop:
                 tunnel.inner_fragments.setdefault(_pair_flow(inner), Counter())[where] += 1
-            flow = tunnel.flow(_flow(inner))
+            ports = inner.proto in (6, 17, 132) and bool(inner.sport or inner.dport)
+            flow = tunnel.flow(_flow(inner), _server(inner), _ends(inner) if ports else ("", ""))
             if drop:
                 flow.drops[(reason, where)] += 1
             else:
@@ -264,7 +337,8 @@ class TunnelTable:
                          "tunnel": carrier.describe() if carrier else None})
         return rows
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, services: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """services: a server end ("tcp 10.244.1.2:8080") -> its Service, from kube-proxy's endpoints."""
         resolved = self.resolved()
         endpoints = {(k.src, k.dst) for k in resolved}
         tunnels_per_pair = Counter((k.src, k.dst) for k in resolved)
@@ -292,6 +366,7 @@ class TunnelTable:
                 "cut_on_underlay": sum(tunnel.cut.values()),
                 "cut_before_encapsulation": sum(r["packets"] for r in cut_rows if r["tunnel"] == key.describe()
                                                 and r["stage"] == "before encapsulation"),
+                "groups": _groups(flows, tunnel.inner_fragments, services or {}),
             })
         outside = []
         for (src, dst), by_flow in sorted(self.fragments.items()):
@@ -316,8 +391,9 @@ class TunnelTable:
             "events": self.events,
         }
 
-    def format_text(self) -> str:
-        data = self.to_json()
+    def format_text(self, services: Mapping[str, str] | None = None) -> str:
+        """A line per tunnel, then one per Service (or server end) it carried: not one per ephemeral-port flow."""
+        data = self.to_json(services)
         lines: list[str] = []
         if not data["tunnels"]:
             lines.append("no VXLAN tunnel traffic seen (UDP 8472/4789)")
@@ -325,11 +401,15 @@ class TunnelTable:
             key = TunnelKey(t["src"], t["dst"], t["vni"], t["port"])
             lines.append(f"tunnel {key.describe()}: {t['packets']} packets, {t['drops']} drops, "
                          f"{t['outer_fragments']} outer fragments, {t['inner_fragments']} inner fragments")
-            lines.extend(f"  {f['packets']:>8} pkts {f['drops']:>5} drops  {f['flow']}" for f in t["flows"])
-            for f in t["flows"]:
-                lines.extend(f"           dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: {f['flow']}"
-                             for d in f["drop_reasons"])
-            lines.extend(f"  {n:>8} inner fragments  {flow}" for flow, n in t["inner_fragment_flows"].items())
+            for g in t["groups"]:
+                label = f"{g['service']} ({g['server']})" if g["service"] else g["server"]
+                lines.append(f"  {g['packets']:>8} pkts {g['drops']:>5} drops {g['inner_fragments']:>5} frags  "
+                             f"{label}, {g['flows']} flow{'s' if g['flows'] != 1 else ''}")
+                lines.extend(f"           dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: {g['server']}"
+                             for d in g["drop_reasons"])
+            grouped = {pair for g in t["groups"] for pair in g["fragment_pairs"]}
+            lines.extend(f"  {n:>8} inner fragments  {flow}" for flow, n in t["inner_fragment_flows"].items()
+                         if flow not in grouped)
             lines.extend(f"  {r['packets']:>8} cut {r['stage']} at {r['where']} (device MTU {r['device_mtu']})  "
                          f"{r['flow']}"
                          for r in data["fragmented_locally"] if r["tunnel"] == key.describe())
@@ -347,3 +427,16 @@ class TunnelTable:
             lines.append(f"fragment dropped {d['count']} x {d['reason']} at {d['where'] or '-'}: "
                          f"{d['src']} > {d['dst']}")
         return "\n".join(lines) + "\n"
+
+
+def mtu_notes(findings_by_node: Mapping[str, Iterable[Any]]) -> list[str]:
+    """Lines for nodes whose pods' MTU is over what the overlay carries (tracer.check's `mtu` findings): such
+    packets die before encapsulation, where no tunnel shows them. From the link MTUs, not from traced packets."""
+    lines = []
+    for node, findings in findings_by_node.items():
+        for f in findings:
+            if f.area == "mtu" and f.severity == "fail":
+                lines.append(f"{node}: {f.check} MTU {f.value} (read from the links, not traced): packets over "
+                             "the overlay MTU are dropped or fragmented before encapsulation, where no tunnel sees "
+                             "them; `podtrace mtu --from POD --to IP` probes the path")
+    return lines

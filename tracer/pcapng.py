@@ -1,5 +1,6 @@
-"""pcapng export: one Interface Description Block per (netns, interface) seen, one Enhanced Packet Block per event
-with its snapshot bytes and a comment (kind, reason, location, netns, names) that Wireshark and tshark show.
+"""pcapng export: one Interface Description Block per (netns, interface) seen, and an Enhanced Packet Block per
+packet (tracer/pcapng_packets folds its hops into one frame) or, with --per-hop, per event, with its snapshot bytes
+and a comment that Wireshark and tshark show.
 
 Block layouts from the pcapng specification (draft-ietf-opsawg-pcapng): SHB 0x0A0D0D0A, IDB 1, EPB 6, options as
 (u16 code, u16 length, value padded to 32 bits), ending with opt_endofopt.
@@ -12,7 +13,8 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from tracer import __version__
-from tracer.events import FLAG_SNAP_SKB, PacketEvent
+from tracer.events import FLAG_SNAP_SKB, POINT_NAMES, PacketEvent
+from tracer.pcapng_packets import Packet
 from tracer.replay import RecordedNames
 from tracer.report import describe_point
 
@@ -90,16 +92,18 @@ class PcapngWriter:
 
     def __init__(self, out: BinaryIO, os_name: str = "", hardware: str = "") -> None:
         self._out = out
-        self._interfaces: dict[tuple[int, int, str], int] = {}
+        self._interfaces: dict[tuple[int, int, str, str], int] = {}
         self.packets = 0
         out.write(section_header(os_name, hardware))
 
-    def interface(self, netns: int, ifindex: int, ifname: str, netns_name: str) -> int:
-        key = (netns, ifindex, ifname)
+    def interface(self, netns: int, ifindex: int, ifname: str, netns_name: str, point: str = "") -> int:
+        """`point` (per-hop frames): one interface per hop point, "pt-node1/eth0 rx", so the hops of one packet
+        are told apart by interface (Wireshark 4.2+ can keep TCP conversations apart by it)."""
+        key = (netns, ifindex, ifname, point)
         index = self._interfaces.get(key)
         if index is None:
             index = self._interfaces[key] = len(self._interfaces)
-            name = f"{netns_name}/{ifname or f'if{ifindex}'}"
+            name = f"{netns_name}/{ifname or f'if{ifindex}'}" + (f" {point}" if point else "")
             self._out.write(interface_description(name, f"netns {netns} ifindex {ifindex}"))
         return index
 
@@ -111,10 +115,18 @@ class PcapngWriter:
         self._out.write(enhanced_packet(interface, wall_ns, data, original_len, comment))
         self.packets += 1
 
-    def event(self, event: PacketEvent, names: RecordedNames) -> None:
-        interface = self.interface(event.netns, event.ifindex, event.ifname, names.netns_name(event.netns))
+    def event(self, event: PacketEvent, names: RecordedNames, per_hop: bool = False) -> None:
+        point = ("drop" if event.is_drop else POINT_NAMES.get(event.reason, str(event.reason))) if per_hop else ""
+        interface = self.interface(event.netns, event.ifindex, event.ifname, names.netns_name(event.netns), point)
         self.packet(interface, event.ts_ns + names.wall_offset_ns, network_bytes(event), original_length(event),
                     packet_comment(event, names))
+
+    def folded(self, packet: Packet, names: RecordedNames, comment: str) -> None:
+        """One frame for all of a packet's hops: the bytes and interface of its first hop."""
+        first = min(packet.events, key=lambda event: event.ts_ns)
+        interface = self.interface(first.netns, first.ifindex, first.ifname, names.netns_name(first.netns))
+        self.packet(interface, first.ts_ns + names.wall_offset_ns, network_bytes(first), original_length(first),
+                    comment)
 
 
 def export_events(events: Iterable[PacketEvent], out: BinaryIO, names: RecordedNames, os_name: str = "",

@@ -16,6 +16,7 @@ from tracer.attribution import knowledge
 from tracer.causes import Cause
 from tracer.events import POINT_NAMES, PacketEvent, Tuple
 from tracer.identity import NOT_TRACED, ConnIdentities, Identity
+from tracer.layout import cut, fit_columns
 from tracer.nfverdict import NfAttribution, hook_label
 from tracer.nfverdict import describe as describe_verdict
 from tracer.severity import classify, rank
@@ -101,38 +102,32 @@ def _flow(row: dict[str, Any]) -> str:
     return f"{row['proto']} {row['src']} > {row['dst']}"
 
 
-def write_drop_table(rows: list[dict[str, Any]], out: TextIO) -> None:
-    """A table under 100 columns for typical rows: count, reason, location, where, flow.
+def write_drop_table(rows: list[dict[str, Any]], out: TextIO, width: int | None = None) -> None:
+    """Count, reason, location, where, flow: each column as wide as its widest value.
 
-    Text columns are as wide as their widest value, up to a cap; when the widest flow needs the room, the widest
-    of them gives way first, down to a floor (values are cut, never the flow).
+    `width` (the terminal's columns, see tracer.layout): the widest of reason, location and where gives way first,
+    down to a floor, and a shortened value ends in CUT. None (a pipe, a file, --wide): nothing is shortened.
     """
     if not rows:
         out.write("no drops seen\n")
         return
     wheres = [f"{row['netns']}/{row['ifname']}" for row in rows]
     flows = [_flow(row) for row in rows]
-    widths = [
-        min(22, max(len("REASON"), *(len(row["reason"]) for row in rows))),
-        min(26, max(len("LOCATION"), *(len(row["location"]) for row in rows))),
-        min(16, max(len("NETNS/IF"), *(len(where) for where in wheres))),
+    natural = [
+        max(len("REASON"), *(len(row["reason"]) for row in rows)),
+        max(len("LOCATION"), *(len(row["location"]) for row in rows)),
+        max(len("NETNS/IF"), *(len(where) for where in wheres)),
     ]
-    floors = (14, 20, 13)
-    while 8 + sum(widths) + 3 + max(len(flow) for flow in flows) > 99:
-        shrinkable = [i for i in range(3) if widths[i] > floors[i]]
-        if not shrinkable:
-            break
-        widths[max(shrinkable, key=lambda i: widths[i])] -= 1
-    rw, lw, ww = widths
+    # The flow is never cut (it is what the user greps for next): the other columns give way to it.
+    rw, lw, ww = fit_columns(natural, [14, 20, 13], 8 + 3 + max(len(flow) for flow in flows), width)
     out.write(f"{'COUNT':>7} {'REASON':<{rw}} {'LOCATION':<{lw}} {'NETNS/IF':<{ww}} FLOW\n")
     benign_shown = False
     for row, where, flow in zip(rows, wheres, flows):
         if row.get("severity") == "benign" and not benign_shown:  # rows come ranked: benign ones last
             out.write("benign (normal kernel frees, not network loss):\n")
             benign_shown = True
-        out.write(
-            f"{row['count']:>7} {row['reason'][:rw]:<{rw}} {row['location'][:lw]:<{lw}} {where[:ww]:<{ww}} {flow}\n"
-        )
+        out.write(f"{row['count']:>7} {cut(row['reason'], rw):<{rw}} {cut(row['location'], lw):<{lw}} "
+                  f"{cut(where, ww):<{ww}} {flow}\n")
         if row["inner"]:
             out.write(f"{'':>7} {'':<{rw}} inner (VNI {row['vni']}): {row['inner']}\n")
         if row.get("src_pod") or row.get("dst_pod"):

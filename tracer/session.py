@@ -63,9 +63,18 @@ def add_trace_options(parser: argparse.ArgumentParser, path: bool = True) -> Non
     parser.add_argument("--poll-interval", type=float, default=0, metavar="MS", help=argparse.SUPPRESS)
 
 
+def check_namespaces(args: argparse.Namespace) -> None:
+    """--netns and every --node name an existing namespace: a usage error (exit 2) before anything slow
+    (compiling, the recording header), not after a second of compiling for nothing."""
+    for name in [getattr(args, "netns", None), *(getattr(args, "node", None) or ())]:
+        if name:
+            netns_inode(name)
+
+
 def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, icmp: bool = False,
                  overlay: bool = False) -> ProbeConfig:
     """overlay: a `podtrace overlay` session, whose VXLAN and fragmentation kprobe events skip its pcap filter."""
+    check_namespaces(args)
     expression = " ".join(args.filter)
     pages = args.ringbuf_pages
     if pages < 1 or pages & (pages - 1):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tracer.aggregate import DropKey, DropTable
+from tracer.aggregate import DropKey, DropTable, drop_key
 from tracer.events import (
     EVENT_CT,
     EVENT_DROP,
@@ -120,8 +120,8 @@ def window_label(window: float | None) -> str:
 
 def key_id(key: DropKey) -> str:
     """A stable string for a drop group (DataTable row keys)."""
-    reason, location, netns, family, proto, saddr, daddr, dport = key
-    return f"{reason}:{location:x}:{netns}:{family}:{proto}:{saddr.hex()}:{daddr.hex()}:{dport}"
+    reason, location, netns, family, proto, saddr, daddr, dport, ifname = key
+    return f"{reason}:{location:x}:{netns}:{family}:{proto}:{saddr.hex()}:{daddr.hex()}:{dport}:{ifname}"
 
 
 def flow_of(event: PacketEvent) -> FlowKey:
@@ -245,9 +245,7 @@ class Model:
             _bounded_append(self.paths, flow_of(event), event, self.timeline_len, self.max_timelines)
             return
         self.drops.add(event)
-        outer = event.outer
-        key: DropKey = (event.reason, event.location, event.netns, outer.family, outer.proto, outer.saddr,
-                        outer.daddr, outer.dport)
+        key = drop_key(event)  # the DropTable's own group key
         evicted = _bounded_append(self.timelines, key, event, self.timeline_len, self.max_timelines)
         if evicted is not None:
             self.per_second.pop(evicted, None)

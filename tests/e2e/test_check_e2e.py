@@ -148,12 +148,25 @@ def test_human_table_on_the_lab(lab: None) -> None:
     assert proc.returncode in (0, 3), proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("podtrace check on netns pt-node1: ")
-    assert max(len(line) for line in lines) < 100
     area = ""
     for line in lines[1:]:
         area = line if line and not line.startswith(" ") else area
         assert area in LOAD_AREAS or not line.startswith("  FAIL"), line
     assert proc.returncode == (3 if any(line.startswith("  FAIL") for line in lines) else 0)
+
+
+def test_a_fix_is_one_whole_line_to_paste(lab: None) -> None:
+    """mtu-mismatch: the pods finding's fix is a shell loop longer than a terminal; wrapped it could not be pasted."""
+    faults.set_fault("mtu-mismatch", True)
+    try:
+        proc = subprocess.run([sys.executable, "-m", MODULE, *PREFIX, "--netns", "pt-node1", "--window", "0"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        pods = find(check("pt-node1")[1], "mtu", "pods")
+    finally:
+        faults.set_fault("mtu-mismatch", False)
+    assert proc.returncode == 3, proc.stderr
+    assert pods["severity"] == "fail" and len(pods["fix"]) > 60
+    assert f"fix: {pods['fix']}" in [line.strip() for line in proc.stdout.splitlines()]
 
 
 def test_recording_header_keeps_the_findings_of_the_recorded_node(lab: None, tmp_path: Path) -> None:

@@ -390,3 +390,15 @@ def test_overlay_counts_fragments_of_large_non_df_udp(lab: object, mtu_mismatch:
     assert out["outer_fragments"] == 0
     outside = {f["flow"]: f for f in out["fragments_outside_tunnels"]}
     assert outside[f"udp {client} > {web2}"]["fragments"] == 2 * count
+
+
+def test_overlay_says_a_pod_mtu_over_the_overlay_drops_before_encapsulation(lab: object, mtu_mismatch: None) -> None:
+    """mtu-mismatch: pods at 1500 over flannel.1 at 1450. What dies there never reaches a tunnel, so overlay says
+    so for each node, from the links, and points at `podtrace mtu`."""
+    result = subprocess.run([sys.executable, "-c", CLI, "overlay", "--duration", "1"], capture_output=True,
+                            text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "before encapsulation" in line]
+    assert [note.split(":")[0] for note in notes] == ["pt-node1", "pt-node2"], result.stdout
+    assert all("> 1450 carried by flannel.1 (vxlan) (read from the links, not traced)" in note and
+               note.endswith("`podtrace mtu --from POD --to IP` probes the path") for note in notes)

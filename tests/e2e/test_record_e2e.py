@@ -92,7 +92,7 @@ def test_export_gives_every_packet_to_tshark_with_comments(pair: Pair, tmp_path:
     assert recorder.stop().returncode == 0
     _rows, summary, _ = report(output)
     pcap = tmp_path / "trace.pcapng"
-    exported = podtrace.run("export", str(output), "--pcapng", str(pcap))
+    exported = podtrace.run("export", str(output), "--per-hop", "--pcapng", str(pcap))  # a frame per event
     assert exported.returncode == 0, exported.stderr
     fields = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=|", "-e", "frame.comment",
                              "-e", "ip.src", "-e", "ip.dst", "-e", "udp.dstport"],
@@ -240,6 +240,61 @@ def test_report_gives_the_flow_numbers_of_the_traffic_sent(lab: None, tmp_path: 
     text = podtrace.run("report", str(output))
     assert text.returncode == 0
     assert "default/web:dns" in text.stdout and "kube-proxy mode iptables" in text.stdout
+
+
+CONNECTS = 29  # a prime: connection attempts to default/web:http with one backend dropping
+
+
+def _tshark_rows(path: Path, *fields: str) -> list[list[str]]:
+    result = subprocess.run(["tshark", "-2", "-r", str(path), "-T", "fields", "-E", "separator=|",
+                             *(arg for field in fields for arg in ("-e", field))],
+                            capture_output=True, text=True, check=True, timeout=120)
+    return [line.split("|") for line in result.stdout.splitlines()]
+
+
+def test_export_of_a_lab_recording_is_a_frame_per_packet_with_the_dropped_service(lab: None, tmp_path: Path) -> None:
+    """drop-backend: SYNs to the VIP, DNATed on node1 and dropped in node2's FORWARD for web-2. Each packet is
+    seen at several hops; one frame each, Wireshark finds no retransmission that TCP did not make, and the drop's
+    comment names the Service. Per hop, the same SYN's later hops are what Wireshark calls retransmissions."""
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    from tracer.lab import faults, traffic
+
+    output = tmp_path / "drop-backend.ptrec.gz"
+    faults.set_fault("drop-backend", True)
+    try:
+        recorder = podtrace.start("record", "-o", str(output), *NODES, "tcp port 80 or tcp port 8080")
+        # 0.5 s per attempt: under the kernel's first SYN retransmission (1 s), so TCP retransmits nothing
+        traffic.probe("default/web:http", count=CONNECTS, timeout=0.5)
+        time.sleep(0.5)
+        assert recorder.stop().returncode == 0
+    finally:
+        faults.set_fault("drop-backend", False)
+    frames, hops = tmp_path / "packets.pcapng", tmp_path / "hops.pcapng"
+    for path, extra in ((frames, ()), (hops, ("--per-hop",))):
+        exported = podtrace.run("export", str(output), *extra, "--pcapng", str(path))
+        assert exported.returncode == 0, exported.stderr
+    fields = ("frame.number", "ip.id", "tcp.stream", "tcp.seq_raw", "tcp.flags", "tcp.analysis.retransmission",
+              "frame.comment")
+    packets, per_hop = _tshark_rows(frames, *fields), _tshark_rows(hops, *fields)
+    assert len(packets) < len(per_hop)  # hops folded
+
+    def copies(rows: list[list[str]]) -> list[list[str]]:
+        """Frames marked as retransmissions that carry the same IP ID as the segment's first frame: one packet."""
+        first: dict[tuple[str, str, str], str] = {}
+        found = []
+        for row in rows:
+            key = (row[2], row[3], row[4])
+            if row[5] and first.get(key) == row[1]:
+                found.append(row)
+            first.setdefault(key, row[1])
+        return found
+
+    assert copies(packets) == []
+    assert copies(per_hop), "per hop, a SYN's later hops look like retransmissions: the test can tell"
+    dropped = [row[6] for row in packets if "; dropped: NETFILTER_DROP; service default/web:http (" in row[6]]
+    assert dropped, [row[6] for row in packets if "dropped" in row[6]][:3]
+    assert all(" drop NETFILTER_DROP at " in comment and "pt-node2/" in comment for comment in dropped)
 
 
 # --- MTU and conntrack on a node of our own ----------------------------------------------------------------------

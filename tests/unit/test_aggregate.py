@@ -39,7 +39,7 @@ def test_grouping_key_ignores_source_port() -> None:
     assert len(table) == 1
     assert table.total == 3
     ((key, row),) = table.sorted_groups()
-    assert key == (3, 0xFFFFFFFF81000000, 4026531840, 4, 17, v4("10.244.1.5"), v4("10.96.0.10"), 53)
+    assert key == (3, 0xFFFFFFFF81000000, 4026531840, 4, 17, v4("10.244.1.5"), v4("10.96.0.10"), 53, "eth0")
     assert (row.count, row.bytes, row.first_ns, row.last_ns, row.last_sport) == (3, 200, 10, 30, 3000)
     assert row.last_event.ts_ns == 30
 
@@ -48,7 +48,7 @@ def test_every_key_part_splits_groups() -> None:
     base = drop()
     variants = [
         base, drop(reason=2), drop(location=0xFFFFFFFF81000010), drop(netns=1), drop(proto=6),
-        drop(src="10.244.1.6"), drop(dst="10.96.0.11"), drop(dport=54),
+        drop(src="10.244.1.6"), drop(dst="10.96.0.11"), drop(dport=54), drop(ifname="flannel.1"),
     ]
     table = DropTable()
     table.add_all(variants)
@@ -67,13 +67,13 @@ def test_sorted_by_count_then_most_recent() -> None:
     assert [key[7] for key, _ in table.sorted_groups()] == [2, 3, 1]
 
 
-def test_ifname_keeps_the_last_known() -> None:
+def test_a_drop_without_a_device_is_its_own_group() -> None:
+    """Locally generated packets dropped before they had a device: not folded into a device's group."""
     table = DropTable()
     table.add(drop(ifname=""))
-    assert rows(table)[0][6] == ""
     table.add(drop(ifname="veth1"))
-    table.add(drop(ifname=""))  # locally generated, no device yet: keep the name seen before
-    assert rows(table)[0][6] == "veth1"
+    table.add(drop(ifname=""))
+    assert [(row.ifname, row.count) for _, row in table.sorted_groups()] == [("", 2), ("veth1", 1)]
 
 
 def test_add_all_ignores_path_events() -> None:
@@ -110,6 +110,19 @@ def test_add_raw_matches_add() -> None:
     assert rows(raw) == rows(decoded)
     assert raw.total == decoded.total == 6
     assert [row.last_event for _, row in raw.sorted_groups()] == [row.last_event for _, row in decoded.sorted_groups()]
+
+
+def test_the_device_is_part_of_the_group_raw_and_decoded() -> None:
+    """A drop seen on flannel.1 and one on eth0 are two rows, each with its own device, and stay so: the column
+    used to show whichever device the latest drop of the group had."""
+    events = [drop(ifname="flannel.1", ts_ns=1), drop(ifname="eth0", ts_ns=2), drop(ifname="flannel.1", ts_ns=3)]
+    decoded, raw = DropTable(), DropTable()
+    decoded.add_all(events)
+    for event in events:
+        raw.add_raw(encode(event))
+    for table in (decoded, raw):
+        assert [(row.ifname, row.count) for _, row in table.sorted_groups()] == [("flannel.1", 2), ("eth0", 1)]
+    assert rows(raw) == rows(decoded)
 
 
 def test_add_raw_on_golden_bytes() -> None:

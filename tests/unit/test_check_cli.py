@@ -39,14 +39,29 @@ def test_table_is_grouped_and_narrow(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert code == 3
     lines = out.splitlines()
     assert lines[0] == "podtrace check on netns pt-node1: 1 fail, 1 warn, 21 ok"
-    assert max(len(line) for line in lines) < 100
     headings = [line for line in lines if line and not line.startswith(" ") and not line.startswith("podtrace")]
     assert headings == ["kube-proxy", "rules", "routes", "conntrack", "mtu", "bridging", "softirq",
                         "sockets"]
     fail = next(i for i, line in enumerate(lines) if line.startswith("  FAIL  pods"))
     assert "cni0 1500" in lines[fail]
-    assert any(line.strip().startswith("why: pod packets over 1450") for line in lines[fail:fail + 6])
-    assert any(line.strip().startswith("fix: for d in cni0 veth") for line in lines[fail:fail + 8])
+    # Into a pipe nothing is wrapped: the finding is three lines, its fix one line to paste as it is.
+    finding = next(f for f in evaluate(_state("state-lab-node1-mtu-mismatch.json")) if f.check == "pods")
+    assert lines[fail + 1].strip() == f"why: {finding.why}"
+    assert lines[fail + 2].strip() == f"fix: {finding.fix}" and finding.fix.startswith("for d in cni0 veth")
+
+
+@pytest.mark.parametrize("width", [60, 80, 99, 140])
+def test_at_terminal_widths_prose_wraps_and_fixes_stay_whole(width: int) -> None:
+    findings = evaluate(_state("state-lab-node1-mtu-mismatch.json"))
+    out = io.StringIO()
+    cmd_check.write_table(findings, out, "netns pt-node1", width)
+    lines = out.getvalue().splitlines()
+    fixes = [line for line in lines if line.lstrip().startswith("fix: ")]
+    assert [line.strip() for line in fixes] == [f"fix: {f.fix}" for f in findings if f.severity != "ok" and f.fix]
+    assert all(len(line) <= width for line in lines if line not in fixes)
+    unwrapped = io.StringIO()
+    cmd_check.write_table(findings, unwrapped, "netns pt-node1", None)
+    assert " ".join(out.getvalue().split()) == " ".join(unwrapped.getvalue().split()), "wrapping lost no word"
 
 
 def test_json_lines_and_summary(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,20 +105,24 @@ def test_finding_model() -> None:
     assert NodeState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
 
 
-def test_long_values_wrap_under_100_columns() -> None:
+def test_long_values_wrap_and_long_names_and_fixes_are_whole() -> None:
     out = io.StringIO()
-    long = Finding("fail", "rp_filter averyveryverylongifname", "x " * 120, why="y " * 80, fix="z" * 150, area="mtu")
-    cmd_check.write_table([long], out, "test")
-    assert max(len(line) for line in out.getvalue().splitlines()) < 100
+    fix = "sysctl -w " + " ".join(f"net.ipv4.conf.veth{i:08x}.rp_filter=2" for i in range(6))
+    long = Finding("fail", "rp_filter averyveryverylongifname", "x " * 120, why="y " * 80, fix=fix, area="mtu")
+    cmd_check.write_table([long], out, "test", 99)
+    lines = out.getvalue().splitlines()
+    assert lines[3] == "  FAIL  rp_filter averyveryverylongifname"  # the name whole, its value below
+    assert f"fix: {fix}" in lines[-1] and len(lines[-1]) > 99
+    assert max(len(line) for line in lines[:-1]) < 100
 
 
-def test_unknown_netns_is_one_line_exit_1() -> None:
+def test_unknown_netns_is_one_line_exit_2() -> None:
     with pytest.raises(PodtraceError) as err:
         collect_module.collect("pt-no-such-namespace", 0)
-    assert err.value.exit_code == 1 and "no network namespace named 'pt-no-such-namespace'" in err.value.one_line()
+    assert err.value.exit_code == 2 and "no network namespace named 'pt-no-such-namespace'" in err.value.one_line()
     proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--netns", "pt-no-such-namespace"],
                           capture_output=True, text=True, check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("podtrace: no network namespace named")
 
 
@@ -112,7 +131,7 @@ def test_names_that_are_not_one_namespace_are_refused(name: str) -> None:
     """"" used to check the host instead, ".." to reach `ip netns exec`: neither is a namespace name."""
     proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--netns", name, "--window", "0"],
                           capture_output=True, text=True, check=False)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"podtrace: no network namespace named {name!r}")
 
 

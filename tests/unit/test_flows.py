@@ -6,6 +6,8 @@ import io
 import socket
 from pathlib import Path
 
+import pytest
+
 from tracer.conntrack import CpuStats, Health
 from tracer.events import Tuple
 from tracer.flows import FlowTable, NatRecord, NodeConntrack, cluster_range, write_flow_table
@@ -220,3 +222,29 @@ def test_traffic_to_a_vip_no_rule_knows_is_flagged_out_of_sync() -> None:
     write_flow_table(table, out)
     assert "tcp 10.244.0.2 > 10.96.0.99:80: 3 packets, NETFILTER_DROP at FORWARD first; VIP with no kube-proxy " \
            "rules: out of sync?" in out.getvalue()
+
+
+def _long_named_table() -> FlowTable:
+    """Pod names as a Deployment makes them (name-<replicaset hash>-<5 chars>), cut at 18 columns before."""
+    services = parse_iptables_save((FIXTURES / "lab-iptables-node1.save").read_text())
+    pods = {"10.244.0.2": "checkout-frontend-7d9f8b6c5d-x2k4p", "10.244.1.2": "payments-backend-5c8d7f9b4-qwz8r"}
+    table = FlowTable(services, lambda ip: pods.get(ip, "-"))
+    table.add_nat([_nat(1, _t("10.244.0.2", 40000, "10.96.0.10", 53), _t("10.244.0.2", 40000, "10.244.1.2", 5353))])
+    return table
+
+
+@pytest.mark.parametrize("width", [None, 70, 90, 120, 200])
+def test_flow_table_sized_to_the_terminal(width: int | None) -> None:
+    out = io.StringIO()
+    write_flow_table(_long_named_table(), out, width)
+    head, row = out.getvalue().splitlines()[:2]
+    whole = ("checkout-frontend-7d9f8b6c5d-x2k4p", "payments-backend-5c8d7f9b4-qwz8r:5353")
+    fixed = 3 + 7 * 3 + len("DROPS")  # three separators, three counts with theirs, and DROPS
+    natural = len("default/web:dns") + len(whole[0]) + len(whole[1]) + fixed
+    if width is None or width >= natural:  # a pipe, --wide or a wide terminal: names whole
+        assert all(name in row for name in whole) and "~" not in row
+        assert len(head) == natural
+    else:  # shortened to fit, down to the floors (the Service's 15 is under its 16, 12, 16), marked as shortened
+        assert "~" in row
+        assert len(head) == max(width, len("default/web:dns") + 12 + 16 + fixed)
+    assert row.split()[-4:] == ["1", "0", "5.0", "0"]  # the counts are never cut

@@ -85,7 +85,34 @@ def test_underlay_drop_attributed_to_inner_flow() -> None:
     assert table.to_json()["unattributed_drops"] == 1
     text = table.format_text()
     assert f"tunnel {N1} -> {N2} vni 1 udp/8472: 1 packets, 3 drops" in text
-    assert f"dropped 2 x NETFILTER_DROP at pt-node2/eth0: udp {CLIENT}:1000 > {WEB}:5353" in text
+    assert f"dropped 2 x NETFILTER_DROP at pt-node2/eth0: udp {WEB}:5353" in text
+
+
+def test_flows_are_grouped_per_tunnel_and_service_not_per_ephemeral_port() -> None:
+    """180 connections from ephemeral ports to two backends, replies included: two lines, one per Service end."""
+    table = TunnelTable()
+    for port in range(40000, 40180):
+        backend = WEB if port % 2 else "10.244.1.3"
+        out, back = tup(CLIENT, backend, port, 8080), tup(backend, CLIENT, 8080, port)
+        table.add(vxlan(out), "pt-node1/eth0 xmit")
+        table.add(vxlan(back), "pt-node2/eth0 xmit")
+        if port % 30 == 1:
+            table.add(vxlan(out, kind=EVENT_DROP), "pt-node2/cni0", "NETFILTER_DROP")
+    frag = tup(CLIENT, WEB, frag=0x00B4, ip_len=76)
+    table.add(vxlan(frag), "pt-node2/eth0 rx")
+    services = {f"udp {WEB}:8080": "default/web:http", "udp 10.244.1.3:8080": "default/web:http"}
+    text = table.format_text(services)
+    lines = text.splitlines()
+    assert len(lines) < 12, text
+    # each connection is two flows (out and back), one packet each
+    assert f"       180 pkts     6 drops     1 frags  default/web:http (udp {WEB}:8080), 180 flows" in lines
+    assert "       180 pkts     0 drops     0 frags  default/web:http (udp 10.244.1.3:8080), 180 flows" in lines
+    assert f"           dropped 6 x NETFILTER_DROP at pt-node2/cni0: udp {WEB}:8080" in lines
+    [tunnel] = table.to_json(services)["tunnels"]
+    assert [(g["server"], g["flows"], g["packets"]) for g in tunnel["groups"]] == [
+        (f"udp {WEB}:8080", 180, 180), ("udp 10.244.1.3:8080", 180, 180),
+        (f"udp {CLIENT} > {WEB}", 1, 1)]  # a later fragment has no ports: a group of its own
+    assert len(tunnel["flows"]) == 361  # the JSON keeps every flow
 
 
 def test_inner_fragments_in_and_outside_the_tunnel() -> None:
@@ -165,3 +192,49 @@ def test_later_outer_fragments_follow_their_first_fragment_when_two_tunnels_join
     assert flow_in(table, (N1, N2, 2, 8472))["outer_fragments"] == 2
     assert data["outer_fragments_unplaced"] == 1 and data["outer_fragments"] == 5
     assert "first fragment not seen: 1" in table.format_text()
+
+
+def test_service_names_come_from_kube_proxys_endpoints() -> None:
+    """The lab's own iptables-save (tests/unit/fixtures/kubeproxy): a backend of two Services is named by both."""
+    from pathlib import Path
+
+    from tracer.kubeproxy import parse_iptables_save
+    from tracer.overlay import services_by_server
+
+    rules = (Path(__file__).parent / "fixtures" / "kubeproxy" / "lab-iptables-node1.save").read_text()
+    names = services_by_server(parse_iptables_save(rules).ports)
+    assert names["tcp 10.244.1.2:8080"] == "default/web-nodeport:http, default/web:http"
+    assert names["tcp 10.96.0.10:80"] == "default/web:http"
+    assert "tcp 10.96.0.30:80" in names  # a Service without endpoints still names its VIP
+
+
+def test_a_reply_to_a_masqueraded_client_groups_with_its_service() -> None:
+    """Seen on the lab: NodePort replies to node2's flannel address with SNATed ports under 32768
+    (10.244.1.2:8080 > 10.244.1.0:11382): grouped by kube-proxy's backend end, not by the low client port."""
+    table = TunnelTable()
+    for port in (11382, 15988, 1615):
+        table.add(vxlan(tup(WEB, "10.244.1.0", 8080, port)), "pt-node2/eth0 xmit")
+    services = {f"udp {WEB}:8080": "default/web:http"}
+    groups = table.to_json(services)["tunnels"][0]["groups"]
+    assert [(g["server"], g["service"], g["flows"]) for g in groups] == [(f"udp {WEB}:8080", "default/web:http", 3)]
+    unnamed = table.to_json()["tunnels"][0]["groups"]  # no rules read: by ports alone, a group per SNATed port
+    assert len(unnamed) == 3
+
+
+def test_a_pod_mtu_over_the_overlay_is_said_with_where_the_drop_happens() -> None:
+    """The lab's node1 recorded with mtu-mismatch on (tests/unit/fixtures/check): the drop is before
+    encapsulation, so `overlay` says so, from the links, and points at `podtrace mtu`."""
+    import json as json_
+    from pathlib import Path
+
+    from tracer.check import NodeState, evaluate
+    from tracer.overlay import mtu_notes
+
+    fixtures = Path(__file__).parent / "fixtures" / "check"
+    bad = evaluate(NodeState.from_dict(json_.loads((fixtures / "state-lab-node1-mtu-mismatch.json").read_text())))
+    good = evaluate(NodeState.from_dict(json_.loads((fixtures / "state-lab-node1-ok.json").read_text())))
+    [note] = mtu_notes({"pt-node1": bad, "pt-node2": good})
+    assert note.startswith("pt-node1: pods MTU cni0 1500, ") and "> 1450 carried by flannel.1 (vxlan)" in note
+    assert "(read from the links, not traced)" in note and "before encapsulation" in note
+    assert note.endswith("`podtrace mtu --from POD --to IP` probes the path")
+    assert mtu_notes({"pt-node1": good}) == []

@@ -17,13 +17,25 @@ from tracer.replay import ReplaySource
 V1 = Path(__file__).resolve().parent / "fixtures" / "recordings" / "v1.ptrec"
 
 
-@pytest.fixture
-def exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
+def export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
     if "tracer.cmd_record" not in cli.COMMAND_MODULES:
         monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "tracer.cmd_record"))
-    out = tmp_path / "v1.pcapng"
-    assert cli.main(["export", str(V1), "--pcapng", str(out)]) == 0
-    assert f"wrote 55 packets on 1 interfaces to {out}" in capsys.readouterr().err
+    out = tmp_path / f"v1{'-'.join(extra)}.pcapng"
+    assert cli.main(["export", str(V1), *extra, "--pcapng", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+@pytest.fixture
+def exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
+    """One frame per packet (the default)."""
+    out = export(tmp_path, monkeypatch, capsys)
+    return out
+
+
+@pytest.fixture
+def per_hop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
+    out = export(tmp_path, monkeypatch, capsys, "--per-hop")
     return out
 
 
@@ -32,31 +44,55 @@ def recorded_events() -> list:
         return [decode(raw) for raw in source if len(raw) >= EVENT_SIZE]
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
-def test_tshark_reads_every_packet_with_its_comment(exported: Path) -> None:
-    result = subprocess.run(
-        ["tshark", "-r", str(exported), "-T", "fields", "-E", "separator=|", "-e", "frame.comment", "-e", "ip.src",
-         "-e", "ip.dst", "-e", "udp.dstport", "-e", "tcp.dstport", "-e", "frame.interface_name"],
-        capture_output=True, text=True, check=True, timeout=60,
-    )
-    lines = result.stdout.splitlines()
-    assert len(lines) == len(recorded_events()) == 55
-    fields = [line.split("|") for line in lines]
-    assert all(comment for comment, *_rest in fields)
-    drops = [f for f in fields if f[0].startswith("drop ")]
+def tshark(path: Path, *fields: str) -> list[list[str]]:
+    argv = ["tshark", "-r", str(path)]
+    if fields:
+        argv += ["-T", "fields", "-E", "separator=|", *(arg for field in fields for arg in ("-e", field))]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+    return [line.split("|") for line in result.stdout.splitlines()]
+
+
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+
+
+@needs_tshark
+def test_one_frame_per_packet_with_its_hops_and_no_false_retransmission(exported: Path, per_hop: Path) -> None:
+    """v1.ptrec: 25 dropped packets seen at rx and at their drop, 5 RSTs seen at 1-5 queue hops; 55 events."""
+    fields = tshark(exported, "frame.comment", "ip.src", "ip.dst", "udp.dstport", "tcp.dstport",
+                    "frame.interface_name")
+    assert len(fields) == 30 and len(recorded_events()) == 55
+    assert all(f[0].startswith("packet, ") for f in fields)
+    drops = [f for f in fields if "; dropped: " in f[0]]
     assert len(drops) == 25
-    netfilter = [f for f in drops if f[0].startswith("drop NETFILTER_DROP at nft_do_chain+0x46f;")]
+    netfilter = [f for f in drops if f[0].startswith("packet, 2 hops in ") and
+                 ", +" in f[0] and "ptt-897b95-b/veth-b drop NETFILTER_DROP at nft_do_chain+0x46f" in f[0]]
     assert len(netfilter) == 13 and {f[3] for f in netfilter} == {"5001"}
-    assert all("netns ptt-897b95-b; if veth-b" in f[0] for f in fields)
-    assert {(f[1], f[2]) for f in fields} == {("198.18.2.1", "198.18.2.2"), ("198.18.2.2", "198.18.2.1")}  # RSTs
-    assert len([f for f in drops if f[0].startswith("drop NO_SOCKET at tcp_v4_rcv") and f[4] == "5003"]) == 5
+    assert all(" ptt-897b95-b/veth-b rx, " in f[0] for f in drops)  # each drop's receive is in its frame
+    syns = [f for f in drops if f[4] == "5003"]
+    assert len(syns) == 5 and all("drop NO_SOCKET at tcp_v4_rcv+0x99" in f[0] for f in syns)
+    assert all("service unknown" in f[0] for f in drops)  # recorded without the lab: no Service to name
     assert {f[5] for f in fields} == {"ptt-897b95-b/veth-b"}
-    assert "path rx" in {f[0].split(";")[0] for f in fields}
+    # Each SYN was received, then dropped: as two frames Wireshark calls the second a retransmission.
+    summary = " ".join(" ".join(line) for line in tshark(exported))
+    assert "TCP Retransmission" not in summary
+    assert " ".join(" ".join(line) for line in tshark(per_hop)).count("TCP Retransmission") == 5
 
 
-def test_scapy_reads_the_same_packets_and_timestamps(exported: Path) -> None:
+@needs_tshark
+def test_per_hop_keeps_a_frame_per_event_on_an_interface_per_hop_point(per_hop: Path) -> None:
+    fields = tshark(per_hop, "frame.comment", "udp.dstport", "frame.interface_name")
+    assert len(fields) == len(recorded_events()) == 55
+    drops = [f for f in fields if f[0].startswith("drop ")]
+    assert len(drops) == 25 and {f[2] for f in drops} == {"ptt-897b95-b/veth-b drop"}
+    netfilter = [f for f in drops if f[0].startswith("drop NETFILTER_DROP at nft_do_chain+0x46f;")]
+    assert len(netfilter) == 13 and {f[1] for f in netfilter} == {"5001"}
+    assert {f[2] for f in fields} == {"ptt-897b95-b/veth-b drop", "ptt-897b95-b/veth-b rx",
+                                      "ptt-897b95-b/veth-b queue"}
+
+
+def test_scapy_reads_the_same_packets_and_timestamps(exported: Path, per_hop: Path) -> None:
     events = recorded_events()
-    with PcapNgReader(str(exported)) as reader:
+    with PcapNgReader(str(per_hop)) as reader:
         packets = list(reader)
     assert len(packets) == len(events)
     for packet, event in zip(packets, events):
@@ -67,6 +103,11 @@ def test_scapy_reads_the_same_packets_and_timestamps(exported: Path) -> None:
     with ReplaySource(str(V1)) as source:
         offset = source.names.wall_offset_ns
     assert abs(float(packets[0].time) - (first.ts_ns + offset) / 1e9) < 1e-6
+    with PcapNgReader(str(exported)) as reader:
+        folded = list(reader)
+    snaps = {event.snap for event in events}
+    assert len(folded) == 30 and all(bytes(packet) in snaps for packet in folded)  # a hop's bytes, as recorded
+    assert abs(float(folded[0].time) - (first.ts_ns + offset) / 1e9) < 1e-6  # the first hop's time
 
 
 def test_blocks_are_32_bit_aligned_with_matching_lengths() -> None:

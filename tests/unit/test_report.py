@@ -39,6 +39,7 @@ GOLDEN_DIR = Path(__file__).parent / "fixtures" / "events"
 WALL = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z at monotonic 0
 HOST = 4026531840
 POD = 4026532315
+NODE2 = 4026532400
 
 
 @pytest.fixture(autouse=True)
@@ -51,10 +52,11 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def names() -> Resolver:
-    netns = {HOST: "host", POD: "pt-node1"}
+    netns = {HOST: "host", POD: "pt-node1", NODE2: "pt-node2"}
     symbols = {0xFFFFFFFF81A00000: "nf_hook_slow+0x8a", 0xFFFFFFFF81B00000: "__udp4_lib_rcv+0x4bc"}
     return Resolver(
-        reasons={2: "NOT_SPECIFIED", 3: "NO_SOCKET", 5: "NETFILTER_DROP", 34: "TCP_INVALID_SEQUENCE"},
+        reasons={2: "NOT_SPECIFIED", 3: "NO_SOCKET", 5: "NETFILTER_DROP", 34: "TCP_INVALID_SEQUENCE",
+                 74: "TCP_OLD_SEQUENCE"},
         netns=lambda inode: netns.get(inode, f"netns:{inode}"),
         symbol=lambda address: symbols.get(address, f"0x{address:x}"),
         wall_offset_ns=WALL,
@@ -118,9 +120,17 @@ def typical_rows() -> list[dict]:
     ]), names())
 
 
-def test_drop_table_under_100_columns() -> None:
+def test_long_names_seen_on_the_lab_are_whole() -> None:
+    """The lab's own names, cut at 99 columns before: TCP_OLD_SEQUEN, pt-node2/flanne."""
+    rows = drop_rows(table_of([event(reason=74, ifname="flannel.1", netns=NODE2)]), names())
     out = io.StringIO()
-    write_drop_table(typical_rows(), out)
+    write_drop_table(rows, out)
+    assert "TCP_OLD_SEQUENCE" in out.getvalue() and "pt-node2/flannel.1" in out.getvalue()
+
+
+def test_drop_table_fits_a_99_column_terminal() -> None:
+    out = io.StringIO()
+    write_drop_table(typical_rows(), out, width=99)
     lines = out.getvalue().splitlines()
     assert len(lines) == 5
     assert lines[0].split() == ["COUNT", "REASON", "LOCATION", "NETNS/IF", "FLOW"]
@@ -136,28 +146,64 @@ def test_drop_table_under_100_columns() -> None:
 
 def test_drop_table_short_names_leave_room() -> None:
     out = io.StringIO()
-    write_drop_table(typical_rows()[:2], out)
+    write_drop_table(typical_rows()[:2], out, width=99)
     lines = out.getvalue().splitlines()
     assert "nf_hook_slow+0x8a" in lines[1] and "__udp4_lib_rcv+0x4bc" in lines[2]
     assert max(len(line) for line in lines) < 100
 
 
-def test_drop_table_columns_line_up_and_long_values_are_cut() -> None:
+def long_rows() -> list[dict]:
     rows = typical_rows()
     rows[0]["reason"] = "A_VERY_LONG_DROP_REASON_NAME_FROM_A_NEW_KERNEL"
     rows[0]["location"] = "some_very_long_kernel_function_name+0x1234"
     rows[0]["netns"] = "a-very-long-namespace-name"
     rows[1].update(src="192.168.100.200", dst="192.168.100.201", sport=65535, dport=65535)  # the widest IPv4
+    return rows
+
+
+def test_drop_table_columns_line_up_and_long_values_are_cut_on_a_narrow_terminal() -> None:
     out = io.StringIO()
-    write_drop_table(rows, out)
+    write_drop_table(long_rows(), out, width=99)
     lines = out.getvalue().splitlines()
     flow_at = lines[0].index("FLOW")
     assert all(line[flow_at - 1] == " " and line[flow_at] != " " for line in lines)
-    assert "A_VERY_LONG_DROP_REASON_" not in lines[1]
+    assert "A_VERY_LONG_DROP_REASON_" not in lines[1] and "A_VERY_LONG_D~" in lines[1]  # a cut is marked
     assert "udp 192.168.100.200:65535 > 192.168.100.201:65535" in lines[2]  # flows are never cut
     assert "NETFILTER_DROP" in lines[4]  # reasons keep 14 characters
     assert "pt-node1/eth0 " in lines[4]  # and netns/interface 13
     assert [len(line) < 100 for line in lines] == [True, True, False, True, True]  # only the widest flow overflows
+
+
+def test_drop_table_in_a_pipe_or_with_wide_shows_every_name_whole() -> None:
+    out = io.StringIO()
+    write_drop_table(long_rows(), out, width=None)
+    text = out.getvalue()
+    assert "~" not in text
+    for whole in ("A_VERY_LONG_DROP_REASON_NAME_FROM_A_NEW_KERNEL", "some_very_long_kernel_function_name+0x1234",
+                  "a-very-long-namespace-name/eth0"):
+        assert whole in text, whole
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 120, 160, 200])
+def test_drop_table_at_terminal_widths(width: int) -> None:
+    """Every line fits whenever the floors and the widest flow allow it; a wider terminal cuts less."""
+    out = io.StringIO()
+    write_drop_table(long_rows(), out, width=width)
+    lines = out.getvalue().splitlines()
+    widest_flow = len("udp 192.168.100.200:65535 > 192.168.100.201:65535")
+    floor_line = 8 + 14 + 1 + 20 + 1 + 13 + 1 + widest_flow
+    assert max(len(line) for line in lines) == max(min(width, len(_whole_line())), floor_line)
+    cuts = out.getvalue().count("~")
+    narrower = io.StringIO()
+    write_drop_table(long_rows(), narrower, width=width - 20)
+    assert cuts <= narrower.getvalue().count("~")
+    assert (cuts == 0) == (width >= len(_whole_line()))
+
+
+def _whole_line() -> str:
+    out = io.StringIO()
+    write_drop_table(long_rows(), out, width=None)
+    return max(out.getvalue().splitlines(), key=len)
 
 
 def test_drop_table_inner_and_ipv6() -> None:
@@ -168,7 +214,7 @@ def test_drop_table_inner_and_ipv6() -> None:
         table.add(decode(path.read_bytes()))
     rows += drop_rows(table, names())
     out = io.StringIO()
-    write_drop_table(rows, out)
+    write_drop_table(rows, out, width=99)
     lines = out.getvalue().splitlines()
     assert lines[2].strip() == "inner (VNI 1): tcp 10.244.2.7:8080 > 10.244.1.5:40000"
     assert all(len(line) < 100 for line in lines)

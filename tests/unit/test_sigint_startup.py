@@ -21,10 +21,11 @@ def test_sigint_during_start_up_never_prints_a_traceback() -> None:
         time.sleep(step * 0.045)
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=60)
-        if err.startswith("Fatal Python error: init_import_site"):
-            # The signal landed while the interpreter itself ran site.py and the venv's .pth files (seen on a
-            # loaded machine at 0.045 s): no podtrace code has run yet, so none of it may be in the traceback.
-            assert "tracer" not in err and process.returncode != 0, (step, err)
+        if err.startswith("Fatal Python error: init_import_site") or (
+                "KeyboardInterrupt" in err and "tracer/" not in err):
+            # The interpreter was still importing `site`, or runpy still compiling tracer/cli.py (seen at 45 ms
+            # on a loaded machine, PYTHONDONTWRITEBYTECODE set): Python's own start-up, no podtrace frame in the
+            # traceback, before any podtrace line runs, so nothing podtrace can catch.
             continue
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (step, err)
         assert process.returncode in (0, 130, -signal.SIGINT), (step, process.returncode, err)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer.check.model import NodeState
-from tracer.errors import PodtraceError
+from tracer.errors import PodtraceError, UsageError
 
 PROC_SYS = Path("/proc/sys")
 NETNS_DIR = Path("/run/netns")
@@ -182,7 +182,7 @@ def _in_netns(netns: str) -> NodeState:
     # A name is one entry of /run/netns: "", ".", ".." or a path would resolve to some other directory.
     if netns in ("", ".", "..") or "/" in netns or not (NETNS_DIR / netns).exists():
         known = ", ".join(sorted(os.listdir(NETNS_DIR))) if NETNS_DIR.is_dir() else ""
-        raise PodtraceError(f"no network namespace named {netns!r}", f"known: {known or 'none'}")
+        raise UsageError(f"no network namespace named {netns!r}", f"known: {known or 'none'}")  # exit 2, as drops
     if os.geteuid() != 0:
         raise PodtraceError(f"check --netns {netns} needs root", "run it with sudo")
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
