@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 PYTEST  := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-e2e test-vm check lint typecheck bench lab-down clean
+.PHONY: setup demo test test-unit test-e2e test-vm check lint typecheck bench image lab-down clean
 
 setup:
 	@bash scripts/setup.sh
@@ -37,6 +37,10 @@ check: lint typecheck test-unit
 
 bench: setup
 	$(PY) -m tracer.bench --out BENCHMARKS.md
+
+# The serve container image (tracer/serve/deploy/Dockerfile) with docker, podman or buildah; not part of test/check.
+image:
+	@bash scripts/build-image.sh $(IMAGE)
 
 lab-down:
 	$(VENV)/bin/podtrace lab down

@@ -2,7 +2,9 @@
 
 Struct offsets never come from these headers (they come from BTF, see tracer/btf.py); BCC only needs some
 headers tree of the right architecture so its C compiles. Preference: the running kernel's own headers
-(/lib/modules/$(uname -r)/build), else the newest installed /usr/src tree of the same architecture. Debian
+(/lib/modules/$(uname -r)/build), else the newest installed /usr/src tree of the same architecture, else the newest
+tree in the directories of $PODTRACE_HEADERS_PATH (the container image ships one there: a node's /usr/src mounted
+over the image's own would hide it). Debian
 splits a tree in two (linux-headers-X-amd64 holds the generated files and a Makefile that includes
 linux-headers-X-common); BCC's BCC_KERNEL_SOURCE takes one directory, so a merged tree of symlinks is
 built once under the cache directory.
@@ -21,6 +23,7 @@ from tracer.errors import KernelError
 
 CACHE_DIR = Path(os.environ.get("PODTRACE_CACHE", "/var/cache/podtrace")) / "headers"
 SRC_DIR = Path("/usr/src")
+HEADERS_PATH_ENV = "PODTRACE_HEADERS_PATH"  # colon-separated directories of linux-headers-* trees, after SRC_DIR
 
 # `uname -m` -> the arch/ directory and the autoconf symbol that proves a tree is for it.
 ARCHES = {
@@ -70,10 +73,15 @@ def _version_key(name: str) -> tuple[int, ...]:
 
 
 def _fallback_candidates(machine: str) -> list[Path]:
-    if not SRC_DIR.is_dir():
-        return []
-    trees = [tree for tree in SRC_DIR.glob("linux-headers-*") if tree.is_dir() and _has_arch(tree, machine)]
-    return sorted(trees, key=lambda tree: _version_key(tree.name), reverse=True)
+    """/usr/src's trees, newest first, then each $PODTRACE_HEADERS_PATH directory's, newest first."""
+    extra = [Path(part) for part in os.environ.get(HEADERS_PATH_ENV, "").split(":") if part]
+    candidates: list[Path] = []
+    for directory in (SRC_DIR, *extra):
+        if not directory.is_dir():
+            continue
+        trees = [tree for tree in directory.glob("linux-headers-*") if tree.is_dir() and _has_arch(tree, machine)]
+        candidates += sorted(trees, key=lambda tree: _version_key(tree.name), reverse=True)
+    return candidates
 
 
 def _merged_tree(build: Path, source: Path) -> Path:

@@ -21,6 +21,7 @@ def src(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     src_dir.mkdir(parents=True)
     monkeypatch.setattr(headers, "SRC_DIR", src_dir)
     monkeypatch.setattr(headers, "CACHE_DIR", tmp_path / "cache" / "headers")
+    monkeypatch.delenv(headers.HEADERS_PATH_ENV, raising=False)
     return src_dir
 
 
@@ -121,6 +122,28 @@ def test_newest_version_wins(src: Path) -> None:
     (src / "linux-headers-7.0.0-1-amd64.txt").write_text("")  # not a directory
     choice = headers.find(running_release=NO_SUCH_RELEASE, machine="x86_64")
     assert choice.release == "6.1.0-27-amd64"
+
+
+def single_tree(directory: Path, version: str) -> Path:
+    """A self-contained tree (sources and generated files in one directory), as the container image ships."""
+    tree = directory / f"linux-headers-{version}-amd64"
+    (tree / "include/generated").mkdir(parents=True)
+    (tree / "include/generated/autoconf.h").write_text("#define CONFIG_X86_64 1\n")
+    (tree / "include/linux").mkdir()
+    (tree / "include/linux/kconfig.h").write_text("")
+    return tree
+
+
+def test_headers_path_trees_are_the_last_fallback(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's own tree is used when the node's /usr/src (mounted over the image's) has none, and only then."""
+    image = tmp_path / "opt" / "headers"
+    old, new = single_tree(image, "6.1.0-9"), single_tree(image, "6.1.0-27")
+    monkeypatch.setenv(headers.HEADERS_PATH_ENV, f"{tmp_path / 'missing'}::{image}")
+    choice = headers.find(running_release=NO_SUCH_RELEASE, machine="x86_64")
+    assert choice == headers.HeaderChoice("fallback", str(new), "6.1.0-27-amd64", NO_SUCH_RELEASE)
+    assert old != new and headers._merged_tree(new, headers._source_of(new)) == new  # nothing to merge or cache
+    node = debian_pair(src, "5.10.0-30")  # older than the image's, but the node's own distribution's: first
+    assert headers.find(running_release=NO_SUCH_RELEASE, machine="x86_64").path == str(node)
 
 
 def test_no_headers(src: Path) -> None:
