@@ -120,7 +120,7 @@ def _taken(app: Any) -> tuple[float, float]:
 
 
 async def _drive(app: Any, warmup: float, presses: int, gap: float) -> dict[str, float]:
-    from textual import events  # noqa: PLC0415 - textual only when this section runs
+    from tui.keys import deliver_key  # noqa: PLC0415 - textual only when this section runs
 
     latencies: list[float] = []
     unanswered = 0
@@ -135,11 +135,7 @@ async def _drive(app: Any, warmup: float, presses: int, gap: float) -> dict[str,
         for index in range(presses):
             key = KEYS[index % len(KEYS)]
             started = time.perf_counter()
-            # The key as the terminal driver delivers it. Not pilot.press(): it waits for the whole process to
-            # look idle (wait_for_idle, up to 1 s, twice), which a storm never lets happen: that measured Pilot.
-            key_event = events.Key(key, key)
-            key_event.set_sender(app)
-            app._driver.send_message(key_event)  # noqa: SLF001 - the driver is what a real terminal feeds
+            deliver_key(app, key)  # as a terminal sends it: pilot.press() waits for the process to go idle
             await pilot._wait_for_screen()  # noqa: SLF001 - the screen's queues drained behind the key
             await pilot._wait_for_screen()  # noqa: SLF001 - once more: the view switch's own refresh messages
             while app.query_one("TabbedContent").active != VIEWS[key]:
@@ -183,8 +179,9 @@ def measure_apart(ingest: str, warmup: float, presses: int, log: Callable[[str],
     """measure() in a fresh interpreter: a peak RSS (VmHWM) is a process's whole life, so the two modes must not
     share one."""
     log(f"tui ({ingest} ingest): {OFFERED} events/s offered over {FLOWS} flows, {presses} key presses")
+    # stdin from /dev/null: the app runs headless and must not share the caller's terminal or pipe
     done = subprocess.run([sys.executable, "-m", "tracer.benchmarks.tui", ingest, str(warmup), str(presses)],
-                          capture_output=True, text=True, timeout=1200, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1200, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the {ingest} run failed: {done.stderr.strip()[-500:]}")
     result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
