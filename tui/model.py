@@ -383,11 +383,15 @@ class Model:
         drops of the same flow, across its NAT rewrites. After a rewrite only the connections NAT made from this
         flow count: another Service's connections to the same backend share its post-DNAT addresses."""
         with self.lock:
-            flows = self._related(flow)
-            drops = [event for key, events in self.timelines.items() if (key[3], key[4], key[5], key[6], key[7])
-                     in flows for event in events]
-            made = set().union(*(self._connection_keys(after) for after, event in self.rewrites.items()
-                                 if _key_flow(_packet_key(event.before)) == flow))
+            drops = self._drops_of(self._related(flow))
+            made: set[ConnKey] = set()  # the connections NAT made from this flow: both sides of each rewrite
+            for after, event in self.rewrites.items():
+                before = _packet_key(event.before)
+                if _key_flow(before) == flow:
+                    made |= {before, after}
+            # and what a later rewrite (SNAT after DNAT) made of those, and the replies of all of them
+            made = _with_replies(made | {after for after, event in self.rewrites.items()
+                                         if _packet_key(event.before) in made})
         if not made:  # not a flow NAT rewrote (a post-DNAT or plain flow): every packet of it
             return self._rows(drops, flow)
         return self._rows(drops, flow, made, keep=flow)
@@ -398,9 +402,7 @@ class Model:
         with self.lock:
             keys = self._connection_keys(conn)
             flow = _key_flow(conn)
-            flows = self._related(flow)
-            drops = [event for key, events in self.timelines.items() if (key[3], key[4], key[5], key[6], key[7])
-                     in flows for event in events]
+            drops = self._drops_of(self._related(flow))
         return self._rows(drops, flow, keys)
 
     def _connection_keys(self, conn: ConnKey) -> set[ConnKey]:
@@ -409,8 +411,12 @@ class Model:
         if rewrite is not None:
             keys.add(_packet_key(rewrite.before))
         keys |= {after for after, event in self.rewrites.items() if _packet_key(event.before) == conn}
-        replies = {(family, proto, daddr, saddr, dport, sport) for family, proto, saddr, daddr, sport, dport in keys}
-        return keys | replies
+        return _with_replies(keys)
+
+    def _drops_of(self, flows: set[FlowKey]) -> list[PacketEvent]:
+        """The kept drops of these flows (a drop group's key holds its flow from index 3 on)."""
+        return [event for key, events in self.timelines.items() if (key[3], key[4], key[5], key[6], key[7])
+                in flows for event in events]
 
     def _related(self, flow: FlowKey) -> set[FlowKey]:
         """The flow, the flows NAT rewrote into it, and the flows it was rewritten into."""
@@ -482,6 +488,10 @@ def connection_text(conn: ConnKey) -> str:
     if family == 6:
         src, dst = f"[{src}]", f"[{dst}]"
     return f"{PROTO_NAMES.get(proto, str(proto))} {src}:{sport} > {dst}:{dport}"
+
+
+def _with_replies(keys: set[ConnKey]) -> set[ConnKey]:
+    return keys | {(family, proto, daddr, saddr, dport, sport) for family, proto, saddr, daddr, sport, dport in keys}
 
 
 def _key_flow(conn: ConnKey) -> FlowKey:
