@@ -10,9 +10,9 @@ no TCP sequence) are never matched.
 No clock is assumed synchronised. Each recording's events are put on its own wall clock (the header's offset),
 then the second recording's clock is shifted by θ estimated from the matched packets whose sending node is known
 (the recording whose node holds the source pod, `names.pods`, else the only one that saw it queued or
-transmitted): with packets both ways, θ = (min d_ab - min d_ba) / 2 (NTP's estimate, the fastest packet each way
-taking as long); one way only, θ = min d_ab, and the one-way latencies are then relative to the fastest packet,
-which is said.
+transmitted), d_ab being the time from its last sighting on the sender to its first on the receiver: with packets
+both ways, θ = (min d_ab - min d_ba) / 2 (NTP's estimate, the fastest packet each way taking as long); one way only,
+θ = min d_ab, and the one-way latencies are then relative to the fastest packet, which is said.
 """
 
 from __future__ import annotations
@@ -124,18 +124,22 @@ def _sender(nodes: Sequence[NodeRecording], key: PacketKey, sightings: list[Sigh
 
 def align(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]]) -> ClockAlignment | None:
     """θ for two recordings from the matched packets whose sender is known, None when there is none."""
-    forward, backward = [], []  # d_ab = t_b - t_a of packets sent from node 0; d_ba = t_a - t_b from node 1
+    # d_ab = first sighting on b - last on a, of packets sent from node 0; d_ba the same from node 1. From the last
+    # sighting on the sender (not its first): then no packet's receiver sighting is put before it left the sender.
+    forward, backward = [], []
     for key, sightings in matched.items():
         first: dict[int, int] = {}
+        last: dict[int, int] = {}
         for s in sightings:
             first[s.node] = min(first.get(s.node, s.wall_ns), s.wall_ns)
+            last[s.node] = max(last.get(s.node, s.wall_ns), s.wall_ns)
         if 0 not in first or 1 not in first:
             continue
         sender = _sender(nodes, key, sightings)
         if sender == 0:
-            forward.append(first[1] - first[0])
+            forward.append(first[1] - last[0])
         elif sender == 1:
-            backward.append(first[0] - first[1])
+            backward.append(first[0] - last[1])
     if not forward and not backward:
         return None
     if forward and backward:
@@ -151,8 +155,10 @@ def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sight
     died, if it did."""
     flows: dict[tuple[Any, ...], list[list[Sighting]]] = {}
     for key, sightings in matched.items():
+        sender = _sender(nodes, key, sightings)
+        # on a tie (the fastest packet, one way only) the sender's sighting comes first
         flows.setdefault((key.proto, key.src, key.dst, key.sport, key.dport), []).append(
-            sorted(sightings, key=lambda s: s.wall_ns + (clock.offset_ns if s.node == 1 else 0)))
+            sorted(sightings, key=lambda s: (s.wall_ns + (clock.offset_ns if s.node == 1 else 0), s.node != sender)))
     out = []
     for (proto, src, dst, sport, dport), packets in sorted(flows.items()):
         path = packets[0]

@@ -93,3 +93,23 @@ def test_merge_refuses_the_same_recording_twice_in_one_line() -> None:
                             text=True, check=False, cwd=Path(__file__).parents[2])
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and "are the same recording" in result.stderr, result.stderr
+
+
+def test_one_way_alignment_never_puts_a_packet_on_the_receiver_before_it_left_the_sender() -> None:
+    # A queues each SYN and transmits it after a varying delay (the CI run saw 11 us for one, less for another);
+    # B receives it 20 us after the transmit. Aligned from the first sighting on A, the slow packet's receive on B
+    # came before its transmit on A.
+    a, b = [], []
+    for n, (start, queue_to_xmit) in enumerate(((0, 2_000), (1_000_000, 11_000))):
+        syn = _syn(40312 + n, 1000 + n, 20 + n)
+        a += [_event(syn, start, events.EVENT_PATH, events.POINT_QUEUE, vxlan=True),
+              _event(syn, start + queue_to_xmit, events.EVENT_PATH, events.POINT_XMIT, vxlan=True)]
+        b.append(_event(syn, start + queue_to_xmit + 20_000 + B_CLOCK_AHEAD_NS, events.EVENT_DROP, 3))
+    nodes = _nodes(a, b)
+    matched = match(nodes)
+    clock = align(nodes, matched)
+    assert clock is not None and not clock.both_ways and clock.pairs == 2
+    for journey in journeys(nodes, matched, clock):
+        assert [hop["node"] for hop in journey["path"]] == ["a/pt-node1", "a/pt-node1", "b/pt-node2"], journey
+        assert journey["path"][-1]["at"] == "dropped in pt-node2/cni0"
+        assert journey["one_way_us"] == 0.0 and journey["one_way"] == "relative"  # both took 20 us: equal
