@@ -7,6 +7,7 @@ leaves textual out of sys.modules).
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from tracer.errors import PodtraceError, UsageError
@@ -56,6 +57,7 @@ def run_tui(args: argparse.Namespace) -> int:
     for name, value in tui_defaults().items():
         if not hasattr(args, name):
             setattr(args, name, value)
+    _require_terminal()
     if args.replay:
         if args.filter or args.netns or args.ifname:
             raise UsageError("--replay takes no kernel filter, --netns or --ifname",
@@ -72,6 +74,14 @@ def run_tui(args: argparse.Namespace) -> int:
     if app.error:
         raise _Failed(app.error)
     return code
+
+
+def _require_terminal() -> None:
+    """Without a terminal nobody can read the screen or press q: a failed source would leave the app running
+    for good (seen: 60% CPU after the probes failed to attach, with stdin from /dev/null)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("podtrace tui needs a terminal (its stdin and stdout are not one)",
+                         "for a stream of events use `podtrace watch`, for a file `podtrace record -o FILE`")
 
 
 class _Failed(PodtraceError):

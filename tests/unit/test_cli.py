@@ -128,3 +128,12 @@ def test_help_runs_without_root(command: str) -> None:
     result = run(command, "--help", unprivileged=True)
     assert result.returncode == 0
     assert "examples:" in result.stdout and result.stderr == ""
+
+
+def test_tui_without_a_terminal_is_refused_in_one_line() -> None:
+    """Nobody could read its screen or press q: a failed source would leave it running (it spun at 60% CPU)."""
+    recording = str(ROOT / "tests" / "unit" / "fixtures" / "recordings" / "v1.ptrec")
+    result = subprocess.run([*PODTRACE, "tui", "--replay", recording], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL, check=False)
+    line = assert_one_line(result, 2)
+    assert "needs a terminal" in line and "podtrace watch" in line
