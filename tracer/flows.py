@@ -105,7 +105,8 @@ class ServiceDrop:
     fix: str = ""  # the cause's one-line fix (tracer/causes.py), when it has one
 
     def text(self) -> str:
-        return (f"{self.reason} at {self.hook}" + (f" by {self.rule} (matched)" if self.rule != "-" else "")
+        named = self.rule == "-" or self.rule in self.cause  # a cause naming the rule says "matched" itself
+        return (f"{self.reason} at {self.hook}" + ("" if named else f" by {self.rule} (matched)")
                 + (f": {self.cause}" if self.cause else ""))
 
 
@@ -274,9 +275,10 @@ class FlowTable:
             fix = ""
             if not cause and explained.get("kind", "unknown") != "unknown":
                 cause, fix = f"{explained['text']} ({explained['known']})", explained.get("fix", "")
-            # The rule is found by matching the packet's fields against the saved ruleset, not reported by the kernel.
-            label = f"{row['reason']} at {row.get('hook', '-')}" + (f" by {rule} (matched)" if match else "") + \
-                (f": {cause}" if cause else "")
+            # The rule is found by matching the packet's fields against the saved ruleset, not reported by the kernel;
+            # a cause that names the rule already says "matched": once is enough.
+            by_rule = f" by {rule} (matched)" if match and rule not in cause else ""
+            label = f"{row['reason']} at {row.get('hook', '-')}{by_rule}" + (f": {cause}" if cause else "")
             # Only an entry this node DNATed knows the VIP: on the backend's node of a cross-node connection the
             # client's node did the DNAT, and the local entry holds the post-DNAT addresses (then: NAT records).
             dialled = _endpoint(row.get("ct_dialled")) if row.get("ct_dnat") else None

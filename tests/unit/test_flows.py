@@ -10,7 +10,7 @@ import pytest
 
 from tracer.conntrack import CpuStats, Health
 from tracer.events import Tuple
-from tracer.flows import FlowTable, NatRecord, NodeConntrack, cluster_range, write_flow_table
+from tracer.flows import FlowTable, NatRecord, NodeConntrack, ServiceDrop, cluster_range, write_flow_table
 from tracer.kubeproxy import parse_iptables_save, parse_nft_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"
@@ -248,3 +248,14 @@ def test_flow_table_sized_to_the_terminal(width: int | None) -> None:
         assert "~" in row
         assert len(head) == max(width, len("default/web:dns") + 12 + 16 + fixed)
     assert row.split()[-4:] == ["1", "0", "5.0", "0"]  # the counts are never cut
+
+
+def test_a_service_drop_names_its_matched_rule_once() -> None:
+    rule = "filter KUBE-SERVICES #1"
+    by_rule = ServiceDrop("default/web:http", "NETFILTER_DROP", "FORWARD", rule, 3, "10.244.0.2", "10.96.0.10", 80)
+    assert by_rule.text() == "NETFILTER_DROP at FORWARD by filter KUBE-SERVICES #1 (matched)"
+    cause = "Service default/web:http has no endpoints: kube-proxy rejects its VIP 10.96.0.10:80/tcp " \
+            "(filter KUBE-SERVICES #1) (matched)"
+    named = ServiceDrop("default/web:http", "NETFILTER_DROP", "FORWARD", rule, 3, "10.244.0.2", "10.96.0.10", 80, cause)
+    assert named.text() == f"NETFILTER_DROP at FORWARD: {cause}"
+    assert named.text().count("(matched)") == 1 and named.text().count(rule) == 1
