@@ -112,16 +112,11 @@ def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _nodes(netns: str | None) -> list[str | None]:
-    """--netns, and the lab's nodes when the lab is up."""
-    nodes: list[str | None] = [netns]
-    try:
-        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+    """--netns, and the nodes the environment declares (the lab's, when it is up)."""
+    from tracer.declared_names import declared  # noqa: PLC0415
 
-        if is_up():
-            nodes += [node for node in names().nodes.values() if node != netns]
-    except PodtraceError:
-        pass
-    return nodes
+    found = declared()
+    return [netns] + ([node for node in found.nodes.values() if node != netns] if found else [])
 
 
 def _mtu_notes(nodes: list[str | None]) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 from tracer import __version__
 from tracer.aggregate import DropTable
 from tracer.cause_state import add_causes
+from tracer.declared_names import declared_json
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
 from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
 from tracer.flows import write_flow_table
@@ -155,18 +156,6 @@ def _attach_plan() -> tuple[dict[str, Any] | None, str]:
         return None, str(err) or type(err).__name__
 
 
-def _lab_names() -> dict[str, Any] | None:
-    """The built-in lab's pods and Services when it is up (None when it is down or unavailable)."""
-    try:
-        from dataclasses import asdict
-
-        from tracer import lab
-
-        return asdict(lab.names())
-    except Exception:  # noqa: BLE001 - the lab is optional
-        return None
-
-
 def _services(nodes: list[str]) -> dict[str, Any]:
     """kube-proxy's rules in each node namespace, as the output of the commands tracer.kubeproxy.collect runs
     (the report parses them again with the same code, so names come out exactly as `podtrace flows` gives them)."""
@@ -212,7 +201,7 @@ def prepare_header(args: argparse.Namespace) -> dict[str, Any]:
         "node_checks": _node_checks(args.netns),
         "links": collect_links(nodes, getattr(args, "subnet_env", SUBNET_ENV)),
         "conntrack": collect_conntrack(nodes),  # each node's table at the start (the last trailer has the end)
-        "lab": _lab_names(),
+        "lab": declared_json(),
         # pod IP -> namespace/name, from the node's cgroups and kubelet directories
         "pods": resolver_for(getattr(args, "kubelet_root", None)).ip_labels(),
         **({"services": _services(args.node)} if getattr(args, "node", None) else {}),

@@ -126,8 +126,8 @@ def _record_header(args: argparse.Namespace, source: Any, info: Any) -> dict[str
     """A `podtrace record`-style header for a recording started with `r`, from what the TUI already knows (its attach
     plan was probed once; probing again would compile BCC programs while others may be compiling, which crashes)."""
     import os
-    from dataclasses import asdict
 
+    from tracer.declared_names import declared_json
     from tracer.names import named_netns
     from tui.recording import basic_header
 
@@ -138,13 +138,7 @@ def _record_header(args: argparse.Namespace, source: Any, info: Any) -> dict[str
                           info.plan.to_json() if info.plan else None, info.kernel_filter)
     header["filter"] = {"expression": " ".join(args.filter), "netns": args.netns,
                         "netns_inode": source.config.netns_inode, "ifname": args.ifname}
-    try:
-        from tracer import lab
-
-        lab_names: dict[str, Any] | None = asdict(lab.names())
-    except Exception:  # noqa: BLE001 - the lab is optional
-        lab_names = None
-    header["names"] = {"netns": {str(k): v for k, v in known.items()}, "lab": lab_names}
+    header["names"] = {"netns": {str(k): v for k, v in known.items()}, "lab": declared_json()}
     node = info.tables.get("node")
     if hasattr(node, "header_entry"):  # the Node view's findings, as `podtrace record` keeps them
         header["node_checks"] = node.header_entry()

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from tracer import declared_names
 from tracer.errors import PodtraceError
 from tracer.kubeproxy import Endpoint, Runner, ServiceMap, ServicePort, command_runner, parse_ipvsadm
 
@@ -122,17 +123,12 @@ def read_node(node: str | None, runner: Runner | None = None) -> NodeIpvs | None
     return NodeIpvs(node, parse_ipvsadm(table), parse_dummy_addresses(dummy or ""))
 
 
-def lab_services() -> list[KnownService]:
-    """The running lab's Service ports (its manifest names them), or [] when the lab is down."""
-    try:
-        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
-
-        if not is_up():
-            return []
-        return [KnownService(name, s.proto.lower(), s.vip, s.port, s.node_port or 0)
-                for name, s in names(include_dummies=True).services.items()]
-    except PodtraceError:
+def declared_services() -> list[KnownService]:
+    """The Service ports the environment declares (the lab's manifest, when it is up), else []."""
+    found = declared_names.declared(include_dummies=True)
+    if found is None:
         return []
+    return [KnownService(name, s.proto.lower(), s.vip, s.port, s.node_port or 0) for name, s in found.services.items()]
 
 
 def service_map(services: ServiceMap, nodes: Sequence[str | None]) -> ServiceMap:
@@ -144,7 +140,7 @@ def service_map(services: ServiceMap, nodes: Sequence[str | None]) -> ServiceMap
     if not tables:
         return services
     named = [p for p in services.ports if p.name]
-    ipvs = name_virtual_servers(tables, lab_services(), named)
+    ipvs = name_virtual_servers(tables, declared_services(), named)
     out = ServiceMap(mode="ipvs", ports=named + [p for p in ipvs.ports if not any(
         (n.vip, n.port, n.proto) == (p.vip, p.port, p.proto) for n in named)], rules=services.rules,
         node_ips=list(dict.fromkeys(services.node_ips + ipvs.node_ips)),

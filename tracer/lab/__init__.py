@@ -5,6 +5,7 @@ Python API: `names()` gives the running lab's pods, Services and nodes; `up()`, 
 
 from __future__ import annotations
 
+from tracer import declared_names
 from tracer.lab.state import LabNames, PodName, ServiceName, names
 
 __all__ = ["LabNames", "PodName", "ServiceName", "names", "up", "down", "status", "is_up"]
@@ -32,3 +33,11 @@ def is_up() -> bool:
     from tracer.lab import control
 
     return control.is_up()
+
+
+def declared(include_dummies: bool = False) -> LabNames | None:
+    """The lab as a name provider (tracer/declared_names.py): its names when it is up, None when it is down."""
+    return names(include_dummies) if is_up() else None
+
+
+declared_names.register(declared)  # importing the lab (its commands, its tests) lets the core name its pods

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tracer.declared_names import DeclaredNames, PodName, ServiceName
 from tracer.errors import LabError
 from tracer.lab import manifest as mf
 
@@ -55,32 +55,8 @@ def manifest_of(data: dict[str, Any]) -> mf.Manifest:
     return mf.parse(data["manifest"], source="lab state").with_dummy_services(int(data.get("dummy_services", 0)))
 
 
-@dataclass(frozen=True)
-class PodName:
-    netns: str
-    ip: str
-    node: str
-    namespace: str
-
-
-@dataclass(frozen=True)
-class ServiceName:
-    """One Service port, keyed like kube-proxy's comments: `namespace/name:port`."""
-
-    vip: str
-    port: int
-    proto: str
-    node_port: int | None
-    endpoints: tuple[tuple[str, str, int], ...]  # (pod, ip, port)
-
-
-@dataclass(frozen=True)
-class LabNames:
-    pods: dict[str, PodName]
-    services: dict[str, ServiceName]
-    nodes: dict[str, str]  # node name -> netns
-    node_ips: dict[str, str]  # node name -> underlay IP
-    proxy_mode: str
+# The lab's names are what it declares to podtrace (tracer/declared_names.py); LabNames is the lab API's name.
+LabNames = DeclaredNames
 
 
 def names(include_dummies: bool = False) -> LabNames:
