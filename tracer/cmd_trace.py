@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from tracer import cause_state
 from tracer.aggregate import DropTable
@@ -27,7 +28,8 @@ examples:
 
 WATCH_EPILOG = """\
 Drops are always shown; path events (device receive and queue) only for packets matching FILTER,
-capped per CPU per second.
+capped per CPU per second. At the end, the drops seen are grouped with their causes as `podtrace drops`
+prints them (on stderr; with --json, "kind": "drop_group" objects before the summary).
 
 examples:
   sudo podtrace watch 'icmp'
@@ -55,22 +57,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     watch.set_defaults(func=run_watch)
 
 
+class _DropGroups:
+    """Drops grouped as `podtrace drops` groups them, with each group's cause read from its namespace at the end."""
+
+    def __init__(self, netns: str | None) -> None:
+        self.table = DropTable()
+        self.verdicts = NfAttribution()  # netfilter table and chain of each drop, on kernels with kprobes
+        self.identities = ConnIdentities()  # each drop's conntrack entry, read by the drop probe
+        # ICMP counters before the trace: a REJECT's errors rate-limited during it turn "refused" into timeouts.
+        self.icmp_before = cause_state.icmp_snapshot([netns] if netns else cause_state.named_namespaces())
+
+    def add_raw(self, data: bytes) -> None:
+        self.table.add_raw(data)
+        self.verdicts.add_raw(data)
+        self.identities.add_raw(data)
+
+    def rows(self, names: Resolver) -> list[dict[str, Any]]:
+        rows = drop_rows(self.table, names, self.verdicts, self.identities)
+        cause_state.add_causes(rows, cause_state.collect(rows, self.icmp_before))
+        return rows
+
+
 def run_drops(args: argparse.Namespace) -> int:
-    table = DropTable()
-    verdicts = NfAttribution()  # netfilter table and chain of each drop, on kernels with kprobes
-    identities = ConnIdentities()  # each drop's conntrack entry, read by the drop probe
-
-    def on_raw(data: bytes) -> None:
-        table.add_raw(data)
-        verdicts.add_raw(data)
-        identities.add_raw(data)
-
-    # ICMP counters before the trace: a REJECT's errors rate-limited during it turn "refused" into timeouts.
-    icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
-    source, names, count = run_session(args, path=False, on_raw=on_raw)
-    rows = drop_rows(table, names, verdicts, identities)
-    cause_state.add_causes(rows, cause_state.collect(rows, icmp_before))
+    groups = _DropGroups(args.netns)
+    source, names, count = run_session(args, path=False, on_raw=groups.add_raw)
+    rows = groups.rows(names)
     counters = source.final_counters
+    table = groups.table
     if args.json:
         for row in rows:
             sys.stdout.write(json.dumps(row) + "\n")
@@ -83,7 +96,10 @@ def run_drops(args: argparse.Namespace) -> int:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    identities = ConnIdentities()  # fed before on_event sees the drop its conntrack event precedes
+    # Fed before on_event sees the drop its conntrack event precedes; at the end the drops seen are grouped with
+    # their causes (what the lines alone do not say: why), as `podtrace drops` prints them.
+    groups = _DropGroups(args.netns)
+    identities = groups.identities
     # Lines are written once per poll (at most 100 ms apart), not flushed one by one: a flush per line was
     # most of watch's cost and it fell behind the ring buffer at ~76k path events/s.
     pending: list[str] = []
@@ -98,12 +114,17 @@ def run_watch(args: argparse.Namespace) -> int:
             write_whole("\n".join(pending) + "\n")  # a signal mid-write must not cut a line
             pending.clear()
 
-    source, _names, count = run_session(args, path=bool(args.filter), on_event=on_event, on_tick=on_tick,
-                                        on_raw=identities.add_raw)
+    source, names, count = run_session(args, path=bool(args.filter), on_event=on_event, on_tick=on_tick,
+                                       on_raw=groups.add_raw)
     on_tick(source)
+    rows = groups.rows(names)
     counters = source.final_counters
     if args.json:
-        sys.stdout.write(json.dumps(summary_json(count, counters)) + "\n")
+        write_whole("".join(json.dumps({"kind": "drop_group", **row}) + "\n" for row in rows)
+                    + json.dumps(summary_json(count, counters, groups.table.evicted)) + "\n")
     else:
-        sys.stderr.write(summary_line(count, counters) + "\n")
+        if rows:
+            sys.stderr.write("\nthe drops above, grouped, with their causes:\n")
+            write_drop_table(rows, sys.stderr, table_width(sys.stderr, False))
+        sys.stderr.write(summary_line(count, counters, groups.table.evicted) + "\n")
     return 0

@@ -78,3 +78,25 @@ def test_a_drop_rule_kube_proxy_did_not_write_is_named_matched_with_its_delete_c
     assert "cause: a DROP rule not written by kube-proxy: filter INPUT #1 `-A INPUT -p udp -m udp --dport 7002 -m " \
            "comment --comment \"added by hand\" -j DROP` (matched)" in " ".join(text.split()), text
     assert f"fix: ip netns exec {pair.b} iptables -t filter -D INPUT 1" in text, text
+
+
+def test_watch_ends_with_the_drops_it_streamed_grouped_with_their_causes(pair: Pair) -> None:
+    """The lines of `watch` say where each packet died; what they cannot say (why) comes after the stream: the
+    same groups and causes `drops` gives, in JSON as drop_group objects and in text on stderr."""
+    sh("iptables", "-A", "INPUT", "-p", "udp", "--dport", "7003", "-m", "comment", "--comment", "added by hand",
+       "-j", "DROP", netns=pair.b)
+    streams = start("watch", "--json", "--netns", pair.b, "udp port 7003"), start("watch", "--netns", pair.b, "udp")
+    send_udp(pair.a, pair.addr_b, 7003, PRIME, src_port=41003)
+    time.sleep(0.5)
+    as_json, as_text = (tracer.stop() for tracer in streams)
+    assert as_json.returncode == 0 and as_text.returncode == 0, (as_json.stderr, as_text.stderr)
+    dropped = [line for line in as_json.lines if line.get("kind") == "drop"]
+    assert len(dropped) == PRIME and {line["reason"] for line in dropped} == {"NETFILTER_DROP"}
+    [group] = [line for line in as_json.lines if line.get("kind") == "drop_group"]
+    assert (group["reason"], group["count"], group["dport"]) == ("NETFILTER_DROP", PRIME, 7003), group
+    assert group["cause"]["kind"] == "rule" and group["cause"]["known"] == "matched", group
+    assert group["cause"]["fix"].startswith(f"ip netns exec {pair.b} iptables -t filter -D INPUT 1"), group
+    assert as_json.lines[-1]["summary"], as_json.lines[-1]  # the summary stays last
+    assert as_text.stdout.count("DROP NETFILTER_DROP") == PRIME, as_text.stdout
+    text = " ".join(as_text.stderr.split())
+    assert "cause: a DROP rule not written by kube-proxy: filter INPUT #1" in text and "(matched)" in text, text
