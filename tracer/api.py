@@ -5,7 +5,7 @@
     rec = open_recording("node1.ptrec.gz")
     for event in rec:                       # PacketEvent, decoded
         ...
-    rows = rec.drop_rows()                  # the rows `podtrace drops --json` prints
+    rows = rec.drop_rows()                  # the rows `podtrace report --json` prints, each with its cause
     flows = rec.flow_rows()                 # the rows `podtrace flows --json` prints (recorded with --node)
     tables = rec.conntrack_rows()           # each node's conntrack table at the start and the end
     mtu = rec.mtu_rows()                    # link MTUs, frag-needed/fragment/too-big counts, path verdicts
@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from tracer import cause_state
 from tracer.aggregate import DropTable
+from tracer.cause_state import add_causes
 from tracer.events import EVENT_SIZE, PacketEvent, decode
 from tracer.identity import ConnIdentities
 from tracer.replay import RecordedNames, ReplaySource
@@ -67,6 +69,7 @@ class Recording:
         self.incomplete: list[str] = []  # missing or foreign rotation parts of the last full read, one line each
         self.counters: dict[str, int] = {}
         self.events = 0
+        self._last_read = source
 
     def source(self, speed: float | None = None) -> ReplaySource:
         """A fresh ReplaySource over this recording (LiveSource's interface, for shared aggregation code)."""
@@ -82,6 +85,7 @@ class Recording:
                 yield raw
         finally:
             source.close()
+            self._last_read = source  # its trailer: what only a full read knows
             self.names = source.names
             self.truncated = source.truncated
             self.incomplete = list(source.incomplete)
@@ -106,12 +110,15 @@ class Recording:
         return table
 
     def drop_rows(self) -> list[dict[str, Any]]:
-        """The same row objects `podtrace drops --json` and `podtrace report --json` print."""
+        """The same row objects `podtrace report --json` prints, each with its "cause" from what the recording
+        holds (its rules and conntrack tables; what it does not hold, such as routes, is said to be unknown)."""
         table, identities = DropTable(), ConnIdentities()
         for raw in self.raw_events():
             table.add_raw(raw)
             identities.add_raw(raw)
-        return drop_rows(table, self.resolver(), None, identities)
+        rows = drop_rows(table, self.resolver(), None, identities)
+        add_causes(rows, self._last_read.cause_states())
+        return rows
 
     def nat_records(self) -> list[NatRecord]:
         """The kernel's Service NAT flows at the end of the recording (empty unless recorded with --node)."""
@@ -208,6 +215,8 @@ class LiveSession:
         self.table = DropTable()
         self.identities = ConnIdentities()
         self.events_seen = 0
+        # ICMP counters at the start: a REJECT's errors rate-limited during the session turn "refused" into timeouts
+        self.icmp_before = cause_state.icmp_snapshot(cause_state.named_namespaces())
 
     def events(self, duration: float | None = None, timeout_ms: int = 100) -> Iterator[PacketEvent]:
         deadline = time.monotonic() + duration if duration is not None else None
@@ -226,7 +235,10 @@ class LiveSession:
             pass
 
     def drop_rows(self) -> list[dict[str, Any]]:
-        return drop_rows(self.table, self.resolver, None, self.identities)
+        """The rows `podtrace drops --json` prints, causes read from the namespaces now."""
+        rows = drop_rows(self.table, self.resolver, None, self.identities)
+        cause_state.add_causes(rows, cause_state.collect(rows, self.icmp_before))
+        return rows
 
     def counters(self) -> dict[str, int]:
         return dict(self.source.counters())

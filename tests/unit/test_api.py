@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,12 @@ def test_open_recording_header_events_and_tables() -> None:
     assert [(row["reason"], row["count"]) for row in rows] == [("NETFILTER_DROP", 13), ("NO_SOCKET", 7),
                                                                ("NO_SOCKET", 5)]
     assert rows[0]["netns"] == "ptt-897b95-b"
+    # each row's cause is the one `podtrace report --json` gives for the same recording
+    report = subprocess.run([sys.executable, "-m", "tracer.cli", "report", "--json", str(V1)], capture_output=True,
+                            text=True, cwd=ROOT, check=True).stdout.splitlines()
+    reported = [json.loads(line) for line in report if '"reason"' in line]
+    assert [row["cause"] for row in rows] == [row["cause"] for row in reported] and len(rows) == 3
+    assert rows[1]["cause"]["kind"] == "no-socket", rows[1]["cause"]
 
 
 def test_tcp_flags_from_the_snapshot() -> None:
