@@ -543,10 +543,12 @@ def _add_mtu_event(event: Any, mtu: Any, tunnels: Any, names: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from tracer.events import EVENT_NAT, decode_nat
     from tracer.pcapng import PcapngWriter
-    from tracer.pcapng_packets import Packet, PacketFolder, packet_comment
+    from tracer.pcapng_packets import DropCauses, Packet, PacketFolder, packet_comment
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     header = source.header
+    # from the header's rules and conntrack tables (the trailer's come after the packets): what report would say
+    causes = DropCauses(source.resolver(), source.cause_states())
     error: PodtraceError | None = None
     identities = ConnIdentities()  # each drop's conntrack entry: the Service it dialled
     try:
@@ -554,7 +556,7 @@ def run_export(args: argparse.Namespace) -> int:
             writer = PcapngWriter(out, f"Linux {header.get('kernel_release', '')}", header.get("hostname", ""))
 
             def emit(packet: Packet) -> None:
-                writer.folded(packet, source.names, packet_comment(packet, source.names, identities.for_drop))
+                writer.folded(packet, source.names, packet_comment(packet, source.names, identities.for_drop, causes))
 
             folder = PacketFolder(emit)
             try:

@@ -15,12 +15,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from tracer.causes import NetnsState, explain
 from tracer.events import NatEvent, PacketEvent
-from tracer.identity import Identity
+from tracer.identity import NOT_TRACED, Identity
 from tracer.netfilter import point_label
+from tracer.nfverdict import hook_label
 from tracer.replay import RecordedNames
-from tracer.report import describe_point
+from tracer.report import Resolver, describe_point
 
 VXLAN_PORTS = (4789, 8472)  # IANA's and flannel's
 GAP_NS = 1_000_000_000  # a packet's hops are microseconds apart; a second without one ends it
@@ -127,7 +130,34 @@ def drop_service(event: PacketEvent, packet: Packet, names: RecordedNames, ident
     return f"service {service} (destination)" if service else "service unknown"
 
 
-def packet_comment(packet: Packet, names: RecordedNames, identity_of: Callable[[PacketEvent], Identity | None]) -> str:
+class DropCauses:
+    """The cause of one dropped packet (tracer/causes.py), from what the recording holds of its node: the cause
+    `podtrace report` gives the packet's drop group, with how it is known. One answer per kind of drop: the rules
+    are not matched again for every packet of a storm."""
+
+    def __init__(self, resolver: Resolver, states: dict[str, NetnsState]) -> None:
+        self.resolver = resolver
+        self.states = states
+        self._known: dict[tuple[Any, ...], str] = {}
+
+    def __call__(self, event: PacketEvent, identity: Identity | None) -> str:
+        names, outer = self.resolver, event.outer
+        ident = (identity or NOT_TRACED).as_json()
+        key = (event.reason, event.location, event.netns, outer.proto, outer.src, outer.dst, outer.dport,
+               event.ifname, event.nf_point, ident.get("ct_dialled"))
+        if key not in self._known:
+            row = {"reason": names.reason(event.reason), "location": names.symbol(event.location), "count": 1,
+                   "bytes": event.len, "proto": outer.proto_name, "src": outer.src, "dst": outer.dst,
+                   "dport": outer.dport, "netns": names.netns(event.netns), "ifname": event.ifname or "-",
+                   "hook": hook_label(event.nf_point), "last_cpu": event.cpu, **ident}
+            cause = explain(row, self.states.get(str(row["netns"])))
+            self._known[key] = "" if cause.kind == "unknown" else \
+                f"cause: {cause.text} ({cause.known})" + (f"; fix: {cause.fix}" if cause.fix else "")
+        return self._known[key]
+
+
+def packet_comment(packet: Packet, names: RecordedNames, identity_of: Callable[[PacketEvent], Identity | None],
+                   cause_of: Callable[[PacketEvent, Identity | None], str] | None = None) -> str:
     """ "packet, 4 hops in 35.2us: +0.0us pt-client/eth0 xmit ...; ...; NAT ...; drop ... ; service ..." """
     events = sorted(packet.events, key=lambda event: event.ts_ns)
     start = events[0].ts_ns
@@ -146,8 +176,12 @@ def packet_comment(packet: Packet, names: RecordedNames, identity_of: Callable[[
                      f"in {names.netns_name(nat.netns)} {_micros(nat.ts_ns - start)}")
     for event in events:
         if event.is_drop:
+            identity = identity_of(event)
             parts.append(f"dropped: {names.reasons.get(event.reason, f'reason {event.reason}')}; "
-                         + drop_service(event, packet, names, identity_of(event)))
+                         + drop_service(event, packet, names, identity))
+            cause = cause_of(event, identity) if cause_of is not None else ""
+            if cause:
+                parts.append(cause)
     first = events[0]
     if first.outer.family:
         for side, ip in (("src", first.outer.src), ("dst", first.outer.dst)):

@@ -71,6 +71,12 @@ def test_one_frame_per_packet_with_its_hops_and_no_false_retransmission(exported
     syns = [f for f in drops if f[4] == "5003"]
     assert len(syns) == 5 and all("drop NO_SOCKET at tcp_v4_rcv+0x99" in f[0] for f in syns)
     assert all("service unknown" in f[0] for f in drops)  # recorded without the lab: no Service to name
+    # each drop's cause as `podtrace report` gives it, saying how it is known (no rules were recorded: which rule
+    # dropped the netfilter ones is not known)
+    assert all("; cause: nothing listens on 198.18.2.2:5003 (tcp) in ptt-897b95-b (observed); fix: start the "
+               "server" in f[0] for f in syns)
+    assert all("; cause: a netfilter rule or conntrack dropped it; which one is not known" in f[0] and
+               f[0].endswith("(unknown)") for f in netfilter)
     assert {f[5] for f in fields} == {"ptt-897b95-b/veth-b"}
     # Each SYN was received, then dropped: as two frames Wireshark calls the second a retransmission.
     summary = " ".join(" ".join(line) for line in tshark(exported))
