@@ -95,9 +95,7 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     from tracer.check.table import NodeFindingsTable
     from tracer.kernel import kernel_version, probe_kernel
     from tracer.live import LiveSource
-    from tracer.names import NetnsNames, Symbolizer
-    from tracer.report import Resolver
-    from tracer.session import probe_config
+    from tracer.session import node_resolver, probe_config
     from tui.services import ServiceFlowsTable
     from tui.softirq import SoftirqTable
     from tui.sources import SessionInfo
@@ -110,7 +108,7 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
         config.netfilter = True
         config.netfilter_netns = tuple(args.node or [None])
     source = LiveSource(config, args.btf)
-    names = Resolver(source.reasons, NetnsNames().name, Symbolizer())
+    names, _pods = node_resolver(args, source.reasons)  # pods named from the node, as `drops` names them
     plan_done = threading.Event()
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
                        probe_plan=lambda: probe_kernel()[0], live_clock=True,

@@ -128,6 +128,27 @@ def pod_resolver(args: argparse.Namespace) -> PodResolver:
     return resolver_for(getattr(args, "kubelet_root", None))
 
 
+def node_resolver(args: argparse.Namespace, reasons: dict[int, str]) -> tuple[Resolver, PodResolver]:
+    """The resolver of a live session: netns names, kernel symbols, and pods named from this node (then from the
+    Kubernetes API with --kubeconfig); the pod resolver too, refreshed at the end for pods created meanwhile."""
+    pods = pod_resolver(args)
+    pods.refresh()  # the node's pods as the trace starts; one created later is read when its IP first shows
+    api = kubeapi.from_args(getattr(args, "kubeconfig", None))
+    if api is not None:
+        api.names()  # listed before the trace: an unreachable API is said now, in one line
+
+    def pod(ip: str) -> str | None:  # this node's own view first: observed; the API's for the rest
+        found = pods.label_of_ip(ip)
+        listed = api.names() if found is None and api is not None else None
+        return found or (listed.pod_label(ip) if listed else None)
+
+    def owner(ip: str) -> str | None:
+        listed = api.names() if api is not None else None
+        return listed.owner(ip) if listed else None
+
+    return Resolver(reasons, NetnsNames().name, Symbolizer(), pod=pod, owner=owner), pods
+
+
 def run_session(
     args: argparse.Namespace,
     path: bool,
@@ -150,22 +171,7 @@ def run_session(
     if args.dump_bpf:
         sys.stdout.write(source.build.dump())
         raise SystemExit(0)
-    pods = pod_resolver(args)
-    pods.refresh()  # the node's pods as the trace starts; one created later is read when its IP first shows
-    api = kubeapi.from_args(getattr(args, "kubeconfig", None))
-    if api is not None:
-        api.names()  # listed before the trace: an unreachable API is said now, in one line
-
-    def pod(ip: str) -> str | None:  # this node's own view first: observed; the API's for the rest
-        found = pods.label_of_ip(ip)
-        listed = api.names() if found is None and api is not None else None
-        return found or (listed.pod_label(ip) if listed else None)
-
-    def owner(ip: str) -> str | None:
-        listed = api.names() if api is not None else None
-        return listed.owner(ip) if listed else None
-
-    names = Resolver(source.reasons, NetnsNames().name, Symbolizer(), pod=pod, owner=owner)
+    names, pods = node_resolver(args, source.reasons)
     stop = StopFlag()
     source.start()
     count = 0

@@ -96,7 +96,10 @@ def test_tui_services_view_shows_the_drop_backend_drop_with_its_service(lab: Non
         wait_ready(session, ready)
         sent = traffic.probe("default/web:http", count=30, timeout=0.5)
         assert sent.per_target["default/web:http"].failed > 0, "the fault broke some connections"
-        text = wait_for(session, r"NETFILTER_DROP")  # the Drops view first
+        # The Drops view first, its flows' ends named from the node itself (cgroups and kubelet directories)
+        text = wait_for(session, r"NETFILTER_DROP.*\(default/web-2\)")
+        row = next(line for line in text.splitlines() if "NETFILTER_DROP" in line and "(default/web-2)" in line)
+        assert re.search(r"10\.244\.0\.\d+:\d+ \(default/client\) > 10\.244\.1\.\d+:8080 \(default/web-2\)", row), row
         text = show_view(session, "2", r"web-2:8080.*NETFILTER_DROP")
         row = next(line for line in text.splitlines() if "web-2:8080" in line and "NETFILTER_DROP" in line)
         assert "default/web:http" in row and "client" in row, text

@@ -23,7 +23,7 @@ from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
 from tui.screens.timeline import TimelineScreen
 from tui.sources import RawListSource
-from tui.widgets.tables import DropsTable
+from tui.widgets.tables import DropsTable, flow_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tui" / "replay_fixture.py"
 _spec = importlib.util.spec_from_file_location("tui_replay_fixture", FIXTURE)
@@ -638,3 +638,11 @@ async def test_the_attach_ladder_wraps_within_the_screen_and_keeps_every_word() 
         notes = " ".join(" ".join(str(ladder.get_row_at(i)[3]).split()) for i in range(ladder.row_count))
         assert "fentry refused by the kernel (EPERM: lockdown, an LSM or a kernel built to refuse it)" in notes
         assert any("\n" in str(ladder.get_row_at(i)[3]) for i in range(ladder.row_count))  # folded, not cut
+
+
+def test_a_drop_rows_flow_names_the_pods_at_its_ends_when_they_are_known() -> None:
+    row = {"proto": "tcp", "src": "10.244.0.2", "sport": 40312, "dst": "10.244.1.2", "dport": 8080,
+           "src_pod": "default/client", "dst_pod": "default/web-2"}
+    assert flow_text(row) == "tcp 10.244.0.2:40312 (default/client) > 10.244.1.2:8080 (default/web-2)"
+    assert flow_text({**row, "src_pod": None, "dst_pod": None}) == "tcp 10.244.0.2:40312 > 10.244.1.2:8080"
+    assert flow_text({**row, "proto": "icmp", "dst_pod": None}) == "icmp 10.244.0.2 (default/client) > 10.244.1.2"

@@ -22,9 +22,13 @@ SEVERITY_STYLES = {"loss": "bold red", "policy": "bold yellow", "benign": "dim"}
 
 
 def flow_text(row: dict[str, Any]) -> str:
+    """The group's flow, each end with its pod when the node (or the recording) names it."""
+    def pod(side: str) -> str:
+        return f" ({row[side + '_pod']})" if row.get(side + "_pod") else ""
+
     if row["proto"] in ("tcp", "udp", "sctp"):
-        return f"{row['proto']} {row['src']}:{row['sport']} > {row['dst']}:{row['dport']}"
-    return f"{row['proto']} {row['src']} > {row['dst']}"
+        return f"{row['proto']} {row['src']}:{row['sport']}{pod('src')} > {row['dst']}:{row['dport']}{pod('dst')}"
+    return f"{row['proto']} {row['src']}{pod('src')} > {row['dst']}{pod('dst')}"
 
 
 def drop_cells(row: dict[str, Any]) -> tuple[Any, ...]:
