@@ -91,7 +91,7 @@ class _Failed(PodtraceError):
 def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     import threading
 
-    from tracer import bccenv
+    from tracer import bccenv, cause_state
     from tracer.check.table import NodeFindingsTable
     from tracer.kernel import kernel_version, probe_kernel
     from tracer.live import LiveSource
@@ -110,13 +110,16 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     source = LiveSource(config, args.btf)
     names, _pods = node_resolver(args, source.reasons)  # pods named from the node, as `drops` names them
     plan_done = threading.Event()
+    # ICMP counters at the start: a REJECT's errors rate-limited since then turn "refused" into timeouts
+    icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
                        probe_plan=lambda: probe_kernel()[0], live_clock=True,
                        # the Node view audits the node being traced (--node), not the namespace podtrace runs in
                        tables={"node": NodeFindingsTable((args.node or [args.netns])[0]),
                                "flows": ServiceFlowsTable(source, args.node or [None]),
                                "softirq": SoftirqTable(after=plan_done)},
-                       record_header=lambda: _record_header(args, source, info), plan_done=plan_done)
+                       record_header=lambda: _record_header(args, source, info), plan_done=plan_done,
+                       explain=lambda rows: cause_state.add_causes(rows, cause_state.collect(rows, icmp_before)))
     return source, info
 
 

@@ -80,6 +80,7 @@ class PodtraceApp(App[int]):
         self.info = info
         self.model = model or Model(info.names, clock=time.monotonic_ns if info.live_clock else None)
         self.model.tables.update(info.tables)
+        self.model.explain = self.model.explain or info.explain
         # Event-fed: works live and on replays alike.
         self.model.tables.setdefault("overlay", OverlayTable(self.model.names.netns, self.model.names.reasons))
         self.refresh_interval = refresh_interval
@@ -375,7 +376,7 @@ class PodtraceApp(App[int]):
         if row is None:
             return
         title = f"{row['reason']} at {row['location']}  {row['netns']}/{row['ifname']}  {flow_text(row)}"
-        self.push_screen(TimelineScreen(self._timelines(), ident, title))
+        self.push_screen(TimelineScreen(self._timelines(), ident, title, explains=self.model.explain is not None))
 
     def _timelines(self) -> Any:
         """Where a timeline screen asks for its rows: the reader's model, in this process or its own."""

@@ -64,6 +64,8 @@ class Ingest(Protocol):
 
     def timeline(self, ident: str) -> list[TimelineRow]: ...
 
+    def cause(self, ident: str) -> dict[str, Any] | None: ...
+
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]: ...
 
     def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]: ...
@@ -129,6 +131,9 @@ class ThreadIngest:
 
     def timeline(self, ident: str) -> list[TimelineRow]:
         return self.model.timeline(ident)
+
+    def cause(self, ident: str) -> dict[str, Any] | None:
+        return self.model.cause(ident)
 
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]:
         return self.model.flow_timeline(flow)
@@ -248,6 +253,10 @@ class ProcessIngest:
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]:
         rows: list[TimelineRow] = self._call("flow_timeline", flow)
         return rows
+
+    def cause(self, ident: str) -> dict[str, Any] | None:
+        cause: dict[str, Any] | None = self._call("cause", ident)
+        return cause
 
     def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]:
         rows: list[TimelineRow] = self._call("connection_timeline", conn)
@@ -405,6 +414,9 @@ def _serve(
         if message[0] == "stop":
             break
         _, ident, method, args = message
+        if method == "cause":  # reads the namespace (seconds at worst): beside the requests, not in their way
+            threading.Thread(target=_answer_cause, args=(send, ident, model, args), daemon=True).start()
+            continue
         try:
             value = _answer(method, args, reader, model, source, info, state)
             send(("reply", ident, True, value))
@@ -413,6 +425,13 @@ def _serve(
         except Exception as err:  # noqa: BLE001 - the UI shows it; the reader keeps going
             send(("reply", ident, False, str(err)))
     reader.stopped.set()
+
+
+def _answer_cause(send: Callable[[tuple[Any, ...]], None], ident: int, model: Model, args: tuple[Any, ...]) -> None:
+    try:
+        send(("reply", ident, True, model.cause(*args)))
+    except Exception as err:  # noqa: BLE001 - the drill-down says it; the reader keeps going
+        send(("reply", ident, False, str(err) or type(err).__name__))
 
 
 def _answer(

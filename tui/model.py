@@ -191,6 +191,7 @@ class Model:
         self.predicate: Predicate | None = None
         self.filter_text = ""
         self.window: float | None = None
+        self.explain: Callable[[list[dict[str, Any]]], None] | None = None  # SessionInfo.explain
         self._reset()
 
     def _event_fed(self) -> list[Any]:
@@ -367,6 +368,24 @@ class Model:
                 if key_id(key) == ident:
                     return key
         return None
+
+    def cause(self, ident: str) -> dict[str, Any] | None:
+        """Why the drops of one group died (tracer/causes.py as JSON), None when it is gone or nothing explains.
+        Live this reads the namespace (routes, rules, sysctls: up to seconds), so it is asked for on a drill-down,
+        never per snapshot, and outside the lock."""
+        key = self.find(ident)
+        if key is None or self.explain is None:
+            return None
+        with self.lock:
+            group = self.drops.groups.get(key)
+            if group is None:
+                return None
+            view = DropTable()
+            view.groups = {key: group}
+            rows = drop_rows(view, self.names)
+        self.explain(rows)
+        cause: dict[str, Any] | None = rows[0].get("cause")
+        return cause
 
     def timeline(self, ident: str) -> list[TimelineRow]:
         """The recent packets of one drop group: its drops, the path events of the same flow and of the flows NAT

@@ -48,6 +48,9 @@ class SessionInfo:
     save_dir: str = field(default_factory=default_save_dir)  # recordings (`r`) and screenshots go here
     tables: dict[str, Any] = field(default_factory=dict)  # view name -> TableSource (tui/model.py)
     record_header: Callable[[], dict[str, Any]] | None = None  # live: a recording header with the node's names
+    # sets each drop row's "cause" (tracer/causes.py, as JSON): live from the namespaces now, replayed from what the
+    # recording holds; None: no cause is shown
+    explain: Callable[[list[dict[str, Any]]], None] | None = None
     # Set once the attach ladder is known: BCC must not compile two programs at once (it crashes), so other BCC
     # users (the Softirq view's probe) wait for it.
     plan_done: threading.Event = field(default_factory=threading.Event)
@@ -209,12 +212,14 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
     except ImportError:
         raise PodtraceError("--replay needs recordings (tracer/replay.py), which this build does not have yet",
                             "run `podtrace tui` live on the node") from None
+    from tracer.cause_state import add_causes
     from tracer.check.table import RecordedNodeFindings
     from tui.services import RecordedFlowsTable
     from tui.softirq import RecordedSoftirqTable
 
     source = ReplaySource(path)
     header = source.header
+    states = source.cause_states()  # the header's rules and conntrack tables: what `report` explains drops from
     info = SessionInfo(
         source.resolver(),
         node=str(header.get("hostname") or "?"),
@@ -226,5 +231,6 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         live_clock=False,
         tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks")),
                 "softirq": RecordedSoftirqTable(source)},  # every section the recording holds
+        explain=lambda rows: add_causes(rows, states),
     )
     return source, info

@@ -145,6 +145,12 @@ def test_tui_shows_the_netfilter_drop_with_its_count_and_quits(pair: Pair) -> No
         tmux("send-keys", "-t", session, "Enter")
         timeline = wait_for(session, r"last \d+ hops")
         assert f"{PRIME} drops, {PRIME} path events" in timeline, timeline
+        # why, read from the namespace by the reader process: the rule (matched) and how to remove it
+        timeline = wait_for(session, r"fix: ip netns exec")
+        flat = " ".join(timeline.split())
+        assert "cause: a DROP rule not written by kube-proxy: filter INPUT #1 `-A INPUT -p udp -m udp --dport 5011 " \
+               "-j DROP` (matched)" in flat, timeline
+        assert f"fix: ip netns exec {pair.b} iptables -t filter -D INPUT 1" in flat, timeline
         tmux("send-keys", "-t", session, "q")
         wait_for(session, r"EXIT=0", timeout=15)
     finally:

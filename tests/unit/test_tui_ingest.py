@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from tui.screens.timeline import TimelineScreen
 from tui.sources import RawListSource
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tui" / "replay_fixture.py"
+V1 = Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec"
 _spec = importlib.util.spec_from_file_location("tui_replay_fixture_ingest", FIXTURE)
 assert _spec and _spec.loader
 replay = importlib.util.module_from_spec(_spec)
@@ -134,3 +138,34 @@ def test_r_records_in_the_child_what_arrives_while_recording(tmp_path: Path) -> 
     recorded = [event.ts_ns for event in open_recording(path)]
     assert 0 < len(recorded) < total
     assert recorded == [event.ts_ns for event in replay.events()][total - len(recorded):], "the events after r"
+
+
+async def _causes_from_a_child() -> list[str]:
+    from tui.sources import open_replay  # noqa: PLC0415
+
+    source, info = open_replay(str(V1))
+    app = PodtraceApp(source, info, ingest="process")
+    shown = []
+    async with app.run_test(size=SIZE) as pilot:
+        await _until(pilot, lambda: app.snapshot is not None and len(app.snapshot.drops) == 3, "no drops")
+        for moves in (0, 1):  # NETFILTER_DROP udp 5001, then NO_SOCKET udp 5002
+            for _ in range(moves):
+                await pilot.press("down")
+            await pilot.press("enter")
+            await _until(pilot, lambda: isinstance(app.screen, TimelineScreen) and app.screen.cause_text, "no cause")
+            shown.append(app.screen.cause_text)  # type: ignore[attr-defined]
+            await pilot.press("escape")
+        await pilot.press("q")
+    return shown
+
+
+def test_a_drops_drill_down_says_its_cause_as_report_does_asked_of_the_child() -> None:
+    netfilter, no_socket = asyncio.run(_causes_from_a_child())
+    report = subprocess.run([sys.executable, "-m", "tracer.cli", "report", "--json", str(V1)], capture_output=True,
+                            text=True, check=True, cwd=Path(__file__).parents[2]).stdout
+    causes = {(row["reason"], row["dport"]): row["cause"] for row in map(json.loads, report.splitlines())
+              if "reason" in row}
+    assert no_socket.startswith(f"cause: {causes['NO_SOCKET', 5002]['text']} (observed)"), no_socket
+    assert "nothing listens on 198.18.2.2:5002 (udp)" in no_socket and "fix: start the server" in no_socket
+    # the recording holds no rules: which rule dropped it is not known, and the drill-down says so
+    assert netfilter.startswith(f"cause: {causes['NETFILTER_DROP', 5001]['text']} (unknown)"), netfilter

@@ -79,6 +79,11 @@ def settled_services(*keys: str) -> Any:
         for key in keys:
             await pilot.press(key)
         await pilot.pause(0.3)
+        for _ in range(100):  # a drop's drill-down reads its cause in a worker: the picture has it
+            if not getattr(app.screen, "explains", False) or app.screen.cause_text:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.1)
 
     return run_before
 

@@ -19,6 +19,8 @@ class Timelines(Protocol):
 
     def timeline(self, ident: str) -> list[TimelineRow]: ...
 
+    def cause(self, ident: str) -> dict[str, Any] | None: ...
+
     def flow_timeline(self, flow: FlowKey) -> list[TimelineRow]: ...
 
     def connection_timeline(self, conn: ConnKey) -> list[TimelineRow]: ...
@@ -53,23 +55,29 @@ class TimelineScreen(Screen[None]):
     DEFAULT_CSS = """
     TimelineScreen #timeline { height: 1fr; }
     TimelineScreen #timeline-title { height: auto; }
+    TimelineScreen #timeline-cause { height: auto; }
     """
 
     def __init__(self, model: Timelines, ident: str, title: str, flow: FlowKey | None = None,
-                 conn: ConnKey | None = None) -> None:
+                 conn: ConnKey | None = None, explains: bool = False) -> None:
         """A drop group's timeline (`ident`, a Snapshot drop row's key), a flow's (`flow`) or one connection's
-        (`conn`: Enter on a hop of the others)."""
+        (`conn`: Enter on a hop of the others); `explains`: the source can say why a group's drops died."""
         super().__init__()
         self.model = model
         self.ident = ident
         self.flow = flow
         self.conn = conn
+        self.explains = explains and bool(ident) and flow is None and conn is None
         self.title_text = title
         self._shown: list[TimelineRow] = []
+        self.cause_text = ""  # as shown, for tests
 
     def compose(self) -> ComposeResult:
         yield Static(Text.assemble(("timeline ", "bold reverse"), " ", (self.title_text, "bold")), id="timeline-title")
         yield Static("", id="timeline-summary")
+        cause = Static("", id="timeline-cause")
+        cause.display = self.explains  # no line at all where nothing can say why
+        yield cause
         table: DataTable[Any] = DataTable(id="timeline", cursor_type="row")
         yield table
         yield Footer()
@@ -80,6 +88,30 @@ class TimelineScreen(Screen[None]):
             table.add_column(column, key=column)
         self.refresh_rows()
         self.set_interval(0.25, self.refresh_rows)
+        if self.explains:  # a drop group: why it died, read once
+            self.query_one("#timeline-cause", Static).update(Text(" reading the namespace for the cause ...",
+                                                                  style="dim"))
+            self.run_worker(self._read_cause, thread=True, exclusive=True, group="cause")
+
+    def _read_cause(self) -> None:
+        try:
+            cause = self.model.cause(self.ident)
+        except RuntimeError as err:  # the reader process is gone or did not answer
+            cause = {"kind": "unknown", "text": f"not read: {err}", "fix": "", "known": "unknown"}
+        self.app.call_from_thread(self.show_cause, cause)
+
+    def show_cause(self, cause: dict[str, Any] | None) -> None:
+        """The cause as `podtrace drops` prints it: what and how it is known, then the fix."""
+        if cause is None:
+            text = Text(" cause: not known (the group is gone)", style="dim")
+        else:
+            known = cause.get("known", "unknown")
+            text = Text.assemble((" cause: ", "bold"), (cause.get("text", "unknown"),
+                                                        "bold" if known != "unknown" else ""), f" ({known})")
+            if cause.get("fix"):
+                text.append_text(Text.assemble("\n", (" fix: ", "bold"), (cause["fix"], "green")))
+        self.cause_text = "\n".join(line.strip() for line in text.plain.splitlines())
+        self.query_one("#timeline-cause", Static).update(text)
 
     def refresh_rows(self) -> None:
         if getattr(self.app, "paused", False):
