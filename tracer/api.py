@@ -31,7 +31,7 @@ from tracer.report import Resolver, drop_rows, summary_json
 
 if TYPE_CHECKING:
     from tracer.flows import FlowTable, NatRecord
-    from tracer.kubeproxy import ServiceMap
+    from tracer.kubeproxy.model import ServiceMap
 
 __all__ = ["Recording", "LiveSession", "open_recording", "live", "read_rules", "tcp_flags", "PacketEvent"]
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.conntrack import Health
-from tracer.kubeproxy import NFT_TABLE, Rule, ServiceMap, ServicePort, service_name_from_comment
+from tracer.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort
+from tracer.kubeproxy.names import service_name_from_comment
 
 OBSERVED, MATCHED, UNKNOWN = "observed", "matched", "unknown"
 SPECIAL_ROUTES = ("blackhole", "unreachable", "prohibit")

@@ -140,7 +140,7 @@ def _mtu_notes(nodes: list[str | None]) -> list[str]:
 def _service_names(netns: str | None) -> dict[str, str]:
     """Backend and VIP ends -> Service names from kube-proxy's rules in the namespace (and the lab's nodes when
     the lab is up); none where no rules can be read (the groups are then named by their server end)."""
-    from tracer.kubeproxy import collect  # noqa: PLC0415
+    from tracer.kubeproxy.collect import collect  # noqa: PLC0415
     from tracer.overlay import services_by_server  # noqa: PLC0415
 
     ports = []

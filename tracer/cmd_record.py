@@ -173,7 +173,7 @@ def _services(nodes: list[str]) -> dict[str, Any]:
     import shlex
     from collections.abc import Sequence
 
-    from tracer.kubeproxy import collect, command_runner
+    from tracer.kubeproxy.collect import collect, command_runner
 
     result = []
     for node in nodes:

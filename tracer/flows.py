@@ -1,7 +1,7 @@
 """Service flows: client pod -> Service VIP -> DNAT -> backend pod -> reply, from NAT records and drops.
 
 Pure: takes NAT records (from the kernel's nat_flows map or a recording), drop rows and a ServiceMap
-(tracer/kubeproxy.py) plus pod names, and returns the table `podtrace flows` and the TUI show.
+(tracer/kubeproxy/model.py) plus pod names, and returns the table `podtrace flows` and the TUI show.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracer.conntrack import Health
 from tracer.events import Tuple
-from tracer.kubeproxy import ServiceMap, ServicePort
+from tracer.kubeproxy.model import ServiceMap, ServicePort
 from tracer.layout import cut, fit_columns
 from tracer.netfilter import point_label
 
@@ -400,7 +400,8 @@ class LiveFlowsTable:
 
     def _load_names(self) -> ServiceMap:
         from tracer.errors import PodtraceError  # noqa: PLC0415
-        from tracer.kubeproxy import collect, merge  # noqa: PLC0415 - runs iptables-save/nft once
+        from tracer.kubeproxy.collect import collect  # noqa: PLC0415 - runs iptables-save/nft once
+        from tracer.kubeproxy.model import merge  # noqa: PLC0415
 
         maps = []
         for node in self.nodes:

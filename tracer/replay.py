@@ -34,7 +34,7 @@ from tracer.report import Resolver
 if TYPE_CHECKING:
     from tracer.causes import NetnsState
     from tracer.flows import FlowTable, NatRecord
-    from tracer.kubeproxy import ServiceMap
+    from tracer.kubeproxy.model import ServiceMap
     from tracer.recorded_node import MtuSummary, RecordedConntrack
     from tracer.softirq import SoftirqAggregator
 
@@ -110,7 +110,9 @@ def recorded_services(header: dict[str, Any], per_node: dict[str, ServiceMap] | 
     per node as `podtrace flows` merges it, and a warning per node whose rules could not be read. `per_node`, when
     given, receives each node's own map (its netns name, "host" for the recording's own)."""
     from tracer.errors import PodtraceError  # noqa: PLC0415 - the kube-proxy parsers only when a report needs them
-    from tracer.kubeproxy import ServiceMap, collect, merge, parse_ipvsadm  # noqa: PLC0415
+    from tracer.kubeproxy.collect import collect  # noqa: PLC0415
+    from tracer.kubeproxy.ipvsadm import parse_ipvsadm  # noqa: PLC0415
+    from tracer.kubeproxy.model import ServiceMap, merge  # noqa: PLC0415
 
     services = ServiceMap()
     warnings = []

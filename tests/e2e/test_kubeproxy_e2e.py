@@ -1,5 +1,5 @@
 """kube-proxy rules and conntrack read back from a real namespace: rules loaded with iptables-restore, a NATed
-connection created by sending through the DNAT, then `kubeproxy.collect` and `conntrack` asked about both."""
+connection created by sending through the DNAT, then `tracer.kubeproxy.collect` and `conntrack` asked about both."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from support.netns import Pair, netns_pair, send_udp, sh
 
-from tracer import conntrack, kubeproxy
+from tracer import conntrack
+from tracer.kubeproxy.collect import collect
 
 pytestmark = pytest.mark.root
 
@@ -61,7 +62,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
 
 def test_collect_finds_services_endpoints_and_rules(pair: Pair) -> None:
-    m = kubeproxy.collect(pair.a)
+    m = collect(pair.a)
     assert m.mode == "iptables" and m.service_count == 2
     echo = m.lookup_vip(VIP, 53, "udp")
     assert echo is not None and echo.name == "e2e/echo:dns" and echo.node_port == 30053
@@ -74,7 +75,7 @@ def test_collect_finds_services_endpoints_and_rules(pair: Pair) -> None:
     assert (hit.rule.table, hit.rule.chain, hit.rule.position, hit.rule.verdict) == ("filter", "KUBE-SERVICES", 1,
                                                                                      "REJECT")
     # The peer namespace has no rules at all.
-    assert kubeproxy.collect(pair.b).mode == "none"
+    assert collect(pair.b).mode == "none"
 
 
 def test_conntrack_lists_the_dnat_with_both_tuples(pair: Pair) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 from tracer.cause_state import parse_icmp, parse_irq_devices, parse_rps
 from tracer.causes import NetnsState, RouteAnswer, explain, parse_cpu_mask
 from tracer.conntrack import Health
-from tracer.kubeproxy import parse_iptables_save, parse_nft_json
+from tracer.kubeproxy.iptables import parse_iptables_save
+from tracer.kubeproxy.nftables import parse_nft_json
 from tracer.report import write_drop_table
 
 FIX = Path(__file__).parent / "fixtures" / "kubeproxy"

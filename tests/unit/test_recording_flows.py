@@ -16,7 +16,7 @@ from tracer.api import open_recording
 from tracer.errors import RecordingError
 from tracer.events import Tuple
 from tracer.flows import FlowTable, NatRecord, write_flow_table
-from tracer.kubeproxy import parse_iptables_save
+from tracer.kubeproxy.iptables import parse_iptables_save
 from tracer.recording import (
     KIND_NAT_FLOWS,
     Recorder,

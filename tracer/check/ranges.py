@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from tracer.check.model import NodeState
 from tracer.flows import cluster_range
-from tracer.kubeproxy import ServiceMap, iptables_variant, merge, parse_iptables_save, parse_nft_json
+from tracer.kubeproxy.iptables import iptables_variant, parse_iptables_save
+from tracer.kubeproxy.model import ServiceMap, merge
+from tracer.kubeproxy.nftables import parse_nft_json
 from tracer.mtu import parse_subnet_env
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

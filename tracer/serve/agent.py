@@ -27,7 +27,7 @@ from tracer.aggregate import DropTable
 from tracer.errors import PodtraceError
 from tracer.events import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
 from tracer.flows import NatRecord, NodeConntrack, nat_record_from_map
-from tracer.kubeproxy import ServiceMap
+from tracer.kubeproxy.model import ServiceMap
 from tracer.report import Resolver, drop_rows
 from tracer.serve.attribution import Charge, attribute
 from tracer.serve.labels import OTHER, TopN
@@ -177,7 +177,7 @@ class Agent:
     # --- names and headers ---------------------------------------------------------------------------------
 
     def _load_names(self) -> None:
-        from tracer.kubeproxy import collect  # noqa: PLC0415
+        from tracer.kubeproxy.collect import collect  # noqa: PLC0415
 
         try:
             self.services = collect(self.options.node)
