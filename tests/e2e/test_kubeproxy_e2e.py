@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.netns import Pair, netns_pair, send_udp, sh
+from support.netns import Pair, netns_pair, send_udp, sh, throwaway_netns
+from support.quoted_comments import WRITTEN
 
 from tracer import conntrack
 from tracer.kubeproxy.collect import collect
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.root
 VIP, EMPTY_VIP = "10.96.99.10", "10.96.99.20"
 PRIME = 7
 SPORT = 40053
+FIXTURES = Path(__file__).parents[1] / "unit" / "fixtures" / "kubeproxy"
 
 
 def ruleset(backend: str) -> str:
@@ -110,3 +112,16 @@ def test_health_reads_count_and_max_inside_the_netns(pair: Pair) -> None:
     assert len(h.cpus) >= 1 and [c.cpu for c in h.cpus] == sorted(c.cpu for c in h.cpus)
     assert not h.full and h.drop == 0
     assert h.cpus == tuple(conntrack.parse_conntrack_s(sh("conntrack", "-S", netns=pair.a)))
+
+
+def test_comments_with_quotes_come_back_as_written() -> None:
+    r"""Comments with ', " and \ loaded by iptables-restore and read back by collect (iptables-save escapes all three);
+    the unit fixture is what iptables-save prints for them here."""
+    with throwaway_netns() as ns:
+        sh("iptables-restore", str(FIXTURES / "quoted-comments.restore"), netns=ns)
+        saved = sh("iptables-save", netns=ns)
+        m = collect(ns)
+    assert [r.comment for r in m.rules if r.source == "iptables"] == WRITTEN
+    rules = [line for line in saved.splitlines() if line.startswith("-A ")]
+    fixture = (FIXTURES / "quoted-comments-iptables.save").read_text().splitlines()
+    assert rules == [line for line in fixture if line.startswith("-A ")]

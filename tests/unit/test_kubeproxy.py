@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from support.quoted_comments import WRITTEN
 
 from tracer.errors import PodtraceError
 from tracer.kubeproxy.collect import collect
@@ -160,6 +161,20 @@ def test_unallocated_cluster_ip_nftables(nft: ServiceMap) -> None:
 ])
 def test_service_name_from_comment(comment: str, name: str) -> None:
     assert service_name_from_comment(comment) == name
+
+
+@pytest.mark.parametrize("name", ["quoted-comments-iptables.save", "quoted-comments-iptables-S.txt"])
+def test_comments_with_quotes_read_as_written(name: str) -> None:
+    r"""iptables-save escapes ', " and \ inside a quoted comment (`else\'s`): the reader gives what was written."""
+    m = parse_iptables_save(load(name))
+    assert [r.comment for r in m.rules] == WRITTEN
+    # The rule's text stays the line as the tool printed it, escapes and all.
+    assert '--comment "block someone else\\\'s scanner"' in m.rules[1].text
+    hit = m.rule_for_drop("10.96.0.10", 80, "tcp", src="10.244.1.7")
+    assert hit is not None and (hit.rule.chain, hit.rule.position) == ("INPUT", 2)
+    assert hit.rule.comment == "block someone else's scanner" and hit.service is None
+    empty = m.by_name("default/empty:http", "tcp")
+    assert empty is not None and empty.no_endpoints and (empty.vip, empty.port) == ("10.96.0.20", 80)
 
 
 def test_ipvsadm() -> None:
