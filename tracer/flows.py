@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tracer.conntrack import Health
 from tracer.events import Tuple
 from tracer.kubeproxy.model import ServiceMap, ServicePort
 from tracer.layout import cut, fit_columns
 from tracer.netfilter import point_label
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # conntrack reads netlink: the table needs only its type
+    from tracer.conntrack import Health
     from tracer.podnames import PodResolver
 
 # IPVS records (bpf/ipvs.c, PT_IPVS_* in bpf/podtrace.h) share the NAT record shape under their own points.
