@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nflink, ringbuf, tc, tpbtf
+from tracer import bccenv, kernelfs, netfilter, nf_points, nflink, ringbuf, tc, tpbtf
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import (
@@ -155,8 +155,8 @@ class LiveSource:
         result: dict[tuple[int, int], list[int]] = {}
         for row in range(3):
             for hook in range(5):
-                base = (row * 5 + hook) * netfilter.HIST_SLOTS
-                buckets = [int(sum(table.getvalue(table.Key(base + slot)))) for slot in range(netfilter.HIST_SLOTS)]
+                base = (row * 5 + hook) * nf_points.HIST_SLOTS
+                buckets = [int(sum(table.getvalue(table.Key(base + slot)))) for slot in range(nf_points.HIST_SLOTS)]
                 if any(buckets):
                     result[(row, hook)] = buckets
         return result
@@ -173,7 +173,7 @@ class LiveSource:
         fds = {}
         with bccenv.captured_stderr() as errors:
             try:
-                for point in netfilter.POINTS:
+                for point in nf_points.POINTS:
                     function = self._bpf.load_func(
                         point.program, nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
                     )
@@ -222,9 +222,9 @@ class LiveSource:
             return {}
         table = self._bpf["nf_hist"]
         result: dict[int, list[int]] = {}
-        for point in netfilter.POINTS:
-            buckets = [int(sum(table.getvalue(table.Key(point.index * netfilter.HIST_SLOTS + slot))))
-                       for slot in range(netfilter.HIST_SLOTS)]
+        for point in nf_points.POINTS:
+            buckets = [int(sum(table.getvalue(table.Key(point.index * nf_points.HIST_SLOTS + slot))))
+                       for slot in range(nf_points.HIST_SLOTS)]
             if any(buckets):
                 result[point.index] = buckets
         return result

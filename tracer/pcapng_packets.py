@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from tracer.events import NatEvent, PacketEvent
 from tracer.identity import Identity
-from tracer.netfilter import point_label
+from tracer.nf_points import point_label
 from tracer.replay import RecordedNames
 from tracer.report import describe_point
 
