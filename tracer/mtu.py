@@ -18,6 +18,7 @@ from typing import Any
 
 from tracer.errors import UsageError
 from tracer.events import EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, POINT_QUEUE, PacketEvent
+from tracer.flannel import parse_subnet_env  # also imported from here by tracer/recorded_node.py
 
 SUBNET_ENV = "/run/flannel/subnet.env"
 NETNS_DIR = "/run/netns"
@@ -407,18 +408,6 @@ def snmp_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str,
 
 
 # Collection with netlink ----------------------------------------------------------------------------------
-
-
-def parse_subnet_env(text: str) -> dict[str, str]:
-    """KEY=VALUE lines of flannel's subnet.env (FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ)."""
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        values[key.strip()] = value.strip().strip('"')
-    return values
 
 
 def flannel_mtu(path: str = SUBNET_ENV) -> int | None:
