@@ -151,7 +151,7 @@ def _attach_plan() -> tuple[dict[str, Any] | None, str]:
 
         plan, _trials = probe_kernel()
         return plan.to_json(), ""
-    except Exception as err:  # noqa: BLE001 - any failure here only costs the header its plan
+    except Exception as err:  # any failure here only costs the header its plan
         return None, str(err) or type(err).__name__
 
 
@@ -163,7 +163,7 @@ def _lab_names() -> dict[str, Any] | None:
         from tracer import lab
 
         return asdict(lab.names())
-    except Exception:  # noqa: BLE001 - the lab is optional
+    except Exception:  # the lab is optional
         return None
 
 

@@ -65,7 +65,7 @@ def run_tui(args: argparse.Namespace) -> int:
         source, info = _replay(args.replay)
     else:
         source, info = _live(args)
-    from tui.app import PodtraceApp, run_app  # noqa: PLC0415 - textual only when the TUI runs
+    from tui.app import PodtraceApp, run_app  # textual only when the TUI runs
 
     if args.save_dir:
         info.save_dir = args.save_dir
@@ -142,7 +142,7 @@ def _record_header(args: argparse.Namespace, source: Any, info: Any) -> dict[str
         from tracer import lab
 
         lab_names: dict[str, Any] | None = asdict(lab.names())
-    except Exception:  # noqa: BLE001 - the lab is optional
+    except Exception:  # the lab is optional
         lab_names = None
     header["names"] = {"netns": {str(k): v for k, v in known.items()}, "lab": lab_names}
     node = info.tables.get("node")

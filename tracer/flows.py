@@ -399,9 +399,9 @@ class LiveFlowsTable:
         self._pod_resolver: PodResolver | None = None
 
     def _load_names(self) -> ServiceMap:
-        from tracer.errors import PodtraceError  # noqa: PLC0415
-        from tracer.kubeproxy.collect import collect  # noqa: PLC0415 - runs iptables-save/nft once
-        from tracer.kubeproxy.model import merge  # noqa: PLC0415
+        from tracer.errors import PodtraceError
+        from tracer.kubeproxy.collect import collect  # runs iptables-save/nft once
+        from tracer.kubeproxy.model import merge
 
         maps = []
         for node in self.nodes:
@@ -409,7 +409,7 @@ class LiveFlowsTable:
                 maps.append(collect(node))
             except PodtraceError:
                 continue
-        from tracer.podnames import PodResolver  # noqa: PLC0415
+        from tracer.podnames import PodResolver
 
         self._pod_resolver = self._pod_resolver or PodResolver()
         return merge(*maps) if maps else ServiceMap()

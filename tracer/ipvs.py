@@ -127,7 +127,7 @@ def read_node(node: str | None, runner: Runner | None = None) -> NodeIpvs | None
 def lab_services() -> list[KnownService]:
     """The running lab's Service ports (its manifest names them), or [] when the lab is down."""
     try:
-        from tracer.lab import is_up, names  # noqa: PLC0415 - the lab is optional
+        from tracer.lab import is_up, names  # the lab is optional
 
         if not is_up():
             return []

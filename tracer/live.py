@@ -83,7 +83,7 @@ class LiveSource:
         with Progress(what) if progress else _Quiet() as step, bccenv.captured_stderr() as errors:
             try:
                 self._bpf = bcc.BPF(text=self.build.text, cflags=self.build.cflags)
-            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+            except Exception as err:  # BCC raises bare Exception
                 detail = next((line for line in errors if "error" in line), str(err))
                 raise KernelError(f"the probes failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err
@@ -115,7 +115,7 @@ class LiveSource:
         with bccenv.captured_stderr() as errors:
             try:
                 self._bpf.attach_raw_tracepoint(tp="kfree_skb", fn_name="pt_drop_raw_tp")
-            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+            except Exception as err:  # BCC raises bare Exception
                 detail = next((line for line in errors if line.strip()), str(err))
                 raise KernelError(f"the drop probe failed to attach ({self.drops_refusal}; raw tracepoint: "
                                   f"{detail.strip()})", "run `podtrace doctor` to see what this kernel allows") from err
@@ -141,7 +141,7 @@ class LiveSource:
                         self._bpf.attach_kretprobe(event=probe.function, fn_name=probe.program)
                     else:
                         self._bpf.attach_kprobe(event=probe.function, fn_name=probe.program)
-                except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                except Exception as err:  # BCC raises bare Exception
                     detail = next((line for line in errors if line.strip()), str(err))
                     raise KernelError(f"kprobe on {probe.function} failed: {detail.strip()}",
                                       "run `podtrace doctor` to see what this kernel allows") from err
@@ -178,7 +178,7 @@ class LiveSource:
                         point.program, nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
                     )
                     fds[point.program] = function.fd
-            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+            except Exception as err:  # BCC raises bare Exception
                 detail = next((line for line in errors if line.strip()), str(err))
                 raise KernelError(f"the netfilter programs failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err

@@ -420,7 +420,7 @@ def flannel_mtu(path: str = SUBNET_ENV) -> int | None:
 
 
 def _netns_handle(name: str) -> Any:
-    from pyroute2 import IPRoute, NetNS  # noqa: PLC0415 - netlink only where collection runs
+    from pyroute2 import IPRoute, NetNS  # netlink only where collection runs
 
     if name in ("", "host"):
         return IPRoute()
@@ -441,7 +441,7 @@ def _link(ipr: Any, index: int, netns: str) -> tuple[LinkInfo, Any]:
 def _route(ipr: Any, target: str) -> tuple[int, str]:
     try:
         routes = ipr.route("get", dst=target)
-    except Exception as err:  # noqa: BLE001 - pyroute2 raises NetlinkError for unreachable targets
+    except Exception as err:  # pyroute2 raises NetlinkError for unreachable targets
         raise UsageError(f"no route to {target}: {err}") from err
     msg = routes[0]
     return int(msg.get_attr("RTA_OIF")), msg.get_attr("RTA_PREFSRC") or ""
@@ -458,11 +458,11 @@ def _find_veth_peer(pod_ifindex: int, peer_ifindex: int, skip: str) -> tuple[str
             continue
         try:
             ipr = _netns_handle(name)
-        except Exception:  # noqa: BLE001, S112 - a namespace that vanished meanwhile
+        except Exception:  # a namespace that vanished meanwhile
             continue
         try:
             found = ipr.get_links(peer_ifindex)
-        except Exception:  # noqa: BLE001 - no such index there
+        except Exception:  # no such index there
             found = []
         try:
             for msg in found:

@@ -169,7 +169,7 @@ def test_a_fib_answer_not_known_here_is_not_turned_into_a_route_kind() -> None:
 
 
 def test_rows_of_a_namespace_that_is_gone_get_causes_that_say_so() -> None:
-    from tracer.cause_state import add_causes, collect  # noqa: PLC0415
+    from tracer.cause_state import add_causes, collect
 
     rows = [_row(netns="pt-h16-gone"), _row(reason="IP_RPFILTER", netns="pt-h16-gone")]
     states = collect(rows, {})
