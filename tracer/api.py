@@ -33,7 +33,7 @@ from tracer.report import Resolver, drop_rows, summary_json
 
 if TYPE_CHECKING:
     from tracer.flows import FlowTable, NatRecord
-    from tracer.kubeproxy import ServiceMap
+    from tracer.kubeproxy.model import ServiceMap
 
 __all__ = ["Recording", "LiveSession", "open_recording", "live", "read_rules", "tcp_flags", "PacketEvent"]
 
@@ -175,7 +175,7 @@ class Recording:
     def mtu_rows(self) -> list[dict[str, Any]]:
         """Per node: link MTUs at record time, ICMP frag-needed / fragment / too-big counts of the recorded events
         and the `podtrace mtu` verdict of each pod's path (`ok` false on a mismatch), as `podtrace report --json`."""
-        from tracer.recorded_node import relevant  # noqa: PLC0415 - netlink/conntrack code only when asked
+        from tracer.recorded_node import relevant  # netlink/conntrack code only when asked
 
         source = self.source()
         summary = source.mtu_summary()
@@ -246,7 +246,7 @@ class LiveSession:
 
 @contextmanager
 def live(
-    filter: str = "",  # noqa: A002 - the name users expect
+    filter: str = "",  # the name users expect
     netns: str | None = None,
     ifname: str | None = None,
     path: bool = False,

@@ -38,7 +38,7 @@ def bcc_module() -> ModuleType:
     kernelfs.ensure_mounted()
     _state["headers"] = headers.prepare()
     try:
-        import bcc  # noqa: PLC0415 - imported late on purpose: BCC reads tracefs paths at import time
+        import bcc  # imported late on purpose: BCC reads tracefs paths at import time
     except ImportError as err:
         raise KernelError(
             f"BCC's Python module cannot be imported ({err})",

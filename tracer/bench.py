@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 section = run(args.quick, _log)
-            except Exception as err:  # noqa: BLE001 - one failed section must not lose the others' figures
+            except Exception as err:  # one failed section must not lose the others' figures
                 _log(f"{name} failed:\n{traceback.format_exc()}")
                 section = Section(name, error=f"{type(err).__name__}: {err}")
         section.seconds = time.monotonic() - section_started

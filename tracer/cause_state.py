@@ -27,8 +27,8 @@ from tracer.causes import (
     parse_cpu_mask,
 )
 from tracer.errors import PodtraceError
-from tracer.kubeproxy import ServiceMap
-from tracer.kubeproxy import collect as collect_rules
+from tracer.kubeproxy.collect import collect as collect_rules
+from tracer.kubeproxy.model import ServiceMap
 
 MAX_ROUTES = 64  # distinct destinations asked per namespace: a scan of thousands of addresses asks for 64
 TIMEOUT = 10.0

@@ -13,10 +13,13 @@ against the saved ruleset; "unknown" when podtrace cannot say.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tracer.conntrack import Health
-from tracer.kubeproxy import NFT_TABLE, Rule, ServiceMap, ServicePort, service_name_from_comment
+from tracer.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort
+from tracer.kubeproxy.names import service_name_from_comment
+
+if TYPE_CHECKING:  # conntrack reads netlink: a cause needs only its type
+    from tracer.conntrack import Health
 
 OBSERVED, MATCHED, UNKNOWN = "observed", "matched", "unknown"
 SPECIAL_ROUTES = ("blackhole", "unreachable", "prohibit")

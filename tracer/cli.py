@@ -7,16 +7,16 @@ import signal
 if __name__ == "__main__":  # `python -m tracer.cli`: Ctrl-C while this module's own imports run ends the process
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a signal does, not with a traceback; main() takes it back
 
-import argparse  # noqa: E402 - after the handler above
-import importlib  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from typing import NoReturn  # noqa: E402
+import argparse  # after the handler above
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
-from tracer import __version__  # noqa: E402
-from tracer.errors import PodtraceError  # noqa: E402
-from tracer.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line  # noqa: E402
+from tracer import __version__
+from tracer.errors import PodtraceError
+from tracer.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line
 
 # Each module defines add_parser(subparsers) and sets `func(args) -> int` on its parser.
 COMMAND_MODULES = (
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sys.stdout.isatty():
             parser.print_help()
             return USAGE
-        from tracer.cmd_tui import run_tui  # noqa: PLC0415 - `podtrace` alone opens the TUI on a terminal
+        from tracer.cmd_tui import run_tui  # `podtrace` alone opens the TUI on a terminal
 
         args.func = run_tui
     try:

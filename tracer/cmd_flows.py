@@ -12,7 +12,8 @@ from tracer.conntrack import Health
 from tracer.errors import PodtraceError
 from tracer.flows import FlowTable, NatRecord, NodeConntrack, nat_record_from_map, write_flow_table
 from tracer.identity import ConnIdentities
-from tracer.kubeproxy import ServiceMap, collect
+from tracer.kubeproxy.collect import collect
+from tracer.kubeproxy.model import ServiceMap
 from tracer.layout import add_wide_option, table_width
 from tracer.live import LiveSource
 from tracer.nfverdict import NfAttribution

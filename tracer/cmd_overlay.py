@@ -113,15 +113,15 @@ def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _nodes(netns: str | None) -> list[str | None]:
     """--netns, and the nodes the environment declares (the lab's, when it is up)."""
-    from tracer.declared_names import declared  # noqa: PLC0415
+    from tracer.declared_names import declared
 
     found = declared()
     return [netns] + ([node for node in found.nodes.values() if node != netns] if found else [])
 
 
 def _mtu_notes(nodes: list[str | None]) -> list[str]:
-    from tracer.check import run_checks  # noqa: PLC0415
-    from tracer.overlay import mtu_notes  # noqa: PLC0415
+    from tracer.check import run_checks
+    from tracer.overlay import mtu_notes
 
     found = {}
     for node in nodes:
@@ -135,8 +135,8 @@ def _mtu_notes(nodes: list[str | None]) -> list[str]:
 def _service_names(netns: str | None) -> dict[str, str]:
     """Backend and VIP ends -> Service names from kube-proxy's rules in the namespace (and the lab's nodes when
     the lab is up); none where no rules can be read (the groups are then named by their server end)."""
-    from tracer.kubeproxy import collect  # noqa: PLC0415
-    from tracer.overlay import services_by_server  # noqa: PLC0415
+    from tracer.kubeproxy.collect import collect
+    from tracer.overlay import services_by_server
 
     ports = []
     for node in _nodes(netns):
@@ -148,9 +148,9 @@ def _service_names(netns: str | None) -> dict[str, str]:
 
 
 def run_overlay(args: argparse.Namespace) -> int:
-    from tracer.overlay import OVERLAY_FILTER, TunnelTable  # noqa: PLC0415
-    from tracer.report import summary_line  # noqa: PLC0415
-    from tracer.session import run_session  # noqa: PLC0415
+    from tracer.overlay import OVERLAY_FILTER, TunnelTable
+    from tracer.report import summary_line
+    from tracer.session import run_session
 
     args.filter = [OVERLAY_FILTER]
     table = TunnelTable()
@@ -174,7 +174,7 @@ def run_overlay(args: argparse.Namespace) -> int:
 
 def resolve_source(name: str) -> str:
     """A pod name of this node -> its namespace file; `ip netns` names and namespace files pass through."""
-    import os  # noqa: PLC0415
+    import os
 
     if name.startswith("/"):
         if not os.path.exists(name):
@@ -182,14 +182,14 @@ def resolve_source(name: str) -> str:
         return name
     if os.path.exists(f"/run/netns/{name}"):
         return name
-    from tracer.podnames import PodResolver  # noqa: PLC0415
+    from tracer.podnames import PodResolver
 
     # a pod of this node, by name or namespace/name, as its cgroup and the kubelet's directories name it
     matches = [pod for pod in PodResolver().pods() if name in (pod.name, pod.label)]
     if len(matches) == 1:
         # its `ip netns` name when it has one (containerd pins pod namespaces in /run/netns/cni-...): the path
         # collection reads named namespaces only
-        from tracer.names import named_netns  # noqa: PLC0415
+        from tracer.names import named_netns
 
         pinned = [netns for netns, inode in named_netns().items() if inode == matches[0].netns]
         return pinned[0] if pinned else f"/proc/{matches[0].pid}/ns/net"
@@ -201,7 +201,7 @@ def resolve_source(name: str) -> str:
 
 
 def parse_target(text: str) -> tuple[str, int | None]:
-    import ipaddress  # noqa: PLC0415
+    import ipaddress
 
     host, port = text, None
     if text.count(":") == 1:
@@ -218,9 +218,9 @@ def parse_target(text: str) -> tuple[str, int | None]:
 
 
 def run_mtu(args: argparse.Namespace) -> int:
-    from tracer import bccenv  # noqa: PLC0415
-    from tracer.mtu import collect_path, verdict  # noqa: PLC0415
-    from tracer.mtuprobe import run_probe  # noqa: PLC0415
+    from tracer import bccenv
+    from tracer.mtu import collect_path, verdict
+    from tracer.mtuprobe import run_probe
 
     bccenv.require_root("podtrace mtu")
     if args.watch < 0:
@@ -261,12 +261,12 @@ def run_mtu(args: argparse.Namespace) -> int:
 
 
 def run_softirq(args: argparse.Namespace) -> int:
-    from tracer.softirq import SoftirqAggregator, SoftirqProbe, findings, format_table  # noqa: PLC0415
+    from tracer.softirq import SoftirqAggregator, SoftirqProbe, findings, format_table
 
     if args.duration <= 0:
         raise UsageError("--duration must be positive")
     interval = min(max(args.interval, 0.1), 1.0)
-    import time  # noqa: PLC0415
+    import time
 
     probe = SoftirqProbe()
     probe.start()

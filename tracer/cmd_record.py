@@ -152,7 +152,7 @@ def _attach_plan() -> tuple[dict[str, Any] | None, str]:
 
         plan, _trials = probe_kernel()
         return plan.to_json(), ""
-    except Exception as err:  # noqa: BLE001 - any failure here only costs the header its plan
+    except Exception as err:  # any failure here only costs the header its plan
         return None, str(err) or type(err).__name__
 
 
@@ -162,7 +162,7 @@ def _services(nodes: list[str]) -> dict[str, Any]:
     import shlex
     from collections.abc import Sequence
 
-    from tracer.kubeproxy import collect, command_runner
+    from tracer.kubeproxy.collect import collect, command_runner
 
     result = []
     for node in nodes:

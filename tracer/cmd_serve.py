@@ -77,11 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer import bccenv  # noqa: PLC0415
-    from tracer.errors import UsageError  # noqa: PLC0415
-    from tracer.serve.agent import Agent  # noqa: PLC0415
-    from tracer.serve.options import from_args  # noqa: PLC0415
-    from tracer.session import StopFlag  # noqa: PLC0415
+    from tracer import bccenv
+    from tracer.errors import UsageError
+    from tracer.serve.agent import Agent
+    from tracer.serve.options import from_args
+    from tracer.session import StopFlag
 
     options = from_args(args)
     bccenv.require_root("serve")

@@ -65,7 +65,7 @@ def run_tui(args: argparse.Namespace) -> int:
         source, info = _replay(args.replay)
     else:
         source, info = _live(args)
-    from tui.app import PodtraceApp, run_app  # noqa: PLC0415 - textual only when the TUI runs
+    from tui.app import PodtraceApp, run_app  # textual only when the TUI runs
 
     if args.save_dir:
         info.save_dir = args.save_dir

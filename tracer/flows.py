@@ -1,7 +1,7 @@
 """Service flows: client pod -> Service VIP -> DNAT -> backend pod -> reply, from NAT records and drops.
 
 Pure: takes NAT records (from the kernel's nat_flows map or a recording), drop rows and a ServiceMap
-(tracer/kubeproxy.py) plus pod names, and returns the table `podtrace flows` and the TUI show.
+(tracer/kubeproxy/model.py) plus pod names, and returns the table `podtrace flows` and the TUI show.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tracer.conntrack import Health
 from tracer.events import Tuple
-from tracer.kubeproxy import ServiceMap, ServicePort
+from tracer.kubeproxy.model import ServiceMap, ServicePort
 from tracer.layout import cut, fit_columns
-from tracer.netfilter import point_label
+from tracer.nf_points import point_label
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # conntrack reads netlink: the table needs only its type
+    from tracer.conntrack import Health
     from tracer.podnames import PodResolver
 
 # IPVS records (bpf/ipvs.c, PT_IPVS_* in bpf/podtrace.h) share the NAT record shape under their own points.
@@ -401,8 +401,9 @@ class LiveFlowsTable:
         self._pod_resolver: PodResolver | None = None
 
     def _load_names(self) -> ServiceMap:
-        from tracer.errors import PodtraceError  # noqa: PLC0415
-        from tracer.kubeproxy import collect, merge  # noqa: PLC0415 - runs iptables-save/nft once
+        from tracer.errors import PodtraceError
+        from tracer.kubeproxy.collect import collect  # runs iptables-save/nft once
+        from tracer.kubeproxy.model import merge
 
         maps = []
         for node in self.nodes:
@@ -410,7 +411,7 @@ class LiveFlowsTable:
                 maps.append(collect(node))
             except PodtraceError:
                 continue
-        from tracer.podnames import PodResolver  # noqa: PLC0415
+        from tracer.podnames import PodResolver
 
         self._pod_resolver = self._pod_resolver or PodResolver()
         return merge(*maps) if maps else ServiceMap()

@@ -7,7 +7,7 @@ them: Service ports already named by another source (rules of another proxy mode
 
 `name_virtual_servers` is pure; `service_map` reads `ipvsadm -Ln` and kube-ipvs0 in each node's namespace.
 pyroute2 (0.9) speaks IPVS's generic netlink too, but `ipvsadm -Ln` is what kube-proxy's users read and
-tracer/kubeproxy.py already parses it.
+tracer/kubeproxy/ipvsadm.py already parses it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from tracer import declared_names
 from tracer.errors import PodtraceError
-from tracer.kubeproxy import Endpoint, Runner, ServiceMap, ServicePort, command_runner, parse_ipvsadm
+from tracer.kubeproxy.collect import Runner, command_runner
+from tracer.kubeproxy.ipvsadm import parse_ipvsadm
+from tracer.kubeproxy.model import Endpoint, ServiceMap, ServicePort
 
 DUMMY = "kube-ipvs0"
 

@@ -103,7 +103,7 @@ class Prober:
                 self.module.attach_kprobe(event=function, fn_name="pt_nop_kprobe")
                 self.module.detach_kprobe(event=function)
                 return Trial(True)
-            except Exception:  # noqa: BLE001 - BCC raises bare Exception
+            except Exception:  # BCC raises bare Exception
                 pass
         return Trial(False, _first_error(lines, f"{function} is not traceable (inlined or notrace)"))
 
@@ -120,7 +120,7 @@ class Prober:
                 probe = self.bcc.BPF(text=f"KFUNC_PROBE({function}) {{ return 0; }}")
                 probe.cleanup()
                 return Trial(True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         reason = _first_error(lines, f"fentry on {function} failed")
         if "EPERM" in reason:
@@ -136,7 +136,7 @@ class Prober:
                 attach()
                 detach()
                 return Trial(True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         return Trial(False, _first_error(lines, failed))
 
@@ -176,7 +176,7 @@ class Prober:
                 function = self.module.load_func(
                     "pt_nf_accept", nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
                 )
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return Trial(False, _first_error(lines, "netfilter programs cannot be loaded"))
         # An ACCEPT-only program at a priority no rule uses: attaching it for an instant changes nothing.
         try:
@@ -189,10 +189,10 @@ class Prober:
         with bccenv.captured_stderr() as lines:
             try:
                 function = self.module.load_func("pt_tc_ok", self.bcc.BPF.SCHED_CLS)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return Trial(False, _first_error(lines, "tc programs cannot be loaded"))
         try:
-            from pyroute2 import IPRoute, netns  # noqa: PLC0415 - only needed for this trial
+            from pyroute2 import IPRoute, netns  # only needed for this trial
 
             with _throwaway_netns() as name:
                 netns.pushns(name)
@@ -206,7 +206,7 @@ class Prober:
                         )
                 finally:
                     netns.popns()
-        except Exception as err:  # noqa: BLE001 - pyroute2 raises NetlinkError and OSError
+        except Exception as err:  # pyroute2 raises NetlinkError and OSError
             return Trial(False, f"tc attach failed: {err}")
         return Trial(True)
 

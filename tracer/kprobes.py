@@ -84,7 +84,7 @@ def choose(concerns: tuple[str, ...], symbols: KernelSymbols, have_kprobes: bool
 
 def choose_live(concerns: tuple[str, ...]) -> tuple[str, ...]:
     """choose() on the running kernel."""
-    import platform  # noqa: PLC0415
+    import platform
 
     have = kernel.kprobes_available()
     if not have:

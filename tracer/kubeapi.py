@@ -158,7 +158,7 @@ class KubeApi:
     @staticmethod
     def _connect(kubeconfig: str | None) -> Any:
         try:
-            from kubernetes import client, config  # noqa: PLC0415 - only with --kubeconfig or in a pod
+            from kubernetes import client, config  # only with --kubeconfig or in a pod
         except ImportError as err:
             raise UsageError("the Kubernetes API needs the `kubernetes` Python client", "run `make setup`") from err
 
@@ -168,7 +168,7 @@ class KubeApi:
                 config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
             else:
                 config.load_incluster_config(client_configuration=configuration)
-        except Exception as err:  # noqa: BLE001 - the client raises ConfigException, OSError, YAML errors
+        except Exception as err:  # the client raises ConfigException, OSError, YAML errors
             where = kubeconfig or "in-cluster credentials"
             raise UsageError(f"cannot use {where} for the Kubernetes API: {_one_line(err)}",
                              "give a readable kubeconfig, or leave --kubeconfig out (names from the node)") from err
@@ -184,8 +184,8 @@ class KubeApi:
         return json.loads(response.data)
 
     def _load(self) -> ApiNames:
-        from kubernetes import client  # noqa: PLC0415
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
 
         core, discovery = client.CoreV1Api(self._client), client.DiscoveryV1Api(self._client)
         lists = [self._list(call) for call in (core.list_pod_for_all_namespaces, core.list_service_for_all_namespaces,
@@ -207,7 +207,7 @@ class KubeApi:
         try:
             self._names = self._load()
             self.error = ""
-        except Exception as err:  # noqa: BLE001 - urllib3 and the client raise many kinds; all mean "unreachable"
+        except Exception as err:  # urllib3 and the client raise many kinds; all mean "unreachable"
             self.error = _one_line(err)
             if not self._warned:
                 self._warn(f"podtrace: Kubernetes API at {self.server} unreachable ({self.error}): pod names from "

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nflink, ringbuf, tc, tpbtf
+from tracer import bccenv, kernelfs, netfilter, nf_points, nflink, ringbuf, tc, tpbtf
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import (
@@ -83,7 +83,7 @@ class LiveSource:
         with Progress(what) if progress else _Quiet() as step, bccenv.captured_stderr() as errors:
             try:
                 self._bpf = bcc.BPF(text=self.build.text, cflags=self.build.cflags)
-            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+            except Exception as err:  # BCC raises bare Exception
                 detail = next((line for line in errors if "error" in line), str(err))
                 raise KernelError(f"the probes failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err
@@ -115,7 +115,7 @@ class LiveSource:
         with bccenv.captured_stderr() as errors:
             try:
                 self._bpf.attach_raw_tracepoint(tp="kfree_skb", fn_name="pt_drop_raw_tp")
-            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+            except Exception as err:  # BCC raises bare Exception
                 detail = next((line for line in errors if line.strip()), str(err))
                 raise KernelError(f"the drop probe failed to attach ({self.drops_refusal}; raw tracepoint: "
                                   f"{detail.strip()})", "run `podtrace doctor` to see what this kernel allows") from err
@@ -141,7 +141,7 @@ class LiveSource:
                         self._bpf.attach_kretprobe(event=probe.function, fn_name=probe.program)
                     else:
                         self._bpf.attach_kprobe(event=probe.function, fn_name=probe.program)
-                except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                except Exception as err:  # BCC raises bare Exception
                     detail = next((line for line in errors if line.strip()), str(err))
                     raise KernelError(f"kprobe on {probe.function} failed: {detail.strip()}",
                                       "run `podtrace doctor` to see what this kernel allows") from err
@@ -155,8 +155,8 @@ class LiveSource:
         result: dict[tuple[int, int], list[int]] = {}
         for row in range(3):
             for hook in range(5):
-                base = (row * 5 + hook) * netfilter.HIST_SLOTS
-                buckets = [int(sum(table.getvalue(table.Key(base + slot)))) for slot in range(netfilter.HIST_SLOTS)]
+                base = (row * 5 + hook) * nf_points.HIST_SLOTS
+                buckets = [int(sum(table.getvalue(table.Key(base + slot)))) for slot in range(nf_points.HIST_SLOTS)]
                 if any(buckets):
                     result[(row, hook)] = buckets
         return result
@@ -173,12 +173,12 @@ class LiveSource:
         fds = {}
         with bccenv.captured_stderr() as errors:
             try:
-                for point in netfilter.POINTS:
+                for point in nf_points.POINTS:
                     function = self._bpf.load_func(
                         point.program, nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
                     )
                     fds[point.program] = function.fd
-            except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+            except Exception as err:  # BCC raises bare Exception
                 detail = next((line for line in errors if line.strip()), str(err))
                 raise KernelError(f"the netfilter programs failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err
@@ -222,9 +222,9 @@ class LiveSource:
             return {}
         table = self._bpf["nf_hist"]
         result: dict[int, list[int]] = {}
-        for point in netfilter.POINTS:
-            buckets = [int(sum(table.getvalue(table.Key(point.index * netfilter.HIST_SLOTS + slot))))
-                       for slot in range(netfilter.HIST_SLOTS)]
+        for point in nf_points.POINTS:
+            buckets = [int(sum(table.getvalue(table.Key(point.index * nf_points.HIST_SLOTS + slot))))
+                       for slot in range(nf_points.HIST_SLOTS)]
             if any(buckets):
                 result[point.index] = buckets
         return result

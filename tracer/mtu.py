@@ -18,6 +18,7 @@ from typing import Any
 
 from tracer.errors import UsageError
 from tracer.events import EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, POINT_QUEUE, PacketEvent
+from tracer.flannel import parse_subnet_env  # also imported from here by tracer/recorded_node.py
 
 SUBNET_ENV = "/run/flannel/subnet.env"
 NETNS_DIR = "/run/netns"
@@ -409,18 +410,6 @@ def snmp_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str,
 # Collection with netlink ----------------------------------------------------------------------------------
 
 
-def parse_subnet_env(text: str) -> dict[str, str]:
-    """KEY=VALUE lines of flannel's subnet.env (FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ)."""
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        values[key.strip()] = value.strip().strip('"')
-    return values
-
-
 def flannel_mtu(path: str = SUBNET_ENV) -> int | None:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -431,7 +420,7 @@ def flannel_mtu(path: str = SUBNET_ENV) -> int | None:
 
 
 def _netns_handle(name: str) -> Any:
-    from pyroute2 import IPRoute, NetNS  # noqa: PLC0415 - netlink only where collection runs
+    from pyroute2 import IPRoute, NetNS  # netlink only where collection runs
 
     if name in ("", "host"):
         return IPRoute()
@@ -452,7 +441,7 @@ def _link(ipr: Any, index: int, netns: str) -> tuple[LinkInfo, Any]:
 def _route(ipr: Any, target: str) -> tuple[int, str]:
     try:
         routes = ipr.route("get", dst=target)
-    except Exception as err:  # noqa: BLE001 - pyroute2 raises NetlinkError for unreachable targets
+    except Exception as err:  # pyroute2 raises NetlinkError for unreachable targets
         raise UsageError(f"no route to {target}: {err}") from err
     msg = routes[0]
     return int(msg.get_attr("RTA_OIF")), msg.get_attr("RTA_PREFSRC") or ""
@@ -469,11 +458,11 @@ def _find_veth_peer(pod_ifindex: int, peer_ifindex: int, skip: str) -> tuple[str
             continue
         try:
             ipr = _netns_handle(name)
-        except Exception:  # noqa: BLE001, S112 - a namespace that vanished meanwhile
+        except Exception:  # a namespace that vanished meanwhile
             continue
         try:
             found = ipr.get_links(peer_ifindex)
-        except Exception:  # noqa: BLE001 - no such index there
+        except Exception:  # no such index there
             found = []
         try:
             for msg in found:

@@ -46,7 +46,7 @@ ARRIVED = frozenset({"echo-reply", "port-unreachable", "syn-ack", "rst", "udp-re
 
 def _classify(answer: Any, target: str) -> tuple[str, int | None, str]:
     """(kind, quoted MTU, answering address) of a scapy answer."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: PLC0415 - only the worker needs scapy
+    from scapy.layers.inet import ICMP, IP, TCP, UDP  # only the worker needs scapy
 
     if answer is None:
         return "none", None, ""
@@ -72,10 +72,10 @@ def _classify(answer: Any, target: str) -> tuple[str, int | None, str]:
 
 def worker(target: str, proto: str, port: int, timeout: float) -> int:
     """Read `SIZE IPID` lines on stdin, send one DF probe each, print one JSON answer line each."""
-    from scapy.config import conf  # noqa: PLC0415
-    from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: PLC0415
-    from scapy.packet import Raw  # noqa: PLC0415
-    from scapy.sendrecv import sr1  # noqa: PLC0415
+    from scapy.config import conf
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Raw
+    from scapy.sendrecv import sr1
 
     conf.verb = 0
     src_ip = conf.route.route(target)[1]
@@ -300,11 +300,11 @@ def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | N
     node = path.host_veth.netns if path and path.host_veth else None
     snmp = SnmpWatch([source_netns, *([node] if node else []), *([target_netns] if target_netns else [])])
     if trace:
-        from tracer.kprobes import choose_live  # noqa: PLC0415
-        from tracer.live import LiveSource  # noqa: PLC0415 - BCC only when tracing
-        from tracer.names import NetnsNames, Symbolizer  # noqa: PLC0415
-        from tracer.pcapfilter import compile_filter  # noqa: PLC0415
-        from tracer.probes import ProbeConfig  # noqa: PLC0415
+        from tracer.kprobes import choose_live
+        from tracer.live import LiveSource  # BCC only when tracing
+        from tracer.names import NetnsNames, Symbolizer
+        from tracer.pcapfilter import compile_filter
+        from tracer.probes import ProbeConfig
 
         # ip_do_fragment where kprobes exist (the ladder's choice): local fragmentation of non-DF packets
         source = LiveSource(ProbeConfig(filter=compile_filter(f"host {target} or icmp"), path=True, icmp=True,
@@ -381,7 +381,7 @@ def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | N
 
 def netns_with_address(address: str) -> str | None:
     """The named namespace (`ip netns`, where containerd keeps pod namespaces) that owns `address`."""
-    from pyroute2 import NetNS  # noqa: PLC0415
+    from pyroute2 import NetNS
 
     try:
         names = sorted(os.listdir("/run/netns"))
@@ -390,7 +390,7 @@ def netns_with_address(address: str) -> str | None:
     for name in names:
         try:
             ns = NetNS(name)
-        except Exception:  # noqa: BLE001, S112 - vanished meanwhile
+        except Exception:  # vanished meanwhile
             continue
         try:
             if any(msg.get_attr("IFA_ADDRESS") == address for msg in ns.get_addr()):

@@ -1,4 +1,4 @@
-"""Netfilter link attach points and attaching them inside a network namespace.
+"""Attaching netfilter links at podtrace's points (tracer/nf_points.py) inside a network namespace.
 
 A BPF netfilter link belongs to the network namespace of the process (thread) that creates it, so for a
 node namespace (the lab's pt-node1, or the root namespace on a real node) the creating thread enters it
@@ -13,50 +13,12 @@ import ctypes.util
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from tracer import nflink
 from tracer.errors import KernelError
+from tracer.nf_points import POINTS, NfPoint
 
 CLONE_NEWNET = 0x40000000
-INT_MIN_PLUS_1 = -(2**31) + 1  # NF_IP_PRI_FIRST itself is reserved
-INT_MAX_MINUS_1 = 2**31 - 2
-
-
-@dataclass(frozen=True)
-class NfPoint:
-    index: int  # PT_NF_* in bpf/podtrace.h
-    program: str  # function in bpf/netfilter.c
-    hook: str
-    priority: int
-    label: str  # what a user reads
-
-
-# Priorities around the kernel's own (include/uapi/linux/netfilter_ipv4.h): conntrack -200, DNAT -100,
-# filter 0, SNAT 100.
-POINTS: tuple[NfPoint, ...] = (
-    NfPoint(0, "pt_nf_pre_first", "PREROUTING", INT_MIN_PLUS_1, "PREROUTING before conntrack"),
-    NfPoint(1, "pt_nf_pre_after_dnat", "PREROUTING", -99, "PREROUTING after DNAT"),
-    NfPoint(2, "pt_nf_in_first", "INPUT", INT_MIN_PLUS_1, "INPUT first"),
-    NfPoint(3, "pt_nf_in_last", "INPUT", INT_MAX_MINUS_1, "INPUT last"),
-    NfPoint(4, "pt_nf_fwd_first", "FORWARD", INT_MIN_PLUS_1, "FORWARD first"),
-    NfPoint(5, "pt_nf_fwd_last", "FORWARD", INT_MAX_MINUS_1, "FORWARD last"),
-    NfPoint(6, "pt_nf_out_first", "OUTPUT", INT_MIN_PLUS_1, "OUTPUT before conntrack"),
-    NfPoint(7, "pt_nf_out_after_dnat", "OUTPUT", -99, "OUTPUT after DNAT"),
-    NfPoint(8, "pt_nf_out_last", "OUTPUT", INT_MAX_MINUS_1, "OUTPUT last"),
-    NfPoint(9, "pt_nf_post_before_snat", "POSTROUTING", 99, "POSTROUTING before SNAT"),
-    NfPoint(10, "pt_nf_post_last", "POSTROUTING", INT_MAX_MINUS_1, "POSTROUTING after SNAT"),
-)
-HIST_SLOTS = 32
-
-
-def point_label(index: int) -> str:
-    return POINTS[index].label if 0 <= index < len(POINTS) else f"point {index}"
-
-
-def last_point_label(nf_point: int) -> str:
-    """A drop event's nf_point (index + 1, 0 for none) as text."""
-    return point_label(nf_point - 1) if nf_point else "-"
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

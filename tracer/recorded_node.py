@@ -43,7 +43,7 @@ MAX_POD_NAMES = 4  # pods named on a verdict line before "and N more"
 
 
 def _open(netns: str | None) -> Any:
-    from pyroute2 import IPRoute, NetNS  # noqa: PLC0415 - netlink only where a recording is made
+    from pyroute2 import IPRoute, NetNS  # netlink only where a recording is made
 
     return IPRoute() if netns in (None, "", "host") else NetNS(netns, flags=0)  # flags=0: never create it
 
@@ -72,7 +72,7 @@ def _nsids(ipr: Any, node: str | None) -> dict[int, str]:
             continue  # removed meanwhile
         try:
             nsid = ipr.get_netnsid(fd=fd).get("nsid")
-        except Exception:  # noqa: BLE001, S112 - pyroute2 raises NetlinkError for namespaces it cannot resolve
+        except Exception:  # pyroute2 raises NetlinkError for namespaces it cannot resolve
             continue
         finally:
             os.close(fd)
@@ -90,7 +90,7 @@ def _peer(nsid_names: dict[int, str], nsid: int, index: int, our_index: int) -> 
     try:
         msgs = ipr.get_links(index)
         addresses = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index)]
-    except Exception:  # noqa: BLE001 - the pod went away meanwhile
+    except Exception:  # the pod went away meanwhile
         return None
     finally:
         ipr.close()
@@ -141,7 +141,7 @@ def collect_links(nodes: Iterable[str | None], subnet_env: str = SUBNET_ENV) -> 
     for node in nodes:
         try:
             result.append(_node_links(node))
-        except Exception as err:  # noqa: BLE001 - a recording is still worth making without the links
+        except Exception as err:  # a recording is still worth making without the links
             result.append({"netns": node or "host", "links": [], "error": str(err) or type(err).__name__})
     try:
         with open(subnet_env, encoding="utf-8") as handle:
@@ -163,7 +163,7 @@ def health_from_json(data: Mapping[str, Any]) -> Health:
 
 def collect_conntrack(nodes: Iterable[str | None]) -> dict[str, Any]:
     """Each node's conntrack health now: {"nodes": [{"netns", "health" or None, "error"}]}."""
-    from tracer import conntrack  # noqa: PLC0415 - ctnetlink only where a recording is made
+    from tracer import conntrack  # ctnetlink only where a recording is made
 
     result: list[dict[str, Any]] = []
     for node in nodes:

@@ -34,7 +34,7 @@ from tracer.report import Resolver
 if TYPE_CHECKING:
     from tracer.causes import NetnsState
     from tracer.flows import FlowTable, NatRecord
-    from tracer.kubeproxy import ServiceMap
+    from tracer.kubeproxy.model import ServiceMap
     from tracer.recorded_node import MtuSummary, RecordedConntrack
     from tracer.softirq import SoftirqAggregator
 
@@ -109,8 +109,10 @@ def recorded_services(header: dict[str, Any], per_node: dict[str, ServiceMap] | 
     """kube-proxy's ServiceMap from the command output a recording's header carries (`services.nodes`), merged
     per node as `podtrace flows` merges it, and a warning per node whose rules could not be read. `per_node`, when
     given, receives each node's own map (its netns name, "host" for the recording's own)."""
-    from tracer.errors import PodtraceError  # noqa: PLC0415 - the kube-proxy parsers only when a report needs them
-    from tracer.kubeproxy import ServiceMap, collect, merge, parse_ipvsadm  # noqa: PLC0415
+    from tracer.errors import PodtraceError  # the kube-proxy parsers only when a report needs them
+    from tracer.kubeproxy.collect import collect
+    from tracer.kubeproxy.ipvsadm import parse_ipvsadm
+    from tracer.kubeproxy.model import ServiceMap, merge
 
     services = ServiceMap()
     warnings = []
@@ -322,7 +324,7 @@ class ReplaySource:
             self._nat = list(data.get("nat_flows", []))
         elif kind == KIND_SOFTIRQ:
             if self.softirq is None:
-                from tracer.softirq import RECENT_SECONDS, SoftirqAggregator  # noqa: PLC0415 - only when the file has them
+                from tracer.softirq import RECENT_SECONDS, SoftirqAggregator  # only when the file has them
 
                 self.softirq = SoftirqAggregator(keep_seconds=RECENT_SECONDS)  # the TUI's windows
             self.softirq.add(softirq_from_json(data))
@@ -422,7 +424,7 @@ class ReplaySource:
     def flow_table(self, drop_rows: list[dict[str, Any]]) -> tuple[FlowTable, ServiceMap, list[str]]:
         """The table `podtrace flows` would have shown (read the events first: NAT snapshots come with them), with
         each node's conntrack state, so drops a full table explains are charged to it as `podtrace flows` does."""
-        from tracer.flows import FlowTable  # noqa: PLC0415
+        from tracer.flows import FlowTable
 
         services, warnings = self.services()
         pods = self.names.pod_names()
@@ -435,7 +437,7 @@ class ReplaySource:
     def cause_states(self) -> dict[str, NetnsState]:
         """What the recording knows of each node for tracer/causes.py: its rules and its conntrack table; the
         rest (routes, sysctls, RPS, ICMP counters) was not recorded and is said to be unknown."""
-        from tracer.causes import NetnsState  # noqa: PLC0415
+        from tracer.causes import NetnsState
 
         per_node: dict[str, ServiceMap] = {}
         recorded_services(self.header, per_node)
@@ -447,13 +449,13 @@ class ReplaySource:
 
     def conntrack(self) -> list[RecordedConntrack]:
         """Each node's conntrack table at the start and (once the last trailer is read) at the end."""
-        from tracer.recorded_node import recorded_conntrack  # noqa: PLC0415
+        from tracer.recorded_node import recorded_conntrack
 
         return recorded_conntrack(self.header, self.trailer if self.trailer and not self.trailer.get("next") else None)
 
     def mtu_summary(self) -> MtuSummary:
         """An empty MTU section builder for this recording's links; feed it the decoded events."""
-        from tracer.recorded_node import MtuSummary  # noqa: PLC0415
+        from tracer.recorded_node import MtuSummary
 
         return MtuSummary(self.header.get("links"), self.reasons, "icmp" in self.header.get("programs", []))
 

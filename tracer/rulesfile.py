@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracer import kubeproxy
 from tracer.errors import UsageError
+from tracer.kubeproxy.iptables import parse_iptables_save
+from tracer.kubeproxy.model import ServiceMap
+from tracer.kubeproxy.nftables import parse_nft_json
 
 IPTABLES_SAVE, IPTABLES_S, NFT_JSON = "iptables-save", "iptables -S", "nft -j"
 
@@ -25,11 +27,11 @@ class SavedRules:
     text: str
     nft: dict[str, Any] | None = None
 
-    def services(self) -> kubeproxy.ServiceMap:
+    def services(self) -> ServiceMap:
         """The Services the same reader as the tracer finds in it."""
         if self.nft is not None:
-            return kubeproxy.parse_nft_json(self.nft)
-        return kubeproxy.parse_iptables_save(self.text)
+            return parse_nft_json(self.nft)
+        return parse_iptables_save(self.text)
 
 
 def detect(text: str, where: str = "the file") -> SavedRules:

@@ -407,7 +407,7 @@ class SoftirqProbe:
             with bccenv.captured_stderr() as errors:
                 try:
                     self._bpf = bcc.BPF(text=self.text)
-                except Exception as err:  # noqa: BLE001 - BCC raises bare Exception
+                except Exception as err:  # BCC raises bare Exception
                     detail = next((line for line in errors if "error" in line), str(err))
                     failure = err
                     raise KernelError(f"the softirq probes failed to load: {detail.strip()}",

@@ -83,7 +83,7 @@ def _words(err: Any) -> str:
 
 def _ours(ipr: Any, netns: str | None, ifname: str, index: int) -> Iterator[TcFilter]:
     """podtrace's filters on an interface: the priority and the name prefix, in the clsact hooks."""
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+    from pyroute2.netlink.exceptions import NetlinkError
 
     for direction, parent in PARENT_IDS.items():
         try:
@@ -103,8 +103,8 @@ def _remove(ipr: Any, stale: TcFilter) -> None:
 
 
 def attach(target: str, fds: dict[str, int]) -> TcAttachment:
-    from pyroute2 import IPRoute  # noqa: PLC0415 - only when tc is asked for
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+    from pyroute2 import IPRoute  # only when tc is asked for
+    from pyroute2.netlink.exceptions import NetlinkError
 
     netns, ifname = parse_target(target)
     handle = os.getpid()
@@ -141,7 +141,7 @@ def attach(target: str, fds: dict[str, int]) -> TcAttachment:
 
 
 def detach(attachment: TcAttachment) -> None:
-    from pyroute2 import IPRoute  # noqa: PLC0415
+    from pyroute2 import IPRoute
 
     try:
         with entered_netns(attachment.netns), IPRoute() as ipr:
@@ -153,15 +153,15 @@ def detach(attachment: TcAttachment) -> None:
             for parent in PARENTS.values():
                 _quietly(ipr.tc, "del-filter", "bpf", attachment.index, attachment.handle, parent=parent,
                          prio=PRIORITY)
-    except Exception:  # noqa: BLE001 - the interface or namespace may be gone already: nothing left to remove
+    except Exception:  # the interface or namespace may be gone already: nothing left to remove
         return
 
 
 def leftovers() -> list[TcFilter]:
     """podtrace's tc filters whose owner is no longer running, in this namespace and every `ip netns` one."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
+    from pyroute2 import IPRoute
 
-    from tracer.names import named_netns  # noqa: PLC0415
+    from tracer.names import named_netns
 
     found: list[TcFilter] = []
     for netns in [None, *named_netns()]:
@@ -170,7 +170,7 @@ def leftovers() -> list[TcFilter]:
                 for link in ipr.get_links():
                     ifname = str(link.get_attr("IFLA_IFNAME"))
                     found += [f for f in _ours(ipr, netns, ifname, link["index"]) if not f.owner_alive]
-        except Exception:  # noqa: BLE001 - a namespace that vanished while we looked has no filters
+        except Exception:  # a namespace that vanished while we looked has no filters
             continue
     return found
 
@@ -178,5 +178,5 @@ def leftovers() -> list[TcFilter]:
 def _quietly(call: Any, *args: Any, **kwargs: Any) -> None:
     try:
         call(*args, **kwargs)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return

@@ -33,7 +33,7 @@ from tracer.events import (
     Tuple,
     format_addr,
 )
-from tracer.netfilter import point_label
+from tracer.nf_points import point_label
 from tracer.nfverdict import hook_label
 from tracer.report import Resolver, describe_point, drop_rows
 from tracer.severity import classify, rank

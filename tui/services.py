@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tracer.flows import FlowTable, LiveFlowsTable, nat_record_from_map
-from tracer.kubeproxy import ServiceMap
+from tracer.kubeproxy.model import ServiceMap
 from tui.model import ip_flow
 
 COLUMNS = ["service", "vip", "client", "backend", "loss", "pkts_out", "pkts_in", "nf_us", "drops"]

@@ -101,7 +101,7 @@ def test_doctor_agrees_with_the_kernel_config_and_an_fentry_trial_of_its_own() -
         try:
             bcc.BPF(text="KFUNC_PROBE(ip_rcv) { return 0; }").cleanup()
             fentry_works = True
-        except Exception:  # noqa: BLE001 - BCC raises bare Exception
+        except Exception:  # BCC raises bare Exception
             fentry_works = False
     assert mechanisms["fentry"]["available"] == fentry_works
     if not fentry_works and any("Operation not permitted" in line for line in lines):

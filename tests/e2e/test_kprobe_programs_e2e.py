@@ -63,9 +63,9 @@ def test_verdict_mirror_matches_the_struct_bcc_compiles() -> None:
 
 
 def test_host_sessions_keep_links_and_take_no_kprobes() -> None:
-    import argparse  # noqa: PLC0415
+    import argparse
 
-    from tracer.session import probe_config  # noqa: PLC0415
+    from tracer.session import probe_config
 
     assert not kernel.kprobes_available(), "this test describes the CI host (CONFIG_KPROBES off)"
     args = argparse.Namespace(filter=[], ringbuf_pages=256, duration=None, netns=None, ifname=None, tc=[],

@@ -1,5 +1,5 @@
 """kube-proxy rules and conntrack read back from a real namespace: rules loaded with iptables-restore, a NATed
-connection created by sending through the DNAT, then `kubeproxy.collect` and `conntrack` asked about both."""
+connection created by sending through the DNAT, then `tracer.kubeproxy.collect` and `conntrack` asked about both."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.netns import Pair, netns_pair, send_udp, sh
+from support.netns import Pair, netns_pair, send_udp, sh, throwaway_netns
+from support.quoted_comments import WRITTEN
 
-from tracer import conntrack, kubeproxy
+from tracer import conntrack
+from tracer.kubeproxy.collect import collect
 
 pytestmark = pytest.mark.root
 
 VIP, EMPTY_VIP = "10.96.99.10", "10.96.99.20"
 PRIME = 7
 SPORT = 40053
+FIXTURES = Path(__file__).parents[1] / "unit" / "fixtures" / "kubeproxy"
 
 
 def ruleset(backend: str) -> str:
@@ -61,7 +64,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
 
 def test_collect_finds_services_endpoints_and_rules(pair: Pair) -> None:
-    m = kubeproxy.collect(pair.a)
+    m = collect(pair.a)
     assert m.mode == "iptables" and m.service_count == 2
     echo = m.lookup_vip(VIP, 53, "udp")
     assert echo is not None and echo.name == "e2e/echo:dns" and echo.node_port == 30053
@@ -74,7 +77,7 @@ def test_collect_finds_services_endpoints_and_rules(pair: Pair) -> None:
     assert (hit.rule.table, hit.rule.chain, hit.rule.position, hit.rule.verdict) == ("filter", "KUBE-SERVICES", 1,
                                                                                      "REJECT")
     # The peer namespace has no rules at all.
-    assert kubeproxy.collect(pair.b).mode == "none"
+    assert collect(pair.b).mode == "none"
 
 
 def test_conntrack_lists_the_dnat_with_both_tuples(pair: Pair) -> None:
@@ -109,3 +112,16 @@ def test_health_reads_count_and_max_inside_the_netns(pair: Pair) -> None:
     assert len(h.cpus) >= 1 and [c.cpu for c in h.cpus] == sorted(c.cpu for c in h.cpus)
     assert not h.full and h.drop == 0
     assert h.cpus == tuple(conntrack.parse_conntrack_s(sh("conntrack", "-S", netns=pair.a)))
+
+
+def test_comments_with_quotes_come_back_as_written() -> None:
+    r"""Comments with ', " and \ loaded by iptables-restore and read back by collect (iptables-save escapes all three);
+    the unit fixture is what iptables-save prints for them here."""
+    with throwaway_netns() as ns:
+        sh("iptables-restore", str(FIXTURES / "quoted-comments.restore"), netns=ns)
+        saved = sh("iptables-save", netns=ns)
+        m = collect(ns)
+    assert [r.comment for r in m.rules if r.source == "iptables"] == WRITTEN
+    rules = [line for line in saved.splitlines() if line.startswith("-A ")]
+    fixture = (FIXTURES / "quoted-comments-iptables.save").read_text().splitlines()
+    assert rules == [line for line in fixture if line.startswith("-A ")]

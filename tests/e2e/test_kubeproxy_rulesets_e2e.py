@@ -1,7 +1,7 @@
 """kube-proxy's own rulesets (tests/unit/fixtures/kube-proxy) loaded for real in a throwaway namespace with
 iptables-restore / ip6tables-restore / nft -f, read back by the tools (iptables-save, iptables -S, nft -j) and by
-`kubeproxy.collect`, and checked against the Go tests' Services (tests/support/kubeproxy_expect.py); nft in both
-element orders, and its JSON in shuffled orders."""
+`tracer.kubeproxy.collect`, and checked against the Go tests' Services (tests/support/kubeproxy_expect.py); nft in
+both element orders, and its JSON in shuffled orders."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 from support import kubeproxy_expect as want
 from support.netns import sh, throwaway_netns
 
-from tracer import kubeproxy
+from tracer.kubeproxy.collect import collect
+from tracer.kubeproxy.iptables import parse_iptables_save
+from tracer.kubeproxy.nftables import parse_nft_json
 
 pytestmark = pytest.mark.root
 
@@ -51,10 +53,10 @@ def test_iptables_overall_loaded_and_saved() -> None:
             sh("nfacct", "add", counter, netns=ns)
         restore(ns, "iptables-restore", "iptables-overall-v4.save")
         saved = sh("iptables-save", netns=ns)
-        want.check(kubeproxy.parse_iptables_save(saved), want.OVERALL)
+        want.check(parse_iptables_save(saved), want.OVERALL)
         dash_s = sh("iptables", "-S", netns=ns) + sh("iptables", "-t", "nat", "-S", netns=ns)
-        want.check(kubeproxy.parse_iptables_save(dash_s), want.OVERALL)
-        collected = kubeproxy.collect(ns)
+        want.check(parse_iptables_save(dash_s), want.OVERALL)
+        collected = collect(ns)
         want.check(collected, want.OVERALL)
         assert collected.mode == "iptables"
 
@@ -62,14 +64,14 @@ def test_iptables_overall_loaded_and_saved() -> None:
 def test_ip6tables_loaded_and_saved() -> None:
     with throwaway_netns() as ns:
         restore(ns, "ip6tables-restore", "ip6tables-localhost-nodeports.save")
-        want.check(kubeproxy.parse_iptables_save(sh("ip6tables-save", netns=ns)), want.IPV6_IPTABLES)
-        want.check(kubeproxy.collect(ns), want.IPV6_IPTABLES)
+        want.check(parse_iptables_save(sh("ip6tables-save", netns=ns)), want.IPV6_IPTABLES)
+        want.check(collect(ns), want.IPV6_IPTABLES)
 
 
 def test_gke_1_2_nat_loaded_and_saved() -> None:
     with throwaway_netns() as ns:
         restore(ns, "iptables-restore", "gke-1.2.4-node-nat.save")
-        want.check(kubeproxy.parse_iptables_save(sh("iptables-save", netns=ns)), want.GKE_1_2)
+        want.check(parse_iptables_save(sh("iptables-save", netns=ns)), want.GKE_1_2)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["as-written", "elements-reversed"])
@@ -78,7 +80,7 @@ def test_gke_1_2_nat_loaded_and_saved() -> None:
 def test_nft_loaded_in_both_element_orders(name: str, expected: tuple[want.Expected, ...], reverse: bool) -> None:
     with throwaway_netns() as ns:
         doc = nft_load(ns, nft_script(name, reverse))
-        want.check(kubeproxy.parse_nft_json(doc), expected, lb_known=False)
+        want.check(parse_nft_json(doc), expected, lb_known=False)
         rng = random.Random(17)
         for _ in range(3):
             shuffled = json.loads(json.dumps(doc))
@@ -87,8 +89,8 @@ def test_nft_loaded_in_both_element_orders(name: str, expected: tuple[want.Expec
                 if body and isinstance(body.get("elem"), list):
                     rng.shuffle(body["elem"])
             rng.shuffle(shuffled["nftables"])
-            want.check(kubeproxy.parse_nft_json(shuffled), expected, lb_known=False)
-        collected = kubeproxy.collect(ns)
+            want.check(parse_nft_json(shuffled), expected, lb_known=False)
+        collected = collect(ns)
         want.check(collected, expected, lb_known=False)
         assert collected.mode == "nftables"
 
@@ -98,7 +100,7 @@ def test_nft_dual_stack_both_tables_loaded() -> None:
     with throwaway_netns() as ns:
         nft_load(ns, nft_script("nft-overall-v4.nft", False))
         doc = nft_load(ns, nft_script("nft-knftables-v6.nft", True))
-        for smap in (kubeproxy.parse_nft_json(doc), kubeproxy.collect(ns)):
+        for smap in (parse_nft_json(doc), collect(ns)):
             assert len(smap.ports) == 7
             p4, p6 = smap.lookup_vip("172.30.0.41", 80, "tcp"), smap.lookup_vip("fd00:172:30::41", 80, "tcp")
             assert p4 is not None and p6 is not None and p4 is not p6

@@ -99,9 +99,9 @@ def test_recordings_of_unrelated_runs_are_refused(client_pod: str, tmp_path: Pat
 def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journey(tmp_path: Path) -> None:
     """pt-node1 and pt-node2 recorded at once during drop-backend: the client's SYNs to web-2 leave node1 (DNAT,
     VXLAN) and die in node2's FORWARD chain; merge shows that journey, clocks aligned from the matches."""
-    from support.lab import exclusive_lab  # noqa: PLC0415
+    from support.lab import exclusive_lab
 
-    from tracer.lab import faults, traffic  # noqa: PLC0415
+    from tracer.lab import faults, traffic
 
     with exclusive_lab(proxy_mode="iptables"):
         faults.set_fault("drop-backend", True)

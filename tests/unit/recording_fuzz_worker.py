@@ -99,7 +99,7 @@ def check(path: str, out_dir: str) -> dict[str, Any]:
             outcome: Any = run()
         except Hang:
             outcome = "hang"
-        except BaseException:  # noqa: BLE001 - exactly what this worker is here to catch
+        except BaseException:  # exactly what this worker is here to catch
             outcome = "traceback: " + traceback.format_exc(limit=-3).replace("\n", " | ")
         finally:
             signal.alarm(0)

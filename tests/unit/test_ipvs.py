@@ -13,7 +13,8 @@ from tracer.errors import LabError
 from tracer.events import Tuple
 from tracer.flows import IPVS_CONN, IPVS_REPLY, IPVS_XMIT, FlowTable, NatRecord
 from tracer.ipvs import KnownService, NodeIpvs, name_virtual_servers, parse_dummy_addresses, read_node
-from tracer.kubeproxy import ServicePort, parse_ipvsadm
+from tracer.kubeproxy.ipvsadm import parse_ipvsadm
+from tracer.kubeproxy.model import ServicePort
 from tracer.lab import ipvs as lab_ipvs
 from tracer.lab import manifest, processes
 

@@ -6,9 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from support.quoted_comments import WRITTEN
 
-from tracer import kubeproxy as kp
 from tracer.errors import PodtraceError
+from tracer.kubeproxy.collect import collect
+from tracer.kubeproxy.iptables import iptables_variant, parse_iptables_save
+from tracer.kubeproxy.ipvsadm import parse_ipvsadm
+from tracer.kubeproxy.model import ServiceMap, merge
+from tracer.kubeproxy.names import service_name_from_comment
+from tracer.kubeproxy.nftables import parse_nft_json
 
 FIX = Path(__file__).parent / "fixtures" / "kubeproxy"
 WEB = ["10.244.0.3", "10.244.1.2", "10.244.1.3"]
@@ -19,16 +25,16 @@ def load(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def ipt() -> kp.ServiceMap:
-    return kp.parse_iptables_save(load("lab-iptables-node1.save"))
+def ipt() -> ServiceMap:
+    return parse_iptables_save(load("lab-iptables-node1.save"))
 
 
 @pytest.fixture(scope="module")
-def nft() -> kp.ServiceMap:
-    return kp.parse_nft_json(load("lab-nft-node1.json"))
+def nft() -> ServiceMap:
+    return parse_nft_json(load("lab-nft-node1.json"))
 
 
-def _expect_lab_services(m: kp.ServiceMap) -> None:
+def _expect_lab_services(m: ServiceMap) -> None:
     assert m.service_count == 3 and m.port_count == 4
     http = m.lookup_vip("10.96.0.10", 80, "TCP")
     assert http is not None and http.name == "default/web:http"
@@ -48,7 +54,7 @@ def _expect_lab_services(m: kp.ServiceMap) -> None:
     assert m.lookup_endpoint("10.244.1.2", 5353, "tcp") == []
 
 
-def test_iptables_services(ipt: kp.ServiceMap) -> None:
+def test_iptables_services(ipt: ServiceMap) -> None:
     assert ipt.mode == "iptables"
     _expect_lab_services(ipt)
     http = ipt.by_name("default/web:http")
@@ -56,14 +62,14 @@ def test_iptables_services(ipt: kp.ServiceMap) -> None:
     assert http.endpoints[0].chain == "KUBE-SEP-TCD3IFXQZW3ZEZQU"  # the first the statistic match tries
 
 
-def test_iptables_rule_counts(ipt: kp.ServiceMap) -> None:
+def test_iptables_rule_counts(ipt: ServiceMap) -> None:
     text = load("lab-iptables-node1.save")
     assert ipt.rule_count == sum(1 for line in text.splitlines() if line.startswith("-A "))
     assert ipt.kube_rule_count == sum(1 for line in text.splitlines() if line.startswith("-A KUBE-"))
     assert ipt.summary()["endpoints"] == 9
 
 
-def test_nftables_services(nft: kp.ServiceMap) -> None:
+def test_nftables_services(nft: ServiceMap) -> None:
     assert nft.mode == "nftables"
     _expect_lab_services(nft)
     assert nft.node_ips == ["192.168.77.1"]
@@ -75,7 +81,7 @@ def test_nftables_services(nft: kp.ServiceMap) -> None:
     assert nft.rule_count == nft.kube_rule_count == 47  # 46 rules in table kube-proxy + 1 no-endpoint element
 
 
-def test_nft_rule_text(nft: kp.ServiceMap) -> None:
+def test_nft_rule_text(nft: ServiceMap) -> None:
     texts = {r.text for r in nft.rules}
     assert "meta l4proto udp dnat to 10.244.1.3:5353" in texts
     assert 'ip daddr 10.96.0.0/16 drop comment "Drop traffic to unallocated ClusterIPs"' in texts
@@ -83,7 +89,7 @@ def test_nft_rule_text(nft: kp.ServiceMap) -> None:
 
 
 def test_no_endpoints_reject_iptables() -> None:
-    m = kp.parse_iptables_save(load("lab-iptables-node2-faults.save"))
+    m = parse_iptables_save(load("lab-iptables-node2-faults.save"))
     assert sorted(p.name for p in m.no_endpoint_services) == ["default/empty:http", "default/web:dns",
                                                                "default/web:http"]
     hit = m.rule_for_drop("10.96.0.10", 80, "tcp", src="10.244.0.2")
@@ -93,7 +99,7 @@ def test_no_endpoints_reject_iptables() -> None:
     assert hit.service is not None and hit.service.name == "default/web:http"
 
 
-def test_no_endpoints_reject_nftables(nft: kp.ServiceMap) -> None:
+def test_no_endpoints_reject_nftables(nft: ServiceMap) -> None:
     hit = nft.rule_for_drop("10.96.0.30", 80, "tcp")
     assert hit is not None and hit.rule.verdict == "REJECT"
     assert (hit.rule.table, hit.rule.chain) == ("ip kube-proxy", "reject-chain")
@@ -102,7 +108,7 @@ def test_no_endpoints_reject_nftables(nft: kp.ServiceMap) -> None:
 
 
 def test_nft_faults_no_endpoints() -> None:
-    m = kp.parse_nft_json(load("lab-nft-node2-faults.json"), skip_tables=["ip filter"])
+    m = parse_nft_json(load("lab-nft-node2-faults.json"), skip_tables=["ip filter"])
     assert sorted(p.name for p in m.no_endpoint_services) == ["default/empty:http", "default/web:dns",
                                                                "default/web:http"]
     hit = m.rule_for_drop("10.96.0.10", 53, "udp")
@@ -112,8 +118,8 @@ def test_nft_faults_no_endpoints() -> None:
 
 def test_drop_backend_attributed_with_vip() -> None:
     """The lab's drop-backend fault: a FORWARD DROP for one endpoint; the VIP from conntrack names the Service."""
-    m = kp.merge(kp.parse_nft_json(load("lab-nft-node1.json")),
-                 kp.parse_iptables_save(load("lab-nft-node2-faults-iptables.save")))
+    m = merge(parse_nft_json(load("lab-nft-node1.json")),
+              parse_iptables_save(load("lab-nft-node2-faults-iptables.save")))
     assert m.mode == "nftables" and m.modes == ("nftables",)
     hit = m.rule_for_drop("10.244.1.2", 8080, "tcp", vip=("10.96.0.10", 80))
     assert hit is not None
@@ -128,14 +134,14 @@ def test_drop_backend_attributed_with_vip() -> None:
     assert m.rule_for_drop("10.244.1.3", 8080, "tcp") is None
 
 
-def test_drop_rule_narrowed_by_chain(ipt: kp.ServiceMap) -> None:
+def test_drop_rule_narrowed_by_chain(ipt: ServiceMap) -> None:
     hit = ipt.rule_for_drop("10.244.1.3", 8080, "tcp", chain="KUBE-FORWARD")
     assert hit is not None and "--ctstate INVALID" in hit.rule.text
     assert ipt.rule_for_drop("10.244.1.3", 8080, "tcp") is None
     assert ipt.rule_for_drop("10.244.1.3", 8080, "tcp", table="nat") is None
 
 
-def test_unallocated_cluster_ip_nftables(nft: kp.ServiceMap) -> None:
+def test_unallocated_cluster_ip_nftables(nft: ServiceMap) -> None:
     wrong_port = nft.rule_for_drop("10.96.0.10", 81, "tcp")
     assert wrong_port is not None and wrong_port.rule.verdict == "REJECT"
     assert wrong_port.rule.chain == "cluster-ips-check" and wrong_port.service is None
@@ -154,11 +160,25 @@ def test_unallocated_cluster_ip_nftables(nft: kp.ServiceMap) -> None:
     ("podtrace-lab fault drop-backend", ""),
 ])
 def test_service_name_from_comment(comment: str, name: str) -> None:
-    assert kp.service_name_from_comment(comment) == name
+    assert service_name_from_comment(comment) == name
+
+
+@pytest.mark.parametrize("name", ["quoted-comments-iptables.save", "quoted-comments-iptables-S.txt"])
+def test_comments_with_quotes_read_as_written(name: str) -> None:
+    r"""iptables-save escapes ', " and \ inside a quoted comment (`else\'s`): the reader gives what was written."""
+    m = parse_iptables_save(load(name))
+    assert [r.comment for r in m.rules] == WRITTEN
+    # The rule's text stays the line as the tool printed it, escapes and all.
+    assert '--comment "block someone else\\\'s scanner"' in m.rules[1].text
+    hit = m.rule_for_drop("10.96.0.10", 80, "tcp", src="10.244.1.7")
+    assert hit is not None and (hit.rule.chain, hit.rule.position) == ("INPUT", 2)
+    assert hit.rule.comment == "block someone else's scanner" and hit.service is None
+    empty = m.by_name("default/empty:http", "tcp")
+    assert empty is not None and empty.no_endpoints and (empty.vip, empty.port) == ("10.96.0.20", 80)
 
 
 def test_ipvsadm() -> None:
-    m = kp.parse_ipvsadm(load("ipvsadm-Ln.txt"))
+    m = parse_ipvsadm(load("ipvsadm-Ln.txt"))
     assert m.mode == "ipvs" and m.port_count == 5
     http = m.lookup_vip("10.96.0.10", 80, "tcp")
     assert http is not None and http.name == "" and [e.ip for e in http.endpoints] == WEB
@@ -167,14 +187,14 @@ def test_ipvsadm() -> None:
 
 
 def test_iptables_variant() -> None:
-    assert kp.iptables_variant(load("lab-iptables-node1.save")) == "nf_tables"
-    assert kp.iptables_variant("# Generated by iptables-save v1.8.7 (legacy) on x\n") == "legacy"
+    assert iptables_variant(load("lab-iptables-node1.save")) == "nf_tables"
+    assert iptables_variant("# Generated by iptables-save v1.8.7 (legacy) on x\n") == "legacy"
 
 
 def test_empty_inputs() -> None:
-    assert kp.parse_iptables_save("").mode == "none"
-    assert kp.parse_nft_json('{"nftables": [{"metainfo": {"json_schema_version": 1}}]}').mode == "none"
-    assert kp.merge().mode == "none"
+    assert parse_iptables_save("").mode == "none"
+    assert parse_nft_json('{"nftables": [{"metainfo": {"json_schema_version": 1}}]}').mode == "none"
+    assert merge().mode == "none"
 
 
 def test_collect_with_a_fake_runner() -> None:
@@ -186,19 +206,19 @@ def test_collect_with_a_fake_runner() -> None:
         seen.append(list(argv))
         return outputs.get(argv[0])
 
-    m = kp.collect(runner=run)
+    m = collect(runner=run)
     assert m.mode == "iptables" and m.service_count == 3
     assert ["nft", "-j", "list", "ruleset"] in seen and ["iptables-legacy-save"] in seen
 
 
 def test_collect_errors() -> None:
     with pytest.raises(PodtraceError, match="neither iptables-save nor nft"):
-        kp.collect(runner=lambda argv: None)
+        collect(runner=lambda argv: None)
     with pytest.raises(PodtraceError, match="does not exist"):
-        kp.collect("podtrace-no-such-netns")
+        collect("podtrace-no-such-netns")
 
     def failing(argv: Sequence[str]) -> str | None:
         raise PodtraceError(f"`{argv[0]}` failed: Permission denied")
 
     with pytest.raises(PodtraceError, match="Permission denied"):
-        kp.collect(runner=failing)
+        collect(runner=failing)

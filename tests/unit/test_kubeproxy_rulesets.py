@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from support import kubeproxy_expect as want
 
-from tracer import kubeproxy as kp
+from tracer.kubeproxy.iptables import _split, parse_iptables_save
+from tracer.kubeproxy.nftables import parse_nft_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube-proxy"
 
@@ -23,27 +24,27 @@ def text(name: str) -> str:
 
 
 def test_iptables_overall() -> None:
-    smap = kp.parse_iptables_save(text("iptables-overall-v4.save"))
+    smap = parse_iptables_save(text("iptables-overall-v4.save"))
     want.check(smap, want.OVERALL)
     assert smap.mode == "iptables"
 
 
 def test_iptables_dash_s_reads_like_save() -> None:
     """`iptables -S` has no `*table` lines: the same Services, the rules with table "" (the command does not say)."""
-    smap = kp.parse_iptables_save(text("iptables-overall-v4.S.txt"))
+    smap = parse_iptables_save(text("iptables-overall-v4.S.txt"))
     want.check(smap, want.OVERALL)
-    saved = kp.parse_iptables_save(text("iptables-overall-v4.save"))
+    saved = parse_iptables_save(text("iptables-overall-v4.save"))
     assert smap.rule_count == saved.rule_count == 65
     assert {r.table for r in smap.rules} == {""}
 
 
 def test_ip6tables_local_policy() -> None:
-    want.check(kp.parse_iptables_save(text("ip6tables-localhost-nodeports.save")), want.IPV6_IPTABLES)
+    want.check(parse_iptables_save(text("ip6tables-localhost-nodeports.save")), want.IPV6_IPTABLES)
 
 
 def test_old_comment_forms_gke_1_2() -> None:
     """`"kube-system/heapster: cluster IP"` (unnamed port, kube-proxy 1.2) names kube-system/heapster."""
-    want.check(kp.parse_iptables_save(text("gke-1.2.4-node-nat.save")), want.GKE_1_2)
+    want.check(parse_iptables_save(text("gke-1.2.4-node-nat.save")), want.GKE_1_2)
 
 
 def _permuted(doc: dict[str, Any], seed: int | None) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def _permuted(doc: dict[str, Any], seed: int | None) -> dict[str, Any]:
 @pytest.mark.parametrize("seed", [0, None, 1, 2, 3])
 def test_nft_overall_any_order(seed: int | None) -> None:
     doc = json.loads(text("nft-overall-v4.json"))
-    smap = kp.parse_nft_json(doc if seed == 0 else _permuted(doc, seed))
+    smap = parse_nft_json(doc if seed == 0 else _permuted(doc, seed))
     want.check(smap, want.OVERALL, lb_known=False)
     assert smap.mode == "nftables"
     assert smap.node_ips == ["192.168.0.2"]
@@ -81,7 +82,7 @@ def test_nft_local_policy_no_local_endpoints_keeps_cluster_ip() -> None:
     """svc2's drop elements for its LB IP, ExternalIP and NodePort mean "no endpoint on this node" for external
     traffic; the ClusterIP keeps its endpoint."""
     for seed in (None, 5):
-        smap = kp.parse_nft_json(_permuted(json.loads(text("nft-overall-v4.json")), seed))
+        smap = parse_nft_json(_permuted(json.loads(text("nft-overall-v4.json")), seed))
         p = smap.lookup_vip("172.30.0.42", 80, "tcp")
         assert p is not None and [str(e) for e in p.endpoints] == ["10.180.0.2:80"]
         assert (p.vip, p.no_endpoints, p.no_local_endpoints) == ("172.30.0.42", False, True)
@@ -94,14 +95,14 @@ def test_nft_local_policy_no_local_endpoints_keeps_cluster_ip() -> None:
 @pytest.mark.parametrize("seed", [0, None, 7])
 def test_nft_ipv6(seed: int | None) -> None:
     doc = json.loads(text("nft-knftables-v6.json"))
-    smap = kp.parse_nft_json(doc if seed == 0 else _permuted(doc, seed))
+    smap = parse_nft_json(doc if seed == 0 else _permuted(doc, seed))
     want.check(smap, want.IPV6_NFT, lb_known=False)
     assert sorted(smap.node_ips) == ["2001:db8:1::2", "2001:db8::1"]
 
 
 def test_old_xlb_chain_no_local_endpoints() -> None:
     """kube-proxy < 1.24's KUBE-XLB-*: "ns/name: has no local endpoints" -j KUBE-MARK-DROP, in a pasted fragment."""
-    smap = kp.parse_iptables_save(text("kind-xlb-no-local-endpoints.txt"))
+    smap = parse_iptables_save(text("kind-xlb-no-local-endpoints.txt"))
     p = smap.lookup_nodeport(30012, "tcp")
     assert p is not None and p.name == "default/echo"
     assert (p.no_local_endpoints, p.no_endpoints, p.vip) == (True, False, "")
@@ -117,7 +118,7 @@ def test_rule_words_split_like_shlex() -> None:
              if line.startswith("-A ")]
     assert len(lines) == 65 + 65 + 39 + 20
     for line in lines + [r'-A X -m comment --comment "say \"hi\" \\ there" -j Y']:
-        assert kp._split(line) == shlex.split(line), line
+        assert _split(line) == shlex.split(line), line
 
 
 def test_nft_dual_stack_tables_keep_their_own_ports() -> None:
@@ -126,7 +127,7 @@ def test_nft_dual_stack_tables_keep_their_own_ports() -> None:
     v4, v6 = json.loads(text("nft-overall-v4.json")), json.loads(text("nft-knftables-v6.json"))
     both = {"nftables": v4["nftables"] + v6["nftables"][1:]}
     for seed in (0, None, 11):
-        smap = kp.parse_nft_json(both if seed == 0 else _permuted(both, seed))
+        smap = parse_nft_json(both if seed == 0 else _permuted(both, seed))
         assert len(smap.ports) == 7
         p4, p6 = smap.lookup_vip("172.30.0.41", 80, "tcp"), smap.lookup_vip("fd00:172:30::41", 80, "tcp")
         assert p4 is not None and p6 is not None and p4 is not p6 and p4.name == p6.name == "ns1/svc1:p80"

@@ -24,6 +24,7 @@ from tracer.events import (
     decode,
     encode,
 )
+from tracer.flannel import parse_subnet_env
 from tracer.mtu import (
     FRAG_NEEDED_BY_TRACEPOINT,
     MTU_DROP_REASONS,
@@ -37,7 +38,6 @@ from tracer.mtu import (
     is_packet_too_big,
     next_hop_mtu,
     parse_snmp,
-    parse_subnet_env,
     snmp_delta,
     verdict,
 )

@@ -198,7 +198,7 @@ def test_service_names_come_from_kube_proxys_endpoints() -> None:
     """The lab's own iptables-save (tests/unit/fixtures/kubeproxy): a backend of two Services is named by both."""
     from pathlib import Path
 
-    from tracer.kubeproxy import parse_iptables_save
+    from tracer.kubeproxy.iptables import parse_iptables_save
     from tracer.overlay import services_by_server
 
     rules = (Path(__file__).parent / "fixtures" / "kubeproxy" / "lab-iptables-node1.save").read_text()

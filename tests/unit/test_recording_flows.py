@@ -16,7 +16,7 @@ from tracer.api import open_recording
 from tracer.errors import RecordingError
 from tracer.events import Tuple
 from tracer.flows import FlowTable, NatRecord, write_flow_table
-from tracer.kubeproxy import parse_iptables_save
+from tracer.kubeproxy.iptables import parse_iptables_save
 from tracer.recording import (
     KIND_NAT_FLOWS,
     Recorder,
@@ -214,7 +214,7 @@ def test_report_prints_the_softirq_summary_of_the_live_command(tmp_path: Path, m
 
 def test_report_gives_causes_from_the_rules_the_recording_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from tracer.causes import explain  # noqa: PLC0415
+    from tracer.causes import explain
 
     path = tmp_path / "flows.ptrec.gz"
     record_flows(path)

@@ -9,7 +9,7 @@ from test_flows import PODS, _nat, _t
 
 from tracer.conntrack import Health
 from tracer.flows import NodeConntrack
-from tracer.kubeproxy import parse_iptables_save
+from tracer.kubeproxy.iptables import parse_iptables_save
 from tracer.serve.attribution import attribute
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"

@@ -141,7 +141,7 @@ def test_r_records_in_the_child_what_arrives_while_recording(tmp_path: Path) -> 
 
 
 async def _causes_from_a_child() -> list[str]:
-    from tui.sources import open_replay  # noqa: PLC0415
+    from tui.sources import open_replay
 
     source, info = open_replay(str(V1))
     app = PodtraceApp(source, info, ingest="process")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tracer.errors import KernelError, UsageError
-from tracer.kubeproxy import ServiceMap
+from tracer.kubeproxy.model import ServiceMap
 from tracer.softirq import Log2Hist, SoftirqAggregator, SoftirqSnapshot, SoftnetRow
 from tui.messages import SnapshotReady
 from tui.model import Model, sparkline

@@ -16,7 +16,7 @@ collect_ignore = ["test_vm.py", "vm_runner.py"] if INSIDE else ["inner"]
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if INSIDE:
         return
-    from vm_runner import OUTCOME  # noqa: PLC0415 - only on the host
+    from vm_runner import OUTCOME  # only on the host
 
     if OUTCOME.run is not None:
         terminalreporter.write_line(OUTCOME.run.summary())

@@ -29,7 +29,7 @@ RATE = 50  # connections per second from the lab's client to the Services
 
 @contextmanager
 def _lab() -> Iterator[None]:
-    from tracer.lab import control, faults  # noqa: PLC0415
+    from tracer.lab import control, faults
 
     os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
     with open(LOCK_PATH, "w", encoding="utf-8") as handle:

@@ -120,7 +120,7 @@ def _taken(app: Any) -> tuple[float, float]:
 
 
 async def _drive(app: Any, warmup: float, presses: int, gap: float) -> dict[str, float]:
-    from tui.keys import deliver_key  # noqa: PLC0415 - textual only when this section runs
+    from tui.keys import deliver_key  # textual only when this section runs
 
     latencies: list[float] = []
     unanswered = 0
@@ -136,8 +136,8 @@ async def _drive(app: Any, warmup: float, presses: int, gap: float) -> dict[str,
             key = KEYS[index % len(KEYS)]
             started = time.perf_counter()
             deliver_key(app, key)  # as a terminal sends it: pilot.press() waits for the process to go idle
-            await pilot._wait_for_screen()  # noqa: SLF001 - the screen's queues drained behind the key
-            await pilot._wait_for_screen()  # noqa: SLF001 - once more: the view switch's own refresh messages
+            await pilot._wait_for_screen()  # the screen's queues drained behind the key
+            await pilot._wait_for_screen()  # once more: the view switch's own refresh messages
             while app.query_one("TabbedContent").active != VIEWS[key]:
                 if time.perf_counter() - started > UNANSWERED_S:
                     unanswered += 1  # said in the table, and its wait counted: never an endless bench
@@ -165,7 +165,7 @@ async def _drive(app: Any, warmup: float, presses: int, gap: float) -> dict[str,
 
 
 def measure(ingest: str, warmup: float, presses: int, gap: float, log: Callable[[str], None]) -> dict[str, float]:
-    from tui.app import PodtraceApp  # noqa: PLC0415 - textual only when this section runs
+    from tui.app import PodtraceApp  # textual only when this section runs
     from tui.sources import SessionInfo
 
     names = Resolver({6: "NO_SOCKET"}, lambda inode: f"netns:{inode}", lambda address: f"0x{address:x}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer import kubeproxy as reader
 from tracer.check.model import Finding, NodeState
+from tracer.kubeproxy import iptables as iptables_reader
+from tracer.kubeproxy import nftables as nft_reader
 
 AREA = "kube-proxy"
 MANY_SERVICES = 1000  # Service ports in iptables mode where first-packet latency and sync time become visible
@@ -68,7 +69,7 @@ def parse_iptables_save(text: str) -> IptablesRules:
                 out.ipvs_masq_comment = True
             if chain == "KUBE-SERVICES":
                 out.kube_services_rules += 1
-    for port in reader.parse_iptables_save(text).ports:
+    for port in iptables_reader.parse_iptables_save(text).ports:
         (out.no_endpoints if port.no_endpoints else out.service_ports).add(port.name)
     return out
 
@@ -94,7 +95,7 @@ def parse_nft(ruleset: dict[str, Any]) -> NftRules:
                 out.chains += 1
             elif kind == "rule":
                 out.rules += 1
-    for port in reader.parse_nft_json(ruleset).ports:
+    for port in nft_reader.parse_nft_json(ruleset).ports:
         (out.no_endpoints if port.no_endpoints else out.service_ports).add(port.name)
     return out
 

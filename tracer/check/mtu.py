@@ -7,18 +7,10 @@ from __future__ import annotations
 
 from tracer.check.model import Finding, NodeState
 from tracer.check.topology import Topology, analyse
+from tracer.flannel import parse_subnet_env
 
 AREA = "mtu"
 MAX_LISTED = 6  # devices named in a finding's value before "and N more"
-
-
-def parse_subnet_env(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and not key.startswith("#"):
-            values[key.strip()] = value.strip().strip('"')
-    return values
 
 
 def _listing(items: list[tuple[str, int]]) -> str:

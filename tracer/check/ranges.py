@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass, field
 
 from tracer.check.model import NodeState
+from tracer.flannel import parse_subnet_env
 from tracer.flows import cluster_range
-from tracer.kubeproxy import ServiceMap, iptables_variant, merge, parse_iptables_save, parse_nft_json
-from tracer.mtu import parse_subnet_env
+from tracer.kubeproxy.iptables import iptables_variant, parse_iptables_save
+from tracer.kubeproxy.model import ServiceMap, merge
+from tracer.kubeproxy.nftables import parse_nft_json
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 POD_DEVICE_KINDS = ("bridge", "vxlan", "geneve", "ipip", "wireguard")

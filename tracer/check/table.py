@@ -34,7 +34,7 @@ class NodeFindingsTable:
         self._thread.start()
 
     def _run(self, netns: str | None, window: float) -> None:
-        from tracer.check import run_checks  # noqa: PLC0415 - reads the node: only in the worker
+        from tracer.check import run_checks  # reads the node: only in the worker
 
         try:
             self._findings = run_checks(netns, window=window)

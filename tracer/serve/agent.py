@@ -27,7 +27,7 @@ from tracer.aggregate import DropTable
 from tracer.errors import PodtraceError
 from tracer.events import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
 from tracer.flows import NatRecord, NodeConntrack, nat_record_from_map
-from tracer.kubeproxy import ServiceMap
+from tracer.kubeproxy.model import ServiceMap
 from tracer.report import Resolver, drop_rows
 from tracer.serve.attribution import Charge, attribute
 from tracer.serve.labels import OTHER, TopN
@@ -90,8 +90,8 @@ class Agent:
                                   ringbuf_pages=self.options.ringbuf_pages, duration=None, path_rate=20000)
 
     def _start_drops(self) -> None:
-        from tracer.live import LiveSource  # noqa: PLC0415 - BCC only when serving
-        from tracer.session import probe_config  # noqa: PLC0415
+        from tracer.live import LiveSource  # BCC only when serving
+        from tracer.session import probe_config
 
         config = probe_config(self._probe_args(False), path=False, netfilter=True, icmp=True)
         netfilter_why = "" if config.netfilter else "this kernel has no BPF netfilter links (6.4+)"
@@ -103,7 +103,7 @@ class Agent:
             if not config.netfilter:
                 raise
             netfilter_why = err.one_line()
-            import dataclasses  # noqa: PLC0415
+            import dataclasses
 
             config = dataclasses.replace(config, netfilter=False, netfilter_netns=(None,))
             self.drops = LiveSource(config, self.options.btf)
@@ -113,17 +113,17 @@ class Agent:
         self._mark("netfilter", config.netfilter, netfilter_why)
 
     def _start_path(self) -> None:
-        import dataclasses  # noqa: PLC0415
+        import dataclasses
 
-        from tracer.live import LiveSource  # noqa: PLC0415
-        from tracer.session import probe_config  # noqa: PLC0415
+        from tracer.live import LiveSource
+        from tracer.session import probe_config
 
         config = dataclasses.replace(probe_config(self._probe_args(True), path=True), drops=False)
         self.path = LiveSource(config, self.options.btf)
         self.path.start(progress=False)
 
     def start(self) -> None:
-        from tracer.names import NetnsNames, Symbolizer  # noqa: PLC0415
+        from tracer.names import NetnsNames, Symbolizer
 
         self._server = serve_http(self.state, self.options.address, self.options.port)
         self.state.set("podtrace_info", (self.node, __version__, platform.release()), 1)
@@ -155,7 +155,7 @@ class Agent:
                 handle.write(f"{os.getpid()}\n")
 
     def _start_softirq(self) -> None:
-        from tracer.softirq import SoftirqProbe  # noqa: PLC0415
+        from tracer.softirq import SoftirqProbe
 
         self.softirq = SoftirqProbe()
         self.softirq.start(progress=False)
@@ -177,26 +177,26 @@ class Agent:
     # --- names and headers ---------------------------------------------------------------------------------
 
     def _load_names(self) -> None:
-        from tracer.kubeproxy import collect  # noqa: PLC0415
+        from tracer.kubeproxy.collect import collect
 
         try:
             self.services = collect(self.options.node)
         except PodtraceError as err:
             self.log(f"Service names unavailable: {err.one_line()}")
-        from tracer.podnames import PodResolver  # noqa: PLC0415
+        from tracer.podnames import PodResolver
 
         self.pods = PodResolver().pod_names()  # from the node's cgroups and kubelet directories
 
     def _recording_args(self) -> argparse.Namespace:
-        from tracer.mtu import SUBNET_ENV  # noqa: PLC0415
+        from tracer.mtu import SUBNET_ENV
 
         return argparse.Namespace(filter=[self.options.path_filter] if self.options.path_filter else [],
                                   netns=self.options.node, ifname=None, subnet_env=SUBNET_ENV,
                                   node=[self.options.node] if self.options.node else [None])
 
     def _build_header(self) -> dict[str, Any]:
-        from tracer.cmd_record import build_header  # noqa: PLC0415
-        from tracer.names import named_netns  # noqa: PLC0415
+        from tracer.cmd_record import build_header
+        from tracer.names import named_netns
 
         known = {inode: name for name, inode in named_netns().items()}
         known[os.stat("/proc/self/ns/net").st_ino] = "host"
@@ -208,8 +208,8 @@ class Agent:
     def _segment_header(self) -> dict[str, Any]:
         """The start header with what changes refreshed: kube-proxy's rules, links, conntrack (the report's
         flow table, MTU and conntrack sections read them)."""
-        from tracer.cmd_record import _services  # noqa: PLC0415
-        from tracer.recorded_node import collect_conntrack, collect_links  # noqa: PLC0415
+        from tracer.cmd_record import _services
+        from tracer.recorded_node import collect_conntrack, collect_links
 
         header = dict(self.header)
         nodes = [self.options.node]
@@ -270,14 +270,14 @@ class Agent:
             self.recorder.add(batch)
 
     def _too_big(self) -> frozenset[int]:
-        from tracer.recorded_node import MTU_DROP_REASONS  # noqa: PLC0415
+        from tracer.recorded_node import MTU_DROP_REASONS
 
         reasons = self.names.reasons if self.names is not None else {}
         return frozenset(value for value, name in reasons.items() if name in MTU_DROP_REASONS)
 
     @staticmethod
     def _mtu_relevant(raw: bytes, too_big: frozenset[int]) -> bool:
-        from tracer.recorded_node import relevant  # noqa: PLC0415
+        from tracer.recorded_node import relevant
 
         return relevant(raw, too_big)
 
@@ -371,7 +371,7 @@ class Agent:
             self.state.forget(name, keep)
 
     def _conntrack(self) -> Any:
-        from tracer import conntrack  # noqa: PLC0415
+        from tracer import conntrack
 
         try:
             health = conntrack.health(self.options.node)
@@ -393,8 +393,8 @@ class Agent:
         """The kernel's NAT records now; Service packet counters grow by each record's growth since the last read."""
         if self.drops is None or not self.attached.get("netfilter"):
             return []
-        from tracer.flows import FlowTable  # noqa: PLC0415
-        from tracer.recording import nat_to_json  # noqa: PLC0415
+        from tracer.flows import FlowTable
+        from tracer.recording import nat_to_json
 
         records = [nat_record_from_map(key, stats) for key, stats in self.drops.nat_flows()]
         deltas = []
@@ -432,7 +432,7 @@ class Agent:
     def _softirq(self) -> None:
         if self.softirq is None:
             return
-        from tracer.softirq import SoftirqAggregator  # noqa: PLC0415
+        from tracer.softirq import SoftirqAggregator
 
         try:
             snapshot = self.softirq.snapshot()
@@ -464,7 +464,7 @@ class Agent:
                            {(self.node, str(cpu)): row.time_squeeze for cpu, row in snapshot.softnet.items()})
 
     def _refresh_mtu(self) -> None:
-        from tracer.recorded_node import MtuSummary, collect_links  # noqa: PLC0415
+        from tracer.recorded_node import MtuSummary, collect_links
 
         links = collect_links([self.options.node])
         node_links = links["nodes"][0] if links.get("nodes") else {}
@@ -496,8 +496,8 @@ class _NoSource:
     attached: list[str] = []
     reasons: dict[int, str] = {}
 
-    class build:  # noqa: N801 - mirrors LiveSource.build.programs
+    class build:  # mirrors LiveSource.build.programs
         programs: list[str] = []
 
-    class config:  # noqa: N801
+    class config:
         netns_inode = None

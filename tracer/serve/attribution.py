@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.flows import FlowTable, NatRecord, NodeConntrack, ServiceFlow
-from tracer.kubeproxy import ServiceMap
+from tracer.kubeproxy.model import ServiceMap
 from tracer.severity import classify
 
 

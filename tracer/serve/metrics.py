@@ -144,7 +144,7 @@ class StateCollector:
         self.state = state
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         values = self.state.snapshot()
         for metric in METRICS:
@@ -160,8 +160,8 @@ class StateCollector:
 
 def serve_http(state: MetricsState, address: str, port: int) -> tuple[Any, Any]:
     """Start the /metrics HTTP server in a daemon thread; returns (server, thread) for shutdown."""
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
-    from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.process_collector import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StateCollector(state))

@@ -305,7 +305,7 @@ class FlightRecorder:
     @staticmethod
     def _copy(path: str, writer: RecordWriter, lo: int, hi: int, nat: dict[str, dict[str, Any]]) -> int:
         """The records of one segment inside [lo, hi] into the incident; returns the events copied."""
-        import json  # noqa: PLC0415
+        import json
 
         reader = RecordReader(path)
         copied = 0

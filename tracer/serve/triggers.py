@@ -30,7 +30,7 @@ class PacketMatcher:
     """A compiled pcap filter run on packet bytes with libpcap's bpf_filter()."""
 
     def __init__(self, expression: str) -> None:
-        from tracer.pcapfilter import BpfInsn, compile_filter, libpcap  # noqa: PLC0415 - only with filter=
+        from tracer.pcapfilter import BpfInsn, compile_filter, libpcap  # only with filter=
 
         compiled = compile_filter(expression)
         self.expression = expression
@@ -141,7 +141,7 @@ def parse_trigger(text: str) -> Trigger:
 
 def snapshot_of(raw: bytes) -> tuple[bytes, int]:
     """A raw packet event's snapshot bytes (from the IP header) and the packet's length (tracer/events.py)."""
-    from tracer.events import decode  # noqa: PLC0415
+    from tracer.events import decode
 
     event = decode(raw)
     return event.snap[:EVENT_SNAP], event.len

@@ -70,7 +70,7 @@ def doctor(modules: tuple[str, ...]) -> Iterator[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def ipvs_lab(modules: tuple[str, ...]) -> Iterator[None]:
     """The lab in kube-proxy's IPVS mode, once per VM boot (test_ipvs_lab.py, test_ipvs_flows.py)."""
-    from tracer.lab import control  # noqa: PLC0415
+    from tracer.lab import control
 
     control.down()
     started = time.monotonic()

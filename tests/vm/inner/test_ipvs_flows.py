@@ -19,7 +19,7 @@ from support.podtrace import Running, start
 from vmfacts import timed
 
 from tracer import ipvs
-from tracer.kubeproxy import ServiceMap
+from tracer.kubeproxy.model import ServiceMap
 from tracer.lab import names, traffic
 from tracer.lab.traffic import Summary
 
