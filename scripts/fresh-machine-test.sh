@@ -2,7 +2,7 @@
 # The README's `make test` on a machine nobody set up: a Debian bookworm debootstrapped from the mirror (minbase,
 # plus only make, git and certificates, what a user needs to clone and type the command), the project cloned into
 # it from this checkout's HEAD, and `make test` run there as root with CI=true. It shares this machine's kernel:
-# its BPF, namespaces and modules (/lib/modules is bound read-only, as a real machine has its own).
+# its BPF, namespaces and the running kernel's modules (bound read-only).
 #
 #   sudo scripts/fresh-machine-test.sh [--keep] [ROOTFS]     # default /var/tmp/podtrace-fresh; log in ROOTFS.log
 #
@@ -71,8 +71,12 @@ mnt /run -t tmpfs tmpfs
 # live in the one cgroup tree).
 mkdir -p /run/lock
 mnt /run/lock --bind /run/lock
-mnt /lib/modules --bind /lib/modules
-mount -o remount,bind,ro "$ROOTFS/lib/modules"
+# The running kernel's modules only (its own, as a real machine has them): the tree installs kernel packages of
+# its own into the rest of /lib/modules.
+if [ -d "/lib/modules/$(uname -r)" ]; then
+    mnt "/lib/modules/$(uname -r)" --bind "/lib/modules/$(uname -r)"
+    mount -o remount,bind,ro "$ROOTFS/lib/modules/$(uname -r)"
+fi
 mnt /src --bind "$SRC"
 mount -o remount,bind,ro "$ROOTFS/src"
 
