@@ -36,6 +36,10 @@ def test_iptables_dash_s_reads_like_save() -> None:
     saved = parse_iptables_save(text("iptables-overall-v4.save"))
     assert smap.rule_count == saved.rule_count == 65
     assert {r.table for r in smap.rules} == {""}
+    # filter's dump then nat's: KUBE-SERVICES and KUBE-NODEPORTS are in both, and each table counts its own rules
+    # (iptables -D CHAIN N takes these numbers); -S prints a rule's options in another order than -save
+    assert sorted((r.chain, r.position, r.target, r.comment) for r in smap.rules) == sorted(
+        (r.chain, r.position, r.target, r.comment) for r in saved.rules)
 
 
 def test_ip6tables_local_policy() -> None:

@@ -96,18 +96,25 @@ def parse_iptables_save(text: str) -> ServiceMap:
     or legacy), or from `iptables -S` (no `*table` headers: those rules get table "", the command does not say)."""
     raw: list[_IptRule] = []
     table = ""
-    positions: dict[tuple[str, str], int] = {}
+    # `iptables -S; iptables -t nat -S` pasted together: each table's dump opens with its -P lines, so a -P after
+    # rules starts another table (unnamed), whose chains (KUBE-SERVICES is in filter and nat) count from 1 again.
+    section, in_rules = 0, False
+    positions: dict[tuple[str, int, str], int] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("*"):
-            table = line[1:]
+            table, in_rules = line[1:], False
+        elif line.startswith("-P ") and not table:
+            if in_rules:
+                section, in_rules = section + 1, False
         elif line.startswith("-A "):
             args = _split(line)
             if len(args) < 2:
                 continue
-            key = (table, args[1])
+            in_rules = True
+            key = (table, section, args[1])
             positions[key] = positions.get(key, 0) + 1
             raw.append(_IptRule(table, args[1], positions[key], line, args))
     smap = ServiceMap()
