@@ -80,6 +80,62 @@ def test_two_nodes_recordings_merge_into_the_journey_of_the_dropped_connections(
         assert journey["path"][-1]["at"].startswith(f"dropped in {pair.b}/"), journey["path"]
         assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["netns"] == pair.b, journey
         assert journey["one_way_us"] is not None and journey["one_way"] == "relative"
+    _merged_report_shows_the_journeys(a, b, tmp_path / "both.ptrec.gz", client=pair.addr_a, backend=pair.addr_b,
+                                      port=PORT, dropped_in=pair.b, client_pod="default/client", journeys=ATTEMPTS,
+                                      one_way_only=True)
+
+
+def _report_json(path: Path) -> list[dict]:
+    report = podtrace.run("report", "--json", str(path))
+    assert report.returncode == 0, report.stderr
+    return [json.loads(line) for line in report.stdout.splitlines()]
+
+
+def _drops(rows: list[dict], netns: str, dst: str, port: int) -> int:
+    return sum(row["count"] for row in rows if row.get("reason") == "NETFILTER_DROP" and row.get("netns") == netns
+               and row.get("dst") == dst and row.get("dport") == port)
+
+
+def _merged_report_shows_the_journeys(a: Path, b: Path, both: Path, *, client: str, backend: str, port: int,
+                                      dropped_in: str, client_pod: str | None, journeys: int | None,
+                                      one_way_only: bool) -> None:
+    """merge -o writes one recording whose report names the journeys of the SYNs the INPUT/FORWARD DROP rule in
+    `dropped_in` ate: the same drops as that node's own recording, each journey ending there."""
+    written = podtrace.run("merge", str(a), str(b), "-o", str(both))
+    assert written.returncode == 0, written.stderr
+    assert both.exists() and not [p for p in both.parent.iterdir() if ".tmp-" in p.name]
+    assert podtrace.run("merge", str(a), str(b), "-o", str(both)).returncode == 2  # never over an existing file
+
+    own = _report_json(b)
+    lines = _report_json(both)
+    # the drops of node b's own recording, and as many: the merged file holds both nodes' events
+    assert _drops(lines, dropped_in, backend, port) == _drops(own, dropped_in, backend, port) >= (journeys or 1)
+    assert lines[-1]["events"] == _report_json(a)[-1]["events"] + own[-1]["events"]
+    merged = next(line for line in lines if line.get("merged"))
+    assert merged["clock"]["estimate"] and merged["clock"]["text"].startswith("clocks aligned from")
+    if one_way_only:  # SYNs dropped and nothing else between the nodes: no packet came back
+        assert "one way only" in merged["clock"]["text"] and not merged["clock"]["both_ways"]
+    died = [line for line in lines if line.get("journey") and line["died"]]
+    to_backend = [j for j in died if j["src"] == client and j["dst"] == backend and j["flow"].endswith(f":{port}")]
+    if journeys is not None:
+        assert len(to_backend) == journeys, died
+    assert to_backend, lines
+    for journey in to_backend:
+        assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["node"].endswith(f"/{dropped_in}")
+        assert journey["path"][-1]["at"].startswith(f"dropped in {dropped_in}/"), journey["path"]
+        if client_pod:
+            assert journey["client_pod"] == client_pod
+
+    text = podtrace.run("report", str(both))
+    assert text.returncode == 0, text.stderr
+    assert "cross-node journeys: merged recording of" in text.stdout and "an estimate" in text.stdout
+    assert f"died at {to_backend[0]['died']['node']} ({dropped_in}):" in text.stdout, text.stdout
+    if client_pod:
+        assert f"client {client_pod} ({client}) on " in text.stdout, text.stdout
+
+    pcap = both.parent / "both.pcapng"
+    exported = podtrace.run("export", str(both), "--pcapng", str(pcap))
+    assert exported.returncode == 0 and pcap.stat().st_size > 0, exported.stderr
 
 
 def test_recordings_of_unrelated_runs_are_refused(client_pod: str, tmp_path: Path) -> None:
@@ -125,3 +181,6 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
         assert journey["path"][0]["node"].endswith("/pt-node1") and journey["path"][-1]["node"].endswith("/pt-node2")
         assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["node"].endswith("/pt-node2")
     assert lines[-1]["clock"].startswith("clocks aligned from"), lines[-1]
+    _merged_report_shows_the_journeys(paths["pt-node1"], paths["pt-node2"], tmp_path / "both.ptrec.gz",
+                                      client="10.244.0.2", backend="10.244.1.2", port=8080, dropped_in="pt-node2",
+                                      client_pod=None, journeys=None, one_way_only=False)
