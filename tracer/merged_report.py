@@ -7,12 +7,12 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
-ESTIMATE = "an estimate: no clock is assumed synchronised"
+ESTIMATE = "no clock is assumed synchronised, so this is an estimate"
 
 
 def clock_line(merged: Mapping[str, Any]) -> str:
     clock = merged.get("clock", {})
-    return f"{clock.get('text', 'clocks as recorded')} ({ESTIMATE})"
+    return f"{clock.get('text', 'clocks as recorded')}; {ESTIMATE}"
 
 
 def _client(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> str:

@@ -164,6 +164,10 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
         paths = {node: tmp_path / f"{node}.ptrec.gz" for node in ("pt-node1", "pt-node2")}
         recorders = [podtrace.start("record", "-o", str(path), "--netns", node, "tcp port 8080")
                      for node, path in paths.items()]
+        # and the two-node recording of the same run, that the merged one must agree with
+        two_node = tmp_path / "two-node.ptrec.gz"
+        recorders.append(podtrace.start("record", "-o", str(two_node), "--node", "pt-node1", "--node", "pt-node2",
+                                        "tcp port 8080"))
         try:
             sent = traffic.probe("default/web:http", count=30, timeout=0.5)
         finally:
@@ -184,3 +188,8 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
     _merged_report_shows_the_journeys(paths["pt-node1"], paths["pt-node2"], tmp_path / "both.ptrec.gz",
                                       client="10.244.0.2", backend="10.244.1.2", port=8080, dropped_in="pt-node2",
                                       client_pod=None, journeys=None, one_way_only=False)
+    # the drops at web-2 in the merged recording are those the two-node recording of the same run saw
+    for path in (*paths.values(), two_node):
+        assert _report_json(path)[-1]["lost"] == 0, path  # else the recordings could not agree
+    merged_drops = _drops(_report_json(tmp_path / "both.ptrec.gz"), "pt-node2", "10.244.1.2", 8080)
+    assert merged_drops == _drops(_report_json(two_node), "pt-node2", "10.244.1.2", 8080) > 0

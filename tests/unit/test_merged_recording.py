@@ -170,7 +170,7 @@ def test_report_shows_the_cross_node_journeys_and_each_node_s_drops(both: Path,
     assert err.startswith("merged recording of node-a/host and node-b/host from ")
     assert "cross-node journeys: merged recording of node-a/host (node-a.ptrec.gz) and node-b/host" in out
     assert ("clocks aligned from 3 matched packets, packets one way only: latencies are relative to the fastest "
-            "packet (an estimate: no clock is assumed synchronised)") in " ".join(out.split())
+            "packet; no clock is assumed synchronised, so this is an estimate") in " ".join(out.split())
     assert "3 packets matched in 3 flows, 3 of them dropped" in out
     assert out.count("1 matched, client default/frontend-7 (10.244.0.2) on node-a/host\n"
                      "         +0.0 us  node-a/host  xmit host/eth0\n") == 3
@@ -287,3 +287,20 @@ def test_tui_replay_opens_the_merged_file_with_both_nodes_drops(both: Path) -> N
             return [(row["reason"], row["netns"], row["count"]) for row in app.snapshot.drops]
 
     assert sorted(asyncio.run(drops())) == [("NETFILTER_DROP", "node-b:host", 3), ("NO_SOCKET", "node-a:host", 1)]
+
+
+def test_two_recordings_of_one_machine_share_its_namespaces_and_an_event_both_saw_is_written_once(
+        recordings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a second recorder on node a (same host, same boot): the SYNs' drops, and node a's own NO_SOCKET drop again
+    drops = [_event(_syn(k), SENT_WALL[k] + LATENCY_NS[k] - OFFSET_A, EVENT_DROP, 3, LOCATION) for k in range(3)]
+    again = tmp_path / "node-a-again.ptrec"
+    _write(again, _header("node-a", OFFSET_A + 300, {"2": "NO_SOCKET", "3": "NETFILTER_DROP"}, {}),
+           [*drops, A_EVENTS[3]], "tcp_v4_rcv+0x99", SENT_WALL[2] + 10**9)
+    out = tmp_path / "same.ptrec"
+    code, _out, err = run_cli(capsys, "merge", str(recordings[0]), str(again), "-o", str(out))
+    assert code == 0, err
+    source, events = _read(out)
+    assert [node["netns"] for node in source.header["merged"]["nodes"]] == [[HOST], [HOST]]
+    assert source.names.netns == {HOST: "host"}  # one namespace: nothing renamed
+    assert len(events) == len(A_EVENTS) + len(drops)  # the NO_SOCKET drop both recorded, once
+    assert events.count(A_EVENTS[3]) == 1
