@@ -304,3 +304,33 @@ def test_two_recordings_of_one_machine_share_its_namespaces_and_an_event_both_sa
     assert source.names.netns == {HOST: "host"}  # one namespace: nothing renamed
     assert len(events) == len(A_EVENTS) + len(drops)  # the NO_SOCKET drop both recorded, once
     assert events.count(A_EVENTS[3]) == 1
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recordings"
+
+
+def test_real_recordings_of_two_namespaces_merge_into_the_journeys_of_the_dropped_syns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """merge-a/merge-b.ptrec.gz (fixtures/recordings/README.md): 3 connection attempts, their SYNs dropped by an
+    INPUT DROP rule in the second namespace; merge.drops.json is what `podtrace drops` printed live there."""
+    run = json.loads((FIXTURES / "merge.drops.json").read_text())
+    live = sum(row["count"] for row in run["drops"] if row.get("reason") == "NETFILTER_DROP")
+    out = tmp_path / "both.ptrec.gz"
+    code, _out, err = run_cli(capsys, "merge", str(FIXTURES / "merge-a.ptrec.gz"), str(FIXTURES / "merge-b.ptrec.gz"),
+                              "-o", str(out))
+    assert code == 0, err
+    code, text, err = run_cli(capsys, "report", "--json", str(out))
+    assert code == 0, err
+    lines = [json.loads(line) for line in text.splitlines()]
+    client, server, port = run["client"], run["server"], run["port"]
+    drops = [row for row in lines if row.get("reason") == "NETFILTER_DROP" and "count" in row]
+    assert [row["netns"] for row in drops] == [run["nodes"][1]] and sum(row["count"] for row in drops) == live
+    journeys = [line for line in lines if line.get("journey")]
+    assert len(journeys) == run["attempts"]  # one flow per attempt (its own source port)
+    for journey in journeys:
+        assert (journey["src"], journey["dst"], journey["flow"].endswith(f":{port}")) == (client, server, True)
+        assert journey["path"][0]["node"].endswith(f"/{run['nodes'][0]}")
+        assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["netns"] == run["nodes"][1]
+    assert sum(journey["died"]["packets"] for journey in journeys) == live  # every dropped SYN was matched
+    merged = next(line for line in lines if line.get("merged"))
+    assert not merged["clock"]["both_ways"] and merged["matched_packets"] == live
