@@ -16,7 +16,7 @@ def clock_line(merged: Mapping[str, Any]) -> str:
 
 
 def _client(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> str:
-    src = str(journey.get("src") or journey["flow"].split(" ", 2)[1].rsplit(":", 1)[0])
+    src = str(journey.get("src") or "?")
     pod = pod_of(src)
     return f"client {pod} ({src})" if pod else f"client {src}"
 
@@ -54,8 +54,7 @@ def section_json(merged: Mapping[str, Any], pod_of: Callable[[str], str | None])
     """One object per journey (as `podtrace merge --json` prints them, plus the client's pod) and the merge's."""
     out = []
     for journey in merged.get("journeys", []):
-        src = str(journey.get("src") or journey["flow"].split(" ", 2)[1].rsplit(":", 1)[0])
-        out.append({**journey, "client_pod": pod_of(src)})
+        out.append({**journey, "client_pod": pod_of(str(journey.get("src") or ""))})
     out.append({"merged": True, "nodes": [{k: v for k, v in node.items() if k != "renamed"}
                                           for node in merged.get("nodes", [])],
                 "clock": {**merged.get("clock", {}), "estimate": True},
