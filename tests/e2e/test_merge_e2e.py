@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,27 @@ def test_recordings_of_unrelated_runs_are_refused(client_pod: str, tmp_path: Pat
     assert refused.stdout == ""
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "share no packet" in lines[0] and "Traceback" not in refused.stderr, refused.stderr
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "recordings"
+
+
+def test_a_full_disk_writes_no_merged_file_and_says_so_in_one_line() -> None:
+    """The real merge-a/merge-b recordings merged onto a 4 KiB tmpfs: the merged file (~10 KiB) does not fit."""
+    mount = Path(tempfile.mkdtemp(prefix="pti22-full-"))
+    sh("mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount))
+    try:
+        output = mount / "both.ptrec"
+        result = podtrace.run("merge", str(FIXTURES / "merge-a.ptrec.gz"), str(FIXTURES / "merge-b.ptrec.gz"),
+                              "-o", str(output))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [
+            f"podtrace: cannot write {output}: the disk is full; nothing was written (a merged recording is "
+            "written whole or not at all)"], result.stderr
+        assert list(mount.iterdir()) == []  # neither the file nor its temporary
+    finally:
+        sh("umount", str(mount))
+        mount.rmdir()
 
 
 def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journey(tmp_path: Path) -> None:
