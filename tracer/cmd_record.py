@@ -493,6 +493,11 @@ def run_report(args: argparse.Namespace) -> int:
     _warn_truncated(source)
     rows = drop_rows(table, source.resolver(), None, identities)
     add_causes(rows, source.cause_states())  # from the rules and conntrack tables the recording holds
+    merged = source.header.get("merged")
+    if merged:
+        from tracer.merged_report import add_nodes
+
+        add_nodes(rows, merged)
     counters = source.final_counters
     flows = services = None
     if source.has_nat_flows:  # recorded with --node: the flow table `podtrace flows` shows
@@ -504,7 +509,6 @@ def run_report(args: argparse.Namespace) -> int:
     overlay = tunnels.to_json() if tunnels.has_rows() else None
     softirq_rows = source.softirq.report() if source.softirq is not None else []
     softirq_seconds = source.softirq.seconds if source.softirq is not None else 0.0
-    merged = source.header.get("merged")
     pod_of = source.names.pod_of_ip
     if args.json:
         if merged:
@@ -538,10 +542,14 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         width = table_width(sys.stdout, args.wide)
         if merged:
-            from tracer.merged_report import section_text
+            from tracer.merged_report import by_node, section_text
 
             sys.stdout.write(section_text(merged, pod_of) + "\n")
-        write_drop_table(rows, sys.stdout, width)
+            for name, node_rows in by_node(rows, merged):  # each node's drops, as its own report shows them
+                sys.stdout.write(f"drops on {name}:\n")
+                write_drop_table(node_rows, sys.stdout, width)
+        else:
+            write_drop_table(rows, sys.stdout, width)
         if flows is not None and services is not None:
             sys.stdout.write("\n")
             flows.conntrack = {}  # each node's table is printed below, with its start reading

@@ -60,3 +60,22 @@ def section_json(merged: Mapping[str, Any], pod_of: Callable[[str], str | None])
                 "clock": {**merged.get("clock", {}), "estimate": True},
                 "matched_packets": merged.get("matched_packets", 0)})
     return out
+
+
+def add_nodes(rows: list[dict[str, Any]], merged: Mapping[str, Any]) -> None:
+    """Each drop row's node (`node`), by its netns inode in `merged.nodes[].netns` (the first node that lists it:
+    on one machine a namespace both recorded is listed by both)."""
+    owner: dict[int, str] = {}
+    for node in merged.get("nodes", []):
+        for inode in node.get("netns", []):
+            owner.setdefault(int(inode), str(node.get("name")))
+    for row in rows:
+        row["node"] = owner.get(int(row.get("netns_inode") or 0))
+
+
+def by_node(rows: list[dict[str, Any]], merged: Mapping[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The drop rows per node, in the merged nodes' order (rows add_nodes found no node for last)."""
+    names = [str(node.get("name")) for node in merged.get("nodes", [])]
+    groups = [(name, [row for row in rows if row.get("node") == name]) for name in names]
+    rest = [row for row in rows if row.get("node") not in names]
+    return groups + ([("no node", rest)] if rest else [])

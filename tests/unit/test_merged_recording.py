@@ -177,7 +177,11 @@ def test_report_shows_the_cross_node_journeys_and_each_node_s_drops(both: Path,
     assert "       +20.0 us  node-b/host  dropped in host/cni0\n" in out
     assert out.count("died at node-b/host (host): 1 x NETFILTER_DROP") == 3
     assert "one way 20.0 us (relative to the fastest packet)" in out
-    assert "node-b:host/cni0" in out and "node-a:host/cni0" in out  # the drop table: each drop's node
+    # the drop tables, one per node: node a's NO_SOCKET under it, node b's NETFILTER_DROPs under b
+    section_a = out.split("drops on node-a/host:\n", 1)[1].split("drops on node-b/host:\n", 1)
+    assert "NO_SOCKET" in section_a[0] and "node-a:host/cni0" in section_a[0] and "NETFILTER" not in section_a[0]
+    assert "NETFILTER_DROP" in section_a[1] and "node-b:host/cni0" in section_a[1] and "NO_SOCKET" not in \
+        section_a[1].split("conntrack ", 1)[0]
 
     code, out, err = run_cli(capsys, "report", "--json", str(both))
     assert code == 0, err
@@ -189,6 +193,8 @@ def test_report_shows_the_cross_node_journeys_and_each_node_s_drops(both: Path,
     assert rows[("NETFILTER_DROP", "node-b:host")]["count"] == 3
     assert rows[("NETFILTER_DROP", "node-b:host")]["dst_pod"] == "default/web-2"  # both nodes' pod names
     assert rows[("NO_SOCKET", "node-a:host")]["count"] == 1
+    assert rows[("NO_SOCKET", "node-a:host")]["node"] == "node-a/host"
+    assert rows[("NETFILTER_DROP", "node-b:host")]["node"] == "node-b/host"
     assert lines[-1]["events"] == 7 and lines[-1]["lost"] == 2  # conntrack events are part of their drops
     merged = next(line for line in lines if line.get("merged"))
     assert merged["clock"]["estimate"] and not merged["clock"]["both_ways"]
