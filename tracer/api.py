@@ -10,6 +10,9 @@
     tables = rec.conntrack_rows()           # each node's conntrack table at the start and the end
     mtu = rec.mtu_rows()                    # link MTUs, frag-needed/fragment/too-big counts, path verdicts
 
+    journeys = merge("node1.ptrec.gz", "node2.ptrec.gz", output="both.ptrec.gz")  # across nodes (merge -o)
+    open_recording("both.ptrec.gz").journeys()   # the same, from the merged recording; .merged: its clock, nodes
+
     services = read_rules("ticket.save")     # a saved iptables-save / iptables -S / nft -j dump: ServiceMap
     services.lookup_vip("10.96.0.10", 53, "udp")
 
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     from tracer.flows import FlowTable, NatRecord
     from tracer.kubeproxy.model import ServiceMap
 
-__all__ = ["Recording", "LiveSession", "open_recording", "live", "read_rules", "tcp_flags", "PacketEvent"]
+__all__ = ["Recording", "LiveSession", "open_recording", "live", "merge", "read_rules", "tcp_flags", "PacketEvent"]
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -70,6 +73,17 @@ class Recording:
         self.counters: dict[str, int] = {}
         self.events = 0
         self._last_read = source
+
+    @property
+    def merged(self) -> dict[str, Any] | None:
+        """A merged recording's nodes, clock alignment (how it was estimated) and journeys (`podtrace merge -o`);
+        None for one node's recording."""
+        return self.header.get("merged")
+
+    def journeys(self) -> list[dict[str, Any]]:
+        """The cross-node journeys a merged recording holds, as `podtrace merge --json` prints them (empty for one
+        node's recording)."""
+        return list((self.merged or {}).get("journeys", []))
 
     def source(self, speed: float | None = None) -> ReplaySource:
         """A fresh ReplaySource over this recording (LiveSource's interface, for shared aggregation code)."""
@@ -199,6 +213,14 @@ def read_rules(path: str) -> ServiceMap:
     from tracer import rulesfile
 
     return rulesfile.read(path).services()
+
+
+def merge(first: str, second: str, output: str | None = None) -> list[dict[str, Any]]:
+    """The journeys of the packets two nodes' recordings both saw (as `podtrace merge --json`); with `output`, also
+    write the merged recording there (never over an existing file). PodtraceError when they share no packet."""
+    from tracer.cmd_merge import merge_files  # noqa: PLC0415
+
+    return merge_files([first, second], output).journeys
 
 
 def open_recording(path: str, follow: bool = True) -> Recording:

@@ -1,27 +1,42 @@
-"""`podtrace merge A B`: the journeys of packets seen by two nodes' recordings (matched packet by packet, clocks
-aligned from the matches); recordings that share no packet are refused, never stitched into a made-up journey."""
+"""`podtrace merge A B [-o BOTH]`: the journeys of packets seen by two nodes' recordings (matched packet by packet,
+clocks aligned from the matches), and with -o one merged recording of both (tracer/merged_recording.py); recordings
+that share no packet are refused, never stitched into a made-up journey."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from tracer.errors import PodtraceError
+from tracer.cmd_record import check_output
+from tracer.errors import PodtraceError, UsageError
 from tracer.events import EVENT_SIZE, EVENT_SIZES, decode
 from tracer.journey import ClockAlignment, NodeRecording, align, identifiable, journeys, match
+from tracer.merged_recording import NodeFile, read_node, write_merged
+from tracer.replay import ReplaySource
 
 EPILOG = """\
 Each recording is one node's (`podtrace record --netns NODE` on each node, at the same time). A packet is matched
 across them by its pod-level IPv4 header (the inner packet of VXLAN): addresses, ports, IP id, TCP sequence.
-Writing the merged recording (-o) is not done yet: merge prints the journeys.
+No clock is assumed synchronised: the second recording's clock is shifted by an offset estimated from the
+matched packets (both ways: NTP's estimate; one way only: the fastest packet is taken as instant, so one-way
+latencies are relative to it). Merge says which.
 
-exit codes: 0 ok, 1 error (also: the recordings share no packet), 2 usage
+With -o FILE it also writes one merged recording: both nodes' events on the first one's clock, each attributable
+to its node (a namespace name both use, such as each host's own, is qualified by the node), the journeys and the
+clock alignment. `podtrace report`, `export --pcapng`, `tui --replay` and the Python API read it. FILE is written
+whole or not at all, and never over an existing file. Softirq snapshots are not merged (one machine's CPUs each).
+
+exit codes: 0 ok, 1 error (also: the recordings share no packet; then no file is written), 2 usage
 
 examples:
   podtrace merge node1.ptrec.gz node2.ptrec.gz
   podtrace merge --json node1.ptrec.gz node2.ptrec.gz | jq 'select(.died)'
+  podtrace merge node1.ptrec.gz node2.ptrec.gz -o both.ptrec.gz && podtrace report both.ptrec.gz
 """
 
 PACKET_KINDS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == EVENT_SIZE)
@@ -35,21 +50,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("recordings", nargs=2, metavar="RECORDING")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="also write the merged recording (.gz: compressed); never over an existing file")
     parser.set_defaults(func=run)
 
 
-def load(path: str) -> NodeRecording:
-    from tracer.api import open_recording  # noqa: PLC0415
+def load(path: str) -> tuple[NodeRecording, NodeFile]:
+    events: list[Any] = []
 
-    recording = open_recording(path)
-    events = [decode(raw) for raw in recording.raw_events() if raw[0] in PACKET_KINDS]
-    header = recording.header
+    def keep(raw: bytes) -> None:
+        if raw[0] in PACKET_KINDS:
+            events.append(decode(raw))
+
+    peek = ReplaySource(path)  # RecordingError: one line, exit 1 (tracer.cli)
+    peek.close()
+    header = peek.header
+    if header.get("merged"):
+        raise UsageError(f"{path} is already a merged recording (of {len(header['merged'].get('nodes', []))} nodes)",
+                         "merge the nodes' own recordings, two at a time")
     node = (header.get("filter") or {}).get("netns") or "host"
-    names = recording.names
+    label = f"{header.get('hostname', '?')}/{node}"
+    read = read_node(path, label, keep)
     clock = header.get("clock") or {}
     run = (header.get("part") or {}).get("run_id") or f"{header.get('hostname')}@{clock.get('monotonic_ns')}"
-    return NodeRecording(f"{header.get('hostname', '?')}/{node}", names.wall_offset_ns, frozenset(names.pods),
-                         dict(names.netns), events, dict(names.reasons), str(run))
+    return NodeRecording(label, read.wall_offset_ns, frozenset(read.pods), dict(read.netns), events,
+                         dict(read.reasons), str(run)), read
 
 
 def _line(journey: dict[str, Any]) -> str:
@@ -63,31 +88,70 @@ def _line(journey: dict[str, Any]) -> str:
     return text
 
 
-def run(args: argparse.Namespace) -> int:
-    nodes = [load(path) for path in args.recordings]  # RecordingError: one line, exit 1 (tracer.cli)
+@dataclass
+class Merge:
+    """What merging two recordings found: the journeys, the matched packets, the clock alignment and how it was
+    estimated."""
+
+    nodes: list[NodeRecording]
+    journeys: list[dict[str, Any]]
+    matched: int
+    clock: ClockAlignment
+    how: str
+    events_written: int | None = None  # with an output file
+
+
+def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
+    """Match two recordings' packets, align their clocks and find the journeys; with `output`, also write the
+    merged recording. PodtraceError (one line) for recordings that share no packet: no file is written then."""
+    if output:
+        check_output(output)  # before reading: an existing file is refused now, not after the work
+    loaded = [load(path) for path in paths]  # RecordingError: one line, exit 1 (tracer.cli)
+    nodes = [node for node, _file in loaded]
     if nodes[0].run_id and nodes[0].run_id == nodes[1].run_id:
-        raise PodtraceError(f"{args.recordings[0]} and {args.recordings[1]} are the same recording (run "
+        raise PodtraceError(f"{paths[0]} and {paths[1]} are the same recording (run "
                             f"{nodes[0].run_id}): one node's view, not a journey across two",
                             "give one recording of each node")
     matched = match(nodes)
     if not matched:
         counts = " and ".join(str(identifiable(node.events)) for node in nodes)
-        raise PodtraceError(f"{args.recordings[0]} and {args.recordings[1]} share no packet ({counts} identifiable "
+        raise PodtraceError(f"{paths[0]} and {paths[1]} share no packet ({counts} identifiable "
                             "packets): recordings of unrelated runs, or no traffic between these nodes",
                             "record both nodes at the same time, with filters that keep the same flows")
-    clock = align(nodes, matched)
-    how = clock.describe() if clock else \
+    estimated = align(nodes, matched)
+    how = estimated.describe() if estimated else \
         "clocks as recorded (no matched packet's sender is a pod that either recording names)"
-    clock = clock or ClockAlignment(0, 0, False)
+    clock = estimated or ClockAlignment(0, 0, False)
     found = journeys(nodes, matched, clock)
+    result = Merge(nodes, found, len(matched), clock, how)
+    if output:
+        files = [read for _node, read in loaded]
+        merged = {"nodes": [{"name": node.name, "file": os.path.basename(path),
+                             "hostname": str(read.header.get("hostname", "?")),
+                             "kernel_release": str(read.header.get("kernel_release", "?")),
+                             "run_id": node.run_id, "events": read.events, "truncated": read.truncated}
+                            for node, read, path in zip(nodes, files, paths)],
+                  "clock": {"offset_ns": clock.offset_ns, "pairs": clock.pairs, "both_ways": clock.both_ways,
+                            "aligned": estimated is not None, "text": how},
+                  "matched_packets": len(matched), "journeys": found}
+        result.events_written = write_merged(output, files, clock.offset_ns, merged)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    result = merge_files(args.recordings, args.output)
+    found, nodes, clock, how = result.journeys, result.nodes, result.clock, result.how
+    if args.output:
+        sys.stderr.write(f"wrote {args.output}: {result.events_written} events of {nodes[0].name} and "
+                         f"{nodes[1].name}, {len(found)} journeys\n")
     if args.json:
         for journey in found:
             sys.stdout.write(json.dumps(journey) + "\n")
-        sys.stdout.write(json.dumps({"summary": True, "matched_packets": len(matched), "flows": len(found),
+        sys.stdout.write(json.dumps({"summary": True, "matched_packets": result.matched, "flows": len(found),
                                      "clock": how, "offset_ns": clock.offset_ns,
                                      "nodes": [node.name for node in nodes]}) + "\n")
     else:
         for journey in found:
             sys.stdout.write(_line(journey) + "\n")
-        sys.stdout.write(f"{len(matched)} packets matched in {len(found)} flows; {how}\n")
+        sys.stdout.write(f"{result.matched} packets matched in {len(found)} flows; {how}\n")
     return 0

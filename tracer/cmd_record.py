@@ -60,13 +60,16 @@ examples:
 """
 
 REPORT_EPILOG = """\
-Sections: drops; Service flows (recorded with --node); each node's conntrack table at the end with its growth
-since the start; MTU per node (link MTUs, ICMP frag-needed, fragments and too-big drops of the recorded events,
-the `podtrace mtu` verdict of each pod's path); VXLAN tunnels and fragments (`podtrace overlay`, when the
-recording has them); softirq (recorded with --softirq). --json: one object per row, the summary last.
+Sections: on a merged recording (`podtrace merge -o`) first the cross-node journeys (client's node -> where it
+died, reason, one-way latency) and how the clocks were aligned; drops; Service flows (recorded with --node);
+each node's conntrack table at the end with its growth since the start; MTU per node (link MTUs, ICMP
+frag-needed, fragments and too-big drops of the recorded events, the `podtrace mtu` verdict of each pod's path);
+VXLAN tunnels and fragments (`podtrace overlay`, when the recording has them); softirq (recorded with
+--softirq). --json: one object per row, the summary last.
 
-exit codes: 0 ok, 1 unreadable or corrupt recording (what was read before the damage is still printed),
-4 incomplete: a rotation part is missing or belongs to another recording (the parts found are reported)
+exit codes: 0 ok, 1 unreadable or corrupt recording, or a merged one cut short (what was read before the damage
+is still printed), 4 incomplete: a rotation part is missing or belongs to another recording (the parts found are
+reported)
 
 examples:
   podtrace report node1.ptrec.gz
@@ -74,6 +77,7 @@ examples:
   podtrace report --json services.ptrec | jq 'select(.backend)'      # Service flows (recorded with --node)
   podtrace report --json node1.ptrec.gz | jq 'select(.mtu and (.ok | not)) | .paths[].verdict.text'
   podtrace report --json node1.ptrec.gz | jq 'select(.conntrack) | {node, count, max, drops_during}'
+  podtrace report --json both.ptrec.gz | jq 'select(.journey and .died)'   # merged: cross-node journeys
 """
 
 EXPORT_EPILOG = """\
@@ -347,7 +351,8 @@ class _RecordLoop:
             sys.stderr.write("\n")
 
 
-def _check_output(path: str) -> None:
+def check_output(path: str) -> None:
+    """A recording may be written at `path` (UsageError naming why not; the writer refuses it again)."""
     if os.path.lexists(path):  # the writer refuses it too (O_EXCL): say so before compiling probes
         what = "a symbolic link" if os.path.islink(path) else "an existing file"
         raise UsageError(f"cannot write {path}: it is {what}, refused (podtrace never overwrites or follows links)",
@@ -374,7 +379,7 @@ def run_record(args: argparse.Namespace) -> int:
     if args.node and args.netns:
         raise UsageError("record --node takes no --netns: with --node, drops are recorded in every namespace and "
                          "netfilter is traced in the --node ones", "leave out --netns")
-    _check_output(args.output)
+    check_output(args.output)
     check_namespaces(args)
     from tracer import bccenv
 
@@ -419,7 +424,8 @@ def parse_mode(text: str) -> int:
 
 
 def _warn_truncated(source: ReplaySource) -> None:
-    for path in source.truncated_parts:
+    merged = bool(source.header.get("merged"))  # a merged file cut short is an error, said once (run_report)
+    for path in [] if merged else source.truncated_parts:
         sys.stderr.write(f"podtrace: warning: {path} was cut short (recorder killed?): read up to its last "
                          f"complete record\n")
     for problem in source.incomplete:
@@ -441,6 +447,10 @@ def _describe(source: ReplaySource) -> str:
     started = header.get("clock", {}).get("wall_ns")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started / 1e9)) if started else "?"
     expression = header.get("filter", {}).get("expression") or "all drops"
+    merged = header.get("merged")
+    if merged:
+        nodes = " and ".join(str(node.get("name")) for node in merged.get("nodes", []))
+        return f"merged recording of {nodes} from {when}, on the first one's clock"
     return (f"recording of {header.get('hostname', '?')} (kernel {header.get('kernel_release', '?')}) "
             f"from {when}, filter: {expression}")
 
@@ -472,6 +482,11 @@ def run_report(args: argparse.Namespace) -> int:
     _warn_truncated(source)
     rows = drop_rows(table, source.resolver(), None, identities)
     add_causes(rows, source.cause_states())  # from the rules and conntrack tables the recording holds
+    merged = source.header.get("merged")
+    if merged:
+        from tracer.merged_report import add_nodes
+
+        add_nodes(rows, merged)
     counters = source.final_counters
     flows = services = None
     if source.has_nat_flows:  # recorded with --node: the flow table `podtrace flows` shows
@@ -483,7 +498,13 @@ def run_report(args: argparse.Namespace) -> int:
     overlay = tunnels.to_json() if tunnels.has_rows() else None
     softirq_rows = source.softirq.report() if source.softirq is not None else []
     softirq_seconds = source.softirq.seconds if source.softirq is not None else 0.0
+    pod_of = source.names.pod_of_ip
     if args.json:
+        if merged:
+            from tracer.merged_report import section_json
+
+            for item in section_json(merged, pod_of):
+                sys.stdout.write(json.dumps(item) + "\n")
         for row in rows:
             sys.stdout.write(json.dumps(row) + "\n")
         if flows is not None:
@@ -509,7 +530,15 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         width = table_width(sys.stdout, args.wide)
-        write_drop_table(rows, sys.stdout, width)
+        if merged:
+            from tracer.merged_report import by_node, section_text
+
+            sys.stdout.write(section_text(merged, pod_of) + "\n")
+            for name, node_rows in by_node(rows, merged):  # each node's drops, as its own report shows them
+                sys.stdout.write(f"drops on {name}:\n")
+                write_drop_table(node_rows, sys.stdout, width)
+        else:
+            write_drop_table(rows, sys.stdout, width)
         if flows is not None and services is not None:
             sys.stdout.write("\n")
             flows.conntrack = {}  # each node's table is printed below, with its start reading
@@ -529,6 +558,10 @@ def run_report(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if error is not None:
         raise error
+    if merged and source.truncated:
+        raise RecordingError(f"{args.file}: merged recording cut short: it was written whole, so it was damaged "
+                             "since (what it held before the cut is printed above)",
+                             "merge the nodes' recordings again")
     if (incomplete := _incomplete(source)) is not None:
         raise incomplete
     return 0

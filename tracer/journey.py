@@ -176,6 +176,7 @@ def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sight
         out.append({
             "journey": True,
             "flow": f"{'tcp' if proto == 6 else 'udp' if proto == 17 else proto} {src}:{sport} > {dst}:{dport}",
+            "src": src, "dst": dst,
             "packets": len(packets),
             "path": [{"node": nodes[s.node].name, "at": s.what(nodes[s.node].netns.get(s.event.netns,
                                                                                       f"netns:{s.event.netns}")),

@@ -157,7 +157,9 @@ def health_to_json(health: Health) -> dict[str, Any]:
 
 def health_from_json(data: Mapping[str, Any]) -> Health:
     known = {f.name for f in fields(CpuStats)}
-    cpus = tuple(CpuStats(**{k: int(v) for k, v in cpu.items() if k in known}) for cpu in data.get("cpus", []))
+    # a CPU entry without its number (a damaged file; the schema allows it) is numbered by its place
+    cpus = tuple(CpuStats(**{"cpu": index, **{k: int(v) for k, v in cpu.items() if k in known}})
+                 for index, cpu in enumerate(data.get("cpus", [])))
     return Health(int(data["count"]), int(data["max"]), cpus)
 
 

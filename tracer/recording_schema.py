@@ -287,6 +287,23 @@ NODE_CHECKS = OneOf((List(FINDING, 4096), Obj({"error": Str(4096)})))
 SERVICES = Obj({"nodes": List(Obj({"netns": Opt(Str(4096)), "error": Str(4096),
                                    "commands": Map(Opt(Str()), max_len=64)}), 4096)})
 
+# `podtrace merge -o` (format minor 5): the nodes merged, how their clocks were aligned, the journeys found
+HOP = Obj({"node": Str(4096), "at": Str(4096), "t_us": Num()}, required=("node", "at", "t_us"))
+JOURNEY = Obj({"journey": Bool(), "flow": Str(4096), "src": Str(64), "dst": Str(64), "packets": UINT,
+               "path": List(HOP, 4096), "one_way_us": Opt(Num()), "one_way": Str(64),
+               "died": Opt(Obj({"node": Str(4096), "reason": Str(256), "netns": Str(4096), "packets": UINT},
+                               required=("node", "reason", "netns", "packets")))},
+              required=("flow", "packets", "path", "one_way_us", "one_way", "died"))
+MERGED_NODE = Obj({"name": Str(4096), "file": Str(4096), "hostname": Str(256), "kernel_release": Str(256),
+                   "run_id": Str(256), "events": UINT, "truncated": Bool(), "netns": List(UINT, 1 << 16),
+                   "renamed": Map(Str(4096), max_len=1 << 16)},
+                  required=("name", "netns"))
+MERGED = Obj({"nodes": List(MERGED_NODE, length=2),
+              "clock": Obj({"offset_ns": INT, "pairs": UINT, "both_ways": Bool(), "aligned": Bool(),
+                            "text": Str(4096)}, required=("offset_ns", "pairs", "both_ways", "aligned", "text")),
+              "matched_packets": UINT, "journeys": List(JOURNEY)},
+             required=("nodes", "clock", "matched_packets", "journeys"))
+
 HEADER = Obj({
     "format_version": UINT, "format_minor": UINT, "podtrace_version": Str(256), "kernel_release": Str(256),
     "machine": Str(256), "hostname": Str(256),
@@ -303,6 +320,7 @@ HEADER = Obj({
     "part": Obj({"index": Int(0, 1 << 20), "first": Str(4096), "run_id": Str(64)}, required=("index",)),
     "counters_at_start": COUNTERS, "probe_counters_at_start": Opt(PROBE_COUNTERS),
     "links": Opt(LINKS), "conntrack": Opt(CONNTRACK),
+    "merged": Opt(MERGED),
 })
 TRAILER = Obj({"counters": COUNTERS, "probe_counters": Opt(PROBE_COUNTERS), "events": UINT, "total_events": UINT,
                "next": Opt(Str(4096)), "end_wall_ns": Opt(INT), "conntrack": Opt(CONNTRACK)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,62 @@ def test_two_nodes_recordings_merge_into_the_journey_of_the_dropped_connections(
         assert journey["path"][-1]["at"].startswith(f"dropped in {pair.b}/"), journey["path"]
         assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["netns"] == pair.b, journey
         assert journey["one_way_us"] is not None and journey["one_way"] == "relative"
+    _merged_report_shows_the_journeys(a, b, tmp_path / "both.ptrec.gz", client=pair.addr_a, backend=pair.addr_b,
+                                      port=PORT, dropped_in=pair.b, client_pod="default/client", journeys=ATTEMPTS,
+                                      one_way_only=True)
+
+
+def _report_json(path: Path) -> list[dict]:
+    report = podtrace.run("report", "--json", str(path))
+    assert report.returncode == 0, report.stderr
+    return [json.loads(line) for line in report.stdout.splitlines()]
+
+
+def _drops(rows: list[dict], netns: str, dst: str, port: int) -> int:
+    return sum(row["count"] for row in rows if row.get("reason") == "NETFILTER_DROP" and row.get("netns") == netns
+               and row.get("dst") == dst and row.get("dport") == port)
+
+
+def _merged_report_shows_the_journeys(a: Path, b: Path, both: Path, *, client: str, backend: str, port: int,
+                                      dropped_in: str, client_pod: str | None, journeys: int | None,
+                                      one_way_only: bool) -> None:
+    """merge -o writes one recording whose report names the journeys of the SYNs the INPUT/FORWARD DROP rule in
+    `dropped_in` ate: the same drops as that node's own recording, each journey ending there."""
+    written = podtrace.run("merge", str(a), str(b), "-o", str(both))
+    assert written.returncode == 0, written.stderr
+    assert both.exists() and not [p for p in both.parent.iterdir() if ".tmp-" in p.name]
+    assert podtrace.run("merge", str(a), str(b), "-o", str(both)).returncode == 2  # never over an existing file
+
+    own = _report_json(b)
+    lines = _report_json(both)
+    # the drops of node b's own recording, and as many: the merged file holds both nodes' events
+    assert _drops(lines, dropped_in, backend, port) == _drops(own, dropped_in, backend, port) >= (journeys or 1)
+    assert lines[-1]["events"] == _report_json(a)[-1]["events"] + own[-1]["events"]
+    merged = next(line for line in lines if line.get("merged"))
+    assert merged["clock"]["estimate"] and merged["clock"]["text"].startswith("clocks aligned from")
+    if one_way_only:  # SYNs dropped and nothing else between the nodes: no packet came back
+        assert "one way only" in merged["clock"]["text"] and not merged["clock"]["both_ways"]
+    died = [line for line in lines if line.get("journey") and line["died"]]
+    to_backend = [j for j in died if j["src"] == client and j["dst"] == backend and j["flow"].endswith(f":{port}")]
+    if journeys is not None:
+        assert len(to_backend) == journeys, died
+    assert to_backend, lines
+    for journey in to_backend:
+        assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["node"].endswith(f"/{dropped_in}")
+        assert journey["path"][-1]["at"].startswith(f"dropped in {dropped_in}/"), journey["path"]
+        if client_pod:
+            assert journey["client_pod"] == client_pod
+
+    text = podtrace.run("report", str(both))
+    assert text.returncode == 0, text.stderr
+    assert "cross-node journeys: merged recording of" in text.stdout and "an estimate" in text.stdout
+    assert f"died at {to_backend[0]['died']['node']} ({dropped_in}):" in text.stdout, text.stdout
+    if client_pod:
+        assert f"client {client_pod} ({client}) on " in text.stdout, text.stdout
+
+    pcap = both.parent / "both.pcapng"
+    exported = podtrace.run("export", str(both), "--pcapng", str(pcap))
+    assert exported.returncode == 0 and pcap.stat().st_size > 0, exported.stderr
 
 
 def test_recordings_of_unrelated_runs_are_refused(client_pod: str, tmp_path: Path) -> None:
@@ -96,6 +153,27 @@ def test_recordings_of_unrelated_runs_are_refused(client_pod: str, tmp_path: Pat
     assert len(lines) == 1 and "share no packet" in lines[0] and "Traceback" not in refused.stderr, refused.stderr
 
 
+FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "recordings"
+
+
+def test_a_full_disk_writes_no_merged_file_and_says_so_in_one_line() -> None:
+    """The real merge-a/merge-b recordings merged onto a 4 KiB tmpfs: the merged file (~10 KiB) does not fit."""
+    mount = Path(tempfile.mkdtemp(prefix="pti22-full-"))
+    sh("mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount))
+    try:
+        output = mount / "both.ptrec"
+        result = podtrace.run("merge", str(FIXTURES / "merge-a.ptrec.gz"), str(FIXTURES / "merge-b.ptrec.gz"),
+                              "-o", str(output))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [
+            f"podtrace: cannot write {output}: the disk is full; nothing was written (a merged recording is "
+            "written whole or not at all)"], result.stderr
+        assert list(mount.iterdir()) == []  # neither the file nor its temporary
+    finally:
+        sh("umount", str(mount))
+        mount.rmdir()
+
+
 def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journey(tmp_path: Path) -> None:
     """pt-node1 and pt-node2 recorded at once during drop-backend: the client's SYNs to web-2 leave node1 (DNAT,
     VXLAN) and die in node2's FORWARD chain; merge shows that journey, clocks aligned from the matches."""
@@ -108,6 +186,10 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
         paths = {node: tmp_path / f"{node}.ptrec.gz" for node in ("pt-node1", "pt-node2")}
         recorders = [podtrace.start("record", "-o", str(path), "--netns", node, "tcp port 8080")
                      for node, path in paths.items()]
+        # and the two-node recording of the same run, that the merged one must agree with
+        two_node = tmp_path / "two-node.ptrec.gz"
+        recorders.append(podtrace.start("record", "-o", str(two_node), "--node", "pt-node1", "--node", "pt-node2",
+                                        "tcp port 8080"))
         try:
             sent = traffic.probe("default/web:http", count=30, timeout=0.5)
         finally:
@@ -125,3 +207,11 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
         assert journey["path"][0]["node"].endswith("/pt-node1") and journey["path"][-1]["node"].endswith("/pt-node2")
         assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["node"].endswith("/pt-node2")
     assert lines[-1]["clock"].startswith("clocks aligned from"), lines[-1]
+    _merged_report_shows_the_journeys(paths["pt-node1"], paths["pt-node2"], tmp_path / "both.ptrec.gz",
+                                      client="10.244.0.2", backend="10.244.1.2", port=8080, dropped_in="pt-node2",
+                                      client_pod=None, journeys=None, one_way_only=False)
+    # the drops at web-2 in the merged recording are those the two-node recording of the same run saw
+    for path in (*paths.values(), two_node):
+        assert _report_json(path)[-1]["lost"] == 0, path  # else the recordings could not agree
+    merged_drops = _drops(_report_json(tmp_path / "both.ptrec.gz"), "pt-node2", "10.244.1.2", 8080)
+    assert merged_drops == _drops(_report_json(two_node), "pt-node2", "10.244.1.2", 8080) > 0

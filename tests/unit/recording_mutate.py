@@ -8,6 +8,7 @@ flipped in payloads. Seeded random.Random only: the same seed gives the same cor
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import random
@@ -92,7 +93,8 @@ def mutate_json(rng: random.Random, payload: bytes) -> bytes:
     if choice == 3:  # the whole record another JSON type
         return json.dumps(rng.choice([[], "x", 1, None, [{}]])).encode()
     for _ in range(1 + rng.randrange(3)):  # wrong types and out-of-range values
-        data = _set(data, rng.choice(_paths(data)), rng.choice(HOSTILE))
+        # a copy: the same list or object put twice, once inside the other, would be a cycle json.dumps refuses
+        data = _set(data, rng.choice(_paths(data)), copy.deepcopy(rng.choice(HOSTILE)))
         if not isinstance(data, dict):
             break
     return json.dumps(data).encode("utf-8", "surrogatepass")

@@ -2,7 +2,8 @@
 
 The seed corpus is the real recordings in tests/unit/fixtures/recordings: v1.ptrec as recorded, and the same file
 with the real `links`/`conntrack` entries of node-links.json put in its header and trailer, and with the lab's real
-iptables-save and nft output (tests/unit/fixtures/kubeproxy) as its recorded Services, each plain, gzip and zstd.
+iptables-save and nft output (tests/unit/fixtures/kubeproxy) as its recorded Services, and the merged recording
+(`podtrace merge -o`) of merge-a/merge-b.ptrec.gz, each plain, gzip and zstd.
 tests/unit/recording_mutate.py derives the variants (CRCs recomputed) from a fixed seed; a worker process
 (tests/unit/recording_fuzz_worker.py) reads them. Every read must end in a normal result or one podtrace line:
 no traceback, no hang, and the worker's peak RSS under RSS_BOUND_MIB.
@@ -14,12 +15,14 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import recording_mutate as mutate
 
+from tracer.cmd_merge import merge_files
 from tracer.recording import KIND_HEADER, KIND_TRAILER, encode_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recordings"
@@ -49,7 +52,11 @@ def seeds() -> dict[str, list[tuple[int, bytes]]]:
         "nft -j list ruleset": (rules / "lab-nft-node1.json").read_text(), "ipvsadm -Ln": None}}]}
     with_services = [(KIND_HEADER, json.dumps({**json.loads(plain[0][1]), "services": services}).encode()),
                      *plain[1:]]
-    return {"v1": plain, "node": with_node, "services": with_services}
+    with tempfile.TemporaryDirectory() as directory:  # the merge of the two real merge-a/merge-b recordings
+        both = str(Path(directory) / "both.ptrec")
+        merge_files([str(FIXTURES / "merge-a.ptrec.gz"), str(FIXTURES / "merge-b.ptrec.gz")], both)
+        merged = mutate.records_of(both)
+    return {"v1": plain, "node": with_node, "services": with_services, "merged": merged}
 
 
 def corpus(directory: Path) -> list[Path]:

@@ -1,0 +1,342 @@
+"""The merged recording (`podtrace merge A B -o BOTH`, tracer/merged_recording.py) read back by the report, export,
+the API and the TUI's replay. Two recordings of two machines written with the real Recorder, packets built with
+scapy: node A (host netns 4026531840, boot 1 s before the epoch used here) transmits three SYNs over VXLAN from pod
+10.244.0.2; node B (also netns 4026531840, its wall clock 5 ms ahead, another boot, another drop-reason numbering
+and symbol layout) drops each, after 40, 50 and 60 us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+
+from tracer import cli
+from tracer.api import merge, open_recording
+from tracer.errors import RecordingError
+from tracer.events import (
+    CT_STRUCT,
+    EVENT_CT,
+    EVENT_DROP,
+    EVENT_PATH,
+    EVENT_SIZE,
+    FLAG_INNER,
+    POINT_XMIT,
+    PacketEvent,
+    Tuple,
+    decode,
+    encode,
+)
+from tracer.recording import KIND_HEADER, KIND_TRAILER, Recorder, RecordWriter
+from tracer.replay import ReplaySource
+
+HOST = 4026531840  # every host's own network namespace has this inode
+SKEW_NS = 5_000_000  # node B's wall clock runs 5 ms ahead
+OFFSET_A = 1_000_000_000  # wall minus monotonic: when each machine booted
+OFFSET_B = 7_000_000_000
+SENT_WALL = [10_000_000_000 + k * 1_000_000 for k in range(3)]  # true wall times A sent each SYN
+LATENCY_NS = [40_000, 50_000, 60_000]
+LOCATION = 0xFFFFFFFF81A2B3C4  # both kernels have a symbol here, not the same one
+
+
+def _tuple(ip: IP, l4: TCP | UDP) -> Tuple:
+    return Tuple(socket.inet_aton(ip.src).ljust(16, b"\0"), socket.inet_aton(ip.dst).ljust(16, b"\0"), l4.sport,
+                 l4.dport, 4, ip.proto, 0, 0, 0, ip.len)
+
+
+def _syn(k: int) -> IP:
+    return IP(src="10.244.0.2", dst="10.244.1.2", id=100 + k, flags="DF") / TCP(sport=40000 + k, dport=8080,
+                                                                                 flags="S", seq=7000 + k)
+
+
+def _event(packet: IP, ts_ns: int, kind: int, reason: int, location: int = 0, vxlan: bool = False,
+           skb: int = 0xFFFF888000001000) -> bytes:
+    inner = IP(bytes(packet))
+    raw = bytes(IP(src="192.168.77.1", dst="192.168.77.2") / UDP(sport=40000, dport=8472) / VXLAN(vni=1)
+                / Ether() / inner) if vxlan else bytes(inner)
+    outer = IP(raw)
+    l4 = outer[UDP] if vxlan else outer[TCP] if TCP in outer else outer[UDP]
+    inner_tuple = _tuple(inner, inner[TCP] if TCP in inner else inner[UDP]) if vxlan else None
+    return encode(PacketEvent(kind, 0, ts_ns, skb, location, reason, HOST, 2, len(raw), 0, 0x0800,
+                              FLAG_INNER if vxlan else 0,
+                              min(len(raw), 128), 1 if vxlan else 0, "eth0" if vxlan else "cni0", _tuple(outer, l4),
+                              inner_tuple, raw[:128]))
+
+
+def _ct(ts_ns: int, skb: int) -> bytes:
+    empty = (bytes(16), bytes(16), 0, 0, 0, 0, 0, 0, 0, 0)
+    return CT_STRUCT.pack(EVENT_CT, 0, ts_ns, skb, HOST, 0, 0, 0, 0, 0, 0, *empty, *empty)
+
+
+def _header(host: str, offset: int, reasons: dict[str, str], pods: dict[str, str]) -> dict[str, Any]:
+    return {"format_version": 1, "kernel_release": f"6.1.0-{host}", "hostname": host,
+            "clock": {"wall_ns": 9_000_000_000, "monotonic_ns": 9_000_000_000 - offset, "wall_offset_ns": offset},
+            "drop_reasons": reasons, "attached": ["raw tracepoint kfree_skb"],
+            "filter": {"expression": "tcp", "netns": None},
+            "names": {"netns": {}, "lab": None, "pods": pods},
+            "conntrack": {"nodes": [{"netns": None, "error": "not read in this test"}]}}
+
+
+def _write(path: Path, header: dict[str, Any], events: list[bytes], symbol: str, end_wall: int) -> None:
+    recorder = Recorder(str(path), header, lambda inode: "host", lambda address: symbol)
+    recorder.add(events)
+    recorder.close({"lost": 1, "events": len(events)}, end_wall)
+
+
+A_EVENTS = [_event(_syn(k), SENT_WALL[k] - OFFSET_A, EVENT_PATH, POINT_XMIT, vxlan=True) for k in range(3)]
+A_EVENTS.append(_event(IP(src="10.244.0.9", dst="10.244.0.2", id=9) / TCP(sport=1, dport=2, seq=1),
+                       SENT_WALL[2] + 500_000 - OFFSET_A, EVENT_DROP, 2, LOCATION))  # NO_SOCKET on node A
+B_EVENTS: list[bytes] = []
+for _k in range(3):
+    _ts = SENT_WALL[_k] + LATENCY_NS[_k] + SKEW_NS - OFFSET_B
+    B_EVENTS += [_ct(_ts, 0xFFFF888000002000 + _k),
+                 _event(_syn(_k), _ts, EVENT_DROP, 5, LOCATION, skb=0xFFFF888000002000 + _k)]
+
+
+@pytest.fixture
+def recordings(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "node-a.ptrec.gz", tmp_path / "node-b.ptrec"
+    _write(a, _header("node-a", OFFSET_A, {"2": "NO_SOCKET", "3": "NETFILTER_DROP"},
+                      {"10.244.0.2": "default/frontend-7"}), A_EVENTS, "tcp_v4_rcv+0x99", SENT_WALL[2] + 10**9)
+    _write(b, _header("node-b", OFFSET_B, {"5": "NETFILTER_DROP"}, {"10.244.1.2": "default/web-2"}), B_EVENTS,
+           "nft_do_chain+0x46f", SENT_WALL[2] + SKEW_NS + 10**9)
+    return a, b
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def both(recordings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    out = tmp_path / "both.ptrec"
+    code, _out, err = run_cli(capsys, "merge", str(recordings[0]), str(recordings[1]), "-o", str(out))
+    assert code == 0, err
+    assert err == f"wrote {out}: 10 events of node-a/host and node-b/host, 3 journeys\n"
+    return out
+
+
+def _read(path: Path) -> tuple[ReplaySource, list[bytes]]:
+    source = ReplaySource(str(path))
+    events = list(source)
+    source.close()
+    return source, events
+
+
+def test_both_nodes_events_are_on_the_first_clock_and_each_attributable_to_its_node(both: Path) -> None:
+    source, events = _read(both)
+    merged = source.header["merged"]
+    assert source.header["format_minor"] == 5 and not source.truncated
+    assert [node["name"] for node in merged["nodes"]] == ["node-a/host", "node-b/host"]
+    # one inode on both machines: node b's moves, both names say their node
+    moved = merged["nodes"][1]["netns"]
+    assert merged["nodes"][0]["netns"] == [HOST] and len(moved) == 1 and moved[0] != HOST
+    assert source.names.netns == {HOST: "node-a:host", moved[0]: "node-b:host"}
+    assert len(events) == len(A_EVENTS) + len(B_EVENTS)
+    a_events = [raw for raw in events if int.from_bytes(raw[36 if len(raw) == EVENT_SIZE else 24:][:4],
+                                                        "little") == HOST]
+    assert a_events == A_EVENTS  # node a's events byte for byte
+    timestamps = [int.from_bytes(raw[8:16], "little") for raw in events]
+    assert timestamps == sorted(timestamps)
+    drops = [decode(raw) for raw in events if raw[0] == EVENT_DROP and decode(raw).netns == moved[0]]
+    # one way only: the fastest SYN (40 us) is taken as instant, the others 10 and 20 us slower
+    assert [d.ts_ns for d in drops] == [SENT_WALL[k] - OFFSET_A + LATENCY_NS[k] - LATENCY_NS[0] for k in range(3)]
+    assert {source.names.reasons[d.reason] for d in drops} == {"NETFILTER_DROP"}
+    assert {source.names.symbol(d.location) for d in drops} == {"nft_do_chain+0x46f"}  # moved off a's address
+    assert source.names.symbol(LOCATION) == "tcp_v4_rcv+0x99"
+    for index, raw in enumerate(events):  # each drop's conntrack event still right before it, same skb
+        if raw[0] == EVENT_CT:
+            assert events[index + 1][0] == EVENT_DROP and events[index + 1][16:24] == raw[16:24]
+    assert source.counters()["lost"] == 2  # both nodes' lost events
+    clock = merged["clock"]
+    assert clock["offset_ns"] == -(SKEW_NS + LATENCY_NS[0])  # b's wall clock back by its skew and the fastest SYN
+    assert not clock["both_ways"] and clock["pairs"] == 3 and merged["matched_packets"] == 3
+
+
+def test_report_shows_the_cross_node_journeys_and_each_node_s_drops(both: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "report", str(both))
+    assert code == 0, err
+    assert err.startswith("merged recording of node-a/host and node-b/host from ")
+    assert "cross-node journeys: merged recording of node-a/host (node-a.ptrec.gz) and node-b/host" in out
+    assert ("clocks aligned from 3 matched packets, packets one way only: latencies are relative to the fastest "
+            "packet; no clock is assumed synchronised, so this is an estimate") in " ".join(out.split())
+    assert "3 packets matched in 3 flows, 3 of them dropped" in out
+    assert out.count("1 matched, client default/frontend-7 (10.244.0.2) on node-a/host\n"
+                     "         +0.0 us  node-a/host  xmit host/eth0\n") == 3
+    assert "       +20.0 us  node-b/host  dropped in host/cni0\n" in out
+    assert out.count("died at node-b/host (host): 1 x NETFILTER_DROP") == 3
+    assert "one way 20.0 us (relative to the fastest packet)" in out
+    # the drop tables, one per node: node a's NO_SOCKET under it, node b's NETFILTER_DROPs under b
+    section_a = out.split("drops on node-a/host:\n", 1)[1].split("drops on node-b/host:\n", 1)
+    assert "NO_SOCKET" in section_a[0] and "node-a:host/cni0" in section_a[0] and "NETFILTER" not in section_a[0]
+    assert "NETFILTER_DROP" in section_a[1] and "node-b:host/cni0" in section_a[1] and "NO_SOCKET" not in \
+        section_a[1].split("conntrack ", 1)[0]
+
+    code, out, err = run_cli(capsys, "report", "--json", str(both))
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    journeys = [line for line in lines if line.get("journey")]
+    assert [(j["src"], j["dst"], j["client_pod"], j["died"]["reason"], j["one_way_us"]) for j in journeys] == [
+        ("10.244.0.2", "10.244.1.2", "default/frontend-7", "NETFILTER_DROP", float(k * 10)) for k in range(3)]
+    rows = {(row["reason"], row["netns"]): row for row in lines if "reason" in row and "count" in row}
+    assert rows[("NETFILTER_DROP", "node-b:host")]["count"] == 3
+    assert rows[("NETFILTER_DROP", "node-b:host")]["dst_pod"] == "default/web-2"  # both nodes' pod names
+    assert rows[("NO_SOCKET", "node-a:host")]["count"] == 1
+    assert rows[("NO_SOCKET", "node-a:host")]["node"] == "node-a/host"
+    assert rows[("NETFILTER_DROP", "node-b:host")]["node"] == "node-b/host"
+    assert lines[-1]["events"] == 7 and lines[-1]["lost"] == 2  # conntrack events are part of their drops
+    merged = next(line for line in lines if line.get("merged"))
+    assert merged["clock"]["estimate"] and not merged["clock"]["both_ways"]
+
+
+def test_export_and_the_api_read_it(both: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run_cli(capsys, "export", str(both), "--pcapng", str(tmp_path / "both.pcapng"))
+    assert code == 0, err
+    assert "wrote 7 packets" in err  # 4 of node a, 3 of node b
+    recording = open_recording(str(both))
+    assert recording.merged is not None and [j["packets"] for j in recording.journeys()] == [1, 1, 1]
+    assert sum(row["count"] for row in recording.drop_rows()) == 4
+
+
+def test_the_api_merges_as_the_command_does(recordings: tuple[Path, Path], tmp_path: Path) -> None:
+    found = merge(str(recordings[0]), str(recordings[1]))
+    assert [j["died"]["node"] for j in found] == ["node-b/host"] * 3
+    out = tmp_path / "api.ptrec.gz"
+    assert merge(str(recordings[0]), str(recordings[1]), output=str(out)) == found
+    assert open_recording(str(out)).journeys() == found
+
+
+def test_an_existing_output_is_refused_and_left_alone(recordings: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "both.ptrec"
+    out.write_bytes(b"keep me")
+    code, _out, err = run_cli(capsys, "merge", str(recordings[0]), str(recordings[1]), "-o", str(out))
+    assert code == 2 and err.count("\n") == 1 and "an existing file, refused" in err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_recordings_sharing_no_packet_write_no_file(recordings: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.ptrec"
+    _write(other, _header("node-c", OFFSET_B, {"5": "NETFILTER_DROP"}, {}),
+           [_event(IP(src="10.9.0.1", dst="10.9.0.2", id=5) / TCP(sport=3, dport=4, seq=9), 5, EVENT_DROP, 5)], "x", 1)
+    before = set(os.listdir(tmp_path))
+    code, out, err = run_cli(capsys, "merge", str(recordings[0]), str(other), "-o", str(tmp_path / "both.ptrec"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "share no packet" in err
+    assert set(os.listdir(tmp_path)) == before  # no file, no temporary
+
+
+def test_a_merged_recording_is_not_merged_again(both: Path, recordings: tuple[Path, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run_cli(capsys, "merge", str(both), str(recordings[1]))
+    assert code == 2 and err.count("\n") == 1 and "already a merged recording (of 2 nodes)" in err
+
+
+def test_a_truncated_merged_file_is_one_line_error_after_what_it_held(both: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cut = tmp_path / "cut.ptrec"
+    data = both.read_bytes()
+    cut.write_bytes(data[: len(data) - 200])  # inside the last events record and its trailer
+    code, out, err = run_cli(capsys, "report", str(cut))
+    assert code == 1
+    assert "cross-node journeys" in out  # the header and what came before the cut
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("merged recording of")  # the description, then the error
+    assert lines[1].startswith(f"podtrace: {cut}: merged recording cut short") and "Traceback" not in err
+
+
+def _with_merged(path: Path, merged: Any) -> None:
+    writer = RecordWriter(str(path))
+    writer.write_json(KIND_HEADER, {"format_version": 1, "format_minor": 5, "merged": merged})
+    writer.write_json(KIND_TRAILER, {"counters": {}, "events": 0, "total_events": 0, "next": None})
+    writer.close()
+
+
+def test_the_merged_header_is_schema_checked(both: Path, tmp_path: Path) -> None:
+    good = ReplaySource(str(both)).header["merged"]
+    three = tmp_path / "three.ptrec"
+    _with_merged(three, {**good, "nodes": good["nodes"] * 2})
+    with pytest.raises(RecordingError, match=r"merged\.nodes should be a list of 2"):
+        ReplaySource(str(three))
+    hop = tmp_path / "hop.ptrec"
+    journey = {**good["journeys"][0], "path": [{"node": "a", "at": "x", "t_us": "soon"}]}
+    _with_merged(hop, {**good, "journeys": [journey]})
+    with pytest.raises(RecordingError, match=r"merged\.journeys\[0\]\.path\[0\]\.t_us should be a finite number"):
+        ReplaySource(str(hop))
+
+
+def test_tui_replay_opens_the_merged_file_with_both_nodes_drops(both: Path) -> None:
+    from tui.app import PodtraceApp
+    from tui.sources import open_replay
+
+    source, info = open_replay(str(both))
+    app = PodtraceApp(source, info)
+
+    async def drops() -> list[tuple[str, str, int]]:
+        async with app.run_test(size=(100, 30)) as pilot:
+            for _ in range(100):
+                if app.snapshot is not None and len(app.snapshot.drops) == 2:
+                    break
+                await pilot.pause(0.05)
+            assert app.snapshot is not None
+            return [(row["reason"], row["netns"], row["count"]) for row in app.snapshot.drops]
+
+    assert sorted(asyncio.run(drops())) == [("NETFILTER_DROP", "node-b:host", 3), ("NO_SOCKET", "node-a:host", 1)]
+
+
+def test_two_recordings_of_one_machine_share_its_namespaces_and_an_event_both_saw_is_written_once(
+        recordings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a second recorder on node a (same host, same boot): the SYNs' drops, and node a's own NO_SOCKET drop again
+    drops = [_event(_syn(k), SENT_WALL[k] + LATENCY_NS[k] - OFFSET_A, EVENT_DROP, 3, LOCATION) for k in range(3)]
+    again = tmp_path / "node-a-again.ptrec"
+    _write(again, _header("node-a", OFFSET_A + 300, {"2": "NO_SOCKET", "3": "NETFILTER_DROP"}, {}),
+           [*drops, A_EVENTS[3]], "tcp_v4_rcv+0x99", SENT_WALL[2] + 10**9)
+    out = tmp_path / "same.ptrec"
+    code, _out, err = run_cli(capsys, "merge", str(recordings[0]), str(again), "-o", str(out))
+    assert code == 0, err
+    source, events = _read(out)
+    assert [node["netns"] for node in source.header["merged"]["nodes"]] == [[HOST], [HOST]]
+    assert source.names.netns == {HOST: "host"}  # one namespace: nothing renamed
+    assert len(events) == len(A_EVENTS) + len(drops)  # the NO_SOCKET drop both recorded, once
+    assert events.count(A_EVENTS[3]) == 1
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recordings"
+
+
+def test_real_recordings_of_two_namespaces_merge_into_the_journeys_of_the_dropped_syns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """merge-a/merge-b.ptrec.gz (fixtures/recordings/README.md): 3 connection attempts, their SYNs dropped by an
+    INPUT DROP rule in the second namespace; merge.drops.json is what `podtrace drops` printed live there."""
+    run = json.loads((FIXTURES / "merge.drops.json").read_text())
+    live = sum(row["count"] for row in run["drops"] if row.get("reason") == "NETFILTER_DROP")
+    out = tmp_path / "both.ptrec.gz"
+    code, _out, err = run_cli(capsys, "merge", str(FIXTURES / "merge-a.ptrec.gz"), str(FIXTURES / "merge-b.ptrec.gz"),
+                              "-o", str(out))
+    assert code == 0, err
+    code, text, err = run_cli(capsys, "report", "--json", str(out))
+    assert code == 0, err
+    lines = [json.loads(line) for line in text.splitlines()]
+    client, server, port = run["client"], run["server"], run["port"]
+    drops = [row for row in lines if row.get("reason") == "NETFILTER_DROP" and "count" in row]
+    assert [row["netns"] for row in drops] == [run["nodes"][1]] and sum(row["count"] for row in drops) == live
+    journeys = [line for line in lines if line.get("journey")]
+    assert len(journeys) == run["attempts"]  # one flow per attempt (its own source port)
+    for journey in journeys:
+        assert (journey["src"], journey["dst"], journey["flow"].endswith(f":{port}")) == (client, server, True)
+        assert journey["path"][0]["node"].endswith(f"/{run['nodes'][0]}")
+        assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["netns"] == run["nodes"][1]
+    assert sum(journey["died"]["packets"] for journey in journeys) == live  # every dropped SYN was matched
+    merged = next(line for line in lines if line.get("merged"))
+    assert not merged["clock"]["both_ways"] and merged["matched_packets"] == live
