@@ -218,7 +218,7 @@ def read_rules(path: str) -> ServiceMap:
 def merge(first: str, second: str, output: str | None = None) -> list[dict[str, Any]]:
     """The journeys of the packets two nodes' recordings both saw (as `podtrace merge --json`); with `output`, also
     write the merged recording there (never over an existing file). PodtraceError when they share no packet."""
-    from tracer.cmd_merge import merge_files  # noqa: PLC0415
+    from tracer.cmd_merge import merge_files
 
     return merge_files([first, second], output).journeys
 

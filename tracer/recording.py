@@ -625,7 +625,7 @@ def nat_to_json(record: NatRecord) -> dict[str, Any]:
 
 def nat_from_json(data: dict[str, Any]) -> NatRecord:
     """The NatRecord of a NAT_FLOWS list entry (RecordingError when it is not one)."""
-    from tracer import flows  # noqa: PLC0415 - keeps this module free of the flow/kube-proxy code
+    from tracer import flows  # keeps this module free of the flow/kube-proxy code
 
     try:
         return flows.NatRecord(before=tuple_from_json(data["before"]), after=tuple_from_json(data["after"]),
@@ -650,7 +650,7 @@ def softirq_to_json(snapshot: SoftirqSnapshot) -> dict[str, Any]:
 
 
 def softirq_from_json(data: dict[str, Any]) -> SoftirqSnapshot:
-    from tracer import softirq  # noqa: PLC0415 - only for recordings that hold softirq snapshots
+    from tracer import softirq  # only for recordings that hold softirq snapshots
 
     def hist(item: dict[str, Any]) -> softirq.Log2Hist:
         slots = [0] * softirq.SLOTS

@@ -336,7 +336,7 @@ SOFTIRQ = Obj({"ts": Num(), "hists": Map(Map(HIST, max_len=16), int_keys=True, m
 
 def schema_of(kind: int) -> Schema:
     """The schema of a JSON record kind (tracer.recording.KIND_*); ANY for kinds this reader does not know."""
-    from tracer import recording  # noqa: PLC0415 - the kind numbers live with the format
+    from tracer import recording  # the kind numbers live with the format
 
     return {recording.KIND_HEADER: HEADER, recording.KIND_TRAILER: TRAILER, recording.KIND_NAMES: NAMES,
             recording.KIND_COUNTERS: COUNTERS_RECORD, recording.KIND_NAT_FLOWS: NAT_FLOWS,

@@ -422,7 +422,7 @@ def _serve(
             send(("reply", ident, True, value))
         except PodtraceError as err:  # a bad filter: the UI shows its one line
             send(("reply", ident, False, err.one_line()))
-        except Exception as err:  # noqa: BLE001 - the UI shows it; the reader keeps going
+        except Exception as err:  # the UI shows it; the reader keeps going
             send(("reply", ident, False, str(err)))
     reader.stopped.set()
 
@@ -430,7 +430,7 @@ def _serve(
 def _answer_cause(send: Callable[[tuple[Any, ...]], None], ident: int, model: Model, args: tuple[Any, ...]) -> None:
     try:
         send(("reply", ident, True, model.cause(*args)))
-    except Exception as err:  # noqa: BLE001 - the drill-down says it; the reader keeps going
+    except Exception as err:  # the drill-down says it; the reader keeps going
         send(("reply", ident, False, str(err) or type(err).__name__))
 
 

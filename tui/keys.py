@@ -14,4 +14,4 @@ def deliver_key(app: Any, key: str) -> None:
     """`key` into the app's driver, as a terminal's input thread posts it."""
     event = events.Key(key, key)
     event.set_sender(app)
-    app._driver.send_message(event)  # noqa: SLF001 - the driver is what a real terminal feeds
+    app._driver.send_message(event)  # the driver is what a real terminal feeds

@@ -319,7 +319,7 @@ class Model:
                     # start, as its packet counts are, whatever the window.
                     uses_drops = getattr(source, "uses_drops", False)
                     tables[name] = source.rows(drops=rows) if uses_drops else source.rows()  # type: ignore[call-arg]
-                except Exception:  # noqa: BLE001 - a broken extra table must not stop the drops view
+                except Exception:  # a broken extra table must not stop the drops view
                     tables[name] = []
             return Snapshot(self.events, self.received, rate, dict(counters), shown, len(self.drops), self.drops.total,
                             self.drops.evicted, self.path_events, self.filter_text, tables, dict(self.probe_events),

@@ -133,7 +133,7 @@ class TuiRecording:
             recorder = Recorder(self.path, self._header(), self._names.netns, self._names.symbol)
             recorder.write_counters(self._counters(), time.monotonic_ns(), self._probes())
             recorder.flush()
-        except Exception as err:  # noqa: BLE001 - header probes and file IO fail broadly; the header says it
+        except Exception as err:  # header probes and file IO fail broadly; the header says it
             self.error = f"recording failed: {err}"
             return
         with self._lock:

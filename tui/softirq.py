@@ -102,7 +102,7 @@ class SoftirqTable:
                 with self._lock:
                     self._aggregator.add(snapshot)
                 self._stopped.wait(self.interval)
-        except Exception as err:  # noqa: BLE001 - BCC raises broadly; the view says what failed
+        except Exception as err:  # BCC raises broadly; the view says what failed
             self.error = err.one_line() if isinstance(err, PodtraceError) else str(err) or type(err).__name__
         finally:
             probe.close()

@@ -156,7 +156,7 @@ class Reader:
             self._loop()
         except PodtraceError as err:
             self.post(SourceFailed(err.one_line()))
-        except Exception as err:  # noqa: BLE001 - shown in the TUI rather than lost in a dead thread
+        except Exception as err:  # shown in the TUI rather than lost in a dead thread
             self.post(SourceFailed(f"the event source failed: {err}"))
         finally:
             close = getattr(self.source, "close", None)
@@ -196,7 +196,7 @@ class Reader:
         assert self.info.probe_plan is not None
         try:
             plan = self.info.probe_plan()
-        except Exception as err:  # noqa: BLE001 - BCC and netlink raise broadly; the view says what failed
+        except Exception as err:  # BCC and netlink raise broadly; the view says what failed
             self.post(PlanReady(None, f"could not probe the attach ladder: {err}"))
             return
         finally:

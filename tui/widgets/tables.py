@@ -78,7 +78,7 @@ class DropsTable(DataTable[Any]):
             return None
         try:
             return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
-        except Exception:  # noqa: BLE001 - an empty or shrinking table has no cursor row
+        except Exception:  # an empty or shrinking table has no cursor row
             return None
 
 
