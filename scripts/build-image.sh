@@ -13,6 +13,8 @@
 # into the RUN steps only (podman, buildah), never copied into the image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/debootstrap.sh
+source scripts/lib/debootstrap.sh
 
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -1)
 TAG=${1:-podtrace:$VERSION}
@@ -105,13 +107,8 @@ else
     apt_install debootstrap
     rootfs=$(mktemp -d /var/tmp/podtrace-rootfs.XXXXXX)
     trap 'rm -rf "$rootfs"' EXIT
-    debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR"
-    # What the official image has and debootstrap does not: the updates and security suites, and no caches.
-    cat >"$rootfs/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb http://deb.debian.org/debian-security $SUITE-security main
-EOF
+    debootstrap_tree "$rootfs" "$SUITE" "$MIRROR"
+    # What the official image has and debootstrap does not: no caches.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log \
         "${rootfs:?}"/tmp/* "${rootfs:?}"/dev/*
     if [ "$engine" = buildah ]; then  # buildah has no import: a scratch container with the tree copied in

@@ -10,6 +10,8 @@
 # `make test`: it downloads a system and takes as long as the suite itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/debootstrap.sh
+source scripts/lib/debootstrap.sh
 
 keep=0
 if [ "${1:-}" = --keep ]; then keep=1; shift; fi
@@ -24,7 +26,11 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "fresh-machine-test: needs root (debootstrap, mounts, chroot)" >&2
     exit 1
 fi
-command -v debootstrap >/dev/null || { echo "fresh-machine-test: needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
+if ! command -v debootstrap >/dev/null; then
+    step "installing debootstrap (this machine's, not the tree's)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null ||
+        { echo "fresh-machine-test: cannot install debootstrap (apt-get install debootstrap)" >&2; exit 1; }
+fi
 
 mounted=()
 # shellcheck disable=SC2317  # run by the EXIT trap
@@ -50,12 +56,7 @@ mnt() {  # mnt TARGET ARGS...: mount inside the tree, remembered for the cleanup
 if [ ! -x "$ROOTFS/usr/bin/apt-get" ]; then
     step "debootstrap --variant=minbase $SUITE $ROOTFS (from $MIRROR)"
     rm -rf --one-file-system "$ROOTFS"
-    debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR"
-    cat >"$ROOTFS/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb http://deb.debian.org/debian-security $SUITE-security main
-EOF
+    debootstrap_tree "$ROOTFS" "$SUITE" "$MIRROR"
 else
     step "reusing $ROOTFS"
 fi
@@ -85,6 +86,13 @@ in_tree() {
         LANG=C.UTF-8 CI=true "$@"
 }
 
+# The machine's own trust store: a machine on this network (behind a TLS-inspecting egress proxy) comes with the
+# proxy's CA installed locally, so it goes in the same place here; ca-certificates' postinst adds it to the bundle.
+# Nothing of the project's setup is done for it.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+fi
 step "what a user brings: make, git, certificates"
 in_tree bash -c 'export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends make git ca-certificates'
 step "cloning $(git rev-parse --short HEAD) into /root/podtrace"
