@@ -219,7 +219,8 @@ def parse_target(text: str) -> tuple[str, int | None]:
 
 def run_mtu(args: argparse.Namespace) -> int:
     from tracer import bccenv
-    from tracer.mtu import collect_path, verdict
+    from tracer.mtu import verdict
+    from tracer.mtu_path import collect_path
     from tracer.mtuprobe import run_probe
 
     bccenv.require_root("podtrace mtu")

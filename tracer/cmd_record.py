@@ -18,10 +18,10 @@ from tracer.cause_state import add_causes
 from tracer.declared_names import declared_json
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
 from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
+from tracer.flannel import SUBNET_ENV
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
 from tracer.layout import add_wide_option, table_width
-from tracer.mtu import SUBNET_ENV
 from tracer.podnames import resolver_for
 from tracer.recorded_node import relevant
 from tracer.recording import (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+SUBNET_ENV = "/run/flannel/subnet.env"  # where flannel writes it on every node
+
 
 def parse_subnet_env(text: str) -> dict[str, str]:
     """KEY=VALUE lines of flannel's subnet.env (FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ)."""

@@ -24,15 +24,10 @@ from typing import Any
 
 from tracer.errors import PodtraceError, UsageError
 from tracer.events import EVENT_PATH, POINT_RX, PacketEvent
-from tracer.mtu import (
-    ICMP_FRAG_NEEDED,
-    LiveCounts,
-    MtuEventCounter,
-    SnmpWatch,
-    collect_path,
-    icmp_sent,
-    next_hop_mtu,
-)
+from tracer.mtu import LiveCounts
+from tracer.mtu_events import ICMP_FRAG_NEEDED, MtuEventCounter, icmp_sent, next_hop_mtu
+from tracer.mtu_path import collect_path
+from tracer.mtu_snmp import SnmpWatch
 
 HEADERS = {"icmp": 28, "udp": 28, "tcp": 40}  # IPv4 20 + ICMP 8 / UDP 8 / TCP 20
 DEFAULT_PORTS = {"udp": 33434, "tcp": 80, "icmp": 0}

@@ -22,19 +22,10 @@ from typing import Any
 from tracer.conntrack import CpuStats, Health
 from tracer.errors import PodtraceError
 from tracer.events import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent
+from tracer.flannel import SUBNET_ENV, parse_subnet_env
 from tracer.flows import NodeConntrack
-from tracer.mtu import (
-    MTU_DROP_REASONS,
-    OVERLAY_KINDS,
-    SUBNET_ENV,
-    LinkInfo,
-    LiveCounts,
-    MtuEventCounter,
-    MtuVerdict,
-    PathLinks,
-    parse_subnet_env,
-    verdict,
-)
+from tracer.mtu import OVERLAY_KINDS, LinkInfo, LiveCounts, MtuVerdict, PathLinks, verdict
+from tracer.mtu_events import MTU_DROP_REASONS, MtuEventCounter
 
 NETNS_DIR = "/run/netns"
 MAX_POD_NAMES = 4  # pods named on a verdict line before "and N more"

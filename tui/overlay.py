@@ -1,5 +1,5 @@
 """The Overlay/MTU view, from the events the model sees: VXLAN packets per device and VNI, IPv4 fragments, ICMP
-frag-needed and ICMPv6 packet-too-big (with the MTU they quote, tracer.mtu), too-big drops and reassembly
+frag-needed and ICMPv6 packet-too-big (with the MTU they quote, tracer.mtu_events), too-big drops and reassembly
 timeouts (a fragment that never came: not a packet too big, so counted apart).
 
 Pure and event-fed (`uses_events`: the model calls `add` for every event its view filter keeps and `reset` when
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.events import PacketEvent
-from tracer.mtu import (
+from tracer.mtu_events import (
     REASM_TIMEOUT_REASON,
     TOO_BIG_REASONS,
     is_frag_needed,

@@ -25,22 +25,18 @@ from tracer.events import (
     encode,
 )
 from tracer.flannel import parse_subnet_env
-from tracer.mtu import (
+from tracer.mtu import LinkInfo, LiveCounts, PathLinks, verdict
+from tracer.mtu_events import (
     FRAG_NEEDED_BY_TRACEPOINT,
     MTU_DROP_REASONS,
     PTB_BY_PATH,
     TOO_BIG_REASONS,
-    LinkInfo,
-    LiveCounts,
     MtuEventCounter,
-    PathLinks,
     is_frag_needed,
     is_packet_too_big,
     next_hop_mtu,
-    parse_snmp,
-    snmp_delta,
-    verdict,
 )
+from tracer.mtu_snmp import parse_snmp, snmp_delta
 from tracer.mtuprobe import BinarySearch, quoted_ip_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mtu"

@@ -20,7 +20,7 @@ from test_recording_fixture import V1, run_cli
 
 from tracer.api import open_recording
 from tracer.events import EVENT_DROP, EVENT_PATH, POINT_QUEUE, POINT_RX, PacketEvent, Tuple, encode
-from tracer.mtu import MtuEventCounter
+from tracer.mtu_events import MtuEventCounter
 from tracer.recorded_node import MtuSummary, RecordedConntrack, node_paths, recorded_conntrack, relevant
 from tracer.recording import FORMAT_MINOR, Recorder
 from tracer.replay import ReplaySource

@@ -188,7 +188,7 @@ class Agent:
         self.pods = PodResolver().pod_names()  # from the node's cgroups and kubelet directories
 
     def _recording_args(self) -> argparse.Namespace:
-        from tracer.mtu import SUBNET_ENV
+        from tracer.flannel import SUBNET_ENV
 
         return argparse.Namespace(filter=[self.options.path_filter] if self.options.path_filter else [],
                                   netns=self.options.node, ifname=None, subnet_env=SUBNET_ENV,
