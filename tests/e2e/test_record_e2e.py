@@ -158,7 +158,9 @@ def test_a_burst_is_recorded_without_loss_beyond_what_the_ring_buffer_reports(pa
     rows, summary, _ = report(output)
     burst = [row for row in rows if row["dport"] == 5010]
     assert burst[0]["count"] + summary["lost"] == 20000
-    assert summary["lost"] == recorded.summary["lost"] < 2000, summary
+    # The regression lost most of the burst. How much a ring buffer loses otherwise depends on how busy the
+    # machine is (2,822 of 20,000 once with the CPUs shared by a second test suite), so the bound is half.
+    assert summary["lost"] == recorded.summary["lost"] < 20000 // 2, summary
     # Per-probe counters travel in the recording and add up to its totals; the burst's drops are the drop probe's.
     from tracer.replay import ReplaySource
 
