@@ -1,7 +1,7 @@
 """The Softirq view: tracer.softirq's kernel histograms, per CPU, as p50/p99 and a bar of the log2 buckets.
 
 `softirq_rows` is pure (CpuReports in, rows out). `SoftirqTable` is the live TableSource: its own thread loads
-bpf/softirq.c (tracer.softirq.SoftirqProbe) on first use, once the attach ladder has been probed (two BCC compiles
+bpf/softirq.c (tracer.softirq_probe.SoftirqProbe) on first use, once the attach ladder has been probed (two BCC compiles
 at once crash), and takes a snapshot every second, so neither the reader thread nor the UI waits on BCC.
 """
 
@@ -17,11 +17,11 @@ from tracer.softirq import (
     RECENT_SECONDS,
     CpuReport,
     SoftirqAggregator,
-    SoftirqProbe,
     SoftirqSnapshot,
     format_us,
     worst_cpu,
 )
+from tracer.softirq_probe import SoftirqProbe
 from tui.model import sparkline
 
 COLUMNS = ["cpu", "kind", "p50", "p99", "dropped", "squeezes", "histogram"]

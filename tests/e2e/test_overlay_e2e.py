@@ -17,7 +17,8 @@ from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp
 
 from tracer.lab import faults, traffic
-from tracer.softirq import CpuReport, SoftirqAggregator, SoftirqProbe, findings
+from tracer.softirq import CpuReport, SoftirqAggregator, findings
+from tracer.softirq_probe import SoftirqProbe
 
 pytestmark = pytest.mark.root
 

@@ -18,7 +18,7 @@ PURE = [
     "tracer.kubeproxy", "tracer.kubeproxy.model", "tracer.kubeproxy.names", "tracer.kubeproxy.iptables",
     "tracer.kubeproxy.nftables", "tracer.kubeproxy.nft_text", "tracer.kubeproxy.ipvsadm",
     "tracer.attribution", "tracer.causes", "tracer.nf_points", "tracer.flannel", "tracer.rulesfile",
-    "tracer.mtu",
+    "tracer.mtu", "tracer.softirq",
 ]
 # These decode or hold events, and tracer.events formats addresses with socket.inet_ntop: socket is imported for
 # that pure function (str(ipaddress.IPv4Address(raw)) took 2.0 us against 0.5 us here), so it is allowed here
