@@ -8,7 +8,7 @@ APT_PACKAGES=(
     python3-bpfcc python3-venv python3-pip bpftool iproute2 iptables nftables conntrack ipvsadm
     linux-headers-amd64 tcpdump tshark tmux libpcap0.8 iperf3 procps kmod
     linux-image-amd64 qemu-system-x86 busybox-static prometheus
-    iputils-ping gcc git ruby shellcheck vagrant nfacct
+    iputils-ping gcc libc6-dev git ruby shellcheck vagrant nfacct
 )
 VENV=.venv
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support.lab import exclusive_lab, lab_lock, wait_for_foreign_lab
+from support.unprivileged import AS_NOBODY
 
 from tracer import conntrack
 from tracer.errors import LabError
@@ -37,7 +38,6 @@ POD_TCP = {"web-1": "tcp:10.244.0.3:8080", "web-2": "tcp:10.244.1.2:8080", "web-
 POD_UDP = {"web-1": "udp:10.244.0.3:5353", "web-2": "udp:10.244.1.2:5353", "web-3": "udp:10.244.1.3:5353"}
 REPO = Path(__file__).resolve().parents[2]
 PODTRACE = [sys.executable, "-m", "tracer.cli"]
-NOBODY = 65534
 # Root sysctls a careless lab would change (it sets its own in the node namespaces only).
 ROOT_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter",
                 "net/netfilter/nf_conntrack_max", "net/bridge/bridge-nf-call-iptables")
@@ -90,7 +90,7 @@ def _lab_netns(snapshot: dict[str, object]) -> set[str]:
 
 
 def _cli(*args: str, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
-    prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] if unprivileged else []
+    prefix = AS_NOBODY if unprivileged else []
     return subprocess.run([*prefix, *PODTRACE, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
                           check=False)
 

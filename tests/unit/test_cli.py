@@ -14,21 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.unprivileged import AS_NOBODY
 
 from tracer.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PODTRACE = [sys.executable, "-m", "tracer.cli"]
-NOBODY = 65534
 
 
 def _as_nobody() -> list[str]:
     if os.geteuid() != 0:
         return []  # already unprivileged
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
+    if shutil.which("setpriv") is None:
         pytest.skip("setpriv is needed to drop root for this test")
-    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return AS_NOBODY
 
 
 def run(*args: str, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
