@@ -62,6 +62,10 @@ else
 fi
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
 
+# On a real machine / is a mount point; `ip netns exec` and `ip -n` remount it (--make-rslave /), which fails
+# with EINVAL in a chroot whose root is a plain directory. A bind mount of the tree onto itself makes it one.
+mount --bind "$ROOTFS" "$ROOTFS"
+mounted+=("$ROOTFS")
 mnt /proc -t proc proc
 mnt /sys --rbind /sys
 mount --make-rslave "$ROOTFS/sys"
