@@ -26,15 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.errors import PodtraceError, RecordingError
-from tracer.events import (
-    EVENT_CT,
-    EVENT_DROP,
-    EVENT_ICMP,
-    EVENT_NAT,
-    EVENT_NF_VERDICT,
-    EVENT_PATH,
-    EVENT_SIZE,
-)
+from tracer.events import EVENT_CT, EVENT_DROP, EVENT_PATH, EVENT_SIZE, NETNS_OFFSETS, field_offsets, netns_of
 from tracer.recording import (
     FORMAT_MINOR,
     FORMAT_VERSION,
@@ -49,16 +41,10 @@ from tracer.replay import ReplaySource
 BATCH = 1024  # events per EVENTS record, as `record` writes them
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-TS_OFFSET = 8
-LOCATION_OFFSET = 24  # packet events: the drop's kernel location
-REASON_OFFSET = 32  # packet events: the drop reason (path events: the point; ICMP: type and code)
-NETNS_OFFSETS = {EVENT_DROP: 36, EVENT_PATH: 36, EVENT_ICMP: 36, EVENT_NAT: 24, EVENT_CT: 24, EVENT_NF_VERDICT: 32}
+TS_OFFSET = field_offsets()["ts_ns"]  # the same in every event type
+LOCATION_OFFSET = field_offsets()["location"]  # packet events: the drop's kernel location
+REASON_OFFSET = field_offsets()["reason"]  # packet events: the drop reason (path events: the point; ICMP: type, code)
 SYMBOL_BASE = 1 << 32  # moved symbol addresses: far below any kernel address (0xffff...)
-
-
-def netns_of(raw: bytes) -> int | None:
-    offset = NETNS_OFFSETS.get(raw[0])
-    return _U32.unpack_from(raw, offset)[0] if offset is not None and len(raw) >= offset + 4 else None
 
 
 @dataclass
