@@ -150,3 +150,33 @@ def test_a_recording_that_shares_no_packet_with_the_others_is_refused_by_name(
 def test_merge_needs_two_recordings(three: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli(capsys, "merge", str(three[0]))
     assert code == 2 and out == "" and err.count("\n") == 1 and "two or more recordings" in err, err
+
+
+def test_three_real_lab_recordings_chain_the_client_pod_s_view_through_node1_to_node2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The lab fixtures (capture_lab_merge.py): pt-client, pt-node1 and pt-node2 recorded at once during
+    drop-backend. Anchored on the client pod's view, which shares packets with node1 only (its packets to the VIP,
+    before node1's DNAT), node2's clock is chained through node1's; web-2's dropped SYNs die in pt-node2."""
+    from tests.support.lab_merged import RECORDINGS, lab_recording
+
+    run = json.loads((RECORDINGS / "lab-merge.json").read_text())
+    dropped = sum(row["count"] for row in run["node2_drops"] if row["reason"] == "NETFILTER_DROP")
+    paths = [str(lab_recording(view)) for view in ("client", "node1", "node2")]
+    code, text, err = _cli(capsys, "merge", "--json", *paths)
+    assert code == 0, err
+    lines = [json.loads(line) for line in text.splitlines()]
+    summary = lines[-1]
+    assert summary["nodes"] == ["vm/pt-client", "vm/pt-node1", "vm/pt-node2"]
+    assert summary["clock"].startswith("clocks aligned on vm/pt-client: vm/pt-node1 on vm/pt-client from ")
+    assert "; vm/pt-node2 on vm/pt-node1 from " in summary["clock"], summary["clock"]
+    journeys = [line for line in lines if line.get("journey")]
+    to_web2 = [j for j in journeys if j["dst"] == run["web2"] and j["died"]]
+    assert sum(j["died"]["packets"] for j in to_web2) == dropped > 0  # every drop node2 recorded, on a journey
+    for journey in to_web2:
+        assert journey["src"] == run["client"] and journey["died"]["netns"] == "pt-node2"
+        assert [seg["from"] for seg in journey["segments"]] == ["vm/pt-node1"]
+        assert journey["segments"][0]["to"] == "vm/pt-node2" and journey["segments"][0]["one_way"] == "estimated"
+    to_vip = [j for j in journeys if j["dst"] == "10.96.0.10" and j["src"] == run["client"]]
+    assert to_vip and all([hop["node"] for hop in j["path"]][0] == "vm/pt-client" for j in to_vip)
+    assert all(j["segments"][0]["from"] == "vm/pt-client" and j["segments"][0]["to"] == "vm/pt-node1"
+               for j in to_vip)
