@@ -31,8 +31,9 @@ which. A recording that shares no packet with the others (none that joins it to 
 
 With -o FILE it also writes one merged recording: every node's events on the first one's clock, each attributable
 to its node (a namespace name two nodes use, such as each host's own, is qualified by the node), the journeys and
-the clock alignment. `podtrace report`, `export --pcapng`, `tui --replay` and the Python API read it. FILE is written
-whole or not at all, and never over an existing file. Softirq snapshots are not merged (one machine's CPUs each).
+the clock alignment. `podtrace report`, `export --pcapng`, `tui --replay` (its Journeys view, key 7) and the Python
+API read it. FILE is written whole or not at all, and never over an existing file. Softirq snapshots are not merged
+(one machine's CPUs each).
 
 exit codes: 0 ok, 1 error (also: a recording shares no packet with the others; then no file is written), 2 usage
 

@@ -56,6 +56,8 @@ class JourneyView:
     hops: tuple[Hop, ...]
     segments: tuple[Segment, ...]
     latency: str  # over the whole way
+    one_way_us: float | None
+    one_way: str  # "estimated", "relative" (to the fastest packet), "unaligned"
     died: str | None  # "died at node-b/host (host): 3 x NETFILTER_DROP"
     died_node: str | None
     died_what: str | None  # "3 x NETFILTER_DROP"
@@ -77,6 +79,7 @@ def journey_view(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]
         first_node=str(path[0]["node"]) if path else "?",
         hops=tuple(Hop(float(hop["t_us"]), str(hop["node"]), str(hop["at"])) for hop in path),
         segments=segments, latency=latency_text(journey.get("one_way_us"), journey.get("one_way")),
+        one_way_us=journey.get("one_way_us"), one_way=str(journey.get("one_way") or ""),
         died=f"died at {died['node']} ({died['netns']}): {died['packets']} x {died['reason']}" if died else None,
         died_node=str(died["node"]) if died else None,
         died_what=f"{died['packets']} x {died['reason']}" if died else None,
