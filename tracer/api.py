@@ -10,7 +10,7 @@
     tables = rec.conntrack_rows()           # each node's conntrack table at the start and the end
     mtu = rec.mtu_rows()                    # link MTUs, frag-needed/fragment/too-big counts, path verdicts
 
-    journeys = merge("node1.ptrec.gz", "node2.ptrec.gz", output="both.ptrec.gz")  # across nodes (merge -o)
+    journeys = merge("node1.ptrec.gz", "node2.ptrec.gz", output="both.ptrec.gz")  # across nodes (merge -o), 2 or more
     open_recording("both.ptrec.gz").journeys()   # the same, from the merged recording; .merged: its clock, nodes
 
     services = read_rules("ticket.save")     # a saved iptables-save / iptables -S / nft -j dump: ServiceMap
@@ -215,12 +215,13 @@ def read_rules(path: str) -> ServiceMap:
     return rulesfile.read(path).services()
 
 
-def merge(first: str, second: str, output: str | None = None) -> list[dict[str, Any]]:
-    """The journeys of the packets two nodes' recordings both saw (as `podtrace merge --json`); with `output`, also
-    write the merged recording there (never over an existing file). PodtraceError when they share no packet."""
+def merge(*recordings: str, output: str | None = None) -> list[dict[str, Any]]:
+    """The journeys of the packets two or more nodes' recordings saw (as `podtrace merge --json`), every clock put
+    on the first one's; with `output`, also write the merged recording there (never over an existing file).
+    PodtraceError when a recording shares no packet with the others (it is named); UsageError for fewer than two."""
     from tracer.cmd_merge import merge_files
 
-    return merge_files([first, second], output).journeys
+    return merge_files(list(recordings), output).journeys
 
 
 def open_recording(path: str, follow: bool = True) -> Recording:

@@ -72,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C while the subcommands import (BCC, pyroute2, textual: up to a second)
         return INTERRUPTED
+    except RuntimeError as err:  # the same, landing in a class body's __set_name__ (dataclasses), which wraps it
+        if isinstance(err.__cause__, KeyboardInterrupt):
+            return INTERRUPTED
+        raise
     if not getattr(args, "func", None):
         if not sys.stdout.isatty():
             parser.print_help()

@@ -1,6 +1,7 @@
-"""`podtrace merge A B [-o BOTH]`: the journeys of packets seen by two nodes' recordings (matched packet by packet,
-clocks aligned from the matches), and with -o one merged recording of both (tracer/merged_recording.py); recordings
-that share no packet are refused, never stitched into a made-up journey."""
+"""`podtrace merge A B [C ...] [-o ALL]`: the journeys of packets seen by several nodes' recordings (matched packet
+by packet, clocks aligned pair by pair from the matches onto the first one's), and with -o one merged recording of
+them all (tracer/merged_recording.py); a recording that shares no packet with the others is refused, never stitched
+into a made-up journey."""
 
 from __future__ import annotations
 
@@ -15,28 +16,32 @@ from typing import Any
 from tracer.cmd_record import check_output
 from tracer.errors import PodtraceError, UsageError
 from tracer.events import EVENT_SIZE, EVENT_SIZES, decode
-from tracer.journey import ClockAlignment, NodeRecording, align, identifiable, journeys, match
+from tracer.journey import ClockAlignment, NodeRecording, align, identifiable, journeys, match, unmatched
 from tracer.merged_recording import NodeFile, read_node, write_merged
+from tracer.recording_schema import MERGED_MAX_NODES
 from tracer.replay import ReplaySource
 
 EPILOG = """\
-Each recording is one node's (`podtrace record --netns NODE` on each node, at the same time). A packet is matched
-across them by its pod-level IPv4 header (the inner packet of VXLAN): addresses, ports, IP id, TCP sequence.
-No clock is assumed synchronised: the second recording's clock is shifted by an offset estimated from the
-matched packets (both ways: NTP's estimate; one way only: the fastest packet is taken as instant, so one-way
-latencies are relative to it). Merge says which.
+Each recording is one node's (`podtrace record --netns NODE` on each node, at the same time); two or more. A
+packet is matched across them by its pod-level IPv4 header (the inner packet of VXLAN): addresses, ports, IP id,
+TCP sequence. No clock is assumed synchronised: each recording's clock is put on the first one's by offsets
+estimated pair by pair from the packets two nodes both saw (both ways: NTP's estimate; one way only: the fastest
+packet is taken as instant, so one-way latencies are relative to it), chained from the first recording. Merge says
+which. A recording that shares no packet with the others (none that joins it to the first's) is refused by name.
 
-With -o FILE it also writes one merged recording: both nodes' events on the first one's clock, each attributable
-to its node (a namespace name both use, such as each host's own, is qualified by the node), the journeys and the
-clock alignment. `podtrace report`, `export --pcapng`, `tui --replay` and the Python API read it. FILE is written
-whole or not at all, and never over an existing file. Softirq snapshots are not merged (one machine's CPUs each).
+With -o FILE it also writes one merged recording: every node's events on the first one's clock, each attributable
+to its node (a namespace name two nodes use, such as each host's own, is qualified by the node), the journeys and
+the clock alignment. `podtrace report`, `export --pcapng`, `tui --replay` (its Journeys view, key 7) and the Python
+API read it. FILE is written whole or not at all, and never over an existing file. Softirq snapshots are not merged
+(one machine's CPUs each).
 
-exit codes: 0 ok, 1 error (also: the recordings share no packet; then no file is written), 2 usage
+exit codes: 0 ok, 1 error (also: a recording shares no packet with the others; then no file is written), 2 usage
 
 examples:
   podtrace merge node1.ptrec.gz node2.ptrec.gz
   podtrace merge --json node1.ptrec.gz node2.ptrec.gz | jq 'select(.died)'
   podtrace merge node1.ptrec.gz node2.ptrec.gz -o both.ptrec.gz && podtrace report both.ptrec.gz
+  podtrace merge node1.ptrec.gz node2.ptrec.gz node3.ptrec.gz -o all.ptrec.gz   # three nodes, node1's clock
 """
 
 PACKET_KINDS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == EVENT_SIZE)
@@ -44,11 +49,11 @@ PACKET_KINDS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == E
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "merge", help="journeys across nodes: two nodes' recordings matched packet by packet",
-        description="Match the packets two nodes' recordings both saw and print each flow's journey across them.",
+        "merge", help="journeys across nodes: nodes' recordings matched packet by packet",
+        description="Match the packets several nodes' recordings saw and print each flow's journey across them.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("recordings", nargs=2, metavar="RECORDING")
+    parser.add_argument("recordings", nargs="+", metavar="RECORDING", help="two or more nodes' recordings")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="also write the merged recording (.gz: compressed); never over an existing file")
@@ -67,7 +72,7 @@ def load(path: str) -> tuple[NodeRecording, NodeFile]:
     header = peek.header
     if header.get("merged"):
         raise UsageError(f"{path} is already a merged recording (of {len(header['merged'].get('nodes', []))} nodes)",
-                         "merge the nodes' own recordings, two at a time")
+                         "merge the nodes' own recordings, all at once")
     node = (header.get("filter") or {}).get("netns") or "host"
     label = f"{header.get('hostname', '?')}/{node}"
     read = read_node(path, label, keep)
@@ -80,6 +85,10 @@ def load(path: str) -> tuple[NodeRecording, NodeFile]:
 def _line(journey: dict[str, Any]) -> str:
     path = " -> ".join(f"{hop['node']} {hop['at']} (+{hop['t_us']} us)" for hop in journey["path"])
     text = f"{journey['flow']}: {journey['packets']} packets matched; {path}"
+    segments = journey.get("segments") or []
+    if len(segments) > 1:
+        text += "".join(f"; {seg['from']} -> {seg['to']} {seg['one_way_us']} us ({seg['one_way']})"
+                        for seg in segments)
     if journey["one_way_us"] is not None:
         text += f"; one way {journey['one_way_us']} us ({journey['one_way']})"
     if journey["died"]:
@@ -102,26 +111,41 @@ class Merge:
 
 
 def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
-    """Match two recordings' packets, align their clocks and find the journeys; with `output`, also write the
-    merged recording. PodtraceError (one line) for recordings that share no packet: no file is written then."""
+    """Match two or more recordings' packets, align their clocks on the first one's and find the journeys; with
+    `output`, also write the merged recording. PodtraceError (one line) for a recording that shares no packet with
+    the others: no file is written then."""
+    if len(paths) < 2:
+        raise UsageError(f"merge needs two or more recordings, one per node (got {len(paths)})",
+                         "podtrace merge node1.ptrec.gz node2.ptrec.gz")
+    if len(paths) > MERGED_MAX_NODES:
+        raise UsageError(f"merge takes at most {MERGED_MAX_NODES} recordings (got {len(paths)})")
     if output:
         check_output(output)  # before reading: an existing file is refused now, not after the work
     loaded = [load(path) for path in paths]  # RecordingError: one line, exit 1 (tracer.cli)
     nodes = [node for node, _file in loaded]
-    if nodes[0].run_id and nodes[0].run_id == nodes[1].run_id:
-        raise PodtraceError(f"{paths[0]} and {paths[1]} are the same recording (run "
-                            f"{nodes[0].run_id}): one node's view, not a journey across two",
-                            "give one recording of each node")
+    runs: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        if node.run_id and node.run_id in runs:
+            raise PodtraceError(f"{paths[runs[node.run_id]]} and {paths[index]} are the same recording (run "
+                                f"{node.run_id}): one node's view, not a journey across two",
+                                "give one recording of each node")
+        runs[node.run_id] = index
     matched = match(nodes)
     if not matched:
         counts = " and ".join(str(identifiable(node.events)) for node in nodes)
-        raise PodtraceError(f"{paths[0]} and {paths[1]} share no packet ({counts} identifiable "
-                            "packets): recordings of unrelated runs, or no traffic between these nodes",
-                            "record both nodes at the same time, with filters that keep the same flows")
-    estimated = align(nodes, matched)
-    how = estimated.describe() if estimated else \
-        "clocks as recorded (no matched packet's sender is a pod that either recording names)"
-    clock = estimated or ClockAlignment(0, 0, False)
+        what = " and ".join(paths) if len(paths) == 2 else ", ".join(paths)
+        raise PodtraceError(f"{what} share no packet ({counts} identifiable packets): recordings of unrelated runs, "
+                            "or no traffic between these nodes",
+                            "record the nodes at the same time, with filters that keep the same flows")
+    alone = unmatched(nodes, matched)
+    if alone:
+        names = ", ".join(f"{paths[index]} ({identifiable(nodes[index].events)} identifiable packets)"
+                          for index in alone)
+        raise PodtraceError(f"{names} {'shares' if len(alone) == 1 else 'share'} no packet with {paths[0]} or "
+                            "the recordings that do: a recording of another run, or of a node no traced flow "
+                            "crossed", "leave it out, or record all the nodes at the same time")
+    clock = align(nodes, matched) or ClockAlignment([0] * len(nodes), names=[node.name for node in nodes])
+    how = clock.describe()
     found = journeys(nodes, matched, clock)
     result = Merge(nodes, found, len(matched), clock, how)
     if output:
@@ -129,12 +153,17 @@ def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
         merged = {"nodes": [{"name": node.name, "file": os.path.basename(path),
                              "hostname": str(read.header.get("hostname", "?")),
                              "kernel_release": str(read.header.get("kernel_release", "?")),
-                             "run_id": node.run_id, "events": read.events, "truncated": read.truncated}
-                            for node, read, path in zip(nodes, files, paths)],
+                             "run_id": node.run_id, "events": read.events, "truncated": read.truncated,
+                             "offset_ns": offset, "aligned": clock.aligned(index)}
+                            for index, (node, read, path, offset) in enumerate(zip(nodes, files, paths,
+                                                                                   clock.offsets))],
                   "clock": {"offset_ns": clock.offset_ns, "pairs": clock.pairs, "both_ways": clock.both_ways,
-                            "aligned": estimated is not None, "text": how},
+                            "aligned": bool(clock.links), "text": how,
+                            "links": [{"from": nodes[link.a].name, "to": nodes[link.b].name,
+                                       "offset_ns": link.offset_ns, "pairs": link.pairs, "both_ways": link.both_ways}
+                                      for link in clock.links]},
                   "matched_packets": len(matched), "journeys": found}
-        result.events_written = write_merged(output, files, clock.offset_ns, merged)
+        result.events_written = write_merged(output, files, clock.offsets, merged)
     return result
 
 
@@ -142,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
     result = merge_files(args.recordings, args.output)
     found, nodes, clock, how = result.journeys, result.nodes, result.clock, result.how
     if args.output:
-        sys.stderr.write(f"wrote {args.output}: {result.events_written} events of {nodes[0].name} and "
-                         f"{nodes[1].name}, {len(found)} journeys\n")
+        names = " and ".join(node.name for node in nodes) if len(nodes) == 2 else ", ".join(node.name for node in nodes)
+        sys.stderr.write(f"wrote {args.output}: {result.events_written} events of {names}, {len(found)} journeys\n")
     if args.json:
         for journey in found:
             sys.stdout.write(json.dumps(journey) + "\n")

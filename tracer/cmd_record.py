@@ -449,7 +449,8 @@ def _describe(source: ReplaySource) -> str:
     expression = header.get("filter", {}).get("expression") or "all drops"
     merged = header.get("merged")
     if merged:
-        nodes = " and ".join(str(node.get("name")) for node in merged.get("nodes", []))
+        names = [str(node.get("name")) for node in merged.get("nodes", [])]
+        nodes = " and ".join(names) if len(names) <= 2 else ", ".join(names)
         return f"merged recording of {nodes} from {when}, on the first one's clock"
     return (f"recording of {header.get('hostname', '?')} (kernel {header.get('kernel_release', '?')}) "
             f"from {when}, filter: {expression}")

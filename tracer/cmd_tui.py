@@ -13,13 +13,15 @@ from typing import Any
 from tracer.errors import PodtraceError, UsageError
 
 EPILOG = """\
-keys: 1-6 views, Enter drill into a drop or a Service flow, s sort Services, / view filter, p pause, r record,
-x screenshot (SVG), ? help, q quit. Recordings and screenshots go to --save-dir (0600 files).
+keys: 1-6 views (7 Journeys on a merged recording), Enter drill into a drop, a Service flow or a journey, s sort
+Services, / view filter, p pause, r record, x screenshot (SVG), ? help, q quit. Recordings and screenshots go to
+--save-dir (0600 files).
 
 examples:
   sudo podtrace tui
   sudo podtrace tui --netns pt-node1 'udp or tcp'
   podtrace tui --replay incident.ptrec
+  podtrace tui --replay all.ptrec.gz       # `podtrace merge ... -o all.ptrec.gz`: 7 shows the journeys
 """
 
 

@@ -84,13 +84,19 @@ EVENT_SIZE = EVENT_STRUCT.size  # 296
 TUPLE_SIZE = struct.calcsize("<" + TUPLE_FORMAT)  # 44
 
 
-def field_offsets() -> dict[str, int]:
-    """Byte offset of every field, "outer.sport" style for tuple members (for the layout cross-check)."""
+def _offsets(fields: Iterable[tuple[str, str]]) -> tuple[dict[str, int], int]:
+    """Each named field's byte offset in a packed little-endian layout, and where the fields end."""
     offsets: dict[str, int] = {}
     position = 0
-    for name, fmt in EVENT_HEAD_FIELDS:
+    for name, fmt in fields:
         offsets[name] = position
         position += struct.calcsize("<" + fmt)
+    return offsets, position
+
+
+def field_offsets() -> dict[str, int]:
+    """Byte offset of every field, "outer.sport" style for tuple members (for the layout cross-check)."""
+    offsets, position = _offsets(EVENT_HEAD_FIELDS)
     for tuple_name in ("outer", "inner"):
         offsets[tuple_name] = position
         for name, fmt in TUPLE_FIELDS:
@@ -236,10 +242,27 @@ def encode(event: PacketEvent) -> bytes:
 
 
 EVENT_NAT = 3
-NAT_HEAD = struct.Struct("<IIQQIIQ")
-NAT_FORMAT = "<IIQQIIQ" + TUPLE_FORMAT * 2
+NAT_FIELDS = (
+    ("type", "I"),
+    ("cpu", "I"),
+    ("ts_ns", "Q"),
+    ("skb", "Q"),
+    ("netns", "I"),
+    ("point", "I"),
+    ("hook_ns", "Q"),
+)
+NAT_HEAD = struct.Struct("<" + "".join(fmt for _, fmt in NAT_FIELDS))
+NAT_FORMAT = NAT_HEAD.format + TUPLE_FORMAT * 2
 NAT_STRUCT = struct.Struct(NAT_FORMAT)
 NAT_SIZE = NAT_STRUCT.size  # 128
+
+
+def nat_offsets() -> dict[str, int]:
+    """Byte offset of every field of struct pt_nat_event (for the layout cross-check)."""
+    offsets, position = _offsets(NAT_FIELDS)
+    offsets["before"] = position
+    offsets["after"] = position + TUPLE_SIZE
+    return offsets
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -319,11 +342,7 @@ POINT_NAMES.update({POINT_VXLAN_RCV: "vxlan-rcv", POINT_VXLAN_XMIT: "vxlan-xmit"
 
 def verdict_offsets() -> dict[str, int]:
     """Byte offset of every field of struct pt_nf_verdict_event (for the layout cross-check)."""
-    offsets: dict[str, int] = {}
-    position = 0
-    for name, fmt in VERDICT_FIELDS:
-        offsets[name] = position
-        position += struct.calcsize("<" + fmt)
+    offsets, position = _offsets(VERDICT_FIELDS)
     offsets["tuple"] = position
     return offsets
 
@@ -398,11 +417,7 @@ CT_SIZE = CT_STRUCT.size  # 136
 
 def ct_offsets() -> dict[str, int]:
     """Byte offset of every field of struct pt_ct_event (for the layout cross-check)."""
-    offsets: dict[str, int] = {}
-    position = 0
-    for name, fmt in CT_FIELDS:
-        offsets[name] = position
-        position += struct.calcsize("<" + fmt)
+    offsets, position = _offsets(CT_FIELDS)
     offsets["orig"] = position
     offsets["reply"] = position + TUPLE_SIZE
     return offsets
@@ -476,3 +491,19 @@ def split_records(batch: list[bytes]) -> list[bytes]:
 
 EVENT_SIZES = {EVENT_DROP: EVENT_SIZE, EVENT_PATH: EVENT_SIZE, EVENT_NAT: NAT_SIZE, EVENT_ICMP: EVENT_SIZE,
                EVENT_NF_VERDICT: VERDICT_SIZE, EVENT_CT: CT_SIZE}
+
+# Where each event type keeps its netns inode, from its own layout (the structs differ: a verdict's is after hook_ns).
+NETNS_OFFSETS = {
+    EVENT_DROP: field_offsets()["netns"], EVENT_PATH: field_offsets()["netns"], EVENT_ICMP: field_offsets()["netns"],
+    EVENT_NAT: nat_offsets()["netns"], EVENT_CT: ct_offsets()["netns"], EVENT_NF_VERDICT: verdict_offsets()["netns"],
+}
+_NETNS = struct.Struct("<I")
+
+
+def netns_of(raw: bytes | bytearray | memoryview) -> int | None:
+    """The netns inode of a raw event of any known type, read at its type's offset; None for an unknown type or a
+    buffer too short to hold it."""
+    offset = NETNS_OFFSETS.get(raw[0]) if raw else None
+    if offset is None or len(raw) < offset + _NETNS.size:
+        return None
+    return int(_NETNS.unpack_from(raw, offset)[0])

@@ -8,11 +8,13 @@ is what crosses the overlay, so that is what is compared. Packets that carry not
 no TCP sequence) are never matched.
 
 No clock is assumed synchronised. Each recording's events are put on its own wall clock (the header's offset),
-then the second recording's clock is shifted by θ estimated from the matched packets whose sending node is known
-(the recording whose node holds the source pod, `names.pods`, else the only one that saw it queued or
-transmitted), d_ab being the time from its last sighting on the sender to its first on the receiver: with packets
-both ways, θ = (min d_ab - min d_ba) / 2 (NTP's estimate, the fastest packet each way taking as long); one way only,
-θ = min d_ab, and the one-way latencies are then relative to the fastest packet, which is said.
+then each other recording's clock is shifted onto the first's (the anchor's) by θ estimated pair by pair from the
+matched packets whose sending node is known (the recording whose node holds the source pod, `names.pods`, else the
+only one that saw it queued or transmitted), d_ab being the time from its last sighting on the sender to its first
+on the receiver: with packets both ways, θ = (min d_ab - min d_ba) / 2 (NTP's estimate, the fastest packet each way
+taking as long); one way only, θ = min d_ab, and the one-way latencies are then relative to the fastest packet,
+which is said. With more than two recordings the pairs form a tree grown from the anchor (the pair with the most
+packets first): a node's offset is the sum along its path.
 """
 
 from __future__ import annotations
@@ -100,79 +102,205 @@ def match(nodes: Sequence[NodeRecording]) -> dict[PacketKey, list[Sighting]]:
     return {key: found for key, found in seen.items() if len({s.node for s in found}) > 1}
 
 
-@dataclass
-class ClockAlignment:
-    offset_ns: int  # add to the second recording's wall clock to put it on the first's
-    pairs: int  # matched packets whose direction was known
+@dataclass(frozen=True)
+class PairAlignment:
+    """How node `b`'s clock was put on node `a`'s: from the matched packets the two exchanged."""
+
+    a: int
+    b: int
+    offset_ns: int  # add to b's wall clock to put it on a's
+    pairs: int
     both_ways: bool
 
+
+@dataclass
+class ClockAlignment:
+    """Every node's clock on the first one's (the anchor's): a tree of pairwise alignments from the anchor, each
+    pair estimated from the packets those two nodes both saw. A node the tree does not reach keeps its own clock."""
+
+    offsets: list[int]  # per node: add to its wall clock to put it on the anchor's (0 for the anchor)
+    links: list[PairAlignment] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def offset_ns(self) -> int:
+        """The second node's offset (a merge of two nodes has one)."""
+        return self.offsets[1] if len(self.offsets) > 1 else 0
+
+    @property
+    def pairs(self) -> int:
+        return sum(link.pairs for link in self.links)
+
+    @property
+    def both_ways(self) -> bool:
+        return bool(self.links) and all(link.both_ways for link in self.links)
+
+    def aligned(self, node: int) -> bool:
+        return node == 0 or any(link.b == node for link in self.links)
+
+    def shift(self, sighting: Sighting) -> int:
+        """A sighting's time on the anchor's clock."""
+        return sighting.wall_ns + self.offsets[sighting.node]
+
+    def _parents(self) -> dict[int, PairAlignment]:
+        return {link.b: link for link in self.links}
+
+    def between(self, one: int, other: int) -> str:
+        """How a latency between two nodes is known: "estimated" (every alignment on the way had packets both
+        ways), "relative" (one way only somewhere: relative to the fastest packet), "unaligned" (clocks as recorded)."""
+        if not (self.aligned(one) and self.aligned(other)):
+            return "unaligned"
+        parents = self._parents()
+
+        def to_anchor(node: int) -> set[PairAlignment]:
+            path = set()
+            while node in parents:
+                path.add(parents[node])
+                node = parents[node].a
+            return path
+
+        return "estimated" if all(link.both_ways for link in to_anchor(one) ^ to_anchor(other)) else "relative"
+
     def describe(self) -> str:
-        how = "packets both ways (NTP estimate)" if self.both_ways else \
-            "packets one way only: latencies are relative to the fastest packet"
-        return f"clocks aligned from {self.pairs} matched packets, {how}"
+        if len(self.offsets) <= 2:
+            if not self.links:
+                return "clocks as recorded (no matched packet's sender is a pod that either recording names)"
+            how = "packets both ways (NTP estimate)" if self.both_ways else \
+                "packets one way only: latencies are relative to the fastest packet"
+            return f"clocks aligned from {self.pairs} matched packets, {how}"
+        parts = [f"{self._name(link.b)} on {self._name(link.a)} from {link.pairs} matched packets, "
+                 + ("both ways" if link.both_ways else "one way only") for link in self.links]
+        unaligned = [self._name(node) for node in range(1, len(self.offsets)) if not self.aligned(node)]
+        if unaligned:
+            parts.append(f"{', '.join(unaligned)} as recorded (no matched packet's sender known)")
+        how = "" if self.both_ways else " (one way only: latencies are relative to the fastest packet)"
+        return f"clocks aligned on {self._name(0)}: " + "; ".join(parts) + how
+
+    def _name(self, node: int) -> str:
+        return self.names[node] if node < len(self.names) else f"node {node + 1}"
 
 
 def _sender(nodes: Sequence[NodeRecording], key: PacketKey, sightings: list[Sighting]) -> int | None:
-    """Which recording's node sent the packet: the one whose pods hold its source address, else the only one
-    that saw it queued or transmitted (the other only received it); None when that does not tell."""
-    holders = [index for index in (0, 1) if key.src in nodes[index].pod_ips]
+    """Which recording's node sent the packet: of those that saw it, the only one whose pods hold its source
+    address, else the only one that saw it queued or transmitted (the others only received it); None when that
+    does not tell."""
+    saw = sorted({s.node for s in sightings})
+    holders = [index for index in saw if key.src in nodes[index].pod_ips]
     if len(holders) == 1:
         return holders[0]
     sent = {s.node for s in sightings if s.event.type == EVENT_PATH and s.event.reason in (POINT_QUEUE, POINT_XMIT)}
     return sent.pop() if len(sent) == 1 else None
 
 
-def align(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]]) -> ClockAlignment | None:
-    """θ for two recordings from the matched packets whose sender is known, None when there is none."""
-    # d_ab = first sighting on b - last on a, of packets sent from node 0; d_ba the same from node 1. From the last
-    # sighting on the sender (not its first): then no packet's receiver sighting is put before it left the sender.
-    forward, backward = [], []
+def _pair_samples(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]]
+                  ) -> dict[tuple[int, int], list[int]]:
+    """(sender, receiver) -> d: the receiver's first sighting minus the sender's last (each on its own clock), one
+    per matched packet whose sender is known. From the last sighting on the sender (not its first): then no packet's
+    receiver sighting is put before it left the sender."""
+    samples: dict[tuple[int, int], list[int]] = {}
     for key, sightings in matched.items():
+        sender = _sender(nodes, key, sightings)
+        if sender is None:
+            continue
         first: dict[int, int] = {}
         last: dict[int, int] = {}
         for s in sightings:
             first[s.node] = min(first.get(s.node, s.wall_ns), s.wall_ns)
             last[s.node] = max(last.get(s.node, s.wall_ns), s.wall_ns)
-        if 0 not in first or 1 not in first:
-            continue
-        sender = _sender(nodes, key, sightings)
-        if sender == 0:
-            forward.append(first[1] - last[0])
-        elif sender == 1:
-            backward.append(first[0] - last[1])
-    if not forward and not backward:
-        return None
+        for receiver in first:
+            if receiver != sender:
+                samples.setdefault((sender, receiver), []).append(first[receiver] - last[sender])
+    return samples
+
+
+def _pair(a: int, b: int, samples: dict[tuple[int, int], list[int]]) -> PairAlignment | None:
+    """θ for b's clock onto a's: both ways, (min d_ab - min d_ba) / 2 (NTP's estimate); one way, the fastest
+    packet taken as instant."""
+    forward, backward = samples.get((a, b), []), samples.get((b, a), [])
     if forward and backward:
-        return ClockAlignment(-(min(forward) - min(backward)) // 2, len(forward) + len(backward), True)
-    theta = min(forward) if forward else -min(backward)
-    return ClockAlignment(-theta, len(forward) + len(backward), False)
+        return PairAlignment(a, b, -(min(forward) - min(backward)) // 2, len(forward) + len(backward), True)
+    if forward:
+        return PairAlignment(a, b, -min(forward), len(forward), False)
+    if backward:
+        return PairAlignment(a, b, min(backward), len(backward), False)
+    return None
+
+
+def align(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]]) -> ClockAlignment | None:
+    """Each node's clock on the first's, from the matched packets whose sender is known: pairwise alignments
+    grown from the first node, the pair with the most packets first (None when no pair has any)."""
+    samples = _pair_samples(nodes, matched)
+    offsets = [0] * len(nodes)
+    reached = {0}
+    links: list[PairAlignment] = []
+    while True:
+        candidates = [found for a in sorted(reached) for b in range(len(nodes)) if b not in reached
+                      if (found := _pair(a, b, samples)) is not None]
+        if not candidates:
+            break
+        best = max(candidates, key=lambda link: (link.both_ways, link.pairs, -link.b))
+        offsets[best.b] = offsets[best.a] + best.offset_ns
+        reached.add(best.b)
+        links.append(best)
+    if not links:
+        return None
+    return ClockAlignment(offsets, links, [node.name for node in nodes])
+
+
+def unmatched(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]]) -> list[int]:
+    """The recordings no chain of shared packets joins to the first one's (a recording that shares none at all
+    among them): merging them would be stitching unrelated runs together."""
+    linked: dict[int, set[int]] = {index: set() for index in range(len(nodes))}
+    for sightings in matched.values():
+        saw = {s.node for s in sightings}
+        for node in saw:
+            linked[node] |= saw - {node}
+    reached, todo = {0}, [0]
+    while todo:
+        for other in linked[todo.pop()] - reached:
+            reached.add(other)
+            todo.append(other)
+    return [index for index in range(len(nodes)) if index not in reached]
+
+
+def _visits(packet: list[Sighting], clock: ClockAlignment, sender: int | None) -> list[tuple[int, int, int]]:
+    """(node, first, last sighting there on the anchor's clock) in the order the packet reached the nodes (on a
+    tie, the fastest packet one way only, the sender first)."""
+    spans: dict[int, list[int]] = {}
+    for s in packet:
+        t = clock.shift(s)
+        span = spans.setdefault(s.node, [t, t])
+        span[0], span[1] = min(span[0], t), max(span[1], t)
+    return sorted(((node, a, b) for node, (a, b) in spans.items()), key=lambda v: (v[1], v[0] != sender))
 
 
 def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]],
              clock: ClockAlignment) -> list[dict[str, Any]]:
-    """One object per flow: its matched packets, where they were seen in order, the one-way latency between
-    the nodes (median over the matched packets of last sighting on one node to first on the other) and where it
-    died, if it did."""
-    flows: dict[tuple[Any, ...], list[list[Sighting]]] = {}
+    """One object per flow: its matched packets, where they were seen in order, the one-way latency of each segment
+    between two nodes (median over the matched packets of the last sighting on one node to the first on the next)
+    and of the whole way, and where it died, if it did."""
+    flows: dict[tuple[Any, ...], list[tuple[list[Sighting], int | None]]] = {}
     for key, sightings in matched.items():
         sender = _sender(nodes, key, sightings)
-        # on a tie (the fastest packet, one way only) the sender's sighting comes first
-        flows.setdefault((key.proto, key.src, key.dst, key.sport, key.dport), []).append(
-            sorted(sightings, key=lambda s: (s.wall_ns + (clock.offset_ns if s.node == 1 else 0), s.node != sender)))
+        packet = sorted(sightings, key=lambda s: (clock.shift(s), s.node != sender))
+        flows.setdefault((key.proto, key.src, key.dst, key.sport, key.dport), []).append((packet, sender))
     out = []
     for (proto, src, dst, sport, dport), packets in sorted(flows.items()):
-        path = packets[0]
-        shifted = [s.wall_ns + (clock.offset_ns if s.node == 1 else 0) for s in path]
-        crossings = []  # last sighting on the node it left -> first on the node it reached
-        for sightings in packets:
-            times: dict[int, list[int]] = {}
-            for s in sightings:
-                times.setdefault(s.node, []).append(s.wall_ns + (clock.offset_ns if s.node == 1 else 0))
-            if len(times) == 2:
-                earlier, later = sorted(times.values(), key=min)
-                crossings.append(max(0, min(later) - max(earlier)))
-        drops = [s for sightings in packets for s in sightings if s.event.type == EVENT_DROP]
+        path = packets[0][0]
+        shifted = [clock.shift(s) for s in path]
+        segments: dict[tuple[int, int], list[int]] = {}
+        totals = []
+        for packet, sender in packets:
+            visits = _visits(packet, clock, sender)
+            gaps = [((a[0], b[0]), max(0, b[1] - a[2])) for a, b in zip(visits, visits[1:])]
+            for hop, gap in gaps:
+                segments.setdefault(hop, []).append(gap)
+            if gaps:
+                totals.append(sum(gap for _hop, gap in gaps))
+        order = _visits(path, clock, packets[0][1])
+        drops = [s for packet, _sender in packets for s in packet if s.event.type == EVENT_DROP]
         last = drops[-1] if drops else None
+        ends = (order[0][0], order[-1][0]) if order else (0, 0)
         out.append({
             "journey": True,
             "flow": f"{'tcp' if proto == 6 else 'udp' if proto == 17 else proto} {src}:{sport} > {dst}:{dport}",
@@ -181,8 +309,11 @@ def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sight
             "path": [{"node": nodes[s.node].name, "at": s.what(nodes[s.node].netns.get(s.event.netns,
                                                                                       f"netns:{s.event.netns}")),
                       "t_us": round((t - shifted[0]) / 1000, 1)} for s, t in zip(path, shifted)],
-            "one_way_us": round(statistics.median(crossings) / 1000, 1) if crossings else None,
-            "one_way": "relative" if not clock.both_ways else "estimated",
+            "segments": [{"from": nodes[a].name, "to": nodes[b].name, "packets": len(gaps),
+                          "one_way_us": round(statistics.median(gaps) / 1000, 1), "one_way": clock.between(a, b)}
+                         for (a, b), gaps in sorted(segments.items(), key=lambda item: _first_seen(order, item[0]))],
+            "one_way_us": round(statistics.median(totals) / 1000, 1) if totals else None,
+            "one_way": clock.between(*ends),
             "died": None if last is None else {
                 "node": nodes[last.node].name,
                 "reason": nodes[last.node].reasons.get(last.event.reason, f"reason {last.event.reason}"),
@@ -190,6 +321,12 @@ def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sight
                 "packets": len(drops)},
         })
     return out
+
+
+def _first_seen(order: list[tuple[int, int, int]], hop: tuple[int, int]) -> tuple[int, int]:
+    """Segments in the order the flow's first packet took them (others after)."""
+    nodes = [node for node, _first, _last in order]
+    return (nodes.index(hop[0]) if hop[0] in nodes else len(nodes), nodes.index(hop[1]) if hop[1] in nodes else 0)
 
 
 def identifiable(events: Iterable[PacketEvent]) -> int:

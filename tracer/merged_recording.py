@@ -1,15 +1,16 @@
-"""The merged recording `podtrace merge A B -o BOTH` writes: one recording holding both nodes' events on the first
-one's clock, each event still attributable to its node, with the journeys and the clock alignment they were read
-with (docs/recording-format.md, header `merged`, format minor 5).
+"""The merged recording `podtrace merge A B [C ...] -o ALL` writes: one recording holding every node's events on the
+first one's clock, each event still attributable to its node, with the journeys and the clock alignment they were
+read with (docs/recording-format.md, header `merged`, format minor 5).
 
-Two nodes' recordings cannot simply be concatenated: their monotonic clocks differ, their namespaces may share
-inode numbers (every host's own namespace is inode 4026531840), their kernels may number drop reasons differently
-and KASLR puts symbols at other addresses. So the second node's events are rewritten: timestamps shifted by the
-estimated clock offset, netns inodes the first node also uses moved to free values, drop reasons renumbered by name
-into the first's table, and symbol addresses the first names differently moved. A namespace name both nodes use
-(each host's "host") is qualified by its node. Each node's netns inodes are listed in `merged.nodes`: that is how an
-event's node is known. Two recordings made on one machine share its namespaces: nothing is moved or renamed then,
-and an event both recorded (the same bytes, in a namespace both traced) is written once.
+Nodes' recordings cannot simply be concatenated: their monotonic clocks differ, their namespaces may share inode
+numbers (every host's own namespace is inode 4026531840), their kernels may number drop reasons differently and
+KASLR puts symbols at other addresses. So every node's events but the first's are rewritten: timestamps shifted by
+the estimated clock offset, netns inodes an earlier machine also uses moved to free values, drop reasons renumbered
+by name into the first's table, and symbol addresses an earlier node names differently moved. A namespace name two
+machines use (each host's "host") is qualified by its machine. Each node's netns inodes are listed in
+`merged.nodes`: that is how an event's node is known. Recordings made on one machine share its namespaces: nothing
+is moved or renamed among them, and an event two of them recorded (the same bytes, in a namespace both traced) is
+written once.
 The file is written to a temporary name and linked into place whole, never half-written.
 """
 
@@ -26,15 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.errors import PodtraceError, RecordingError
-from tracer.events import (
-    EVENT_CT,
-    EVENT_DROP,
-    EVENT_ICMP,
-    EVENT_NAT,
-    EVENT_NF_VERDICT,
-    EVENT_PATH,
-    EVENT_SIZE,
-)
+from tracer.events import EVENT_CT, EVENT_DROP, EVENT_PATH, EVENT_SIZE, NETNS_OFFSETS, field_offsets, netns_of
 from tracer.recording import (
     FORMAT_MINOR,
     FORMAT_VERSION,
@@ -49,16 +42,10 @@ from tracer.replay import ReplaySource
 BATCH = 1024  # events per EVENTS record, as `record` writes them
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-TS_OFFSET = 8
-LOCATION_OFFSET = 24  # packet events: the drop's kernel location
-REASON_OFFSET = 32  # packet events: the drop reason (path events: the point; ICMP: type and code)
-NETNS_OFFSETS = {EVENT_DROP: 36, EVENT_PATH: 36, EVENT_ICMP: 36, EVENT_NAT: 24, EVENT_CT: 24, EVENT_NF_VERDICT: 32}
+TS_OFFSET = field_offsets()["ts_ns"]  # the same in every event type
+LOCATION_OFFSET = field_offsets()["location"]  # packet events: the drop's kernel location
+REASON_OFFSET = field_offsets()["reason"]  # packet events: the drop reason (path events: the point; ICMP: type, code)
 SYMBOL_BASE = 1 << 32  # moved symbol addresses: far below any kernel address (0xffff...)
-
-
-def netns_of(raw: bytes) -> int | None:
-    offset = NETNS_OFFSETS.get(raw[0])
-    return _U32.unpack_from(raw, offset)[0] if offset is not None and len(raw) >= offset + 4 else None
 
 
 @dataclass
@@ -150,7 +137,7 @@ class Remap:
         ts, = _U64.unpack_from(out, TS_OFFSET)
         shifted = ts + self.shift_ns
         if not 0 <= shifted < 1 << 64:
-            raise PodtraceError("the second recording's events fall outside the first's clock once aligned "
+            raise PodtraceError("a recording's events fall outside the first's clock once aligned "
                                 f"(shift {self.shift_ns} ns): these recordings were not made at the same time",
                                 "record both nodes at the same time")
         _U64.pack_into(out, TS_OFFSET, shifted)
@@ -170,35 +157,56 @@ class Remap:
         return bytes(out)
 
 
-def same_machine(nodes: list[NodeFile]) -> bool:
-    """Both recordings were made on one machine (one hostname, one boot: wall minus monotonic clock within a
-    second; NTP slews it by far less): an inode is then one namespace in both, its name the same, nothing moves."""
-    first, second = nodes
-    return (first.header.get("hostname") == second.header.get("hostname")
-            and abs(first.wall_offset_ns - second.wall_offset_ns) < 1_000_000_000)
+def machines(nodes: list[NodeFile]) -> list[int]:
+    """Per node, the first node recorded on the same machine (one hostname, one boot: wall minus monotonic clock
+    within a second; NTP slews it by far less): an inode is then one namespace in both, its name the same."""
+    out: list[int] = []
+    for index, node in enumerate(nodes):
+        out.append(next((first for first in sorted(set(out))
+                         if nodes[first].header.get("hostname") == node.header.get("hostname")
+                         and abs(nodes[first].wall_offset_ns - node.wall_offset_ns) < 1_000_000_000), index))
+    return out
 
 
-def _qualifier(nodes: list[NodeFile]) -> list[str]:
-    hosts = [str(node.header.get("hostname") or "?") for node in nodes]
-    if len(set(hosts)) == len(hosts):
+def _qualifiers(nodes: list[NodeFile], firsts: list[int]) -> dict[int, str]:
+    """Each machine's qualifier for the names it shares with another: its hostname, or its first file's name when
+    two machines have one hostname."""
+    groups = sorted(set(firsts))
+    hosts = {group: str(nodes[group].header.get("hostname") or "?") for group in groups}
+    if len(set(hosts.values())) == len(groups):
         return hosts
-    return [os.path.basename(node.path).split(".ptrec")[0] or f"node{index + 1}" for index, node in enumerate(nodes)]
+    return {group: os.path.basename(nodes[group].path).split(".ptrec")[0] or f"node{group + 1}" for group in groups}
 
 
-def plan(nodes: list[NodeFile], offset_ns: int) -> tuple[list[Remap], dict[int, str], dict[int, str], dict[int, str]]:
-    """Each node's rewrite (the first's only renames shared names) and the merged netns, symbol and reason maps.
-    `offset_ns`: added to the second node's wall clock to put it on the first's (tracer.journey.ClockAlignment)."""
-    first, second = nodes
-    remaps = [Remap(), Remap(shift_ns=second.wall_offset_ns + offset_ns - first.wall_offset_ns)]
-    if not same_machine(nodes):
-        qualifiers = _qualifier(nodes)
-        shared = first.used_names() & second.used_names()
-        for remap, qualifier in zip(remaps, qualifiers):
-            remap.names = {name: f"{qualifier}:{name}" for name in shared}
-        # namespaces: the second node's inodes that the first also uses move to values neither uses
-        taken = first.used_inodes() | second.used_inodes()
+def plan(nodes: list[NodeFile], offsets_ns: list[int]
+         ) -> tuple[list[Remap], dict[int, str], dict[int, str], dict[int, str]]:
+    """Each node's rewrite and the merged netns, symbol and reason maps. `offsets_ns`: per node, added to its wall
+    clock to put it on the first's (tracer.journey.ClockAlignment.offsets). Nodes of one machine share its
+    namespaces (inodes kept, names unqualified); a name two machines use is qualified by each machine, and a later
+    machine's inodes that an earlier one uses move to values none uses."""
+    first = nodes[0]
+    remaps = [Remap(shift_ns=node.wall_offset_ns + offset - first.wall_offset_ns if index else 0)
+              for index, (node, offset) in enumerate(zip(nodes, offsets_ns))]
+    firsts = machines(nodes)
+    groups = sorted(set(firsts))
+    if len(groups) > 1:
+        qualifiers = _qualifiers(nodes, firsts)
+        names = {group: set().union(*(node.used_names() for node, g in zip(nodes, firsts) if g == group))
+                 for group in groups}
+        inodes = {group: set().union(*(node.used_inodes() for node, g in zip(nodes, firsts) if g == group))
+                  for group in groups}
+        shared = {name for group in groups for name in names[group]
+                  if sum(name in names[other] for other in groups) > 1}
+        taken = set().union(*inodes.values())
         spare = (value for value in range((1 << 32) - 1, 0, -1) if value not in taken)
-        remaps[1].inodes = {inode: next(spare) for inode in sorted(second.used_inodes() & first.used_inodes())}
+        moved: dict[int, dict[int, int]] = {}
+        earlier: set[int] = set()
+        for group in groups:
+            moved[group] = {inode: next(spare) for inode in sorted(inodes[group] & earlier)}
+            earlier |= inodes[group]
+        for remap, group in zip(remaps, firsts):
+            remap.names = {name: f"{qualifiers[group]}:{name}" for name in sorted(shared & names[group])}
+            remap.inodes = dict(moved[group])
     netns: dict[int, str] = {}
     for node, remap in zip(nodes, remaps):
         for inode in sorted(node.used_inodes()):
@@ -208,27 +216,30 @@ def plan(nodes: list[NodeFile], offset_ns: int) -> tuple[list[Remap], dict[int, 
     # drop reasons: renumbered by name into the first node's table
     reasons = dict(first.reasons)
     by_name = {name: value for value, name in reasons.items()}
-    for value, name in sorted(second.reasons.items()):
-        if name in by_name:
-            target = by_name[name]
-        elif value not in reasons:
-            target = value
-        else:
-            target = max(reasons) + 1
-        reasons[target] = name
-        by_name[name] = target
-        if target != value:
-            remaps[1].reasons[value] = target
-    # symbols: an address the first node names differently (another kernel, another KASLR slide) moves
+    for node, remap in zip(nodes[1:], remaps[1:]):
+        for value, name in sorted(node.reasons.items()):
+            if name in by_name:
+                target = by_name[name]
+            elif value not in reasons:
+                target = value
+            else:
+                target = max(reasons) + 1
+            reasons[target] = name
+            by_name[name] = target
+            if target != value:
+                remap.reasons[value] = target
+    # symbols: an address an earlier node names differently (another kernel, another KASLR slide) moves
     symbols = dict(first.symbols)
-    moved = SYMBOL_BASE
-    for address, name in sorted(second.symbols.items()):
-        if symbols.get(address, name) != name:
-            while moved in symbols or moved in second.symbols:
-                moved += 1
-            remaps[1].symbols[address] = moved
-            address = moved
-        symbols[address] = name
+    every = set().union(*(node.symbols for node in nodes))
+    spot = SYMBOL_BASE
+    for node, remap in zip(nodes[1:], remaps[1:]):
+        for address, name in sorted(node.symbols.items()):
+            if symbols.get(address, name) != name:
+                while spot in symbols or spot in every:
+                    spot += 1
+                remap.symbols[address] = spot
+                address = spot
+            symbols[address] = name
     return remaps, netns, symbols, reasons
 
 
@@ -265,23 +276,32 @@ def _sum(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
     return total
 
 
+def _wall_shift(nodes: list[NodeFile], remaps: list[Remap], index: int) -> int:
+    """Added to node `index`'s wall clock to put it on the first's."""
+    return remaps[index].shift_ns + nodes[0].wall_offset_ns - nodes[index].wall_offset_ns
+
+
 def build_header(nodes: list[NodeFile], remaps: list[Remap], netns: dict[int, str], symbols: dict[int, str],
                  reasons: dict[int, str], merged: dict[str, Any], basename: str) -> dict[str, Any]:
-    """The merged file's header: the first node's, with both nodes' names, links, conntrack tables and kube-proxy
+    """The merged file's header: the first node's, with every node's names, links, conntrack tables and kube-proxy
     rules (netns names as rewritten), and `merged`."""
     first = nodes[0]
     header = {key: value for key, value in first.header.items()
               if key not in ("counters_at_start", "probe_counters_at_start", "softirq")}
-    starts = [int(node.header.get("clock", {}).get("wall_ns", 0)) for node in nodes]
     clock = dict(first.header.get("clock", {}))
-    if starts[1]:  # the merged span starts with the earlier recording (the second's start on the first's clock)
-        clock["wall_ns"] = min(starts[0] or starts[1], starts[1] + (remaps[1].shift_ns + first.wall_offset_ns
-                                                                    - nodes[1].wall_offset_ns))
+    # the merged span starts with the earliest recording (each start on the first's clock)
+    starts = [int(node.header.get("clock", {}).get("wall_ns", 0)) for node in nodes]
+    shifted = [start + _wall_shift(nodes, remaps, index) for index, start in enumerate(starts) if start]
+    if shifted:
+        clock["wall_ns"] = min(shifted)
+    pods: dict[str, str] = {}
+    for node in reversed(nodes):  # the first node's names win
+        pods.update(node.pods)
     names = dict(first.header.get("names", {}))
     names.update({"netns": {str(k): v for k, v in sorted(netns.items())},
-                  "symbols": {str(k): v for k, v in sorted(symbols.items())},
-                  "pods": {**nodes[1].pods, **first.pods}})
-    names["lab"] = names.get("lab") or nodes[1].header.get("names", {}).get("lab")
+                  "symbols": {str(k): v for k, v in sorted(symbols.items())}, "pods": pods})
+    names["lab"] = next((node.header.get("names", {}).get("lab") for node in nodes
+                         if node.header.get("names", {}).get("lab")), None)
     header.update({
         "format_version": FORMAT_VERSION, "format_minor": FORMAT_MINOR, "clock": clock, "names": names,
         "drop_reasons": {str(k): v for k, v in sorted(reasons.items())},
@@ -290,10 +310,11 @@ def build_header(nodes: list[NodeFile], remaps: list[Remap], netns: dict[int, st
         "merged": merged,
     })
     for key in ("links", "conntrack", "services"):
-        parts = [_rename_nodes(node.header.get(key), remap) for node, remap in zip(nodes, remaps)]
-        if any(node.header.get(key) for node in nodes):
-            entry = dict(first.header.get(key) or nodes[1].header.get(key) or {})
-            entry["nodes"] = parts[0] + parts[1]
+        sections = [node.header[key] for node in nodes if node.header.get(key)]
+        if sections:
+            entry = dict(sections[0])
+            entry["nodes"] = [item for node, remap in zip(nodes, remaps)
+                              for item in _rename_nodes(node.header.get(key), remap)]
             header[key] = entry
     header.pop("softirq", None)
     return header
@@ -309,25 +330,30 @@ def build_trailer(nodes: list[NodeFile], remaps: list[Remap], events: int, end_w
             probes[probe] = _sum([probes.get(probe, {}), values])
     if probes:
         trailer["probe_counters"] = probes
-    ends = [_rename_nodes((node.trailer or {}).get("conntrack"), remap) for node, remap in zip(nodes, remaps)]
-    if any(ends):
-        trailer["conntrack"] = {"nodes": ends[0] + ends[1]}
+    ends = [item for node, remap in zip(nodes, remaps)
+            for item in _rename_nodes((node.trailer or {}).get("conntrack"), remap)]
+    if ends:
+        trailer["conntrack"] = {"nodes": ends}
     return trailer
 
 
-def seen_by_both(nodes: list[NodeFile]) -> set[bytes]:
-    """On one machine, the first node's events in namespaces the second recorded too: the second's identical
-    events are the same kernel events recorded twice, written once."""
-    if not same_machine(nodes):
-        return set()
-    shared = nodes[0].inodes & nodes[1].inodes
-    if not shared:
-        return set()
-    source = ReplaySource(nodes[0].path)
-    try:
-        return {raw for raw in source if netns_of(raw) in shared}
-    finally:
-        source.close()
+def recorded_before(nodes: list[NodeFile], index: int) -> set[bytes]:
+    """Node `index`'s events that an earlier node of its machine recorded too (the same bytes, in a namespace both
+    traced): the same kernel events recorded twice, written once."""
+    firsts = machines(nodes)
+    skip: set[bytes] = set()
+    for earlier in range(index):
+        if firsts[earlier] != firsts[index]:
+            continue
+        shared = nodes[earlier].inodes & nodes[index].inodes
+        if not shared:
+            continue
+        source = ReplaySource(nodes[earlier].path)
+        try:
+            skip.update(raw for raw in source if netns_of(raw) in shared)
+        finally:
+            source.close()
+    return skip
 
 
 def _units(path: str, node: int, remap: Remap, skip: set[bytes]) -> Iterator[tuple[int, int, list[bytes]]]:
@@ -355,11 +381,10 @@ def _units(path: str, node: int, remap: Remap, skip: set[bytes]) -> Iterator[tup
 
 
 def write_events(writer: RecordWriter, nodes: list[NodeFile], remaps: list[Remap]) -> tuple[int, int]:
-    """Both nodes' events in time order on the first node's clock; (events written, the last one's timestamp)."""
+    """Every node's events in time order on the first node's clock; (events written, the last one's timestamp)."""
     batch: list[bytes] = []
     count = last = 0
-    twice = seen_by_both(nodes)
-    streams = [_units(node.path, index, remap, twice if index else set())
+    streams = [_units(node.path, index, remap, recorded_before(nodes, index) if index else set())
                for index, (node, remap) in enumerate(zip(nodes, remaps))]
     for ts, _node, unit in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
         batch += unit
@@ -373,11 +398,11 @@ def write_events(writer: RecordWriter, nodes: list[NodeFile], remaps: list[Remap
     return count, last
 
 
-def write_merged(path: str, nodes: list[NodeFile], offset_ns: int, merged: dict[str, Any],
+def write_merged(path: str, nodes: list[NodeFile], offsets_ns: list[int], merged: dict[str, Any],
                  mode: int = 0o600) -> int:
     """Write the merged recording to `path` whole or not at all; returns the events written. An existing file (or a
     symbolic link) at `path` is refused, as `record` refuses it; a failure leaves nothing behind."""
-    remaps, netns, symbols, reasons = plan(nodes, offset_ns)
+    remaps, netns, symbols, reasons = plan(nodes, offsets_ns)
     merged = {**merged, "nodes": [
         {**entry, "netns": sorted(remap.inode(inode) for inode in node.inodes),
          "renamed": dict(sorted(remap.names.items()))}
@@ -390,8 +415,8 @@ def write_merged(path: str, nodes: list[NodeFile], offset_ns: int, merged: dict[
         writer.write_json(KIND_HEADER, header)
         count, last = write_events(writer, nodes, remaps)
         ends = [int((node.trailer or {}).get("end_wall_ns") or 0) for node in nodes]
-        shift_wall = remaps[1].shift_ns + nodes[0].wall_offset_ns - nodes[1].wall_offset_ns
-        end = max(ends[0], ends[1] + shift_wall if ends[1] else 0, last + nodes[0].wall_offset_ns if last else 0)
+        end = max([end + _wall_shift(nodes, remaps, index) for index, end in enumerate(ends) if end]
+                  + [last + nodes[0].wall_offset_ns if last else 0])
         writer.write_json(KIND_TRAILER, build_trailer(nodes, remaps, count, end))
         writer.close()  # flushed and fsynced
         _link_into_place(temporary, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 ESTIMATE = "no clock is assumed synchronised, so this is an estimate"
@@ -21,32 +22,99 @@ def _client(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> 
     return f"client {pod} ({src})" if pod else f"client {src}"
 
 
-def journey_text(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> str:
-    """A flow's journey, one hop a line (under 100 columns for the usual names)."""
-    path = journey["path"]
-    first = path[0]["node"] if path else "?"
-    lines = [f"  {journey['flow']}: {journey['packets']} matched, {_client(journey, pod_of)} on {first}"]
-    lines += [f"    {'+' + str(hop['t_us']) + ' us':>12}  {hop['node']}  {hop['at']}" for hop in path]
-    one_way = journey.get("one_way_us")
-    latency = "one way unknown" if one_way is None else f"one way {one_way} us" + (
-        " (relative to the fastest packet)" if journey.get("one_way") == "relative" else " (estimated)")
+def latency_text(one_way_us: float | None, how: str | None) -> str:
+    if one_way_us is None:
+        return "one way unknown"
+    said = {"relative": "relative to the fastest packet", "estimated": "estimated",
+            "unaligned": "clocks not aligned: as recorded"}.get(str(how), str(how))
+    return f"one way {one_way_us} us ({said})"
+
+
+@dataclass(frozen=True)
+class Hop:
+    t_us: float  # from the flow's first sighting, on the first node's clock
+    node: str
+    at: str  # "xmit host/eth0", "dropped in pt-node2/cni0"
+
+
+@dataclass(frozen=True)
+class Segment:
+    source: str
+    target: str
+    packets: int
+    latency: str  # "one way 20.0 us (estimated)"
+
+
+@dataclass(frozen=True)
+class JourneyView:
+    """A flow's journey as people read it (the report's lines, the TUI's rows): one builder for both."""
+
+    flow: str
+    packets: int
+    client: str  # "client default/frontend-7 (10.244.0.2)"
+    first_node: str
+    hops: tuple[Hop, ...]
+    segments: tuple[Segment, ...]
+    latency: str  # over the whole way
+    one_way_us: float | None
+    one_way: str  # "estimated", "relative" (to the fastest packet), "unaligned"
+    died: str | None  # "died at node-b/host (host): 3 x NETFILTER_DROP"
+    died_node: str | None
+    died_what: str | None  # "3 x NETFILTER_DROP"
+    nodes: tuple[str, ...]  # the nodes it crossed, in order
+
+    @property
+    def outcome(self) -> str:
+        return f"{self.died}; {self.latency}" if self.died else f"not seen dropped; {self.latency}"
+
+
+def journey_view(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> JourneyView:
+    path = journey.get("path") or []
     died = journey.get("died")
-    if died:
-        lines.append(f"    died at {died['node']} ({died['netns']}): {died['packets']} x {died['reason']}; {latency}")
-    else:
-        lines.append(f"    not seen dropped; {latency}")
+    segments = tuple(Segment(str(seg["from"]), str(seg["to"]), int(seg.get("packets") or 0),
+                             latency_text(seg.get("one_way_us"), seg.get("one_way")))
+                     for seg in journey.get("segments") or [])
+    return JourneyView(
+        flow=str(journey.get("flow")), packets=int(journey.get("packets") or 0), client=_client(journey, pod_of),
+        first_node=str(path[0]["node"]) if path else "?",
+        hops=tuple(Hop(float(hop["t_us"]), str(hop["node"]), str(hop["at"])) for hop in path),
+        segments=segments, latency=latency_text(journey.get("one_way_us"), journey.get("one_way")),
+        one_way_us=journey.get("one_way_us"), one_way=str(journey.get("one_way") or ""),
+        died=f"died at {died['node']} ({died['netns']}): {died['packets']} x {died['reason']}" if died else None,
+        died_node=str(died["node"]) if died else None,
+        died_what=f"{died['packets']} x {died['reason']}" if died else None,
+        nodes=tuple(dict.fromkeys(str(hop["node"]) for hop in path)))
+
+
+def journey_views(merged: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> list[JourneyView]:
+    """Every journey of a merged recording, those that died first."""
+    journeys = sorted(merged.get("journeys", []), key=lambda j: not j.get("died"))
+    return [journey_view(journey, pod_of) for journey in journeys]
+
+
+def nodes_text(merged: Mapping[str, Any]) -> str:
+    names = [f"{node['name']} ({node.get('file', '?')})" for node in merged.get("nodes", [])]
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names)
+
+
+def journey_text(view: JourneyView) -> str:
+    """A flow's journey, one hop a line (under 100 columns for the usual names); with more than one segment between
+    nodes, each segment's one-way latency too."""
+    lines = [f"  {view.flow}: {view.packets} matched, {view.client} on {view.first_node}"]
+    lines += [f"    {'+' + str(hop.t_us) + ' us':>12}  {hop.node}  {hop.at}" for hop in view.hops]
+    if len(view.segments) > 1:
+        lines += [f"    {seg.source} -> {seg.target}: {seg.latency}" for seg in view.segments]
+    lines.append(f"    {view.outcome}")
     return "\n".join(lines)
 
 
 def section_text(merged: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> str:
-    nodes = merged.get("nodes", [])
-    names = " and ".join(f"{node['name']} ({node.get('file', '?')})" for node in nodes)
     journeys = merged.get("journeys", [])
     died = sum(1 for journey in journeys if journey.get("died"))
-    lines = [f"cross-node journeys: merged recording of {names}",
+    lines = [f"cross-node journeys: merged recording of {nodes_text(merged)}",
              *textwrap.wrap(clock_line(merged), 98, initial_indent="  ", subsequent_indent="    "),
              f"  {merged.get('matched_packets', 0)} packets matched in {len(journeys)} flows, {died} of them dropped"]
-    lines += [journey_text(journey, pod_of) for journey in sorted(journeys, key=lambda j: not j.get("died"))]
+    lines += [journey_text(view) for view in journey_views(merged, pod_of)]
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tracer import recording_schema
 from tracer.errors import RecordingError
-from tracer.events import EVENT_SIZE, EVENT_SIZES, Tuple
+from tracer.events import EVENT_SIZE, EVENT_SIZES, Tuple, field_offsets, netns_of
 
 if TYPE_CHECKING:
     from tracer.flows import NatRecord
@@ -452,9 +452,8 @@ def part_path(path: str, index: int) -> str:
     return f"{path}.{index}"
 
 
-# events.field_offsets(): a packet event has location at 24 and netns at 36; a NAT event (shorter) netns at 24.
 _LOCATION = struct.Struct("<Q")
-_NETNS = struct.Struct("<I")
+_LOCATION_AT = field_offsets()["location"]  # packet events only: the others have no kernel location
 
 
 class Recorder:
@@ -529,13 +528,12 @@ class Recorder:
         new_netns: dict[str, str] = {}
         new_symbols: dict[str, str] = {}
         for raw in raw_events:
-            packet = len(raw) >= EVENT_SIZE
-            inode, = _NETNS.unpack_from(raw, 36 if packet else 24)
-            if inode not in self.netns:
+            inode = netns_of(raw)  # each event type at its own offset (a verdict's is not a NAT event's)
+            if inode is not None and inode not in self.netns:
                 self.netns[inode] = new_netns[str(inode)] = self._netns_name(inode)
-            if not packet:
+            if len(raw) < EVENT_SIZE:
                 continue
-            location, = _LOCATION.unpack_from(raw, 24)
+            location, = _LOCATION.unpack_from(raw, _LOCATION_AT)
             if location and location not in self.symbols:
                 self.symbols[location] = new_symbols[str(location)] = self._symbol(location)
         if new_netns or new_symbols:  # names go before the events that need them

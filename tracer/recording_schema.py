@@ -138,13 +138,16 @@ class List(Schema):
     item: Schema
     max_len: int = MAX_LIST
     length: int | None = None  # exactly this many
+    min_len: int = 0
 
     @property
     def expected(self) -> str:  # type: ignore[override]
-        return f"a list of {self.length}" if self.length is not None else f"a list of at most {self.max_len}"
+        if self.length is not None:
+            return f"a list of {self.length}"
+        return f"a list of {self.min_len} to {self.max_len}" if self.min_len else f"a list of at most {self.max_len}"
 
     def check(self, value: object, where: str) -> None:
-        if not isinstance(value, list) or len(value) > self.max_len or (
+        if not isinstance(value, list) or not self.min_len <= len(value) <= self.max_len or (
                 self.length is not None and len(value) != self.length):
             raise SchemaError(where, self.expected, value)
         for index, item in enumerate(value):
@@ -289,18 +292,25 @@ SERVICES = Obj({"nodes": List(Obj({"netns": Opt(Str(4096)), "error": Str(4096),
 
 # `podtrace merge -o` (format minor 5): the nodes merged, how their clocks were aligned, the journeys found
 HOP = Obj({"node": Str(4096), "at": Str(4096), "t_us": Num()}, required=("node", "at", "t_us"))
+SEGMENT = Obj({"from": Str(4096), "to": Str(4096), "packets": UINT, "one_way_us": Num(), "one_way": Str(64)},
+              required=("from", "to", "one_way_us", "one_way"))
+MERGED_MAX_NODES = 256
 JOURNEY = Obj({"journey": Bool(), "flow": Str(4096), "src": Str(64), "dst": Str(64), "packets": UINT,
-               "path": List(HOP, 4096), "one_way_us": Opt(Num()), "one_way": Str(64),
+               "path": List(HOP, 4096), "segments": List(SEGMENT, MERGED_MAX_NODES * MERGED_MAX_NODES),
+               "one_way_us": Opt(Num()), "one_way": Str(64),
                "died": Opt(Obj({"node": Str(4096), "reason": Str(256), "netns": Str(4096), "packets": UINT},
                                required=("node", "reason", "netns", "packets")))},
               required=("flow", "packets", "path", "one_way_us", "one_way", "died"))
 MERGED_NODE = Obj({"name": Str(4096), "file": Str(4096), "hostname": Str(256), "kernel_release": Str(256),
                    "run_id": Str(256), "events": UINT, "truncated": Bool(), "netns": List(UINT, 1 << 16),
-                   "renamed": Map(Str(4096), max_len=1 << 16)},
+                   "renamed": Map(Str(4096), max_len=1 << 16), "offset_ns": INT, "aligned": Bool()},
                   required=("name", "netns"))
-MERGED = Obj({"nodes": List(MERGED_NODE, length=2),
+CLOCK_LINK = Obj({"from": Str(4096), "to": Str(4096), "offset_ns": INT, "pairs": UINT, "both_ways": Bool()},
+                 required=("from", "to", "offset_ns", "pairs", "both_ways"))
+MERGED = Obj({"nodes": List(MERGED_NODE, MERGED_MAX_NODES, min_len=2),
               "clock": Obj({"offset_ns": INT, "pairs": UINT, "both_ways": Bool(), "aligned": Bool(),
-                            "text": Str(4096)}, required=("offset_ns", "pairs", "both_ways", "aligned", "text")),
+                            "text": Str(4096), "links": List(CLOCK_LINK, MERGED_MAX_NODES)},
+                           required=("offset_ns", "pairs", "both_ways", "aligned", "text")),
               "matched_packets": UINT, "journeys": List(JOURNEY)},
              required=("nodes", "clock", "matched_packets", "journeys"))
 

@@ -22,6 +22,7 @@ from tracer.check.table import COLUMNS as NODE_COLUMNS
 from tracer.errors import UsageError
 from tracer.ladder import AttachPlan
 from tui.ingest import Ingest, Recording, ingest_for
+from tui.journeys import COLUMNS as JOURNEY_COLUMNS
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import WINDOWS, Model, Snapshot, window_label
 from tui.overlay import COLUMNS as OVERLAY_COLUMNS
@@ -30,6 +31,7 @@ from tui.pyfilter import ViewFilter
 from tui.recording import new_file
 from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
+from tui.screens.journey import JourneyScreen
 from tui.screens.timeline import TimelineScreen
 from tui.services import COLUMNS as SERVICE_COLUMNS
 from tui.services import SORTS
@@ -38,7 +40,7 @@ from tui.sources import SessionInfo, Source
 from tui.widgets.header import HeaderBar, header_text
 from tui.widgets.tables import DropsTable, ProbesView, RowsView, flow_text
 
-VIEWS = ("drops", "flows", "overlay", "softirq", "probes", "node")
+VIEWS = ("drops", "flows", "overlay", "softirq", "probes", "node", "journeys")  # journeys: merged recordings only
 
 
 class PodtraceApp(App[int]):
@@ -60,6 +62,7 @@ class PodtraceApp(App[int]):
         Binding("4", "view('softirq')", "Softirq", show=False),
         Binding("5", "view('probes')", "Probes", show=False),
         Binding("6", "view('node')", "Node", show=False),
+        Binding("7", "view('journeys')", "Journeys", show=False),
         Binding("s", "sort", "Sort"),
         Binding("w", "window", "Window"),
         Binding("slash", "edit_filter", "Filter"),
@@ -119,7 +122,17 @@ class PodtraceApp(App[int]):
             with TabPane("6 Node", id="node"):
                 yield RowsView("node", "Node", "podtrace check: kube-proxy, conntrack, MTU, bridging, softirq, sockets",
                                NODE_COLUMNS)
+            if self.has_journeys:  # a merged recording's: a live session or one node's recording has none
+                with TabPane("7 Journeys", id="journeys"):
+                    yield RowsView("journeys", "Journeys",
+                                   "across nodes, dropped first; rel: relative to the fastest packet; Enter: hops",
+                                   JOURNEY_COLUMNS,
+                                   empty="no journeys in this merged recording", id="journeys-view")
         yield Footer()
+
+    @property
+    def has_journeys(self) -> bool:
+        return "journeys" in self.model.tables
 
     def _flows_empty(self) -> str:
         if self.info.mode == "live":
@@ -227,7 +240,11 @@ class PodtraceApp(App[int]):
     # -- actions --
 
     def action_view(self, name: str) -> None:
-        if isinstance(self.screen, TimelineScreen):
+        if name == "journeys" and not self.has_journeys:
+            self.notify("journeys come from merged recordings: podtrace merge A B -o ALL, then tui --replay ALL",
+                        timeout=4)
+            return
+        if isinstance(self.screen, (TimelineScreen, JourneyScreen)):
             self.pop_screen()
         self.query_one(TabbedContent).active = name
         self._show_active()  # before focusing: an empty view's table is hidden and takes no focus
@@ -362,6 +379,13 @@ class PodtraceApp(App[int]):
         self.push_screen(HelpScreen())
 
     def on_data_table_row_selected(self, message: DataTable.RowSelected) -> None:
+        if self.has_journeys:
+            journeys = self.query_one("#journeys-view", RowsView)
+            if message.data_table.parent is journeys:
+                row = journeys.selected()
+                if row is not None:
+                    self.push_screen(JourneyScreen(row["_view"], row["_clock"]))
+                return
         flows = self.query_one("#flows-view", RowsView)
         if message.data_table.parent is flows:
             row = flows.selected()

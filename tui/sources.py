@@ -214,11 +214,17 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
                             "run `podtrace tui` live on the node") from None
     from tracer.cause_state import add_causes
     from tracer.check.table import RecordedNodeFindings
+    from tui.journeys import RecordedJourneysTable
     from tui.services import RecordedFlowsTable
     from tui.softirq import RecordedSoftirqTable
 
     source = ReplaySource(path)
     header = source.header
+    tables: dict[str, Any] = {  # every section the recording holds
+        "flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks")),
+        "softirq": RecordedSoftirqTable(source)}
+    if header.get("merged"):  # `podtrace merge -o`: the journeys across its nodes
+        tables["journeys"] = RecordedJourneysTable(header["merged"], source.names.pod_of_ip)
     states = source.cause_states()  # the header's rules and conntrack tables: what `report` explains drops from
     info = SessionInfo(
         source.resolver(),
@@ -229,8 +235,7 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         attached=list(source.attached),
         plan=source.plan(),
         live_clock=False,
-        tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks")),
-                "softirq": RecordedSoftirqTable(source)},  # every section the recording holds
+        tables=tables,
         explain=lambda rows: add_causes(rows, states),
     )
     return source, info

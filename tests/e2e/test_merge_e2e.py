@@ -6,6 +6,7 @@ directory), so the recording of its node names the sender and the clocks are ali
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import uuid
@@ -183,8 +184,12 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
 
     with exclusive_lab(proxy_mode="iptables"):
         faults.set_fault("drop-backend", True)
-        paths = {node: tmp_path / f"{node}.ptrec.gz" for node in ("pt-node1", "pt-node2")}
-        recorders = [podtrace.start("record", "-o", str(path), "--netns", node, "tcp port 8080")
+        # the lab has two nodes; the client pod's own namespace is a third view (its packets before node1's DNAT)
+        paths = {node: tmp_path / f"{node}.ptrec.gz" for node in ("pt-node1", "pt-node2", "pt-client")}
+        # the client dials the VIP's port 80: its packets before node1's DNAT are kept by that port, in its own view
+        # and node1's (what joins the two); node2 sees them after the DNAT, to web-2's 8080
+        recorders = [podtrace.start("record", "-o", str(path), "--netns", node,
+                                    "tcp port 8080" if node == "pt-node2" else "tcp port 8080 or tcp port 80")
                      for node, path in paths.items()]
         # and the two-node recording of the same run, that the merged one must agree with
         two_node = tmp_path / "two-node.ptrec.gz"
@@ -215,3 +220,55 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
         assert _report_json(path)[-1]["lost"] == 0, path  # else the recordings could not agree
     merged_drops = _drops(_report_json(tmp_path / "both.ptrec.gz"), "pt-node2", "10.244.1.2", 8080)
     assert merged_drops == _drops(_report_json(two_node), "pt-node2", "10.244.1.2", 8080) > 0
+    _three_views_merge_with_node2_chained_through_node1(paths, tmp_path / "all.ptrec.gz", merged_drops)
+    _tui_journeys_view_shows_them(tmp_path / "all.ptrec.gz")
+
+
+def _three_views_merge_with_node2_chained_through_node1(paths: dict[str, Path], out: Path, drops: int) -> None:
+    """Anchored on the client pod's view, which shares packets with node1 only, node2's clock is put on it through
+    node1's; the merged file holds every drop at web-2 that node2's own recording did, each on a journey."""
+    merged = podtrace.run("merge", "--json", *(str(paths[view]) for view in ("pt-client", "pt-node1", "pt-node2")),
+                          "-o", str(out))
+    assert merged.returncode == 0, merged.stderr
+    lines = [json.loads(line) for line in merged.stdout.splitlines()]
+    clock = lines[-1]["clock"]
+    assert re.match(r"clocks aligned on \S+/pt-client: \S+/pt-node1 on \S+/pt-client from \d+ matched packets", clock)
+    assert re.search(r"; \S+/pt-node2 on \S+/pt-node1 from \d+ matched packets", clock), clock
+    died = [j for j in lines if j.get("journey") and j["died"] and j["dst"] == "10.244.1.2"]
+    assert sum(j["died"]["packets"] for j in died) == drops
+    assert all(j["segments"][-1]["to"].endswith("/pt-node2") for j in died), died
+    to_vip = [j for j in lines if j.get("journey") and j["dst"] == "10.96.0.10"]
+    assert to_vip and all(j["path"][0]["node"].endswith("/pt-client") for j in to_vip), to_vip
+    assert _drops(_report_json(out), "pt-node2", "10.244.1.2", 8080) == drops
+
+
+def _tui_journeys_view_shows_them(path: Path) -> None:
+    """`tui --replay` of the lab's merged recording: key 7 lists the journeys, those that died first, Enter one's
+    hops ending where it died."""
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    from tui.app import PodtraceApp
+    from tui.screens.journey import JourneyScreen
+    from tui.sources import open_replay
+    from tui.widgets.tables import RowsView
+
+    source, info = open_replay(str(path))
+    app = PodtraceApp(source, info)
+
+    async def run() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.5)
+            await pilot.press("7")
+            await pilot.pause(0.3)
+            rows = app.query_one("#journeys-view", RowsView).shown
+            assert rows and rows[0]["died at"].endswith("x NETFILTER_DROP"), rows[:1]
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, JourneyScreen)
+            hops = app.screen.query_one("#journey-hops", DataTable)
+            last = [str(cell) for cell in hops.get_row_at(hops.row_count - 1)]
+            assert last[1].endswith("/pt-node2") and last[2].startswith("dropped in pt-node2/"), last
+
+    asyncio.run(run())

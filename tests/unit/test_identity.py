@@ -16,6 +16,7 @@ from tracer.events import (
     EVENT_DROP,
     FLAG_PARSED,
     IPS_DST_NAT,
+    NETNS_OFFSETS,
     CtEvent,
     PacketEvent,
     Tuple,
@@ -57,7 +58,7 @@ def test_ct_event_layout_and_round_trip() -> None:
     event = conntrack()
     raw = encode_ct(event)
     assert len(raw) == CT_SIZE == 136
-    assert ct_offsets()["netns"] == 24  # where recordings read every non-packet event's netns
+    assert ct_offsets()["netns"] == NETNS_OFFSETS[EVENT_CT] == 24  # where recordings read its netns
     assert decode_ct(raw) == event and decode_any(raw) == event
 
 

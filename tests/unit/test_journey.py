@@ -3,36 +3,24 @@ with scapy: the VXLAN datagram node A transmits and the decapsulated packet node
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
-from scapy.layers.vxlan import VXLAN
 
+from tests.support.merge_recordings import event
 from tracer import events
-from tracer.events import PacketEvent, Tuple
+from tracer.events import PacketEvent, decode
 from tracer.journey import NodeRecording, align, journeys, match, packet_key
 
 B_CLOCK_AHEAD_NS = 5_000_000  # node B's wall clock runs 5 ms ahead of node A's
 
 
-def _tuple(ip: IP, l4: TCP | UDP) -> Tuple:
-    return Tuple(socket.inet_aton(ip.src).ljust(16, b"\0"), socket.inet_aton(ip.dst).ljust(16, b"\0"), l4.sport,
-                 l4.dport, 4, ip.proto, 0, 0, 0, ip.len)
-
-
 def _event(packet: IP, ts_ns: int, kind: int, reason: int, vxlan: bool = False) -> PacketEvent:
-    inner = IP(bytes(packet))
-    raw = bytes(IP(src="192.168.77.1", dst="192.168.77.2") / UDP(sport=40000, dport=8472) / VXLAN(vni=1)
-                / Ether() / inner) if vxlan else bytes(inner)
-    outer = IP(raw)
-    l4 = outer[UDP] if vxlan else outer[TCP] if TCP in outer else outer[UDP]
-    inner_tuple = _tuple(inner, inner[TCP] if TCP in inner else inner[UDP]) if vxlan else None
-    return PacketEvent(kind, 0, ts_ns, 0, 0, reason, 7, 2, len(raw), 0, 0x0800, 0, min(len(raw), 128),
-                       1 if vxlan else 0, "eth0" if vxlan else "cni0", _tuple(outer, l4), inner_tuple, raw[:128])
+    """The decoded event (in netns 7) of a packet built with scapy, the inner packet of a VXLAN datagram when
+    `vxlan`."""
+    return decode(event(packet, ts_ns, kind, reason, vxlan=vxlan, skb=0, netns=7))
 
 
 def _syn(sport: int, seq: int, ip_id: int, src: str = "10.244.0.2", dst: str = "10.244.1.2", dport: int = 8080) -> IP:

@@ -10,35 +10,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
-from scapy.layers.vxlan import VXLAN
+from scapy.layers.inet import IP, TCP
 
+from tests.support.merge_recordings import HOST, conntrack, event, header, write
 from tracer import cli
 from tracer.api import merge, open_recording
 from tracer.errors import RecordingError
 from tracer.events import (
-    CT_STRUCT,
     EVENT_CT,
     EVENT_DROP,
     EVENT_PATH,
     EVENT_SIZE,
-    FLAG_INNER,
     POINT_XMIT,
-    PacketEvent,
-    Tuple,
     decode,
-    encode,
 )
-from tracer.recording import KIND_HEADER, KIND_TRAILER, Recorder, RecordWriter
+from tracer.recording import KIND_HEADER, KIND_TRAILER, RecordWriter
 from tracer.replay import ReplaySource
 
-HOST = 4026531840  # every host's own network namespace has this inode
 SKEW_NS = 5_000_000  # node B's wall clock runs 5 ms ahead
 OFFSET_A = 1_000_000_000  # wall minus monotonic: when each machine booted
 OFFSET_B = 7_000_000_000
@@ -47,66 +39,27 @@ LATENCY_NS = [40_000, 50_000, 60_000]
 LOCATION = 0xFFFFFFFF81A2B3C4  # both kernels have a symbol here, not the same one
 
 
-def _tuple(ip: IP, l4: TCP | UDP) -> Tuple:
-    return Tuple(socket.inet_aton(ip.src).ljust(16, b"\0"), socket.inet_aton(ip.dst).ljust(16, b"\0"), l4.sport,
-                 l4.dport, 4, ip.proto, 0, 0, 0, ip.len)
-
-
 def _syn(k: int) -> IP:
     return IP(src="10.244.0.2", dst="10.244.1.2", id=100 + k, flags="DF") / TCP(sport=40000 + k, dport=8080,
                                                                                  flags="S", seq=7000 + k)
 
 
-def _event(packet: IP, ts_ns: int, kind: int, reason: int, location: int = 0, vxlan: bool = False,
-           skb: int = 0xFFFF888000001000) -> bytes:
-    inner = IP(bytes(packet))
-    raw = bytes(IP(src="192.168.77.1", dst="192.168.77.2") / UDP(sport=40000, dport=8472) / VXLAN(vni=1)
-                / Ether() / inner) if vxlan else bytes(inner)
-    outer = IP(raw)
-    l4 = outer[UDP] if vxlan else outer[TCP] if TCP in outer else outer[UDP]
-    inner_tuple = _tuple(inner, inner[TCP] if TCP in inner else inner[UDP]) if vxlan else None
-    return encode(PacketEvent(kind, 0, ts_ns, skb, location, reason, HOST, 2, len(raw), 0, 0x0800,
-                              FLAG_INNER if vxlan else 0,
-                              min(len(raw), 128), 1 if vxlan else 0, "eth0" if vxlan else "cni0", _tuple(outer, l4),
-                              inner_tuple, raw[:128]))
-
-
-def _ct(ts_ns: int, skb: int) -> bytes:
-    empty = (bytes(16), bytes(16), 0, 0, 0, 0, 0, 0, 0, 0)
-    return CT_STRUCT.pack(EVENT_CT, 0, ts_ns, skb, HOST, 0, 0, 0, 0, 0, 0, *empty, *empty)
-
-
-def _header(host: str, offset: int, reasons: dict[str, str], pods: dict[str, str]) -> dict[str, Any]:
-    return {"format_version": 1, "kernel_release": f"6.1.0-{host}", "hostname": host,
-            "clock": {"wall_ns": 9_000_000_000, "monotonic_ns": 9_000_000_000 - offset, "wall_offset_ns": offset},
-            "drop_reasons": reasons, "attached": ["raw tracepoint kfree_skb"],
-            "filter": {"expression": "tcp", "netns": None},
-            "names": {"netns": {}, "lab": None, "pods": pods},
-            "conntrack": {"nodes": [{"netns": None, "error": "not read in this test"}]}}
-
-
-def _write(path: Path, header: dict[str, Any], events: list[bytes], symbol: str, end_wall: int) -> None:
-    recorder = Recorder(str(path), header, lambda inode: "host", lambda address: symbol)
-    recorder.add(events)
-    recorder.close({"lost": 1, "events": len(events)}, end_wall)
-
-
-A_EVENTS = [_event(_syn(k), SENT_WALL[k] - OFFSET_A, EVENT_PATH, POINT_XMIT, vxlan=True) for k in range(3)]
-A_EVENTS.append(_event(IP(src="10.244.0.9", dst="10.244.0.2", id=9) / TCP(sport=1, dport=2, seq=1),
+A_EVENTS = [event(_syn(k), SENT_WALL[k] - OFFSET_A, EVENT_PATH, POINT_XMIT, vxlan=True) for k in range(3)]
+A_EVENTS.append(event(IP(src="10.244.0.9", dst="10.244.0.2", id=9) / TCP(sport=1, dport=2, seq=1),
                        SENT_WALL[2] + 500_000 - OFFSET_A, EVENT_DROP, 2, LOCATION))  # NO_SOCKET on node A
 B_EVENTS: list[bytes] = []
 for _k in range(3):
     _ts = SENT_WALL[_k] + LATENCY_NS[_k] + SKEW_NS - OFFSET_B
-    B_EVENTS += [_ct(_ts, 0xFFFF888000002000 + _k),
-                 _event(_syn(_k), _ts, EVENT_DROP, 5, LOCATION, skb=0xFFFF888000002000 + _k)]
+    B_EVENTS += [conntrack(_ts, 0xFFFF888000002000 + _k),
+                 event(_syn(_k), _ts, EVENT_DROP, 5, LOCATION, skb=0xFFFF888000002000 + _k)]
 
 
 @pytest.fixture
 def recordings(tmp_path: Path) -> tuple[Path, Path]:
     a, b = tmp_path / "node-a.ptrec.gz", tmp_path / "node-b.ptrec"
-    _write(a, _header("node-a", OFFSET_A, {"2": "NO_SOCKET", "3": "NETFILTER_DROP"},
+    write(a, header("node-a", OFFSET_A, {"2": "NO_SOCKET", "3": "NETFILTER_DROP"},
                       {"10.244.0.2": "default/frontend-7"}), A_EVENTS, "tcp_v4_rcv+0x99", SENT_WALL[2] + 10**9)
-    _write(b, _header("node-b", OFFSET_B, {"5": "NETFILTER_DROP"}, {"10.244.1.2": "default/web-2"}), B_EVENTS,
+    write(b, header("node-b", OFFSET_B, {"5": "NETFILTER_DROP"}, {"10.244.1.2": "default/web-2"}), B_EVENTS,
            "nft_do_chain+0x46f", SENT_WALL[2] + SKEW_NS + 10**9)
     return a, b
 
@@ -229,8 +182,8 @@ def test_an_existing_output_is_refused_and_left_alone(recordings: tuple[Path, Pa
 def test_recordings_sharing_no_packet_write_no_file(recordings: tuple[Path, Path], tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other.ptrec"
-    _write(other, _header("node-c", OFFSET_B, {"5": "NETFILTER_DROP"}, {}),
-           [_event(IP(src="10.9.0.1", dst="10.9.0.2", id=5) / TCP(sport=3, dport=4, seq=9), 5, EVENT_DROP, 5)], "x", 1)
+    write(other, header("node-c", OFFSET_B, {"5": "NETFILTER_DROP"}, {}),
+           [event(IP(src="10.9.0.1", dst="10.9.0.2", id=5) / TCP(sport=3, dport=4, seq=9), 5, EVENT_DROP, 5)], "x", 1)
     before = set(os.listdir(tmp_path))
     code, out, err = run_cli(capsys, "merge", str(recordings[0]), str(other), "-o", str(tmp_path / "both.ptrec"))
     assert code == 1 and out == "" and err.count("\n") == 1 and "share no packet" in err
@@ -265,10 +218,10 @@ def _with_merged(path: Path, merged: Any) -> None:
 
 def test_the_merged_header_is_schema_checked(both: Path, tmp_path: Path) -> None:
     good = ReplaySource(str(both)).header["merged"]
-    three = tmp_path / "three.ptrec"
-    _with_merged(three, {**good, "nodes": good["nodes"] * 2})
-    with pytest.raises(RecordingError, match=r"merged\.nodes should be a list of 2"):
-        ReplaySource(str(three))
+    one = tmp_path / "one.ptrec"
+    _with_merged(one, {**good, "nodes": good["nodes"][:1]})
+    with pytest.raises(RecordingError, match=r"merged\.nodes should be a list of 2 to 256"):
+        ReplaySource(str(one))
     hop = tmp_path / "hop.ptrec"
     journey = {**good["journeys"][0], "path": [{"node": "a", "at": "x", "t_us": "soon"}]}
     _with_merged(hop, {**good, "journeys": [journey]})
@@ -298,9 +251,9 @@ def test_tui_replay_opens_the_merged_file_with_both_nodes_drops(both: Path) -> N
 def test_two_recordings_of_one_machine_share_its_namespaces_and_an_event_both_saw_is_written_once(
         recordings: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a second recorder on node a (same host, same boot): the SYNs' drops, and node a's own NO_SOCKET drop again
-    drops = [_event(_syn(k), SENT_WALL[k] + LATENCY_NS[k] - OFFSET_A, EVENT_DROP, 3, LOCATION) for k in range(3)]
+    drops = [event(_syn(k), SENT_WALL[k] + LATENCY_NS[k] - OFFSET_A, EVENT_DROP, 3, LOCATION) for k in range(3)]
     again = tmp_path / "node-a-again.ptrec"
-    _write(again, _header("node-a", OFFSET_A + 300, {"2": "NO_SOCKET", "3": "NETFILTER_DROP"}, {}),
+    write(again, header("node-a", OFFSET_A + 300, {"2": "NO_SOCKET", "3": "NETFILTER_DROP"}, {}),
            [*drops, A_EVENTS[3]], "tcp_v4_rcv+0x99", SENT_WALL[2] + 10**9)
     out = tmp_path / "same.ptrec"
     code, _out, err = run_cli(capsys, "merge", str(recordings[0]), str(again), "-o", str(out))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.c_layout import c_struct
 from tracer import events
 from tracer.aggregate import DropTable
 from tracer.btf import Btf
@@ -58,19 +59,7 @@ def test_constants_match_the_header() -> None:
 
 
 def test_verdict_layout_follows_the_c_rules() -> None:
-    body = re.search(r"struct pt_nf_verdict_event \{(.*?)\n\};", HEADER, re.S)
-    assert body
-    sizes = {"__u8": 1, "char": 1, "__u16": 2, "__u32": 4, "__u64": 8, "struct pt_tuple": 2}
-    consts = {"PT_NFK_NAME": 32}
-    position, offsets, widest = 0, {}, 1
-    for kind, name, count in re.findall(r"^\s*(__u8|__u16|__u32|__u64|char|struct pt_tuple)\s+(\w+)(?:\[(\w+)\])?;",
-                                        body.group(1), re.M):
-        align = sizes[kind]
-        widest = max(widest, align)
-        position = (position + align - 1) // align * align
-        offsets[name] = position
-        position += events.TUPLE_SIZE if kind == "struct pt_tuple" else align * int(consts.get(count, count or 1))
-    size = (position + widest - 1) // widest * widest
+    offsets, size = c_struct("pt_nf_verdict_event")
     assert size == VERDICT_SIZE == 160
     mirror = events.verdict_offsets()
     for name in ("type", "ts_ns", "skb", "hook_ns", "netns", "verdict", "hook", "pf", "source", "len", "table",

@@ -9,6 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from tracer import cli
+from tracer.exitcodes import INTERRUPTED
+
 RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec"
 ROOT = Path(__file__).parents[2]
 
@@ -31,3 +36,21 @@ def test_sigint_during_start_up_never_prints_a_traceback() -> None:
         assert process.returncode in (0, 130, -signal.SIGINT), (step, process.returncode, err)
         outcomes.add(process.returncode)
     assert 130 in outcomes  # some of the signals did land inside podtrace's own start-up
+
+
+def test_sigint_inside_a_dataclass_body_is_an_interrupt_not_a_traceback(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal that lands while a subcommand's module builds a dataclass reaches main() wrapped by Python in a
+    RuntimeError ("Error calling __set_name__", seen in make check on a loaded machine): still exit 130. The module
+    here raises KeyboardInterrupt where the signal handler would, inside a field's __set_name__."""
+    (tmp_path / "pt_interrupted_cmd.py").write_text(
+        "import dataclasses\n"
+        "class Interrupted:\n"
+        "    def __set_name__(self, owner, name):\n"
+        "        raise KeyboardInterrupt\n"
+        "@dataclasses.dataclass\n"
+        "class Counts:\n"
+        "    frag_needed: int = Interrupted()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pt_interrupted_cmd",))
+    assert cli.main(["report", str(RECORDING)]) == INTERRUPTED

@@ -103,3 +103,43 @@ def test_timeline_of_a_dnat_drop(snap_compare: Any) -> None:
 
 def test_probes_per_probe(snap_compare: Any) -> None:
     assert snap_compare(services_app(), terminal_size=SIZE, run_before=settled_services("5"))
+
+
+def journeys_app() -> Any:
+    """The TUI on the lab fixtures' merged recording (tests/support/lab_merged.py), in the working directory."""
+    from tests.support.lab_merged import merge_lab
+    from tui.app import PodtraceApp
+    from tui.sources import open_replay
+
+    source, info = open_replay(merge_lab())
+    return PodtraceApp(source, info)
+
+
+def settled_journeys(*keys: str) -> Any:
+    async def run_before(pilot: Any) -> None:
+        from tracer.events import counted_events
+        from tracer.replay import ReplaySource
+
+        source = ReplaySource("lab.ptrec.gz")
+        events = counted_events(source)
+        source.close()
+        app = pilot.app
+        for _ in range(200):
+            if app.snapshot is not None and app.snapshot.received >= events:
+                break
+            await pilot.pause(0.05)
+        for key in keys:
+            await pilot.press(key)
+        await pilot.pause(0.3)
+
+    return run_before
+
+
+def test_journeys_view(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert snap_compare(journeys_app(), terminal_size=SIZE, run_before=settled_journeys("7"))
+
+
+def test_journey_hops(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert snap_compare(journeys_app(), terminal_size=SIZE, run_before=settled_journeys("7", "enter"))

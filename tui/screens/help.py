@@ -19,10 +19,13 @@ HELP = """\
 [b]4[/b] Softirq     per-CPU NET_RX/NET_TX times, squeezes
 [b]5[/b] Probes      attached programs, events and losses per probe, the attach ladder
 [b]6[/b] Node        node-wide facts
+[b]7[/b] Journeys    replaying a merged recording (podtrace merge A B ... -o ALL): each flow across
+                    the nodes, client's node -> where it died, one-way latency per segment
 
 [b]Enter[/b]  on a drop or a Service flow: its recent packets hop by hop (device, hook, NAT
        before -> after, drop, time and delta); Enter on a hop: that connection's packets only
-       (before and after NAT, and its replies); Esc goes back
+       (before and after NAT, and its replies); on a journey: its hops node by node, on the
+       first node's clock, and each segment's one-way latency; Esc goes back
 [b]/[/b]      view filter in tcpdump syntax, e.g. [i]udp port 53[/i] or [i]host 10.96.0.10[/i]:
        applied to events already captured, without reattaching probes; it narrows the
        kernel filter given on the command line, it cannot widen it. Empty clears it.

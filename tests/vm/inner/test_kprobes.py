@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +22,23 @@ from support.netns import Pair, netns_pair, sh
 from vmfacts import timed
 
 from tracer.aggregate import DropTable
-from tracer.events import EVENT_PATH, POINT_FRAGMENT, POINT_VXLAN_RCV, POINT_VXLAN_XMIT, PacketEvent, decode
+from tracer.events import (
+    EVENT_NF_VERDICT,
+    EVENT_PATH,
+    POINT_FRAGMENT,
+    POINT_VXLAN_RCV,
+    POINT_VXLAN_XMIT,
+    PacketEvent,
+    decode,
+    decode_verdict,
+)
 from tracer.ksyms import KernelSymbols
 from tracer.live import LiveSource
+from tracer.names import NetnsNames
 from tracer.nfverdict import NfAttribution, hook_label
 from tracer.probes import ProbeConfig
+from tracer.recording import Recorder
+from tracer.replay import ReplaySource
 from tracer.report import Resolver, drop_rows
 from tracer.session import probe_config
 
@@ -246,3 +259,24 @@ def test_flows_on_6_1_uses_kprobes_instead_of_links() -> None:
     assert config.netfilter is False
     assert "netfilter" in config.kprobes and "vxlan" not in config.kprobes
     assert {"netfilter", "vxlan", "fragmentation"} <= set(probe_config(args, path=True).kprobes)
+
+
+def test_a_recording_of_real_verdict_events_names_their_namespaces(seen: Seen, tmp_path: Path) -> None:
+    """The kernel's own verdict events (netns after hook_ns, at 32: not where NAT and conntrack events keep it)
+    recorded as `podtrace record` records them: the recording names each verdict's namespace, pair.b's."""
+    assert seen.pair is not None
+    verdicts = [decode_verdict(raw) for raw in seen.raws if raw[0] == EVENT_NF_VERDICT]
+    assert verdicts, seen.kinds()
+    header = {"format_version": 1, "kernel_release": "vm", "hostname": "vm",
+              "clock": {"wall_ns": 0, "monotonic_ns": 0, "wall_offset_ns": 0}, "drop_reasons": {}, "attached": [],
+              "names": {"netns": {}, "lab": None}}
+    path = tmp_path / "verdicts.ptrec"
+    recorder = Recorder(str(path), header, NetnsNames().name, hex)
+    recorder.add(seen.raws)
+    recorder.close({}, 0)
+    source = ReplaySource(str(path))
+    assert sum(1 for raw in source if raw[0] == EVENT_NF_VERDICT) == len(verdicts)
+    source.close()
+    assert all(verdict.netns in source.names.netns for verdict in verdicts)
+    dropped = [verdict for verdict in verdicts if verdict.tuple.dport in (LEGACY_PORT, NFT_PORT)]
+    assert dropped and {source.names.netns[verdict.netns] for verdict in dropped} == {seen.pair.b}
