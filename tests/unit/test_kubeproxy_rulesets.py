@@ -46,6 +46,19 @@ def test_ip6tables_local_policy() -> None:
     want.check(parse_iptables_save(text("ip6tables-localhost-nodeports.save")), want.IPV6_IPTABLES)
 
 
+@pytest.mark.parametrize(("name", "expected"), [
+    ("iptables-etp-local-v4.save", want.ETP_LOCAL_V4),
+    ("iptables-localhost-nodeports-v4.save", want.LOCALHOST_NODEPORTS_V4),
+], ids=["lb-externalip-nodeport", "nodeport"])
+def test_iptables_local_policy_with_a_local_endpoint(name: str, expected: tuple[want.Expected, ...]) -> None:
+    """externalTrafficPolicy Local (KUBE-EXT-* -> KUBE-SVL-*): every VIP and the NodePort name the Service with all
+    its endpoints, and the local chain's endpoint is the only local one; no drop for missing local endpoints."""
+    smap = parse_iptables_save(text(name))
+    want.check(smap, expected)
+    (port,) = smap.ports
+    assert [e.chain for e in port.local_endpoints] == [e.chain for e in port.endpoints if e.ip.endswith(".2.1")]
+
+
 def test_old_comment_forms_gke_1_2() -> None:
     """`"kube-system/heapster: cluster IP"` (unnamed port, kube-proxy 1.2) names kube-system/heapster."""
     want.check(parse_iptables_save(text("gke-1.2.4-node-nat.save")), want.GKE_1_2)
