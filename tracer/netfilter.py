@@ -59,24 +59,26 @@ def entered_netns(name: str | None) -> Iterator[None]:
 PRIORITY_TRIES = 16
 
 
-def _attach_near(program_fd: int, point: NfPoint) -> nflink.NetfilterLink:
+def _attach_near(program_fd: int, point: NfPoint, family: int) -> nflink.NetfilterLink:
     step = 1 if point.priority < 0 else -1
     for offset in range(PRIORITY_TRIES - 1):
         try:
-            return nflink.attach(program_fd, point.hook, point.priority + step * offset)
+            return nflink.attach(program_fd, point.hook, point.priority + step * offset, family)
         except OSError as err:
             if err.errno != errno.EBUSY:
                 raise
-    return nflink.attach(program_fd, point.hook, point.priority + step * (PRIORITY_TRIES - 1))
+    return nflink.attach(program_fd, point.hook, point.priority + step * (PRIORITY_TRIES - 1), family)
 
 
-def attach_all(program_fds: dict[str, int], netns: str | None) -> list[nflink.NetfilterLink]:
-    """One link per point, created inside `netns`; on any failure the links made so far are closed."""
+def attach_all(program_fds: dict[str, int], netns: str | None) -> tuple[list[nflink.NetfilterLink], str]:
+    """One link per point and family, created inside `netns`: IPv4, then IPv6 (the hooks are per family, and
+    kube-proxy's `ip6 kube-proxy` table and ip6tables NAT run on IPv6's). An IPv4 failure closes every link made
+    and raises; an IPv6 one (a kernel without IPv6) closes the IPv6 links and is returned as text, "" when none."""
     links: list[nflink.NetfilterLink] = []
     try:
         with entered_netns(netns):
             for point in POINTS:
-                links.append(_attach_near(program_fds[point.program], point))
+                links.append(_attach_near(program_fds[point.program], point, nflink.NFPROTO_IPV4))
     except OSError as err:
         for link in links:
             link.close()
@@ -84,4 +86,13 @@ def attach_all(program_fds: dict[str, int], netns: str | None) -> list[nflink.Ne
             f"netfilter link at {point.hook} {point.priority} refused: {err.strerror}",
             "netfilter links need kernel 6.4 or later; see `podtrace doctor`",
         ) from err
-    return links
+    v6: list[nflink.NetfilterLink] = []
+    try:
+        with entered_netns(netns):
+            for point in POINTS:
+                v6.append(_attach_near(program_fds[point.program], point, nflink.NFPROTO_IPV6))
+    except OSError as err:
+        for link in v6:
+            link.close()
+        return links, f"IPv6 netfilter link at {point.hook} {point.priority} refused: {err.strerror}"
+    return links + v6, ""

@@ -1,0 +1,86 @@
+"""`podtrace flows` on the dual-stack lab (`lab up --manifest dualstack --proxy-mode nftables`): traffic from the
+client pod to the IPv6 ClusterIP of default/web and to default/web-lb's LoadBalancer IP and ExternalIP, DNATed for
+real by the lab's `ip6 kube-proxy` / `ip kube-proxy` tables, and each flow named with its Service port and backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from support.lab import exclusive_lab
+from support.podtrace import Running, start
+
+from tracer.lab import manifest as mf
+from tracer.lab import traffic
+
+pytestmark = pytest.mark.root
+
+NODES = ("--node", "pt-node1", "--node", "pt-node2")
+DATAGRAMS = 23  # a prime: nothing else in the lab sends exactly this many
+CONNECTIONS = 29
+LAB = mf.load("dualstack")
+WEB = LAB.service("default/web")
+WEB_LB = LAB.service("default/web-lb")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[None]:
+    with exclusive_lab(proxy_mode="nftables", manifest_path="dualstack"):
+        yield
+
+
+def _flows(result: Running, service: str, vip: str) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    return [row for row in result.rows if row.get("service") == service and row.get("vip") == vip]
+
+
+def _backends(family: int) -> dict[str, str]:
+    """pod -> its address in `family`, for every pod behind default/web (web-lb selects the same pods)."""
+    return {ep.pod: ep.ip for ep in LAB.endpoints(WEB, WEB.ports[0], family=family)}
+
+
+def test_ipv6_cluster_ip_udp_flows_name_every_backend_with_exact_counts(lab: None) -> None:
+    tracer = start("flows", "--json", *NODES, "udp port 53 or udp port 5353")
+    sent = traffic.probe("default/web:dns ipv6", count=DATAGRAMS)
+    time.sleep(0.5)
+    result = tracer.stop()
+    answered = sent.per_target["default/web:dns ipv6"].endpoints
+    assert sum(answered.values()) == DATAGRAMS, sent
+    flows = _flows(result, "default/web:dns", WEB.cluster_ip6)
+    by_pod = {flow["backend_pod"]: flow for flow in flows}
+    assert set(by_pod) == set(answered), flows
+    v6 = _backends(6)
+    for pod, flow in by_pod.items():
+        assert (flow["client"], flow["client_pod"]) == (LAB.pod("client").ip6, "client"), flow
+        assert (flow["backend"], flow["backend_port"], flow["port"], flow["proto"]) == (v6[pod], 5353, 53, "udp")
+        assert flow["packets_out"] == flow["packets_in"] == flow["connections"] == answered[pod], (flow, answered)
+    assert not _flows(result, "default/web:dns", WEB.cluster_ip), "no IPv4 traffic was sent"
+    assert result.summary["proxy_mode"] == "nftables" and result.summary["lost"] == 0
+
+
+@pytest.mark.parametrize(("target", "vip"), [
+    ("default/web:http ipv6", WEB.cluster_ip6),
+    (f"default/web-lb:http loadbalancer {WEB_LB.lb_ips[0]}", WEB_LB.lb_ips[0]),
+    (f"default/web-lb:http external {WEB_LB.external_ips[0]}", WEB_LB.external_ips[0]),
+], ids=["ipv6-clusterip", "loadbalancer-ip", "external-ip"])
+def test_tcp_flows_to_ipv6_loadbalancer_and_external_ips_are_named(lab: None, target: str, vip: str) -> None:
+    service = target.split(" ")[0]
+    tracer = start("flows", "--json", *NODES, "tcp port 80 or tcp port 8080")
+    sent = traffic.probe(target, count=CONNECTIONS)
+    time.sleep(0.5)
+    result = tracer.stop()
+    answered = sent.per_target[target].endpoints
+    assert sum(answered.values()) == CONNECTIONS, sent
+    flows = _flows(result, service, vip)
+    backends = _backends(6 if ":" in vip else 4)
+    assert {flow["backend_pod"] for flow in flows} == set(answered), flows
+    for flow in flows:
+        assert flow["backend"] == backends[flow["backend_pod"]] and flow["backend_port"] == 8080, flow
+        assert flow["port"] == 80 and flow["proto"] == "tcp" and flow["client_pod"] == "client", flow
+        assert flow["packets_in"] > 0, "replies un-NATed back to the address dialled"
+    # every connection DNATed once, to the backend that answered it
+    assert {f["backend_pod"]: f["connections"] for f in flows} == dict(answered), (flows, answered)
+    # nothing else carried the Service's name: no flow to another address charged to it
+    assert not [r for r in result.rows if r.get("service") == service and "backend" in r and r["vip"] != vip
+                and r["vip"] not in (WEB.cluster_ip, WEB_LB.cluster_ip)]
