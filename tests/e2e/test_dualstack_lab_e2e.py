@@ -12,7 +12,7 @@ from support.lab import exclusive_lab
 from support.podtrace import Running, start
 
 from tracer.lab import manifest as mf
-from tracer.lab import traffic
+from tracer.lab import sh, traffic
 
 pytestmark = pytest.mark.root
 
@@ -84,3 +84,18 @@ def test_tcp_flows_to_ipv6_loadbalancer_and_external_ips_are_named(lab: None, ta
     # nothing else carried the Service's name: no flow to another address charged to it
     assert not [r for r in result.rows if r.get("service") == service and "backend" in r and r["vip"] != vip
                 and r["vip"] not in (WEB.cluster_ip, WEB_LB.cluster_ip)]
+
+
+def test_ipv6_is_on_in_every_lab_namespace(lab: None) -> None:
+    """What dual-stack needs of the namespaces: IPv6 enabled, DAD off (no address left tentative), forwarding and
+    bridged IPv6 through netfilter on the nodes; and the IPv6 pod routes go through flannel.1, never off the lab."""
+    for node in LAB.nodes:
+        for key, value in (("net.ipv6.conf.all.disable_ipv6", "0"), ("net.ipv6.conf.all.forwarding", "1"),
+                           ("net.ipv6.conf.default.accept_dad", "0"), ("net.bridge.bridge-nf-call-ip6tables", "1")):
+            assert sh.read_sysctl(node.netns, key) == value, (node.netns, key)
+        peer = next(n for n in LAB.nodes if n is not node)
+        assert f"{peer.pod_cidr_v6} via {peer.vtep_ip6} dev flannel.1" in sh.ip("-6", "route", netns=node.netns)
+    for pod in LAB.pods:
+        assert sh.read_sysctl(pod.netns, "net.ipv6.conf.eth0.accept_dad") == "0"
+        addrs = sh.ip("-6", "addr", "show", "dev", "eth0", netns=pod.netns)
+        assert f"inet6 {pod.ip6}/64 scope global" in addrs and "tentative" not in addrs and "dadfailed" not in addrs

@@ -277,7 +277,7 @@ def _parse(data: Any, source: str) -> Manifest:
     nodes: list[Node] = []
     for i, raw in enumerate(data["nodes"], start=1):
         node = Node(_name(raw["name"], "node"), str(ipaddress.ip_address(raw["ip"])), raw["pod_cidr"], i,
-                    raw.get("pod_cidr_v6", ""))
+                    str(ipaddress.IPv6Network(raw["pod_cidr_v6"])) if raw.get("pod_cidr_v6") else "")
         if bool(node.pod_cidr_v6) != bool(cluster6):
             raise ValueError(f"node {node.name}: pod_cidr_v6 goes with cluster_cidr_v6, on every node")
         if cluster6 and not ipaddress.IPv6Network(node.pod_cidr_v6).subnet_of(cluster6):
