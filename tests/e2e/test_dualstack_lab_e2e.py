@@ -11,8 +11,8 @@ import pytest
 from support.lab import exclusive_lab
 from support.podtrace import Running, start
 
+from tracer.lab import faults, sh, traffic
 from tracer.lab import manifest as mf
-from tracer.lab import sh, traffic
 
 pytestmark = pytest.mark.root
 
@@ -99,3 +99,23 @@ def test_ipv6_is_on_in_every_lab_namespace(lab: None) -> None:
         assert sh.read_sysctl(pod.netns, "net.ipv6.conf.eth0.accept_dad") == "0"
         addrs = sh.ip("-6", "addr", "show", "dev", "eth0", netns=pod.netns)
         assert f"inet6 {pod.ip6}/64 scope global" in addrs and "tentative" not in addrs and "dadfailed" not in addrs
+
+
+def test_no_endpoints_reject_of_the_ipv6_cluster_ip_is_charged_to_the_service(lab: None) -> None:
+    """`no-endpoints` empties default/web in both tables: the IPv6 ClusterIP's packets go to `ip6 kube-proxy`'s
+    reject-chain, and the drop is charged to the Service port by its IPv6 VIP."""
+    faults.set_fault("no-endpoints", True)
+    try:
+        tracer = start("flows", "--json", *NODES, "tcp port 80")
+        sent = traffic.probe("default/web:http ipv6", count=5, timeout=0.5)
+        time.sleep(0.5)
+        result = tracer.stop()
+    finally:
+        faults.set_fault("no-endpoints", False)
+    assert sent.per_target["default/web:http ipv6"].failed == 5, sent
+    drops = [row for row in result.rows if row.get("service_drop")]
+    assert drops and {row["service"] for row in drops} == {"default/web:http"}, result.rows
+    assert all(row["reason"] == "NETFILTER_DROP" and row["dst"] == WEB.cluster_ip6 for row in drops), drops
+    # the VIP in brackets, so its port is not read as part of the address
+    assert all(row["cause"].startswith("Service default/web:http has no endpoints: kube-proxy rejects its VIP "
+                                       f"[{WEB.cluster_ip6}]:80/tcp (ip6 kube-proxy reject-chain #") for row in drops)

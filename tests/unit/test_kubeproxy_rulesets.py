@@ -150,3 +150,11 @@ def test_nft_dual_stack_tables_keep_their_own_ports() -> None:
         assert p4 is not None and p6 is not None and p4 is not p6 and p4.name == p6.name == "ns1/svc1:p80"
         assert [str(e) for e in p4.endpoints] == ["10.180.0.1:80"]
         assert sorted(str(e) for e in p6.endpoints) == ["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]
+
+
+def test_ipv6_vips_and_endpoints_are_bracketed_before_their_port() -> None:
+    """`fd00:172:30::41:80` would read as one address: the port goes after brackets, as in kube-proxy's own
+    `dnat to [fd00:10:180::1]:80`."""
+    p = parse_nft_json(text("nft-knftables-v6.json")).lookup_vip("fd00:172:30::41", 80, "tcp")
+    assert p is not None and str(p) == "ns1/svc1:p80 [fd00:172:30::41]:80/tcp"
+    assert sorted(str(e) for e in p.endpoints) == ["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]

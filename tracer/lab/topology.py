@@ -18,6 +18,7 @@ BRIDGE = "cni0"
 # A default gateway that never answers: a real node has a default route, so unknown VIPs fail like on a node
 # (no DNAT, no neighbour) instead of with "no route", and still nothing leaves the lab.
 DEAD_GATEWAY_HOST = 254
+DEAD_GATEWAY6 = "fe80::fe"  # link-local on the underlay veth, which no lab namespace has
 
 Progress = Callable[[str], None]
 
@@ -51,6 +52,10 @@ def build(manifest: Manifest, progress: Progress) -> None:
         sh.ip("addr", "add", f"{node.ip}/{prefix}", "dev", UNDERLAY_DEV, netns=node.netns)
         sh.ip("link", "set", UNDERLAY_DEV, "up", netns=node.netns)
         sh.ip("route", "add", "default", "via", gateway, "dev", UNDERLAY_DEV, netns=node.netns)
+        if manifest.dual_stack:
+            # The same for IPv6: without a default route an IPv6 VIP with no endpoints dies in the route lookup
+            # (ip6_rcv_finish, before FORWARD) instead of at kube-proxy's reject, as it would on a node.
+            sh.ip("-6", "route", "add", "default", "via", DEAD_GATEWAY6, "dev", UNDERLAY_DEV, netns=node.netns)
         _vxlan(manifest, node)
         _bridge(manifest, node)
     for node in manifest.nodes:
