@@ -4,13 +4,16 @@ real by the lab's `ip6 kube-proxy` / `ip kube-proxy` tables, and each flow named
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support.lab import exclusive_lab
-from support.podtrace import Running, start
+from support.podtrace import Running, run, start
 
+from tracer.kubeproxy.collect import collect
 from tracer.lab import faults, sh, traffic
 from tracer.lab import manifest as mf
 
@@ -119,3 +122,34 @@ def test_no_endpoints_reject_of_the_ipv6_cluster_ip_is_charged_to_the_service(la
     # the VIP in brackets, so its port is not read as part of the address
     assert all(row["cause"].startswith("Service default/web:http has no endpoints: kube-proxy rejects its VIP "
                                        f"[{WEB.cluster_ip6}]:80/tcp (ip6 kube-proxy reject-chain #") for row in drops)
+
+
+def test_node_rules_read_back_name_both_families_and_the_external_addresses(lab: None) -> None:
+    """collect() on node1 (what flows, check and record read): one Service port per family, the IPv6 one with the
+    pods' IPv6 endpoints; the LB IP and the ExternalIP both found in `service-ips` and named default/web-lb:http."""
+    smap = collect("pt-node1")
+    assert smap.mode == "nftables"
+    v4, v6 = smap.lookup_vip(WEB.cluster_ip, 80, "tcp"), smap.lookup_vip(WEB.cluster_ip6, 80, "tcp")
+    assert v4 is not None and v6 is not None and v4 is not v6 and v4.name == v6.name == "default/web:http"
+    assert sorted(str(e) for e in v6.endpoints) == sorted(f"[{ip}]:8080" for ip in _backends(6).values())
+    lb = smap.lookup_vip(WEB_LB.cluster_ip, 80, "tcp")
+    assert lb is not None and lb.node_port == 30040
+    assert set(lb.external_ips) | set(lb.lb_ips) == {*WEB_LB.external_ips, *WEB_LB.lb_ips}
+    for ip in (*WEB_LB.external_ips, *WEB_LB.lb_ips):
+        assert smap.lookup_vip(ip, 80, "tcp") is lb
+
+
+def test_a_recording_reports_the_ipv6_flows(lab: None, tmp_path: Path) -> None:
+    output = tmp_path / "dualstack.ptrec.gz"
+    recorder = start("record", "-o", str(output), "--json", *NODES, "udp port 53 or udp port 5353")
+    sent = traffic.probe("default/web:dns ipv6", count=DATAGRAMS)
+    time.sleep(0.5)
+    assert recorder.stop().returncode == 0
+    answered = sent.per_target["default/web:dns ipv6"].endpoints
+    assert sum(answered.values()) == DATAGRAMS, sent
+    result = run("report", "--json", str(output))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    flows = [r for r in rows if r.get("service") == "default/web:dns" and r.get("vip") == WEB.cluster_ip6]
+    assert {f["backend_pod"]: f["packets_out"] for f in flows} == dict(answered), rows
+    assert all(f["packets_in"] == f["packets_out"] for f in flows)
