@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tracer.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort
+from tracer.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort, host_port
 from tracer.kubeproxy.names import service_name_from_comment
 
 if TYPE_CHECKING:  # conntrack reads netlink: a cause needs only its type
@@ -259,7 +259,7 @@ def _no_endpoints(service: ServicePort, rule: Rule | None, state: NetnsState) ->
     ns, _, name = service.service.partition("/")
     by = f" ({rule.where()})" if rule is not None else ""
     return Cause("no-endpoints", f"Service {service.name} has no endpoints: kube-proxy rejects its VIP "
-                 f"{service.vip}:{service.port}/{service.proto}{by}{_ratelimited(state)}",
+                 f"{host_port(service.vip, service.port)}/{service.proto}{by}{_ratelimited(state)}",
                  f"kubectl -n {ns} get endpointslices -l kubernetes.io/service-name={name}  # pods ready? selector "
                  "right?", MATCHED)
 

@@ -222,7 +222,11 @@ class FlowTable:
         for record in records:
             before, after = record.before, record.after
             proto = before.proto_name
-            if record.point in DNAT_POINTS and (before.dst, before.dport) != (after.dst, after.dport):
+            if record.point in DNAT_POINTS and self._unmasquerade(before, proto):
+                # A reply to a masqueraded connection getting its client's address back: conntrack undoes the SNAT
+                # at the DNAT hook. Its flow is the one the forward direction made; the reply's VIP comes later.
+                self.other_nat.append(record)
+            elif record.point in DNAT_POINTS and (before.dst, before.dport) != (after.dst, after.dport):
                 service = self.services.lookup_vip(before.dst, before.dport, proto) or \
                     self.services.lookup_nodeport(before.dport, proto)
                 if service is None and self._unknown_vip(before.dst):
@@ -248,6 +252,12 @@ class FlowTable:
                 flow.bytes_in += record.bytes
             else:
                 self.other_nat.append(record)
+
+    def _unmasquerade(self, before: Tuple, proto: str) -> bool:
+        """From a Service's endpoint to an address that is no Service's: a reply, not a client dialling a VIP."""
+        return bool(self.services.lookup_endpoint(before.src, before.sport, proto)) and \
+            self.services.lookup_vip(before.dst, before.dport, proto) is None and \
+            self.services.lookup_nodeport(before.dport, proto) is None
 
     def _reply_service(self, after: Tuple, proto: str) -> ServicePort | None:
         return self.services.lookup_vip(after.src, after.sport, proto) or \

@@ -183,9 +183,11 @@ class LiveSource:
                 raise KernelError(f"the netfilter programs failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err
         for netns in self.config.netfilter_netns:
-            links = netfilter.attach_all(fds, netns)
+            links, v6_refused = netfilter.attach_all(fds, netns)
             self._links += links
-            self.attached.append(f"netfilter links at {len(links)} points in {netns or 'this namespace'}")
+            families = "IPv4 only: " + v6_refused if v6_refused else "IPv4 and IPv6"
+            self.attached.append(f"netfilter links at {len(nf_points.POINTS)} points in {netns or 'this namespace'}"
+                                 f" ({families})")
 
     def nat_flows(self) -> list[tuple[Any, Any]]:
         """(struct pt_nat_key, struct pt_nat_stats) pairs of every NAT rewrite seen so far, IPVS's included."""

@@ -59,29 +59,40 @@ def entered_netns(name: str | None) -> Iterator[None]:
 PRIORITY_TRIES = 16
 
 
-def _attach_near(program_fd: int, point: NfPoint) -> nflink.NetfilterLink:
+def _attach_near(program_fd: int, point: NfPoint, family: int) -> nflink.NetfilterLink:
     step = 1 if point.priority < 0 else -1
     for offset in range(PRIORITY_TRIES - 1):
         try:
-            return nflink.attach(program_fd, point.hook, point.priority + step * offset)
+            return nflink.attach(program_fd, point.hook, point.priority + step * offset, family)
         except OSError as err:
             if err.errno != errno.EBUSY:
                 raise
-    return nflink.attach(program_fd, point.hook, point.priority + step * (PRIORITY_TRIES - 1))
+    return nflink.attach(program_fd, point.hook, point.priority + step * (PRIORITY_TRIES - 1), family)
 
 
-def attach_all(program_fds: dict[str, int], netns: str | None) -> list[nflink.NetfilterLink]:
-    """One link per point, created inside `netns`; on any failure the links made so far are closed."""
+def _attach_family(program_fds: dict[str, int], netns: str | None, family: int) -> list[nflink.NetfilterLink]:
+    """One link per point for one family; on a failure the family's links are closed and a KernelError says
+    which point the kernel refused."""
     links: list[nflink.NetfilterLink] = []
     try:
         with entered_netns(netns):
             for point in POINTS:
-                links.append(_attach_near(program_fds[point.program], point))
+                links.append(_attach_near(program_fds[point.program], point, family))
     except OSError as err:
         for link in links:
             link.close()
-        raise KernelError(
-            f"netfilter link at {point.hook} {point.priority} refused: {err.strerror}",
-            "netfilter links need kernel 6.4 or later; see `podtrace doctor`",
-        ) from err
+        name = "IPv6 " if family == nflink.NFPROTO_IPV6 else ""
+        raise KernelError(f"{name}netfilter link at {point.hook} {point.priority} refused: {err.strerror}",
+                          "netfilter links need kernel 6.4 or later; see `podtrace doctor`") from err
     return links
+
+
+def attach_all(program_fds: dict[str, int], netns: str | None) -> tuple[list[nflink.NetfilterLink], str]:
+    """One link per point and family, created inside `netns`: IPv4, then IPv6 (the hooks are per family, and
+    kube-proxy's `ip6 kube-proxy` table and ip6tables NAT run on IPv6's). An IPv4 failure raises; an IPv6 one (a
+    kernel without IPv6) leaves IPv4's links and is returned as text, "" when there was none."""
+    links = _attach_family(program_fds, netns, nflink.NFPROTO_IPV4)
+    try:
+        return links + _attach_family(program_fds, netns, nflink.NFPROTO_IPV6), ""
+    except KernelError as err:
+        return links, err.message

@@ -68,6 +68,21 @@ def test_ip6tables_loaded_and_saved() -> None:
         want.check(collect(ns), want.IPV6_IPTABLES)
 
 
+@pytest.mark.parametrize(("name", "expected"), [
+    ("iptables-etp-local-v4.save", want.ETP_LOCAL_V4),
+    ("iptables-localhost-nodeports-v4.save", want.LOCALHOST_NODEPORTS_V4),
+], ids=["lb-externalip-nodeport", "nodeport"])
+def test_iptables_local_policy_loaded_and_saved(name: str, expected: tuple[want.Expected, ...]) -> None:
+    """externalTrafficPolicy Local with a local endpoint (KUBE-EXT-* -> KUBE-SVL-*), through iptables-restore and
+    back out as iptables-save, iptables -S and collect()."""
+    with throwaway_netns("h17-") as ns:
+        restore(ns, "iptables-restore", name)
+        want.check(parse_iptables_save(sh("iptables-save", netns=ns)), expected)
+        dash_s = sh("iptables", "-S", netns=ns) + sh("iptables", "-t", "nat", "-S", netns=ns)
+        want.check(parse_iptables_save(dash_s), expected)
+        want.check(collect(ns), expected)
+
+
 def test_gke_1_2_nat_loaded_and_saved() -> None:
     with throwaway_netns() as ns:
         restore(ns, "iptables-restore", "gke-1.2.4-node-nat.save")

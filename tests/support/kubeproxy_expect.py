@@ -54,6 +54,19 @@ IPV6_IPTABLES = (
              local_endpoints=_f("[ff06::c2]:80")),
 )
 
+# TestExternalTrafficPolicyLocal (iptables proxier_test.go): LoadBalancer 1.2.3.4, ExternalIP 192.168.99.11,
+# NodePort 3001, externalTrafficPolicy Local; 10.180.2.1 has NodeName test-node (local, in KUBE-SVL), 10.180.0.1 none.
+ETP_LOCAL_V4 = (
+    Expected("ns1/svc1:p80", "172.30.0.41", 80, _f("10.180.0.1:80", "10.180.2.1:80"), node_port=3001,
+             external_ips=_f("192.168.99.11"), lb_ips=_f("1.2.3.4"), local_endpoints=_f("10.180.2.1:80")),
+)
+
+# TestEnableLocalhostNodePortsIPv4: NodePort 30001, Local policy, 10.244.2.1 on this node.
+LOCALHOST_NODEPORTS_V4 = (
+    Expected("ns1/svc1:p80", "10.69.0.10", 80, _f("10.244.0.1:80", "10.244.2.1:80"), node_port=30001,
+             local_endpoints=_f("10.244.2.1:80")),
+)
+
 # knftables fake_test.go, IPv6 case.
 IPV6_NFT = (
     Expected("ns1/svc1:p80", "fd00:172:30::41", 80, _f("[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"),

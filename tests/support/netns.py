@@ -33,9 +33,9 @@ def netns_pair() -> Iterator[Pair]:
 
 
 @contextmanager
-def throwaway_netns() -> Iterator[str]:
-    """One empty named namespace (ptt-<uuid>), removed even when the test fails."""
-    name = f"ptt-{uuid.uuid4().hex[:10]}"
+def throwaway_netns(prefix: str = "ptt-") -> Iterator[str]:
+    """One empty named namespace (<prefix><uuid>), removed even when the test fails."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
     sh("ip", "netns", "add", name)
     try:
         yield name

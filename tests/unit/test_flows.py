@@ -56,6 +56,19 @@ def test_snat_only_records_are_kept_apart() -> None:
     assert table.rows() == [] and table.other_nat == [masquerade]
 
 
+def test_a_masqueraded_reply_getting_its_client_back_is_no_flow() -> None:
+    """NodePort on node2 (masqueraded to 10.244.1.1): the reply web-2 -> 10.244.1.1 has its client's address put
+    back at PREROUTING, which looks like a DNAT; it belongs to the forward flow, and is no client -> VIP flow."""
+    table = _table()
+    forward = _nat(1, _t("192.168.77.1", 40000, "192.168.77.2", 30080, 6),
+                   _t("192.168.77.1", 40000, "10.244.1.2", 8080, 6))
+    unmasq = _nat(1, _t("10.244.1.2", 8080, "10.244.1.1", 61000, 6), _t("10.244.1.2", 8080, "192.168.77.1", 40000, 6))
+    table.add_nat([forward, unmasq])
+    assert [(f.service, f.backend_pod, f.packets_out) for f in table.rows()] == [("default/web-nodeport:http",
+                                                                                  "web-2", 1)]
+    assert table.other_nat == [unmasq]
+
+
 def test_drop_rows_attach_to_their_flow_or_to_the_service() -> None:
     table = _table()
     table.add_nat([_nat(1, _t("10.244.0.2", 41000, "10.96.0.10", 80, 6),

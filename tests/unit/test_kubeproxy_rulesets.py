@@ -46,6 +46,19 @@ def test_ip6tables_local_policy() -> None:
     want.check(parse_iptables_save(text("ip6tables-localhost-nodeports.save")), want.IPV6_IPTABLES)
 
 
+@pytest.mark.parametrize(("name", "expected"), [
+    ("iptables-etp-local-v4.save", want.ETP_LOCAL_V4),
+    ("iptables-localhost-nodeports-v4.save", want.LOCALHOST_NODEPORTS_V4),
+], ids=["lb-externalip-nodeport", "nodeport"])
+def test_iptables_local_policy_with_a_local_endpoint(name: str, expected: tuple[want.Expected, ...]) -> None:
+    """externalTrafficPolicy Local (KUBE-EXT-* -> KUBE-SVL-*): every VIP and the NodePort name the Service with all
+    its endpoints, and the local chain's endpoint is the only local one; no drop for missing local endpoints."""
+    smap = parse_iptables_save(text(name))
+    want.check(smap, expected)
+    (port,) = smap.ports
+    assert [e.chain for e in port.local_endpoints] == [e.chain for e in port.endpoints if e.ip.endswith(".2.1")]
+
+
 def test_old_comment_forms_gke_1_2() -> None:
     """`"kube-system/heapster: cluster IP"` (unnamed port, kube-proxy 1.2) names kube-system/heapster."""
     want.check(parse_iptables_save(text("gke-1.2.4-node-nat.save")), want.GKE_1_2)
@@ -137,3 +150,11 @@ def test_nft_dual_stack_tables_keep_their_own_ports() -> None:
         assert p4 is not None and p6 is not None and p4 is not p6 and p4.name == p6.name == "ns1/svc1:p80"
         assert [str(e) for e in p4.endpoints] == ["10.180.0.1:80"]
         assert sorted(str(e) for e in p6.endpoints) == ["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]
+
+
+def test_ipv6_vips_and_endpoints_are_bracketed_before_their_port() -> None:
+    """`fd00:172:30::41:80` would read as one address: the port goes after brackets, as in kube-proxy's own
+    `dnat to [fd00:10:180::1]:80`."""
+    p = parse_nft_json(text("nft-knftables-v6.json")).lookup_vip("fd00:172:30::41", 80, "tcp")
+    assert p is not None and str(p) == "ns1/svc1:p80 [fd00:172:30::41]:80/tcp"
+    assert sorted(str(e) for e in p.endpoints) == ["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -85,3 +86,53 @@ def test_unreadable_manifest(tmp_path) -> None:
     bad.write_text("{not json")
     with pytest.raises(LabError, match="not valid JSON"):
         mf.load(bad)
+
+
+def test_dual_stack_topology() -> None:
+    m = mf.load("dualstack")
+    assert m.dual_stack and m.source == "dualstack"
+    assert {p.name: p.ip6 for p in m.pods} == {"client": "fd00:10:244::2", "web-1": "fd00:10:244::3",
+                                               "web-2": "fd00:10:244:1::2", "web-3": "fd00:10:244:1::3"}
+    assert (m.nodes[1].gateway6, m.nodes[1].vtep_ip6) == ("fd00:10:244:1::1", "fd00:10:244:1::")
+    web, lb = m.service("default/web"), m.service("default/web-lb")
+    assert [e.ip for e in m.endpoints(web, web.ports[0], family=6)] == [
+        "fd00:10:244::3", "fd00:10:244:1::2", "fd00:10:244:1::3"]
+    assert (lb.type, lb.external_ips, lb.lb_ips) == ("LoadBalancer", ("192.0.2.40",), ("203.0.113.40",))
+    assert web.needs_nftables and lb.needs_nftables
+    assert not any(s.needs_nftables for s in mf.load().services) and not mf.load().dual_stack
+    again = mf.parse(json.loads(json.dumps(m.to_dict())))
+    assert again == replace(m, source="<dict>")
+
+
+def _dual() -> dict:
+    return json.loads(mf.SHIPPED["dualstack"].read_text())
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d.update(cluster_cidr_v6="2a00:1450::/56"), "not a unique-local"),
+    (lambda d: d.pop("service_cidr_v6"), "both cluster_cidr_v6 and service_cidr_v6"),
+    (lambda d: d["nodes"][0].pop("pod_cidr_v6"), "pod_cidr_v6 goes with cluster_cidr_v6"),
+    (lambda d: d["nodes"][0].update(pod_cidr_v6="fd00:99::/64"), "outside cluster_cidr_v6"),
+    (lambda d: d["services"][0].update(cluster_ip6="fd00:99::1"), "outside service_cidr_v6"),
+    (lambda d: d["services"][1].update(external_ips=["8.8.8.8"]), "not in 192.0.2.0/24"),
+    (lambda d: d["services"][1].update(lb_ips=["10.0.0.1"]), "not in 192.0.2.0/24"),
+    (lambda d: d["services"][1].update(type="NodePort"), "lb_ips need type LoadBalancer"),
+    (lambda d: [d.pop(k) for k in ("cluster_cidr_v6", "service_cidr_v6")] + [n.pop("pod_cidr_v6")
+                                                                             for n in d["nodes"]], "dual-stack lab"),
+])
+def test_bad_dual_stack_manifests(change, words: str) -> None:
+    data = _dual()
+    change(data)
+    with pytest.raises(LabError, match=words):
+        mf.parse(data, source="test")
+
+
+def test_nftables_only_services_are_refused_in_other_modes() -> None:
+    from tracer.lab import proxy
+
+    m = mf.load("dualstack")
+    for mode in ("iptables", "ipvs"):
+        with pytest.raises(LabError, match="nftables mode only"):
+            proxy.check_manifest(mode, m)
+    proxy.check_manifest("nftables", m)
+    proxy.check_manifest("iptables", mf.load())

@@ -107,3 +107,37 @@ def test_softirq_load_rules_are_one_removable_chain() -> None:
     appended = [line for line in lines if line.startswith(f"-A {chain} ")]
     assert len(appended) == count and len(set(appended)) == count
     assert all("192.0.2." in line for line in appended)  # TEST-NET-1: never a lab or real address
+
+
+def test_ipv6_endpoint_chain_name_matches_kube_proxy() -> None:
+    # nft-knftables-v6.nft (kube-proxy's IPv6 ruleset): the address's colons become dots in the chain name.
+    port = mf.ServicePort("p80", 80, 80, "TCP")
+    svc = mf.Service("ns1", "svc1", "172.30.0.41", (port,), cluster_ip6="fd00:172:30::41")
+    assert nft_rules.endpoint_chain(svc, port, mf.Endpoint("x", "fd00:10:180::2:1", 80, "n")) == \
+        "endpoint-2CRNCTTE-ns1/svc1/tcp/p80__fd00.10.180..2.1/80"
+    assert nft_rules.endpoint_chain(svc, port, mf.Endpoint("x", "fd00:10:180::1", 80, "n")) == \
+        "endpoint-ZVRFLKHO-ns1/svc1/tcp/p80__fd00.10.180..1/80"
+
+
+def test_nftables_dual_stack_manifest() -> None:
+    """Both tables; the IPv6 ClusterIP in `ip6 kube-proxy` with the pods' IPv6 endpoints, the ExternalIP and LB IP
+    going to the port's external chain (mark for masquerade, then the service chain) as kube-proxy's ns4/svc4."""
+    m = mf.load("dualstack")
+    text = nft_rules.render(m, m.nodes[0])
+    v4, v6 = text.split("add table ip6 kube-proxy\n", 1)
+    assert "ip6" not in v4 and " ip " not in v6.replace("ip6", "")
+    web, lb = m.service("default/web"), m.service("default/web-lb")
+    http = lb.ports[0]
+    sc, xc = nft_rules.service_chain(lb, http), nft_rules.external_chain(lb, http)
+    for needle in (f"add rule ip kube-proxy {xc} jump mark-for-masquerade", f"add rule ip kube-proxy {xc} goto {sc}",
+                   f'service-ips {{ 192.0.2.40 . tcp . 80 comment "default/web-lb:http" : goto {xc} }}',
+                   f'service-ips {{ 203.0.113.40 . tcp . 80 comment "default/web-lb:http" : goto {xc} }}',
+                   f'service-nodeports {{ tcp . 30040 comment "default/web-lb:http" : goto {xc} }}'):
+        assert needle in v4, needle
+    for needle in ("add set ip6 kube-proxy cluster-ips { type ipv6_addr ;", "ip6 daddr { fd00:10:96::/112 } drop",
+                   "add element ip6 kube-proxy cluster-ips { fd00:10:96::10 }",
+                   "ip6 daddr fd00:10:96::10 tcp dport 80 ip6 saddr != fd00:10:244::/56 jump mark-for-masquerade",
+                   "meta l4proto tcp dnat to [fd00:10:244:1::2]:8080", "numgen random mod 3 vmap"):
+        assert needle in v6, needle
+    assert "nodeport-ips {" not in v6.replace("add set ip6 kube-proxy nodeport-ips {", "")
+    assert web.cluster_ip6 not in v4 and lb.cluster_ip not in v6

@@ -22,7 +22,7 @@ class Endpoint:
     chain: str = ""  # KUBE-SEP-* or endpoint-* chain doing the DNAT; "" from IPVS
 
     def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return host_port(self.ip, self.port)
 
 
 @dataclass
@@ -67,7 +67,8 @@ class ServicePort:
         return next((e for e in self.endpoints if e.ip == ip and e.port == port), None)
 
     def __str__(self) -> str:
-        where = f"{self.vip}:{self.port}/{self.proto}" if self.vip else f"nodeport {self.node_port}/{self.proto}"
+        where = f"{host_port(self.vip, self.port)}/{self.proto}" if self.vip else \
+            f"nodeport {self.node_port}/{self.proto}"
         return f"{self.name or '?'} {where}"
 
 
@@ -280,6 +281,11 @@ def merge(*maps: ServiceMap) -> ServiceMap:
             break
     out.modes = tuple(dict.fromkeys(modes))
     return out
+
+
+def host_port(ip: str, port: int) -> str:
+    """`ip:port`, an IPv6 address in brackets (`[fd00::1]:80`) so the port cannot be read as part of it."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def in_any(addr: str, nets: Iterable[str]) -> bool:

@@ -15,6 +15,7 @@ EPILOG = """\
 examples:
   sudo podtrace lab up                          two nodes, 4 pods, kube-proxy in iptables mode
   sudo podtrace lab up --proxy-mode nftables --services 2000
+  sudo podtrace lab up --proxy-mode nftables --manifest dualstack   IPv6 ClusterIP, LoadBalancer, ExternalIP
   sudo podtrace lab traffic --rate 50 --duration 10
   sudo podtrace lab traffic --background        until `lab down` (at most an hour)
   sudo podtrace lab fault --list
@@ -135,7 +136,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "  sudo podtrace lab up --proxy-mode nftables --services 2000\n"
                         "  sudo podtrace lab up --if-down        (no error when it is already up)",
                         formatter_class=fmt)
-    up.add_argument("--manifest", metavar="FILE", help="topology JSON (default: the shipped default.json)")
+    up.add_argument("--manifest", metavar="FILE",
+                    help="topology JSON, or `dualstack` for the shipped IPv6/LoadBalancer one (nftables mode; "
+                         "default: the shipped default.json)")
     up.add_argument("--proxy-mode", choices=("iptables", "nftables", "ipvs"), default="iptables")
     up.add_argument("--services", type=int, default=0, metavar="N",
                     help="add N dummy ClusterIP Services (rule-count experiments)")

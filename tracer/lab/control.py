@@ -39,6 +39,7 @@ def up(manifest_path: str | None = None, proxy_mode: str = "iptables", services:
     processes.ready_timeout()  # a bad $PODTRACE_LAB_READY_TIMEOUT is refused before anything is built
     _load_modules(progress)
     base = mf.load(manifest_path)
+    proxy.check_manifest(proxy_mode, base)
     manifest = base.with_dummy_services(services)
     data: dict[str, Any] = {
         "version": state.STATE_VERSION, "manifest": base.to_dict(), "manifest_source": base.source,
@@ -131,7 +132,7 @@ def _start_servers(m: mf.Manifest, progress: Progress) -> dict[str, list[int]]:
             continue
         flag = state.STATE_DIR / f"{pod.name}.ready"
         flag.unlink(missing_ok=True)
-        args = ["--name", pod.name, "--ready-file", str(flag), "--discard", "9"]
+        args = ["--name", pod.name, "--ready-file", str(flag), "--discard", "9"] + (["--ipv6"] if pod.ip6 else [])
         for port in ports["TCP"]:
             args += ["--tcp", str(port)]
         for port in ports["UDP"]:

@@ -20,6 +20,14 @@ def check_mode(mode: str) -> None:
                        "use --proxy-mode iptables or nftables, or a kernel with CONFIG_IP_VS")
 
 
+def check_manifest(mode: str, manifest: Manifest) -> None:
+    """Refuse Services the mode's rule writer does not write, before anything is built."""
+    needs = [s.key for s in manifest.services if s.needs_nftables]
+    if needs and mode != "nftables":
+        raise LabError(f"{', '.join(needs[:3])}: IPv6 ClusterIPs, ExternalIPs and LoadBalancer IPs are written in "
+                       f"the lab's nftables mode only, not {mode}", "use --proxy-mode nftables")
+
+
 def ipvs_available() -> bool:
     return os.path.isdir("/proc/sys/net/ipv4/vs") or os.path.isdir("/proc/net/ip_vs") or _module_loadable()
 

@@ -21,9 +21,19 @@ MAX_PADDING = 1 << 20
 
 class _TCP(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
+    address_family = socket.AF_INET
     daemon_threads = True
     request_queue_size = 512
     pod_name = ""
+
+
+class _TCP6(_TCP):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # IPv6 only: the IPv4 listener on the same port is a socket of its own.
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
 
 
 class _TCPHandler(socketserver.StreamRequestHandler):
@@ -59,18 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--udp", type=int, action="append", default=[])
     ap.add_argument("--discard", type=int, action="append", default=[])
     ap.add_argument("--ready-file")
+    ap.add_argument("--ipv6", action="store_true", help="listen on IPv6 too (a dual-stack pod)")
     args = ap.parse_args(argv)
 
     threads = []
-    for port in args.tcp:
-        srv = _TCP(("0.0.0.0", port), _TCPHandler)
-        srv.pod_name = args.name
-        threads.append(threading.Thread(target=srv.serve_forever, daemon=True))
-    for port, discard in [(p, False) for p in args.udp] + [(p, True) for p in args.discard]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind(("0.0.0.0", port))
-        threads.append(threading.Thread(target=_udp_loop, args=(sock, args.name, discard), daemon=True))
+    families = [(socket.AF_INET, "0.0.0.0")] + ([(socket.AF_INET6, "::")] if args.ipv6 else [])
+    for family, anywhere in families:
+        for port in args.tcp:
+            srv = (_TCP6 if family == socket.AF_INET6 else _TCP)((anywhere, port), _TCPHandler)
+            srv.pod_name = args.name
+            threads.append(threading.Thread(target=srv.serve_forever, daemon=True))
+        for port, discard in [(p, False) for p in args.udp] + [(p, True) for p in args.discard]:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((anywhere, port))
+            threads.append(threading.Thread(target=_udp_loop, args=(sock, args.name, discard), daemon=True))
     for t in threads:
         t.start()
     if args.ready_file:

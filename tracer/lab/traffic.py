@@ -95,13 +95,18 @@ class Summary:
 
 
 def targets(manifest: Manifest, names: list[str] | None = None) -> list[Target]:
-    """Every Service port of the manifest (ClusterIP), plus NodePorts on the last node's IP."""
+    """Every Service port of the manifest (ClusterIP; its IPv6 ClusterIP, ExternalIPs and LoadBalancer IPs as
+    `<port> ipv6`, `<port> external <ip>`, `<port> loadbalancer <ip>`), plus NodePorts on the last node's IP."""
     out = []
     node_ip = manifest.nodes[-1].ip
     for svc in manifest.services:
         for port in svc.ports:
             key = svc.port_name(port)
             out.append(Target(key, svc.cluster_ip, port.port, port.protocol))
+            if svc.cluster_ip6:
+                out.append(Target(f"{key} ipv6", svc.cluster_ip6, port.port, port.protocol))
+            out += [Target(f"{key} external {ip}", ip, port.port, port.protocol) for ip in svc.external_ips]
+            out += [Target(f"{key} loadbalancer {ip}", ip, port.port, port.protocol) for ip in svc.lb_ips]
             if port.node_port:
                 out.append(Target(f"{key} nodeport", node_ip, port.node_port, port.protocol))
     if names:
@@ -124,9 +129,9 @@ def _why(err: BaseException) -> str:
     return type(err).__name__
 
 
-def _socket(netns: str, kind: int) -> socket.socket:
+def _socket(netns: str, kind: int, host: str) -> socket.socket:
     with sh.in_netns(netns):
-        sock = socket.socket(socket.AF_INET, kind)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     sock.setblocking(False)
     return sock
 
@@ -167,7 +172,7 @@ async def _run(plan: list[tuple[Pod, Target]], rate: float, timeout: float, size
         stats.attempts += 1
         sock = None
         try:
-            sock = _socket(pod.netns, socket.SOCK_STREAM if t.proto == "TCP" else socket.SOCK_DGRAM)
+            sock = _socket(pod.netns, socket.SOCK_STREAM if t.proto == "TCP" else socket.SOCK_DGRAM, t.host)
             if t.proto == "TCP":
                 endpoint = await _tcp(loop, sock, t, timeout, size)
             else:
@@ -222,7 +227,7 @@ def probe(target: str, count: int = 30, **kwargs: Any) -> Summary:
     """Send `count` attempts to one Service port of the running lab (`default/web:http`, `... nodeport`) or to
     `proto:ip:port` (e.g. `udp:10.244.1.2:5353`)."""
     manifest = state.manifest_of(state.require())
-    if target.count(":") == 2 and target.split(":")[0].upper() in ("TCP", "UDP"):
+    if target.count(":") == 2 and target.split(":")[0].upper() in ("TCP", "UDP"):  # IPv6: use a Service name
         proto, host, port = target.split(":")
         to = [Target(target, host, int(port), proto.upper())]
     else:
