@@ -261,16 +261,24 @@ class _RecordLoop:
         self.softirq: Any = None  # tracer.softirq.SoftirqProbe with --softirq
         self.prepared: dict[str, Any] | None = None  # prepare_header(), read before the probes attach
         self.drained = 0  # events read during on_start (the session counts only those it delivers)
+        # The drops recorded, grouped as `drops` groups them: at the end their causes' node state is read for the
+        # trailer, with the ICMP counters read before the probes attached (the window's rate-limited errors).
+        self.drops = DropTable()
+        self.icmp_before: dict[str, dict[str, int]] = {}
+        self.names: Any = None  # the session's Resolver, once started
 
     def _drain(self, source: Any) -> None:
         """Take what the ring buffer holds now: the probes are attached and run while the header is made."""
         batch = source.poll_raw(0)
         self.pending += batch
         self.drained += counted_events(batch)
+        for raw in batch:
+            self.drops.add_raw(raw)
 
     def on_start(self, source: Any, names: Any) -> None:
         from tracer.names import named_netns
 
+        self.names = names
         self._drain(source)
         known = {inode: name for name, inode in named_netns().items()}
         own = os.stat("/proc/self/ns/net").st_ino
@@ -294,6 +302,7 @@ class _RecordLoop:
 
     def on_raw(self, raw: bytes) -> None:
         self.pending.append(raw)
+        self.drops.add_raw(raw)
         if len(self.pending) >= BATCH:
             self._write()
 
@@ -346,9 +355,20 @@ class _RecordLoop:
         from tracer.recorded_node import collect_conntrack
 
         end = collect_conntrack(node_namespaces(self.args))  # drops during the recording: end minus start
-        self.recorder.close(final_counters, time.time_ns(), {"conntrack": end}, probes)
+        self.recorder.close(final_counters, time.time_ns(), {"conntrack": end, "cause_state": self.cause_state()},
+                            probes)
         if self.status:
             sys.stderr.write("\n")
+
+
+    def cause_state(self) -> dict[str, Any]:
+        """The routes, sysctls, RPS masks and ICMP counters behind the recorded drops' causes, read now as `drops`
+        reads them when it ends (the trailer's cause_state, format minor 6)."""
+        from tracer.recorded_causes import record_end
+
+        if self.names is None:
+            return {"nodes": [], "error": "node state not read: the session did not start"}
+        return record_end(drop_rows(self.drops, self.names), self.icmp_before)
 
 
 def check_output(path: str) -> None:
@@ -386,6 +406,10 @@ def run_record(args: argparse.Namespace) -> int:
     bccenv.require_root("tracing")  # before the header's slow parts, which need it too
     loop = _RecordLoop(args, max_size)
     loop.prepared = prepare_header(args)
+    from tracer import cause_state
+
+    # before the probes attach, as `drops` reads them: the ICMP errors a REJECT had rate-limited during the recording
+    loop.icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
     source = None
     try:
         source, _names, count = run_session(args, path=bool(args.filter), on_raw=loop.on_raw,

@@ -312,6 +312,11 @@ def build_trailer(nodes: list[NodeFile], remaps: list[Remap], events: int, end_w
     ends = [_rename_nodes((node.trailer or {}).get("conntrack"), remap) for node, remap in zip(nodes, remaps)]
     if any(ends):
         trailer["conntrack"] = {"nodes": ends[0] + ends[1]}
+    held = [(node.trailer or {}).get("cause_state") for node in nodes]
+    if all(held):  # both nodes' state behind their drops' causes (minor 6); else the report says it is unknown
+        states = [_rename_nodes(state, remap) for state, remap in zip(held, remaps)]
+        errors = "; ".join(str(state.get("error")) for state in held if state and state.get("error"))
+        trailer["cause_state"] = {"nodes": states[0] + states[1], "error": errors}
     return trailer
 
 

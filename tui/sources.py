@@ -219,7 +219,6 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
 
     source = ReplaySource(path)
     header = source.header
-    states = source.cause_states()  # the header's rules and conntrack tables: what `report` explains drops from
     info = SessionInfo(
         source.resolver(),
         node=str(header.get("hostname") or "?"),
@@ -231,6 +230,8 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         live_clock=False,
         tables={"flows": RecordedFlowsTable(source), "node": RecordedNodeFindings(header.get("node_checks")),
                 "softirq": RecordedSoftirqTable(source)},  # every section the recording holds
-        explain=lambda rows: add_causes(rows, states),
+        # what `report` explains drops from: the header's rules, the trailer's node state once the reader has
+        # reached it (a drill-down before then says the state is not read yet)
+        explain=lambda rows: add_causes(rows, source.cause_states()),
     )
     return source, info
