@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,24 @@ def test_a_blackhole_route_is_named_by_the_report_as_by_drops(no_faults: None, t
     assert {row["cause"]["text"] for row in rows} == {route} and rows[0]["cause"]["known"] == "observed"
     text = podtrace.run("report", str(path))
     assert f"cause: {route} (observed; {ORIGIN})" in " ".join(text.stdout.split()), text.stdout
+
+
+def test_a_recording_killed_before_its_trailer_says_the_route_is_not_known_never_a_wrong_one(
+        no_faults: None, tmp_path: Path) -> None:
+    _, details = faults.set_fault("blackhole-route", True)
+    path = tmp_path / "killed.ptrec"
+    record = start("record", "-o", str(path), "--netns", details["netns"])
+    traffic.probe("default/web:http", count=30, timeout=0.5)
+    time.sleep(2.0)  # the recorder flushes every second
+    os.kill(record.process.pid, signal.SIGKILL)
+    record.process.communicate(timeout=30)
+    rows = [row for row in _report(path) if isinstance(row.get("cause"), dict) and row.get("dst") == details["ip"]]
+    assert rows, "the drops before the kill are read"
+    for row in rows:
+        assert row["cause"] == {
+            "kind": "route", "known": "unknown", "fix": "",
+            "text": f"route lookup failed for {details['ip']} in {details['netns']}; which one is not known (not in "
+                    "the recording: it ends before its trailer (cut short), where this is recorded)"}, row
 
 
 def test_strict_rp_filter_is_named_by_the_report_as_by_drops(no_faults: None, tmp_path: Path) -> None:

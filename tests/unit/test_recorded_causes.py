@@ -214,3 +214,17 @@ def test_a_replay_explains_with_the_trailer_only_once_it_has_been_read(tmp_path:
         add_causes(late, source.cause_states())
     assert early[0]["cause"]["text"].endswith("(recorded at the end of the recording, not read yet)")
     assert late[0]["cause"]["known"] == "observed" and late[0]["cause"]["state"] == ORIGIN
+
+
+def test_tui_replay_drill_down_gives_the_recorded_cause(tmp_path: Path) -> None:
+    from tui.sources import open_replay
+
+    path = tmp_path / "tui.ptrec"
+    write(path)
+    source, info = open_replay(str(path))
+    assert info.explain is not None
+    list(source)  # the reader process reads it to the end while the view is up
+    rows = [dict(row) for row in ROWS]
+    info.explain(rows)
+    assert [row["cause"] for row in rows] == [{**explain(row, live_state()).to_json(), "state": ORIGIN}
+                                              for row in ROWS]
