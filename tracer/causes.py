@@ -93,7 +93,7 @@ class NetnsState:
     cpus: int = 0
     # source ("routes", "rp_filter", "rules", "conntrack", "rps", "icmp") -> why it is not known
     errors: dict[str, str] = field(default_factory=dict)
-    origin: str = ""  # "" when read live; a recording says when it read what it holds
+    recorded: bool = False  # from a recording (tracer/replay.py), not read live: the causes say when it was read
 
     def icmp_delta(self) -> dict[str, int]:
         if self.icmp_before is None or self.icmp_after is None:
@@ -128,15 +128,24 @@ def mask_for(cpus: int) -> str:
     return f"{(1 << max(cpus, 1)) - 1:x}"
 
 
-# The causes whose culprit comes from the routes, sysctls, RPS masks and MTUs a recording reads at its end.
+# When a recording read what a cause's culprit comes from (docs/recording-format.md): the routes, sysctls, RPS
+# masks and MTUs at its end (the trailer), kube-proxy's rules at its start (the header), the ICMP counters at both.
+RECORDED_END = "node state recorded at the end of the recording"
+RECORDED_RULES = "rules recorded at the start of the recording"
 RECORDED_AT_END = ("route", "rp_filter", "backlog", "mtu", "rcvbuf")
+RECORDED_AT_START = ("no-endpoints", "rule", "kube-proxy")
 
 
 def explain(row: dict[str, Any], state: NetnsState | None) -> Cause:
     """The cause of one drop group, or UNKNOWN_CAUSE; from a recording's state it says when that was read."""
     cause = _explain(row, state)
-    if state is not None and state.origin and cause.known != UNKNOWN and cause.kind in RECORDED_AT_END:
-        return replace(cause, state=state.origin)
+    if state is None or not state.recorded or cause.known == UNKNOWN:
+        return cause
+    if cause.kind in RECORDED_AT_END:
+        return replace(cause, state=RECORDED_END)
+    if cause.kind in RECORDED_AT_START:
+        icmp = cause.kind == "no-endpoints" and state.icmp_before is not None and state.icmp_after is not None
+        return replace(cause, state=RECORDED_RULES + (", ICMP counters at its start and its end" if icmp else ""))
     return cause
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from tracer.causes import NetnsState, RouteAnswer
+from tracer.causes import RECORDED_END, NetnsState, RouteAnswer
 
-ORIGIN = "node state recorded at the end of the recording"
+ORIGIN = RECORDED_END  # what a cause from this state says of it
 RECORDED = ("routes", "rp_filter", "rps", "icmp")  # the sources only the trailer's cause_state holds
 ROUTE_KEYS = ("dst", "type", "table", "dev", "gateway", "prefsrc", "protocol", "scope")
 MIN_MINOR = 6  # the format minor that added it
@@ -58,7 +58,7 @@ def state_from_json(data: Mapping[str, Any]) -> NetnsState:
         icmp_after=ints("icmp_after") if data.get("icmp_after") is not None else None,
         routes=routes, rps=cpus("rps"), irqs=cpus("irqs"), mtus=ints("mtus"), sysctls=ints("sysctls"),
         cpus=int(data.get("cpus", 0)), errors={str(k): str(v) for k, v in (data.get("errors") or {}).items()},
-        origin=ORIGIN)
+        recorded=True)
 
 
 def to_json(states: Mapping[str, NetnsState], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -123,4 +123,5 @@ class RecordedStates(Mapping[str, NetnsState]):
         found = self.states.get(netns)
         if found is not None:
             return found
-        return NetnsState(netns, errors={**dict.fromkeys(RECORDED, self.missing), "rules": self.rules_missing})
+        return NetnsState(netns, errors={**dict.fromkeys(RECORDED, self.missing), "rules": self.rules_missing},
+                          recorded=True)

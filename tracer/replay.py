@@ -453,7 +453,7 @@ class ReplaySource:
             missing = missing_reason(self.header, self.trailer, self.finished, self.truncated)
         rules_missing = "not in the recording: `record --node NETNS` keeps a node's rules"
         for node in {*per_node, *tables, *states}:
-            state = states.setdefault(node, NetnsState(node, errors=dict.fromkeys(RECORDED, missing)))
+            state = states.setdefault(node, NetnsState(node, errors=dict.fromkeys(RECORDED, missing), recorded=True))
             state.services, state.conntrack = per_node.get(node), tables.get(node)
             if state.services is None:
                 state.errors.setdefault("rules", rules_missing)

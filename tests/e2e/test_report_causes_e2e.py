@@ -10,33 +10,21 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import podtrace
-from support.lab import exclusive_lab
+from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.podtrace import Running, start
 
+from tracer.causes import RECORDED_RULES
 from tracer.lab import faults, traffic
 from tracer.recorded_causes import ORIGIN
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]
 
 KEY = ("reason", "location", "netns", "ifname", "proto", "src", "dst", "dport")
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[None]:
-    with exclusive_lab(proxy_mode="iptables"):
-        yield
-
-
-@pytest.fixture
-def no_faults(lab: None) -> Iterator[None]:
-    yield
-    faults.clear_all()
 
 
 def _stop(tracer: Running) -> Running:
@@ -62,14 +50,14 @@ def _same_causes(live: Running, path: Path, netns: str, kind: str) -> list[dict[
         assert then is not None, (row, sorted(recorded))
         if kind != "backlog":  # the floods go on between the two stops; the other traffic ended before
             assert then["count"] == row["count"], (then, row)
-        want = dict(row["cause"])
-        if kind != "no-endpoints":  # its culprit is a rule (recorded at the start); the rest is read at the end
-            want["state"] = ORIGIN
+        # said of the recorded state: a rule is recorded at the start, the rest of what names a culprit at the end
+        state = f"{RECORDED_RULES}, ICMP counters at its start and its end" if kind == "no-endpoints" else ORIGIN
+        want = {**row["cause"], "state": state}
         assert then["cause"] == want, (then["cause"], row["cause"])
     return rows
 
 
-def test_a_blackhole_route_is_named_by_the_report_as_by_drops(no_faults: None, tmp_path: Path) -> None:
+def test_a_blackhole_route_is_named_by_the_report_as_by_drops(tmp_path: Path) -> None:
     _, details = faults.set_fault("blackhole-route", True)
     path = tmp_path / "blackhole.ptrec.gz"
     drops = start("drops", "--json", "--netns", details["netns"], "tcp")
@@ -84,8 +72,7 @@ def test_a_blackhole_route_is_named_by_the_report_as_by_drops(no_faults: None, t
     assert f"cause: {route} (observed; {ORIGIN})" in " ".join(text.stdout.split()), text.stdout
 
 
-def test_a_recording_killed_before_its_trailer_says_the_route_is_not_known_never_a_wrong_one(
-        no_faults: None, tmp_path: Path) -> None:
+def test_a_recording_killed_before_its_trailer_says_the_route_is_not_known_never_a_wrong_one(tmp_path: Path) -> None:
     _, details = faults.set_fault("blackhole-route", True)
     path = tmp_path / "killed.ptrec"
     record = start("record", "-o", str(path), "--netns", details["netns"])
@@ -102,7 +89,7 @@ def test_a_recording_killed_before_its_trailer_says_the_route_is_not_known_never
                     "the recording: it ends before its trailer (cut short), where this is recorded)"}, row
 
 
-def test_strict_rp_filter_is_named_by_the_report_as_by_drops(no_faults: None, tmp_path: Path) -> None:
+def test_strict_rp_filter_is_named_by_the_report_as_by_drops(tmp_path: Path) -> None:
     faults.set_fault("rp-filter", True)
     path = tmp_path / "rp.ptrec"
     drops = start("drops", "--json", "--netns", "pt-node2", "tcp")
@@ -115,8 +102,7 @@ def test_strict_rp_filter_is_named_by_the_report_as_by_drops(no_faults: None, tm
                                                "eth0=1)") for row in rows), rows
 
 
-def test_the_rate_limited_icmp_of_a_no_endpoints_reject_is_in_the_report_as_in_drops(
-        no_faults: None, tmp_path: Path) -> None:
+def test_the_rate_limited_icmp_of_a_no_endpoints_reject_is_in_the_report_as_in_drops(tmp_path: Path) -> None:
     faults.set_fault("no-endpoints", True)
     path = tmp_path / "noep.ptrec"
     drops = start("drops", "--json", "--netns", "pt-node1", "tcp port 80")
@@ -130,7 +116,7 @@ def test_the_rate_limited_icmp_of_a_no_endpoints_reject_is_in_the_report_as_in_d
                row["cause"]["text"] for row in rows), rows
 
 
-def test_an_rps_mask_behind_backlog_drops_is_named_by_the_report_as_by_drops(no_faults: None, tmp_path: Path) -> None:
+def test_an_rps_mask_behind_backlog_drops_is_named_by_the_report_as_by_drops(tmp_path: Path) -> None:
     cpus = len(os.sched_getaffinity(0))
     if cpus < 2:
         pytest.skip("one CPU: softirq-load steers nothing")

@@ -228,3 +228,18 @@ def test_tui_replay_drill_down_gives_the_recorded_cause(tmp_path: Path) -> None:
     info.explain(rows)
     assert [row["cause"] for row in rows] == [{**explain(row, live_state()).to_json(), "state": ORIGIN}
                                               for row in ROWS]
+
+
+def test_a_rule_from_the_recording_is_said_to_be_of_its_start_and_the_icmp_of_both_ends() -> None:
+    from test_causes import NODE2_FAULTS, _row
+
+    live = NetnsState("pt-node2", services=NODE2_FAULTS, icmp_before=_snmp(10, 5), icmp_after=_snmp(60, 307))
+    recorded = _round_trip(NetnsState("pt-node2", icmp_before=_snmp(10, 5), icmp_after=_snmp(60, 307)))
+    recorded.services = NODE2_FAULTS  # from the header's `services`, as ReplaySource.cause_states merges them
+    now, then = explain(_row(), live), explain(_row(), recorded)
+    assert now.kind == "no-endpoints" and "302 ICMP errors were rate-limited in pt-node2" in now.text
+    assert (then.kind, then.text, then.fix, then.known) == (now.kind, now.text, now.fix, now.known)
+    assert then.state == "rules recorded at the start of the recording, ICMP counters at its start and its end"
+    assert now.state == ""
+    rule = explain(_row(dst="10.244.1.2", dport=8080, hook="FORWARD after filter"), recorded)
+    assert (rule.kind, rule.state) == ("rule", "rules recorded at the start of the recording")
