@@ -48,10 +48,13 @@ class Cause:
             data["state"] = self.state
         return data
 
+    def how(self) -> str:
+        """" (observed)", " (matched; rules recorded at the start of the recording)", or "" when unknown."""
+        return "" if self.known == UNKNOWN else f" ({self.known}; {self.state})" if self.state else f" ({self.known})"
+
     def lines(self) -> list[str]:
         """Text output: what and how it is known, then the fix."""
-        how = "" if self.known == UNKNOWN else f" ({self.known}; {self.state})" if self.state else f" ({self.known})"
-        return [f"cause: {self.text}{how}"] + ([f"fix: {self.fix}"] if self.fix else [])
+        return [f"cause: {self.text}{self.how()}"] + ([f"fix: {self.fix}"] if self.fix else [])
 
 
 UNKNOWN_CAUSE = Cause("unknown", "unknown", "", UNKNOWN)

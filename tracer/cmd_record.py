@@ -17,7 +17,7 @@ from tracer.aggregate import DropTable
 from tracer.cause_state import add_causes
 from tracer.declared_names import declared_json
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
-from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
+from tracer.events import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
 from tracer.layout import add_wide_option, table_width
@@ -94,6 +94,7 @@ examples:
 """
 
 BATCH = 1024  # events per EVENTS record
+MAX_DROP_KINDS = 100_000  # as DropTable's groups: a scan of many addresses keeps the first ones
 TICK_S = 1.0  # counters record, flush and status line
 
 
@@ -261,9 +262,9 @@ class _RecordLoop:
         self.softirq: Any = None  # tracer.softirq.SoftirqProbe with --softirq
         self.prepared: dict[str, Any] | None = None  # prepare_header(), read before the probes attach
         self.drained = 0  # events read during on_start (the session counts only those it delivers)
-        # The drops recorded, grouped as `drops` groups them: at the end their causes' node state is read for the
-        # trailer, with the ICMP counters read before the probes attached (the window's rate-limited errors).
-        self.drops = DropTable()
+        # One drop of each kind recorded: at the end the node state their causes need is read for the trailer,
+        # with the ICMP counters read before the probes attached (the window's rate-limited errors).
+        self.drop_kinds: dict[bytes, bytes] = {}
         self.icmp_before: dict[str, dict[str, int]] = {}
         self.names: Any = None  # the session's Resolver, once started
 
@@ -273,7 +274,7 @@ class _RecordLoop:
         self.pending += batch
         self.drained += counted_events(batch)
         for raw in batch:
-            self.drops.add_raw(raw)
+            self._kind_of(raw)
 
     def on_start(self, source: Any, names: Any) -> None:
         from tracer.names import named_netns
@@ -302,9 +303,17 @@ class _RecordLoop:
 
     def on_raw(self, raw: bytes) -> None:
         self.pending.append(raw)
-        self.drops.add_raw(raw)
+        # _kind_of, inline: a third of DropTable.add_raw's cost per drop, which a burst must not pay in the poll loop
+        if raw[0] == EVENT_DROP and len(self.drop_kinds) < MAX_DROP_KINDS:
+            self.drop_kinds[raw[24:40] + raw[64:112]] = raw
         if len(self.pending) >= BATCH:
             self._write()
+
+    def _kind_of(self, raw: bytes) -> None:
+        """Keep the drop as its kind's: location, reason and netns [24:40], device and addresses [64:112] (offsets
+        per tracer/events.field_offsets()), what tracer/cause_state.py reads the node for."""
+        if raw[0] == EVENT_DROP and len(self.drop_kinds) < MAX_DROP_KINDS:
+            self.drop_kinds[raw[24:40] + raw[64:112]] = raw
 
     def _write(self) -> None:
         assert self.recorder is not None
@@ -368,7 +377,10 @@ class _RecordLoop:
 
         if self.names is None:
             return {"nodes": [], "error": "node state not read: the session did not start"}
-        return record_end(drop_rows(self.drops, self.names), self.icmp_before)
+        kinds = DropTable()
+        for raw in self.drop_kinds.values():
+            kinds.add_raw(raw)
+        return record_end(drop_rows(kinds, self.names), self.icmp_before)
 
 
 def check_output(path: str) -> None:
@@ -597,6 +609,18 @@ def _add_mtu_event(event: Any, mtu: Any, tunnels: Any, names: Any) -> None:
     tunnels.add_named(event, names)
 
 
+def _final_cause_states(path: str, follow: bool) -> Any:
+    """ReplaySource.cause_states() once the whole recording is read, reading no event (damage and missing parts
+    are reported by the pass that exports the packets)."""
+    with ReplaySource(path, follow=follow, events=False) as ahead:
+        try:
+            for _ in ahead:
+                pass
+        except RecordingError:
+            pass  # what was read before the damage still holds
+        return ahead.cause_states()
+
+
 def run_export(args: argparse.Namespace) -> int:
     from tracer.events import EVENT_NAT, decode_nat
     from tracer.pcapng import PcapngWriter
@@ -604,8 +628,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     header = source.header
-    # from the header's rules and conntrack tables (the trailer's come after the packets): what report would say
-    causes = DropCauses(source.resolver(), source.cause_states())
+    # what report would say: the header's rules, and the trailer's conntrack tables and node state, which come after
+    # the packets in the file (a first pass reads them, without the events)
+    causes = DropCauses(source.resolver(), _final_cause_states(args.file, not args.no_follow))
     error: PodtraceError | None = None
     identities = ConnIdentities()  # each drop's conntrack entry: the Service it dialled
     try:

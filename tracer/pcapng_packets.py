@@ -152,7 +152,7 @@ class DropCauses:
                    "hook": hook_label(event.nf_point), "last_cpu": event.cpu, **ident}
             cause = explain(row, self.states.get(str(row["netns"])))
             self._known[key] = "" if cause.kind == "unknown" else \
-                f"cause: {cause.text} ({cause.known})" + (f"; fix: {cause.fix}" if cause.fix else "")
+                f"cause: {cause.text}{cause.how() or ' (unknown)'}" + (f"; fix: {cause.fix}" if cause.fix else "")
         return self._known[key]
 
 

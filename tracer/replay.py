@@ -194,8 +194,11 @@ class ReplaySource:
     last good events.
     """
 
-    def __init__(self, path: str, follow: bool = True, batch: int = 4096, speed: float | None = None) -> None:
+    def __init__(self, path: str, follow: bool = True, batch: int = 4096, speed: float | None = None,
+                 events: bool = True) -> None:
+        """events=False reads every other record (names, counters, trailer: a pass to learn the end first)."""
         self.path = path
+        self.events = events
         self.follow = follow
         self.batch = batch
         self.speed = speed
@@ -254,7 +257,8 @@ class ReplaySource:
             try:
                 for record in reader.records():
                     if record.kind == KIND_EVENTS:
-                        yield record.kind, split_events(record, path)
+                        if self.events:
+                            yield record.kind, split_events(record, path)
                     elif record.kind in JSON_KINDS:
                         data = record.json(path)
                         if record.kind == KIND_HEADER and record.offset == PREAMBLE.size:

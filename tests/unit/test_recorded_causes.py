@@ -243,3 +243,48 @@ def test_a_rule_from_the_recording_is_said_to_be_of_its_start_and_the_icmp_of_bo
     assert now.state == ""
     rule = explain(_row(dst="10.244.1.2", dport=8080, hook="FORWARD after filter"), recorded)
     assert (rule.kind, rule.state) == ("rule", "rules recorded at the start of the recording")
+
+
+def test_export_comments_carry_the_recorded_causes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The trailer comes after the packets: export reads it first, so each dropped packet's comment has its cause."""
+    from test_pcapng import needs_tshark, tshark
+
+    if needs_tshark.args[0]:
+        pytest.skip("tshark is not installed")
+    path, out = tmp_path / "causes.ptrec.gz", tmp_path / "causes.pcapng"
+    write(path)
+    code, _out, _err = run_cli("export", str(path), "--pcapng", str(out), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0
+    comments = [fields[0] for fields in tshark(out, "frame.comment")]
+    assert len(comments) == len(ROWS)
+    for comment, row in zip(comments, ROWS):
+        cause = explain(row, live_state())
+        assert f"cause: {cause.text} (observed; {ORIGIN}); fix: {cause.fix}" in comment, comment
+
+
+def test_record_keeps_one_drop_of_each_kind_for_the_end_reading() -> None:
+    """The record loop keeps a drop per (location, reason, netns, device, addresses): the rows the node state is
+    read for are those `drops` would read it for, whatever the counts."""
+    import argparse
+
+    from tracer.aggregate import DropTable
+    from tracer.cause_state import _needs
+    from tracer.cmd_record import _RecordLoop
+    from tracer.events import EVENT_PATH
+    from tracer.replay import RecordedNames
+    from tracer.report import drop_rows
+
+    loop = _RecordLoop(argparse.Namespace(), None)
+    path_event = bytes([EVENT_PATH]) + EVENTS[0][1:]
+    for raw in EVENTS * 5 + [path_event]:
+        loop.on_raw(raw)
+    assert sorted(loop.drop_kinds.values()) == sorted(EVENTS)
+    names = RecordedNames(reasons=REASONS, netns={NS_INODE: NS}, symbols=SYMBOLS).resolver()
+    every, kinds = DropTable(), DropTable()
+    for raw in EVENTS * 5:
+        every.add_raw(raw)
+    for raw in loop.drop_kinds.values():
+        kinds.add_raw(raw)
+    assert _needs(drop_rows(kinds, names)) == _needs(drop_rows(every, names)) == {
+        NS: {f"route:{BLACKHOLED}", "rp", f"route:{SPOOFED}", "rps"}}
