@@ -52,6 +52,9 @@ veths and their pod ends, bridges, overlay, underlay) and flannel's subnet.env, 
 (count vs max, insert_failed, drop, early_drop) at the start and at the end: the report judges each pod's path
 as `podtrace mtu` does, with the frag-needed, fragment and too-big counts of the recorded events (path events
 for ICMP and fragments need a FILTER that keeps them, e.g. 'icmp or udp'), and charges drops to a full table.
+When it ends, the recording also keeps what the recorded drops' causes need, read as `podtrace drops` reads it:
+the route of each refused destination, rp_filter sysctls, RPS masks and IRQ steering, and the ICMP counters (also
+read at the start), so the report names the same route, rp_filter, backlog and rate-limit causes.
 
 examples:
   sudo podtrace record -o node1.ptrec.gz --duration 60
@@ -517,7 +520,7 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stderr.write(_describe(source) + "\n")
     _warn_truncated(source)
     rows = drop_rows(table, source.resolver(), None, identities)
-    add_causes(rows, source.cause_states())  # from the rules and conntrack tables the recording holds
+    add_causes(rows, source.cause_states())  # from the rules, conntrack tables and node state the recording holds
     merged = source.header.get("merged")
     if merged:
         from tracer.merged_report import add_nodes
