@@ -288,3 +288,20 @@ def test_record_keeps_one_drop_of_each_kind_for_the_end_reading() -> None:
         kinds.add_raw(raw)
     assert _needs(drop_rows(kinds, names)) == _needs(drop_rows(every, names)) == {
         NS: {f"route:{BLACKHOLED}", "rp", f"route:{SPOOFED}", "rps"}}
+
+
+def test_the_report_flow_table_says_when_a_recorded_cause_was_read() -> None:
+    """A drop charged to its flow in `report`'s flow table carries its cause as `drops` words it, and when it
+    was recorded (the blackhole route to web-3, web-3 the backend its conntrack entry names)."""
+    from test_flows import _nat, _t, _table
+
+    table = _table()
+    table.add_nat([_nat(1, _t("10.244.0.2", 41000, "10.96.0.10", 80, 6), _t("10.244.0.2", 41000, BLACKHOLED, 8080, 6))])
+    row = {**ROWS[0], "src": "10.244.0.2", "sport": 41000, "count": 4, "ct_identity": "conntrack",
+           "ct_client": "10.244.0.2:41000", "ct_dialled": "10.96.0.10:80", "ct_backend": f"{BLACKHOLED}:8080",
+           "ct_dnat": True}
+    row["cause"] = explain(row, _round_trip(live_state())).to_json()
+    table.add_drops([row])
+    [(label, count)] = [item for flow in table.rows() for item in flow.drops.items()]
+    assert count == 4 and (f": route lookup: `blackhole {BLACKHOLED}/32` in {NS} refuses {BLACKHOLED} (observed; "
+                           f"{ORIGIN})") in label, label
