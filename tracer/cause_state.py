@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,17 @@ def _prefix_len(route: dict[str, Any]) -> int:
 
 def route_answer(netns: str, dst: str) -> RouteAnswer:
     out, error = _run(_ip(netns, "-j", "route", "get", dst))
-    got = _json(out)
+    return parse_route_answer(dst, out, error, _run(_ip(netns, "-j", "route", "show", "table", "all", "match", dst))[0])
+
+
+def parse_route_answer(dst: str, get_out: str, get_error: str, match_out: str) -> RouteAnswer:
+    """`ip -j route get DST` (its stdout and error) and `ip -j route show table all match DST` -> the answer."""
+    got = _json(get_out)
     dev = str(got[0].get("dev", "")) if got and isinstance(got[0], dict) else ""
-    listed = _json(_run(_ip(netns, "-j", "route", "show", "table", "all", "match", dst))[0])
+    listed = _json(match_out)
     routes = [r for r in listed if isinstance(r, dict) and r.get("type") not in ("local", "broadcast")]
     best = max(routes, key=_prefix_len) if routes else None
-    return RouteAnswer(dst, error, dev, best)
+    return RouteAnswer(dst, get_error, dev, best)
 
 
 def _rp_filter(netns: str) -> dict[str, int]:
@@ -211,13 +216,16 @@ def _needs(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 def collect(rows: list[dict[str, Any]], icmp_before: dict[str, dict[str, int]],
-            services: dict[str, ServiceMap] | None = None) -> dict[str, NetnsState]:
+            services: dict[str, ServiceMap] | None = None, rules: bool = True) -> dict[str, NetnsState]:
     """The state of every namespace the rows died in, as far as their causes need it.
 
-    `services` are rule sets the caller already read (flows reads them per node); others are read here.
+    `services` are rule sets the caller already read (flows reads them per node); others are read here, unless
+    `rules` is False (a recording keeps kube-proxy's rules and the conntrack tables apart).
     """
     states: dict[str, NetnsState] = {}
     for netns, want in _needs(rows).items():
+        if not rules:
+            want.discard("rules")
         state = NetnsState(netns, cpus=os.cpu_count() or 1)
         states[netns] = state
         try:
@@ -266,7 +274,7 @@ def _read_into(state: NetnsState, want: set[str], icmp_before: dict[str, dict[st
                 state.errors["rules"] = err.one_line()
 
 
-def add_causes(rows: list[dict[str, Any]], states: dict[str, NetnsState]) -> None:
+def add_causes(rows: list[dict[str, Any]], states: Mapping[str, NetnsState]) -> None:
     """Set each row's "cause" (tracer/causes.Cause as JSON)."""
     for row in rows:
         row["cause"] = explain(row, states.get(str(row.get("netns", "")))).to_json()

@@ -12,7 +12,7 @@ against the saved ruleset; "unknown" when podtrace cannot say.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tracer.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort, host_port
@@ -40,14 +40,21 @@ class Cause:
     text: str
     fix: str = ""
     known: str = OBSERVED
+    state: str = ""  # where the node state behind it came from, when not read live ("recorded at the end of ...")
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind, "text": self.text, "fix": self.fix, "known": self.known}
+        data = {"kind": self.kind, "text": self.text, "fix": self.fix, "known": self.known}
+        if self.state:
+            data["state"] = self.state
+        return data
+
+    def how(self) -> str:
+        """" (observed)", " (matched; rules recorded at the start of the recording)", or "" when unknown."""
+        return "" if self.known == UNKNOWN else f" ({self.known}; {self.state})" if self.state else f" ({self.known})"
 
     def lines(self) -> list[str]:
         """Text output: what and how it is known, then the fix."""
-        how = "" if self.known == UNKNOWN else f" ({self.known})"
-        return [f"cause: {self.text}{how}"] + ([f"fix: {self.fix}"] if self.fix else [])
+        return [f"cause: {self.text}{self.how()}"] + ([f"fix: {self.fix}"] if self.fix else [])
 
 
 UNKNOWN_CAUSE = Cause("unknown", "unknown", "", UNKNOWN)
@@ -87,7 +94,9 @@ class NetnsState:
     conntrack: Health | None = None
     services: ServiceMap | None = None
     cpus: int = 0
+    # source ("routes", "rp_filter", "rules", "conntrack", "rps", "icmp") -> why it is not known
     errors: dict[str, str] = field(default_factory=dict)
+    recorded: bool = False  # from a recording (tracer/replay.py), not read live: the causes say when it was read
 
     def icmp_delta(self) -> dict[str, int]:
         if self.icmp_before is None or self.icmp_after is None:
@@ -122,8 +131,28 @@ def mask_for(cpus: int) -> str:
     return f"{(1 << max(cpus, 1)) - 1:x}"
 
 
+# When a recording read what a cause's culprit comes from (docs/recording-format.md): the routes, sysctls, RPS
+# masks and MTUs at its end (the trailer), kube-proxy's rules at its start (the header), the ICMP counters at both.
+RECORDED_END = "node state recorded at the end of the recording"
+RECORDED_RULES = "rules recorded at the start of the recording"
+RECORDED_AT_END = ("route", "rp_filter", "backlog", "mtu", "rcvbuf")
+RECORDED_AT_START = ("no-endpoints", "rule", "kube-proxy")
+
+
 def explain(row: dict[str, Any], state: NetnsState | None) -> Cause:
-    """The cause of one drop group, or UNKNOWN_CAUSE."""
+    """The cause of one drop group, or UNKNOWN_CAUSE; from a recording's state it says when that was read."""
+    cause = _explain(row, state)
+    if state is None or not state.recorded or cause.known == UNKNOWN:
+        return cause
+    if cause.kind in RECORDED_AT_END:
+        return replace(cause, state=RECORDED_END)
+    if cause.kind in RECORDED_AT_START:
+        icmp = cause.kind == "no-endpoints" and state.icmp_before is not None and state.icmp_after is not None
+        return replace(cause, state=RECORDED_RULES + (", ICMP counters at its start and its end" if icmp else ""))
+    return cause
+
+
+def _explain(row: dict[str, Any], state: NetnsState | None) -> Cause:
     reason = str(row.get("reason", "")).removeprefix("SKB_DROP_REASON_")
     function = _function(str(row.get("location", "")))
     if reason == "IP_RPFILTER":
@@ -214,6 +243,8 @@ def _dialled(row: dict[str, Any]) -> tuple[str, int]:
 
 
 def _ratelimited(state: NetnsState) -> str:
+    if "icmp" in state.errors:
+        return f"; whether its ICMP errors were rate-limited is not known ({state.errors['icmp']})"
     delta = {k: v for k, v in state.icmp_delta().items() if v > 0}
     if not delta:
         return ""
@@ -239,8 +270,9 @@ def _netfilter(row: dict[str, Any], state: NetnsState | None) -> Cause:
                      "connections are dropped before NAT",
                      f"ip netns exec {netns} sysctl -w net.netfilter.nf_conntrack_max={table.max * 2}"
                      if netns != "host" else f"sysctl -w net.netfilter.nf_conntrack_max={table.max * 2}", OBSERVED)
-    if services is None:
-        return _not_read("netfilter", "a netfilter rule dropped it", state, "rules")
+    if services is None:  # conntrack too, when its table is not known either
+        what = "a netfilter rule dropped it" if table is not None else "a netfilter rule or conntrack dropped it"
+        return _not_read("netfilter", what, state, "rules")
     service = services.lookup_vip(vip[0], vip[1], proto) or (match.service if match else None)
     if service is not None and (service.no_endpoints or (match and match.rule.comment.endswith("has no endpoints"))):
         return _no_endpoints(service, match.rule if match else None, state)
@@ -296,8 +328,8 @@ def _backlog(row: dict[str, Any], state: NetnsState | None) -> Cause:
     seen = f", dropped on CPU {cpu}" if cpu is not None else ""
     limit = state.sysctls.get("net.core.netdev_max_backlog") if state is not None else None
     text = f"the input backlog was full (netdev_max_backlog {limit if limit is not None else '?'}{seen})"
-    if state is None:
-        return _not_read("backlog", text + ": receive steering", None, "")
+    if state is None or "rps" in state.errors:
+        return _not_read("backlog", text + ": receive steering", state, "rps")
     cpus = state.cpus
     steered = [(dev, got, "RPS") for dev, got in state.rps.items() if got and len(got) == 1 and cpus > 1]
     steered += [(dev, got, "IRQ affinity") for dev, got in state.irqs.items() if got and len(got) == 1 and cpus > 1]

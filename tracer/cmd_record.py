@@ -17,7 +17,7 @@ from tracer.aggregate import DropTable
 from tracer.cause_state import add_causes
 from tracer.declared_names import declared_json
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
-from tracer.events import EVENT_CT, EVENT_SIZE, counted_events, decode
+from tracer.events import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
 from tracer.flannel import SUBNET_ENV
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
@@ -52,6 +52,9 @@ veths and their pod ends, bridges, overlay, underlay) and flannel's subnet.env, 
 (count vs max, insert_failed, drop, early_drop) at the start and at the end: the report judges each pod's path
 as `podtrace mtu` does, with the frag-needed, fragment and too-big counts of the recorded events (path events
 for ICMP and fragments need a FILTER that keeps them, e.g. 'icmp or udp'), and charges drops to a full table.
+When it ends, the recording also keeps what the recorded drops' causes need, read as `podtrace drops` reads it:
+the route of each refused destination, rp_filter sysctls, RPS masks and IRQ steering, and the ICMP counters (also
+read at the start), so the report names the same route, rp_filter, backlog and rate-limit causes.
 
 examples:
   sudo podtrace record -o node1.ptrec.gz --duration 60
@@ -94,6 +97,7 @@ examples:
 """
 
 BATCH = 1024  # events per EVENTS record
+MAX_DROP_KINDS = 100_000  # as DropTable's groups: a scan of many addresses keeps the first ones
 TICK_S = 1.0  # counters record, flush and status line
 
 
@@ -261,16 +265,24 @@ class _RecordLoop:
         self.softirq: Any = None  # tracer.softirq_probe.SoftirqProbe with --softirq
         self.prepared: dict[str, Any] | None = None  # prepare_header(), read before the probes attach
         self.drained = 0  # events read during on_start (the session counts only those it delivers)
+        # One drop of each kind recorded: at the end the node state their causes need is read for the trailer,
+        # with the ICMP counters read before the probes attached (the window's rate-limited errors).
+        self.drop_kinds: dict[bytes, bytes] = {}
+        self.icmp_before: dict[str, dict[str, int]] = {}
+        self.names: Any = None  # the session's Resolver, once started
 
     def _drain(self, source: Any) -> None:
         """Take what the ring buffer holds now: the probes are attached and run while the header is made."""
         batch = source.poll_raw(0)
         self.pending += batch
         self.drained += counted_events(batch)
+        for raw in batch:
+            self._kind_of(raw)
 
     def on_start(self, source: Any, names: Any) -> None:
         from tracer.names import named_netns
 
+        self.names = names
         self._drain(source)
         known = {inode: name for name, inode in named_netns().items()}
         own = os.stat("/proc/self/ns/net").st_ino
@@ -294,8 +306,17 @@ class _RecordLoop:
 
     def on_raw(self, raw: bytes) -> None:
         self.pending.append(raw)
+        # _kind_of, inline: a third of DropTable.add_raw's cost per drop, which a burst must not pay in the poll loop
+        if raw[0] == EVENT_DROP and len(self.drop_kinds) < MAX_DROP_KINDS:
+            self.drop_kinds[raw[24:40] + raw[64:112]] = raw
         if len(self.pending) >= BATCH:
             self._write()
+
+    def _kind_of(self, raw: bytes) -> None:
+        """Keep the drop as its kind's: location, reason and netns [24:40], device and addresses [64:112] (offsets
+        per tracer/events.field_offsets()), what tracer/cause_state.py reads the node for."""
+        if raw[0] == EVENT_DROP and len(self.drop_kinds) < MAX_DROP_KINDS:
+            self.drop_kinds[raw[24:40] + raw[64:112]] = raw
 
     def _write(self) -> None:
         assert self.recorder is not None
@@ -346,9 +367,23 @@ class _RecordLoop:
         from tracer.recorded_node import collect_conntrack
 
         end = collect_conntrack(node_namespaces(self.args))  # drops during the recording: end minus start
-        self.recorder.close(final_counters, time.time_ns(), {"conntrack": end}, probes)
+        self.recorder.close(final_counters, time.time_ns(), {"conntrack": end, "cause_state": self.cause_state()},
+                            probes)
         if self.status:
             sys.stderr.write("\n")
+
+
+    def cause_state(self) -> dict[str, Any]:
+        """The routes, sysctls, RPS masks and ICMP counters behind the recorded drops' causes, read now as `drops`
+        reads them when it ends (the trailer's cause_state, format minor 6)."""
+        from tracer.recorded_causes import record_end
+
+        if self.names is None:
+            return {"nodes": [], "error": "node state not read: the session did not start"}
+        kinds = DropTable()
+        for raw in self.drop_kinds.values():
+            kinds.add_raw(raw)
+        return record_end(drop_rows(kinds, self.names), self.icmp_before)
 
 
 def check_output(path: str) -> None:
@@ -386,6 +421,10 @@ def run_record(args: argparse.Namespace) -> int:
     bccenv.require_root("tracing")  # before the header's slow parts, which need it too
     loop = _RecordLoop(args, max_size)
     loop.prepared = prepare_header(args)
+    from tracer import cause_state
+
+    # before the probes attach, as `drops` reads them: the ICMP errors a REJECT had rate-limited during the recording
+    loop.icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
     source = None
     try:
         source, _names, count = run_session(args, path=bool(args.filter), on_raw=loop.on_raw,
@@ -482,7 +521,7 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stderr.write(_describe(source) + "\n")
     _warn_truncated(source)
     rows = drop_rows(table, source.resolver(), None, identities)
-    add_causes(rows, source.cause_states())  # from the rules and conntrack tables the recording holds
+    add_causes(rows, source.cause_states())  # from the rules, conntrack tables and node state the recording holds
     merged = source.header.get("merged")
     if merged:
         from tracer.merged_report import add_nodes
@@ -574,6 +613,18 @@ def _add_mtu_event(event: Any, mtu: Any, tunnels: Any, names: Any) -> None:
     tunnels.add_named(event, names)
 
 
+def _final_cause_states(path: str, follow: bool) -> Any:
+    """ReplaySource.cause_states() once the whole recording is read, reading no event (damage and missing parts
+    are reported by the pass that exports the packets)."""
+    with ReplaySource(path, follow=follow, events=False) as ahead:
+        try:
+            for _ in ahead:
+                pass
+        except RecordingError:
+            pass  # what was read before the damage still holds
+        return ahead.cause_states()
+
+
 def run_export(args: argparse.Namespace) -> int:
     from tracer.events import EVENT_NAT, decode_nat
     from tracer.pcapng import PcapngWriter
@@ -581,8 +632,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     header = source.header
-    # from the header's rules and conntrack tables (the trailer's come after the packets): what report would say
-    causes = DropCauses(source.resolver(), source.cause_states())
+    # what report would say: the header's rules, and the trailer's conntrack tables and node state, which come after
+    # the packets in the file (a first pass reads them, without the events)
+    causes = DropCauses(source.resolver(), _final_cause_states(args.file, not args.no_follow))
     error: PodtraceError | None = None
     identities = ConnIdentities()  # each drop's conntrack entry: the Service it dialled
     try:

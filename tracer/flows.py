@@ -284,7 +284,8 @@ class FlowTable:
             explained = row.get("cause") or {}
             fix = ""
             if not cause and explained.get("kind", "unknown") != "unknown":
-                cause, fix = f"{explained['text']} ({explained['known']})", explained.get("fix", "")
+                how = explained["known"] + (f"; {explained['state']}" if explained.get("state") else "")  # Cause.how
+                cause, fix = f"{explained['text']} ({how})", explained.get("fix", "")
             # The rule is found by matching the packet's fields against the saved ruleset, not reported by the kernel;
             # a cause that names the rule already says "matched": once is enough.
             by_rule = f" by {rule} (matched)" if match and rule not in cause else ""

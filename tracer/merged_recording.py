@@ -334,6 +334,11 @@ def build_trailer(nodes: list[NodeFile], remaps: list[Remap], events: int, end_w
             for item in _rename_nodes((node.trailer or {}).get("conntrack"), remap)]
     if ends:
         trailer["conntrack"] = {"nodes": ends}
+    held = [(node.trailer or {}).get("cause_state") for node in nodes]
+    if all(held):  # every node's state behind its drops' causes (minor 6); else the report says it is unknown
+        states = [item for state, remap in zip(held, remaps) for item in _rename_nodes(state, remap)]
+        errors = "; ".join(str(state.get("error")) for state in held if state and state.get("error"))
+        trailer["cause_state"] = {"nodes": states, "error": errors}
     return trailer
 
 

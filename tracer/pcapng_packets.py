@@ -13,7 +13,7 @@ carries another packet, with other bytes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +135,7 @@ class DropCauses:
     `podtrace report` gives the packet's drop group, with how it is known. One answer per kind of drop: the rules
     are not matched again for every packet of a storm."""
 
-    def __init__(self, resolver: Resolver, states: dict[str, NetnsState]) -> None:
+    def __init__(self, resolver: Resolver, states: Mapping[str, NetnsState]) -> None:
         self.resolver = resolver
         self.states = states
         self._known: dict[tuple[Any, ...], str] = {}
@@ -152,7 +152,7 @@ class DropCauses:
                    "hook": hook_label(event.nf_point), "last_cpu": event.cpu, **ident}
             cause = explain(row, self.states.get(str(row["netns"])))
             self._known[key] = "" if cause.kind == "unknown" else \
-                f"cause: {cause.text} ({cause.known})" + (f"; fix: {cause.fix}" if cause.fix else "")
+                f"cause: {cause.text}{cause.how() or ' (unknown)'}" + (f"; fix: {cause.fix}" if cause.fix else "")
         return self._known[key]
 
 

@@ -332,8 +332,19 @@ HEADER = Obj({
     "links": Opt(LINKS), "conntrack": Opt(CONNTRACK),
     "merged": Opt(MERGED),
 })
+# the node state behind the drops' causes, read at the end (format minor 6, tracer/recorded_causes.py)
+COUNTS = Map(INT, max_len=4096)  # sysctl, counter or device -> value
+CPU_LISTS = Map(List(Int(0, 1 << 20), 1 << 16), max_len=65536)  # device -> CPUs
+ROUTE = Obj({"dst": Str(64), "error": Str(4096), "dev": Str(64),
+             "route": Opt(Map(OneOf((Str(4096), INT)), max_len=16))}, required=("dst",))
+CAUSE_NODE = Obj({"netns": Str(4096), "cpus": Int(0, 1 << 20), "routes": List(ROUTE, 4096), "rp_filter": COUNTS,
+                  "icmp_before": Opt(COUNTS), "icmp_after": Opt(COUNTS), "rps": CPU_LISTS, "irqs": CPU_LISTS,
+                  "mtus": Map(INT, max_len=65536), "sysctls": COUNTS, "errors": Map(Str(4096), max_len=64)},
+                 required=("netns",))
+CAUSE_STATE = Obj({"nodes": List(CAUSE_NODE, 1 << 16), "error": Str(4096)})
 TRAILER = Obj({"counters": COUNTERS, "probe_counters": Opt(PROBE_COUNTERS), "events": UINT, "total_events": UINT,
-               "next": Opt(Str(4096)), "end_wall_ns": Opt(INT), "conntrack": Opt(CONNTRACK)})
+               "next": Opt(Str(4096)), "end_wall_ns": Opt(INT), "conntrack": Opt(CONNTRACK),
+               "cause_state": Opt(CAUSE_STATE)})
 NAMES = Obj({"netns": NAME_MAP, "symbols": NAME_MAP})
 COUNTERS_RECORD = Obj({"counters": COUNTERS, "monotonic_ns": INT, "probe_counters": Opt(PROBE_COUNTERS)})
 NAT_FLOWS = Obj({"nat_flows": List(NAT_FLOW), "monotonic_ns": INT}, required=("nat_flows",))

@@ -32,9 +32,9 @@ from tracer.recording import (
 from tracer.report import Resolver
 
 if TYPE_CHECKING:
-    from tracer.causes import NetnsState
     from tracer.flows import FlowTable, NatRecord
     from tracer.kubeproxy.model import ServiceMap
+    from tracer.recorded_causes import RecordedStates
     from tracer.recorded_node import MtuSummary, RecordedConntrack
     from tracer.softirq import SoftirqAggregator
 
@@ -194,8 +194,11 @@ class ReplaySource:
     last good events.
     """
 
-    def __init__(self, path: str, follow: bool = True, batch: int = 4096, speed: float | None = None) -> None:
+    def __init__(self, path: str, follow: bool = True, batch: int = 4096, speed: float | None = None,
+                 events: bool = True) -> None:
+        """events=False reads every other record (names, counters, trailer: a pass to learn the end first)."""
         self.path = path
+        self.events = events
         self.follow = follow
         self.batch = batch
         self.speed = speed
@@ -254,7 +257,8 @@ class ReplaySource:
             try:
                 for record in reader.records():
                     if record.kind == KIND_EVENTS:
-                        yield record.kind, split_events(record, path)
+                        if self.events:
+                            yield record.kind, split_events(record, path)
                     elif record.kind in JSON_KINDS:
                         data = record.json(path)
                         if record.kind == KIND_HEADER and record.offset == PREAMBLE.size:
@@ -434,18 +438,30 @@ class ReplaySource:
         table.add_drops(drop_rows)
         return table, services, warnings
 
-    def cause_states(self) -> dict[str, NetnsState]:
-        """What the recording knows of each node for tracer/causes.py: its rules and its conntrack table; the
-        rest (routes, sysctls, RPS, ICMP counters) was not recorded and is said to be unknown."""
+    def cause_states(self) -> RecordedStates:
+        """What the recording knows of each namespace for tracer/causes.py: kube-proxy's rules (header), the
+        conntrack tables, and the routes, sysctls, RPS masks and ICMP counters read at its end (the last trailer's
+        cause_state, format minor 6). What it does not hold is said to be unknown, and why."""
         from tracer.causes import NetnsState
+        from tracer.recorded_causes import RECORDED, RecordedStates, from_json, missing_reason
 
         per_node: dict[str, ServiceMap] = {}
         recorded_services(self.header, per_node)
         tables = {recorded.node: recorded.end or recorded.start for recorded in self.conntrack()}
-        missing = "not in the recording"
-        return {node: NetnsState(node, services=per_node.get(node), conntrack=tables.get(node),
-                                 errors=dict.fromkeys(("routes", "rp_filter"), missing))
-                for node in {*per_node, *tables}}
+        last = self.trailer if self.trailer and not self.trailer.get("next") and self.finished else None
+        held = (last or {}).get("cause_state")
+        states = from_json(held) if held else {}
+        if held:  # a namespace without drops at the end (or whose state the recorder could not read)
+            missing = str(held.get("error") or "") or "not recorded for this namespace"
+        else:
+            missing = missing_reason(self.header, self.trailer, self.finished, self.truncated)
+        rules_missing = "not in the recording: `record --node NETNS` keeps a node's rules"
+        for node in {*per_node, *tables, *states}:
+            state = states.setdefault(node, NetnsState(node, errors=dict.fromkeys(RECORDED, missing), recorded=True))
+            state.services, state.conntrack = per_node.get(node), tables.get(node)
+            if state.services is None:
+                state.errors.setdefault("rules", rules_missing)
+        return RecordedStates(states, missing, rules_missing)
 
     def conntrack(self) -> list[RecordedConntrack]:
         """Each node's conntrack table at the start and (once the last trailer is read) at the end."""

@@ -225,7 +225,6 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         "softirq": RecordedSoftirqTable(source)}
     if header.get("merged"):  # `podtrace merge -o`: the journeys across its nodes
         tables["journeys"] = RecordedJourneysTable(header["merged"], source.names.pod_of_ip)
-    states = source.cause_states()  # the header's rules and conntrack tables: what `report` explains drops from
     info = SessionInfo(
         source.resolver(),
         node=str(header.get("hostname") or "?"),
@@ -236,6 +235,8 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
         plan=source.plan(),
         live_clock=False,
         tables=tables,
-        explain=lambda rows: add_causes(rows, states),
+        # what `report` explains drops from: the header's rules, the trailer's node state once the reader has
+        # reached it (a drill-down before then says the state is not read yet)
+        explain=lambda rows: add_causes(rows, source.cause_states()),
     )
     return source, info

@@ -10,32 +10,19 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.lab import exclusive_lab
+from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.podtrace import Running, start
 
 from tracer.lab import faults, traffic
 from tracer.severity import classify
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]
 
 NODES = ("--node", "pt-node1", "--node", "pt-node2")
 WEB_VIP, NODEPORT_VIP = "10.96.0.10", "10.96.0.20"
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[None]:
-    with exclusive_lab(proxy_mode="iptables"):
-        yield
-
-
-@pytest.fixture
-def no_faults(lab: None) -> Iterator[None]:
-    yield
-    faults.clear_all()
 
 
 def _not_benign(drops: dict[str, int]) -> dict[str, int]:
@@ -53,7 +40,7 @@ def _flows(result: Running) -> list[dict[str, Any]]:
     return [row for row in result.rows if "backend" in row and "service" in row]
 
 
-def test_no_endpoints_names_the_service_and_the_rate_limited_icmp_behind_the_timeouts(no_faults: None) -> None:
+def test_no_endpoints_names_the_service_and_the_rate_limited_icmp_behind_the_timeouts() -> None:
     faults.set_fault("no-endpoints", True)
     flows = start("flows", "--json", *NODES, "tcp port 80 or tcp port 8080")
     drops = start("drops", "--json", "--netns", "pt-node1", "tcp port 80")
@@ -86,7 +73,7 @@ def test_no_endpoints_names_the_service_and_the_rate_limited_icmp_behind_the_tim
         assert flow["service"] == "default/web-nodeport:http" and not _not_benign(flow["drops"]), flow
 
 
-def test_rp_filter_charges_the_nodeport_it_broke_with_the_interface_and_sysctls(no_faults: None) -> None:
+def test_rp_filter_charges_the_nodeport_it_broke_with_the_interface_and_sysctls() -> None:
     faults.set_fault("rp-filter", True)
     flows = start("flows", "--json", *NODES, "tcp port 80 or tcp port 8080 or tcp port 30080")
     drops = start("drops", "--json", "--netns", "pt-node2", "tcp")
@@ -110,7 +97,7 @@ def test_rp_filter_charges_the_nodeport_it_broke_with_the_interface_and_sysctls(
             assert not _not_benign(flow["drops"]), flow  # the ClusterIP traffic was fine: charged nothing
 
 
-def test_blackhole_route_charges_the_one_backend_behind_it_with_the_route(no_faults: None) -> None:
+def test_blackhole_route_charges_the_one_backend_behind_it_with_the_route() -> None:
     _, details = faults.set_fault("blackhole-route", True)
     flows = start("flows", "--json", *NODES, "tcp port 80 or tcp port 8080")
     drops = start("drops", "--json", "--netns", details["netns"], "tcp")
@@ -142,7 +129,7 @@ def _send_df(size: int, count: int) -> None:
     subprocess.run(["ip", "netns", "exec", "pt-client", sys.executable, "-c", code], check=True, timeout=30)
 
 
-def test_mtu_mismatch_drops_name_the_overlay_device_and_its_mtu(no_faults: None) -> None:
+def test_mtu_mismatch_drops_name_the_overlay_device_and_its_mtu() -> None:
     faults.set_fault("mtu-mismatch", True)
     drops = start("drops", "--json", "--netns", "pt-node1", "udp port 5353")
     _send_df(1460, 5)
@@ -155,7 +142,7 @@ def test_mtu_mismatch_drops_name_the_overlay_device_and_its_mtu(no_faults: None)
                                                "larger than pt-node1/flannel.1's MTU 1450"), row["cause"]
 
 
-def test_conntrack_full_drops_name_the_table_and_its_figures(no_faults: None) -> None:
+def test_conntrack_full_drops_name_the_table_and_its_figures() -> None:
     _, details = faults.set_fault("conntrack-full", True)
     drops = start("drops", "--json", "--netns", details["netns"], "tcp port 80")
     sent = traffic.probe("default/web:http", count=5, timeout=0.5)
@@ -170,7 +157,7 @@ def test_conntrack_full_drops_name_the_table_and_its_figures(no_faults: None) ->
         for row in full), result.rows
 
 
-def test_softirq_load_backlog_drops_name_the_rps_mask(no_faults: None) -> None:
+def test_softirq_load_backlog_drops_name_the_rps_mask() -> None:
     cpus = len(os.sched_getaffinity(0))
     if cpus < 2:
         pytest.skip("one CPU: softirq-load steers nothing")

@@ -127,3 +127,17 @@ def exclusive_lab(**up_options: Any) -> Iterator[dict[str, Any]]:
             yield result
         finally:
             take_down()
+
+
+@pytest.fixture(scope="module")
+def iptables_lab() -> Iterator[None]:
+    """An iptables-mode lab for a test module (import it, and `faults_cleared`, into the module)."""
+    with exclusive_lab(proxy_mode="iptables"):
+        yield
+
+
+@pytest.fixture
+def faults_cleared(iptables_lab: None) -> Iterator[None]:
+    """The module's lab, every fault cleared after the test whatever it switched on."""
+    yield
+    faults.clear_all()

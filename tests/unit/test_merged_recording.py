@@ -28,7 +28,7 @@ from tracer.events import (
     POINT_XMIT,
     decode,
 )
-from tracer.recording import KIND_HEADER, KIND_TRAILER, RecordWriter
+from tracer.recording import FORMAT_MINOR, KIND_HEADER, KIND_TRAILER, Recorder, RecordWriter
 from tracer.replay import ReplaySource
 
 SKEW_NS = 5_000_000  # node B's wall clock runs 5 ms ahead
@@ -89,7 +89,7 @@ def _read(path: Path) -> tuple[ReplaySource, list[bytes]]:
 def test_both_nodes_events_are_on_the_first_clock_and_each_attributable_to_its_node(both: Path) -> None:
     source, events = _read(both)
     merged = source.header["merged"]
-    assert source.header["format_minor"] == 5 and not source.truncated
+    assert source.header["format_minor"] == FORMAT_MINOR and not source.truncated
     assert [node["name"] for node in merged["nodes"]] == ["node-a/host", "node-b/host"]
     # one inode on both machines: node b's moves, both names say their node
     moved = merged["nodes"][1]["netns"]
@@ -293,3 +293,28 @@ def test_real_recordings_of_two_namespaces_merge_into_the_journeys_of_the_droppe
     assert sum(journey["died"]["packets"] for journey in journeys) == live  # every dropped SYN was matched
     merged = next(line for line in lines if line.get("merged"))
     assert not merged["clock"]["both_ways"] and merged["matched_packets"] == live
+
+
+def test_both_nodes_cause_state_is_kept_under_their_merged_names(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Each node's node state behind its drops' causes (trailer cause_state, minor 6) travels into the merged
+    trailer, under the netns names the merged file gives it; the report then reads each node's from it."""
+    paths = []
+    for host, offset, events, symbol in (("node-a", OFFSET_A, A_EVENTS, "tcp_v4_rcv+0x99"),
+                                         ("node-b", OFFSET_B, B_EVENTS, "nft_do_chain+0x46f")):
+        path = tmp_path / f"{host}.ptrec"
+        recorder = Recorder(str(path), header(host, offset, {"2": "NO_SOCKET", "5": "NETFILTER_DROP"}, {}),
+                            lambda inode: "host", lambda address, symbol=symbol: symbol)
+        recorder.add(events)
+        state = {"netns": "host", "cpus": 2, "rps": {"eth0": [1 if host == "node-b" else 0]}}
+        recorder.close({"lost": 0}, SENT_WALL[2] + 10**9, {"cause_state": {"nodes": [state], "error": ""}})
+        paths.append(path)
+    out = tmp_path / "both.ptrec"
+    code, _out, err = run_cli(capsys, "merge", str(paths[0]), str(paths[1]), "-o", str(out))
+    assert code == 0, err
+    source, _events = _read(out)
+    assert source.trailer is not None
+    assert [(node["netns"], node["rps"]) for node in source.trailer["cause_state"]["nodes"]] == [
+        ("node-a:host", {"eth0": [0]}), ("node-b:host", {"eth0": [1]})]
+    states = source.cause_states()
+    assert states["node-b:host"].rps == {"eth0": [1]} and states["node-b:host"].recorded
