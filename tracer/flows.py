@@ -175,6 +175,15 @@ def _service_label(port: ServicePort | None) -> str:
     return port.name if port and port.name else "-"
 
 
+def _backend_services(ports: list[ServicePort]) -> str | None:
+    """The Service a drop at this backend belongs to, when only the backend is known. Several Services can share
+    one backend (a ClusterIP and a NodePort): naming the first would be a guess, so all are named, marked shared."""
+    names = sorted({_service_label(port) for port in ports})
+    if len(names) > 1:
+        return f"{' or '.join(names)} (shared backend: which was dialled is not known)"
+    return names[0] if names else None
+
+
 class FlowTable:
     def __init__(self, services: ServiceMap, pod_of_ip: Callable[[str], str]) -> None:
         self.services = services
@@ -306,11 +315,11 @@ class FlowTable:
             service = self.services.lookup_vip(dst, dport, proto)
             if service is None and match and match.service:
                 service = match.service
+            name = _service_label(service) if service is not None else None
             if service is None and dialled is None:  # with the dialled address known, a backend's Service is a guess
-                endpoints = self.services.lookup_endpoint(dst, dport, proto)
-                service = endpoints[0] if endpoints else None
-            if service is not None:
-                self.service_drops.append(ServiceDrop(_service_label(service), row["reason"], row.get("hook", "-"),
+                name = _backend_services(self.services.lookup_endpoint(dst, dport, proto))
+            if name is not None:
+                self.service_drops.append(ServiceDrop(name, row["reason"], row.get("hook", "-"),
                                                       rule, row["count"], src, dst, dport, cause,
                                                       "observed" if dialled is not None else "matched", fix))
 

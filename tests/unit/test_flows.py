@@ -133,6 +133,18 @@ def test_an_identified_drop_without_a_flow_goes_to_the_dialled_vips_service_neve
         ("default/web:http", 4, "observed")]
 
 
+def test_a_drop_at_a_backend_two_services_share_names_both_never_the_first_alone() -> None:
+    """No flow and no conntrack identity for the drop: web-2:8080 backs both web:http and web-nodeport:http in the
+    lab's kube-proxy rules, so which one the client dialled is not known; a backend only one Service has is named."""
+    table = _table()
+    dns = {**_drop("10.244.1.2", 5353, 2, hook="FORWARD first"), "proto": "udp"}
+    table.add_drops([_drop("10.244.1.2", 8080, 5, hook="FORWARD first"), dns])
+    assert [(drop.service, drop.count, drop.service_known) for drop in table.service_drops] == [
+        ("default/web-nodeport:http or default/web:http (shared backend: which was dialled is not known)", 5,
+         "matched"),
+        ("default/web:dns", 2, "matched")]
+
+
 FULL = NodeConntrack("pt-node1", Health(262144, 262144, (CpuStats(0, drop=7), CpuStats(1, drop=3))), 10)
 EMPTY = NodeConntrack("pt-node2", Health(12, 262144, (CpuStats(0),)), 0)
 
