@@ -100,7 +100,8 @@ class ServiceDrop:
     dst: str
     dport: int
     cause: str = ""  # why, when no rule did it (e.g. "conntrack table full (262144/262144)")
-    # how the Service is known: "observed" (the drop's conntrack entry named the VIP dialled) or "matched"
+    # how the Service is known: "observed" (the drop's conntrack entry named the VIP dialled), "matched", or
+    # "ambiguous" (a backend several Services share, with nothing to say which was dialled: `service` names them all)
     service_known: str = "matched"
     fix: str = ""  # the cause's one-line fix (tracer/causes.py), when it has one
 
@@ -175,13 +176,14 @@ def _service_label(port: ServicePort | None) -> str:
     return port.name if port and port.name else "-"
 
 
-def _backend_services(ports: list[ServicePort]) -> str | None:
-    """The Service a drop at this backend belongs to, when only the backend is known. Several Services can share
-    one backend (a ClusterIP and a NodePort): naming the first would be a guess, so all are named, marked shared."""
+def _backend_services(ports: list[ServicePort]) -> tuple[str | None, str]:
+    """The Service a drop at this backend belongs to, when only the backend is known, and how that is known.
+    Several Services can share one backend (a ClusterIP and a NodePort): naming the first would be a guess, so all
+    are named and the answer is "ambiguous"."""
     names = sorted({_service_label(port) for port in ports})
     if len(names) > 1:
-        return f"{' or '.join(names)} (shared backend: which was dialled is not known)"
-    return names[0] if names else None
+        return f"{' or '.join(names)} (shared backend: which was dialled is not known)", "ambiguous"
+    return (names[0] if names else None), "matched"
 
 
 class FlowTable:
@@ -316,12 +318,12 @@ class FlowTable:
             if service is None and match and match.service:
                 service = match.service
             name = _service_label(service) if service is not None else None
+            known = "observed" if dialled is not None else "matched"
             if service is None and dialled is None:  # with the dialled address known, a backend's Service is a guess
-                name = _backend_services(self.services.lookup_endpoint(dst, dport, proto))
+                name, known = _backend_services(self.services.lookup_endpoint(dst, dport, proto))
             if name is not None:
                 self.service_drops.append(ServiceDrop(name, row["reason"], row.get("hook", "-"),
-                                                      rule, row["count"], src, dst, dport, cause,
-                                                      "observed" if dialled is not None else "matched", fix))
+                                                      rule, row["count"], src, dst, dport, cause, known, fix))
 
     def _charge_identity(self, row: dict[str, Any], label: str) -> bool:
         """Charge a drop to the flow its conntrack entry names: client, dialled VIP and backend (observed)."""

@@ -141,7 +141,7 @@ def test_a_drop_at_a_backend_two_services_share_names_both_never_the_first_alone
     table.add_drops([_drop("10.244.1.2", 8080, 5, hook="FORWARD first"), dns])
     assert [(drop.service, drop.count, drop.service_known) for drop in table.service_drops] == [
         ("default/web-nodeport:http or default/web:http (shared backend: which was dialled is not known)", 5,
-         "matched"),
+         "ambiguous"),
         ("default/web:dns", 2, "matched")]
 
 

@@ -80,7 +80,7 @@ def attribute(rows: Iterable[dict[str, Any]], services: ServiceMap, nat: Iterabl
             backend = _backend(pod_of_ip(drop.dst), drop.dst, drop.dport) if endpoint else ""
             candidates = sorted({port.name for port in services.lookup_endpoint(drop.dst, drop.dport, row["proto"])
                                  if port.name}) if endpoint else []
-            if len(candidates) > 1 and drop.service in candidates:
+            if len(candidates) > 1 and drop.service_known == "ambiguous":
                 # The backend serves several Services and the DNAT that chose one happened elsewhere (the client's
                 # node): this node cannot tell which was dialled, so each is charged and marked so.
                 charges += [Charge(reason, severity, cause, name, backend, "ambiguous", drop.count, row)
