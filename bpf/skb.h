@@ -518,6 +518,13 @@ static __always_inline int pt_emit_in(__u32 probe, int direct, void *skb, __u32 
 			ev->nf_point = st->point + 1;
 	}
 #endif
+#ifdef PT_NFCT
+	{
+		struct pt_nf_last *last = nf_last.lookup(&zero);
+		if (last && last->skb == (__u64)skb && last->len == info.len)
+			ev->nf_point = last->point + 1;
+	}
+#endif
 #ifdef PT_NFKPROBE
 	if (type == PT_EVENT_DROP) {
 		__u64 key = pt_nfk_key();

@@ -70,12 +70,13 @@ def _attach_near(program_fd: int, point: NfPoint) -> nflink.NetfilterLink:
     return nflink.attach(program_fd, point.hook, point.priority + step * (PRIORITY_TRIES - 1))
 
 
-def attach_all(program_fds: dict[str, int], netns: str | None) -> list[nflink.NetfilterLink]:
+def attach_all(program_fds: dict[str, int], netns: str | None,
+               points: tuple[NfPoint, ...] = POINTS) -> list[nflink.NetfilterLink]:
     """One link per point, created inside `netns`; on any failure the links made so far are closed."""
     links: list[nflink.NetfilterLink] = []
     try:
         with entered_netns(netns):
-            for point in POINTS:
+            for point in points:
                 links.append(_attach_near(program_fds[point.program], point))
     except OSError as err:
         for link in links:

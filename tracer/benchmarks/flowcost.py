@@ -1,4 +1,5 @@
-"""Flows mode per packet: BPF ns and CPU per packet of a DNAT'd UDP flood, tracer off vs a baseline vs this checkout.
+"""Flows mode per packet: BPF ns and CPU per packet of a DNAT'd UDP flood, tracer off vs a baseline vs this checkout
+(its default conntrack-driven mode, bpf/nfct.c, and its per-packet --hook-timing mode, bpf/netfilter.c).
 
 The traced consumer loads what `podtrace flows` needs: the drop probe and the netfilter links, in both namespaces of
 a veth pair whose receiver DNATs the flood's port to a socket that reads it (a Service's translation; one conntrack
@@ -22,7 +23,14 @@ from pathlib import Path
 
 from tracer.benchmarks.dropcost import BEFORE_ENV, DEFAULT_BASELINE
 from tracer.benchmarks.netns import Pair, in_netns, python_module, sh, veth_pair
-from tracer.benchmarks.probecost import baseline_tree, bpf_stats, program_deltas, program_stats, programs_of
+from tracer.benchmarks.probecost import (
+    ProgramCost,
+    baseline_tree,
+    bpf_stats,
+    program_deltas,
+    program_stats,
+    programs_of,
+)
 from tracer.benchmarks.stats import Section, interleave, median
 from tracer.benchmarks.tracing import traced
 
@@ -30,7 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 RATE = 50000  # packets/s, paced: below what the sink reads, so no socket drops
 SERVICE_PORT, BACKEND_PORT = 5300, 5301
 TARGET_PERCENT = 5.0
-VERSIONS = ("off", "baseline", "now")
+VERSIONS = ("off", "baseline", "hooks", "now")
+LABELS = {"off": "tracer off", "hooks": "flows --hook-timing, now (every packet at 11 points)",
+          "now": "flows, now (conntrack-driven, the default)"}
 SINK = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
         "s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,8<<20)\n"
         f"s.bind(('0.0.0.0',{BACKEND_PORT}))\nwhile True:\n    s.recv(2048)\n")
@@ -71,19 +81,35 @@ def _flood(pair: Pair, seconds: float) -> tuple[int, float, float]:
     return int(json.loads(done.stdout.splitlines()[-1])["sent"]), sender, softirq
 
 
-def _one_run(pair: Pair, version: str, tree: Path | None, seconds: float) -> tuple[float, float]:
-    """CPU ns per packet (sender + softirq) and BPF ns per packet (0 when off)."""
+def _one_run(pair: Pair, version: str, tree: Path | None, seconds: float,
+             programs: dict[str, ProgramCost]) -> tuple[float, float]:
+    """CPU ns per packet (sender + softirq) and BPF ns per packet (0 when off); each program's runs and time are
+    added to `programs`."""
     if version == "off":
         sent, sender, softirq = _flood(pair, seconds)
         return (sender + softirq) * 1e9 / sent, 0.0
     env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
-    with traced(["--netfilter-netns", pair.a, "--netfilter-netns", pair.b], env=env,
+    mode = ["--conntrack-flows"] if version == "now" else []
+    with traced(["--netfilter-netns", pair.a, "--netfilter-netns", pair.b, *mode], env=env,
                 cwd=str(tree) if tree else None) as handle:
         before = programs_of(handle.pid)
         sent, sender, softirq = _flood(pair, seconds)
         after = program_stats()
-    bpf_ns = sum(cost.ns for cost in program_deltas(before, after).values())
-    return (sender + softirq) * 1e9 / sent, bpf_ns / sent
+    deltas = program_deltas(before, after)
+    for name, cost in deltas.items():
+        total = programs.setdefault(name, ProgramCost())
+        total.runs += cost.runs
+        total.ns += cost.ns
+    programs.setdefault("_packets", ProgramCost()).runs += sent
+    return (sender + softirq) * 1e9 / sent, sum(cost.ns for cost in deltas.values()) / sent
+
+
+def _program_note(label: str, programs: dict[str, ProgramCost]) -> str:
+    """Where the BPF time goes (bpf_stats per program, summed over rounds): runs and ns per packet sent."""
+    packets = programs.pop("_packets", ProgramCost()).runs or 1
+    parts = [f"`{name}` {cost.runs / packets:.2f} runs x {cost.ns_per_run:,.0f} ns = {cost.ns / packets:,.0f} ns"
+             for name, cost in sorted(programs.items(), key=lambda item: -item[1].ns) if cost.runs]
+    return f"{label}, per packet: " + "; ".join(parts) + "."
 
 
 def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
@@ -93,7 +119,9 @@ def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
         "Flows mode per packet",
         f"A paced {RATE // 1000}k/s flood of 18-byte UDP datagrams to a port the receiver DNATs to a reading socket "
         f"(one Service translation), {seconds:g} s per run, {repeats} interleaved rounds, medians. The traced "
-        f"consumer loads what `podtrace flows` does (drop probe, netfilter links in both namespaces). CPU per packet "
+        f"consumer loads what `podtrace flows` does (drop probe, netfilter links in both namespaces): by default the "
+        f"conntrack-driven programs (bpf/nfct.c), with --hook-timing the per-packet ones (bpf/netfilter.c, what the "
+        f"baseline's flows always ran). CPU per packet "
         f"is the sender's CPU time plus the machine's softirq time over packets sent; BPF per packet is the kernel's "
         f"run time of the consumer's own programs (kernel.bpf_stats_enabled). Baseline `{ref}`; set `{BEFORE_ENV}` "
         f"to compare with another commit. Target: flows <= {TARGET_PERCENT:g}% CPU per packet over tracer off.",
@@ -101,20 +129,22 @@ def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
     )
     cpu: dict[str, list[float]] = {}
     bpf: dict[str, list[float]] = {}
+    programs: dict[str, dict[str, ProgramCost]] = {}
     with baseline_tree(ref) as tree, veth_pair("ptfc", "198.19.13.1", "198.19.13.2") as pair, _service(pair), \
             bpf_stats():
-        versions = VERSIONS if tree else ("off", "now")
+        versions = VERSIONS if tree else ("off", "hooks", "now")
         if tree is None:
             section.notes.append(f"Baseline `{ref}` is not available here: only this checkout is measured.")
         for rnd, version in interleave(list(versions), repeats):
             log(f"flows per packet: round {rnd + 1}/{repeats}, {version}")
-            per_cpu, per_bpf = _one_run(pair, version, tree if version == "baseline" else None, seconds)
+            per_cpu, per_bpf = _one_run(pair, version, tree if version == "baseline" else None, seconds,
+                                        programs.setdefault(version, {}))
             cpu.setdefault(version, []).append(per_cpu)
             bpf.setdefault(version, []).append(per_bpf)
     off = median(cpu["off"])
     for version in versions:
         value = median(cpu[version])
-        label = {"off": "tracer off", "baseline": f"flows, baseline `{ref}`", "now": "flows, now"}[version]
+        label = {**LABELS, "baseline": f"flows, baseline `{ref}`"}[version]
         if version == "off":
             section.rows.append([label, f"{value:,.0f}", "-", "-", "-"])
             continue
@@ -123,6 +153,9 @@ def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
         section.rows.append([label, f"{value:,.0f}", f"{percent:+.1f}%", f"{median(bpf[version]):,.0f}", met])
         if version == "now" and percent > TARGET_PERCENT:
             section.missed.append(f"flows mode costs {percent:+.1f}% CPU per packet (target <= {TARGET_PERCENT:g}%)")
+    for version in versions[1:]:
+        section.notes.append(_program_note({**LABELS, "baseline": f"Baseline `{ref}`"}[version].split(" (")[0],
+                                           programs[version]))
     section.notes.append("Softirq time is the whole machine's (other work on it shows up there); sender CPU is the "
                          "flood process's own.")
     return section
