@@ -5,13 +5,14 @@
  * conntrack entry: so a packet's translation is read from skb->_nfct (nf_conn address | enum ip_conntrack_info,
  * include/linux/skbuff.h), not from a copy and parse of every packet at two points of a hook.
  *
- * Two kinds of programs on BPF netfilter links (tracer/nf_points.py CONNTRACK_POINTS):
+ * Programs on BPF netfilter links (tracer/nf_points.py CONNTRACK_POINTS):
  *  - pt_nfct_pre / pt_nfct_out at PREROUTING and OUTPUT -99, just after conntrack (-200) and DNAT (-100):
  *    every packet passes exactly one of them in a namespace. They count NAT'd packets per (conntrack entry,
- *    direction); the first packet of each, or a NEW one (an nf_conn address may be a recycled one, and a
- *    connection's first packet is always NEW), reads the entry's tuples, runs the filter and keeps the verdict.
- *  - pt_nfct_mark_* at each hook's first point: the last point a packet passed, for the drop probe, in a
- *    per-CPU slot (a hook and the drop inside it run on one CPU with the same skb), no clock read.
+ *    direction); the first packet of each, or of a recycled nf_conn address (an unconfirmed entry), reads the
+ *    entry's tuples, runs the filter and keeps the verdict.
+ * They also mark, in a per-CPU slot, that the packet passed after DNAT: a drop later on the same CPU with the same
+ * skb says so. Which hook a netfilter drop died in comes from the drop's stack (bpf/drops.c, tracer/nf_callers.py),
+ * paid per drop rather than by a program at every hook on every packet.
  * The context is struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }
  * (include/linux/filter.h).
  */
@@ -264,11 +265,3 @@ static __always_inline int pt_nfct_step(struct pt_nf_ctx *ctx, __u32 point, int 
 
 int pt_nfct_pre(struct pt_nf_ctx *ctx) { return pt_nfct_step(ctx, PT_NF_PRE_AFTER_DNAT, 0); }
 int pt_nfct_out(struct pt_nf_ctx *ctx) { return pt_nfct_step(ctx, PT_NF_OUT_AFTER_DNAT, 1); }
-
-#define PT_NFCT_MARK(name, point) \
-	int name(struct pt_nf_ctx *ctx) { pt_nfct_mark(ctx, point); return 1; }
-PT_NFCT_MARK(pt_nfct_mark_pre, PT_NF_PRE_FIRST)
-PT_NFCT_MARK(pt_nfct_mark_in, PT_NF_IN_FIRST)
-PT_NFCT_MARK(pt_nfct_mark_fwd, PT_NF_FWD_FIRST)
-PT_NFCT_MARK(pt_nfct_mark_out, PT_NF_OUT_FIRST)
-PT_NFCT_MARK(pt_nfct_mark_post, PT_NF_POST_BEFORE_SNAT)

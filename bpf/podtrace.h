@@ -177,6 +177,9 @@ struct pt_nf_last {
 	__u64 skb;
 	__u32 len;
 	__u32 point;
+	__u64 drop_skb;  /* the NETFILTER_DROP being reported on this CPU (bpf/drops.c) */
+	__u32 drop_hook; /* its hook + 1 from nf_hook_slow's caller on the stack, 0 when not found */
+	__u32 pad;
 };
 
 /* Netfilter verdicts seen by kprobes (bpf/nfkprobe.c, kernels with kprobes): one event per packet an

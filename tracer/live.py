@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nf_points, nflink, ringbuf, tc, tpbtf
+from tracer import bccenv, kernelfs, netfilter, nf_callers, nf_points, nflink, ringbuf, tc, tpbtf
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import (
@@ -60,6 +60,8 @@ class LiveSource:
         if config.icmp and not _tracepoint_exists("icmp", "icmp_send"):
             config = dataclasses.replace(config, icmp=False)  # the ladder's fallback: path events only
             self.warnings.append(ICMP_TRACEPOINT_ABSENT)
+        if config.netfilter and config.netfilter_conntrack:
+            config = dataclasses.replace(config, nf_caller_cflags=tuple(nf_callers.caller_cflags(KernelSymbols.load())))
         self.config = config
         self.btf = Btf.load(btf_path)
         self.reasons = drop_reasons(self.btf)

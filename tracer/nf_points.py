@@ -33,16 +33,11 @@ POINTS: tuple[NfPoint, ...] = (
     NfPoint(9, "pt_nf_post_before_snat", "POSTROUTING", 99, "POSTROUTING before SNAT"),
     NfPoint(10, "pt_nf_post_last", "POSTROUTING", INT_MAX_MINUS_1, "POSTROUTING after SNAT"),
 )
-# The conntrack mode (bpf/nfct.c, `podtrace flows` by default): the same points' meaning, fewer of them. The two
-# after DNAT count NAT'd packets per conntrack entry; the hooks' first points only mark where a packet was, for drops.
+# The conntrack mode (bpf/nfct.c, `podtrace flows` by default): two of those points, where NAT'd packets are counted
+# per conntrack entry; the hook a netfilter drop died in comes from its stack (tracer/nf_callers.py).
 CONNTRACK_POINTS: tuple[NfPoint, ...] = (
-    NfPoint(0, "pt_nfct_mark_pre", "PREROUTING", INT_MIN_PLUS_1, POINTS[0].label),
     NfPoint(1, "pt_nfct_pre", "PREROUTING", -99, POINTS[1].label),
-    NfPoint(2, "pt_nfct_mark_in", "INPUT", INT_MIN_PLUS_1, POINTS[2].label),
-    NfPoint(4, "pt_nfct_mark_fwd", "FORWARD", INT_MIN_PLUS_1, POINTS[4].label),
-    NfPoint(6, "pt_nfct_mark_out", "OUTPUT", INT_MIN_PLUS_1, POINTS[6].label),
     NfPoint(7, "pt_nfct_out", "OUTPUT", -99, POINTS[7].label),
-    NfPoint(9, "pt_nfct_mark_post", "POSTROUTING", 99, POINTS[9].label),
 )
 HIST_SLOTS = 32
 

@@ -102,6 +102,8 @@ class ProbeConfig:
     # Service flows from conntrack entries (bpf/nfct.c: a few programs per packet, counts per connection) rather
     # than every packet copied and parsed at every point (bpf/netfilter.c, which also times each hook)
     netfilter_conntrack: bool = False
+    # with netfilter_conntrack: tracer/nf_callers.py's flags, the hook a netfilter drop died in from its stack
+    nf_caller_cflags: tuple[str, ...] = ()
     tc_interfaces: tuple[str, ...] = ()  # "IF" or "NETNS/IF": tc ingress+egress path programs (tracer/tc.py)
     # `ip netns` names the links are created in (None: podtrace's own namespace, the node on a real worker)
     netfilter_netns: tuple[str | None, ...] = (None,)
@@ -170,6 +172,7 @@ def btf_cflags(btf: Btf, extra: tuple[tuple[str, str, str, int], ...] = ()) -> l
     flags.append(f"-DPT_HAVE_DROP_REASON={1 if reasons else 0}")
     consumed = reasons.get("SKB_CONSUMED", 0xFFFFFFFF)
     flags.append(f"-DPT_REASON_CONSUMED={consumed}U")
+    flags.append(f"-DPT_REASON_NETFILTER_DROP={reasons.get('SKB_DROP_REASON_NETFILTER_DROP', 0xFFFFFFFF)}U")
     return flags
 
 
@@ -200,6 +203,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     programs = [name for name, enabled in wanted if enabled]
     if config.netfilter:
         cflags.append("-DPT_NFCT=1" if nfct else "-DPT_NETFILTER=1")
+    if nfct:
+        cflags += config.nf_caller_cflags
     if config.path:
         cflags.append("-DPT_PATH_XMIT=1")
     ct_flags = all_ct_flags if (config.conntrack and config.drops) or nfct else []
