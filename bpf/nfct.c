@@ -13,17 +13,8 @@
  * They also mark, in a per-CPU slot, that the packet passed after DNAT: a drop later on the same CPU with the same
  * skb says so. Which hook a netfilter drop died in comes from the drop's stack (bpf/drops.c, tracer/nf_callers.py),
  * paid per drop rather than by a program at every hook on every packet.
- * The context is struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }
- * (include/linux/filter.h).
+ * Context and filters: bpf/nfhook.h.
  */
-
-/* Direct loads from the program's BTF-typed context pointers, as in bpf/netfilter.c. */
-#define PT_LOAD(type, base, off) (*(type *)((char *)(base) + (off)))
-
-struct pt_nf_ctx {
-	void *state;
-	void *skb;
-};
 
 struct pt_ct_key {
 	__u64 ct;  /* nf_conn address */
@@ -66,36 +57,9 @@ static __always_inline void pt_nfct_mark(struct pt_nf_ctx *ctx, __u32 point)
 /* The filter's verdict on this packet (the connection's first in this direction), as bpf/netfilter.c takes it. */
 static __always_inline int pt_nfct_wanted(struct pt_nf_ctx *ctx, __u32 netns)
 {
-	__u32 zero = 0;
-	void *skb = ctx->skb;
-#ifdef PT_FILTER_NETNS
-	if (netns != PT_FILTER_NETNS)
-		return 0;
-#endif
-#ifdef PT_SCOPE
-	if (!scope.lookup(&netns))
-		return 0;
-#endif
-#ifdef PT_FILTER_IFNAME_LO
-	struct pt_skb_info info = {};
-	if (!pt_wanted(skb, &info))
-		return 0;
-#endif
+	__u32 zero = 0, len = 0;
 	struct pt_scratch *s = scratch.lookup(&zero);
-	if (!s)
-		return 0;
-	unsigned char *head = PT_LOAD(unsigned char *, skb, PT_OFF_SK_BUFF_HEAD);
-	__u16 network_header = PT_LOAD(__u16, skb, PT_OFF_SK_BUFF_NETWORK_HEADER);
-	__u32 tail = PT_LOAD(__u32, skb, PT_OFF_SK_BUFF_TAIL);
-	__u32 len = PT_LOAD(__u32, skb, PT_OFF_SK_BUFF_LEN);
-	if (!head || network_header == (__u16)~0U || tail <= network_header)
-		return 0;
-	__u32 avail = tail - network_header;
-	if (avail > PT_SNAP_LEN)
-		avail = PT_SNAP_LEN;
-	if (bpf_probe_read_kernel(s->buf, PT_SNAP_LEN, head + network_header) < 0)
-		return 0;
-	return pt_filter_match(s->buf, avail, len);
+	return s && pt_nf_wanted_copy(ctx, netns, s, &len) != 0;
 }
 
 /* The record the per-packet links make for this direction: DNAT seen after DNAT (orig), the reply given its
@@ -158,26 +122,6 @@ static __always_inline void pt_nfct_forget_reply(__u64 ct)
 		pt_nfct_fold(old);
 		ct_flows.delete(&reply);
 	}
-}
-
-static __always_inline void pt_nfct_event(struct pt_ct_flow *flow, __u64 skb)
-{
-	struct pt_nat_event *ev = events.ringbuf_reserve(sizeof(struct pt_nat_event));
-	if (!ev) {
-		pt_count(PT_CNT_LOST);
-		return;
-	}
-	ev->type = PT_EVENT_NAT;
-	ev->cpu = bpf_get_smp_processor_id();
-	ev->ts_ns = flow->first_ns;
-	ev->skb = skb;
-	ev->netns = flow->key.netns;
-	ev->point = flow->key.point;
-	ev->hook_ns = 0; /* not timed in this mode */
-	ev->before = flow->key.before;
-	ev->after = flow->key.after;
-	events.ringbuf_submit(ev, pt_wakeup());
-	pt_count(PT_CNT_EVENTS);
 }
 
 static __always_inline int pt_nfct_step(struct pt_nf_ctx *ctx, __u32 point, int local)
@@ -257,7 +201,8 @@ static __always_inline int pt_nfct_step(struct pt_nf_ctx *ctx, __u32 point, int 
 		return 1;
 	}
 	if (fresh->wanted)
-		pt_nfct_event(fresh, (__u64)skb);
+		pt_nat_emit((__u64)skb, fresh->first_ns, netns, fresh->key.point, 0, &fresh->key.before,
+			    &fresh->key.after);
 	else
 		pt_count(PT_CNT_FILTERED);
 	return 1;

@@ -235,6 +235,7 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         config.filter.c_source,
         # Inlined, not #included: BCC rewrites map calls (counters.lookup) only in the main source text.
         (BPF_DIR / "skb.h").read_text(),
+        (BPF_DIR / "nfhook.h").read_text() if config.netfilter else "",
     ]
     # Each program's pt_count() calls count under its own probe (PT_PROBE_* in podtrace.h, events.PROBES).
     # nfct counts as the netfilter probe: the same concern, another way of tracing it
