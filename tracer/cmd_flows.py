@@ -98,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
         verdicts.add_raw(data)
         identities.add_raw(data)
 
-    source, names, count = run_session(args, path=False, on_raw=on_raw, netfilter=True, before_close=read_maps)
+    def on_start(source: LiveSource, _names: object) -> None:
+        if source.build.nfct_refusal:  # the per-packet links instead: said before the trace, with what it costs
+            sys.stderr.write(f"podtrace: Service flows from every packet (costly), not from conntrack: "
+                             f"{source.build.nfct_refusal}\n")
+
+    source, names, count = run_session(args, path=False, on_raw=on_raw, netfilter=True, before_close=read_maps,
+                                       on_start=on_start)
     states = []
     for node in nodes:
         after = _health(node, warn=True)
