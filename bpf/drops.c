@@ -95,12 +95,14 @@ static __always_inline int pt_drop(void *ctx, int direct, void *skb, __u64 locat
 	if (PT_HAVE_DROP_REASON && reason == PT_REASON_CONSUMED)
 		return 0;
 #ifdef PT_NF_CALLERS
-	if (reason == PT_REASON_NETFILTER_DROP) {
+	{
+		/* Set for this drop alone: a filtered one must not leave its hook to a later skb at its address. */
 		__u32 zero = 0;
 		struct pt_nf_last *last = nf_last.lookup(&zero);
 		if (last) {
-			last->drop_skb = (__u64)skb;
-			last->drop_hook = pt_nf_caller_hook(ctx);
+			int netfilter = reason == PT_REASON_NETFILTER_DROP;
+			last->drop_skb = netfilter ? (__u64)skb : 0;
+			last->drop_hook = netfilter ? pt_nf_caller_hook(ctx) : 0;
 		}
 	}
 #endif

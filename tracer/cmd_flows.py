@@ -22,15 +22,17 @@ from tracer.session import add_trace_options, check_namespaces, pod_resolver, ru
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
-node on a real worker), around conntrack, kube-proxy's DNAT and SNAT. Service names come from kube-proxy's
-rules in that namespace (iptables or nftables mode). At the end each node's conntrack table is read (count vs
-max, insert_failed, drop, early_drop): drops no rule explains on a node whose table refuses new entries are
-charged to it. Traffic to a ClusterIP-range address no Service has is flagged "out of sync?".
+node on a real worker), just after kube-proxy's DNAT (--hook-timing: around conntrack, DNAT and SNAT).
+Service names come from kube-proxy's rules in that namespace (iptables or nftables mode). At the end each
+node's conntrack table is read (count vs max, insert_failed, drop, early_drop): drops no rule explains on a
+node whose table refuses new entries are charged to it. Traffic to a ClusterIP-range address no Service has
+is flagged "out of sync?".
 Cost: by default translations and per-flow counts come from conntrack: one program per packet (PREROUTING or
 OUTPUT, after DNAT) counts each DNATed connection's packets; tuples and the filter are read on a connection's
 first packet only, and the hook a netfilter drop died in from the drop's stack. The NF us column is then "-".
 --hook-timing copies and parses every packet at 11 points to time each hook: it costs about as much as
-forwarding the packet again. Both are measured in BENCHMARKS.md ("Flows mode per packet").
+forwarding the packet again. Measured on a DNAT'd UDP flood (BENCHMARKS.md, "Flows mode per packet"): about
+200 ns of BPF and +3% CPU per small packet by default, about 2 us and +37% with --hook-timing.
 In kube-proxy's IPVS mode (kernels with kprobes and ip_vs loaded) the flows come from kprobes on ip_vs_conn_new,
 ip_vs_nat_xmit and handle_response, and `ipvsadm -Ln` with kube-ipvs0's addresses maps virtual servers to Services.
 
