@@ -104,6 +104,33 @@ def _one_run(pair: Pair, version: str, tree: Path | None, seconds: float,
     return (sender + softirq) * 1e9 / sent, sum(cost.ns for cost in deltas.values()) / sent
 
 
+DROP_PORT = 5999  # the receiver's INPUT drops it: a netfilter drop per packet
+
+
+def _netfilter_drop_note(pair: Pair, seconds: float) -> str:
+    """What a packet netfilter drops costs in each mode: the drop program per drop (the conntrack mode walks the
+    drop's stack to name its hook) plus the netfilter programs it passed."""
+    sh("iptables", "-A", "INPUT", "-p", "udp", "--dport", str(DROP_PORT), "-j", "DROP", netns=pair.b)
+    parts = []
+    for version, mode in (("--hook-timing", []), ("default (conntrack)", ["--conntrack-flows"])):
+        with traced(["--netfilter-netns", pair.a, "--netfilter-netns", pair.b, *mode]) as handle:
+            before = programs_of(handle.pid)
+            subprocess.run(in_netns(pair.a, python_module(
+                "tracer.benchmarks.load", "flood", "--dst", pair.addr_b, "--port", str(DROP_PORT), "--rate",
+                str(RATE // 2), "--duration", f"{seconds:g}", "--size", "18")), capture_output=True, text=True,
+                timeout=seconds + 60, check=True, cwd=str(REPO))
+            after = program_stats()
+        deltas = program_deltas(before, after)
+        drop = deltas.get("kfree_skb", ProgramCost())
+        packets = max((cost.runs for name, cost in deltas.items() if name != "kfree_skb"), default=0) or 1
+        others = sum(cost.ns for name, cost in deltas.items() if name != "kfree_skb") / packets
+        parts.append(f"{version}: the drop program {drop.ns_per_run:,.0f} ns per drop ({drop.runs:,} runs) + "
+                     f"{others:,.0f} ns of netfilter programs per packet = {drop.ns_per_run + others:,.0f} ns")
+    return (f"A packet INPUT drops (a {RATE // 2000}k/s flood to port {DROP_PORT}, {seconds:g} s, one run each): "
+            + "; ".join(parts) + ". The conntrack mode's stack walk (nf_hook_slow's caller names the hook) is paid "
+            "per netfilter drop the session traces, instead of a program at every hook on every packet.")
+
+
 def _program_note(label: str, programs: dict[str, ProgramCost]) -> str:
     """Where the BPF time goes (bpf_stats per program, summed over rounds): runs and ns per packet sent."""
     packets = programs.pop("_packets", ProgramCost()).runs or 1
@@ -141,6 +168,8 @@ def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
                                         programs.setdefault(version, {}))
             cpu.setdefault(version, []).append(per_cpu)
             bpf.setdefault(version, []).append(per_bpf)
+        log("flows per packet: netfilter drops")
+        drop_note = _netfilter_drop_note(pair, seconds)
     off = median(cpu["off"])
     for version in versions:
         value = median(cpu[version])
@@ -162,6 +191,7 @@ def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
     for version in versions[1:]:
         section.notes.append(_program_note({**LABELS, "baseline": f"Baseline `{ref}`"}[version].split(" (")[0],
                                            programs[version]))
+    section.notes.append(drop_note)
     section.notes.append("Softirq time is the whole machine's (other work on it shows up there); sender CPU is the "
                          "flood process's own.")
     return section
