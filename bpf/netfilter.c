@@ -4,14 +4,8 @@
  * attach point (PT_NF_* in podtrace.h; hooks and priorities in tracer/netfilter.py). Each returns NF_ACCEPT:
  * podtrace only watches. Between the first and the last point of a hook it measures the time the packet
  * spent in that hook's chains (kube-proxy's rules), and when the tuple changed it records a NAT rewrite.
- * The program context is struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }
- * (include/linux/filter.h); the verifier allows reading both pointers directly.
+ * Context and filters: bpf/nfhook.h.
  */
-
-struct pt_nf_ctx {
-	void *state;
-	void *skb;
-};
 
 /* nf_state (LRU hash, skb address -> struct pt_nf_state) is declared by tracer/probes.py before skb.h,
  * so the drop probe can read the last point a dropped packet passed. */
@@ -37,49 +31,19 @@ static __always_inline int pt_tuple_equal(const struct pt_tuple *a, const struct
 	return a->proto == b->proto;
 }
 
-/* The program's context pointers are BTF-typed (trusted): fields load directly at their BTF offsets, checked
- * by the verifier against the running kernel, where skb.h's shared code needs one helper call per field
- * (about 40 ns each on a VM: most of this program's cost before). */
-#define PT_LOAD(type, base, off) (*(type *)((char *)(base) + (off)))
-
 /* Parse the packet's current tuple into t; 0 when it is not IP or the filter does not want it. */
 static __always_inline int pt_nf_tuple(struct pt_nf_ctx *ctx, struct pt_tuple *t, __u32 *netns, __u32 *len)
 {
 	__u32 zero = 0;
-	void *skb = ctx->skb;
 	void *net = PT_LOAD(void *, ctx->state, PT_OFF_NF_HOOK_STATE_NET);
 	if (!net)
 		return 0;
 	*netns = PT_LOAD(__u32, net, PT_OFF_NET_NS_INUM);
-#ifdef PT_FILTER_NETNS
-	if (*netns != PT_FILTER_NETNS)
-		return 0;
-#endif
-#ifdef PT_SCOPE
-	if (!scope.lookup(netns))
-		return 0;
-#endif
-#ifdef PT_FILTER_IFNAME_LO
-	struct pt_skb_info info = {};
-	if (!pt_wanted(skb, &info))
-		return 0;
-#endif
 	struct pt_scratch *s = scratch.lookup(&zero);
 	if (!s)
 		return 0;
-	unsigned char *head = PT_LOAD(unsigned char *, skb, PT_OFF_SK_BUFF_HEAD);
-	__u16 network_header = PT_LOAD(__u16, skb, PT_OFF_SK_BUFF_NETWORK_HEADER);
-	__u32 tail = PT_LOAD(__u32, skb, PT_OFF_SK_BUFF_TAIL);
-	*len = PT_LOAD(__u32, skb, PT_OFF_SK_BUFF_LEN);
-	/* Netfilter always sees the network header set; linear bytes only, as in pt_snapshot. */
-	if (!head || network_header == (__u16)~0U || tail <= network_header)
-		return 0;
-	__u32 avail = tail - network_header;
-	if (avail > PT_SNAP_LEN)
-		avail = PT_SNAP_LEN;
-	if (bpf_probe_read_kernel(s->buf, PT_SNAP_LEN, head + network_header) < 0)
-		return 0;
-	if (!pt_filter_match(s->buf, avail, *len))
+	__u32 avail = pt_nf_wanted_copy(ctx, *netns, s, len);
+	if (!avail)
 		return 0;
 	pt_parse_ip(s->buf, 0, avail, t);
 	return t->family != 0;
@@ -107,23 +71,7 @@ static __always_inline void pt_nat_seen(__u64 skb, struct pt_nf_state *st, struc
 	}
 	struct pt_nat_stats fresh = {1, len, now, now, hook_ns, hook_ns};
 	nat_flows.update(key, &fresh);
-	/* First packet of this translation: one event a human can read. */
-	struct pt_nat_event *ev = events.ringbuf_reserve(sizeof(struct pt_nat_event));
-	if (!ev) {
-		pt_count(PT_CNT_LOST);
-		return;
-	}
-	ev->type = PT_EVENT_NAT;
-	ev->cpu = bpf_get_smp_processor_id();
-	ev->ts_ns = now;
-	ev->skb = skb;
-	ev->netns = st->netns;
-	ev->point = point;
-	ev->hook_ns = hook_ns;
-	ev->before = st->before;
-	ev->after = *after;
-	events.ringbuf_submit(ev, pt_wakeup());
-	pt_count(PT_CNT_EVENTS);
+	pt_nat_emit(skb, now, st->netns, point, hook_ns, &st->before, after); /* the translation's first packet */
 }
 
 /* first: the hook's first point (remember entry time and tuple); otherwise a later point of the same hook. */

@@ -171,6 +171,17 @@ struct pt_nf_state {
 	struct pt_tuple before;
 };
 
+/* The last netfilter point a packet passed on this CPU (bpf/nfct.c, conntrack mode): a hook and a drop inside it
+ * run on one CPU with the same skb, so the drop probe takes the point when skb address and length match. */
+struct pt_nf_last {
+	__u64 skb;
+	__u32 len;
+	__u32 point;
+	__u64 drop_skb;  /* the NETFILTER_DROP being reported on this CPU (bpf/drops.c) */
+	__u32 drop_hook; /* its hook + 1 from nf_hook_slow's caller on the stack, 0 when not found */
+	__u32 pad;
+};
+
 /* Netfilter verdicts seen by kprobes (bpf/nfkprobe.c, kernels with kprobes): one event per packet an
  * iptables table or nftables base chain dropped (drop events carry the hook: PT_NFK_POINT). */
 #define PT_NFK_IPTABLES 1 /* ipt_do_table: table = struct xt_table.name, chain = the hook's built-in chain */

@@ -518,6 +518,31 @@ static __always_inline int pt_emit_in(__u32 probe, int direct, void *skb, __u32 
 			ev->nf_point = st->point + 1;
 	}
 #endif
+#ifdef PT_NFCT
+	{
+		/* Conntrack flows mode: the point after DNAT when this skb passed it on this CPU (bpf/nfct.c), and for a
+		 * netfilter drop the hook from the stack (bpf/drops.c): before conntrack when the skb has no entry. */
+		struct pt_nf_last *last = nf_last.lookup(&zero);
+		if (last) {
+			__u32 point = last->skb == (__u64)skb && last->len == info.len ? last->point + 1 : 0;
+			__u32 hook = last->drop_skb == (__u64)skb ? last->drop_hook : 0;
+			__u64 nfct = 0;
+			PT_GET(direct, nfct, skb, PT_OFF_SK_BUFF_NFCT);
+			if (hook == 1 || hook == 4) { /* PREROUTING, OUTPUT: conntrack runs in them */
+				__u32 first = hook == 1 ? PT_NF_PRE_FIRST : PT_NF_OUT_FIRST;
+				__u32 dnat = hook == 1 ? PT_NF_PRE_AFTER_DNAT : PT_NF_OUT_AFTER_DNAT;
+				if (!nfct)
+					point = first + 1;
+				else if (point != dnat + 1)
+					point = PT_NFK_POINT(2, hook - 1);
+			} else if (hook) {
+				point = PT_NFK_POINT(2, hook - 1);
+			}
+			ev->nf_point = point;
+			last->drop_skb = 0;
+		}
+	}
+#endif
 #ifdef PT_NFKPROBE
 	if (type == PT_EVENT_DROP) {
 		__u64 key = pt_nfk_key();

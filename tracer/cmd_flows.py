@@ -10,7 +10,7 @@ from tracer import cause_state, conntrack, ipvs
 from tracer.aggregate import DropTable
 from tracer.conntrack import Health
 from tracer.errors import PodtraceError
-from tracer.flows import FlowTable, NatRecord, NodeConntrack, nat_record_from_map, write_flow_table
+from tracer.flows import FlowTable, NatRecord, NodeConntrack, counts_known, nat_record_from_map, write_flow_table
 from tracer.identity import ConnIdentities
 from tracer.kubeproxy.collect import collect
 from tracer.kubeproxy.model import ServiceMap
@@ -22,10 +22,17 @@ from tracer.session import add_trace_options, check_namespaces, pod_resolver, ru
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the
-node on a real worker), around conntrack, kube-proxy's DNAT and SNAT. Service names come from kube-proxy's
-rules in that namespace (iptables or nftables mode). At the end each node's conntrack table is read (count vs
-max, insert_failed, drop, early_drop): drops no rule explains on a node whose table refuses new entries are
-charged to it. Traffic to a ClusterIP-range address no Service has is flagged "out of sync?".
+node on a real worker), just after kube-proxy's DNAT (--hook-timing: around conntrack, DNAT and SNAT).
+Service names come from kube-proxy's rules in that namespace (iptables or nftables mode). At the end each
+node's conntrack table is read (count vs max, insert_failed, drop, early_drop): drops no rule explains on a
+node whose table refuses new entries are charged to it. Traffic to a ClusterIP-range address no Service has
+is flagged "out of sync?".
+Cost: by default translations and per-flow counts come from conntrack: one program per packet (PREROUTING or
+OUTPUT, after DNAT) counts each DNATed connection's packets; tuples and the filter are read on a connection's
+first packet only, and the hook a netfilter drop died in from the drop's stack. The NF us column is then "-".
+--hook-timing copies and parses every packet at 11 points to time each hook: it costs about as much as
+forwarding the packet again. Measured on a DNAT'd UDP flood (BENCHMARKS.md, "Flows mode per packet"): about
+200 ns of BPF and +3% CPU per small packet by default, about 2 us and +37% with --hook-timing.
 In kube-proxy's IPVS mode (kernels with kprobes and ip_vs loaded) the flows come from kprobes on ip_vs_conn_new,
 ip_vs_nat_xmit and handle_response, and `ipvsadm -Ln` with kube-ipvs0's addresses maps virtual servers to Services.
 
@@ -47,6 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--node", action="append", metavar="NETNS",
                         help="a node's network namespace to attach netfilter links in and read kube-proxy rules "
                              "from; repeat for several (the lab: --node pt-node1 --node pt-node2)")
+    parser.add_argument("--hook-timing", action="store_true",
+                        help="time each packet in each netfilter hook (NF us): every packet is copied and parsed "
+                             "at 11 points, which costs about as much as forwarding it; default: counts from "
+                             "conntrack, untimed")
     add_wide_option(parser)
     parser.set_defaults(func=run)
 
@@ -89,7 +100,13 @@ def run(args: argparse.Namespace) -> int:
         verdicts.add_raw(data)
         identities.add_raw(data)
 
-    source, names, count = run_session(args, path=False, on_raw=on_raw, netfilter=True, before_close=read_maps)
+    def on_start(source: LiveSource, _names: object) -> None:
+        if source.build.nfct_refusal:  # the per-packet links instead: said before the trace, with what it costs
+            sys.stderr.write(f"podtrace: Service flows from every packet (costly), not from conntrack: "
+                             f"{source.build.nfct_refusal}\n")
+
+    source, names, count = run_session(args, path=False, on_raw=on_raw, netfilter=True, before_close=read_maps,
+                                       on_start=on_start)
     states = []
     for node in nodes:
         after = _health(node, warn=True)
@@ -111,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     services = ipvs.service_map(services, nodes)  # IPVS virtual servers named as Services, NodePorts folded in
     pods = pod_resolver(args).pod_names()  # read at the end: pods created during the trace are named too
     # pods this node does not hold (backends on other nodes) by the Kubernetes API's name, when it is used
-    table = FlowTable(services, lambda ip: pods.get(ip) or _pod_name(names.pod(ip)) or "-")
+    by_conntrack = source.conntrack_flows
+    table = FlowTable(services, lambda ip: pods.get(ip) or _pod_name(names.pod(ip)) or "-", timed=not by_conntrack)
     table.add_nat(records)
     table.add_conntrack(states)
     rows = drop_rows(drops, names, verdicts, identities)
@@ -127,9 +145,12 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(flagged.to_json()) + "\n")
         for state in states:
             sys.stdout.write(json.dumps(state.to_json()) + "\n")
-        sys.stdout.write(json.dumps({**summary_json(count, counters), "proxy_mode": services.mode}) + "\n")
+        sys.stdout.write(json.dumps({**summary_json(count, counters), "proxy_mode": services.mode,
+                                     "counts": "conntrack" if by_conntrack else "packets",
+                                     "counts_known": counts_known(by_conntrack)}) + "\n")
     else:
         write_flow_table(table, sys.stdout, table_width(sys.stdout, args.wide))
         sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services; "
                          + summary_line(count, counters) + "\n")
+        sys.stdout.write(counts_known(by_conntrack) + "\n")
     return 0

@@ -67,6 +67,7 @@ class ServiceFlow:
     drops: dict[str, int] = field(default_factory=dict)  # "REASON at hook / rule" -> count
     client_ports: set[int] = field(default_factory=set)
     scheduled: int = 0  # IPVS: connections its scheduler placed on this backend (ip_vs_conn_new)
+    timed: bool = True  # the time in netfilter was measured (per-packet links, --hook-timing); else unknown
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,7 +75,8 @@ class ServiceFlow:
             "port": self.port, "proto": self.proto, "backend": self.backend, "backend_port": self.backend_port,
             "backend_pod": self.backend_pod, "packets_out": self.packets_out, "bytes_out": self.bytes_out,
             "packets_in": self.packets_in, "bytes_in": self.bytes_in, "connections": len(self.client_ports),
-            "netfilter_ns_avg": self.nat_ns_sum // max(self.packets_out, 1), "netfilter_ns_max": self.nat_ns_max,
+            "netfilter_ns_avg": self.nat_ns_sum // max(self.packets_out, 1) if self.timed else None,
+            "netfilter_ns_max": self.nat_ns_max if self.timed else None,
             "drops": self.drops, "scheduled": self.scheduled,
         }
 
@@ -187,8 +189,10 @@ def _backend_services(ports: list[ServicePort]) -> tuple[str | None, str]:
 
 
 class FlowTable:
-    def __init__(self, services: ServiceMap, pod_of_ip: Callable[[str], str]) -> None:
+    def __init__(self, services: ServiceMap, pod_of_ip: Callable[[str], str], timed: bool = True) -> None:
+        """timed: the NAT records carry the time spent in the hook (False: counted from conntrack, untimed)."""
         self.services = services
+        self.timed = timed
         self.pod_of_ip = pod_of_ip
         self.flows: dict[tuple[str, str, int, str, str, int], ServiceFlow] = {}
         self.service_drops: list[ServiceDrop] = []
@@ -225,7 +229,7 @@ class FlowTable:
         flow = self.flows.get(key)
         if flow is None:
             flow = ServiceFlow(client, self.pod_of_ip(client), _service_label(service), vip, port, proto,
-                               backend, backend_port, self.pod_of_ip(backend))
+                               backend, backend_port, self.pod_of_ip(backend), timed=self.timed)
             self.flows[key] = flow
         return flow
 
@@ -364,6 +368,15 @@ class FlowTable:
         return sorted(self.flows.values(), key=lambda f: (f.service, f.backend, f.client))
 
 
+def counts_known(conntrack: bool) -> str:
+    """How a session's flow counts are known, in the words its output uses."""
+    if conntrack:
+        return ("counts per conntrack entry: each packet of a connection the kernel DNATed, counted after DNAT; "
+                "the filter is checked on a connection's first packet each way; time in netfilter not measured "
+                "(--hook-timing)")
+    return "counts per packet: each packet whose tuple changed between two netfilter points, timed in the hook"
+
+
 def nat_record_from_map(key: Any, stats: Any) -> NatRecord:
     """A BCC nat_flows (key, value) pair as a NatRecord."""
 
@@ -393,10 +406,10 @@ def write_flow_table(table: FlowTable, out: Any, width: int | None = None) -> No
         out.write(f"{'SERVICE':<{sw}} {'CLIENT':<{cw}} {'BACKEND':<{bw}} {'PKTS>':>6} {'<PKTS':>6} {'NF us':>6} "
                   "DROPS\n")
         for flow, (service, client, backend) in zip(flows, cells):
-            avg_us = flow.nat_ns_sum / max(flow.packets_out, 1) / 1000
+            avg_us = f"{flow.nat_ns_sum / max(flow.packets_out, 1) / 1000:.1f}" if flow.timed else "-"
             drops = sum(flow.drops.values())
             out.write(f"{cut(service, sw):<{sw}} {cut(client, cw):<{cw}} {cut(backend, bw):<{bw}} "
-                      f"{flow.packets_out:>6} {flow.packets_in:>6} {avg_us:>6.1f} {drops}\n")
+                      f"{flow.packets_out:>6} {flow.packets_in:>6} {avg_us:>6} {drops}\n")
             for label, count in flow.drops.items():
                 out.write(f"{'':<{sw}} {count:>6} x {label}\n")
     for drop in table.service_drops:
@@ -456,4 +469,4 @@ class LiveFlowsTable:
 
 
 __all__ = ["FlowTable", "NatRecord", "NodeConntrack", "OutOfSync", "ServiceDrop", "ServiceFlow", "cluster_range",
-           "nat_record_from_map", "point_label", "write_flow_table"]
+           "counts_known", "nat_record_from_map", "point_label", "write_flow_table"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+CLONES = ("part", "constprop", "isra", "cold")  # GCC's suffixes on a function's clones and split-off parts
+
 
 class KernelSymbols:
     def __init__(self, entries: Iterable[tuple[int, str, str]]) -> None:
@@ -47,6 +49,23 @@ class KernelSymbols:
         if offset > 0x100000:  # beyond any real function: not a kernel text address
             return f"0x{address:x}"
         return f"{self._names[index]}+0x{offset:x}"
+
+    def ranges_of(self, name: str) -> list[tuple[int, int]]:
+        """[start, end) of a text function and of its compiler clones (name.part.0, .constprop.0, .isra.0, .cold):
+        each to the next symbol's address; [] when absent, hidden or not unique (two static functions of one
+        name: which one is meant is unknown)."""
+        exact = [i for i, known in enumerate(self._names) if known == name]
+        if len(exact) > 1:
+            return []
+        found = exact + [i for i, known in enumerate(self._names)
+                         if known.startswith(name + ".") and known.split(".", 1)[1].split(".")[0] in CLONES]
+        ranges = []
+        for index in found:
+            start = self._addresses[index]
+            after = bisect.bisect_right(self._addresses, start)  # past aliases at the same address
+            if start and after < len(self._addresses):
+                ranges.append((start, self._addresses[after]))
+        return ranges
 
     def function_of(self, address: int) -> str:
         return self.symbolize(address).split("+", 1)[0]

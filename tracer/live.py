@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nf_points, nflink, ringbuf, tc, tpbtf
+from tracer import bccenv, kernelfs, netfilter, nf_callers, nf_points, nflink, ringbuf, tc, tpbtf
 from tracer.btf import Btf
 from tracer.errors import KernelError
 from tracer.events import (
@@ -37,6 +37,7 @@ ATTACHES = {
     "drops": [],  # tp_btf or the raw tracepoint: _attach_drops
     "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue", "raw tracepoint net_dev_xmit"],
     "netfilter": [],  # links are created in _attach_netfilter
+    "nfct": [],
     "tc": [],  # filters are added in _attach_tc
     "nf_kprobe": [],  # kprobes are attached in _attach_kprobes
     "overlay_kprobe": [],
@@ -59,10 +60,14 @@ class LiveSource:
         if config.icmp and not _tracepoint_exists("icmp", "icmp_send"):
             config = dataclasses.replace(config, icmp=False)  # the ladder's fallback: path events only
             self.warnings.append(ICMP_TRACEPOINT_ABSENT)
+        if config.netfilter and config.netfilter_conntrack:
+            config = dataclasses.replace(config, nf_caller_cflags=tuple(nf_callers.caller_cflags(KernelSymbols.load())))
         self.config = config
         self.btf = Btf.load(btf_path)
         self.reasons = drop_reasons(self.btf)
         self.build: ProbeBuild = build(self.btf, config)
+        if self.build.nfct_refusal:
+            self.warnings.append(f"Service flows from every packet instead of conntrack: {self.build.nfct_refusal}")
         self._bpf: Any = None
         self._pending: list[bytes] = []
         self.decode_errors = 0
@@ -173,7 +178,7 @@ class LiveSource:
         fds = {}
         with bccenv.captured_stderr() as errors:
             try:
-                for point in nf_points.POINTS:
+                for point in self.netfilter_points:
                     function = self._bpf.load_func(
                         point.program, nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
                     )
@@ -183,17 +188,28 @@ class LiveSource:
                 raise KernelError(f"the netfilter programs failed to load: {detail.strip()}",
                                   "run `podtrace doctor` to see what this kernel allows") from err
         for netns in self.config.netfilter_netns:
-            links, v6_refused = netfilter.attach_all(fds, netns)
+            links, v6_refused = netfilter.attach_all(fds, netns, self.netfilter_points)
             self._links += links
             families = "IPv4 only: " + v6_refused if v6_refused else "IPv4 and IPv6"
             self.attached.append(f"netfilter links at {len(nf_points.POINTS)} points in {netns or 'this namespace'}"
                                  f" ({families})")
+
+    @property
+    def conntrack_flows(self) -> bool:
+        """Service flows are counted per conntrack entry (bpf/nfct.c), not timed per packet (bpf/netfilter.c)."""
+        return "nfct" in self.build.programs
+
+    @property
+    def netfilter_points(self) -> tuple[nf_points.NfPoint, ...]:
+        return nf_points.CONNTRACK_POINTS if self.conntrack_flows else nf_points.POINTS
 
     def nat_flows(self) -> list[tuple[Any, Any]]:
         """(struct pt_nat_key, struct pt_nat_stats) pairs of every NAT rewrite seen so far, IPVS's included."""
         if self._bpf is None:
             return []
         links = list(self._bpf["nat_flows"].items()) if self.config.netfilter else []
+        if self.conntrack_flows:
+            links = nfct_records(self._bpf["nat_flows"], links, self._bpf["ct_flows"].items())
         return links + self.ipvs_flows()
 
     def forget_nat_flows(self, idle_before_ns: int) -> int:
@@ -220,7 +236,7 @@ class LiveSource:
 
     def nf_histograms(self) -> dict[int, list[int]]:
         """Closing netfilter point -> log2-ns histogram of time spent in that hook, summed over CPUs."""
-        if self._bpf is None or not self.config.netfilter:
+        if self._bpf is None or not self.config.netfilter or self.conntrack_flows:
             return {}
         table = self._bpf["nf_hist"]
         result: dict[int, list[int]] = {}
@@ -327,6 +343,25 @@ class LiveSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def nfct_records(table: Any, folded: list[tuple[Any, Any]], live: Any) -> list[tuple[Any, Any]]:
+    """nat_flows pairs from the conntrack mode's maps: translations whose nf_conn was recycled (folded into
+    nat_flows by the kernel) plus every live (connection, direction) entry, summed per translation."""
+    merged: dict[bytes, tuple[Any, Any]] = {bytes(key): (key, stats) for key, stats in folded}
+    for _ct, flow in live:
+        if not flow.wanted:
+            continue
+        raw = bytes(flow.key)
+        if raw not in merged:
+            key = table.Key.from_buffer_copy(raw)
+            merged[raw] = (key, table.Leaf(0, 0, flow.first_ns, flow.first_ns, 0, 0))
+        stats = merged[raw][1]
+        stats.packets += flow.packets
+        stats.bytes += flow.bytes
+        stats.first_ns = min(stats.first_ns, flow.first_ns)
+        stats.last_ns = max(stats.last_ns, flow.first_ns)
+    return list(merged.values())
 
 
 def _tracepoint_exists(category: str, event: str) -> bool:

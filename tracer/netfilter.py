@@ -70,13 +70,14 @@ def _attach_near(program_fd: int, point: NfPoint, family: int) -> nflink.Netfilt
     return nflink.attach(program_fd, point.hook, point.priority + step * (PRIORITY_TRIES - 1), family)
 
 
-def _attach_family(program_fds: dict[str, int], netns: str | None, family: int) -> list[nflink.NetfilterLink]:
+def _attach_family(program_fds: dict[str, int], netns: str | None, family: int,
+                   points: tuple[NfPoint, ...]) -> list[nflink.NetfilterLink]:
     """One link per point for one family; on a failure the family's links are closed and a KernelError says
     which point the kernel refused."""
     links: list[nflink.NetfilterLink] = []
     try:
         with entered_netns(netns):
-            for point in POINTS:
+            for point in points:
                 links.append(_attach_near(program_fds[point.program], point, family))
     except OSError as err:
         for link in links:
@@ -87,12 +88,13 @@ def _attach_family(program_fds: dict[str, int], netns: str | None, family: int) 
     return links
 
 
-def attach_all(program_fds: dict[str, int], netns: str | None) -> tuple[list[nflink.NetfilterLink], str]:
+def attach_all(program_fds: dict[str, int], netns: str | None,
+               points: tuple[NfPoint, ...] = POINTS) -> tuple[list[nflink.NetfilterLink], str]:
     """One link per point and family, created inside `netns`: IPv4, then IPv6 (the hooks are per family, and
     kube-proxy's `ip6 kube-proxy` table and ip6tables NAT run on IPv6's). An IPv4 failure raises; an IPv6 one (a
     kernel without IPv6) leaves IPv4's links and is returned as text, "" when there was none."""
-    links = _attach_family(program_fds, netns, nflink.NFPROTO_IPV4)
+    links = _attach_family(program_fds, netns, nflink.NFPROTO_IPV4, points)
     try:
-        return links + _attach_family(program_fds, netns, nflink.NFPROTO_IPV6), ""
+        return links + _attach_family(program_fds, netns, nflink.NFPROTO_IPV6, points), ""
     except KernelError as err:
         return links, err.message

@@ -33,6 +33,12 @@ POINTS: tuple[NfPoint, ...] = (
     NfPoint(9, "pt_nf_post_before_snat", "POSTROUTING", 99, "POSTROUTING before SNAT"),
     NfPoint(10, "pt_nf_post_last", "POSTROUTING", INT_MAX_MINUS_1, "POSTROUTING after SNAT"),
 )
+# The conntrack mode (bpf/nfct.c, `podtrace flows` by default): two of those points, where NAT'd packets are counted
+# per conntrack entry; the hook a netfilter drop died in comes from its stack (tracer/nf_callers.py).
+CONNTRACK_POINTS: tuple[NfPoint, ...] = (
+    NfPoint(1, "pt_nfct_pre", "PREROUTING", -99, POINTS[1].label),
+    NfPoint(7, "pt_nfct_out", "OUTPUT", -99, POINTS[7].label),
+)
 HIST_SLOTS = 32
 
 

@@ -41,8 +41,8 @@ NF_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (("PT_OFF_NF_HOOK_STATE_
 SCOPE_MAX = 4096  # namespaces one session can scope to: a node with thousands of pods
 DROP_REASON_ENUM = "skb_drop_reason"
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
-SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "tc": "tc.c", "icmp": "icmp.c",
-           "nf_kprobe": "nfkprobe.c", "overlay_kprobe": "overlay.c", "ipvs_kprobe": "ipvs.c"}
+SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "nfct": "nfct.c", "tc": "tc.c",
+           "icmp": "icmp.c", "nf_kprobe": "nfkprobe.c", "overlay_kprobe": "overlay.c", "ipvs_kprobe": "ipvs.c"}
 # Read only by bpf/icmp.c (the MTU a frag-needed quotes): the dst of the offending packet.
 ICMP_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
     ("PT_OFF_SK_BUFF_SKB_REFDST", "sk_buff", "_skb_refdst", 8),
@@ -99,6 +99,11 @@ class ProbeConfig:
     drops: bool = True
     path: bool = False
     netfilter: bool = False  # BPF netfilter link programs (attached by tracer/netfilter.py)
+    # Service flows from conntrack entries (bpf/nfct.c: a few programs per packet, counts per connection) rather
+    # than every packet copied and parsed at every point (bpf/netfilter.c, which also times each hook)
+    netfilter_conntrack: bool = False
+    # with netfilter_conntrack: tracer/nf_callers.py's flags, the hook a netfilter drop died in from its stack
+    nf_caller_cflags: tuple[str, ...] = ()
     tc_interfaces: tuple[str, ...] = ()  # "IF" or "NETNS/IF": tc ingress+egress path programs (tracer/tc.py)
     # `ip netns` names the links are created in (None: podtrace's own namespace, the node on a real worker)
     netfilter_netns: tuple[str | None, ...] = (None,)
@@ -119,6 +124,8 @@ class ProbeBuild:
     cflags: list[str]
     programs: list[str]  # concern names in SOURCES, in load order
     conntrack: bool = False  # drop events are preceded by their conntrack event (PT_CT)
+    # why the conntrack-driven netfilter mode was asked for but not built (the per-packet links are used instead)
+    nfct_refusal: str = ""
 
     def dump(self) -> str:
         flags = "\n".join(f"//   {flag}" for flag in self.cflags)
@@ -165,6 +172,7 @@ def btf_cflags(btf: Btf, extra: tuple[tuple[str, str, str, int], ...] = ()) -> l
     flags.append(f"-DPT_HAVE_DROP_REASON={1 if reasons else 0}")
     consumed = reasons.get("SKB_CONSUMED", 0xFFFFFFFF)
     flags.append(f"-DPT_REASON_CONSUMED={consumed}U")
+    flags.append(f"-DPT_REASON_NETFILTER_DROP={reasons.get('SKB_DROP_REASON_NETFILTER_DROP', 0xFFFFFFFF)}U")
     return flags
 
 
@@ -184,15 +192,22 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     if config.ifname:
         low, high = _ifname_words(config.ifname)
         cflags += [f"-DPT_FILTER_IFNAME_LO={low}ULL", f"-DPT_FILTER_IFNAME_HI={high}ULL"]
-    wanted = (("drops", config.drops), ("path", config.path), ("netfilter", config.netfilter),
-              ("tc", bool(config.tc_interfaces)), ("icmp", config.icmp))
+    mods = ModuleBtf(btf, btf.path)
+    all_ct_flags = conntrack_cflags(mods) if (config.conntrack and config.drops) or config.netfilter_conntrack else []
+    nfct = config.netfilter and config.netfilter_conntrack
+    refusal = ""
+    if nfct and not all_ct_flags:
+        nfct, refusal = False, "this kernel's BTF gives no nf_conn layout (nf_conntrack's BTF) podtrace can read"
+    wanted = (("drops", config.drops), ("path", config.path), ("netfilter", config.netfilter and not nfct),
+              ("nfct", nfct), ("tc", bool(config.tc_interfaces)), ("icmp", config.icmp))
     programs = [name for name, enabled in wanted if enabled]
     if config.netfilter:
-        cflags.append("-DPT_NETFILTER=1")
+        cflags.append("-DPT_NFCT=1" if nfct else "-DPT_NETFILTER=1")
+    if nfct:
+        cflags += config.nf_caller_cflags
     if config.path:
         cflags.append("-DPT_PATH_XMIT=1")
-    mods = ModuleBtf(btf, btf.path)
-    ct_flags = conntrack_cflags(mods) if config.conntrack and config.drops else []
+    ct_flags = all_ct_flags if (config.conntrack and config.drops) or nfct else []
     cflags += ct_flags
     if config.kprobes:
         cflags += kprobe_cflags(mods, config.kprobes)
@@ -209,7 +224,8 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
         # The scope's netns inodes (tracer/scope.py), filled before the first event and refreshed while tracing.
         f"BPF_HASH(scope, __u32, __u8, {SCOPE_MAX});" if config.scope is not None else "",
-        'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if config.netfilter else "",
+        'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if "netfilter" in programs else "",
+        "BPF_PERCPU_ARRAY(nf_last, struct pt_nf_last, 1);" if nfct else "",
         # Queued traced packets until net_dev_xmit (bpf/path.c); an LRU forgets those a qdisc dropped.
         'BPF_TABLE("lru_hash", struct pt_xmit_key, struct pt_packet_event, xmit_pending, 4096);\n'
         "BPF_PERCPU_ARRAY(xmit_scratch, struct pt_packet_event, 1);" if config.path else "",
@@ -219,8 +235,10 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         config.filter.c_source,
         # Inlined, not #included: BCC rewrites map calls (counters.lookup) only in the main source text.
         (BPF_DIR / "skb.h").read_text(),
+        (BPF_DIR / "nfhook.h").read_text() if config.netfilter else "",
     ]
     # Each program's pt_count() calls count under its own probe (PT_PROBE_* in podtrace.h, events.PROBES).
-    parts += [f"#undef PT_PROBE\n#define PT_PROBE {probe_id(name)}\n{(BPF_DIR / SOURCES[name]).read_text()}"
-              for name in programs]
-    return ProbeBuild("\n".join(parts) + "\n", cflags, programs, bool(ct_flags))
+    # nfct counts as the netfilter probe: the same concern, another way of tracing it
+    parts += [f"#undef PT_PROBE\n#define PT_PROBE {probe_id('netfilter' if name == 'nfct' else name)}\n"
+              f"{(BPF_DIR / SOURCES[name]).read_text()}" for name in programs]
+    return ProbeBuild("\n".join(parts) + "\n", cflags, programs, bool(ct_flags) and config.drops, refusal)

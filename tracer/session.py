@@ -99,6 +99,8 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, 
         netns_inode=netns_inode(args.netns) if args.netns else None,
         scope=Scope(nodes=nodes) if nodes else None,
         netfilter=netfilter,
+        # `flows` counts from conntrack unless asked to time every packet; record and the TUI keep the hook timing
+        netfilter_conntrack=netfilter and getattr(args, "hook_timing", None) is False,
         kprobes=kprobes,
         tc_interfaces=tuple(getattr(args, "tc", None) or ()),
         netfilter_netns=tuple(getattr(args, "node", None) or [args.netns]) if netfilter else (None,),

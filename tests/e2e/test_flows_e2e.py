@@ -31,8 +31,8 @@ def no_faults(lab: str) -> Iterator[str]:
     faults.clear_all()
 
 
-def _trace(*filter_words: str) -> Running:
-    return start("flows", "--json", *NODES, *filter_words)
+def _trace(*filter_words: str, hook_timing: bool = False) -> Running:
+    return start("flows", "--json", *NODES, *(("--hook-timing",) if hook_timing else ()), *filter_words)
 
 
 def _flows(result: Running, service: str) -> list[dict]:
@@ -48,7 +48,8 @@ def test_udp_service_flows_name_every_endpoint_with_exact_counts(no_faults: str)
     answered = sent.per_target["default/web:dns"].endpoints
     assert sum(answered.values()) == DATAGRAMS, sent
     flows = _flows(result, "default/web:dns")
-    assert_web_dns_flows(flows, answered)
+    assert_web_dns_flows(flows, answered, timed=False)
+    assert result.summary["counts"] == "conntrack", result.summary
     assert result.summary["proxy_mode"] == no_faults
     assert result.summary["lost"] == 0
 
@@ -121,7 +122,7 @@ def _last_service_netfilter_ns(services: int) -> float:
 
 
 def _netfilter_ns_to(name: str) -> float:
-    tracer = _trace("tcp port 80 or tcp port 8080")
+    tracer = _trace("tcp port 80 or tcp port 8080", hook_timing=True)
     sent = traffic.probe(name, count=15)
     time.sleep(0.5)
     flows = _flows(tracer.stop(), name)
@@ -138,3 +139,33 @@ def test_time_in_netfilter_per_first_packet_grows_with_the_number_of_services() 
     many = _last_service_netfilter_ns(2000)
     print(f"netfilter time per packet, last of 10 Services: {few:.0f} ns; last of 2000: {many:.0f} ns")
     assert many > few, (few, many)
+
+
+FLOW_FIELDS = ("service", "client", "client_pod", "vip", "port", "proto", "backend", "backend_port", "backend_pod",
+               "packets_out", "bytes_out", "packets_in", "bytes_in", "connections")
+
+
+def _flow_rows(result: Running) -> list[tuple]:
+    assert result.returncode == 0, result.stderr
+    return sorted(tuple(row[name] for name in FLOW_FIELDS) for row in result.rows if "backend" in row)
+
+
+def test_conntrack_mode_gives_the_per_packet_modes_translations_and_counts(no_faults: str) -> None:
+    """Both modes side by side on the same lab traffic (the second one's links sit one priority further from
+    the kernel's hooks): UDP to the DNS Service, TCP connections to the HTTP one, through both nodes. Every flow
+    row, with its packet and byte counts each way, is the same; only the time in netfilter differs (untimed)."""
+    filter_words = ("udp port 53 or udp port 5353 or tcp port 80 or tcp port 8080",)
+    packets = _trace(*filter_words, hook_timing=True)
+    conntrack = _trace(*filter_words)
+    dns = traffic.probe("default/web:dns", count=DATAGRAMS)
+    http = traffic.probe("default/web:http", count=13)
+    time.sleep(0.5)
+    by_packet, by_conntrack = packets.stop(), conntrack.stop()
+    assert sum(dns.per_target["default/web:dns"].endpoints.values()) == DATAGRAMS, dns
+    assert http.per_target["default/web:http"].ok == 13, http
+    assert (by_packet.summary["counts"], by_conntrack.summary["counts"]) == ("packets", "conntrack")
+    old, new = _flow_rows(by_packet), _flow_rows(by_conntrack)
+    assert {row[0] for row in new} == {"default/web:dns", "default/web:http"}, new
+    assert sum(row[FLOW_FIELDS.index("packets_out")] for row in new if row[0] == "default/web:dns") == DATAGRAMS
+    assert new == old, (old, new)
+    assert by_conntrack.summary["lost"] == 0 and by_packet.summary["lost"] == 0

@@ -285,3 +285,16 @@ def test_a_service_drop_names_its_matched_rule_once() -> None:
     named = ServiceDrop("default/web:http", "NETFILTER_DROP", "FORWARD", rule, 3, "10.244.0.2", "10.96.0.10", 80, cause)
     assert named.text() == f"NETFILTER_DROP at FORWARD: {cause}"
     assert named.text().count("(matched)") == 1 and named.text().count(rule) == 1
+
+
+def test_flows_counted_from_conntrack_say_their_hook_time_is_unknown() -> None:
+    services = parse_iptables_save((FIXTURES / "lab-iptables-node1.save").read_text())
+    table = FlowTable(services, lambda ip: PODS.get(ip, "-"), timed=False)
+    table.add_nat([_nat(1, _t("10.244.0.2", 40000, "10.96.0.10", 53), _t("10.244.0.2", 40000, "10.244.1.2", 5353), 3)])
+    (flow,) = table.rows()
+    row = flow.to_json()
+    assert row["packets_out"] == 3 and row["netfilter_ns_avg"] is None and row["netfilter_ns_max"] is None
+    out = io.StringIO()
+    write_flow_table(table, out)
+    line = out.getvalue().splitlines()[1].split()
+    assert line[-4:] == ["3", "0", "-", "0"], line  # PKTS> <PKTS, NF us unknown ("-", not 0.0), drops

@@ -125,3 +125,22 @@ def test_btf_without_sk_buff_is_a_kernel_error() -> None:
         build(Btf.load(str(FIXTURE_BTF)), ProbeConfig())
     assert "sk_buff" in raised.value.message
     assert drop_reasons(Btf.load(str(FIXTURE_BTF))) == {}
+
+
+def test_conntrack_flows_mode_replaces_the_per_packet_links(btf: Btf) -> None:
+    from tracer.nf_points import CONNTRACK_POINTS
+
+    per_packet = build(btf, ProbeConfig(netfilter=True))
+    by_conntrack = build(btf, ProbeConfig(netfilter=True, netfilter_conntrack=True,
+                                          nf_caller_cflags=("-DPT_NF_CALLERS=1",)))
+    assert "netfilter" in per_packet.programs and "nfct" not in per_packet.programs
+    assert "nfct" in by_conntrack.programs and "netfilter" not in by_conntrack.programs
+    found = defines(by_conntrack.cflags)
+    assert found["PT_NFCT"] == "1" and found["PT_CT"] == "1" and found["PT_NF_CALLERS"] == "1"
+    assert "PT_NETFILTER" not in found and "nf_state, 65536" not in by_conntrack.text  # no per-skb map
+    for point in CONNTRACK_POINTS:
+        assert f"int {point.program}(struct pt_nf_ctx *ctx)" in by_conntrack.text
+    assert not by_conntrack.nfct_refusal
+    # the stack ranges are the conntrack mode's alone
+    assert "PT_NF_CALLERS" not in defines(build(btf, ProbeConfig(netfilter=True, nf_caller_cflags=(
+        "-DPT_NF_CALLERS=1",))).cflags)

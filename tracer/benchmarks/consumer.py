@@ -38,11 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--netfilter-netns", action="append", default=[])
     parser.add_argument("--ringbuf-pages", type=int, default=256)
     parser.add_argument("--node", action="append", default=[], help="scope to these nodes and their pods")
+    parser.add_argument("--conntrack-flows", action="store_true",
+                        help="Service flows from conntrack entries (bpf/nfct.c), `podtrace flows`' default")
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handle)
     config = ProbeConfig(filter=compile_filter(args.filter), path=args.path,
-                         netfilter=bool(args.netfilter_netns),
+                         netfilter=bool(args.netfilter_netns), netfilter_conntrack=args.conntrack_flows,
                          netfilter_netns=tuple(args.netfilter_netns) or (None,), ringbuf_pages=args.ringbuf_pages,
                          scope=Scope(nodes=tuple(args.node)) if args.node else None)
     source = LiveSource(config)
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         events += len(batch)
         for raw in batch:
             table.add_raw(raw)
+        # what the NAT programs counted: (point, packets) per translation
+        nat = sorted([int(key.point), int(stats.packets)] for key, stats in source.nat_flows())
     finally:
         source.close()
     by_netns: dict[str, int] = {}
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"counters": source.final_counters, "events_read": events, "drops": table.total,
               "drops_by_netns": by_netns,
               "groups": len(table.raw_groups) + len(table.groups), "attach_s": attach_s,
-              "attached": source.attached}
+              "attached": source.attached, "nat": nat}
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -1,0 +1,91 @@
+"""`flows`' conntrack mode (bpf/nfct.c) beside the per-packet links (bpf/netfilter.c) on the same DNAT'd traffic,
+with the conntrack table flushed between bursts so that new connections reuse freed nf_conn memory: the counts a
+recycled entry held are folded, not lost, and both modes give the same translations with the same counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from support.netns import sh
+
+from tracer.benchmarks.netns import Pair, in_netns, veth_pair
+from tracer.flows import nat_record_from_map
+from tracer.live import LiveSource
+from tracer.pcapfilter import compile_filter
+from tracer.probes import ProbeConfig
+
+pytestmark = pytest.mark.root
+
+PRIME = 17  # connections per burst
+BURSTS = 3
+ECHO = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',5001))\n"
+        "while True:\n    data,peer=s.recvfrom(2048)\n    s.sendto(data,peer)\n")
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with veth_pair("h18", "198.18.218.1", "198.18.218.2") as created:
+        sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DNAT",
+           "--to-destination", f"{created.addr_b}:5001", netns=created.b)
+        echo = subprocess.Popen(in_netns(created.b, [sys.executable, "-c", ECHO]))
+        try:
+            time.sleep(0.3)
+            yield created
+        finally:
+            echo.kill()
+            echo.wait()
+
+
+def _exchange(pair: Pair, first_port: int) -> int:
+    """One request and its reply from each of PRIME client ports (a connection each); the replies received."""
+    code = ("import socket\nok=0\n"
+            f"for port in range({first_port},{first_port + PRIME}):\n"
+            "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',port)); s.settimeout(2)\n"
+            f"    s.sendto(b'x'*20,('{pair.addr_b}',5432))\n"
+            "    ok+=len(s.recv(100))==20\n    s.close()\nprint(ok)\n")
+    done = subprocess.run(in_netns(pair.a, [sys.executable, "-c", code]), capture_output=True, text=True,
+                          timeout=60, check=True)
+    return int(done.stdout.split()[-1])
+
+
+def _totals(source: LiveSource) -> dict[tuple[int, str, str], int]:
+    """Packets per (point, before, after) translation."""
+    totals: dict[tuple[int, str, str], int] = {}
+    for key, stats in source.nat_flows():
+        record = nat_record_from_map(key, stats)
+        name = (record.point, f"{record.before.src}:{record.before.sport}>{record.before.dst}:{record.before.dport}",
+                f"{record.after.src}:{record.after.sport}>{record.after.dst}:{record.after.dport}")
+        totals[name] = totals.get(name, 0) + record.packets
+    return totals
+
+
+def test_recycled_conntrack_entries_keep_their_counts_and_match_the_per_packet_mode(pair: Pair) -> None:
+    sources = [LiveSource(ProbeConfig(filter=compile_filter("udp"), netfilter=True, netfilter_netns=(pair.b,),
+                                      netfilter_conntrack=conntrack)) for conntrack in (False, True)]
+    try:
+        for source in sources:
+            source.start(progress=False)
+        by_packet, by_conntrack = sources
+        assert not by_packet.conntrack_flows and by_conntrack.conntrack_flows
+        answered = 0
+        for burst in range(BURSTS):
+            answered += _exchange(pair, 41000 + burst * PRIME)
+            sh("conntrack", "-F", netns=pair.b, check=False)  # the entries freed: the next burst reuses them
+        assert answered == BURSTS * PRIME
+        # nf_conn memory was reused: entries the kernel folded into nat_flows when their address came back
+        recycled = len(by_conntrack._bpf["nat_flows"])  # the fold path itself, what this test is for
+        old, new = _totals(by_packet), _totals(by_conntrack)
+    finally:
+        for source in sources:
+            source.close()
+    print(f"{recycled} translations folded from recycled nf_conn entries")
+    assert recycled > 0, "no nf_conn was reused: the fold path was not exercised"
+    dnat = {name: count for name, count in new.items() if name[0] == 1}
+    replies = {name: count for name, count in new.items() if name[0] == 10}
+    assert len(dnat) == len(replies) == BURSTS * PRIME, new
+    assert set(dnat.values()) == {1} and set(replies.values()) == {1}, new
+    assert new == old, (old, new)
