@@ -12,33 +12,20 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.lab import exclusive_lab
+from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.netns import send_udp
 from support.podtrace import Running, start
 
 from tracer.lab import control, faults, traffic
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]
 
 NODES = ("--node", "pt-node1", "--node", "pt-node2")
 LATE_DATAGRAMS = 7  # a prime: nothing else in the lab sends exactly this many to that port
 CLOSED_PORT = 5999  # no lab server listens there
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[None]:
-    with exclusive_lab(proxy_mode="iptables"):
-        yield
-
-
-@pytest.fixture
-def no_faults(lab: None) -> Iterator[None]:
-    yield
-    faults.clear_all()
 
 
 @pytest.fixture
@@ -57,7 +44,7 @@ def _stop(tracer: Running) -> Running:
     return result
 
 
-def test_flows_name_client_and_backend_pods_from_the_node(no_faults: None, blind_env: dict[str, str]) -> None:
+def test_flows_name_client_and_backend_pods_from_the_node(blind_env: dict[str, str]) -> None:
     faults.set_fault("drop-backend", True)
     tracer = start("flows", "--json", *NODES, "--kubelet-root", "/run/podtrace-lab/root",
                    "tcp port 80 or tcp port 8080", env=blind_env)
@@ -74,7 +61,7 @@ def test_flows_name_client_and_backend_pods_from_the_node(no_faults: None, blind
     assert [flow["backend_pod"] for flow in dropped] == ["web-2"], flows
 
 
-def test_drops_name_both_pods_of_a_dropped_connection(no_faults: None, blind_env: dict[str, str]) -> None:
+def test_drops_name_both_pods_of_a_dropped_connection(blind_env: dict[str, str]) -> None:
     faults.set_fault("drop-backend", True)
     tracer = start("drops", "--json", "--netns", "pt-node2", "tcp port 8080", env=blind_env)
     sent = traffic.probe("default/web:http", count=30, timeout=0.5)
@@ -87,7 +74,7 @@ def test_drops_name_both_pods_of_a_dropped_connection(no_faults: None, blind_env
     assert {(row["src_pod"], row["dst_pod"]) for row in dropped} == {("default/client", "default/web-2")}, dropped
 
 
-def test_a_pod_created_after_the_session_started_is_named(no_faults: None, blind_env: dict[str, str]) -> None:
+def test_a_pod_created_after_the_session_started_is_named(blind_env: dict[str, str]) -> None:
     tracer = start("drops", "--json", f"udp port {CLOSED_PORT}", env=blind_env)
     late = control.add_pod("late-1", "node1")  # after the probes attached and the resolver's first read
     send_udp(late["netns"], "10.244.0.3", CLOSED_PORT, LATE_DATAGRAMS)

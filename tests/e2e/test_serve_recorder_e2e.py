@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
-from support.lab import exclusive_lab
+from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.podtrace import run
 from support.serve import scrape, serve
 
@@ -17,22 +16,10 @@ from tracer.api import open_recording
 from tracer.events import EVENT_DROP, EVENT_PATH, decode
 from tracer.lab import faults, traffic
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]
 
 WEB_HTTP = "default/web:http"
 WEB2 = "10.244.1.2"
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[None]:
-    with exclusive_lab(proxy_mode="iptables"):
-        yield
-
-
-@pytest.fixture
-def no_faults(lab: None) -> Iterator[None]:
-    yield
-    faults.clear_all()
 
 
 def _incidents(directory: str) -> list[str]:
@@ -48,7 +35,7 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
-def test_a_drop_trigger_seals_the_drop_and_the_packets_before_it(no_faults: None, tmp_path: str) -> None:
+def test_a_drop_trigger_seals_the_drop_and_the_packets_before_it(tmp_path: str) -> None:
     directory = str(tmp_path)
     with serve("--node", "pt-node2", "--interval", "1", "--recorder-dir", directory, "--path", "tcp port 8080",
                "--trigger", f"drop service={WEB_HTTP} reason=NETFILTER_DROP", "--before", "60", "--after", "2",
@@ -88,7 +75,7 @@ def test_a_drop_trigger_seals_the_drop_and_the_packets_before_it(no_faults: None
     assert text.returncode == 0 and "default/web" in text.stdout, text.stdout
 
 
-def test_retention_stays_under_its_caps_with_many_triggers(no_faults: None, tmp_path: str) -> None:
+def test_retention_stays_under_its_caps_with_many_triggers(tmp_path: str) -> None:
     directory = str(tmp_path)
     ring_cap, incident_cap = 96 << 10, 160 << 10
     faults.set_fault("drop-backend", True)
