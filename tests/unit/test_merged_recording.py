@@ -28,7 +28,7 @@ from tracer.events import (
     POINT_XMIT,
     decode,
 )
-from tracer.recording import KIND_HEADER, KIND_TRAILER, RecordWriter
+from tracer.recording import FORMAT_MINOR, KIND_HEADER, KIND_TRAILER, RecordWriter
 from tracer.replay import ReplaySource
 
 SKEW_NS = 5_000_000  # node B's wall clock runs 5 ms ahead
@@ -89,7 +89,7 @@ def _read(path: Path) -> tuple[ReplaySource, list[bytes]]:
 def test_both_nodes_events_are_on_the_first_clock_and_each_attributable_to_its_node(both: Path) -> None:
     source, events = _read(both)
     merged = source.header["merged"]
-    assert source.header["format_minor"] == 5 and not source.truncated
+    assert source.header["format_minor"] == FORMAT_MINOR and not source.truncated
     assert [node["name"] for node in merged["nodes"]] == ["node-a/host", "node-b/host"]
     # one inode on both machines: node b's moves, both names say their node
     moved = merged["nodes"][1]["netns"]
