@@ -138,3 +138,22 @@ def test_the_same_skb_on_the_node_within_its_window_joins_them_as_inferred(
         assert to_vip["unjoined"] == (f"not joined to {BACKEND}:8080 (the same client port): no conntrack entry, "
                                       "NAT record or skb seen both ways ties them")
         assert to_backend["unjoined"].startswith(f"not joined to {VIP}:80 ")
+
+
+def test_a_nat_record_that_rewrote_the_destination_is_an_observed_dnat_and_wins_over_a_disagreeing_skb() -> None:
+    from tracer.dnat_join import Translation, decide, from_nat
+
+    before, after = _tuple(CLIENT, VIP, 40100, 80), _tuple(CLIENT, BACKEND, 40100, 8080)
+    snat = _tuple("192.168.77.1", BACKEND, 61000, 8080)  # the source rewritten too: not a DNAT of this client
+    found = from_nat([(before, after), (before, before), (before, snat)], 1)
+    assert found == [Translation(6, (CLIENT, 40100), (VIP, 80), (BACKEND, 8080), 1, "nat record")]
+    guessed = Translation(6, (CLIENT, 40100), (VIP, 80), ("10.244.1.3", 8080), 0, "same skb")
+    joins = decide([guessed, *found])
+    assert joins.canonical((6, CLIENT, 40100, VIP, 80)) == (6, CLIENT, 40100, BACKEND, 8080)
+    assert joins.canonical((6, VIP, 80, CLIENT, 40100)) == (6, BACKEND, 8080, CLIENT, 40100)  # the reply
+    assert joins.of_flow((6, BACKEND, 8080, CLIENT, 40100)) == found[0]
+    # two observations that disagree: neither is believed, the flows stay apart
+    other = Translation(6, (CLIENT, 40100), (VIP, 80), ("10.244.1.3", 8080), 0, "conntrack")
+    apart = decide([*found, other])
+    assert apart.canonical((6, CLIENT, 40100, VIP, 80)) == (6, CLIENT, 40100, VIP, 80)
+    assert apart.of_flow((6, CLIENT, 40100, BACKEND, 8080)) is None
