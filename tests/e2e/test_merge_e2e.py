@@ -202,8 +202,9 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
                      for node, path in paths.items()]
         # and the two-node recording of the same run, that the merged one must agree with
         two_node = tmp_path / "two-node.ptrec.gz"
+        # (port 80 too: the packets to the VIP, whose DNAT its nat_flows map records)
         recorders.append(podtrace.start("record", "-o", str(two_node), "--node", "pt-node1", "--node", "pt-node2",
-                                        "tcp port 8080"))
+                                        "tcp port 8080 or tcp port 80"))
         try:
             sent = traffic.probe("default/web:http", count=30, timeout=0.5)
         finally:
@@ -230,6 +231,7 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
     merged_drops = _drops(_report_json(tmp_path / "both.ptrec.gz"), "pt-node2", "10.244.1.2", 8080)
     assert merged_drops == _drops(_report_json(two_node), "pt-node2", "10.244.1.2", 8080) > 0
     _three_views_merge_on_one_clock(paths, tmp_path / "all.ptrec.gz", merged_drops)
+    _dnat_agrees_with_the_kernel_s_nat_records(tmp_path / "all.ptrec.gz", two_node)
     _tui_journeys_view_shows_them(tmp_path / "all.ptrec.gz")
 
 
@@ -258,6 +260,31 @@ def _three_views_merge_on_one_clock(paths: dict[str, Path], out: Path, drops: in
         assert len(steps) == 1 and steps[0]["node"].endswith("/pt-node1"), journey["path"]
     assert not [j for j in lines if j.get("journey") and j["dst"] == "10.96.0.10"]  # no half-journey left
     assert _drops(_report_json(out), "pt-node2", "10.244.1.2", 8080) == drops
+
+
+def _dnat_agrees_with_the_kernel_s_nat_records(merged: Path, two_node: Path) -> None:
+    """The DNAT each merged journey went through (from the single-namespace recordings: no NAT records, so the skb
+    seen on node1 before and after) is the rewrite the kernel's nat_flows map recorded in the two-node recording of
+    the same run (its netfilter links attached): client port -> VIP rewritten to the same backend."""
+    from tracer.replay import ReplaySource
+
+    source = ReplaySource(str(two_node))
+    try:
+        for _raw in source:
+            pass
+        rewrites = {(r.before.src, r.before.sport, r.before.dst, r.before.dport): (r.after.dst, r.after.dport)
+                    for r in source.nat_records() if (r.before.dst, r.before.dport) != (r.after.dst, r.after.dport)}
+    finally:
+        source.close()
+    # the client's journeys (a reply's flow runs backend -> client: its DNAT is the same connection's)
+    journeys = [line for line in _report_json(merged) if line.get("journey") and line.get("dnat")
+                and line["src"] == "10.244.0.2"]
+    assert journeys and rewrites
+    for journey in journeys:  # every recorder was attached before the first connection: none is missed
+        port = int(journey["flow"].split(" ")[1].rsplit(":", 1)[1])
+        dialled, dport = journey["dnat"]["dialled"].rsplit(":", 1)
+        recorded = rewrites.get(("10.244.0.2", port, dialled, int(dport)))
+        assert recorded is not None and f"{recorded[0]}:{recorded[1]}" == journey["dnat"]["backend"], journey
 
 
 def _tui_journeys_view_shows_them(path: Path) -> None:
