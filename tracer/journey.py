@@ -355,8 +355,8 @@ def _path(nodes: Sequence[NodeRecording], path: list[Sighting], shifted: list[in
         node = nodes[s.node]
         if joined is not None and previous is not None:
             step = _rewrite(previous.event.inner or previous.event.outer, s.event.inner or s.event.outer, joined)
-            if step is not None:
-                out.append({"node": node.name, "at": step, "t_us": round((t - shifted[0]) / 1000, 1)})
+            if step is not None:  # on the node whose kernel showed the rewrite
+                out.append({"node": nodes[joined.node].name, "at": step, "t_us": round((t - shifted[0]) / 1000, 1)})
         out.append({"node": node.name, "at": s.what(node.netns.get(s.event.netns, f"netns:{s.event.netns}")),
                     "t_us": round((t - shifted[0]) / 1000, 1)})
         previous = s
