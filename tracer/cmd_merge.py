@@ -15,9 +15,19 @@ from typing import Any
 
 from tracer.cmd_record import check_output
 from tracer.errors import PodtraceError, UsageError
-from tracer.events import EVENT_SIZE, EVENT_SIZES, decode
-from tracer.journey import ClockAlignment, NodeRecording, align, identifiable, journeys, match, unmatched
+from tracer.events import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
+from tracer.journey import (
+    ClockAlignment,
+    NodeRecording,
+    align,
+    dnat_joins,
+    identifiable,
+    journeys,
+    match,
+    unmatched,
+)
 from tracer.merged_recording import NodeFile, read_node, write_merged
+from tracer.recording import nat_from_json
 from tracer.recording_schema import MERGED_MAX_NODES
 from tracer.replay import ReplaySource
 
@@ -62,10 +72,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def load(path: str) -> tuple[NodeRecording, NodeFile]:
     events: list[Any] = []
+    conntrack: list[CtEvent] = []
 
     def keep(raw: bytes) -> None:
         if raw[0] in PACKET_KINDS:
             events.append(decode(raw))
+        elif raw[0] == EVENT_CT:  # the nf_conn of a drop: its original and reply tuples join flows at a DNAT
+            conntrack.append(decode_ct(raw))
 
     peek = ReplaySource(path)  # RecordingError: one line, exit 1 (tracer.cli)
     peek.close()
@@ -78,8 +91,9 @@ def load(path: str) -> tuple[NodeRecording, NodeFile]:
     read = read_node(path, label, keep)
     clock = header.get("clock") or {}
     run = (header.get("part") or {}).get("run_id") or f"{header.get('hostname')}@{clock.get('monotonic_ns')}"
+    nat = [(record.before, record.after) for record in map(nat_from_json, read.nat)]
     return NodeRecording(label, read.wall_offset_ns, frozenset(read.pods), dict(read.netns), events,
-                         dict(read.reasons), str(run)), read
+                         dict(read.reasons), str(run), str(header.get("boot_id") or ""), conntrack, nat), read
 
 
 def _line(journey: dict[str, Any]) -> str:
@@ -130,7 +144,9 @@ def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
                                 f"{node.run_id}): one node's view, not a journey across two",
                                 "give one recording of each node")
         runs[node.run_id] = index
-    matched = match(nodes)
+    # a packet before a DNAT and after it is one packet when the kernel's record ties them (tracer.dnat_join)
+    joins = dnat_joins(nodes)
+    matched = match(nodes, joins)
     if not matched:
         counts = " and ".join(str(identifiable(node.events)) for node in nodes)
         what = " and ".join(paths) if len(paths) == 2 else ", ".join(paths)
@@ -144,9 +160,12 @@ def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
         raise PodtraceError(f"{names} {'shares' if len(alone) == 1 else 'share'} no packet with {paths[0]} or "
                             "the recordings that do: a recording of another run, or of a node no traced flow "
                             "crossed", "leave it out, or record all the nodes at the same time")
-    clock = align(nodes, matched) or ClockAlignment([0] * len(nodes), names=[node.name for node in nodes])
+    # clocks from each address pair's sightings first: their sender is plainer (the one node that transmitted the
+    # packet with those addresses); from the joined packets when those alone tie the recordings
+    clock = align(nodes, match(nodes)) or align(nodes, matched) or \
+        ClockAlignment([0] * len(nodes), names=[node.name for node in nodes])
     how = clock.describe()
-    found = journeys(nodes, matched, clock)
+    found = journeys(nodes, matched, clock, joins)
     result = Merge(nodes, found, len(matched), clock, how)
     if output:
         files = [read for _node, read in loaded]
@@ -158,9 +177,10 @@ def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
                             for index, (node, read, path, offset) in enumerate(zip(nodes, files, paths,
                                                                                    clock.offsets))],
                   "clock": {"offset_ns": clock.offset_ns, "pairs": clock.pairs, "both_ways": clock.both_ways,
-                            "aligned": bool(clock.links), "text": how,
+                            "aligned": bool(clock.links), "same_clock": clock.same_clock, "text": how,
                             "links": [{"from": nodes[link.a].name, "to": nodes[link.b].name,
-                                       "offset_ns": link.offset_ns, "pairs": link.pairs, "both_ways": link.both_ways}
+                                       "offset_ns": link.offset_ns, "pairs": link.pairs, "both_ways": link.both_ways,
+                                       "same_clock": link.same_clock}
                                       for link in clock.links]},
                   "matched_packets": len(matched), "journeys": found}
         result.events_written = write_merged(output, files, clock.offsets, merged)

@@ -216,6 +216,15 @@ def prepare_header(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def boot_id() -> str | None:
+    """The kernel's random id of this boot (None when /proc does not say)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read(64).strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str],
                  prepared: dict[str, Any] | None = None) -> dict[str, Any]:
     found = dict(prepared if prepared is not None else prepare_header(args))
@@ -229,6 +238,7 @@ def build_header(args: argparse.Namespace, source: Any, netns: dict[int, str],
         "kernel_release": platform.release(),
         "machine": platform.machine(),
         "hostname": socket.gethostname(),
+        "boot_id": boot_id(),  # recordings of one boot share CLOCK_MONOTONIC (podtrace merge: offset 0)
         # events carry bpf_ktime_get_ns (CLOCK_MONOTONIC): wall = ts_ns + wall_offset_ns
         "clock": {"wall_ns": wall, "monotonic_ns": mono, "wall_offset_ns": wall - mono},
         "attached": list(source.attached),

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_NAMES, POINT_QUEUE, POINT_XMIT, PacketEvent
+from tracer.dnat_join import NO_JOINS, WINDOW_NS, Joins, Translation, decide, from_conntrack, from_nat, from_skbs
+from tracer.events import EVENT_DROP, EVENT_PATH, POINT_NAMES, POINT_QUEUE, POINT_XMIT, CtEvent, PacketEvent, Tuple
 
 VXLAN_HEADERS = 8 + 8 + 14  # outer UDP, VXLAN, inner Ethernet
 
@@ -89,16 +90,39 @@ class NodeRecording:
     # the recorder's run (header part.run_id; older recordings: host and start clock): the same file twice is one
     # node, not two
     run_id: str = ""
+    # the kernel's boot id (header `boot_id`): recordings of one boot share its CLOCK_MONOTONIC
+    boot_id: str = ""
+    conntrack: list[CtEvent] = field(default_factory=list)  # the conntrack events (each before its drop)
+    nat: list[tuple[Tuple, Tuple]] = field(default_factory=list)  # NAT records: (before, after) a rewrite
 
 
-def match(nodes: Sequence[NodeRecording]) -> dict[PacketKey, list[Sighting]]:
-    """Packets seen by more than one recording -> every sighting of it, on each recording's wall clock."""
+def dnat_joins(nodes: Sequence[NodeRecording]) -> Joins:
+    """Which pre-DNAT flows are which post-DNAT flows, from what each node's kernel reported (tracer.dnat_join)."""
+    found: list[Translation] = []
+    for index, node in enumerate(nodes):
+        found += from_conntrack(node.conntrack, index)
+        found += from_nat(node.nat, index)
+        ids = {id(event): (key.ip_id, key.seq) for event in node.events if (key := packet_key(event)) is not None}
+        found += from_skbs(node.events, index, ids)
+    return decide(found)
+
+
+def _joined(key: PacketKey, joins: Joins) -> PacketKey:
+    """The packet's key with its post-DNAT addresses (the same packet before and after the rewrite)."""
+    proto, src, sport, dst, dport = joins.canonical((key.proto, key.src, key.sport, key.dst, key.dport))
+    return PacketKey(proto, src, dst, sport, dport, key.ip_id, key.seq)
+
+
+def match(nodes: Sequence[NodeRecording], joins: Joins = NO_JOINS) -> dict[PacketKey, list[Sighting]]:
+    """Packets seen by more than one recording -> every sighting of it, on each recording's wall clock; a packet
+    before a DNAT in `joins` is the same packet as after it (keyed by its post-DNAT addresses)."""
     seen: dict[PacketKey, list[Sighting]] = {}
     for index, node in enumerate(nodes):
         for event in node.events:
             key = packet_key(event)
             if key is not None:
-                seen.setdefault(key, []).append(Sighting(index, event, event.ts_ns + node.wall_offset_ns))
+                sighting = Sighting(index, event, event.ts_ns + node.wall_offset_ns)
+                seen.setdefault(_joined(key, joins), []).append(sighting)
     return {key: found for key, found in seen.items() if len({s.node for s in found}) > 1}
 
 
@@ -111,6 +135,8 @@ class PairAlignment:
     offset_ns: int  # add to b's wall clock to put it on a's
     pairs: int
     both_ways: bool
+    # one boot of one machine (the same boot id): one CLOCK_MONOTONIC, offset exact, nothing estimated
+    same_clock: bool = False
 
 
 @dataclass
@@ -133,7 +159,14 @@ class ClockAlignment:
 
     @property
     def both_ways(self) -> bool:
-        return bool(self.links) and all(link.both_ways for link in self.links)
+        """Every estimated alignment had packets both ways."""
+        estimated = [link for link in self.links if not link.same_clock]
+        return bool(estimated) and all(link.both_ways for link in estimated)
+
+    @property
+    def same_clock(self) -> bool:
+        """Every node on one machine's clock: nothing was estimated."""
+        return bool(self.links) and all(link.same_clock for link in self.links)
 
     def aligned(self, node: int) -> bool:
         return node == 0 or any(link.b == node for link in self.links)
@@ -146,8 +179,9 @@ class ClockAlignment:
         return {link.b: link for link in self.links}
 
     def between(self, one: int, other: int) -> str:
-        """How a latency between two nodes is known: "estimated" (every alignment on the way had packets both
-        ways), "relative" (one way only somewhere: relative to the fastest packet), "unaligned" (clocks as recorded)."""
+        """How a latency between two nodes is known: "same clock" (one machine's clock all the way: measured),
+        "estimated" (every alignment on the way had packets both ways or one clock), "relative" (one way only
+        somewhere: relative to the fastest packet), "unaligned" (clocks as recorded)."""
         if not (self.aligned(one) and self.aligned(other)):
             return "unaligned"
         parents = self._parents()
@@ -159,21 +193,28 @@ class ClockAlignment:
                 node = parents[node].a
             return path
 
-        return "estimated" if all(link.both_ways for link in to_anchor(one) ^ to_anchor(other)) else "relative"
+        way = to_anchor(one) ^ to_anchor(other)
+        if all(link.same_clock for link in way):
+            return "same clock"
+        return "estimated" if all(link.both_ways or link.same_clock for link in way) else "relative"
 
     def describe(self) -> str:
+        if self.same_clock:
+            return "same machine clock (one boot id: one CLOCK_MONOTONIC, offset 0, nothing estimated)"
         if len(self.offsets) <= 2:
             if not self.links:
                 return "clocks as recorded (no matched packet's sender is a pod that either recording names)"
             how = "packets both ways (NTP estimate)" if self.both_ways else \
                 "packets one way only: latencies are relative to the fastest packet"
             return f"clocks aligned from {self.pairs} matched packets, {how}"
-        parts = [f"{self._name(link.b)} on {self._name(link.a)} from {link.pairs} matched packets, "
+        parts = [f"{self._name(link.b)} on {self._name(link.a)}: same machine clock" if link.same_clock else
+                 f"{self._name(link.b)} on {self._name(link.a)} from {link.pairs} matched packets, "
                  + ("both ways" if link.both_ways else "one way only") for link in self.links]
         unaligned = [self._name(node) for node in range(1, len(self.offsets)) if not self.aligned(node)]
         if unaligned:
             parts.append(f"{', '.join(unaligned)} as recorded (no matched packet's sender known)")
-        how = "" if self.both_ways else " (one way only: latencies are relative to the fastest packet)"
+        how = "" if self.both_ways or not any(not link.same_clock for link in self.links) else \
+            " (one way only: latencies are relative to the fastest packet)"
         return f"clocks aligned on {self._name(0)}: " + "; ".join(parts) + how
 
     def _name(self, node: int) -> str:
@@ -226,16 +267,27 @@ def _pair(a: int, b: int, samples: dict[tuple[int, int], list[int]]) -> PairAlig
     return None
 
 
+def _same_boot(nodes: Sequence[NodeRecording], a: int, b: int) -> PairAlignment | None:
+    """b on a's clock when both recorded one boot (the same boot id): the offset is the difference of their
+    headers' wall minus monotonic, so b's events keep their monotonic timestamps exactly."""
+    if not nodes[a].boot_id or nodes[a].boot_id != nodes[b].boot_id:
+        return None
+    return PairAlignment(a, b, nodes[a].wall_offset_ns - nodes[b].wall_offset_ns, 0, False, same_clock=True)
+
+
 def align(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]]) -> ClockAlignment | None:
-    """Each node's clock on the first's, from the matched packets whose sender is known: pairwise alignments
-    grown from the first node, the pair with the most packets first (None when no pair has any)."""
+    """Each node's clock on the first's: a node of the same boot as one already placed shares its clock (not
+    estimated); others from the matched packets whose sender is known: pairwise alignments grown from the first
+    node, the pair with the most packets first (None when no pair has any)."""
     samples = _pair_samples(nodes, matched)
     offsets = [0] * len(nodes)
     reached = {0}
     links: list[PairAlignment] = []
     while True:
-        candidates = [found for a in sorted(reached) for b in range(len(nodes)) if b not in reached
-                      if (found := _pair(a, b, samples)) is not None]
+        same = [found for a in sorted(reached) for b in range(len(nodes)) if b not in reached
+                if (found := _same_boot(nodes, a, b)) is not None]
+        candidates = same[:1] or [found for a in sorted(reached) for b in range(len(nodes)) if b not in reached
+                                  if (found := _pair(a, b, samples)) is not None]
         if not candidates:
             break
         best = max(candidates, key=lambda link: (link.both_ways, link.pairs, -link.b))
@@ -274,11 +326,72 @@ def _visits(packet: list[Sighting], clock: ClockAlignment, sender: int | None) -
     return sorted(((node, a, b) for node, (a, b) in spans.items()), key=lambda v: (v[1], v[0] != sender))
 
 
+HOW = {"conntrack": "observed: conntrack entry", "nat record": "observed: NAT record",
+       "same skb": f"inferred: same skb within {WINDOW_NS // 1_000_000} ms"}
+
+
+def _endpoint(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _rewrite(before: Tuple, after: Tuple, joined: Translation) -> str | None:
+    """The DNAT (or, on a reply, its undoing) between two sightings of one packet, if their addresses differ."""
+    if (before.src, before.sport, before.dst, before.dport) == (after.src, after.sport, after.dst, after.dport):
+        return None
+    vip, backend, how = _endpoint(joined.dialled), _endpoint(joined.backend), HOW[joined.how]
+    if (before.dst, before.dport) == joined.dialled:
+        return f"DNAT {vip} > {backend} ({how})"
+    if (after.src, after.sport) == joined.dialled:
+        return f"reply un-DNAT {backend} > {vip} ({how})"
+    return None
+
+
+def _path(nodes: Sequence[NodeRecording], path: list[Sighting], shifted: list[int],
+          joined: Translation | None) -> list[dict[str, Any]]:
+    """The first packet's sightings, with the DNAT step between the last one before it and the first after."""
+    out: list[dict[str, Any]] = []
+    previous: Sighting | None = None
+    for s, t in zip(path, shifted):
+        node = nodes[s.node]
+        if joined is not None and previous is not None:
+            step = _rewrite(previous.event.inner or previous.event.outer, s.event.inner or s.event.outer, joined)
+            if step is not None:  # on the node whose kernel showed the rewrite
+                out.append({"node": nodes[joined.node].name, "at": step, "t_us": round((t - shifted[0]) / 1000, 1)})
+        out.append({"node": node.name, "at": s.what(node.netns.get(s.event.netns, f"netns:{s.event.netns}")),
+                    "t_us": round((t - shifted[0]) / 1000, 1)})
+        previous = s
+    return out
+
+
+def _dnat(nodes: Sequence[NodeRecording], joined: Translation | None) -> dict[str, Any] | None:
+    if joined is None:
+        return None
+    return {"node": nodes[joined.node].name, "dialled": _endpoint(joined.dialled),
+            "backend": _endpoint(joined.backend), "how": joined.how, "observed": joined.observed,
+            "text": f"dialled {_endpoint(joined.dialled)}, DNAT to {_endpoint(joined.backend)} on "
+                    f"{nodes[joined.node].name} ({HOW[joined.how]})"}
+
+
+def _unjoined(flow: tuple[int, str, str, int, int], flows: Iterable[tuple[int, str, str, int, int]],
+              joined: Translation | None) -> str | None:
+    """Said of a flow no translation joined when another flow leaves the same client port for elsewhere: it may be
+    the same connection before and after a DNAT, but nothing recorded ties them, so they stay apart."""
+    if joined is not None:
+        return None
+    proto, src, _dst, sport, _dport = flow
+    others = sorted(f"{dst}:{dport}" for p, s, dst, sp, dport in flows if (p, s, sp) == (proto, src, sport)
+                    and (p, s, dst, sp, dport) != flow)
+    if not others:
+        return None
+    return (f"not joined to {', '.join(others)} (the same client port): no conntrack entry, NAT record or skb "
+            "seen both ways ties them")
+
+
 def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sighting]],
-             clock: ClockAlignment) -> list[dict[str, Any]]:
-    """One object per flow: its matched packets, where they were seen in order, the one-way latency of each segment
-    between two nodes (median over the matched packets of the last sighting on one node to the first on the next)
-    and of the whole way, and where it died, if it did."""
+             clock: ClockAlignment, joins: Joins = NO_JOINS) -> list[dict[str, Any]]:
+    """One object per flow: its matched packets, where they were seen in order (with the DNAT step `joins` joined
+    it through), the one-way latency of each segment between two nodes (median over the matched packets of the
+    last sighting on one node to the first on the next) and of the whole way, and where it died, if it did."""
     flows: dict[tuple[Any, ...], list[tuple[list[Sighting], int | None]]] = {}
     for key, sightings in matched.items():
         sender = _sender(nodes, key, sightings)
@@ -301,14 +414,15 @@ def journeys(nodes: Sequence[NodeRecording], matched: dict[PacketKey, list[Sight
         drops = [s for packet, _sender in packets for s in packet if s.event.type == EVENT_DROP]
         last = drops[-1] if drops else None
         ends = (order[0][0], order[-1][0]) if order else (0, 0)
+        joined = joins.of_flow((proto, src, sport, dst, dport))
         out.append({
             "journey": True,
             "flow": f"{'tcp' if proto == 6 else 'udp' if proto == 17 else proto} {src}:{sport} > {dst}:{dport}",
             "src": src, "dst": dst,
             "packets": len(packets),
-            "path": [{"node": nodes[s.node].name, "at": s.what(nodes[s.node].netns.get(s.event.netns,
-                                                                                      f"netns:{s.event.netns}")),
-                      "t_us": round((t - shifted[0]) / 1000, 1)} for s, t in zip(path, shifted)],
+            "path": _path(nodes, path, shifted, joined),
+            "dnat": _dnat(nodes, joined),
+            "unjoined": _unjoined((proto, src, dst, sport, dport), flows, joined),
             "segments": [{"from": nodes[a].name, "to": nodes[b].name, "packets": len(gaps),
                           "one_way_us": round(statistics.median(gaps) / 1000, 1), "one_way": clock.between(a, b)}
                          for (a, b), gaps in sorted(segments.items(), key=lambda item: _first_seen(order, item[0]))],

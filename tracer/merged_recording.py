@@ -157,14 +157,22 @@ class Remap:
         return bytes(out)
 
 
+def same_machine(one: NodeFile, other: NodeFile) -> bool:
+    """One boot of one machine: the same boot id when both headers carry one; older recordings, one hostname and
+    wall minus monotonic clock within a second (NTP slews it by far less)."""
+    ids = one.header.get("boot_id"), other.header.get("boot_id")
+    if all(ids):
+        return ids[0] == ids[1]
+    return (one.header.get("hostname") == other.header.get("hostname")
+            and abs(one.wall_offset_ns - other.wall_offset_ns) < 1_000_000_000)
+
+
 def machines(nodes: list[NodeFile]) -> list[int]:
-    """Per node, the first node recorded on the same machine (one hostname, one boot: wall minus monotonic clock
-    within a second; NTP slews it by far less): an inode is then one namespace in both, its name the same."""
+    """Per node, the first node recorded on the same machine (same_machine): an inode is then one namespace in both,
+    its name the same."""
     out: list[int] = []
     for index, node in enumerate(nodes):
-        out.append(next((first for first in sorted(set(out))
-                         if nodes[first].header.get("hostname") == node.header.get("hostname")
-                         and abs(nodes[first].wall_offset_ns - node.wall_offset_ns) < 1_000_000_000), index))
+        out.append(next((first for first in sorted(set(out)) if same_machine(nodes[first], node)), index))
     return out
 
 

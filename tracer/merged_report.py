@@ -13,6 +13,8 @@ ESTIMATE = "no clock is assumed synchronised, so this is an estimate"
 
 def clock_line(merged: Mapping[str, Any]) -> str:
     clock = merged.get("clock", {})
+    if clock.get("same_clock"):
+        return str(clock.get("text"))
     return f"{clock.get('text', 'clocks as recorded')}; {ESTIMATE}"
 
 
@@ -25,7 +27,7 @@ def _client(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> 
 def latency_text(one_way_us: float | None, how: str | None) -> str:
     if one_way_us is None:
         return "one way unknown"
-    said = {"relative": "relative to the fastest packet", "estimated": "estimated",
+    said = {"same clock": "same machine clock", "relative": "relative to the fastest packet", "estimated": "estimated",
             "unaligned": "clocks not aligned: as recorded"}.get(str(how), str(how))
     return f"one way {one_way_us} us ({said})"
 
@@ -62,6 +64,8 @@ class JourneyView:
     died_node: str | None
     died_what: str | None  # "3 x NETFILTER_DROP"
     nodes: tuple[str, ...]  # the nodes it crossed, in order
+    dnat: str | None = None  # "dialled 10.96.0.10:80, DNAT to 10.244.1.2:8080 on node-a (observed: conntrack entry)"
+    unjoined: str | None = None  # why a flow that may be one connection with another stayed apart
 
     @property
     def outcome(self) -> str:
@@ -83,7 +87,8 @@ def journey_view(journey: Mapping[str, Any], pod_of: Callable[[str], str | None]
         died=f"died at {died['node']} ({died['netns']}): {died['packets']} x {died['reason']}" if died else None,
         died_node=str(died["node"]) if died else None,
         died_what=f"{died['packets']} x {died['reason']}" if died else None,
-        nodes=tuple(dict.fromkeys(str(hop["node"]) for hop in path)))
+        nodes=tuple(dict.fromkeys(str(hop["node"]) for hop in path)),
+        dnat=str((journey.get("dnat") or {}).get("text") or "") or None, unjoined=journey.get("unjoined"))
 
 
 def journey_views(merged: Mapping[str, Any], pod_of: Callable[[str], str | None]) -> list[JourneyView]:
@@ -101,6 +106,7 @@ def journey_text(view: JourneyView) -> str:
     """A flow's journey, one hop a line (under 100 columns for the usual names); with more than one segment between
     nodes, each segment's one-way latency too."""
     lines = [f"  {view.flow}: {view.packets} matched, {view.client} on {view.first_node}"]
+    lines += [f"    {text}" for text in (view.dnat, view.unjoined) if text]
     lines += [f"    {'+' + str(hop.t_us) + ' us':>12}  {hop.node}  {hop.at}" for hop in view.hops]
     if len(view.segments) > 1:
         lines += [f"    {seg.source} -> {seg.target}: {seg.latency}" for seg in view.segments]
@@ -125,7 +131,7 @@ def section_json(merged: Mapping[str, Any], pod_of: Callable[[str], str | None])
         out.append({**journey, "client_pod": pod_of(str(journey.get("src") or ""))})
     out.append({"merged": True, "nodes": [{k: v for k, v in node.items() if k != "renamed"}
                                           for node in merged.get("nodes", [])],
-                "clock": {**merged.get("clock", {}), "estimate": True},
+                "clock": {**merged.get("clock", {}), "estimate": not merged.get("clock", {}).get("same_clock")},
                 "matched_packets": merged.get("matched_packets", 0)})
     return out
 

@@ -37,8 +37,9 @@ FORMAT_VERSION = 1
 # in counters records and trailers, "probe_counters_at_start" in headers), 4 the header's part.run_id (rotation parts
 # are found by it and their index, never by the trailer's "next"), 5 the header's "merged" (`podtrace merge -o`: two
 # nodes' events on one clock, the journeys), 6 the last trailer's "cause_state" (the node state behind the drops'
-# causes, tracer/recorded_causes.py). Absent in the first files: 0.
-FORMAT_MINOR = 6
+# causes, tracer/recorded_causes.py), 7 the header's "boot_id" (one boot: one monotonic clock), the merged clock's
+# "same_clock" and a journey's "dnat". Absent in the first files: 0.
+FORMAT_MINOR = 7
 PREAMBLE = struct.Struct("<8sI")
 
 KIND_HEADER = 1

@@ -299,24 +299,30 @@ JOURNEY = Obj({"journey": Bool(), "flow": Str(4096), "src": Str(64), "dst": Str(
                "path": List(HOP, 4096), "segments": List(SEGMENT, MERGED_MAX_NODES * MERGED_MAX_NODES),
                "one_way_us": Opt(Num()), "one_way": Str(64),
                "died": Opt(Obj({"node": Str(4096), "reason": Str(256), "netns": Str(4096), "packets": UINT},
-                               required=("node", "reason", "netns", "packets")))},
+                               required=("node", "reason", "netns", "packets"))),
+               # minor 7: the DNAT the journey was joined through, or why a flow stayed apart
+               "dnat": Opt(Obj({"node": Str(4096), "dialled": Str(64), "backend": Str(64), "how": Str(64),
+                                "observed": Bool(), "text": Str(4096)},
+                               required=("node", "dialled", "backend", "how", "observed"))),
+               "unjoined": Opt(Str(1 << 16))},
               required=("flow", "packets", "path", "one_way_us", "one_way", "died"))
 MERGED_NODE = Obj({"name": Str(4096), "file": Str(4096), "hostname": Str(256), "kernel_release": Str(256),
                    "run_id": Str(256), "events": UINT, "truncated": Bool(), "netns": List(UINT, 1 << 16),
                    "renamed": Map(Str(4096), max_len=1 << 16), "offset_ns": INT, "aligned": Bool()},
                   required=("name", "netns"))
-CLOCK_LINK = Obj({"from": Str(4096), "to": Str(4096), "offset_ns": INT, "pairs": UINT, "both_ways": Bool()},
+CLOCK_LINK = Obj({"from": Str(4096), "to": Str(4096), "offset_ns": INT, "pairs": UINT, "both_ways": Bool(),
+                  "same_clock": Bool()},
                  required=("from", "to", "offset_ns", "pairs", "both_ways"))
 MERGED = Obj({"nodes": List(MERGED_NODE, MERGED_MAX_NODES, min_len=2),
               "clock": Obj({"offset_ns": INT, "pairs": UINT, "both_ways": Bool(), "aligned": Bool(),
-                            "text": Str(4096), "links": List(CLOCK_LINK, MERGED_MAX_NODES)},
+                            "same_clock": Bool(), "text": Str(4096), "links": List(CLOCK_LINK, MERGED_MAX_NODES)},
                            required=("offset_ns", "pairs", "both_ways", "aligned", "text")),
               "matched_packets": UINT, "journeys": List(JOURNEY)},
              required=("nodes", "clock", "matched_packets", "journeys"))
 
 HEADER = Obj({
     "format_version": UINT, "format_minor": UINT, "podtrace_version": Str(256), "kernel_release": Str(256),
-    "machine": Str(256), "hostname": Str(256),
+    "machine": Str(256), "hostname": Str(256), "boot_id": Opt(Str(64)),
     "clock": Obj({"wall_ns": INT, "monotonic_ns": INT, "wall_offset_ns": INT}),
     "attach_plan": Opt(ATTACH_PLAN), "attach_plan_error": Str(1 << 16),
     "attached": List(Str(4096), 4096), "programs": List(Str(256), 256),

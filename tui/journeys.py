@@ -11,7 +11,7 @@ from tracer.merged_report import JourneyView, clock_line, journey_views
 
 # Where it died and how long it took first: the columns a 100-column terminal shows; the drill-down says the rest.
 COLUMNS = ["flow", "died at", "one way", "nodes", "client"]
-SHORT = {"estimated": "", "relative": " rel", "unaligned": " as recorded"}
+SHORT = {"same clock": "", "estimated": "", "relative": " rel", "unaligned": " as recorded"}
 
 
 def journey_row(view: JourneyView, clock: str) -> dict[str, Any]:

@@ -1,12 +1,12 @@
 """`podtrace merge` on two real recordings made at once, one per "node" (a throwaway namespace each), and its
 refusal of recordings that share no packet. The client namespace is laid out as a pod (cgroup and kubelet
-directory), so the recording of its node names the sender and the clocks are aligned from the matched packets.
+directory), so the recording of its node names the sender. Recorded on this one machine (one boot id), the
+recordings share its clock: merge says "same machine clock" and estimates nothing.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import tempfile
 import uuid
@@ -71,8 +71,8 @@ def test_two_nodes_recordings_merge_into_the_journey_of_the_dropped_connections(
     lines = [json.loads(line) for line in merged.stdout.splitlines()]
     journeys = [line for line in lines if line.get("journey")]
     summary = lines[-1]
-    assert summary["summary"] and summary["clock"].startswith("clocks aligned from"), summary
-    assert "one way only" in summary["clock"]  # SYNs dropped: no packet came back
+    assert summary["summary"] and summary["clock"].startswith("same machine clock"), summary
+    assert summary["offset_ns"] == _wall_offset(a) - _wall_offset(b)  # b's monotonic timestamps kept exactly
     # one flow per connection attempt (its own source port), each SYN seen leaving node a and dying in node b
     assert len(journeys) == ATTEMPTS, journeys
     for journey in journeys:
@@ -81,10 +81,18 @@ def test_two_nodes_recordings_merge_into_the_journey_of_the_dropped_connections(
         assert nodes[0] == pair.a and nodes[-1] == pair.b, journey["path"]
         assert journey["path"][-1]["at"].startswith(f"dropped in {pair.b}/"), journey["path"]
         assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["netns"] == pair.b, journey
-        assert journey["one_way_us"] is not None and journey["one_way"] == "relative"
+        assert journey["one_way_us"] is not None and journey["one_way"] == "same clock"
     _merged_report_shows_the_journeys(a, b, tmp_path / "both.ptrec.gz", client=pair.addr_a, backend=pair.addr_b,
-                                      port=PORT, dropped_in=pair.b, client_pod="default/client", journeys=ATTEMPTS,
-                                      one_way_only=True)
+                                      port=PORT, dropped_in=pair.b, client_pod="default/client", journeys=ATTEMPTS)
+
+
+def _wall_offset(path: Path) -> int:
+    from tracer.replay import ReplaySource
+
+    source = ReplaySource(str(path))
+    source.close()
+    assert source.header["boot_id"], source.header  # the recorder says which boot
+    return int(source.header["clock"]["wall_offset_ns"])
 
 
 def _report_json(path: Path) -> list[dict]:
@@ -99,8 +107,7 @@ def _drops(rows: list[dict], netns: str, dst: str, port: int) -> int:
 
 
 def _merged_report_shows_the_journeys(a: Path, b: Path, both: Path, *, client: str, backend: str, port: int,
-                                      dropped_in: str, client_pod: str | None, journeys: int | None,
-                                      one_way_only: bool) -> None:
+                                      dropped_in: str, client_pod: str | None, journeys: int | None) -> None:
     """merge -o writes one recording whose report names the journeys of the SYNs the INPUT/FORWARD DROP rule in
     `dropped_in` ate: the same drops as that node's own recording, each journey ending there."""
     written = podtrace.run("merge", str(a), str(b), "-o", str(both))
@@ -114,9 +121,10 @@ def _merged_report_shows_the_journeys(a: Path, b: Path, both: Path, *, client: s
     assert _drops(lines, dropped_in, backend, port) == _drops(own, dropped_in, backend, port) >= (journeys or 1)
     assert lines[-1]["events"] == _report_json(a)[-1]["events"] + own[-1]["events"]
     merged = next(line for line in lines if line.get("merged"))
-    assert merged["clock"]["estimate"] and merged["clock"]["text"].startswith("clocks aligned from")
-    if one_way_only:  # SYNs dropped and nothing else between the nodes: no packet came back
-        assert "one way only" in merged["clock"]["text"] and not merged["clock"]["both_ways"]
+    # one machine, one boot: its clock, nothing estimated (and no alignment from the packets)
+    assert not merged["clock"]["estimate"] and merged["clock"]["same_clock"]
+    assert merged["clock"]["text"].startswith("same machine clock") and merged["clock"]["pairs"] == 0
+    assert all(link["same_clock"] for link in merged["clock"]["links"])
     died = [line for line in lines if line.get("journey") and line["died"]]
     to_backend = [j for j in died if j["src"] == client and j["dst"] == backend and j["flow"].endswith(f":{port}")]
     if journeys is not None:
@@ -130,7 +138,8 @@ def _merged_report_shows_the_journeys(a: Path, b: Path, both: Path, *, client: s
 
     text = podtrace.run("report", str(both))
     assert text.returncode == 0, text.stderr
-    assert "cross-node journeys: merged recording of" in text.stdout and "an estimate" in text.stdout
+    assert "cross-node journeys: merged recording of" in text.stdout and "same machine clock" in text.stdout
+    assert "an estimate" not in text.stdout
     assert f"died at {to_backend[0]['died']['node']} ({dropped_in}):" in text.stdout, text.stdout
     if client_pod:
         assert f"client {client_pod} ({client}) on " in text.stdout, text.stdout
@@ -177,7 +186,7 @@ def test_a_full_disk_writes_no_merged_file_and_says_so_in_one_line() -> None:
 
 def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journey(tmp_path: Path) -> None:
     """pt-node1 and pt-node2 recorded at once during drop-backend: the client's SYNs to web-2 leave node1 (DNAT,
-    VXLAN) and die in node2's FORWARD chain; merge shows that journey, clocks aligned from the matches."""
+    VXLAN) and die in node2's FORWARD chain; merge shows that journey, on the one machine's clock."""
     from support.lab import exclusive_lab
 
     from tracer.lab import faults, traffic
@@ -193,8 +202,9 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
                      for node, path in paths.items()]
         # and the two-node recording of the same run, that the merged one must agree with
         two_node = tmp_path / "two-node.ptrec.gz"
+        # (port 80 too: the packets to the VIP, whose DNAT its nat_flows map records)
         recorders.append(podtrace.start("record", "-o", str(two_node), "--node", "pt-node1", "--node", "pt-node2",
-                                        "tcp port 8080"))
+                                        "tcp port 8080 or tcp port 80"))
         try:
             sent = traffic.probe("default/web:http", count=30, timeout=0.5)
         finally:
@@ -211,43 +221,78 @@ def test_lab_drop_backend_recorded_on_each_node_merges_into_the_cross_node_journ
     for journey in to_web2:
         assert journey["path"][0]["node"].endswith("/pt-node1") and journey["path"][-1]["node"].endswith("/pt-node2")
         assert journey["died"]["reason"] == "NETFILTER_DROP" and journey["died"]["node"].endswith("/pt-node2")
-    assert lines[-1]["clock"].startswith("clocks aligned from"), lines[-1]
+    assert lines[-1]["clock"].startswith("same machine clock"), lines[-1]
     _merged_report_shows_the_journeys(paths["pt-node1"], paths["pt-node2"], tmp_path / "both.ptrec.gz",
                                       client="10.244.0.2", backend="10.244.1.2", port=8080, dropped_in="pt-node2",
-                                      client_pod=None, journeys=None, one_way_only=False)
+                                      client_pod=None, journeys=None)
     # the drops at web-2 in the merged recording are those the two-node recording of the same run saw
     for path in (*paths.values(), two_node):
         assert _report_json(path)[-1]["lost"] == 0, path  # else the recordings could not agree
     merged_drops = _drops(_report_json(tmp_path / "both.ptrec.gz"), "pt-node2", "10.244.1.2", 8080)
     assert merged_drops == _drops(_report_json(two_node), "pt-node2", "10.244.1.2", 8080) > 0
-    _three_views_merge_with_node2_chained_through_node1(paths, tmp_path / "all.ptrec.gz", merged_drops)
+    _three_views_merge_on_one_clock(paths, tmp_path / "all.ptrec.gz", merged_drops)
+    _dnat_agrees_with_the_kernel_s_nat_records(tmp_path / "all.ptrec.gz", two_node)
     _tui_journeys_view_shows_them(tmp_path / "all.ptrec.gz")
 
 
-def _three_views_merge_with_node2_chained_through_node1(paths: dict[str, Path], out: Path, drops: int) -> None:
-    """Anchored on the client pod's view, which shares packets with node1 only, node2's clock is put on it through
-    node1's; the merged file holds every drop at web-2 that node2's own recording did, each on a journey."""
+def _three_views_merge_on_one_clock(paths: dict[str, Path], out: Path, drops: int) -> None:
+    """Anchored on the client pod's view, which shares packets with node1 only: all three on the one machine's
+    clock, nothing estimated; the merged file holds every drop at web-2 that node2's own recording did, each on a
+    journey."""
     merged = podtrace.run("merge", "--json", *(str(paths[view]) for view in ("pt-client", "pt-node1", "pt-node2")),
                           "-o", str(out))
     assert merged.returncode == 0, merged.stderr
     lines = [json.loads(line) for line in merged.stdout.splitlines()]
     clock = lines[-1]["clock"]
-    assert re.match(r"clocks aligned on \S+/pt-client: \S+/pt-node1 on \S+/pt-client from \d+ matched packets", clock)
-    assert re.search(r"; \S+/pt-node2 on \S+/pt-node1 from \d+ matched packets", clock), clock
+    assert clock.startswith("same machine clock"), clock
     died = [j for j in lines if j.get("journey") and j["died"] and j["dst"] == "10.244.1.2"]
     assert sum(j["died"]["packets"] for j in died) == drops
     assert all(j["segments"][-1]["to"].endswith("/pt-node2") for j in died), died
-    to_vip = [j for j in lines if j.get("journey") and j["dst"] == "10.96.0.10"]
-    assert to_vip and all(j["path"][0]["node"].endswith("/pt-client") for j in to_vip), to_vip
+    # one journey per dropped connection across node1's DNAT: from the client pod's view to the drop in pt-node2,
+    # the VIP dialled and web-2 chosen named, and how that is known (a NAT record or conntrack entry the kernel
+    # reported: observed; else the same skb on node1: inferred)
+    for journey in died:
+        assert journey["path"][0]["node"].endswith("/pt-client"), journey["path"]
+        dnat = journey["dnat"]
+        assert dnat and (dnat["dialled"], dnat["backend"]) == ("10.96.0.10:80", "10.244.1.2:8080"), journey
+        assert dnat["node"].endswith("/pt-node1") and dnat["observed"] == (dnat["how"] != "same skb"), dnat
+        steps = [hop for hop in journey["path"] if hop["at"].startswith("DNAT 10.96.0.10:80 > 10.244.1.2:8080 (")]
+        assert len(steps) == 1 and steps[0]["node"].endswith("/pt-node1"), journey["path"]
+    assert not [j for j in lines if j.get("journey") and j["dst"] == "10.96.0.10"]  # no half-journey left
     assert _drops(_report_json(out), "pt-node2", "10.244.1.2", 8080) == drops
+
+
+def _dnat_agrees_with_the_kernel_s_nat_records(merged: Path, two_node: Path) -> None:
+    """The DNAT each merged journey went through (from the single-namespace recordings: no NAT records, so the skb
+    seen on node1 before and after) is the rewrite the kernel's nat_flows map recorded in the two-node recording of
+    the same run (its netfilter links attached): client port -> VIP rewritten to the same backend."""
+    from tracer.replay import ReplaySource
+
+    source = ReplaySource(str(two_node))
+    try:
+        for _raw in source:
+            pass
+        rewrites = {(r.before.src, r.before.sport, r.before.dst, r.before.dport): (r.after.dst, r.after.dport)
+                    for r in source.nat_records() if (r.before.dst, r.before.dport) != (r.after.dst, r.after.dport)}
+    finally:
+        source.close()
+    # the client's journeys (a reply's flow runs backend -> client: its DNAT is the same connection's)
+    journeys = [line for line in _report_json(merged) if line.get("journey") and line.get("dnat")
+                and line["src"] == "10.244.0.2"]
+    assert journeys and rewrites
+    for journey in journeys:  # every recorder was attached before the first connection: none is missed
+        port = int(journey["flow"].split(" ")[1].rsplit(":", 1)[1])
+        dialled, dport = journey["dnat"]["dialled"].rsplit(":", 1)
+        recorded = rewrites.get(("10.244.0.2", port, dialled, int(dport)))
+        assert recorded is not None and f"{recorded[0]}:{recorded[1]}" == journey["dnat"]["backend"], journey
 
 
 def _tui_journeys_view_shows_them(path: Path) -> None:
     """`tui --replay` of the lab's merged recording: key 7 lists the journeys, those that died first, Enter one's
-    hops ending where it died."""
+    hops, through node1's DNAT (the VIP dialled, web-2 chosen), ending where it died."""
     import asyncio
 
-    from textual.widgets import DataTable
+    from textual.widgets import DataTable, Static
 
     from tui.app import PodtraceApp
     from tui.screens.journey import JourneyScreen
@@ -270,5 +315,9 @@ def _tui_journeys_view_shows_them(path: Path) -> None:
             hops = app.screen.query_one("#journey-hops", DataTable)
             last = [str(cell) for cell in hops.get_row_at(hops.row_count - 1)]
             assert last[1].endswith("/pt-node2") and last[2].startswith("dropped in pt-node2/"), last
+            dnat = str(app.screen.query_one("#journey-dnat", Static).render())
+            assert "dialled 10.96.0.10:80, DNAT to 10.244.1.2:8080 on " in dnat, dnat
+            cells = [str(hops.get_row_at(row)[2]) for row in range(hops.row_count)]
+            assert any(cell.startswith("DNAT 10.96.0.10:80 > 10.244.1.2:8080") for cell in cells), cells
 
     asyncio.run(run())

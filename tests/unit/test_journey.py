@@ -101,3 +101,28 @@ def test_one_way_alignment_never_puts_a_packet_on_the_receiver_before_it_left_th
         assert [hop["node"] for hop in journey["path"]] == ["a/pt-node1", "a/pt-node1", "b/pt-node2"], journey
         assert journey["path"][-1]["at"] == "dropped in pt-node2/cni0"
         assert journey["one_way_us"] == 0.0 and journey["one_way"] == "relative"  # both took 20 us: equal
+
+
+def test_recordings_of_one_boot_share_its_clock_exactly_whatever_the_packets_say() -> None:
+    # one machine, one boot: both recordings' events are CLOCK_MONOTONIC; their headers' wall minus monotonic
+    # differ by the NTP slew between the two starts (here 3 us). The SYN goes one way only: estimated from it, the
+    # one-way latency would be 0 (relative); on the one clock it is the 40 us the timestamps say.
+    syn = _syn(40312, 1000, 11)
+    a = [_event(syn, 1_000_000, events.EVENT_PATH, events.POINT_XMIT, vxlan=True)]
+    b = [_event(syn, 1_040_000, events.EVENT_DROP, 3)]
+    nodes = _nodes(a, b)
+    nodes[0].wall_offset_ns, nodes[1].wall_offset_ns = 7_000_000_000, 7_000_003_000
+    nodes[0].boot_id = nodes[1].boot_id = "5b1c2d8e-0f3a-4c1e-9a77-0e6f3b2a1c90"
+    matched = match(nodes)
+    clock = align(nodes, matched)
+    assert clock is not None and clock.same_clock and clock.pairs == 0
+    assert clock.offsets == [0, -3_000]  # b's wall clock back onto a's: its monotonic timestamps unchanged
+    assert clock.describe().startswith("same machine clock")
+    journey, = journeys(nodes, matched, clock)
+    assert journey["one_way_us"] == 40.0 and journey["one_way"] == "same clock"
+    # another boot (or no boot id): estimated from the packets as before
+    nodes[1].boot_id = "another-boot"
+    clock = align(nodes, matched)
+    assert clock is not None and not clock.same_clock and clock.pairs == 1
+    journey, = journeys(nodes, matched, clock)
+    assert journey["one_way"] == "relative" and journey["one_way_us"] == 0.0

@@ -156,7 +156,9 @@ def test_three_real_lab_recordings_chain_the_client_pod_s_view_through_node1_to_
         capsys: pytest.CaptureFixture[str]) -> None:
     """The lab fixtures (capture_lab_merge.py): pt-client, pt-node1 and pt-node2 recorded at once during
     drop-backend. Anchored on the client pod's view, which shares packets with node1 only (its packets to the VIP,
-    before node1's DNAT), node2's clock is chained through node1's; web-2's dropped SYNs die in pt-node2."""
+    before node1's DNAT), node2's clock is chained through node1's. Each of web-2's dropped SYNs is one journey:
+    the client pod -> node1, where the same skb goes from the VIP to web-2 (the DNAT, inferred: these recordings
+    carry no conntrack entry or NAT record of it) -> VXLAN -> dropped in pt-node2."""
     from tests.support.lab_merged import RECORDINGS, lab_recording
 
     run = json.loads((RECORDINGS / "lab-merge.json").read_text())
@@ -172,11 +174,44 @@ def test_three_real_lab_recordings_chain_the_client_pod_s_view_through_node1_to_
     journeys = [line for line in lines if line.get("journey")]
     to_web2 = [j for j in journeys if j["dst"] == run["web2"] and j["died"]]
     assert sum(j["died"]["packets"] for j in to_web2) == dropped > 0  # every drop node2 recorded, on a journey
+    assert len(to_web2) == run["failed"]  # one journey per failed connection, not two halves
+    dnat = f"DNAT 10.96.0.10:80 > {run['web2']}:8080 (inferred: same skb within 1 ms)"
     for journey in to_web2:
         assert journey["src"] == run["client"] and journey["died"]["netns"] == "pt-node2"
-        assert [seg["from"] for seg in journey["segments"]] == ["vm/pt-node1"]
-        assert journey["segments"][0]["to"] == "vm/pt-node2" and journey["segments"][0]["one_way"] == "estimated"
-    to_vip = [j for j in journeys if j["dst"] == "10.96.0.10" and j["src"] == run["client"]]
-    assert to_vip and all([hop["node"] for hop in j["path"]][0] == "vm/pt-client" for j in to_vip)
-    assert all(j["segments"][0]["from"] == "vm/pt-client" and j["segments"][0]["to"] == "vm/pt-node1"
-               for j in to_vip)
+        assert [(seg["from"], seg["to"]) for seg in journey["segments"]] == [
+            ("vm/pt-client", "vm/pt-node1"), ("vm/pt-node1", "vm/pt-node2")]
+        assert journey["segments"][1]["one_way"] == "estimated"
+        hops = [(hop["node"], hop["at"]) for hop in journey["path"]]
+        assert hops[0] == ("vm/pt-client", "queue pt-client/eth0") and hops[-1][0] == "vm/pt-node2"
+        step = hops.index(("vm/pt-node1", dnat))  # once, on node1, after the VIP-addressed rx, before the VXLAN
+        assert hops[step - 1] == ("vm/pt-node1", "rx pt-node1/veth948fe603"), hops
+        assert ("vm/pt-node1", "xmit pt-node1/flannel.1") in hops[step:], hops
+        assert journey["dnat"] == {"node": "vm/pt-node1", "dialled": "10.96.0.10:80",
+                                   "backend": f"{run['web2']}:8080", "how": "same skb", "observed": False,
+                                   "text": f"dialled 10.96.0.10:80, DNAT to {run['web2']}:8080 on vm/pt-node1 "
+                                           "(inferred: same skb within 1 ms)"}
+    # every connection to the VIP was joined to its backend, both ways: no half-journey to or from the VIP is left
+    assert not [j for j in journeys if "10.96.0.10" in (j["src"], j["dst"])]
+    replies = [j for j in journeys if j["src"] != run["client"]]
+    assert replies and all(j["path"][-1]["node"] == "vm/pt-client" for j in replies)
+    assert all(any(hop["at"].startswith("reply un-DNAT ") for hop in j["path"]) for j in replies)
+
+
+def test_the_report_and_the_journeys_view_show_the_dnat_of_the_lab_journey(tmp_path: Path) -> None:
+    """merge -o of the lab fixtures: `podtrace report` and the TUI's rows (one builder) name the VIP dialled and
+    the backend chosen."""
+    from tests.support.lab_merged import lab_recording
+    from tracer.cmd_merge import merge_files
+    from tracer.merged_report import journey_views, section_text
+
+    out = tmp_path / "all.ptrec.gz"
+    merge_files([str(lab_recording(view)) for view in ("client", "node1", "node2")], str(out))
+    source = ReplaySource(str(out))
+    source.close()
+    merged = source.header["merged"]
+    text = section_text(merged, lambda _ip: None)
+    assert ("    dialled 10.96.0.10:80, DNAT to 10.244.1.2:8080 on vm/pt-node1 (inferred: same skb within 1 ms)\n"
+            in text), text
+    died = [view for view in journey_views(merged, lambda _ip: None) if view.died]
+    assert died and all(view.dnat and "DNAT to 10.244.1.2:8080" in view.dnat for view in died)
+    assert all(view.nodes == ("vm/pt-client", "vm/pt-node1", "vm/pt-node2") for view in died)

@@ -43,6 +43,8 @@ class JourneyScreen(Screen[None]):
                                    f"  {view.packets} matched, {view.client} on {view.first_node}"),
                      id="journey-title")
         yield Static(Text(f" {self.clock}", style="dim"), id="journey-clock")
+        # the DNAT it was joined through (the VIP dialled, the backend chosen, how that is known), or why not
+        yield Static(Text(" " + (view.dnat or view.unjoined or "no DNAT recorded on its way")), id="journey-dnat")
         table: DataTable[Any] = DataTable(id="journey-hops", cursor_type="row")
         yield table
         yield Static(self._segments(), id="journey-segments")
