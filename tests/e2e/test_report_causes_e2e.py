@@ -39,11 +39,13 @@ def _report(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def _same_causes(live: Running, path: Path, netns: str, kind: str) -> list[dict[str, Any]]:
-    """Every live drop group of `kind` in `netns` is in the report with the same cause; returns the live ones."""
+def _same_causes(live: Running, path: Path, netns: str, kind: str, dport: int | None = None) -> list[dict[str, Any]]:
+    """Every live drop group of `kind` in `netns` (to `dport`, when given) is in the report with the same cause;
+    returns the live ones."""
     recorded = {tuple(row.get(k) for k in KEY): row for row in _report(path)
                 if isinstance(row.get("cause"), dict) and not row.get("service_drop")}  # the drop rows
-    rows = [row for row in live.rows if row.get("netns") == netns and row.get("cause", {}).get("kind") == kind]
+    rows = [row for row in live.rows if row.get("netns") == netns and row.get("cause", {}).get("kind") == kind
+            and (dport is None or row.get("dport") == dport)]
     assert rows, live.rows
     for row in rows:
         then = recorded.get(tuple(row.get(k) for k in KEY))
@@ -129,7 +131,11 @@ def test_an_rps_mask_behind_backlog_drops_is_named_by_the_report_as_by_drops(tmp
         live, _ = _stop(drops), _stop(record)  # both read the RPS mask while the fault still steers receive
     finally:
         faults.set_fault("softirq-load", False)
-    rows = _same_causes(live, path, details["netns"], "backlog")
+    # The flood's groups (to port 9): a one-off packet the overflowing backlog also dropped (an IPv6 neighbour
+    # solicitation, once) was in the live session and not in the recording on a busy machine, where a ring buffer
+    # can lose an event; the flood's groups are in both.
+    assert ":9/udp" in details["flood"], details
+    rows = _same_causes(live, path, details["netns"], "backlog", dport=9)
     assert all(row["cause"]["text"].endswith(f": RPS sends all of {details['netns']}/eth0's receive to CPU "
                                              f"{details['hog_cpu']} of {cpus}, whose backlog overflows")
                for row in rows), rows
