@@ -6,7 +6,8 @@
 #
 #   sudo scripts/fresh-machine-test.sh [--keep] [ROOTFS]     # default /var/tmp/podtrace-fresh; log in ROOTFS.log
 #
-# --keep leaves the tree for another run (debootstrap is then skipped; the clone is made afresh). Not part of
+# --keep leaves the tree for another run (debootstrap is then skipped; the clone is made afresh). TARGET=test-vm
+# (any make target) runs that target instead of `make test`, e.g. to finish a tier a failed run never reached. Not part of
 # `make test`: it downloads a system and takes as long as the suite itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,9 +103,10 @@ in_tree bash -c 'export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt
 step "cloning $(git rev-parse --short HEAD) into /root/podtrace"
 in_tree bash -c 'rm -rf /root/podtrace && git config --global --add safe.directory /src/.git && git config --global --add safe.directory /src && git clone -q /src /root/podtrace'
 in_tree git -C /root/podtrace checkout -q "$(git rev-parse HEAD)"
-step "make test (CI=true), as the README says"
+TARGET=${TARGET:-test}
+step "make $TARGET (CI=true), as the README says"
 start=$(date +%s)
 status=0
-in_tree bash -c 'cd /root/podtrace && make test' || status=$?
-step "make test exited $status after $(( $(date +%s) - start )) s"
+in_tree bash -c "cd /root/podtrace && make $TARGET" || status=$?
+step "make $TARGET exited $status after $(( $(date +%s) - start )) s"
 exit "$status"
