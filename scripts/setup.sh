@@ -9,6 +9,7 @@ APT_PACKAGES=(
     linux-headers-amd64 tcpdump tshark tmux libpcap0.8 iperf3 procps kmod
     linux-image-amd64 qemu-system-x86 busybox-static prometheus
     iputils-ping gcc libc6-dev git ruby shellcheck vagrant nfacct
+    file zstd  # virtme-ng (the VM tier) runs `file` on the kernel image; zstd for compressed modules
 )
 VENV=.venv
 
