@@ -2,7 +2,7 @@
 /*
  * Drops: the kfree_skb tracepoint. Its arguments (include/trace/events/skb.h) are (skb, location, reason) since
  * 5.17 and (skb, location, reason, rx_sk) since 6.11. Two programs, one attached (tracer/live.py, the drops ladder
- * in tracer/hookpoints.py):
+ * in tracer/kernel/hookpoints.py):
  *  - pt_drop_btf on tp_btf/kfree_skb (BPF_TRACE_RAW_TP, loaded by tracer/tpbtf.py): the arguments are typed by
  *    btf_trace_kfree_skb, so skb's fields, its device's and its namespace's load directly;
  *  - pt_drop_raw_tp on raw_tracepoint/kfree_skb, where tp_btf is refused: untyped arguments, one helper read per field.

@@ -12,7 +12,7 @@
  * NF_DROP_REASON (6.10+, and Debian's 6.1 as a backport: nft_do_chain calls kfree_skb_reason and returns
  * NF_STOLEN | errno << 16) free the skb inside the table call: there the drop probe emits the verdict event.
  * Struct offsets come from BTF: vmlinux for nf_hook_state, the modules' BTF for xt_table and nft_chain
- * (tracer/modbtf.py); without them the names stay empty.
+ * (tracer/kernel/modbtf.py); without them the names stay empty.
  */
 #include <uapi/linux/ptrace.h>
 

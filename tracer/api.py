@@ -282,7 +282,7 @@ def live(
     more node namespaces traced with their pods (tracer/scope.py); `path` adds receive/queue events for packets
     matching the filter.
     """
-    from tracer import bccenv
+    from tracer.kernel import bccenv
     from tracer.live import LiveSource
     from tracer.names import NetnsNames, Symbolizer, netns_inode
     from tracer.pcapfilter import compile_filter

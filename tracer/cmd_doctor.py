@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from tracer import bccenv, kernel, tc
-from tracer.btf import Btf
+from tracer import tc
 from tracer.errors import KernelError, PodtraceError
-from tracer.hookpoints import hook_point
-from tracer.kernelhints import lockdown_hint, module_hint
-from tracer.ladder import AttachPlan, HookPlan, Trial, trials_to_json
+from tracer.kernel import bccenv
+from tracer.kernel import capabilities as kernel
+from tracer.kernel.btf import Btf
+from tracer.kernel.hookpoints import hook_point
+from tracer.kernel.kernelhints import lockdown_hint, module_hint
+from tracer.kernel.ladder import AttachPlan, HookPlan, Trial, trials_to_json
 from tracer.probes import BTF_OFFSETS, DROP_REASON_ENUM
 from tracer.progress import Progress
 

@@ -218,7 +218,7 @@ def parse_target(text: str) -> tuple[str, int | None]:
 
 
 def run_mtu(args: argparse.Namespace) -> int:
-    from tracer import bccenv
+    from tracer.kernel import bccenv
     from tracer.mtu import verdict
     from tracer.mtu_path import collect_path
     from tracer.mtuprobe import run_probe

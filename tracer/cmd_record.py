@@ -156,7 +156,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _attach_plan() -> tuple[dict[str, Any] | None, str]:
     """The attach ladder's plan for the header; a recording is still worth making without it."""
     try:
-        from tracer.kernel import probe_kernel
+        from tracer.kernel.capabilities import probe_kernel
 
         plan, _trials = probe_kernel()
         return plan.to_json(), ""
@@ -426,7 +426,7 @@ def run_record(args: argparse.Namespace) -> int:
                          "netfilter is traced in the --node ones", "leave out --netns")
     check_output(args.output)
     check_namespaces(args)
-    from tracer import bccenv
+    from tracer.kernel import bccenv
 
     bccenv.require_root("tracing")  # before the header's slow parts, which need it too
     loop = _RecordLoop(args, max_size)

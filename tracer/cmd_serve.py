@@ -77,8 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer import bccenv
     from tracer.errors import UsageError
+    from tracer.kernel import bccenv
     from tracer.serve.agent import Agent
     from tracer.serve.options import from_args
     from tracer.session import StopFlag

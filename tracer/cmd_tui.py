@@ -93,9 +93,10 @@ class _Failed(PodtraceError):
 def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     import threading
 
-    from tracer import bccenv, cause_state
+    from tracer import cause_state
     from tracer.check.table import NodeFindingsTable
-    from tracer.kernel import kernel_version, probe_kernel
+    from tracer.kernel import bccenv
+    from tracer.kernel.capabilities import kernel_version, probe_kernel
     from tracer.live import LiveSource
     from tracer.session import node_resolver, probe_config
     from tui.services import ServiceFlowsTable

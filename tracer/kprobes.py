@@ -1,7 +1,7 @@
 """The kprobe side of the attach ladder: which concerns get kprobe programs (bpf/nfkprobe.c, bpf/overlay.c) on
 this kernel, and which functions each program attaches to.
 
-Choosing runs the ladder (tracer/ladder.py) on cheap trials: kprobes present and the function in kallsyms.
+Choosing runs the ladder (tracer/kernel/ladder.py) on cheap trials: kprobes present and the function in kallsyms.
 The real attach in tracer/live.py is the proof; doctor still runs the full trials.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer import kernel
-from tracer.hookpoints import hook_point
-from tracer.ksyms import KernelSymbols
-from tracer.ladder import Trial, plan_hook
+from tracer.kernel import capabilities as kernel
+from tracer.kernel.hookpoints import hook_point
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.kernel.ladder import Trial, plan_hook
 
 CONCERNS = ("netfilter", "vxlan", "fragmentation")
 

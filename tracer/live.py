@@ -9,8 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import bccenv, kernelfs, netfilter, nf_callers, nf_points, nflink, ringbuf, tc, tpbtf
-from tracer.btf import Btf
+from tracer import netfilter, nf_callers, nf_points, nflink, ringbuf, tc, tpbtf
 from tracer.errors import KernelError
 from tracer.events import (
     CNT_MAX,
@@ -26,8 +25,10 @@ from tracer.events import (
     decode_any,
     split_records,
 )
+from tracer.kernel import bccenv, kernelfs
+from tracer.kernel.btf import Btf
+from tracer.kernel.ksyms import KernelSymbols
 from tracer.kprobes import attach_list
-from tracer.ksyms import KernelSymbols
 from tracer.probes import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.progress import Progress
 from tracer.scope import ScopeWatch

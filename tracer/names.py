@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from tracer.errors import UsageError
-from tracer.ksyms import KernelSymbols
+from tracer.kernel.ksyms import KernelSymbols
 
 NETNS_DIR = "/run/netns"
 

@@ -9,7 +9,7 @@ stack of NETFILTER_DROP drops only and compares return addresses with these func
 
 from __future__ import annotations
 
-from tracer.ksyms import KernelSymbols
+from tracer.kernel.ksyms import KernelSymbols
 
 # function -> enum nf_inet_hooks; IPv4 only, as the netfilter links are (tracer/nflink.py NFPROTO_IPV4)
 CALLERS: tuple[tuple[str, int], ...] = (

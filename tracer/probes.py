@@ -10,10 +10,10 @@ import struct
 from dataclasses import dataclass, field
 
 from bpf import BPF_DIR
-from tracer.btf import Btf
 from tracer.errors import KernelError, UsageError
 from tracer.events import PROBES
-from tracer.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
+from tracer.kernel.btf import Btf
+from tracer.kernel.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
 from tracer.pcapfilter import CompiledFilter, match_all
 from tracer.scope import Scope
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracer.errors import RecordingError
 from tracer.events import EVENT_SIZE, PacketEvent, decode
-from tracer.ladder import AttachPlan
+from tracer.kernel.ladder import AttachPlan
 from tracer.recording import (
     KIND_COUNTERS,
     KIND_EVENTS,

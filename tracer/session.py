@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from tracer import bccenv, kubeapi
+from tracer import kubeapi
 from tracer.errors import UsageError
 from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
+from tracer.kernel import bccenv
 from tracer.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode

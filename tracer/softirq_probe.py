@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from bpf import BPF_DIR
-from tracer import bccenv
 from tracer.errors import KernelError
+from tracer.kernel import bccenv
 from tracer.progress import Progress
 from tracer.softirq import (
     HISTS,

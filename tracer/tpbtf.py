@@ -14,7 +14,7 @@ import os
 import platform
 from dataclasses import dataclass
 
-from tracer.btf import Btf
+from tracer.kernel.btf import Btf
 from tracer.nflink import SYS_BPF, _libc
 
 BPF_PROG_LOAD = 5  # enum bpf_cmd

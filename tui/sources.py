@@ -18,7 +18,7 @@ from textual.message import Message
 
 from tracer.errors import PodtraceError
 from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
-from tracer.ladder import AttachPlan
+from tracer.kernel.ladder import AttachPlan
 from tracer.report import Resolver
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model

@@ -10,8 +10,10 @@ import ctypes
 import pytest
 
 from bpf import BPF_DIR
-from tracer import bccenv, events, kernel
-from tracer.btf import Btf
+from tracer import events
+from tracer.kernel import bccenv
+from tracer.kernel import capabilities as kernel
+from tracer.kernel.btf import Btf
 from tracer.kprobes import KPROBES
 from tracer.probes import ProbeConfig, build
 

@@ -176,7 +176,7 @@ def netns() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def bcc_ready() -> None:
     try:
-        from tracer import headers
+        from tracer.kernel import headers
 
         headers.prepare()
     except Exception:  # headers.py missing or no usable tree: the prepared tree on the dev machines

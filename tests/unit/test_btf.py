@@ -1,4 +1,4 @@
-"""tracer/btf.py on checked-in BTF fixtures (see fixtures/btf/README.md) and on small hand-built blobs."""
+"""tracer/kernel/btf.py on checked-in BTF fixtures (see fixtures/btf/README.md) and on small hand-built blobs."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from support.bpftool_btf import parse_bpftool_raw
 
-from tracer.btf import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF, Btf
 from tracer.cmd_doctor import btf_facts, layout_problems
 from tracer.errors import KernelError
+from tracer.kernel.btf import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF, Btf
 from tracer.probes import BTF_OFFSETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "btf"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer.ksyms import KernelSymbols
+from tracer.kernel.ksyms import KernelSymbols
 from tracer.names import Symbolizer
 
 KALLSYMS = """\

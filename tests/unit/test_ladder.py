@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tracer import kernel
 from tracer.cmd_doctor import cannot_see, fixes_for
-from tracer.hookpoints import HOOK_POINTS, Candidate, HookPoint, Mechanism, hook_point
-from tracer.ladder import AttachPlan, HookPlan, Trial, make_plan, plan_hook, trials_from_json, trials_to_json
+from tracer.kernel import capabilities as kernel
+from tracer.kernel.hookpoints import HOOK_POINTS, Candidate, HookPoint, Mechanism, hook_point
+from tracer.kernel.ladder import AttachPlan, HookPlan, Trial, make_plan, plan_hook, trials_from_json, trials_to_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "capabilities"
 

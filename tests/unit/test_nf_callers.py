@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracer.ksyms import KernelSymbols
+from tracer.kernel.ksyms import KernelSymbols
 from tracer.nf_callers import caller_cflags
 
 KALLSYMS = """\

@@ -12,7 +12,6 @@ import pytest
 from tests.support.c_layout import c_struct
 from tracer import events
 from tracer.aggregate import DropTable
-from tracer.btf import Btf
 from tracer.events import (
     EVENT_DROP,
     EVENT_NF_VERDICT,
@@ -24,9 +23,10 @@ from tracer.events import (
     decode_verdict,
     encode,
 )
+from tracer.kernel.btf import Btf
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.kernel.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
 from tracer.kprobes import KPROBES, SOURCES, attach_list, choose
-from tracer.ksyms import KernelSymbols
-from tracer.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
 from tracer.nfverdict import MATCH_WINDOW_NS, NfAttribution, hook_label, kprobe_hook
 from tracer.report import Resolver, drop_rows
 

@@ -173,7 +173,7 @@ def test_overlay_session_asks_for_unfiltered_overlay_kprobes() -> None:
 
 @pytest.mark.skipif(not os.access(VMLINUX, os.R_OK), reason=f"{VMLINUX} is not readable here")
 def test_unfiltered_flag_reaches_the_compiler_only_when_asked() -> None:
-    from tracer.btf import Btf
+    from tracer.kernel.btf import Btf
     from tracer.pcapfilter import compile_filter
     from tracer.probes import ProbeConfig, build
 

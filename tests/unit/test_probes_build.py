@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bpf import BPF_DIR
-from tracer.btf import Btf
 from tracer.errors import KernelError, UsageError
+from tracer.kernel.btf import Btf
 from tracer.pcapfilter import compile_filter
 from tracer.probes import BTF_OFFSETS, ProbeConfig, btf_cflags, build, drop_reasons
 

@@ -216,8 +216,8 @@ def test_overlay_view_counts_reassembly_timeouts_apart_from_too_big_and_names_pa
 def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> None:
     import re
 
-    from tracer.btf import Btf
     from tracer.events import CNT_MAX, PROBES
+    from tracer.kernel.btf import Btf
     from tracer.pcapfilter import compile_filter
     from tracer.probes import ProbeConfig, build
 

@@ -13,7 +13,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from tracer.events import PROBES
-from tracer.ladder import AttachPlan
+from tracer.kernel.ladder import AttachPlan
 
 DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("severity", "CLASS"), ("reason", "REASON"),
                 ("location", "LOCATION"), ("where", "NETNS/IF"), ("flow", "FLOW"))

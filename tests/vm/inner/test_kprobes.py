@@ -32,7 +32,7 @@ from tracer.events import (
     decode,
     decode_verdict,
 )
-from tracer.ksyms import KernelSymbols
+from tracer.kernel.ksyms import KernelSymbols
 from tracer.live import LiveSource
 from tracer.names import NetnsNames
 from tracer.nfverdict import NfAttribution, hook_label

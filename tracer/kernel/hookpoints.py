@@ -1,6 +1,7 @@
 """The hook points podtrace wants and, for each, its candidate attach mechanisms in order of preference.
 
-Pure data: tracer/kernel.py tries candidates on the running kernel, tracer/ladder.py picks from the results.
+Pure data: tracer/kernel/capabilities.py tries candidates on the running kernel, tracer/kernel/ladder.py picks
+from the results.
 Every candidate names the bpf/ program that implements it: a mechanism podtrace has no program for (fentry,
 today) is not a candidate, so doctor never reports a choice that no session could load.
 """

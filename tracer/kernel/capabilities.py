@@ -1,7 +1,7 @@
 """What the running kernel allows, decided by trying for real: load and attach a tiny program per candidate.
 
 Each trial records why it failed in words a user can act on ("kprobes not in this kernel", "fentry refused
-(EPERM)", "function not in this kernel", "kernel too old for netfilter links"). tracer/ladder.py turns the
+(EPERM)", "function not in this kernel", "kernel too old for netfilter links"). tracer/kernel/ladder.py turns the
 trials into the attach plan.
 """
 
@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracer import bccenv, kernelfs, nflink, tpbtf
-from tracer.btf import Btf
+from tracer import nflink, tpbtf
 from tracer.errors import KernelError
-from tracer.hookpoints import HOOK_POINTS, HookPoint, Mechanism
-from tracer.kernelhints import modules_loadable
-from tracer.ksyms import KernelSymbols
-from tracer.ladder import AttachPlan, Trial, make_plan
+from tracer.kernel import bccenv, kernelfs
+from tracer.kernel.btf import Btf
+from tracer.kernel.hookpoints import HOOK_POINTS, HookPoint, Mechanism
+from tracer.kernel.kernelhints import modules_loadable
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.kernel.ladder import AttachPlan, Trial, make_plan
 
 NOP_PROGRAMS = r"""
 // One function per program type: BCC caches a loaded function by name with its first type.

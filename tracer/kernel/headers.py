@@ -1,6 +1,6 @@
 """Pick the kernel headers BCC compiles against, and say which.
 
-Struct offsets never come from these headers (they come from BTF, see tracer/btf.py); BCC only needs some
+Struct offsets never come from these headers (they come from BTF, see tracer/kernel/btf.py); BCC only needs some
 headers tree of the right architecture so its C compiles. Preference: the running kernel's own headers
 (/lib/modules/$(uname -r)/build), else the newest installed /usr/src tree of the same architecture, else the newest
 tree in the directories of $PODTRACE_HEADERS_PATH (the container image ships one there: a node's /usr/src mounted

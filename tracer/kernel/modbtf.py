@@ -3,7 +3,7 @@
 A module's BTF under /sys/kernel/btf/<module> is *split* BTF: its type ids continue after the base (vmlinux)
 BTF's last id and its string offsets continue after the base string section (Documentation/bpf/btf.rst,
 "BTF split"). Appending its types and strings to the base's therefore gives one ordinary BTF blob that
-tracer/btf.py reads as is.
+tracer/kernel/btf.py reads as is.
 
 Where a structure is built into the kernel, vmlinux BTF has it and no module is needed.
 """
@@ -14,8 +14,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from tracer.btf import DEFAULT_PATH, Btf
 from tracer.errors import KernelError
+from tracer.kernel.btf import DEFAULT_PATH, Btf
 
 MODULE_BTF_DIR = "/sys/kernel/btf"
 _HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off, type_len, str_off, str_len

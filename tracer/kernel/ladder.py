@@ -1,6 +1,6 @@
 """The attach ladder: for each hook point, the first candidate whose every target attached.
 
-Pure: takes trial results (recorded live by tracer/kernel.py, or loaded from JSON in tests and recordings)
+Pure: takes trial results (recorded live by tracer/kernel/capabilities.py, or loaded from JSON in tests and recordings)
 and returns a plan that doctor, the TUI and every recording header show.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tracer.hookpoints import HOOK_POINTS, Candidate, HookPoint
+from tracer.kernel.hookpoints import HOOK_POINTS, Candidate, HookPoint
 
 
 @dataclass(frozen=True)
