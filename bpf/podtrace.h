@@ -4,7 +4,7 @@
  * them field by field. Change both together; tests/e2e/test_foundation_e2e.py cross-checks them against the
  * struct BCC compiles (test_python_event_mirror_matches_the_struct_bcc_compiles).
  *
- * Kernel struct offsets are never taken from headers: tracer/probes.py reads them from BTF and passes
+ * Kernel struct offsets are never taken from headers: tracer/probes/build.py reads them from BTF and passes
  * them as -DPT_OFF_<STRUCT>_<MEMBER>=<bytes>.
  */
 #ifndef PODTRACE_H
@@ -54,7 +54,7 @@
 #define PT_CNT_READ_FAIL 5  /* packet bytes could not be read */
 #define PT_CNT_MAX 8
 /* The counters array holds PT_CNT_MAX counters per probe: index = probe * PT_CNT_MAX + PT_CNT_*.
- * tracer/probes.py defines PT_PROBE before each program's source, so pt_count() there counts under it;
+ * tracer/probes/build.py defines PT_PROBE before each program's source, so pt_count() there counts under it;
  * code outside a program (or a program not listed here) counts under PT_PROBE_OTHER. */
 #define PT_PROBE_OTHER 0
 #define PT_PROBE_DROPS 1
@@ -104,7 +104,7 @@ struct pt_packet_event {
 	__u8 snap[PT_EVENT_SNAP]; /* packet bytes from the network header */
 };
 
-/* Netfilter link attach points (bpf/netfilter.c); tracer/netfilter.py holds hook and priority of each. */
+/* Netfilter link attach points (bpf/netfilter.c); tracer/probes/netfilter.py holds hook and priority of each. */
 #define PT_NF_PRE_FIRST 0        /* PREROUTING, first priority: before conntrack and DNAT */
 #define PT_NF_PRE_AFTER_DNAT 1   /* PREROUTING -99: after kube-proxy's DNAT (-100) */
 #define PT_NF_IN_FIRST 2
@@ -267,7 +267,7 @@ struct pt_drop_record {
 	struct pt_packet_event drop;
 };
 
-/* Bytes of nf_conn.tuplehash (both directions) the drop probe copies at once; tracer/probes.py checks they fit. */
+/* Bytes of nf_conn.tuplehash (both directions) the drop probe copies at once; tracer/probes/build.py checks they fit. */
 #define PT_CT_COPY 128
 
 /* Per-CPU scratch: the packet snapshot the filter and the parser read (+8: masked index + load stays inside). */

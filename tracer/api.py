@@ -279,15 +279,15 @@ def live(
     """Attach the probes (root), yield a LiveSession, detach on exit.
 
     `filter` is a tcpdump expression run in the kernel; `netns` an `ip netns` name (or "host"); `node` one or
-    more node namespaces traced with their pods (tracer/scope.py); `path` adds receive/queue events for packets
+    more node namespaces traced with their pods (tracer/probes/scope.py); `path` adds receive/queue events for packets
     matching the filter.
     """
     from tracer.kernel import bccenv
     from tracer.live import LiveSource
     from tracer.names import NetnsNames, Symbolizer, netns_inode
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig
-    from tracer.scope import Scope
+    from tracer.probes.build import ProbeConfig
+    from tracer.probes.pcapfilter import compile_filter
+    from tracer.probes.scope import Scope
 
     bccenv.require_root("tracing")
     nodes = tuple([node] if isinstance(node, str) else node or ())

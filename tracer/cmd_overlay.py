@@ -262,8 +262,8 @@ def run_mtu(args: argparse.Namespace) -> int:
 
 
 def run_softirq(args: argparse.Namespace) -> int:
+    from tracer.probes.softirq_probe import SoftirqProbe
     from tracer.softirq import SoftirqAggregator, findings, format_table
-    from tracer.softirq_probe import SoftirqProbe
 
     if args.duration <= 0:
         raise UsageError("--duration must be positive")

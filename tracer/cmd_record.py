@@ -272,7 +272,7 @@ class _RecordLoop:
         self.pending: list[bytes] = []
         self.next_tick = 0.0
         self.status = sys.stderr.isatty()
-        self.softirq: Any = None  # tracer.softirq_probe.SoftirqProbe with --softirq
+        self.softirq: Any = None  # tracer.probes.softirq_probe.SoftirqProbe with --softirq
         self.prepared: dict[str, Any] | None = None  # prepare_header(), read before the probes attach
         self.drained = 0  # events read during on_start (the session counts only those it delivers)
         # One drop of each kind recorded: at the end the node state their causes need is read for the trailer,
@@ -304,7 +304,7 @@ class _RecordLoop:
                                  self.args.file_mode)
         self.recorder.write_counters(source.counters(), time.monotonic_ns(), source.probe_counters())
         if getattr(self.args, "softirq", False):
-            from tracer.softirq_probe import SoftirqProbe
+            from tracer.probes.softirq_probe import SoftirqProbe
 
             self.softirq = SoftirqProbe()
             self._drain(source)

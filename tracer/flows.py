@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tracer.events import Tuple
 from tracer.kubeproxy.model import ServiceMap, ServicePort
 from tracer.layout import cut, fit_columns
-from tracer.nf_points import point_label
+from tracer.probes.nf_points import point_label
 
 if TYPE_CHECKING:  # conntrack reads netlink: the table needs only its type
     from tracer.conntrack import Health

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from tracer import netfilter, nf_callers, nf_points, nflink, ringbuf, tc, tpbtf
+from tracer import ringbuf
 from tracer.errors import KernelError
 from tracer.events import (
     CNT_MAX,
@@ -28,10 +28,11 @@ from tracer.events import (
 from tracer.kernel import bccenv, kernelfs
 from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
-from tracer.kprobes import attach_list
-from tracer.probes import ProbeBuild, ProbeConfig, build, drop_reasons
+from tracer.probes import netfilter, nf_callers, nf_points, nflink, tc, tpbtf
+from tracer.probes.build import ProbeBuild, ProbeConfig, build, drop_reasons
+from tracer.probes.kprobes import attach_list
+from tracer.probes.scope import ScopeWatch
 from tracer.progress import Progress
-from tracer.scope import ScopeWatch
 
 # Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).
 ATTACHES = {
@@ -139,7 +140,7 @@ class LiveSource:
         table.open_ring_buffer(self._on_event)
 
     def _attach_kprobes(self) -> None:
-        """The kprobe programs of config.kprobes whose function is in this kernel (tracer/kprobes.py)."""
+        """The kprobe programs of config.kprobes whose function is in this kernel (tracer/probes/kprobes.py)."""
         for probe in attach_list(self.config.kprobes, self.build.cflags, KernelSymbols.load()):
             with bccenv.captured_stderr() as errors:
                 try:

@@ -19,7 +19,7 @@ from tracer.events import (
     PacketEvent,
     decode_verdict,
 )
-from tracer.nf_points import last_point_label
+from tracer.probes.nf_points import last_point_label
 
 NFK_POINT_FLAG = 0x100  # PT_NFK_POINT_FLAG
 HOOK_CHAINS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")  # enum nf_inet_hooks order

@@ -20,8 +20,8 @@ from typing import Any
 from tracer.causes import NetnsState, explain
 from tracer.events import NatEvent, PacketEvent
 from tracer.identity import NOT_TRACED, Identity
-from tracer.nf_points import point_label
 from tracer.nfverdict import hook_label
+from tracer.probes.nf_points import point_label
 from tracer.replay import RecordedNames
 from tracer.report import Resolver, describe_point
 

@@ -118,7 +118,7 @@ def namespace_addresses(pid: int) -> tuple[str, ...]:
     """The global unicast addresses of the network namespace `pid` is in (loopback and link-local left out)."""
     from pyroute2 import IPRoute  # netlink only where the node is read
 
-    from tracer.netfilter import entered_netns
+    from tracer.probes.netfilter import entered_netns
 
     with entered_netns(f"/proc/{pid}/ns/net"):
         ipr = IPRoute()  # its socket stays in the pod's namespace after the thread leaves it

@@ -15,14 +15,14 @@ from tracer import kubeapi
 from tracer.errors import UsageError
 from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
 from tracer.kernel import bccenv
-from tracer.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
-from tracer.pcapfilter import compile_filter
 from tracer.podnames import PodResolver, resolver_for
-from tracer.probes import ProbeConfig
+from tracer.probes.build import ProbeConfig
+from tracer.probes.kprobes import CONCERNS, choose_live, netfilter_links_possible
+from tracer.probes.pcapfilter import compile_filter
+from tracer.probes.scope import Scope
 from tracer.report import Resolver
-from tracer.scope import Scope
 
 PACKET_EVENTS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == EVENT_SIZE)
 

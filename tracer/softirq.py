@@ -1,6 +1,6 @@
 """softirq and NAPI latency: NET_RX/NET_TX wait and run histograms kept in the kernel, softnet_stat deltas.
 
-The BPF side (bpf/softirq.c) keeps per-CPU log2 histograms; tracer/softirq_probe.py loads it with BCC and takes
+The BPF side (bpf/softirq.c) keeps per-CPU log2 histograms; tracer/probes/softirq_probe.py loads it with BCC and takes
 `SoftirqSnapshot`s of the maps and /proc/net/softnet_stat. Everything here is pure but reading softnet_stat:
 `SoftirqAggregator` takes snapshots (live or recorded) and reports per-CPU deltas with p50/p99/max estimated from
 the log2 buckets.

@@ -33,8 +33,8 @@ from tracer.events import (
     Tuple,
     format_addr,
 )
-from tracer.nf_points import point_label
 from tracer.nfverdict import hook_label
+from tracer.probes.nf_points import point_label
 from tracer.report import Resolver, describe_point, drop_rows
 from tracer.severity import classify, rank
 from tui.pyfilter import Predicate

@@ -10,7 +10,7 @@ import ctypes
 from collections.abc import Callable
 
 from tracer.events import PacketEvent
-from tracer.pcapfilter import BpfInsn, BpfProgram, compile_filter, libpcap
+from tracer.probes.pcapfilter import BpfInsn, BpfProgram, compile_filter, libpcap
 
 
 class _Timeval(ctypes.Structure):

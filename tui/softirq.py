@@ -1,8 +1,9 @@
 """The Softirq view: tracer.softirq's kernel histograms, per CPU, as p50/p99 and a bar of the log2 buckets.
 
 `softirq_rows` is pure (CpuReports in, rows out). `SoftirqTable` is the live TableSource: its own thread loads
-bpf/softirq.c (tracer.softirq_probe.SoftirqProbe) on first use, once the attach ladder has been probed (two BCC compiles
-at once crash), and takes a snapshot every second, so neither the reader thread nor the UI waits on BCC.
+bpf/softirq.c (tracer.probes.softirq_probe.SoftirqProbe) on first use, once the attach ladder has been probed
+(two BCC compiles at once crash), and takes a snapshot every second, so neither the reader thread nor the UI
+waits on BCC.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tracer.errors import PodtraceError
+from tracer.probes.softirq_probe import SoftirqProbe
 from tracer.softirq import (
     HISTS,
     RECENT_SECONDS,
@@ -21,7 +23,6 @@ from tracer.softirq import (
     format_us,
     worst_cpu,
 )
-from tracer.softirq_probe import SoftirqProbe
 from tui.model import sparkline
 
 COLUMNS = ["cpu", "kind", "p50", "p99", "dropped", "squeezes", "histogram"]

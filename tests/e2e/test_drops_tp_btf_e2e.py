@@ -15,7 +15,7 @@ from support.podtrace import run
 from tracer.events import EVENT_CT, CtEvent, PacketEvent
 from tracer.live import RAW_TP_DROPS_ENV, LiveSource
 from tracer.names import netns_inode
-from tracer.probes import ProbeConfig
+from tracer.probes.build import ProbeConfig
 
 pytestmark = pytest.mark.root
 

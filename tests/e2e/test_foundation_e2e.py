@@ -25,8 +25,8 @@ from tracer.kernel import bccenv
 from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
 
 pytestmark = pytest.mark.root
 

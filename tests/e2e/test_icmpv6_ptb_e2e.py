@@ -85,8 +85,8 @@ def test_packet_too_big_sent_is_counted_once_per_datagram_with_the_mtu_it_quotes
     from tracer.events import EVENT_PATH, POINT_QUEUE
     from tracer.live import LiveSource
     from tracer.mtu_events import PTB_BY_PATH, MtuEventCounter, is_packet_too_big
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig
+    from tracer.probes.build import ProbeConfig
+    from tracer.probes.pcapfilter import compile_filter
 
     with routed_v6() as net:
         # ICMPv6 rate limiting: the default ratemask exempts type 2, but the brief is an exact count: no limit in r.

@@ -14,8 +14,8 @@ from tracer import events
 from tracer.kernel import bccenv
 from tracer.kernel import capabilities as kernel
 from tracer.kernel.btf import Btf
-from tracer.kprobes import KPROBES
-from tracer.probes import ProbeConfig, build
+from tracer.probes.build import ProbeConfig, build
+from tracer.probes.kprobes import KPROBES
 
 pytestmark = pytest.mark.root
 

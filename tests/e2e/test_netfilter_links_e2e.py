@@ -12,8 +12,8 @@ from support.netns import Pair, netns_pair, send_udp, sh
 
 from tracer.events import NatEvent, decode_any
 from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
 
 pytestmark = pytest.mark.root
 

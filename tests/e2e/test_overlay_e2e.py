@@ -17,8 +17,8 @@ from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp
 
 from tracer.lab import faults, traffic
+from tracer.probes.softirq_probe import SoftirqProbe
 from tracer.softirq import CpuReport, SoftirqAggregator, findings
-from tracer.softirq_probe import SoftirqProbe
 
 pytestmark = pytest.mark.root
 
@@ -170,7 +170,7 @@ def test_icmp_send_tracepoint_names_the_offending_packet_and_mtu(pair: Pair) -> 
 
     from tracer.events import EVENT_ICMP
     from tracer.live import LiveSource
-    from tracer.probes import ProbeConfig
+    from tracer.probes.build import ProbeConfig
 
     count = 7
     with _routed_pair(pair, 1400) as (router, far), LiveSource(ProbeConfig(icmp=True)) as source:

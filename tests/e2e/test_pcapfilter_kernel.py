@@ -1,4 +1,4 @@
-"""The BPF verifier accepts tracer.pcapfilter's C, and the kernel counts what libpcap would match.
+"""The BPF verifier accepts tracer.probes.pcapfilter's C, and the kernel counts what libpcap would match.
 
 A socket filter program attached to `lo` in a network namespace this test creates copies each received packet,
 from the network header on, into a per-CPU buffer of PT_SNAP_LEN + 8 bytes (as the probes do), calls
@@ -23,9 +23,9 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
 
-from tracer import pcapfilter
-from tracer.netfilter import entered_netns
-from tracer.pcapfilter import BpfInsn, BpfProgram
+from tracer.probes import pcapfilter
+from tracer.probes.netfilter import entered_netns
+from tracer.probes.pcapfilter import BpfInsn, BpfProgram
 
 pytestmark = pytest.mark.root
 

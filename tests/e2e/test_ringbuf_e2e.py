@@ -15,8 +15,8 @@ from support.netns import netns_pair, send_udp
 from tracer.events import CT_SIZE, EVENT_CT, EVENT_DROP, decode, decode_ct
 from tracer.live import LiveSource
 from tracer.names import netns_inode
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
 
 pytestmark = pytest.mark.root
 

@@ -18,7 +18,7 @@ from support.podtrace import start
 
 from tracer.benchmarks.netns import node_with_pods, udp_no_ports
 from tracer.names import netns_inode
-from tracer.scope import Scope, pods_of
+from tracer.probes.scope import Scope, pods_of
 
 pytestmark = pytest.mark.root
 

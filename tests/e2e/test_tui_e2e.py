@@ -163,8 +163,8 @@ def test_per_probe_counters_add_up_to_the_totals_and_match_the_events_of_each_pr
     is the number of events of its kind that came out of the ring buffer."""
     from tracer.events import EVENT_CT, decode_any
     from tracer.live import LiveSource
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig
+    from tracer.probes.build import ProbeConfig
+    from tracer.probes.pcapfilter import compile_filter
     from tui.model import probe_of
 
     sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DNAT",

@@ -17,7 +17,7 @@ FORBIDDEN = ("bcc", "tracer.lab", "subprocess", "pyroute2", "socket", "ctypes", 
 PURE = [
     "tracer.kubeproxy", "tracer.kubeproxy.model", "tracer.kubeproxy.names", "tracer.kubeproxy.iptables",
     "tracer.kubeproxy.nftables", "tracer.kubeproxy.nft_text", "tracer.kubeproxy.ipvsadm",
-    "tracer.attribution", "tracer.causes", "tracer.nf_points", "tracer.flannel", "tracer.rulesfile",
+    "tracer.attribution", "tracer.causes", "tracer.probes.nf_points", "tracer.flannel", "tracer.rulesfile",
     "tracer.mtu", "tracer.softirq",
 ]
 # These decode or hold events, and tracer.events formats addresses with socket.inet_ntop: socket is imported for

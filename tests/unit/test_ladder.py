@@ -69,7 +69,7 @@ ATTACH_FORMS = {
 def test_every_candidate_is_a_program_podtrace_has() -> None:
     """Doctor reports only what a session can load: each candidate's program declares each of its targets."""
     from bpf import BPF_DIR
-    from tracer.kprobes import KPROBES
+    from tracer.probes.kprobes import KPROBES
 
     kprobe_programs = {probe.function: probe.program for probes in KPROBES.values() for probe in probes}
     for point in HOOK_POINTS:

@@ -26,8 +26,8 @@ from tracer.events import (
 from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.kernel.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
-from tracer.kprobes import KPROBES, SOURCES, attach_list, choose
 from tracer.nfverdict import MATCH_WINDOW_NS, NfAttribution, hook_label, kprobe_hook
+from tracer.probes.kprobes import KPROBES, SOURCES, attach_list, choose
 from tracer.report import Resolver, drop_rows
 
 ROOT = Path(__file__).resolve().parents[2]

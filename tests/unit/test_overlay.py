@@ -159,7 +159,7 @@ def test_non_ip_and_unrelated_events_ignored() -> None:
 
 
 def test_overlay_filter_compiles() -> None:
-    from tracer.pcapfilter import compile_filter
+    from tracer.probes.pcapfilter import compile_filter
 
     assert compile_filter(OVERLAY_FILTER).instructions
 

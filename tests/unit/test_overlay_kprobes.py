@@ -174,8 +174,8 @@ def test_overlay_session_asks_for_unfiltered_overlay_kprobes() -> None:
 @pytest.mark.skipif(not os.access(VMLINUX, os.R_OK), reason=f"{VMLINUX} is not readable here")
 def test_unfiltered_flag_reaches_the_compiler_only_when_asked() -> None:
     from tracer.kernel.btf import Btf
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig, build
+    from tracer.probes.build import ProbeConfig, build
+    from tracer.probes.pcapfilter import compile_filter
 
     btf = Btf.load(VMLINUX)
     config = ProbeConfig(filter=compile_filter("udp port 8472"), path=True, kprobes=("vxlan", "fragmentation"))

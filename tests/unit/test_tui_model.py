@@ -218,8 +218,8 @@ def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> 
 
     from tracer.events import CNT_MAX, PROBES
     from tracer.kernel.btf import Btf
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig, build
+    from tracer.probes.build import ProbeConfig, build
+    from tracer.probes.pcapfilter import compile_filter
 
     header = (Path(__file__).resolve().parents[2] / "bpf" / "podtrace.h").read_text()
     ids = {name.lower(): int(value) for name, value in re.findall(r"#define PT_PROBE_(\w+) (\d+)", header)}

@@ -18,9 +18,9 @@ from types import FrameType
 
 from tracer.aggregate import DropTable
 from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
-from tracer.scope import Scope
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.probes.scope import Scope
 
 _stop = False
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracer import nflink, tpbtf
 from tracer.errors import KernelError
 from tracer.kernel import bccenv, kernelfs
 from tracer.kernel.btf import Btf
@@ -25,6 +24,7 @@ from tracer.kernel.hookpoints import HOOK_POINTS, HookPoint, Mechanism
 from tracer.kernel.kernelhints import modules_loadable
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.kernel.ladder import AttachPlan, Trial, make_plan
+from tracer.probes import nflink, tpbtf
 
 NOP_PROGRAMS = r"""
 // One function per program type: BCC caches a loaded function by name with its first type.

@@ -16,7 +16,7 @@ from bpf import BPF_DIR
 
 class Mechanism(str, Enum):
     FENTRY = "fentry"
-    TP_BTF = "tp_btf"  # BTF-typed raw tracepoint (BPF_TRACE_RAW_TP), loaded by tracer/tpbtf.py
+    TP_BTF = "tp_btf"  # BTF-typed raw tracepoint (BPF_TRACE_RAW_TP), loaded by tracer/probes/tpbtf.py
     KPROBE = "kprobe"
     RAW_TRACEPOINT = "raw_tracepoint"
     TRACEPOINT = "tracepoint"

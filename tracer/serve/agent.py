@@ -155,7 +155,7 @@ class Agent:
                 handle.write(f"{os.getpid()}\n")
 
     def _start_softirq(self) -> None:
-        from tracer.softirq_probe import SoftirqProbe
+        from tracer.probes.softirq_probe import SoftirqProbe
 
         self.softirq = SoftirqProbe()
         self.softirq.start(progress=False)

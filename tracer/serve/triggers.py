@@ -30,7 +30,7 @@ class PacketMatcher:
     """A compiled pcap filter run on packet bytes with libpcap's bpf_filter()."""
 
     def __init__(self, expression: str) -> None:
-        from tracer.pcapfilter import BpfInsn, compile_filter, libpcap  # only with filter=
+        from tracer.probes.pcapfilter import BpfInsn, compile_filter, libpcap  # only with filter=
 
         compiled = compile_filter(expression)
         self.expression = expression

@@ -36,7 +36,7 @@ from tracer.kernel.ksyms import KernelSymbols
 from tracer.live import LiveSource
 from tracer.names import NetnsNames
 from tracer.nfverdict import NfAttribution, hook_label
-from tracer.probes import ProbeConfig
+from tracer.probes.build import ProbeConfig
 from tracer.recording import Recorder
 from tracer.replay import ReplaySource
 from tracer.report import Resolver, drop_rows

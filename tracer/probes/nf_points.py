@@ -1,5 +1,6 @@
 """The netfilter points podtrace's BPF netfilter links sit at (PT_NF_* in bpf/podtrace.h): hook, priority and the
-label a user reads. Pure data, shared by the attach code (tracer/netfilter.py) and everything that names a point."""
+label a user reads. Pure data, shared by the attach code (tracer/probes/netfilter.py) and everything that names a
+point."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ POINTS: tuple[NfPoint, ...] = (
     NfPoint(10, "pt_nf_post_last", "POSTROUTING", INT_MAX_MINUS_1, "POSTROUTING after SNAT"),
 )
 # The conntrack mode (bpf/nfct.c, `podtrace flows` by default): two of those points, where NAT'd packets are counted
-# per conntrack entry; the hook a netfilter drop died in comes from its stack (tracer/nf_callers.py).
+# per conntrack entry; the hook a netfilter drop died in comes from its stack (tracer/probes/nf_callers.py).
 CONNTRACK_POINTS: tuple[NfPoint, ...] = (
     NfPoint(1, "pt_nfct_pre", "PREROUTING", -99, POINTS[1].label),
     NfPoint(7, "pt_nfct_out", "OUTPUT", -99, POINTS[7].label),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tracer.kernel.ksyms import KernelSymbols
 
-# function -> enum nf_inet_hooks; IPv4 only, as the netfilter links are (tracer/nflink.py NFPROTO_IPV4)
+# function -> enum nf_inet_hooks; IPv4 only, as the netfilter links are (tracer/probes/nflink.py NFPROTO_IPV4)
 CALLERS: tuple[tuple[str, int], ...] = (
     ("ip_rcv", 0),
     ("ip_sublist_rcv", 0),  # the list receive path: NF_HOOK_LIST -> nf_hook_slow_list -> nf_hook_slow

@@ -1,4 +1,4 @@
-"""Attaching netfilter links at podtrace's points (tracer/nf_points.py) inside a network namespace.
+"""Attaching netfilter links at podtrace's points (tracer/probes/nf_points.py) inside a network namespace.
 
 A BPF netfilter link belongs to the network namespace of the process (thread) that creates it, so for a
 node namespace (the lab's pt-node1, or the root namespace on a real node) the creating thread enters it
@@ -14,9 +14,9 @@ import errno
 import os
 from collections.abc import Iterator
 
-from tracer import nflink
 from tracer.errors import KernelError
-from tracer.nf_points import POINTS, NfPoint
+from tracer.probes import nflink
+from tracer.probes.nf_points import POINTS, NfPoint
 
 CLONE_NEWNET = 0x40000000
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.errors import KernelError, UsageError
-from tracer.netfilter import entered_netns
+from tracer.probes.netfilter import entered_netns
 
 PRIORITY = 49001  # far from what CNIs use (they sit at 1 and at their own handles)
 PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}

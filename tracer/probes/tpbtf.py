@@ -4,7 +4,7 @@ The program's arguments are typed by the kernel's BTF (`btf_trace_<name>`, a typ
 prototype), so the verifier lets it load the fields of the tracepoint's structs directly, where a raw tracepoint's
 untyped u64 arguments need one bpf_probe_read_kernel call per field. BCC 0.26 has no macro for this program type:
 BCC compiles the function (its map fds are already in the bytecode) and the load and attach are issued here
-through bpf(2), as tracer/nflink.py does for netfilter links. The link is removed when its fd is closed.
+through bpf(2), as tracer/probes/nflink.py does for netfilter links. The link is removed when its fd is closed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import platform
 from dataclasses import dataclass
 
 from tracer.kernel.btf import Btf
-from tracer.nflink import SYS_BPF, _libc
+from tracer.probes.nflink import SYS_BPF, _libc
 
 BPF_PROG_LOAD = 5  # enum bpf_cmd
 BPF_RAW_TRACEPOINT_OPEN = 17

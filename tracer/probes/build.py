@@ -14,8 +14,8 @@ from tracer.errors import KernelError, UsageError
 from tracer.events import PROBES
 from tracer.kernel.btf import Btf
 from tracer.kernel.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
-from tracer.pcapfilter import CompiledFilter, match_all
-from tracer.scope import Scope
+from tracer.probes.pcapfilter import CompiledFilter, match_all
+from tracer.probes.scope import Scope
 
 # -D macro, struct, member path, the size the C code reads.
 BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
@@ -93,23 +93,23 @@ def conntrack_cflags(mods: ModuleBtf) -> list[str]:
 class ProbeConfig:
     filter: CompiledFilter = field(default_factory=match_all)
     netns_inode: int | None = None
-    # --node/--netns in sessions with several namespaces: the inodes live in a map (tracer/scope.py)
+    # --node/--netns in sessions with several namespaces: the inodes live in a map (tracer/probes/scope.py)
     scope: Scope | None = None
     ifname: str | None = None
     drops: bool = True
     path: bool = False
-    netfilter: bool = False  # BPF netfilter link programs (attached by tracer/netfilter.py)
+    netfilter: bool = False  # BPF netfilter link programs (attached by tracer/probes/netfilter.py)
     # Service flows from conntrack entries (bpf/nfct.c: a few programs per packet, counts per connection) rather
     # than every packet copied and parsed at every point (bpf/netfilter.c, which also times each hook)
     netfilter_conntrack: bool = False
-    # with netfilter_conntrack: tracer/nf_callers.py's flags, the hook a netfilter drop died in from its stack
+    # with netfilter_conntrack: tracer/probes/nf_callers.py's flags, the hook a netfilter drop died in from its stack
     nf_caller_cflags: tuple[str, ...] = ()
-    tc_interfaces: tuple[str, ...] = ()  # "IF" or "NETNS/IF": tc ingress+egress path programs (tracer/tc.py)
+    tc_interfaces: tuple[str, ...] = ()  # "IF" or "NETNS/IF": tc ingress+egress path programs (tracer/probes/tc.py)
     # `ip netns` names the links are created in (None: podtrace's own namespace, the node on a real worker)
     netfilter_netns: tuple[str | None, ...] = (None,)
     ringbuf_pages: int = 256  # 1 MiB: about 3500 events of headroom per poll
     path_rate: int = 20000  # path events per second per CPU
-    # concerns whose kprobe programs are loaded ("netfilter", "vxlan", "fragmentation"; tracer/kprobes.py)
+    # concerns whose kprobe programs are loaded ("netfilter", "vxlan", "fragmentation"; tracer/probes/kprobes.py)
     kprobes: tuple[str, ...] = ()
     # bpf/overlay.c's kprobe events skip the pcap filter (`podtrace overlay`: its filter is written for the outer
     # packets, while vxlan_xmit_one sees the inner one and ip_do_fragment a packet not yet cut)
@@ -222,7 +222,7 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         f"BPF_RINGBUF_OUTPUT(events, {config.ringbuf_pages});",
         "BPF_PERCPU_ARRAY(counters, __u64, PT_CNT_SLOTS);",
         "BPF_PERCPU_ARRAY(scratch, struct pt_scratch, 1);",
-        # The scope's netns inodes (tracer/scope.py), filled before the first event and refreshed while tracing.
+        # The scope's netns inodes (tracer/probes/scope.py), filled before the first event and refreshed while tracing.
         f"BPF_HASH(scope, __u32, __u8, {SCOPE_MAX});" if config.scope is not None else "",
         'BPF_TABLE("lru_hash", __u64, struct pt_nf_state, nf_state, 65536);' if "netfilter" in programs else "",
         "BPF_PERCPU_ARRAY(nf_last, struct pt_nf_last, 1);" if nfct else "",
