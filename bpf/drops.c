@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Drops: the kfree_skb tracepoint. Its arguments (include/trace/events/skb.h) are (skb, location, reason) since
- * 5.17 and (skb, location, reason, rx_sk) since 6.11. Two programs, one attached (tracer/live.py, the drops ladder
+ * 5.17 and (skb, location, reason, rx_sk) since 6.11. Two programs, one attached (tracer/sources/live.py, the drops ladder
  * in tracer/kernel/hookpoints.py):
  *  - pt_drop_btf on tp_btf/kfree_skb (BPF_TRACE_RAW_TP, loaded by tracer/probes/tpbtf.py): the arguments are typed by
  *    btf_trace_kfree_skb, so skb's fields, its device's and its namespace's load directly;

@@ -33,7 +33,7 @@ struct pt_ct_flow {
 };
 
 /* Translations whose nf_conn was recycled by a later connection: their counts, folded here by the program that
- * saw the new connection (read by user space with ct_flows, tracer/live.py). */
+ * saw the new connection (read by user space with ct_flows, tracer/sources/live.py). */
 BPF_HASH(nat_flows, struct pt_nat_key, struct pt_nat_stats, 16384);
 BPF_HASH(ct_flows, struct pt_ct_key, struct pt_ct_flow, 65536);
 BPF_PERCPU_ARRAY(ct_flow_scratch, struct pt_ct_flow, 1);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Every event struct and constant shared by podtrace's BPF programs and tracer/events.py, which mirrors
+ * Every event struct and constant shared by podtrace's BPF programs and tracer/events/decode.py, which mirrors
  * them field by field. Change both together; tests/e2e/test_foundation_e2e.py cross-checks them against the
  * struct BCC compiles (test_python_event_mirror_matches_the_struct_bcc_compiles).
  *
@@ -260,7 +260,7 @@ struct pt_ct_event {
 
 /* A drop and its conntrack event in one ring buffer record, the connection first (bpf/skb.h pt_emit_in): one
  * reservation and one commit where two cost about a third of a drop. The reader splits it into the two events
- * (tracer/events.py split_records), so everything after it sees them as before. A full ring loses both, counted
+ * (tracer/events/decode.py split_records), so everything after it sees them as before. A full ring loses both, counted
  * once, as the drop's. */
 struct pt_drop_record {
 	struct pt_ct_event ct;

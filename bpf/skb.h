@@ -336,7 +336,7 @@ BPF_PERCPU_ARRAY(rb_quiet, __u32, 1);
 
 /* Wake the reader once per PT_RB_WAKE_EVERY events per CPU. The reader keeps up, so with the default flags nearly
  * every event finds it waiting and pays a wakeup (irq_work, an IPI: microseconds on a VM, most of a drop event's
- * cost). It polls at least every 100 ms and drains the ring without being woken (tracer/live.py); this BCC has no
+ * cost). It polls at least every 100 ms and drains the ring without being woken (tracer/sources/live.py); this BCC has no
  * ringbuf_query to wake on the fill level instead. */
 static __always_inline __u64 pt_wakeup(void)
 {

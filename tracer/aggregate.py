@@ -6,7 +6,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tracer.events import EVENT_DROP, PacketEvent, decode
+from tracer.events.decode import EVENT_DROP, PacketEvent, decode
 
 # One unpack from ts_ns (offset 8) for the hot path: ts_ns, location..netns [24:40], len (44), ifname [64:80],
 # outer saddr+daddr [80:112], outer dport+family+proto [114:118] (offsets per tracer/events.field_offsets()).

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from tracer import cause_state
 from tracer.aggregate import DropTable
 from tracer.cause_state import add_causes
-from tracer.events import EVENT_SIZE, PacketEvent, decode
+from tracer.events.decode import EVENT_SIZE, PacketEvent, decode
 from tracer.identity import ConnIdentities
-from tracer.replay import RecordedNames, ReplaySource
 from tracer.report import Resolver, drop_rows, summary_json
+from tracer.sources.replay import RecordedNames, ReplaySource
 
 if TYPE_CHECKING:
     from tracer.flows import FlowTable, NatRecord
@@ -283,11 +283,11 @@ def live(
     matching the filter.
     """
     from tracer.kernel import bccenv
-    from tracer.live import LiveSource
     from tracer.names import NetnsNames, Symbolizer, netns_inode
     from tracer.probes.build import ProbeConfig
     from tracer.probes.pcapfilter import compile_filter
     from tracer.probes.scope import Scope
+    from tracer.sources.live import LiveSource
 
     bccenv.require_root("tracing")
     nodes = tuple([node] if isinstance(node, str) else node or ())

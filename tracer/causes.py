@@ -96,7 +96,8 @@ class NetnsState:
     cpus: int = 0
     # source ("routes", "rp_filter", "rules", "conntrack", "rps", "icmp") -> why it is not known
     errors: dict[str, str] = field(default_factory=dict)
-    recorded: bool = False  # from a recording (tracer/replay.py), not read live: the causes say when it was read
+    # from a recording (tracer/sources/replay.py), not read live: the causes say when it was read
+    recorded: bool = False
 
     def icmp_delta(self) -> dict[str, int]:
         if self.icmp_before is None or self.icmp_after is None:

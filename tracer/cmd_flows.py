@@ -15,10 +15,10 @@ from tracer.identity import ConnIdentities
 from tracer.kubeproxy.collect import collect
 from tracer.kubeproxy.model import ServiceMap
 from tracer.layout import add_wide_option, table_width
-from tracer.live import LiveSource
 from tracer.nfverdict import NfAttribution
 from tracer.report import drop_rows, summary_json, summary_line
-from tracer.session import add_trace_options, check_namespaces, pod_resolver, run_session
+from tracer.sources.live import LiveSource
+from tracer.sources.session import add_trace_options, check_namespaces, pod_resolver, run_session
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the

@@ -15,7 +15,7 @@ from typing import Any
 
 from tracer.cmd_record import check_output
 from tracer.errors import PodtraceError, UsageError
-from tracer.events import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
+from tracer.events.decode import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
 from tracer.journey import (
     ClockAlignment,
     NodeRecording,
@@ -29,7 +29,7 @@ from tracer.journey import (
 from tracer.merged_recording import NodeFile, read_node, write_merged
 from tracer.recording import nat_from_json
 from tracer.recording_schema import MERGED_MAX_NODES
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 EPILOG = """\
 Each recording is one node's (`podtrace record --netns NODE` on each node, at the same time); two or more. A

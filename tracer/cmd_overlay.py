@@ -150,7 +150,7 @@ def _service_names(netns: str | None) -> dict[str, str]:
 def run_overlay(args: argparse.Namespace) -> int:
     from tracer.overlay import OVERLAY_FILTER, TunnelTable
     from tracer.report import summary_line
-    from tracer.session import run_session
+    from tracer.sources.session import run_session
 
     args.filter = [OVERLAY_FILTER]
     table = TunnelTable()

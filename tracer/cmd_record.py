@@ -17,7 +17,7 @@ from tracer.aggregate import DropTable
 from tracer.cause_state import add_causes
 from tracer.declared_names import declared_json
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
-from tracer.events import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
+from tracer.events.decode import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
 from tracer.flannel import SUBNET_ENV
 from tracer.flows import write_flow_table
 from tracer.identity import ConnIdentities
@@ -33,8 +33,8 @@ from tracer.recording import (
     nat_to_json,
     parse_size,
 )
-from tracer.replay import ReplaySource
 from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
+from tracer.sources.replay import ReplaySource
 
 RECORD_EPILOG = """\
 The file is self-contained: kernel, attach plan, drop-reason names, netns names and kernel symbols travel
@@ -102,7 +102,7 @@ TICK_S = 1.0  # counters record, flush and status line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from tracer.session import add_trace_options
+    from tracer.sources.session import add_trace_options
 
     record = subparsers.add_parser(
         "record", help="trace drops (and path events for FILTER) to a self-contained file",
@@ -414,7 +414,7 @@ def check_output(path: str) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from tracer.session import check_namespaces, run_session
+    from tracer.sources.session import check_namespaces, run_session
 
     try:
         max_size = parse_size(args.max_size) if args.max_size else None
@@ -636,7 +636,7 @@ def _final_cause_states(path: str, follow: bool) -> Any:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tracer.events import EVENT_NAT, decode_nat
+    from tracer.events.decode import EVENT_NAT, decode_nat
     from tracer.pcapng import PcapngWriter
     from tracer.pcapng_packets import DropCauses, Packet, PacketFolder, packet_comment
 

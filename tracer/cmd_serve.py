@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from tracer.kernel import bccenv
     from tracer.serve.agent import Agent
     from tracer.serve.options import from_args
-    from tracer.session import StopFlag
+    from tracer.sources.session import StopFlag
 
     options = from_args(args)
     bccenv.require_root("serve")

@@ -9,12 +9,12 @@ from typing import Any
 
 from tracer import cause_state
 from tracer.aggregate import DropTable
-from tracer.events import PacketEvent
+from tracer.events.decode import PacketEvent
 from tracer.identity import ConnIdentities
 from tracer.layout import add_wide_option, table_width
 from tracer.nfverdict import NfAttribution
 from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
-from tracer.session import add_trace_options, run_session
+from tracer.sources.session import add_trace_options, run_session
 from tracer.stdout import write_whole
 
 DROPS_EPILOG = """\

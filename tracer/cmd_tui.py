@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_tui_options(parser: argparse.ArgumentParser) -> None:
-    from tracer.session import add_probe_options
+    from tracer.sources.session import add_probe_options
 
     add_probe_options(parser, "tcpdump (pcap-filter) expression run in the kernel; `/` in the TUI narrows it further")
     parser.add_argument("--replay", metavar="FILE", help="show a recording instead of the live node")
@@ -97,8 +97,8 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     from tracer.check.table import NodeFindingsTable
     from tracer.kernel import bccenv
     from tracer.kernel.capabilities import kernel_version, probe_kernel
-    from tracer.live import LiveSource
-    from tracer.session import node_resolver, probe_config
+    from tracer.sources.live import LiveSource
+    from tracer.sources.session import node_resolver, probe_config
     from tui.services import ServiceFlowsTable
     from tui.softirq import SoftirqTable
     from tui.sources import SessionInfo

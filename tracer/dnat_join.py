@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tracer.events import IPS_DST_NAT, CtEvent, PacketEvent, Tuple
+from tracer.events.decode import IPS_DST_NAT, CtEvent, PacketEvent, Tuple
 
 WINDOW_NS = 1_000_000  # one packet's way through a node's hooks takes microseconds; skb addresses are reused later
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tracer.events import Tuple
+from tracer.events.decode import Tuple
 from tracer.kubeproxy.model import ServiceMap, ServicePort
 from tracer.layout import cut, fit_columns
 from tracer.probes.nf_points import point_label

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.events import (
+from tracer.events.decode import (
     CT_ENTRY,
     CT_NONE,
     CT_UNTRACKED,

@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.dnat_join import NO_JOINS, WINDOW_NS, Joins, Translation, decide, from_conntrack, from_nat, from_skbs
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_NAMES, POINT_QUEUE, POINT_XMIT, CtEvent, PacketEvent, Tuple
+from tracer.events.decode import (
+    EVENT_DROP,
+    EVENT_PATH,
+    POINT_NAMES,
+    POINT_QUEUE,
+    POINT_XMIT,
+    CtEvent,
+    PacketEvent,
+    Tuple,
+)
 
 VXLAN_HEADERS = 8 + 8 + 14  # outer UDP, VXLAN, inner Ethernet
 

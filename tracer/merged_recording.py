@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.errors import PodtraceError, RecordingError
-from tracer.events import EVENT_CT, EVENT_DROP, EVENT_PATH, EVENT_SIZE, NETNS_OFFSETS, field_offsets, netns_of
+from tracer.events.decode import EVENT_CT, EVENT_DROP, EVENT_PATH, EVENT_SIZE, NETNS_OFFSETS, field_offsets, netns_of
 from tracer.recording import (
     FORMAT_MINOR,
     FORMAT_VERSION,
@@ -37,7 +37,7 @@ from tracer.recording import (
     WriteFailed,
     nat_to_json,
 )
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 BATCH = 1024  # events per EVENTS record, as `record` writes them
 _U32 = struct.Struct("<I")

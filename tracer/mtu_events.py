@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tracer.events import EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, POINT_QUEUE, PacketEvent
+from tracer.events.decode import EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, POINT_QUEUE, PacketEvent
 from tracer.mtu import LiveCounts
 
 TOO_BIG_REASONS = frozenset({"PKT_TOO_BIG", "FRAG_TOO_FAR", "IP_INADDRERRORS"})

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tracer.errors import PodtraceError, UsageError
-from tracer.events import EVENT_PATH, POINT_RX, PacketEvent
+from tracer.events.decode import EVENT_PATH, POINT_RX, PacketEvent
 from tracer.mtu import LiveCounts
 from tracer.mtu_events import ICMP_FRAG_NEEDED, MtuEventCounter, icmp_sent, next_hop_mtu
 from tracer.mtu_path import collect_path
@@ -295,11 +295,11 @@ def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | N
     node = path.host_veth.netns if path and path.host_veth else None
     snmp = SnmpWatch([source_netns, *([node] if node else []), *([target_netns] if target_netns else [])])
     if trace:
-        from tracer.live import LiveSource  # BCC only when tracing
         from tracer.names import NetnsNames, Symbolizer
         from tracer.probes.build import ProbeConfig
         from tracer.probes.kprobes import choose_live
         from tracer.probes.pcapfilter import compile_filter
+        from tracer.sources.live import LiveSource  # BCC only when tracing
 
         # ip_do_fragment where kprobes exist (the ladder's choice): local fragmentation of non-DF packets
         source = LiveSource(ProbeConfig(filter=compile_filter(f"host {target} or icmp"), path=True, icmp=True,

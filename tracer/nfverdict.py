@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracer.events import (
+from tracer.events.decode import (
     EVENT_DROP,
     EVENT_NF_VERDICT,
     NFK_IPTABLES,

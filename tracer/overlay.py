@@ -27,7 +27,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_FRAGMENT, POINT_NAMES, POINT_VXLAN_XMIT, PacketEvent, Tuple
+from tracer.events.decode import (
+    EVENT_DROP,
+    EVENT_PATH,
+    POINT_FRAGMENT,
+    POINT_NAMES,
+    POINT_VXLAN_XMIT,
+    PacketEvent,
+    Tuple,
+)
 
 VXLAN_PORTS = (8472, 4789)
 MF = 0x2000

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from tracer import __version__
-from tracer.events import FLAG_SNAP_SKB, POINT_NAMES, PacketEvent
+from tracer.events.decode import FLAG_SNAP_SKB, POINT_NAMES, PacketEvent
 from tracer.pcapng_packets import Packet
-from tracer.replay import RecordedNames
 from tracer.report import describe_point
+from tracer.sources.replay import RecordedNames
 
 # Snapshots start at the network header: raw IPv4/IPv6, no link layer.
 LINKTYPE_RAW = 101

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.causes import NetnsState, explain
-from tracer.events import NatEvent, PacketEvent
+from tracer.events.decode import NatEvent, PacketEvent
 from tracer.identity import NOT_TRACED, Identity
 from tracer.nfverdict import hook_label
 from tracer.probes.nf_points import point_label
-from tracer.replay import RecordedNames
 from tracer.report import Resolver, describe_point
+from tracer.sources.replay import RecordedNames
 
 VXLAN_PORTS = (4789, 8472)  # IANA's and flannel's
 GAP_NS = 1_000_000_000  # a packet's hops are microseconds apart; a second without one ends it

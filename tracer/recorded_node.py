@@ -21,7 +21,7 @@ from typing import Any
 
 from tracer.conntrack import CpuStats, Health
 from tracer.errors import PodtraceError
-from tracer.events import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent
+from tracer.events.decode import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent
 from tracer.flannel import SUBNET_ENV, parse_subnet_env
 from tracer.flows import NodeConntrack
 from tracer.mtu import OVERLAY_KINDS, LinkInfo, LiveCounts, MtuVerdict, PathLinks, verdict

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tracer import recording_schema
 from tracer.errors import RecordingError
-from tracer.events import EVENT_SIZE, EVENT_SIZES, Tuple, field_offsets, netns_of
+from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, Tuple, field_offsets, netns_of
 
 if TYPE_CHECKING:
     from tracer.flows import NatRecord
@@ -418,8 +418,9 @@ class RecordReader:
 
 
 def split_events(record: Record, path: str = "") -> list[bytes]:
-    """The raw events of an EVENTS record, each checked against its type's size (tracer.events.EVENT_SIZES) before
-    anything decodes it. Events of a type this reader does not know are left out (a later minor may add types)."""
+    """The raw events of an EVENTS record, each checked against its type's size (tracer.events.decode.EVENT_SIZES)
+    before anything decodes it. Events of a type this reader does not know are left out (a later minor may add
+    types)."""
     payload = record.payload
     events = []
     position = 0
@@ -478,7 +479,7 @@ class Recorder:
         self.netns: dict[int, str] = {int(k): v for k, v in header.get("names", {}).get("netns", {}).items()}
         self.symbols: dict[int, str] = {}
         self.counters: dict[str, int] = {}
-        self.probe_counters: dict[str, dict[str, int]] = {}  # probe -> counter (tracer.events.PROBES)
+        self.probe_counters: dict[str, dict[str, int]] = {}  # probe -> counter (tracer.events.decode.PROBES)
         self.events = 0
         self.part_events = 0
         self.parts: list[str] = []

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from tracer.aggregate import DropTable
 from tracer.attribution import knowledge
 from tracer.causes import Cause
-from tracer.events import POINT_NAMES, PacketEvent, Tuple
+from tracer.events.decode import POINT_NAMES, PacketEvent, Tuple
 from tracer.identity import NOT_TRACED, ConnIdentities, Identity
 from tracer.layout import cut, fit_columns
 from tracer.nfverdict import NfAttribution, hook_label

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.events import PacketEvent
+from tracer.events.decode import PacketEvent
 from tracer.mtu_events import (
     REASM_TIMEOUT_REASON,
     TOO_BIG_REASONS,

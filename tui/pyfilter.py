@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from tracer.events import PacketEvent
+from tracer.events.decode import PacketEvent
 from tracer.probes.pcapfilter import BpfInsn, BpfProgram, compile_filter, libpcap
 
 

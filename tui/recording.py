@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tracer import __version__
-from tracer.events import EVENT_SIZE
+from tracer.events.decode import EVENT_SIZE
 from tracer.recording import FORMAT_VERSION, Recorder
 from tracer.report import Resolver
 

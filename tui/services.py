@@ -1,5 +1,5 @@
 """The Services view: Service flows (client -> Service -> backend) from the kernel's NAT records, live
-(tracer.flows.LiveFlowsTable) or from a recording (tracer.replay.ReplaySource), with the drops the model saw
+(tracer.flows.LiveFlowsTable) or from a recording (tracer.sources.replay.ReplaySource), with the drops the model saw
 attributed to them, and the orders the view sorts them in.
 
 Drops go through tracer.flows.FlowTable.add_drops, as in `podtrace flows`: a drop whose (src, dst, dport) is a
@@ -115,7 +115,7 @@ class ServiceFlowsTable(LiveFlowsTable):
 
 class RecordedFlowsTable:
     """The Services view of a recording: its NAT snapshots as read so far, its Services, its conntrack state (a
-    tracer.replay.ReplaySource, read by the reader thread that feeds the model)."""
+    tracer.sources.replay.ReplaySource, read by the reader thread that feeds the model)."""
 
     columns = COLUMNS
     uses_drops = True

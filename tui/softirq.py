@@ -116,7 +116,7 @@ class SoftirqTable:
 
 class RecordedSoftirqTable:
     """The Softirq view of a recording (`record --softirq`): its snapshots as the reader has read them so far
-    (tracer.replay.ReplaySource.softirq), from the first to the latest."""
+    (tracer.sources.replay.ReplaySource.softirq), from the first to the latest."""
 
     columns = COLUMNS
     uses_window = True

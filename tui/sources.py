@@ -1,7 +1,8 @@
 """Where the TUI's events come from, and the reader thread that turns them into a few snapshots per second.
 
-A Source is anything with `poll(timeout_ms) -> list[PacketEvent]` and `counters() -> dict`: tracer.live.LiveSource,
-tracer.replay.ReplaySource, or ListSource / RawListSource here (tests). Sources with `poll_raw` also feed `r`.
+A Source is anything with `poll(timeout_ms) -> list[PacketEvent]` and `counters() -> dict`:
+tracer.sources.live.LiveSource,
+tracer.sources.replay.ReplaySource, or ListSource / RawListSource here (tests). Sources with `poll_raw` also feed `r`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 from textual.message import Message
 
 from tracer.errors import PodtraceError
-from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
+from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
 from tracer.kernel.ladder import AttachPlan
 from tracer.report import Resolver
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
@@ -206,11 +207,11 @@ class Reader:
 
 
 def open_replay(path: str) -> tuple[Source, SessionInfo]:
-    """A recording through tracer.replay.ReplaySource (the recordings work), with its names and attach plan."""
+    """A recording through tracer.sources.replay.ReplaySource (the recordings work), with its names and attach plan."""
     try:
-        from tracer.replay import ReplaySource
+        from tracer.sources.replay import ReplaySource
     except ImportError:
-        raise PodtraceError("--replay needs recordings (tracer/replay.py), which this build does not have yet",
+        raise PodtraceError("--replay needs recordings (tracer/sources/replay.py), which this build does not have yet",
                             "run `podtrace tui` live on the node") from None
     from tracer.cause_state import add_causes
     from tracer.check.table import RecordedNodeFindings

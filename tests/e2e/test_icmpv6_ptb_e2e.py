@@ -82,11 +82,11 @@ def snmp6(netns: str) -> dict[str, int]:
 
 
 def test_packet_too_big_sent_is_counted_once_per_datagram_with_the_mtu_it_quotes() -> None:
-    from tracer.events import EVENT_PATH, POINT_QUEUE
-    from tracer.live import LiveSource
+    from tracer.events.decode import EVENT_PATH, POINT_QUEUE
     from tracer.mtu_events import PTB_BY_PATH, MtuEventCounter, is_packet_too_big
     from tracer.probes.build import ProbeConfig
     from tracer.probes.pcapfilter import compile_filter
+    from tracer.sources.live import LiveSource
 
     with routed_v6() as net:
         # ICMPv6 rate limiting: the default ratemask exempts type 2, but the brief is an exact count: no limit in r.

@@ -168,9 +168,9 @@ def test_icmp_send_tracepoint_names_the_offending_packet_and_mtu(pair: Pair) -> 
     and answered by one frag-needed quoting 1400 (not rate-limited: icmpv4_mask_allow exempts PMTU discovery)."""
     from support.netns import sh
 
-    from tracer.events import EVENT_ICMP
-    from tracer.live import LiveSource
+    from tracer.events.decode import EVENT_ICMP
     from tracer.probes.build import ProbeConfig
+    from tracer.sources.live import LiveSource
 
     count = 7
     with _routed_pair(pair, 1400) as (router, far), LiveSource(ProbeConfig(icmp=True)) as source:

@@ -10,7 +10,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from tracer.events import CT_STRUCT, EVENT_CT, FLAG_INNER, PacketEvent, Tuple, encode
+from tracer.events.decode import CT_STRUCT, EVENT_CT, FLAG_INNER, PacketEvent, Tuple, encode
 from tracer.recording import Recorder
 
 HOST = 4026531840  # every host's own network namespace has this inode

@@ -40,9 +40,9 @@ def _normalise(line: str) -> str:
 
 def session_attachments() -> list[str]:
     """Everything a full session (path, netfilter links, ICMP, every kprobe concern) attached on this kernel."""
-    from tracer.live import LiveSource
     from tracer.probes.build import ProbeConfig
     from tracer.probes.kprobes import CONCERNS, choose_live, netfilter_links_possible
+    from tracer.sources.live import LiveSource
 
     netns = f"ptdp-{uuid.uuid4().hex[:6]}"
     run(["ip", "netns", "add", netns], check=True)

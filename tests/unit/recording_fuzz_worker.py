@@ -70,13 +70,13 @@ def _api(path: str) -> str:
 
 def _tui(path: str) -> str:
     from tracer.errors import PodtraceError
-    from tracer.events import decode_any
+    from tracer.events.decode import decode_any
     from tui.model import Model
     from tui.sources import open_replay
 
     try:
         source, info = open_replay(path)
-        replay: Any = source  # a tracer.replay.ReplaySource
+        replay: Any = source  # a tracer.sources.replay.ReplaySource
         model = Model(info.names)
         for table in info.tables.values():
             table.rows()

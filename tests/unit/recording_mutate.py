@@ -16,7 +16,7 @@ import struct
 import zlib
 from typing import Any, BinaryIO
 
-from tracer.events import EVENT_SIZES
+from tracer.events.decode import EVENT_SIZES
 from tracer.recording import (
     KIND_EVENTS,
     KIND_HEADER,

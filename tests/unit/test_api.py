@@ -11,7 +11,7 @@ import pytest
 
 from tracer.api import TCP_SYN, open_recording, tcp_flags
 from tracer.errors import RecordingError
-from tracer.events import PacketEvent
+from tracer.events.decode import PacketEvent
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "recordings" / "v1.ptrec"
 ROOT = Path(__file__).resolve().parents[2]

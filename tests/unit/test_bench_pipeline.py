@@ -14,7 +14,7 @@ from tracer.benchmarks.pipeline import (
     synthetic_drop_events,
 )
 from tracer.benchmarks.stats import Section
-from tracer.events import decode
+from tracer.events.decode import decode
 
 
 def test_raw_run_rates_and_read_share() -> None:

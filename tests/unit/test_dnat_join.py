@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP
 
 from tests.support.merge_recordings import HOST, event, header, write
 from tracer import cli
-from tracer.events import (
+from tracer.events.decode import (
     CT_ENTRY,
     EVENT_CT,
     EVENT_DROP,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tracer.conntrack import CpuStats, Health
-from tracer.events import Tuple
+from tracer.events.decode import Tuple
 from tracer.flows import FlowTable, NatRecord, NodeConntrack, ServiceDrop, cluster_range, write_flow_table
 from tracer.kubeproxy.iptables import parse_iptables_save
 from tracer.kubeproxy.nftables import parse_nft_json

@@ -7,7 +7,7 @@ import socket
 
 from tracer.aggregate import DropTable
 from tracer.attribution import knowledge
-from tracer.events import (
+from tracer.events.decode import (
     CT_ENTRY,
     CT_NONE,
     CT_SIZE,

@@ -1,7 +1,7 @@
 """The pure analysis and model modules take their inputs: importing them, in a fresh interpreter, loads neither BCC,
 nor the demo lab, nor a module that runs commands or talks to the kernel (subprocess, pyroute2, socket, ctypes),
 nor the Kubernetes client. The I/O lives at the edges: tracer.kubeproxy.collect, tracer.check.collect,
-tracer.conntrack, tracer.live and the cmd_* modules are not listed here."""
+tracer.conntrack, tracer.sources.live and the cmd_* modules are not listed here."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ PURE = [
     "tracer.attribution", "tracer.causes", "tracer.probes.nf_points", "tracer.flannel", "tracer.rulesfile",
     "tracer.mtu", "tracer.softirq",
 ]
-# These decode or hold events, and tracer.events formats addresses with socket.inet_ntop: socket is imported for
+# These decode or hold events, and tracer.events.decode formats addresses with socket.inet_ntop: socket is imported for
 # that pure function (str(ipaddress.IPv4Address(raw)) took 2.0 us against 0.5 us here), so it is allowed here
 # and only here. Everything else stays forbidden.
 PURE_BUT_EVENTS = [
-    "tracer.events", "tracer.journey", "tracer.flows", "tracer.aggregate", "tracer.overlay", "tracer.mtu_events",
+    "tracer.events.decode", "tracer.journey", "tracer.flows", "tracer.aggregate", "tracer.overlay", "tracer.mtu_events",
     "tracer.check", "tracer.check.model", "tracer.check.topology", "tracer.check.ranges", "tracer.check.kubeproxy",
     "tracer.check.rules", "tracer.check.routes", "tracer.check.conntrack", "tracer.check.mtu",
     "tracer.check.bridging", "tracer.check.sockets", "tracer.check.softirq",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tracer.errors import LabError
-from tracer.events import Tuple
+from tracer.events.decode import Tuple
 from tracer.flows import IPVS_CONN, IPVS_REPLY, IPVS_XMIT, FlowTable, NatRecord
 from tracer.ipvs import KnownService, NodeIpvs, name_virtual_servers, parse_dummy_addresses, read_node
 from tracer.kubeproxy.ipvsadm import parse_ipvsadm

@@ -10,8 +10,8 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP, UDP
 
 from tests.support.merge_recordings import event
-from tracer import events
-from tracer.events import PacketEvent, decode
+from tracer.events import decode as events
+from tracer.events.decode import PacketEvent, decode
 from tracer.journey import NodeRecording, align, journeys, match, packet_key
 
 B_CLOCK_AHEAD_NS = 5_000_000  # node B's wall clock runs 5 ms ahead of node A's

@@ -20,8 +20,8 @@ from scapy.layers.inet import IP, TCP
 from tests.support.merge_recordings import HOST, event, header, write
 from tracer import cli
 from tracer.api import merge, open_recording
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_RX, POINT_XMIT, decode
-from tracer.replay import ReplaySource
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, POINT_RX, POINT_XMIT, decode
+from tracer.sources.replay import ReplaySource
 
 US = 1_000
 OFFSETS = {"a": 1_000_000_000, "b": 7_000_000_000, "c": 3_000_000_000}  # wall minus monotonic: each boot

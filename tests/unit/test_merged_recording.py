@@ -20,7 +20,7 @@ from tests.support.merge_recordings import HOST, conntrack, event, header, write
 from tracer import cli
 from tracer.api import merge, open_recording
 from tracer.errors import RecordingError
-from tracer.events import (
+from tracer.events.decode import (
     EVENT_CT,
     EVENT_DROP,
     EVENT_PATH,
@@ -29,7 +29,7 @@ from tracer.events import (
     decode,
 )
 from tracer.recording import FORMAT_MINOR, KIND_HEADER, KIND_TRAILER, Recorder, RecordWriter
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 SKEW_NS = 5_000_000  # node B's wall clock runs 5 ms ahead
 OFFSET_A = 1_000_000_000  # wall minus monotonic: when each machine booted

@@ -11,7 +11,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import Raw
 
-from tracer.events import (
+from tracer.events.decode import (
     EVENT_DROP,
     EVENT_ICMP,
     EVENT_PATH,

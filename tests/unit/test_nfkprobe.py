@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.c_layout import c_struct
-from tracer import events
 from tracer.aggregate import DropTable
-from tracer.events import (
+from tracer.events import decode as events
+from tracer.events.decode import (
     EVENT_DROP,
     EVENT_NF_VERDICT,
     NFK_IPTABLES,

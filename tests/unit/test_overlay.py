@@ -6,7 +6,7 @@ import argparse
 import json
 import socket
 
-from tracer.events import EVENT_DROP, EVENT_PATH, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple
 from tracer.overlay import OVERLAY_FILTER, TunnelKey, TunnelTable, is_fragment
 
 N1, N2 = "192.168.77.1", "192.168.77.2"

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from tracer.events import (
+from tracer.events.decode import (
     EVENT_PATH,
     FLAG_INNER,
     FLAG_PARSED,
@@ -163,7 +163,7 @@ def test_vxlan_packets_cut_on_the_underlay_and_others_outside() -> None:
 
 
 def test_overlay_session_asks_for_unfiltered_overlay_kprobes() -> None:
-    from tracer.session import probe_config
+    from tracer.sources.session import probe_config
 
     args = argparse.Namespace(filter=["udp port 8472"], ringbuf_pages=256, duration=None, netns=None, ifname=None,
                               tc=[])

@@ -20,11 +20,11 @@ from tracer.api import open_recording
 from tracer.cause_state import add_causes, parse_icmp, parse_route_answer, parse_rps
 from tracer.causes import NetnsState, explain
 from tracer.errors import RecordingError
-from tracer.events import EVENT_DROP, PacketEvent, Tuple, encode
+from tracer.events.decode import EVENT_DROP, PacketEvent, Tuple, encode
 from tracer.recorded_causes import ORIGIN, from_json, state_to_json, to_json
 from tracer.recording import FORMAT_MINOR, Recorder
 from tracer.recording_schema import TRAILER, check
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 NS, NS_INODE = "ptr-node", 4026532901
 BLACKHOLED, SPOOFED = "10.244.1.3", "198.19.201.5"
@@ -271,9 +271,9 @@ def test_record_keeps_one_drop_of_each_kind_for_the_end_reading() -> None:
     from tracer.aggregate import DropTable
     from tracer.cause_state import _needs
     from tracer.cmd_record import _RecordLoop
-    from tracer.events import EVENT_PATH
-    from tracer.replay import RecordedNames
+    from tracer.events.decode import EVENT_PATH
     from tracer.report import drop_rows
+    from tracer.sources.replay import RecordedNames
 
     loop = _RecordLoop(argparse.Namespace(), None)
     path_event = bytes([EVENT_PATH]) + EVENTS[0][1:]

@@ -13,7 +13,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
 from tracer.errors import RecordingError
-from tracer.events import EVENT_DROP, EVENT_PATH, PacketEvent, Tuple, decode, encode
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, PacketEvent, Tuple, decode, encode
 from tracer.recording import (
     FORMAT_VERSION,
     KIND_EVENTS,
@@ -29,7 +29,7 @@ from tracer.recording import (
     part_path,
     split_events,
 )
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 NETNS = 4026532001
 LOCATION = 0xFFFFFFFF81A2B3C4

@@ -14,7 +14,7 @@ from test_recording_fixture import V1, run_cli
 
 from tracer.api import open_recording
 from tracer.errors import RecordingError
-from tracer.events import Tuple
+from tracer.events.decode import Tuple
 from tracer.flows import FlowTable, NatRecord, write_flow_table
 from tracer.kubeproxy.iptables import parse_iptables_save
 from tracer.recording import (
@@ -26,7 +26,6 @@ from tracer.recording import (
     softirq_from_json,
     softirq_to_json,
 )
-from tracer.replay import ReplaySource
 from tracer.softirq import (
     HISTS,
     NAPI_FIELDS,
@@ -36,6 +35,7 @@ from tracer.softirq import (
     SoftnetRow,
     format_table,
 )
+from tracer.sources.replay import ReplaySource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"
 SAVE = (FIXTURES / "lab-iptables-node1.save").read_text()

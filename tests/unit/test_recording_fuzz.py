@@ -178,7 +178,7 @@ def test_hostile_header_is_one_error_with_its_offset(tmp_path: Path, records: li
 def test_nat_flows_of_the_wrong_type_and_events_of_the_wrong_size(tmp_path: Path) -> None:
     from tracer.api import open_recording
     from tracer.errors import RecordingError
-    from tracer.events import EVENT_SIZE
+    from tracer.events.decode import EVENT_SIZE
     from tracer.recording import KIND_EVENTS, KIND_NAT_FLOWS
 
     records = seeds()["v1"]

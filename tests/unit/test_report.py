@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tracer.aggregate import DropTable
-from tracer.events import (
+from tracer.events.decode import (
     EVENT_DROP,
     EVENT_PATH,
     FLAG_INNER,

@@ -17,7 +17,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from tracer.api import open_recording
-from tracer.events import EVENT_SIZE
+from tracer.events.decode import EVENT_SIZE
 from tui.app import PodtraceApp
 from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
@@ -348,7 +348,7 @@ def test_r_records_to_a_private_file_in_the_save_dir_with_its_own_counts(tmp_pat
     assert [e.ts_ns for e in events] == [e.ts_ns for e in replay.events()[20:]]
     header = open_recording(path).header
     assert header["hostname"] == replay.meta()["node"] and header["drop_reasons"]
-    from tracer.replay import ReplaySource
+    from tracer.sources.replay import ReplaySource
 
     recorded = ReplaySource(path)
     list(recorded)

@@ -216,7 +216,7 @@ def test_overlay_view_counts_reassembly_timeouts_apart_from_too_big_and_names_pa
 def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> None:
     import re
 
-    from tracer.events import CNT_MAX, PROBES
+    from tracer.events.decode import CNT_MAX, PROBES
     from tracer.kernel.btf import Btf
     from tracer.probes.build import ProbeConfig, build
     from tracer.probes.pcapfilter import compile_filter
@@ -323,7 +323,7 @@ def test_softirq_windows_subtract_the_snapshot_that_old_and_the_worst_cpu_is_mar
 
 
 def test_a_service_flows_timeline_leaves_out_another_services_connections_to_the_same_backend() -> None:
-    from tracer.events import NatEvent, decode_any
+    from tracer.events.decode import NatEvent, decode_any
     from tui.model import ip_flow
     from tui.sources import open_replay
 

@@ -17,10 +17,10 @@ import time
 from types import FrameType
 
 from tracer.aggregate import DropTable
-from tracer.live import LiveSource
 from tracer.probes.build import ProbeConfig
 from tracer.probes.pcapfilter import compile_filter
 from tracer.probes.scope import Scope
+from tracer.sources.live import LiveSource
 
 _stop = False
 

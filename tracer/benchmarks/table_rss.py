@@ -12,7 +12,7 @@ import sys
 
 from tracer.aggregate import DropTable
 from tracer.benchmarks.pipeline import drop_event
-from tracer.events import decode, encode
+from tracer.events.decode import decode, encode
 
 
 def rss_bytes() -> int:

@@ -83,7 +83,7 @@ class StormSource:
         return out
 
     def poll(self, timeout_ms: int = 100) -> list[Any]:
-        from tracer.events import decode_any
+        from tracer.events.decode import decode_any
 
         return [decode_any(raw) for raw in self.poll_raw(timeout_ms)]
 

@@ -1,6 +1,6 @@
 """Build the probes' C source and compiler flags: BTF offsets, drop-reason constants, filters.
 
-Pure apart from reading BTF: the result is a ProbeBuild that tracer/live.py hands to BCC, and that
+Pure apart from reading BTF: the result is a ProbeBuild that tracer/sources/live.py hands to BCC, and that
 `--dump-bpf` prints.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bpf import BPF_DIR
 from tracer.errors import KernelError, UsageError
-from tracer.events import PROBES
+from tracer.events.decode import PROBES
 from tracer.kernel.btf import Btf
 from tracer.kernel.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
 from tracer.probes.pcapfilter import CompiledFilter, match_all

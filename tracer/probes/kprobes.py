@@ -2,7 +2,7 @@
 this kernel, and which functions each program attaches to.
 
 Choosing runs the ladder (tracer/kernel/ladder.py) on cheap trials: kprobes present and the function in kallsyms.
-The real attach in tracer/live.py is the proof; doctor still runs the full trials.
+The real attach in tracer/sources/live.py is the proof; doctor still runs the full trials.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tracer.errors import PodtraceError, UsageError
-from tracer.events import SNAP_LEN
+from tracer.events.decode import SNAP_LEN
 
 Insn = tuple[int, int, int, int]  # (code, jt, jf, k), as struct bpf_insn
 

@@ -25,7 +25,7 @@ from typing import Any
 from tracer import __version__
 from tracer.aggregate import DropTable
 from tracer.errors import PodtraceError
-from tracer.events import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
+from tracer.events.decode import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
 from tracer.flows import NatRecord, NodeConntrack, nat_record_from_map
 from tracer.kubeproxy.model import ServiceMap
 from tracer.report import Resolver, drop_rows
@@ -90,8 +90,8 @@ class Agent:
                                   ringbuf_pages=self.options.ringbuf_pages, duration=None, path_rate=20000)
 
     def _start_drops(self) -> None:
-        from tracer.live import LiveSource  # BCC only when serving
-        from tracer.session import probe_config
+        from tracer.sources.live import LiveSource  # BCC only when serving
+        from tracer.sources.session import probe_config
 
         config = probe_config(self._probe_args(False), path=False, netfilter=True, icmp=True)
         netfilter_why = "" if config.netfilter else "this kernel has no BPF netfilter links (6.4+)"
@@ -115,8 +115,8 @@ class Agent:
     def _start_path(self) -> None:
         import dataclasses
 
-        from tracer.live import LiveSource
-        from tracer.session import probe_config
+        from tracer.sources.live import LiveSource
+        from tracer.sources.session import probe_config
 
         config = dataclasses.replace(probe_config(self._probe_args(True), path=True), drops=False)
         self.path = LiveSource(config, self.options.btf)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracer.errors import UsageError
-from tracer.events import EVENT_SNAP
+from tracer.events.decode import EVENT_SNAP
 from tracer.serve.attribution import Charge
 from tracer.severity import SEVERITIES
 
@@ -140,8 +140,8 @@ def parse_trigger(text: str) -> Trigger:
 
 
 def snapshot_of(raw: bytes) -> tuple[bytes, int]:
-    """A raw packet event's snapshot bytes (from the IP header) and the packet's length (tracer/events.py)."""
-    from tracer.events import decode
+    """A raw packet event's snapshot bytes (from the IP header) and the packet's length (tracer/events/decode.py)."""
+    from tracer.events.decode import decode
 
     event = decode(raw)
     return event.snap[:EVENT_SNAP], event.len

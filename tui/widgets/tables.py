@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from tracer.events import PROBES
+from tracer.events.decode import PROBES
 from tracer.kernel.ladder import AttachPlan
 
 DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("severity", "CLASS"), ("reason", "REASON"),

@@ -9,7 +9,7 @@ fraction of that, and `podtrace` reads hundreds of thousands of events a second 
 
 Ordering: the kernel publishes a record by clearing BUSY after writing it, and advances the producer position
 with a release store. On x86 (total store order) reading the position, then the header, then the data, in
-program order, sees a committed record whole. Other architectures fall back to BCC's reader (tracer/live.py).
+program order, sees a committed record whole. Other architectures fall back to BCC's reader (tracer/sources/live.py).
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ import os
 import time
 from typing import Any
 
-from tracer import ringbuf
 from tracer.errors import KernelError
-from tracer.events import (
+from tracer.events.decode import (
     CNT_MAX,
     COUNTERS,
     EVENT_SIZE,
@@ -33,6 +32,7 @@ from tracer.probes.build import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.probes.kprobes import attach_list
 from tracer.probes.scope import ScopeWatch
 from tracer.progress import Progress
+from tracer.sources import ringbuf
 
 # Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).
 ATTACHES = {
@@ -129,7 +129,7 @@ class LiveSource:
         self.attached.append("raw tracepoint kfree_skb")
 
     def _open_ring(self) -> None:
-        """Our own mmap reader where it is safe (tracer/ringbuf.py), else BCC's callback per event."""
+        """Our own mmap reader where it is safe (tracer/sources/ringbuf.py), else BCC's callback per event."""
         table = self._bpf["events"]
         if ringbuf.supported() and not os.environ.get("PODTRACE_BCC_RINGBUF"):
             try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tracer.errors import RecordingError
-from tracer.events import EVENT_SIZE, PacketEvent, decode
+from tracer.events.decode import EVENT_SIZE, PacketEvent, decode
 from tracer.kernel.ladder import AttachPlan
 from tracer.recording import (
     KIND_COUNTERS,

@@ -13,9 +13,8 @@ from types import FrameType
 
 from tracer import kubeapi
 from tracer.errors import UsageError
-from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
+from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
 from tracer.kernel import bccenv
-from tracer.live import LiveSource
 from tracer.names import NetnsNames, Symbolizer, netns_inode
 from tracer.podnames import PodResolver, resolver_for
 from tracer.probes.build import ProbeConfig
@@ -23,6 +22,7 @@ from tracer.probes.kprobes import CONCERNS, choose_live, netfilter_links_possibl
 from tracer.probes.pcapfilter import compile_filter
 from tracer.probes.scope import Scope
 from tracer.report import Resolver
+from tracer.sources.live import LiveSource
 
 PACKET_EVENTS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == EVENT_SIZE)
 
