@@ -26,17 +26,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from tracer import cause_state
-from tracer.aggregate import DropTable
-from tracer.cause_state import add_causes
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.identity import ConnIdentities
 from tracer.events.decode import EVENT_SIZE, PacketEvent, decode
-from tracer.identity import ConnIdentities
+from tracer.node import cause_state
+from tracer.node.cause_state import add_causes
 from tracer.report import Resolver, drop_rows, summary_json
 from tracer.sources.replay import RecordedNames, ReplaySource
 
 if TYPE_CHECKING:
-    from tracer.flows import FlowTable, NatRecord
-    from tracer.kubeproxy.model import ServiceMap
+    from tracer.analysis.flows import FlowTable, NatRecord
+    from tracer.node.kubeproxy.model import ServiceMap
 
 __all__ = ["Recording", "LiveSession", "open_recording", "live", "merge", "read_rules", "tcp_flags", "PacketEvent"]
 
@@ -210,7 +210,7 @@ class Recording:
 def read_rules(path: str) -> ServiceMap:
     """kube-proxy's Services from a saved ruleset file (iptables-save, ip6tables-save, iptables -S or
     `nft -j list ruleset`), read as the tracer reads a live node. Raises UsageError when it is none of those."""
-    from tracer import rulesfile
+    from tracer.node import rulesfile
 
     return rulesfile.read(path).services()
 
@@ -283,7 +283,7 @@ def live(
     matching the filter.
     """
     from tracer.kernel import bccenv
-    from tracer.names import NetnsNames, Symbolizer, netns_inode
+    from tracer.node.names import NetnsNames, Symbolizer, netns_inode
     from tracer.probes.build import ProbeConfig
     from tracer.probes.pcapfilter import compile_filter
     from tracer.probes.scope import Scope

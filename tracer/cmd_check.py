@@ -8,10 +8,10 @@ import sys
 import textwrap
 from typing import TextIO
 
-from tracer import rulesfile
 from tracer.check import AREAS, Finding, NodeState, kubeproxy, run_checks, summary
 from tracer.errors import UsageError
 from tracer.layout import add_wide_option, table_width
+from tracer.node import rulesfile
 
 EPILOG = """\
 exit codes: 0 nothing failed, 1 error, 2 bad usage (e.g. no such netns), 3 at least one check failed

@@ -13,16 +13,16 @@ import time
 from typing import Any
 
 from tracer import __version__
-from tracer.aggregate import DropTable
-from tracer.cause_state import add_causes
-from tracer.declared_names import declared_json
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.flows import write_flow_table
+from tracer.analysis.identity import ConnIdentities
 from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
 from tracer.events.decode import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
-from tracer.flannel import SUBNET_ENV
-from tracer.flows import write_flow_table
-from tracer.identity import ConnIdentities
 from tracer.layout import add_wide_option, table_width
-from tracer.podnames import resolver_for
+from tracer.node.cause_state import add_causes
+from tracer.node.declared_names import declared_json
+from tracer.node.flannel import SUBNET_ENV
+from tracer.node.podnames import resolver_for
 from tracer.recorded_node import relevant
 from tracer.recording import (
     FORMAT_MINOR,
@@ -165,12 +165,12 @@ def _attach_plan() -> tuple[dict[str, Any] | None, str]:
 
 
 def _services(nodes: list[str]) -> dict[str, Any]:
-    """kube-proxy's rules in each node namespace, as the output of the commands tracer.kubeproxy.collect runs
+    """kube-proxy's rules in each node namespace, as the output of the commands tracer.node.kubeproxy.collect runs
     (the report parses them again with the same code, so names come out exactly as `podtrace flows` gives them)."""
     import shlex
     from collections.abc import Sequence
 
-    from tracer.kubeproxy.collect import collect, command_runner
+    from tracer.node.kubeproxy.collect import collect, command_runner
 
     result = []
     for node in nodes:
@@ -290,7 +290,7 @@ class _RecordLoop:
             self._kind_of(raw)
 
     def on_start(self, source: Any, names: Any) -> None:
-        from tracer.names import named_netns
+        from tracer.node.names import named_netns
 
         self.names = names
         self._drain(source)
@@ -324,7 +324,7 @@ class _RecordLoop:
 
     def _kind_of(self, raw: bytes) -> None:
         """Keep the drop as its kind's: location, reason and netns [24:40], device and addresses [64:112] (offsets
-        per tracer/events.field_offsets()), what tracer/cause_state.py reads the node for."""
+        per tracer/events.field_offsets()), what tracer/node/cause_state.py reads the node for."""
         if raw[0] == EVENT_DROP and len(self.drop_kinds) < MAX_DROP_KINDS:
             self.drop_kinds[raw[24:40] + raw[64:112]] = raw
 
@@ -362,7 +362,7 @@ class _RecordLoop:
         """The kernel's nat_flows map (only with --node: netfilter links attached)."""
         if self.recorder is None or not getattr(self.args, "node", None):
             return
-        from tracer.flows import nat_record_from_map
+        from tracer.analysis.flows import nat_record_from_map
 
         records = [nat_to_json(nat_record_from_map(key, stats)) for key, stats in source.nat_flows()]
         self.recorder.write_nat_flows(records, time.monotonic_ns())
@@ -431,7 +431,7 @@ def run_record(args: argparse.Namespace) -> int:
     bccenv.require_root("tracing")  # before the header's slow parts, which need it too
     loop = _RecordLoop(args, max_size)
     loop.prepared = prepare_header(args)
-    from tracer import cause_state
+    from tracer.node import cause_state
 
     # before the probes attach, as `drops` reads them: the ICMP errors a REJECT had rate-limited during the recording
     loop.icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
@@ -506,7 +506,7 @@ def _describe(source: ReplaySource) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from tracer.overlay import TunnelTable
+    from tracer.analysis.overlay import TunnelTable
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     table = DropTable()
@@ -601,7 +601,7 @@ def run_report(args: argparse.Namespace) -> int:
         if overlay is not None:
             sys.stdout.write("\n" + tunnels.format_text())
         if softirq_rows:
-            from tracer.softirq import format_table
+            from tracer.analysis.softirq import format_table
 
             sys.stdout.write("\n" + format_table(softirq_rows, softirq_seconds))
         sys.stdout.write(summary_line(count, counters, table.evicted) + "\n")

@@ -7,12 +7,12 @@ import json
 import sys
 from typing import Any
 
-from tracer import cause_state
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.identity import ConnIdentities
+from tracer.analysis.nfverdict import NfAttribution
 from tracer.events.decode import PacketEvent
-from tracer.identity import ConnIdentities
 from tracer.layout import add_wide_option, table_width
-from tracer.nfverdict import NfAttribution
+from tracer.node import cause_state
 from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
 from tracer.sources.session import add_trace_options, run_session
 from tracer.stdout import write_whole

@@ -93,10 +93,10 @@ class _Failed(PodtraceError):
 def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     import threading
 
-    from tracer import cause_state
     from tracer.check.table import NodeFindingsTable
     from tracer.kernel import bccenv
     from tracer.kernel.capabilities import kernel_version, probe_kernel
+    from tracer.node import cause_state
     from tracer.sources.live import LiveSource
     from tracer.sources.session import node_resolver, probe_config
     from tui.services import ServiceFlowsTable
@@ -131,8 +131,8 @@ def _record_header(args: argparse.Namespace, source: Any, info: Any) -> dict[str
     plan was probed once; probing again would compile BCC programs while others may be compiling, which crashes)."""
     import os
 
-    from tracer.declared_names import declared_json
-    from tracer.names import named_netns
+    from tracer.node.declared_names import declared_json
+    from tracer.node.names import named_netns
     from tui.recording import basic_header
 
     known = {inode: name for name, inode in named_netns().items()}

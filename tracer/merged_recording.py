@@ -189,7 +189,7 @@ def _qualifiers(nodes: list[NodeFile], firsts: list[int]) -> dict[int, str]:
 def plan(nodes: list[NodeFile], offsets_ns: list[int]
          ) -> tuple[list[Remap], dict[int, str], dict[int, str], dict[int, str]]:
     """Each node's rewrite and the merged netns, symbol and reason maps. `offsets_ns`: per node, added to its wall
-    clock to put it on the first's (tracer.journey.ClockAlignment.offsets). Nodes of one machine share its
+    clock to put it on the first's (tracer.analysis.journey.ClockAlignment.offsets). Nodes of one machine share its
     namespaces (inodes kept, names unqualified); a name two machines use is qualified by each machine, and a later
     machine's inodes that an earlier one uses move to values none uses."""
     first = nodes[0]

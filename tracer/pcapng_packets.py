@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.causes import NetnsState, explain
+from tracer.analysis.causes import NetnsState, explain
+from tracer.analysis.identity import NOT_TRACED, Identity
+from tracer.analysis.nfverdict import hook_label
 from tracer.events.decode import NatEvent, PacketEvent
-from tracer.identity import NOT_TRACED, Identity
-from tracer.nfverdict import hook_label
 from tracer.probes.nf_points import point_label
 from tracer.report import Resolver, describe_point
 from tracer.sources.replay import RecordedNames
@@ -131,7 +131,7 @@ def drop_service(event: PacketEvent, packet: Packet, names: RecordedNames, ident
 
 
 class DropCauses:
-    """The cause of one dropped packet (tracer/causes.py), from what the recording holds of its node: the cause
+    """The cause of one dropped packet (tracer/analysis/causes.py), from what the recording holds of its node: the cause
     `podtrace report` gives the packet's drop group, with how it is known. One answer per kind of drop: the rules
     are not matched again for every packet of a storm."""
 

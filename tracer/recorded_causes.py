@@ -1,8 +1,8 @@
-"""The node state behind a recording's drop causes (tracer/causes.py): what `podtrace record` reads when it ends,
-for the drops it recorded, and the NetnsState `podtrace report` explains them from (docs/recording-format.md: the
+"""The node state behind a recording's drop causes (tracer/analysis/causes.py): what `podtrace record` reads when it
+ends, for the drops it recorded, and the NetnsState `podtrace report` explains them from (docs/recording-format.md: the
 last trailer's `cause_state`, format minor 6).
 
-The reading is tracer/cause_state.py's, the one live `drops` does when it ends: the route for each destination of
+The reading is tracer/node/cause_state.py's, the one live `drops` does when it ends: the route for each destination of
 a route failure, the rp_filter sysctls, RPS masks and IRQ steering, link MTUs, net.core sysctls, and the ICMP
 counters at the start and at the end. kube-proxy's rules (header `services`) and the conntrack tables (header and
 trailer `conntrack`) are recorded apart. The (de)serialisation here is pure; only `record_end` reads the node.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from tracer.causes import RECORDED_END, NetnsState, RouteAnswer
+from tracer.analysis.causes import RECORDED_END, NetnsState, RouteAnswer
 
 ORIGIN = RECORDED_END  # what a cause from this state says of it
 RECORDED = ("routes", "rp_filter", "rps", "icmp")  # the sources only the trailer's cause_state holds
@@ -78,7 +78,7 @@ def from_json(data: Mapping[str, Any]) -> dict[str, NetnsState]:
 def record_end(rows: list[dict[str, Any]], icmp_before: dict[str, dict[str, int]]) -> dict[str, Any]:
     """What the causes of the recorded drops need, read now (the probes are detached: `ip route get` builds a
     packet). Never raises: a recording keeps its trailer whatever this reading meets."""
-    from tracer import cause_state  # reads the node: only where a recording is made
+    from tracer.node import cause_state  # reads the node: only where a recording is made
 
     try:
         return to_json(cause_state.collect(rows, icmp_before, rules=False), rows)

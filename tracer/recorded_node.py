@@ -5,8 +5,8 @@ trailer `conntrack`).
 At record time `collect_links()` reads every link of each node namespace with netlink (pyroute2), the pod end of
 each veth and flannel's subnet.env, and `collect_conntrack()` each node's conntrack health (count vs
 nf_conntrack_max, the per-CPU counters). Everything else here is pure, for a laptop without root: each pod's path
-is judged with tracer.mtu.verdict (what `podtrace mtu` prints), fed with the ICMP frag-needed, fragment and too-big
-counts of the recorded events, and the conntrack readings become the `podtrace flows` table states.
+is judged with tracer.analysis.mtu.verdict (what `podtrace mtu` prints), fed with the ICMP frag-needed, fragment and
+too-big counts of the recorded events, and the conntrack readings become the `podtrace flows` table states.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from tracer.conntrack import CpuStats, Health
+from tracer.analysis.flows import NodeConntrack
+from tracer.analysis.mtu import OVERLAY_KINDS, LinkInfo, LiveCounts, MtuVerdict, PathLinks, verdict
+from tracer.analysis.mtu_events import MTU_DROP_REASONS, MtuEventCounter
 from tracer.errors import PodtraceError
 from tracer.events.decode import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent
-from tracer.flannel import SUBNET_ENV, parse_subnet_env
-from tracer.flows import NodeConntrack
-from tracer.mtu import OVERLAY_KINDS, LinkInfo, LiveCounts, MtuVerdict, PathLinks, verdict
-from tracer.mtu_events import MTU_DROP_REASONS, MtuEventCounter
+from tracer.node.conntrack import CpuStats, Health
+from tracer.node.flannel import SUBNET_ENV, parse_subnet_env
 
 NETNS_DIR = "/run/netns"
 MAX_POD_NAMES = 4  # pods named on a verdict line before "and N more"
@@ -156,7 +156,7 @@ def health_from_json(data: Mapping[str, Any]) -> Health:
 
 def collect_conntrack(nodes: Iterable[str | None]) -> dict[str, Any]:
     """Each node's conntrack health now: {"nodes": [{"netns", "health" or None, "error"}]}."""
-    from tracer import conntrack  # ctnetlink only where a recording is made
+    from tracer.node import conntrack  # ctnetlink only where a recording is made
 
     result: list[dict[str, Any]] = []
     for node in nodes:

@@ -27,8 +27,8 @@ from tracer.errors import RecordingError
 from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, Tuple, field_offsets, netns_of
 
 if TYPE_CHECKING:
-    from tracer.flows import NatRecord
-    from tracer.softirq import SoftirqSnapshot
+    from tracer.analysis.flows import NatRecord
+    from tracer.analysis.softirq import SoftirqSnapshot
 
 MAGIC = b"PODTRACE"
 FORMAT_VERSION = 1
@@ -619,14 +619,14 @@ def tuple_from_json(data: dict[str, Any]) -> Tuple:
 
 
 def nat_to_json(record: NatRecord) -> dict[str, Any]:
-    """A tracer.flows.NatRecord as the JSON object a NAT_FLOWS record lists."""
+    """A tracer.analysis.flows.NatRecord as the JSON object a NAT_FLOWS record lists."""
     return {"before": tuple_to_json(record.before), "after": tuple_to_json(record.after),
             **{name: getattr(record, name) for name in _NAT_FIELDS}}
 
 
 def nat_from_json(data: dict[str, Any]) -> NatRecord:
     """The NatRecord of a NAT_FLOWS list entry (RecordingError when it is not one)."""
-    from tracer import flows  # keeps this module free of the flow/kube-proxy code
+    from tracer.analysis import flows  # keeps this module free of the flow/kube-proxy code
 
     try:
         return flows.NatRecord(before=tuple_from_json(data["before"]), after=tuple_from_json(data["after"]),
@@ -636,7 +636,8 @@ def nat_from_json(data: dict[str, Any]) -> NatRecord:
 
 
 def softirq_to_json(snapshot: SoftirqSnapshot) -> dict[str, Any]:
-    """A tracer.softirq.SoftirqSnapshot as a SOFTIRQ record's JSON (histogram slots sparse: [[slot, n], ...])."""
+    """A tracer.analysis.softirq.SoftirqSnapshot as a SOFTIRQ record's JSON (histogram slots sparse: [[slot, n],
+    ...])."""
     return {
         "ts": snapshot.ts,
         "hists": {str(cpu): {f"{softirq}/{phase}": {"slots": [[i, n] for i, n in enumerate(hist.slots) if n],
@@ -651,7 +652,7 @@ def softirq_to_json(snapshot: SoftirqSnapshot) -> dict[str, Any]:
 
 
 def softirq_from_json(data: dict[str, Any]) -> SoftirqSnapshot:
-    from tracer import softirq  # only for recordings that hold softirq snapshots
+    from tracer.analysis import softirq  # only for recordings that hold softirq snapshots
 
     def hist(item: dict[str, Any]) -> softirq.Log2Hist:
         slots = [0] * softirq.SLOTS

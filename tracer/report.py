@@ -11,16 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from tracer.aggregate import DropTable
-from tracer.attribution import knowledge
-from tracer.causes import Cause
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.attribution import knowledge
+from tracer.analysis.causes import Cause
+from tracer.analysis.identity import NOT_TRACED, ConnIdentities, Identity
+from tracer.analysis.nfverdict import NfAttribution, hook_label
+from tracer.analysis.nfverdict import describe as describe_verdict
+from tracer.analysis.severity import classify, rank
+from tracer.analysis.softirq import format_us
 from tracer.events.decode import POINT_NAMES, PacketEvent, Tuple
-from tracer.identity import NOT_TRACED, ConnIdentities, Identity
 from tracer.layout import cut, fit_columns
-from tracer.nfverdict import NfAttribution, hook_label
-from tracer.nfverdict import describe as describe_verdict
-from tracer.severity import classify, rank
-from tracer.softirq import format_us
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Resolver:
     symbol: Callable[[int], str]
     # monotonic ns (bpf_ktime_get_ns) -> wall-clock seconds
     wall_offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
-    # pod IP -> "namespace/name": live from the node (tracer/podnames.py), replayed from the recording's map
+    # pod IP -> "namespace/name": live from the node (tracer/node/podnames.py), replayed from the recording's map
     pod: Callable[[str], str | None] = field(default=lambda _ip: None)
     # pod IP -> its owner workload ("Deployment/web"), from the Kubernetes API when it is used
     owner: Callable[[str], str | None] = field(default=lambda _ip: None)

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tracer.aggregate import DropKey, DropTable, drop_key
+from tracer.analysis.aggregate import DropKey, DropTable, drop_key
+from tracer.analysis.nfverdict import hook_label
+from tracer.analysis.severity import classify, rank
 from tracer.events.decode import (
     EVENT_CT,
     EVENT_DROP,
@@ -33,10 +35,8 @@ from tracer.events.decode import (
     Tuple,
     format_addr,
 )
-from tracer.nfverdict import hook_label
 from tracer.probes.nf_points import point_label
 from tracer.report import Resolver, describe_point, drop_rows
-from tracer.severity import classify, rank
 from tui.pyfilter import Predicate
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -370,9 +370,9 @@ class Model:
         return None
 
     def cause(self, ident: str) -> dict[str, Any] | None:
-        """Why the drops of one group died (tracer/causes.py as JSON), None when it is gone or nothing explains.
-        Live this reads the namespace (routes, rules, sysctls: up to seconds), so it is asked for on a drill-down,
-        never per snapshot, and outside the lock."""
+        """Why the drops of one group died (tracer/analysis/causes.py as JSON), None when it is gone or nothing
+        explains. Live this reads the namespace (routes, rules, sysctls: up to seconds), so it is asked for on a
+        drill-down, never per snapshot, and outside the lock."""
         key = self.find(ident)
         if key is None or self.explain is None:
             return None

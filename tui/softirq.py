@@ -1,4 +1,4 @@
-"""The Softirq view: tracer.softirq's kernel histograms, per CPU, as p50/p99 and a bar of the log2 buckets.
+"""The Softirq view: tracer.analysis.softirq's kernel histograms, per CPU, as p50/p99 and a bar of the log2 buckets.
 
 `softirq_rows` is pure (CpuReports in, rows out). `SoftirqTable` is the live TableSource: its own thread loads
 bpf/softirq.c (tracer.probes.softirq_probe.SoftirqProbe) on first use, once the attach ladder has been probed
@@ -12,9 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tracer.errors import PodtraceError
-from tracer.probes.softirq_probe import SoftirqProbe
-from tracer.softirq import (
+from tracer.analysis.softirq import (
     HISTS,
     RECENT_SECONDS,
     CpuReport,
@@ -23,6 +21,8 @@ from tracer.softirq import (
     format_us,
     worst_cpu,
 )
+from tracer.errors import PodtraceError
+from tracer.probes.softirq_probe import SoftirqProbe
 from tui.model import sparkline
 
 COLUMNS = ["cpu", "kind", "p50", "p99", "dropped", "squeezes", "histogram"]

@@ -49,8 +49,8 @@ class SessionInfo:
     save_dir: str = field(default_factory=default_save_dir)  # recordings (`r`) and screenshots go here
     tables: dict[str, Any] = field(default_factory=dict)  # view name -> TableSource (tui/model.py)
     record_header: Callable[[], dict[str, Any]] | None = None  # live: a recording header with the node's names
-    # sets each drop row's "cause" (tracer/causes.py, as JSON): live from the namespaces now, replayed from what the
-    # recording holds; None: no cause is shown
+    # sets each drop row's "cause" (tracer/analysis/causes.py, as JSON): live from the namespaces now, replayed from
+    # what the recording holds; None: no cause is shown
     explain: Callable[[list[dict[str, Any]]], None] | None = None
     # Set once the attach ladder is known: BCC must not compile two programs at once (it crashes), so other BCC
     # users (the Softirq view's probe) wait for it.
@@ -213,8 +213,8 @@ def open_replay(path: str) -> tuple[Source, SessionInfo]:
     except ImportError:
         raise PodtraceError("--replay needs recordings (tracer/sources/replay.py), which this build does not have yet",
                             "run `podtrace tui` live on the node") from None
-    from tracer.cause_state import add_causes
     from tracer.check.table import RecordedNodeFindings
+    from tracer.node.cause_state import add_causes
     from tui.journeys import RecordedJourneysTable
     from tui.services import RecordedFlowsTable
     from tui.softirq import RecordedSoftirqTable

@@ -16,9 +16,9 @@ import pytest
 from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp
 
+from tracer.analysis.softirq import CpuReport, SoftirqAggregator, findings
 from tracer.lab import faults, traffic
 from tracer.probes.softirq_probe import SoftirqProbe
-from tracer.softirq import CpuReport, SoftirqAggregator, findings
 
 pytestmark = pytest.mark.root
 

@@ -13,7 +13,7 @@ import pytest
 from support.netns import netns_pair, send_udp
 
 from tracer.events.decode import CT_SIZE, EVENT_CT, EVENT_DROP, decode, decode_ct
-from tracer.names import netns_inode
+from tracer.node.names import netns_inode
 from tracer.probes.build import ProbeConfig
 from tracer.probes.pcapfilter import compile_filter
 from tracer.sources.live import LiveSource

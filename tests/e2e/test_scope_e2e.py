@@ -17,7 +17,7 @@ from support.netns import netns_pair, send_udp, sh
 from support.podtrace import start
 
 from tracer.benchmarks.netns import node_with_pods, udp_no_ports
-from tracer.names import netns_inode
+from tracer.node.names import netns_inode
 from tracer.probes.scope import Scope, pods_of
 
 pytestmark = pytest.mark.root

@@ -9,7 +9,7 @@ import uuid
 from subprocess import run
 from typing import Any
 
-# Hook points a LiveSource session loads (softirq has its own probe, tracer/softirq.py).
+# Hook points a LiveSource session loads (softirq has its own probe, tracer/analysis/softirq.py).
 SESSION_HOOKS = ("drops", "path", "netfilter", "nat", "ipvs", "vxlan", "fragmentation", "icmp")
 # Attached besides the ladder's targets, with the hook that brings them: path.c's driver transmit (the "xmit"
 # event) on a raw tracepoint, and ipvs.c's replies where the kernel has handle_response.

@@ -6,7 +6,7 @@ import dataclasses
 import socket
 from pathlib import Path
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.events.decode import EVENT_DROP, EVENT_PATH, FLAG_PARSED, PacketEvent, Tuple, decode, encode
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "events"

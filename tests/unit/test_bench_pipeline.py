@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.benchmarks.pipeline import (
     RawRun,
     _workloads,

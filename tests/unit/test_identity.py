@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import socket
 
-from tracer.aggregate import DropTable
-from tracer.attribution import knowledge
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.attribution import knowledge
+from tracer.analysis.identity import ConnIdentities
 from tracer.events.decode import (
     CT_ENTRY,
     CT_NONE,
@@ -26,7 +27,6 @@ from tracer.events.decode import (
     encode,
     encode_ct,
 )
-from tracer.identity import ConnIdentities
 from tracer.report import Resolver, drop_rows, event_json, write_drop_table
 
 SKB = 0xFFFF888012345600

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracer.kernel.ksyms import KernelSymbols
-from tracer.names import Symbolizer
+from tracer.node.names import Symbolizer
 
 KALLSYMS = """\
 ffffffff81000000 T _stext

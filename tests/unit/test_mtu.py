@@ -11,6 +11,17 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import Raw
 
+from tracer.analysis.mtu import LinkInfo, LiveCounts, PathLinks, verdict
+from tracer.analysis.mtu_events import (
+    FRAG_NEEDED_BY_TRACEPOINT,
+    MTU_DROP_REASONS,
+    PTB_BY_PATH,
+    TOO_BIG_REASONS,
+    MtuEventCounter,
+    is_frag_needed,
+    is_packet_too_big,
+    next_hop_mtu,
+)
 from tracer.events.decode import (
     EVENT_DROP,
     EVENT_ICMP,
@@ -24,20 +35,9 @@ from tracer.events.decode import (
     decode,
     encode,
 )
-from tracer.flannel import parse_subnet_env
-from tracer.mtu import LinkInfo, LiveCounts, PathLinks, verdict
-from tracer.mtu_events import (
-    FRAG_NEEDED_BY_TRACEPOINT,
-    MTU_DROP_REASONS,
-    PTB_BY_PATH,
-    TOO_BIG_REASONS,
-    MtuEventCounter,
-    is_frag_needed,
-    is_packet_too_big,
-    next_hop_mtu,
-)
-from tracer.mtu_snmp import parse_snmp, snmp_delta
-from tracer.mtuprobe import BinarySearch, quoted_ip_id
+from tracer.node.flannel import parse_subnet_env
+from tracer.node.mtu_snmp import parse_snmp, snmp_delta
+from tracer.node.mtuprobe import BinarySearch, quoted_ip_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mtu"
 

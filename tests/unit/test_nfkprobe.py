@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.c_layout import c_struct
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.nfverdict import MATCH_WINDOW_NS, NfAttribution, hook_label, kprobe_hook
 from tracer.events import decode as events
 from tracer.events.decode import (
     EVENT_DROP,
@@ -26,7 +27,6 @@ from tracer.events.decode import (
 from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.kernel.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
-from tracer.nfverdict import MATCH_WINDOW_NS, NfAttribution, hook_label, kprobe_hook
 from tracer.probes.kprobes import KPROBES, SOURCES, attach_list, choose
 from tracer.report import Resolver, drop_rows
 

@@ -10,6 +10,7 @@ import socket
 
 import pytest
 
+from tracer.analysis.overlay import TunnelTable
 from tracer.events.decode import (
     EVENT_PATH,
     FLAG_INNER,
@@ -22,7 +23,6 @@ from tracer.events.decode import (
     PacketEvent,
     Tuple,
 )
-from tracer.overlay import TunnelTable
 
 N1, N2 = "192.168.77.1", "192.168.77.2"
 CLIENT, WEB = "10.244.0.2", "10.244.1.2"

@@ -10,6 +10,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from tracer import pcapng_packets
+from tracer.analysis.identity import Identity
 from tracer.events.decode import (
     EVENT_DROP,
     EVENT_NAT,
@@ -21,7 +22,6 @@ from tracer.events.decode import (
     PacketEvent,
 )
 from tracer.events.decode import Tuple as T
-from tracer.identity import Identity
 from tracer.pcapng_packets import GAP_NS, Packet, PacketFolder, fingerprint, packet_comment
 from tracer.sources.replay import RecordedNames
 

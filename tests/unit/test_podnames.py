@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tracer.errors import RecordingError
-from tracer.podnames import PodResolver, pod_uid_of_cgroup, pods_from_crictl, pods_from_log_dirs
+from tracer.node.podnames import PodResolver, pod_uid_of_cgroup, pods_from_crictl, pods_from_log_dirs
 from tracer.recording_schema import HEADER, check
 from tracer.sources.replay import RecordedNames
 

@@ -16,11 +16,11 @@ import pytest
 from test_recording import header
 from test_recording_fixture import V1, run_cli
 
+from tracer.analysis.causes import NetnsState, explain
 from tracer.api import open_recording
-from tracer.cause_state import add_causes, parse_icmp, parse_route_answer, parse_rps
-from tracer.causes import NetnsState, explain
 from tracer.errors import RecordingError
 from tracer.events.decode import EVENT_DROP, PacketEvent, Tuple, encode
+from tracer.node.cause_state import add_causes, parse_icmp, parse_route_answer, parse_rps
 from tracer.recorded_causes import ORIGIN, from_json, state_to_json, to_json
 from tracer.recording import FORMAT_MINOR, Recorder
 from tracer.recording_schema import TRAILER, check
@@ -268,10 +268,10 @@ def test_record_keeps_one_drop_of_each_kind_for_the_end_reading() -> None:
     read for are those `drops` would read it for, whatever the counts."""
     import argparse
 
-    from tracer.aggregate import DropTable
-    from tracer.cause_state import _needs
+    from tracer.analysis.aggregate import DropTable
     from tracer.cmd_record import _RecordLoop
     from tracer.events.decode import EVENT_PATH
+    from tracer.node.cause_state import _needs
     from tracer.report import drop_rows
     from tracer.sources.replay import RecordedNames
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.events.decode import (
     EVENT_DROP,
     EVENT_PATH,

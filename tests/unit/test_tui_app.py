@@ -65,7 +65,7 @@ async def test_drops_view_shows_the_captured_groups_with_counts() -> None:
     app = replay.make_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_drops(app, pilot)
-        # by count (benign frees would go last), each classed and coloured by tracer.severity
+        # by count (benign frees would go last), each classed and coloured by tracer.analysis.severity
         assert drop_counts(app) == [("NETFILTER_DROP", 5001, 13), ("NO_SOCKET", 5002, 7), ("NO_SOCKET", 5003, 5)]
         assert [row["severity"] for row in app.snapshot.drops] == ["policy", "loss", "loss"]  # type: ignore[union-attr]
         table = app.query_one(DropsTable)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from tracer.analysis.softirq import Log2Hist, SoftirqAggregator, SoftirqSnapshot, SoftnetRow
 from tracer.errors import KernelError, UsageError
-from tracer.kubeproxy.model import ServiceMap
-from tracer.softirq import Log2Hist, SoftirqAggregator, SoftirqSnapshot, SoftnetRow
+from tracer.node.kubeproxy.model import ServiceMap
 from tui.messages import SnapshotReady
 from tui.model import Model, sparkline
 from tui.overlay import OverlayTable
@@ -298,7 +298,7 @@ def test_a_time_window_counts_only_its_seconds_and_the_services_view_keeps_count
 
 
 def test_softirq_windows_subtract_the_snapshot_that_old_and_the_worst_cpu_is_marked() -> None:
-    from tracer.softirq import worst_cpu
+    from tracer.analysis.softirq import worst_cpu
 
     def snap(ts: float, slow: int) -> SoftirqSnapshot:
         # CPU 0: 100 quick waits per second; CPU 1: `slow` waits of 2 ms so far (cumulative, as the kernel keeps)

@@ -16,7 +16,7 @@ import sys
 import time
 from types import FrameType
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.probes.build import ProbeConfig
 from tracer.probes.pcapfilter import compile_filter
 from tracer.probes.scope import Scope

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from tracer.benchmarks.netns import in_netns, node_with_pods, udp_no_ports, veth_pair
 from tracer.benchmarks.stats import Section, fmt_rate
 from tracer.benchmarks.tracing import traced
-from tracer.names import netns_inode
+from tracer.node.names import netns_inode
 
 NODE_DROPS = 997  # datagrams to a closed port in the node's pod, paced over the storm (a prime)
 

@@ -10,7 +10,7 @@ import gc
 import json
 import sys
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.benchmarks.pipeline import drop_event
 from tracer.events.decode import decode, encode
 

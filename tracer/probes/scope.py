@@ -15,7 +15,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from tracer.names import NETNS_DIR, netns_inode
+from tracer.node.names import NETNS_DIR, netns_inode
 
 IP_TIMEOUT_S = 10
 

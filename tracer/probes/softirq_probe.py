@@ -7,10 +7,7 @@ import time
 from typing import Any
 
 from bpf import BPF_DIR
-from tracer.errors import KernelError
-from tracer.kernel import bccenv
-from tracer.progress import Progress
-from tracer.softirq import (
+from tracer.analysis.softirq import (
     HISTS,
     NAPI_FIELDS,
     SLOTS,
@@ -20,6 +17,9 @@ from tracer.softirq import (
     SoftirqSnapshot,
     read_softnet_stat,
 )
+from tracer.errors import KernelError
+from tracer.kernel import bccenv
+from tracer.progress import Progress
 
 TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit", "napi:napi_poll")
 

@@ -161,7 +161,7 @@ def leftovers() -> list[TcFilter]:
     """podtrace's tc filters whose owner is no longer running, in this namespace and every `ip netns` one."""
     from pyroute2 import IPRoute
 
-    from tracer.names import named_netns
+    from tracer.node.names import named_netns
 
     found: list[TcFilter] = []
     for netns in [None, *named_netns()]:

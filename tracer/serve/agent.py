@@ -23,11 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 from tracer import __version__
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.flows import NatRecord, NodeConntrack, nat_record_from_map
 from tracer.errors import PodtraceError
 from tracer.events.decode import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
-from tracer.flows import NatRecord, NodeConntrack, nat_record_from_map
-from tracer.kubeproxy.model import ServiceMap
+from tracer.node.kubeproxy.model import ServiceMap
 from tracer.report import Resolver, drop_rows
 from tracer.serve.attribution import Charge, attribute
 from tracer.serve.labels import OTHER, TopN
@@ -123,7 +123,7 @@ class Agent:
         self.path.start(progress=False)
 
     def start(self) -> None:
-        from tracer.names import NetnsNames, Symbolizer
+        from tracer.node.names import NetnsNames, Symbolizer
 
         self._server = serve_http(self.state, self.options.address, self.options.port)
         self.state.set("podtrace_info", (self.node, __version__, platform.release()), 1)
@@ -177,18 +177,18 @@ class Agent:
     # --- names and headers ---------------------------------------------------------------------------------
 
     def _load_names(self) -> None:
-        from tracer.kubeproxy.collect import collect
+        from tracer.node.kubeproxy.collect import collect
 
         try:
             self.services = collect(self.options.node)
         except PodtraceError as err:
             self.log(f"Service names unavailable: {err.one_line()}")
-        from tracer.podnames import PodResolver
+        from tracer.node.podnames import PodResolver
 
         self.pods = PodResolver().pod_names()  # from the node's cgroups and kubelet directories
 
     def _recording_args(self) -> argparse.Namespace:
-        from tracer.flannel import SUBNET_ENV
+        from tracer.node.flannel import SUBNET_ENV
 
         return argparse.Namespace(filter=[self.options.path_filter] if self.options.path_filter else [],
                                   netns=self.options.node, ifname=None, subnet_env=SUBNET_ENV,
@@ -196,7 +196,7 @@ class Agent:
 
     def _build_header(self) -> dict[str, Any]:
         from tracer.cmd_record import build_header
-        from tracer.names import named_netns
+        from tracer.node.names import named_netns
 
         known = {inode: name for name, inode in named_netns().items()}
         known[os.stat("/proc/self/ns/net").st_ino] = "host"
@@ -371,7 +371,7 @@ class Agent:
             self.state.forget(name, keep)
 
     def _conntrack(self) -> Any:
-        from tracer import conntrack
+        from tracer.node import conntrack
 
         try:
             health = conntrack.health(self.options.node)
@@ -393,7 +393,7 @@ class Agent:
         """The kernel's NAT records now; Service packet counters grow by each record's growth since the last read."""
         if self.drops is None or not self.attached.get("netfilter"):
             return []
-        from tracer.flows import FlowTable
+        from tracer.analysis.flows import FlowTable
         from tracer.recording import nat_to_json
 
         records = [nat_record_from_map(key, stats) for key, stats in self.drops.nat_flows()]
@@ -432,7 +432,7 @@ class Agent:
     def _softirq(self) -> None:
         if self.softirq is None:
             return
-        from tracer.softirq import SoftirqAggregator
+        from tracer.analysis.softirq import SoftirqAggregator
 
         try:
             snapshot = self.softirq.snapshot()

@@ -16,10 +16,10 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tracer.analysis.severity import SEVERITIES
 from tracer.errors import UsageError
 from tracer.events.decode import EVENT_SNAP
 from tracer.serve.attribution import Charge
-from tracer.severity import SEVERITIES
 
 KINDS = ("drop", "drop-rate", "conntrack-fill")
 DROP_KEYS = ("reason", "severity", "service", "filter")

@@ -32,11 +32,11 @@ from tracer.recording import (
 from tracer.report import Resolver
 
 if TYPE_CHECKING:
-    from tracer.flows import FlowTable, NatRecord
-    from tracer.kubeproxy.model import ServiceMap
+    from tracer.analysis.flows import FlowTable, NatRecord
+    from tracer.analysis.softirq import SoftirqAggregator
+    from tracer.node.kubeproxy.model import ServiceMap
     from tracer.recorded_causes import RecordedStates
     from tracer.recorded_node import MtuSummary, RecordedConntrack
-    from tracer.softirq import SoftirqAggregator
 
 
 @dataclass
@@ -110,9 +110,9 @@ def recorded_services(header: dict[str, Any], per_node: dict[str, ServiceMap] | 
     per node as `podtrace flows` merges it, and a warning per node whose rules could not be read. `per_node`, when
     given, receives each node's own map (its netns name, "host" for the recording's own)."""
     from tracer.errors import PodtraceError  # the kube-proxy parsers only when a report needs them
-    from tracer.kubeproxy.collect import collect
-    from tracer.kubeproxy.ipvsadm import parse_ipvsadm
-    from tracer.kubeproxy.model import ServiceMap, merge
+    from tracer.node.kubeproxy.collect import collect
+    from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
+    from tracer.node.kubeproxy.model import ServiceMap, merge
 
     services = ServiceMap()
     warnings = []
@@ -328,7 +328,7 @@ class ReplaySource:
             self._nat = list(data.get("nat_flows", []))
         elif kind == KIND_SOFTIRQ:
             if self.softirq is None:
-                from tracer.softirq import RECENT_SECONDS, SoftirqAggregator  # only when the file has them
+                from tracer.analysis.softirq import RECENT_SECONDS, SoftirqAggregator  # only when the file has them
 
                 self.softirq = SoftirqAggregator(keep_seconds=RECENT_SECONDS)  # the TUI's windows
             self.softirq.add(softirq_from_json(data))
@@ -428,7 +428,7 @@ class ReplaySource:
     def flow_table(self, drop_rows: list[dict[str, Any]]) -> tuple[FlowTable, ServiceMap, list[str]]:
         """The table `podtrace flows` would have shown (read the events first: NAT snapshots come with them), with
         each node's conntrack state, so drops a full table explains are charged to it as `podtrace flows` does."""
-        from tracer.flows import FlowTable
+        from tracer.analysis.flows import FlowTable
 
         services, warnings = self.services()
         pods = self.names.pod_names()
@@ -439,10 +439,10 @@ class ReplaySource:
         return table, services, warnings
 
     def cause_states(self) -> RecordedStates:
-        """What the recording knows of each namespace for tracer/causes.py: kube-proxy's rules (header), the
+        """What the recording knows of each namespace for tracer/analysis/causes.py: kube-proxy's rules (header), the
         conntrack tables, and the routes, sysctls, RPS masks and ICMP counters read at its end (the last trailer's
         cause_state, format minor 6). What it does not hold is said to be unknown, and why."""
-        from tracer.causes import NetnsState
+        from tracer.analysis.causes import NetnsState
         from tracer.recorded_causes import RECORDED, RecordedStates, from_json, missing_reason
 
         per_node: dict[str, ServiceMap] = {}

@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from tracer import kubeapi
 from tracer.errors import UsageError
 from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
 from tracer.kernel import bccenv
-from tracer.names import NetnsNames, Symbolizer, netns_inode
-from tracer.podnames import PodResolver, resolver_for
+from tracer.node import kubeapi
+from tracer.node.names import NetnsNames, Symbolizer, netns_inode
+from tracer.node.podnames import PodResolver, resolver_for
 from tracer.probes.build import ProbeConfig
 from tracer.probes.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.probes.pcapfilter import compile_filter

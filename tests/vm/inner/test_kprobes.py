@@ -21,7 +21,8 @@ import pytest
 from support.netns import Pair, netns_pair, sh
 from vmfacts import timed
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.nfverdict import NfAttribution, hook_label
 from tracer.events.decode import (
     EVENT_NF_VERDICT,
     EVENT_PATH,
@@ -33,8 +34,7 @@ from tracer.events.decode import (
     decode_verdict,
 )
 from tracer.kernel.ksyms import KernelSymbols
-from tracer.names import NetnsNames
-from tracer.nfverdict import NfAttribution, hook_label
+from tracer.node.names import NetnsNames
 from tracer.probes.build import ProbeConfig
 from tracer.recording import Recorder
 from tracer.report import Resolver, drop_rows

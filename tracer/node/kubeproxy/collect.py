@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 from tracer.errors import PodtraceError
-from tracer.kubeproxy.iptables import iptables_variant, parse_iptables_save
-from tracer.kubeproxy.ipvsadm import parse_ipvsadm
-from tracer.kubeproxy.model import ServiceMap, merge
-from tracer.kubeproxy.nftables import parse_nft_json
+from tracer.node.kubeproxy.iptables import iptables_variant, parse_iptables_save
+from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
+from tracer.node.kubeproxy.model import ServiceMap, merge
+from tracer.node.kubeproxy.nftables import parse_nft_json
 
 # argv -> stdout, or None when the program is not installed. Raises PodtraceError when it fails.
 Runner = Callable[[Sequence[str]], Optional[str]]

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tracer.analysis.mtu import LiveCounts
 from tracer.events.decode import EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, POINT_QUEUE, PacketEvent
-from tracer.mtu import LiveCounts
 
 TOO_BIG_REASONS = frozenset({"PKT_TOO_BIG", "FRAG_TOO_FAR", "IP_INADDRERRORS"})
 REASM_TIMEOUT_REASON = "FRAG_REASM_TIMEOUT"  # ip_expire (net/ipv4/ip_fragment.c) frees the queued fragments

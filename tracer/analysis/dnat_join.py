@@ -1,5 +1,5 @@
 """Which pre-DNAT flow (client -> the VIP it dialled) is which post-DNAT flow (client -> the backend chosen), from
-what the kernel reported on a node: pure code for tracer/journey.py's one journey across the DNAT.
+what the kernel reported on a node: pure code for tracer/analysis/journey.py's one journey across the DNAT.
 
 Observed: a conntrack event (the nf_conn on a dropped skb: its original tuple client -> VIP, its reply tuple
 backend -> client) or a NAT record (nat_flows: the tuples before and after a rewrite). Inferred: one skb (the same

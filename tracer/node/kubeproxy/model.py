@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.kubeproxy.names import PORT_NAME, name_from_chain, service_name_from_comment
+from tracer.node.kubeproxy.names import PORT_NAME, name_from_chain, service_name_from_comment
 
 NFT_TABLE = "kube-proxy"
 

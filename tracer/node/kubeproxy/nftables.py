@@ -11,9 +11,9 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tracer.kubeproxy.model import NFT_TABLE, Criteria, Endpoint, Rule, ServiceMap, ServicePort, add_once, in_any
-from tracer.kubeproxy.names import NFT_CHAIN, name_from_chain
-from tracer.kubeproxy.nft_text import nft_text
+from tracer.node.kubeproxy.model import NFT_TABLE, Criteria, Endpoint, Rule, ServiceMap, ServicePort, add_once, in_any
+from tracer.node.kubeproxy.names import NFT_CHAIN, name_from_chain
+from tracer.node.kubeproxy.nft_text import nft_text
 
 PROTOS = ("tcp", "udp", "sctp")
 

@@ -1,7 +1,7 @@
 """`podtrace mtu`: find the largest DF packet that gets from a namespace to a target, and where bigger ones die.
 
 Two processes work together. A worker runs inside the source namespace (`ip netns exec NS python -m
-tracer.mtuprobe`) and sends one DF probe per request with scapy (ICMP echo, UDP, or TCP SYN padded to the
+tracer.node.mtuprobe`) and sends one DF probe per request with scapy (ICMP echo, UDP, or TCP SYN padded to the
 asked IP total length, each with its own IP id), reporting what answered. The parent binary-searches the size
 and traces in the kernel meanwhile (LiveSource, filter on the target and ICMP): drops of the probes (matched by
 IP id) say where larger packets die, and ICMP frag-needed events say whether the error got back to the sender.
@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tracer.analysis.mtu import LiveCounts
+from tracer.analysis.mtu_events import ICMP_FRAG_NEEDED, MtuEventCounter, icmp_sent, next_hop_mtu
 from tracer.errors import PodtraceError, UsageError
 from tracer.events.decode import EVENT_PATH, POINT_RX, PacketEvent
-from tracer.mtu import LiveCounts
-from tracer.mtu_events import ICMP_FRAG_NEEDED, MtuEventCounter, icmp_sent, next_hop_mtu
-from tracer.mtu_path import collect_path
-from tracer.mtu_snmp import SnmpWatch
+from tracer.node.mtu_path import collect_path
+from tracer.node.mtu_snmp import SnmpWatch
 
 HEADERS = {"icmp": 28, "udp": 28, "tcp": 40}  # IPv4 20 + ICMP 8 / UDP 8 / TCP 20
 DEFAULT_PORTS = {"udp": 33434, "tcp": 80, "icmp": 0}
@@ -223,7 +223,7 @@ class BinarySearch:
 
 
 def _worker_command(source_netns: str, target: str, proto: str, port: int, timeout: float) -> list[str]:
-    args = [sys.executable, "-m", "tracer.mtuprobe", "--to", target, "--proto", proto, "--port", str(port),
+    args = [sys.executable, "-m", "tracer.node.mtuprobe", "--to", target, "--proto", proto, "--port", str(port),
             "--timeout", str(timeout)]
     if source_netns.startswith("/"):  # a namespace file such as /proc/PID/ns/net
         return ["nsenter", f"--net={source_netns}", *args]
@@ -233,7 +233,7 @@ def _worker_command(source_netns: str, target: str, proto: str, port: int, timeo
 class _Worker:
     def __init__(self, command: list[str]) -> None:
         env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, env=env)
@@ -295,7 +295,7 @@ def run_probe(source_netns: str, target: str, proto: str = "icmp", port: int | N
     node = path.host_veth.netns if path and path.host_veth else None
     snmp = SnmpWatch([source_netns, *([node] if node else []), *([target_netns] if target_netns else [])])
     if trace:
-        from tracer.names import NetnsNames, Symbolizer
+        from tracer.node.names import NetnsNames, Symbolizer
         from tracer.probes.build import ProbeConfig
         from tracer.probes.kprobes import choose_live
         from tracer.probes.pcapfilter import compile_filter
@@ -461,7 +461,7 @@ def _is_frag_needed_to(event: PacketEvent, src_ip: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tracer.mtuprobe", description="podtrace mtu's probe worker")
+    parser = argparse.ArgumentParser(prog="python -m tracer.node.mtuprobe", description="podtrace mtu's probe worker")
     parser.add_argument("--to", required=True)
     parser.add_argument("--proto", choices=tuple(HEADERS), default="icmp")
     parser.add_argument("--port", type=int, default=0)

@@ -10,8 +10,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tracer.kubeproxy.model import Criteria, Endpoint, Rule, ServiceMap, ServicePort, add_once
-from tracer.kubeproxy.names import service_name_from_comment
+from tracer.node.kubeproxy.model import Criteria, Endpoint, Rule, ServiceMap, ServicePort, add_once
+from tracer.node.kubeproxy.names import service_name_from_comment
 
 _AFFINITY = re.compile(r"--rcheck --seconds (\d+)")
 

@@ -117,8 +117,8 @@ def _groups(flows: list[InnerFlow], fragments: dict[str, Counter[str]],
 
 
 def services_by_server(ports: Iterable[Any]) -> dict[str, str]:
-    """kube-proxy's Service ports (tracer.kubeproxy.model.ServicePort) as server end -> Service names: every endpoint,
-    and the VIP. A backend of several Services is named by all of them: which one a packet was for, its inner
+    """kube-proxy's Service ports (tracer.node.kubeproxy.model.ServicePort) as server end -> Service names: every
+    endpoint, and the VIP. A backend of several Services is named by all of them: which one a packet was for, its inner
     tuple (after DNAT) cannot say."""
     names: dict[str, set[str]] = {}
     for port in ports:

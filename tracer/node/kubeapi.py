@@ -2,7 +2,7 @@
 
 Pods (with their owner workload), Services, EndpointSlices and nodes, listed once and cached; re-listed when the
 cache is older than `refresh_every`. Every call has a timeout; an API that cannot be reached is said in one line
-and the names then come from the node alone (tracer/podnames.py). Never required.
+and the names then come from the node alone (tracer/node/podnames.py). Never required.
 
 The lists are read as the API's own JSON (`_preload_content=False`), so `api_names()` is pure and is tested on
 recorded API responses.

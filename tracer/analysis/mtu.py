@@ -1,9 +1,9 @@
 """MTU along a pod's path: the links' MTUs, live counts, and the verdict `podtrace mtu` prints.
 
 The path from a pod to a destination is: pod eth0 -> its veth peer on the node -> the bridge (cni0) -> the
-overlay device (flannel.1, VXLAN) -> the underlay device. tracer/mtu_path.py reads it with netlink;
+overlay device (flannel.1, VXLAN) -> the underlay device. tracer/node/mtu_path.py reads it with netlink;
 `verdict()` here is pure and works on a recorded `PathLinks` (tests/unit/fixtures/mtu/). The counts it quotes
-come from events (tracer/mtu_events.py) and /proc/net/snmp (tracer/mtu_snmp.py).
+come from events (tracer/analysis/mtu_events.py) and /proc/net/snmp (tracer/node/mtu_snmp.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading what tracer/causes.py needs from the namespaces drops happened in: all of its IO.
+"""Reading what tracer/analysis/causes.py needs from the namespaces drops happened in: all of its IO.
 
 Per-namespace files (/proc/sys/net, /proc/thread-self/net/snmp) are read with this thread moved into the
 namespace (conntrack.in_netns), so no process is started for them; `ip -n NS` answers routes and links, and sysfs
@@ -15,8 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tracer import conntrack
-from tracer.causes import (
+from tracer.analysis.causes import (
     MTU_REASONS,
     NETFILTER_REASONS,
     ROUTE_FUNCTIONS,
@@ -27,8 +26,9 @@ from tracer.causes import (
     parse_cpu_mask,
 )
 from tracer.errors import PodtraceError
-from tracer.kubeproxy.collect import collect as collect_rules
-from tracer.kubeproxy.model import ServiceMap
+from tracer.node import conntrack
+from tracer.node.kubeproxy.collect import collect as collect_rules
+from tracer.node.kubeproxy.model import ServiceMap
 
 MAX_ROUTES = 64  # distinct destinations asked per namespace: a scan of thousands of addresses asks for 64
 TIMEOUT = 10.0

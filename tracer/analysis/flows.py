@@ -1,7 +1,7 @@
 """Service flows: client pod -> Service VIP -> DNAT -> backend pod -> reply, from NAT records and drops.
 
 Pure: takes NAT records (from the kernel's nat_flows map or a recording), drop rows and a ServiceMap
-(tracer/kubeproxy/model.py) plus pod names, and returns the table `podtrace flows` and the TUI show.
+(tracer/node/kubeproxy/model.py) plus pod names, and returns the table `podtrace flows` and the TUI show.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tracer.events.decode import Tuple
-from tracer.kubeproxy.model import ServiceMap, ServicePort
 from tracer.layout import cut, fit_columns
+from tracer.node.kubeproxy.model import ServiceMap, ServicePort
 from tracer.probes.nf_points import point_label
 
 if TYPE_CHECKING:  # conntrack reads netlink: the table needs only its type
-    from tracer.conntrack import Health
-    from tracer.podnames import PodResolver
+    from tracer.node.conntrack import Health
+    from tracer.node.podnames import PodResolver
 
 # IPVS records (bpf/ipvs.c, PT_IPVS_* in bpf/podtrace.h) share the NAT record shape under their own points.
 IPVS_CONN, IPVS_XMIT, IPVS_REPLY = 32, 33, 34
@@ -105,7 +105,7 @@ class ServiceDrop:
     # how the Service is known: "observed" (the drop's conntrack entry named the VIP dialled), "matched", or
     # "ambiguous" (a backend several Services share, with nothing to say which was dialled: `service` names them all)
     service_known: str = "matched"
-    fix: str = ""  # the cause's one-line fix (tracer/causes.py), when it has one
+    fix: str = ""  # the cause's one-line fix (tracer/analysis/causes.py), when it has one
 
     def text(self) -> str:
         named = self.rule == "-" or self.rule in self.cause  # a cause naming the rule says "matched" itself
@@ -295,7 +295,7 @@ class FlowTable:
             if cause:
                 match = None
             rule = match.rule.where() if match else "-"
-            # Why, in words (tracer/causes.py), when the conntrack table above does not already say it.
+            # Why, in words (tracer/analysis/causes.py), when the conntrack table above does not already say it.
             explained = row.get("cause") or {}
             fix = ""
             if not cause and explained.get("kind", "unknown") != "unknown":
@@ -437,8 +437,8 @@ class LiveFlowsTable:
 
     def _load_names(self) -> ServiceMap:
         from tracer.errors import PodtraceError
-        from tracer.kubeproxy.collect import collect  # runs iptables-save/nft once
-        from tracer.kubeproxy.model import merge
+        from tracer.node.kubeproxy.collect import collect  # runs iptables-save/nft once
+        from tracer.node.kubeproxy.model import merge
 
         maps = []
         for node in self.nodes:
@@ -446,7 +446,7 @@ class LiveFlowsTable:
                 maps.append(collect(node))
             except PodtraceError:
                 continue
-        from tracer.podnames import PodResolver
+        from tracer.node.podnames import PodResolver
 
         self._pod_resolver = self._pod_resolver or PodResolver()
         return merge(*maps) if maps else ServiceMap()

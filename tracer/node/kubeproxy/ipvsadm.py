@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tracer.kubeproxy.model import Endpoint, ServiceMap, ServicePort
+from tracer.node.kubeproxy.model import Endpoint, ServiceMap, ServicePort
 
 _IPVS_VS = re.compile(r"^(?P<proto>TCP|UDP|SCTP)\s+(?P<addr>\S+):(?P<port>\d+)\s+(?P<sched>\S+)")
 _IPVS_RS = re.compile(r"^\s+->\s+(?P<addr>\S+):(?P<port>\d+)\s+(?P<fwd>\w+)\s+(?P<weight>\d+)")

@@ -24,7 +24,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.dnat_join import NO_JOINS, WINDOW_NS, Joins, Translation, decide, from_conntrack, from_nat, from_skbs
+from tracer.analysis.dnat_join import (
+    NO_JOINS,
+    WINDOW_NS,
+    Joins,
+    Translation,
+    decide,
+    from_conntrack,
+    from_nat,
+    from_skbs,
+)
 from tracer.events.decode import (
     EVENT_DROP,
     EVENT_PATH,
@@ -106,7 +115,8 @@ class NodeRecording:
 
 
 def dnat_joins(nodes: Sequence[NodeRecording]) -> Joins:
-    """Which pre-DNAT flows are which post-DNAT flows, from what each node's kernel reported (tracer.dnat_join)."""
+    """Which pre-DNAT flows are which post-DNAT flows, from what each node's kernel reported
+    (tracer.analysis.dnat_join)."""
     found: list[Translation] = []
     for index, node in enumerate(nodes):
         found += from_conntrack(node.conntrack, index)

@@ -1,6 +1,6 @@
 """Why a packet died, in words, with a one-line fix: the drop's own facts plus what the node said about itself.
 
-Pure: a drop row (tracer/report.drop_rows) and the NetnsState of the namespace it died in (tracer/cause_state.py
+Pure: a drop row (tracer/report.drop_rows) and the NetnsState of the namespace it died in (tracer/node/cause_state.py
 reads it) in, a Cause out. The kernel's drop reason and location say *what* failed (no route, reverse path,
 netfilter, backlog, ...); the node state says *which* route, sysctl, rule, Service or CPU made it fail. When the
 state needed is missing the cause says what is not known; when nothing explains the drop it is "unknown".
@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from tracer.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort, host_port
-from tracer.kubeproxy.names import service_name_from_comment
+from tracer.node.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort, host_port
+from tracer.node.kubeproxy.names import service_name_from_comment
 
 if TYPE_CHECKING:  # conntrack reads netlink: a cause needs only its type
-    from tracer.conntrack import Health
+    from tracer.node.conntrack import Health
 
 OBSERVED, MATCHED, UNKNOWN = "observed", "matched", "unknown"
 SPECIAL_ROUTES = ("blackhole", "unreachable", "prohibit")

@@ -7,7 +7,7 @@ them: Service ports already named by another source (rules of another proxy mode
 
 `name_virtual_servers` is pure; `service_map` reads `ipvsadm -Ln` and kube-ipvs0 in each node's namespace.
 pyroute2 (0.9) speaks IPVS's generic netlink too, but `ipvsadm -Ln` is what kube-proxy's users read and
-tracer/kubeproxy/ipvsadm.py already parses it.
+tracer/node/kubeproxy/ipvsadm.py already parses it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tracer import declared_names
 from tracer.errors import PodtraceError
-from tracer.kubeproxy.collect import Runner, command_runner
-from tracer.kubeproxy.ipvsadm import parse_ipvsadm
-from tracer.kubeproxy.model import Endpoint, ServiceMap, ServicePort
+from tracer.node import declared_names
+from tracer.node.kubeproxy.collect import Runner, command_runner
+from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
+from tracer.node.kubeproxy.model import Endpoint, ServiceMap, ServicePort
 
 DUMMY = "kube-ipvs0"
 

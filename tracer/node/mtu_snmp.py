@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterable, Mapping
 
-from tracer.mtu import LiveCounts
+from tracer.analysis.mtu import LiveCounts
 
 # net/ipv4/proc.c snmp4_ipstats_list: ReasmTimeout counts queues ip_expire gave up on; ReasmFails counts them
 # too, plus queues that failed for other reasons (overlaps, too big, out of memory).

@@ -7,9 +7,9 @@ import ipaddress
 import os
 from typing import Any
 
+from tracer.analysis.mtu import OVERLAY_KINDS, LinkInfo, PathLinks
 from tracer.errors import UsageError
-from tracer.flannel import SUBNET_ENV, parse_subnet_env
-from tracer.mtu import OVERLAY_KINDS, LinkInfo, PathLinks
+from tracer.node.flannel import SUBNET_ENV, parse_subnet_env
 
 NETNS_DIR = "/run/netns"
 
