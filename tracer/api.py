@@ -31,7 +31,7 @@ from tracer.analysis.identity import ConnIdentities
 from tracer.events.decode import EVENT_SIZE, PacketEvent, decode
 from tracer.node import cause_state
 from tracer.node.cause_state import add_causes
-from tracer.report import Resolver, drop_rows, summary_json
+from tracer.output.report import Resolver, drop_rows, summary_json
 from tracer.sources.replay import RecordedNames, ReplaySource
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class Recording:
     def mtu_rows(self) -> list[dict[str, Any]]:
         """Per node: link MTUs at record time, ICMP frag-needed / fragment / too-big counts of the recorded events
         and the `podtrace mtu` verdict of each pod's path (`ok` false on a mismatch), as `podtrace report --json`."""
-        from tracer.recorded_node import relevant  # netlink/conntrack code only when asked
+        from tracer.recording.recorded_node import relevant  # netlink/conntrack code only when asked
 
         source = self.source()
         summary = source.mtu_summary()

@@ -11,16 +11,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from tracer.errors import KernelError, PodtraceError
 from tracer.kernel import bccenv
 from tracer.kernel import capabilities as kernel
 from tracer.kernel.btf import Btf
 from tracer.kernel.hookpoints import hook_point
 from tracer.kernel.kernelhints import lockdown_hint, module_hint
 from tracer.kernel.ladder import AttachPlan, HookPlan, Trial, trials_to_json
+from tracer.output.errors import KernelError, PodtraceError
+from tracer.output.progress import Progress
 from tracer.probes import tc
 from tracer.probes.build import BTF_OFFSETS, DROP_REASON_ENUM
-from tracer.progress import Progress
 
 EPILOG = """\
 exit codes: 0 the core probes (drops, packet path) can attach, 1 they cannot (a hook point or the BTF

@@ -17,13 +17,13 @@ from tracer.analysis.flows import (
 )
 from tracer.analysis.identity import ConnIdentities
 from tracer.analysis.nfverdict import NfAttribution
-from tracer.errors import PodtraceError
-from tracer.layout import add_wide_option, table_width
 from tracer.node import cause_state, conntrack, ipvs
 from tracer.node.conntrack import Health
 from tracer.node.kubeproxy.collect import collect
 from tracer.node.kubeproxy.model import ServiceMap
-from tracer.report import drop_rows, summary_json, summary_line
+from tracer.output.errors import PodtraceError
+from tracer.output.layout import add_wide_option, table_width
+from tracer.output.report import drop_rows, summary_json, summary_line
 from tracer.sources.live import LiveSource
 from tracer.sources.session import add_trace_options, check_namespaces, pod_resolver, run_session
 

@@ -1,7 +1,7 @@
 """`podtrace merge A B [C ...] [-o ALL]`: the journeys of packets seen by several nodes' recordings (matched packet
 by packet, clocks aligned pair by pair from the matches onto the first one's), and with -o one merged recording of
-them all (tracer/merged_recording.py); a recording that shares no packet with the others is refused, never stitched
-into a made-up journey."""
+them all (tracer/recording/merged_recording.py); a recording that shares no packet with the others is refused, never
+stitched into a made-up journey."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from tracer.analysis.journey import (
     unmatched,
 )
 from tracer.cmd_record import check_output
-from tracer.errors import PodtraceError, UsageError
 from tracer.events.decode import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
-from tracer.merged_recording import NodeFile, read_node, write_merged
-from tracer.recording import nat_from_json
-from tracer.recording_schema import MERGED_MAX_NODES
+from tracer.output.errors import PodtraceError, UsageError
+from tracer.recording.fileformat import nat_from_json
+from tracer.recording.merged_recording import NodeFile, read_node, write_merged
+from tracer.recording.schema import MERGED_MAX_NODES
 from tracer.sources.replay import ReplaySource
 
 EPILOG = """\

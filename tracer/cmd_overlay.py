@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tracer.errors import PodtraceError, UsageError
+from tracer.output.errors import PodtraceError, UsageError
 
 MTU_EPILOG = """\
 Sends DF probes from inside the source namespace (ICMP echo, UDP or a TCP SYN padded to the size) and
@@ -149,7 +149,7 @@ def _service_names(netns: str | None) -> dict[str, str]:
 
 def run_overlay(args: argparse.Namespace) -> int:
     from tracer.analysis.overlay import OVERLAY_FILTER, TunnelTable
-    from tracer.report import summary_line
+    from tracer.output.report import summary_line
     from tracer.sources.session import run_session
 
     args.filter = [OVERLAY_FILTER]

@@ -16,15 +16,15 @@ from tracer import __version__
 from tracer.analysis.aggregate import DropTable
 from tracer.analysis.flows import write_flow_table
 from tracer.analysis.identity import ConnIdentities
-from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
 from tracer.events.decode import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
-from tracer.layout import add_wide_option, table_width
 from tracer.node.cause_state import add_causes
 from tracer.node.declared_names import declared_json
 from tracer.node.flannel import SUBNET_ENV
 from tracer.node.podnames import resolver_for
-from tracer.recorded_node import relevant
-from tracer.recording import (
+from tracer.output.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
+from tracer.output.layout import add_wide_option, table_width
+from tracer.output.report import drop_rows, summary_json, summary_line, write_drop_table
+from tracer.recording.fileformat import (
     FORMAT_MINOR,
     FORMAT_VERSION,
     Recorder,
@@ -33,7 +33,7 @@ from tracer.recording import (
     nat_to_json,
     parse_size,
 )
-from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
+from tracer.recording.recorded_node import relevant
 from tracer.sources.replay import ReplaySource
 
 RECORD_EPILOG = """\
@@ -199,7 +199,7 @@ def prepare_header(args: argparse.Namespace) -> dict[str, Any]:
     """The slow parts of the header that do not need the probes (the attach ladder loads test programs, the checks
     watch for 0.2 s, kube-proxy's rules take a while on a large node): read before the probes attach, so nothing
     waits in the ring buffer meanwhile."""
-    from tracer.recorded_node import collect_conntrack, collect_links
+    from tracer.recording.recorded_node import collect_conntrack, collect_links
 
     plan, plan_error = _attach_plan()
     nodes = node_namespaces(args)
@@ -374,7 +374,7 @@ class _RecordLoop:
             return
         if self.pending:
             self._write()
-        from tracer.recorded_node import collect_conntrack
+        from tracer.recording.recorded_node import collect_conntrack
 
         end = collect_conntrack(node_namespaces(self.args))  # drops during the recording: end minus start
         self.recorder.close(final_counters, time.time_ns(), {"conntrack": end, "cause_state": self.cause_state()},
@@ -386,7 +386,7 @@ class _RecordLoop:
     def cause_state(self) -> dict[str, Any]:
         """The routes, sysctls, RPS masks and ICMP counters behind the recorded drops' causes, read now as `drops`
         reads them when it ends (the trailer's cause_state, format minor 6)."""
-        from tracer.recorded_causes import record_end
+        from tracer.recording.recorded_causes import record_end
 
         if self.names is None:
             return {"nodes": [], "error": "node state not read: the session did not start"}
@@ -408,7 +408,7 @@ def check_output(path: str) -> None:
     if not os.access(directory, os.W_OK):
         raise UsageError(f"cannot write {path}: {directory} is not writable")
     if compression_of(path) == "zstd":
-        from tracer.recording import _zstandard
+        from tracer.recording.fileformat import _zstandard
 
         _zstandard()  # the clear error before compiling probes, not after
 
@@ -534,7 +534,7 @@ def run_report(args: argparse.Namespace) -> int:
     add_causes(rows, source.cause_states())  # from the rules, conntrack tables and node state the recording holds
     merged = source.header.get("merged")
     if merged:
-        from tracer.merged_report import add_nodes
+        from tracer.output.merged_report import add_nodes
 
         add_nodes(rows, merged)
     counters = source.final_counters
@@ -551,7 +551,7 @@ def run_report(args: argparse.Namespace) -> int:
     pod_of = source.names.pod_of_ip
     if args.json:
         if merged:
-            from tracer.merged_report import section_json
+            from tracer.output.merged_report import section_json
 
             for item in section_json(merged, pod_of):
                 sys.stdout.write(json.dumps(item) + "\n")
@@ -581,7 +581,7 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         width = table_width(sys.stdout, args.wide)
         if merged:
-            from tracer.merged_report import by_node, section_text
+            from tracer.output.merged_report import by_node, section_text
 
             sys.stdout.write(section_text(merged, pod_of) + "\n")
             for name, node_rows in by_node(rows, merged):  # each node's drops, as its own report shows them
@@ -637,8 +637,8 @@ def _final_cause_states(path: str, follow: bool) -> Any:
 
 def run_export(args: argparse.Namespace) -> int:
     from tracer.events.decode import EVENT_NAT, decode_nat
-    from tracer.pcapng import PcapngWriter
-    from tracer.pcapng_packets import DropCauses, Packet, PacketFolder, packet_comment
+    from tracer.recording.pcapng import PcapngWriter
+    from tracer.recording.pcapng_packets import DropCauses, Packet, PacketFolder, packet_comment
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     header = source.header

@@ -77,8 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer.errors import UsageError
     from tracer.kernel import bccenv
+    from tracer.output.errors import UsageError
     from tracer.serve.agent import Agent
     from tracer.serve.options import from_args
     from tracer.sources.session import StopFlag

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from tracer.errors import PodtraceError, UsageError
+from tracer.output.errors import PodtraceError, UsageError
 
 EPILOG = """\
 keys: 1-6 views (7 Journeys on a merged recording), Enter drill into a drop, a Service flow or a journey, s sort

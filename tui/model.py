@@ -35,8 +35,8 @@ from tracer.events.decode import (
     Tuple,
     format_addr,
 )
+from tracer.output.report import Resolver, describe_point, drop_rows
 from tracer.probes.nf_points import point_label
-from tracer.report import Resolver, describe_point, drop_rows
 from tui.pyfilter import Predicate
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -101,7 +101,8 @@ class Snapshot:
     received: int  # every event the source delivered
     rate: float  # events/s over the last second
     counters: dict[str, int]
-    drops: list[dict[str, Any]]  # tracer.report.drop_rows() dicts plus "key", "spark" and "severity", problems first
+    # tracer.output.report.drop_rows() dicts plus "key", "spark" and "severity", problems first
+    drops: list[dict[str, Any]]
     drop_groups: int
     drop_total: int
     evicted: int

@@ -21,7 +21,7 @@ from tracer.analysis.softirq import (
     format_us,
     worst_cpu,
 )
-from tracer.errors import PodtraceError
+from tracer.output.errors import PodtraceError
 from tracer.probes.softirq_probe import SoftirqProbe
 from tui.model import sparkline
 

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 from textual.message import Message
 
-from tracer.errors import PodtraceError
 from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
 from tracer.kernel.ladder import AttachPlan
-from tracer.report import Resolver
+from tracer.output.errors import PodtraceError
+from tracer.output.report import Resolver
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model
 from tui.recording import TuiRecording, default_save_dir

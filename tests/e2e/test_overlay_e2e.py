@@ -240,8 +240,8 @@ def lab() -> Iterator[object]:
 
 @pytest.fixture
 def mtu_mismatch(lab: object) -> Iterator[None]:
-    from tracer.errors import LabError
     from tracer.lab import faults
+    from tracer.output.errors import LabError
 
     try:
         faults.set_fault("mtu-mismatch", True)

@@ -20,7 +20,7 @@ from support.podtrace import Running, start
 
 from tracer.analysis.causes import RECORDED_RULES
 from tracer.lab import faults, traffic
-from tracer.recorded_causes import ORIGIN
+from tracer.recording.recorded_causes import ORIGIN
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]
 

@@ -53,7 +53,7 @@ def _export(path: str, out: str) -> tuple[int, str]:
 
 def _api(path: str) -> str:
     from tracer.api import open_recording
-    from tracer.errors import RecordingError
+    from tracer.output.errors import RecordingError
 
     try:
         recording = open_recording(path)
@@ -69,8 +69,8 @@ def _api(path: str) -> str:
 
 
 def _tui(path: str) -> str:
-    from tracer.errors import PodtraceError
     from tracer.events.decode import decode_any
+    from tracer.output.errors import PodtraceError
     from tui.model import Model
     from tui.sources import open_replay
 

@@ -17,7 +17,7 @@ import zlib
 from typing import Any, BinaryIO
 
 from tracer.events.decode import EVENT_SIZES
-from tracer.recording import (
+from tracer.recording.fileformat import (
     KIND_EVENTS,
     KIND_HEADER,
     MAGIC,

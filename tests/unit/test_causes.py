@@ -11,7 +11,7 @@ from tracer.node.cause_state import parse_icmp, parse_irq_devices, parse_rps
 from tracer.node.conntrack import Health
 from tracer.node.kubeproxy.iptables import parse_iptables_save
 from tracer.node.kubeproxy.nftables import parse_nft_json
-from tracer.report import write_drop_table
+from tracer.output.report import write_drop_table
 
 FIX = Path(__file__).parent / "fixtures" / "kubeproxy"
 NODE2_FAULTS = parse_iptables_save((FIX / "lab-iptables-node2-faults.save").read_text())

@@ -27,7 +27,7 @@ from tracer.events.decode import (
     encode,
     encode_ct,
 )
-from tracer.report import Resolver, drop_rows, event_json, write_drop_table
+from tracer.output.report import Resolver, drop_rows, event_json, write_drop_table
 
 SKB = 0xFFFF888012345600
 

@@ -202,7 +202,7 @@ def test_the_report_and_the_journeys_view_show_the_dnat_of_the_lab_journey(tmp_p
     the backend chosen."""
     from tests.support.lab_merged import lab_recording
     from tracer.cmd_merge import merge_files
-    from tracer.merged_report import journey_views, section_text
+    from tracer.output.merged_report import journey_views, section_text
 
     out = tmp_path / "all.ptrec.gz"
     merge_files([str(lab_recording(view)) for view in ("client", "node1", "node2")], str(out))

@@ -262,7 +262,7 @@ def test_packet_too_big_counts_each_error_once_with_its_mtu_apart_from_frag_need
 
 
 def test_packet_too_big_in_the_node_mtu_section_json_and_text() -> None:
-    from tracer.recorded_node import NodeMtu
+    from tracer.recording.recorded_node import NodeMtu
 
     counter = MtuEventCounter({})
     for i in range(3):
@@ -279,7 +279,7 @@ def test_packet_too_big_in_the_node_mtu_section_json_and_text() -> None:
 def test_packets_fragmented_locally_are_counted_apart_from_fragments_on_the_wire() -> None:
     from scapy.layers.inet import fragment
 
-    from tracer.recorded_node import relevant
+    from tracer.recording.recorded_node import relevant
 
     big = IP(src="10.244.0.2", dst="10.244.1.2", id=77) / UDP(sport=5, dport=9) / Raw(b"z" * 3000)
     counter = MtuEventCounter({})

@@ -27,8 +27,8 @@ from tracer.events.decode import (
 from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.kernel.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
+from tracer.output.report import Resolver, drop_rows
 from tracer.probes.kprobes import KPROBES, SOURCES, attach_list, choose
-from tracer.report import Resolver, drop_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = (ROOT / "bpf" / "podtrace.h").read_text()

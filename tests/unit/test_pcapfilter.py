@@ -24,7 +24,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import Raw
 
-from tracer.errors import UsageError
+from tracer.output.errors import UsageError
 from tracer.probes import pcapfilter
 from tracer.probes.pcapfilter import BpfInsn, BpfProgram, Insn
 

@@ -9,7 +9,6 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from tracer import pcapng_packets
 from tracer.analysis.identity import Identity
 from tracer.events.decode import (
     EVENT_DROP,
@@ -22,7 +21,8 @@ from tracer.events.decode import (
     PacketEvent,
 )
 from tracer.events.decode import Tuple as T
-from tracer.pcapng_packets import GAP_NS, Packet, PacketFolder, fingerprint, packet_comment
+from tracer.recording import pcapng_packets
+from tracer.recording.pcapng_packets import GAP_NS, Packet, PacketFolder, fingerprint, packet_comment
 from tracer.sources.replay import RecordedNames
 
 NODE1, NODE2 = 4026532001, 4026532002

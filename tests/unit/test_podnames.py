@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer.errors import RecordingError
 from tracer.node.podnames import PodResolver, pod_uid_of_cgroup, pods_from_crictl, pods_from_log_dirs
-from tracer.recording_schema import HEADER, check
+from tracer.output.errors import RecordingError
+from tracer.recording.schema import HEADER, check
 from tracer.sources.replay import RecordedNames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "podnames"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bpf import BPF_DIR
-from tracer.errors import KernelError, UsageError
 from tracer.kernel.btf import Btf
+from tracer.output.errors import KernelError, UsageError
 from tracer.probes.build import BTF_OFFSETS, ProbeConfig, btf_cflags, build, drop_reasons
 from tracer.probes.pcapfilter import compile_filter
 

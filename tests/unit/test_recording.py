@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
-from tracer.errors import RecordingError
 from tracer.events.decode import EVENT_DROP, EVENT_PATH, PacketEvent, Tuple, decode, encode
-from tracer.recording import (
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import (
     FORMAT_VERSION,
     KIND_EVENTS,
     KIND_HEADER,

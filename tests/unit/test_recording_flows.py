@@ -23,10 +23,10 @@ from tracer.analysis.softirq import (
     format_table,
 )
 from tracer.api import open_recording
-from tracer.errors import RecordingError
 from tracer.events.decode import Tuple
 from tracer.node.kubeproxy.iptables import parse_iptables_save
-from tracer.recording import (
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import (
     KIND_NAT_FLOWS,
     Recorder,
     RecordReader,

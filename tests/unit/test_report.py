@@ -24,7 +24,7 @@ from tracer.events.decode import (
     Tuple,
     decode,
 )
-from tracer.report import (
+from tracer.output.report import (
     Resolver,
     describe_point,
     drop_rows,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tracer.analysis.softirq import Log2Hist, SoftirqAggregator, SoftirqSnapshot, SoftnetRow
-from tracer.errors import KernelError, UsageError
 from tracer.node.kubeproxy.model import ServiceMap
+from tracer.output.errors import KernelError, UsageError
 from tui.messages import SnapshotReady
 from tui.model import Model, sparkline
 from tui.overlay import OverlayTable

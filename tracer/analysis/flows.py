@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tracer.events.decode import Tuple
-from tracer.layout import cut, fit_columns
 from tracer.node.kubeproxy.model import ServiceMap, ServicePort
+from tracer.output.layout import cut, fit_columns
 from tracer.probes.nf_points import point_label
 
 if TYPE_CHECKING:  # conntrack reads netlink: the table needs only its type
@@ -436,9 +436,9 @@ class LiveFlowsTable:
         self._pod_resolver: PodResolver | None = None
 
     def _load_names(self) -> ServiceMap:
-        from tracer.errors import PodtraceError
         from tracer.node.kubeproxy.collect import collect  # runs iptables-save/nft once
         from tracer.node.kubeproxy.model import merge
+        from tracer.output.errors import PodtraceError
 
         maps = []
         for node in self.nodes:

@@ -288,7 +288,7 @@ class TunnelTable:
 
     def add_named(self, event: PacketEvent, names: Any) -> None:
         """add() with the observation point and reason named as `podtrace overlay` and `report` show them
-        (names: a tracer.report.Resolver)."""
+        (names: a tracer.output.report.Resolver)."""
         where = f"{names.netns(event.netns)}/{event.ifname or '-'}"
         if event.type == EVENT_DROP:
             self.add(event, where, names.reason(event.reason))

@@ -27,7 +27,7 @@ from typing import Any
 
 from tracer.benchmarks.pipeline import synthetic_drop_events
 from tracer.benchmarks.stats import Section
-from tracer.report import Resolver
+from tracer.output.report import Resolver
 
 OFFERED = 200_000  # events/s
 FLOWS = 100_000

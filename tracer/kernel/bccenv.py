@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from types import ModuleType
 
-from tracer.errors import KernelError, NotRootError
 from tracer.kernel import headers, kernelfs
+from tracer.output.errors import KernelError, NotRootError
 
 _state: dict[str, object] = {}
 

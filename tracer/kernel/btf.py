@@ -21,7 +21,7 @@ import sys
 from array import array
 from typing import BinaryIO
 
-from tracer.errors import KernelError
+from tracer.output.errors import KernelError
 
 DEFAULT_PATH = "/sys/kernel/btf/vmlinux"
 

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.errors import KernelError
 from tracer.kernel import bccenv, kernelfs
 from tracer.kernel.btf import Btf
 from tracer.kernel.hookpoints import HOOK_POINTS, HookPoint, Mechanism
 from tracer.kernel.kernelhints import modules_loadable
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.kernel.ladder import AttachPlan, Trial, make_plan
+from tracer.output.errors import KernelError
 from tracer.probes import nflink, tpbtf
 
 NOP_PROGRAMS = r"""

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.errors import KernelError
+from tracer.output.errors import KernelError
 
 CACHE_DIR = Path(os.environ.get("PODTRACE_CACHE", "/var/cache/podtrace")) / "headers"
 SRC_DIR = Path("/usr/src")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tracer.errors import KernelError
+from tracer.output.errors import KernelError
 
 TRACEFS = "/sys/kernel/tracing"
 DEBUGFS = "/sys/kernel/debug"

@@ -14,8 +14,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from tracer.errors import KernelError
 from tracer.kernel.btf import DEFAULT_PATH, Btf
+from tracer.output.errors import KernelError
 
 MODULE_BTF_DIR = "/sys/kernel/btf"
 _HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off, type_len, str_off, str_len

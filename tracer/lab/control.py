@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tracer.errors import LabError
 from tracer.lab import kubelet_layout, processes, proxy, sh, state, topology
 from tracer.lab import manifest as mf
+from tracer.output.errors import LabError
 
 Progress = Callable[[str], None]
 

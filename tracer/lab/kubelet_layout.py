@@ -17,8 +17,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tracer.errors import LabError
 from tracer.node.podnames import KUBELET_PODS, LAB_ROOT, LOG_PODS
+from tracer.output.errors import LabError
 
 CGROUP_SUBTREE = "podtrace-lab"
 QOS_SLICES = ("kubepods.slice", "kubepods-besteffort.slice")

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tracer.errors import LabError
 from tracer.lab import manifest as mf
 from tracer.node.declared_names import DeclaredNames, PodName, ServiceName
+from tracer.output.errors import LabError
 
 STATE_DIR = Path(os.environ.get("PODTRACE_LAB_DIR", "/run/podtrace/lab"))
 STATE_VERSION = 1

@@ -25,10 +25,10 @@ from tracer.analysis.causes import (
     explain,
     parse_cpu_mask,
 )
-from tracer.errors import PodtraceError
 from tracer.node import conntrack
 from tracer.node.kubeproxy.collect import collect as collect_rules
 from tracer.node.kubeproxy.model import ServiceMap
+from tracer.output.errors import PodtraceError
 
 MAX_ROUTES = 64  # distinct destinations asked per namespace: a scan of thousands of addresses asks for 64
 TIMEOUT = 10.0

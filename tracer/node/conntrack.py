@@ -26,7 +26,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tracer.errors import PodtraceError
+from tracer.output.errors import PodtraceError
 
 # include/uapi/linux/netfilter/nf_conntrack_common.h, enum ip_conntrack_status
 STATUS_BITS = ("EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "DST_NAT", "SEQ_ADJUST", "SRC_NAT_DONE",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tracer.errors import PodtraceError
+from tracer.output.errors import PodtraceError
 
 
 @dataclass(frozen=True)

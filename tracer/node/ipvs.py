@@ -17,11 +17,11 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tracer.errors import PodtraceError
 from tracer.node import declared_names
 from tracer.node.kubeproxy.collect import Runner, command_runner
 from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
 from tracer.node.kubeproxy.model import Endpoint, ServiceMap, ServicePort
+from tracer.output.errors import PodtraceError
 
 DUMMY = "kube-ipvs0"
 

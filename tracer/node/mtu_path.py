@@ -8,8 +8,8 @@ import os
 from typing import Any
 
 from tracer.analysis.mtu import OVERLAY_KINDS, LinkInfo, PathLinks
-from tracer.errors import UsageError
 from tracer.node.flannel import SUBNET_ENV, parse_subnet_env
+from tracer.output.errors import UsageError
 
 NETNS_DIR = "/run/netns"
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from tracer.analysis.mtu import LiveCounts
 from tracer.analysis.mtu_events import ICMP_FRAG_NEEDED, MtuEventCounter, icmp_sent, next_hop_mtu
-from tracer.errors import PodtraceError, UsageError
 from tracer.events.decode import EVENT_PATH, POINT_RX, PacketEvent
 from tracer.node.mtu_path import collect_path
 from tracer.node.mtu_snmp import SnmpWatch
+from tracer.output.errors import PodtraceError, UsageError
 
 HEADERS = {"icmp": 28, "udp": 28, "tcp": 40}  # IPv4 20 + ICMP 8 / UDP 8 / TCP 20
 DEFAULT_PORTS = {"udp": 33434, "tcp": 80, "icmp": 0}

@@ -6,8 +6,8 @@ import os
 import time
 from collections.abc import Callable
 
-from tracer.errors import UsageError
 from tracer.kernel.ksyms import KernelSymbols
+from tracer.output.errors import UsageError
 
 NETNS_DIR = "/run/netns"
 

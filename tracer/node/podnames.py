@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tracer.errors import PodtraceError
+from tracer.output.errors import PodtraceError
 
 # A UID as the kubelet writes it into cgroup names: dashes, or underscores under the systemd driver (systemd
 # reserves "-" for slice nesting).

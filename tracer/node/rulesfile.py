@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracer.errors import UsageError
 from tracer.node.kubeproxy.iptables import parse_iptables_save
 from tracer.node.kubeproxy.model import ServiceMap
 from tracer.node.kubeproxy.nftables import parse_nft_json
+from tracer.output.errors import UsageError
 
 IPTABLES_SAVE, IPTABLES_S, NFT_JSON = "iptables-save", "iptables -S", "nft -j"
 

@@ -10,10 +10,10 @@ import struct
 from dataclasses import dataclass, field
 
 from bpf import BPF_DIR
-from tracer.errors import KernelError, UsageError
 from tracer.events.decode import PROBES
 from tracer.kernel.btf import Btf
 from tracer.kernel.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
+from tracer.output.errors import KernelError, UsageError
 from tracer.probes.pcapfilter import CompiledFilter, match_all
 from tracer.probes.scope import Scope
 

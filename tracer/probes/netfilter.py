@@ -14,7 +14,7 @@ import errno
 import os
 from collections.abc import Iterator
 
-from tracer.errors import KernelError
+from tracer.output.errors import KernelError
 from tracer.probes import nflink
 from tracer.probes.nf_points import POINTS, NfPoint
 

@@ -26,8 +26,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tracer.errors import PodtraceError, UsageError
 from tracer.events.decode import SNAP_LEN
+from tracer.output.errors import PodtraceError, UsageError
 
 Insn = tuple[int, int, int, int]  # (code, jt, jf, k), as struct bpf_insn
 

@@ -17,9 +17,9 @@ from tracer.analysis.softirq import (
     SoftirqSnapshot,
     read_softnet_stat,
 )
-from tracer.errors import KernelError
 from tracer.kernel import bccenv
-from tracer.progress import Progress
+from tracer.output.errors import KernelError
+from tracer.output.progress import Progress
 
 TRACEPOINTS = ("irq:softirq_raise", "irq:softirq_entry", "irq:softirq_exit", "napi:napi_poll")
 

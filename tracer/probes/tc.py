@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.errors import KernelError, UsageError
+from tracer.output.errors import KernelError, UsageError
 from tracer.probes.netfilter import entered_netns
 
 PRIORITY = 49001  # far from what CNIs use (they sit at 1 and at their own handles)

@@ -25,10 +25,10 @@ from typing import Any
 from tracer import __version__
 from tracer.analysis.aggregate import DropTable
 from tracer.analysis.flows import NatRecord, NodeConntrack, nat_record_from_map
-from tracer.errors import PodtraceError
 from tracer.events.decode import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
 from tracer.node.kubeproxy.model import ServiceMap
-from tracer.report import Resolver, drop_rows
+from tracer.output.errors import PodtraceError
+from tracer.output.report import Resolver, drop_rows
 from tracer.serve.attribution import Charge, attribute
 from tracer.serve.labels import OTHER, TopN
 from tracer.serve.metrics import MetricsState, serve_http
@@ -209,7 +209,7 @@ class Agent:
         """The start header with what changes refreshed: kube-proxy's rules, links, conntrack (the report's
         flow table, MTU and conntrack sections read them)."""
         from tracer.cmd_record import _services
-        from tracer.recorded_node import collect_conntrack, collect_links
+        from tracer.recording.recorded_node import collect_conntrack, collect_links
 
         header = dict(self.header)
         nodes = [self.options.node]
@@ -270,14 +270,14 @@ class Agent:
             self.recorder.add(batch)
 
     def _too_big(self) -> frozenset[int]:
-        from tracer.recorded_node import MTU_DROP_REASONS
+        from tracer.recording.recorded_node import MTU_DROP_REASONS
 
         reasons = self.names.reasons if self.names is not None else {}
         return frozenset(value for value, name in reasons.items() if name in MTU_DROP_REASONS)
 
     @staticmethod
     def _mtu_relevant(raw: bytes, too_big: frozenset[int]) -> bool:
-        from tracer.recorded_node import relevant
+        from tracer.recording.recorded_node import relevant
 
         return relevant(raw, too_big)
 
@@ -394,7 +394,7 @@ class Agent:
         if self.drops is None or not self.attached.get("netfilter"):
             return []
         from tracer.analysis.flows import FlowTable
-        from tracer.recording import nat_to_json
+        from tracer.recording.fileformat import nat_to_json
 
         records = [nat_record_from_map(key, stats) for key, stats in self.drops.nat_flows()]
         deltas = []
@@ -464,7 +464,7 @@ class Agent:
                            {(self.node, str(cpu)): row.time_squeeze for cpu, row in snapshot.softnet.items()})
 
     def _refresh_mtu(self) -> None:
-        from tracer.recorded_node import MtuSummary, collect_links
+        from tracer.recording.recorded_node import MtuSummary, collect_links
 
         links = collect_links([self.options.node])
         node_links = links["nodes"][0] if links.get("nodes") else {}

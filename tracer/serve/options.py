@@ -17,8 +17,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tracer.errors import UsageError
-from tracer.recording import parse_size
+from tracer.output.errors import UsageError
+from tracer.recording.fileformat import parse_size
 from tracer.serve.recorder import Retention
 from tracer.serve.triggers import Trigger, parse_trigger
 

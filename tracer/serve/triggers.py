@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracer.analysis.severity import SEVERITIES
-from tracer.errors import UsageError
 from tracer.events.decode import EVENT_SNAP
+from tracer.output.errors import UsageError
 from tracer.serve.attribution import Charge
 
 KINDS = ("drop", "drop-rate", "conntrack-fill")

@@ -9,7 +9,6 @@ import os
 import time
 from typing import Any
 
-from tracer.errors import KernelError
 from tracer.events.decode import (
     CNT_MAX,
     COUNTERS,
@@ -27,11 +26,12 @@ from tracer.events.decode import (
 from tracer.kernel import bccenv, kernelfs
 from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
+from tracer.output.errors import KernelError
+from tracer.output.progress import Progress
 from tracer.probes import netfilter, nf_callers, nf_points, nflink, tc, tpbtf
 from tracer.probes.build import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.probes.kprobes import attach_list
 from tracer.probes.scope import ScopeWatch
-from tracer.progress import Progress
 from tracer.sources import ringbuf
 
 # Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).

@@ -11,10 +11,11 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tracer.errors import RecordingError
 from tracer.events.decode import EVENT_SIZE, PacketEvent, decode
 from tracer.kernel.ladder import AttachPlan
-from tracer.recording import (
+from tracer.output.errors import RecordingError
+from tracer.output.report import Resolver
+from tracer.recording.fileformat import (
     KIND_COUNTERS,
     KIND_EVENTS,
     KIND_HEADER,
@@ -29,14 +30,13 @@ from tracer.recording import (
     softirq_from_json,
     split_events,
 )
-from tracer.report import Resolver
 
 if TYPE_CHECKING:
     from tracer.analysis.flows import FlowTable, NatRecord
     from tracer.analysis.softirq import SoftirqAggregator
     from tracer.node.kubeproxy.model import ServiceMap
-    from tracer.recorded_causes import RecordedStates
-    from tracer.recorded_node import MtuSummary, RecordedConntrack
+    from tracer.recording.recorded_causes import RecordedStates
+    from tracer.recording.recorded_node import MtuSummary, RecordedConntrack
 
 
 @dataclass
@@ -109,10 +109,10 @@ def recorded_services(header: dict[str, Any], per_node: dict[str, ServiceMap] | 
     """kube-proxy's ServiceMap from the command output a recording's header carries (`services.nodes`), merged
     per node as `podtrace flows` merges it, and a warning per node whose rules could not be read. `per_node`, when
     given, receives each node's own map (its netns name, "host" for the recording's own)."""
-    from tracer.errors import PodtraceError  # the kube-proxy parsers only when a report needs them
     from tracer.node.kubeproxy.collect import collect
     from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
     from tracer.node.kubeproxy.model import ServiceMap, merge
+    from tracer.output.errors import PodtraceError  # the kube-proxy parsers only when a report needs them
 
     services = ServiceMap()
     warnings = []
@@ -443,7 +443,7 @@ class ReplaySource:
         conntrack tables, and the routes, sysctls, RPS masks and ICMP counters read at its end (the last trailer's
         cause_state, format minor 6). What it does not hold is said to be unknown, and why."""
         from tracer.analysis.causes import NetnsState
-        from tracer.recorded_causes import RECORDED, RecordedStates, from_json, missing_reason
+        from tracer.recording.recorded_causes import RECORDED, RecordedStates, from_json, missing_reason
 
         per_node: dict[str, ServiceMap] = {}
         recorded_services(self.header, per_node)
@@ -465,13 +465,13 @@ class ReplaySource:
 
     def conntrack(self) -> list[RecordedConntrack]:
         """Each node's conntrack table at the start and (once the last trailer is read) at the end."""
-        from tracer.recorded_node import recorded_conntrack
+        from tracer.recording.recorded_node import recorded_conntrack
 
         return recorded_conntrack(self.header, self.trailer if self.trailer and not self.trailer.get("next") else None)
 
     def mtu_summary(self) -> MtuSummary:
         """An empty MTU section builder for this recording's links; feed it the decoded events."""
-        from tracer.recorded_node import MtuSummary
+        from tracer.recording.recorded_node import MtuSummary
 
         return MtuSummary(self.header.get("links"), self.reasons, "icmp" in self.header.get("programs", []))
 

@@ -11,17 +11,17 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from tracer.errors import UsageError
 from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, PacketEvent, counted_events, decode
 from tracer.kernel import bccenv
 from tracer.node import kubeapi
 from tracer.node.names import NetnsNames, Symbolizer, netns_inode
 from tracer.node.podnames import PodResolver, resolver_for
+from tracer.output.errors import UsageError
+from tracer.output.report import Resolver
 from tracer.probes.build import ProbeConfig
 from tracer.probes.kprobes import CONCERNS, choose_live, netfilter_links_possible
 from tracer.probes.pcapfilter import compile_filter
 from tracer.probes.scope import Scope
-from tracer.report import Resolver
 from tracer.sources.live import LiveSource
 
 PACKET_EVENTS = frozenset(kind for kind, size in EVENT_SIZES.items() if size == EVENT_SIZE)

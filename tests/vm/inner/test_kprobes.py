@@ -35,9 +35,9 @@ from tracer.events.decode import (
 )
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.node.names import NetnsNames
+from tracer.output.report import Resolver, drop_rows
 from tracer.probes.build import ProbeConfig
-from tracer.recording import Recorder
-from tracer.report import Resolver, drop_rows
+from tracer.recording.fileformat import Recorder
 from tracer.sources.live import LiveSource
 from tracer.sources.replay import ReplaySource
 from tracer.sources.session import probe_config

@@ -11,11 +11,11 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Optional
 
-from tracer.errors import PodtraceError
 from tracer.node.kubeproxy.iptables import iptables_variant, parse_iptables_save
 from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
 from tracer.node.kubeproxy.model import ServiceMap, merge
 from tracer.node.kubeproxy.nftables import parse_nft_json
+from tracer.output.errors import PodtraceError
 
 # argv -> stdout, or None when the program is not installed. Raises PodtraceError when it fails.
 Runner = Callable[[Sequence[str]], Optional[str]]

@@ -1,5 +1,6 @@
-"""The cross-node section of `podtrace report` on a merged recording (header `merged`, tracer/merged_recording.py):
-each flow's journey from the client's node to where it died, with the clock alignment it rests on. Pure code."""
+"""The cross-node section of `podtrace report` on a merged recording (header `merged`,
+tracer/recording/merged_recording.py): each flow's journey from the client's node to where it died, with the clock
+alignment it rests on. Pure code."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from tracer.analysis.nfverdict import describe as describe_verdict
 from tracer.analysis.severity import classify, rank
 from tracer.analysis.softirq import format_us
 from tracer.events.decode import POINT_NAMES, PacketEvent, Tuple
-from tracer.layout import cut, fit_columns
+from tracer.output.layout import cut, fit_columns
 
 
 @dataclass
@@ -105,8 +105,8 @@ def _flow(row: dict[str, Any]) -> str:
 def write_drop_table(rows: list[dict[str, Any]], out: TextIO, width: int | None = None) -> None:
     """Count, reason, location, where, flow: each column as wide as its widest value.
 
-    `width` (the terminal's columns, see tracer.layout): the widest of reason, location and where gives way first,
-    down to a floor, and a shortened value ends in CUT. None (a pipe, a file, --wide): nothing is shortened.
+    `width` (the terminal's columns, see tracer.output.layout): the widest of reason, location and where gives way
+    first, down to a floor, and a shortened value ends in CUT. None (a pipe, a file, --wide): nothing is shortened.
     """
     if not rows:
         out.write("no drops seen\n")

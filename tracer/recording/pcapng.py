@@ -14,8 +14,8 @@ from typing import BinaryIO
 
 from tracer import __version__
 from tracer.events.decode import FLAG_SNAP_SKB, POINT_NAMES, PacketEvent
-from tracer.pcapng_packets import Packet
-from tracer.report import describe_point
+from tracer.output.report import describe_point
+from tracer.recording.pcapng_packets import Packet
 from tracer.sources.replay import RecordedNames
 
 # Snapshots start at the network header: raw IPv4/IPv6, no link layer.

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from tracer import recording_schema
-from tracer.errors import RecordingError
 from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, Tuple, field_offsets, netns_of
+from tracer.output.errors import RecordingError
+from tracer.recording import schema as recording_schema
 
 if TYPE_CHECKING:
     from tracer.analysis.flows import NatRecord
@@ -37,8 +37,8 @@ FORMAT_VERSION = 1
 # in counters records and trailers, "probe_counters_at_start" in headers), 4 the header's part.run_id (rotation parts
 # are found by it and their index, never by the trailer's "next"), 5 the header's "merged" (`podtrace merge -o`: two
 # nodes' events on one clock, the journeys), 6 the last trailer's "cause_state" (the node state behind the drops'
-# causes, tracer/recorded_causes.py), 7 the header's "boot_id" (one boot: one monotonic clock), the merged clock's
-# "same_clock" and a journey's "dnat". Absent in the first files: 0.
+# causes, tracer/recording/recorded_causes.py), 7 the header's "boot_id" (one boot: one monotonic clock), the merged
+# clock's "same_clock" and a journey's "dnat". Absent in the first files: 0.
 FORMAT_MINOR = 7
 PREAMBLE = struct.Struct("<8sI")
 
@@ -217,7 +217,7 @@ class Record:
     offset: int  # of the record's length field in the (decompressed) stream
 
     def json(self, path: str = "") -> dict[str, Any]:
-        """The payload as a JSON object checked against its kind's schema (tracer.recording_schema)."""
+        """The payload as a JSON object checked against its kind's schema (tracer.recording.schema)."""
         name = KIND_NAMES_BY_VALUE.get(self.kind, f"kind {self.kind}")
         what = f"{path + ': ' if path else ''}{name} record at byte offset {self.offset}"
         if len(self.payload) > MAX_JSON:

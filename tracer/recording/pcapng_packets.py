@@ -21,8 +21,8 @@ from tracer.analysis.causes import NetnsState, explain
 from tracer.analysis.identity import NOT_TRACED, Identity
 from tracer.analysis.nfverdict import hook_label
 from tracer.events.decode import NatEvent, PacketEvent
+from tracer.output.report import Resolver, describe_point
 from tracer.probes.nf_points import point_label
-from tracer.report import Resolver, describe_point
 from tracer.sources.replay import RecordedNames
 
 VXLAN_PORTS = (4789, 8472)  # IANA's and flannel's

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.errors import PodtraceError, RecordingError
 from tracer.events.decode import EVENT_CT, EVENT_DROP, EVENT_PATH, EVENT_SIZE, NETNS_OFFSETS, field_offsets, netns_of
-from tracer.recording import (
+from tracer.output.errors import PodtraceError, RecordingError
+from tracer.recording.fileformat import (
     FORMAT_MINOR,
     FORMAT_VERSION,
     KIND_HEADER,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.errors import RecordingError
+from tracer.output.errors import RecordingError
 
 MAX_DEPTH = 32  # the deepest the writer nests is 7 (links.nodes[].links[].peer.addresses[])
 MAX_INT_DIGITS = 20  # u64 has 20 digits: a longer integer is not a counter, an inode or a timestamp
@@ -338,7 +338,7 @@ HEADER = Obj({
     "links": Opt(LINKS), "conntrack": Opt(CONNTRACK),
     "merged": Opt(MERGED),
 })
-# the node state behind the drops' causes, read at the end (format minor 6, tracer/recorded_causes.py)
+# the node state behind the drops' causes, read at the end (format minor 6, tracer/recording/recorded_causes.py)
 COUNTS = Map(INT, max_len=4096)  # sysctl, counter or device -> value
 CPU_LISTS = Map(List(Int(0, 1 << 20), 1 << 16), max_len=65536)  # device -> CPUs
 ROUTE = Obj({"dst": Str(64), "error": Str(4096), "dev": Str(64),
@@ -362,8 +362,9 @@ SOFTIRQ = Obj({"ts": Num(), "hists": Map(Map(HIST, max_len=16), int_keys=True, m
 
 
 def schema_of(kind: int) -> Schema:
-    """The schema of a JSON record kind (tracer.recording.KIND_*); ANY for kinds this reader does not know."""
-    from tracer import recording  # the kind numbers live with the format
+    """The schema of a JSON record kind (tracer.recording.fileformat.KIND_*); ANY for kinds this reader does not
+    know."""
+    from tracer.recording import fileformat as recording  # the kind numbers live with the format
 
     return {recording.KIND_HEADER: HEADER, recording.KIND_TRAILER: TRAILER, recording.KIND_NAMES: NAMES,
             recording.KIND_COUNTERS: COUNTERS_RECORD, recording.KIND_NAT_FLOWS: NAT_FLOWS,

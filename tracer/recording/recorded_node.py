@@ -22,10 +22,10 @@ from typing import Any
 from tracer.analysis.flows import NodeConntrack
 from tracer.analysis.mtu import OVERLAY_KINDS, LinkInfo, LiveCounts, MtuVerdict, PathLinks, verdict
 from tracer.analysis.mtu_events import MTU_DROP_REASONS, MtuEventCounter
-from tracer.errors import PodtraceError
 from tracer.events.decode import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent
 from tracer.node.conntrack import CpuStats, Health
 from tracer.node.flannel import SUBNET_ENV, parse_subnet_env
+from tracer.output.errors import PodtraceError
 
 NETNS_DIR = "/run/netns"
 MAX_POD_NAMES = 4  # pods named on a verdict line before "and N more"
