@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.cmd_doctor import cannot_see, fixes_for
+from tracer.cli.doctor import cannot_see, fixes_for
 from tracer.kernel import capabilities as kernel
 from tracer.kernel.hookpoints import HOOK_POINTS, Candidate, HookPoint, Mechanism, hook_point
 from tracer.kernel.ladder import AttachPlan, HookPlan, Trial, make_plan, plan_hook, trials_from_json, trials_to_json
