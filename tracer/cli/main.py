@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "tracer.cli.check",
     "tracer.lab.cli",
     "tracer.cli.flows",
+    "tracer.cli.mtu",
+    "tracer.cli.softirq",
     "tracer.cli.overlay",
     "tracer.cli.tui",
     "tracer.cli.record",
