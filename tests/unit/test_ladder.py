@@ -87,7 +87,7 @@ def test_every_candidate_is_a_program_podtrace_has() -> None:
 
 
 def test_a_candidate_without_a_program_cannot_be_declared() -> None:
-    with pytest.raises(ValueError, match="no BPF program bpf/nowhere.c"):
+    with pytest.raises(ValueError, match="bpf/nowhere.c is no registered program"):
         Candidate(Mechanism.KPROBE, ("f",), "nowhere.c")
 
 
