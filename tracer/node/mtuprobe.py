@@ -1,7 +1,7 @@
 """`podtrace mtu`: find the largest DF packet that gets from a namespace to a target, and where bigger ones die.
 
 Two processes work together. A worker runs inside the source namespace (`ip netns exec NS python -m
-tracer.node.mtuprobe`) and sends one DF probe per request with scapy (ICMP echo, UDP, or TCP SYN padded to the
+tracer.node.mtuprobe_worker`) and sends one DF probe per request with scapy (ICMP echo, UDP, or TCP SYN padded to the
 asked IP total length, each with its own IP id), reporting what answered. The parent binary-searches the size
 and traces in the kernel meanwhile (LiveSource, filter on the target and ICMP): drops of the probes (matched by
 IP id) say where larger packets die, and ICMP frag-needed events say whether the error got back to the sender.
@@ -12,7 +12,6 @@ figures with the MTU they were cut for.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,76 +26,13 @@ from tracer.analysis.mtu_events import ICMP_FRAG_NEEDED, MtuEventCounter, icmp_s
 from tracer.events.decode import EVENT_PATH, POINT_RX, PacketEvent
 from tracer.node.mtu_path import collect_path
 from tracer.node.mtu_snmp import SnmpWatch
+from tracer.node.mtuprobe_worker import HEADERS
 from tracer.output.errors import PodtraceError, UsageError
 
-HEADERS = {"icmp": 28, "udp": 28, "tcp": 40}  # IPv4 20 + ICMP 8 / UDP 8 / TCP 20
 DEFAULT_PORTS = {"udp": 33434, "tcp": 80, "icmp": 0}
 MIN_SIZE = 68  # RFC 791: every IPv4 host must forward a 68-byte datagram unfragmented
 ARRIVED = frozenset({"echo-reply", "port-unreachable", "syn-ack", "rst", "udp-reply", "unreachable",
                      "seen-at-target"})
-
-
-# The worker (runs inside the source namespace) -----------------------------------------------------------
-
-
-def _classify(answer: Any, target: str) -> tuple[str, int | None, str]:
-    """(kind, quoted MTU, answering address) of a scapy answer."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP  # only the worker needs scapy
-
-    if answer is None:
-        return "none", None, ""
-    src = answer[IP].src if IP in answer else ""
-    if ICMP in answer:
-        icmp = answer[ICMP]
-        if icmp.type == 0:
-            return "echo-reply", None, src
-        if icmp.type == 3 and icmp.code == 4:
-            return "frag-needed", int(icmp.nexthopmtu), src
-        if icmp.type == 3 and icmp.code == 3 and src == target:
-            return "port-unreachable", None, src
-        if icmp.type == 3 and src == target:
-            return "unreachable", None, src
-        return f"icmp-{icmp.type}-{icmp.code}", None, src
-    if TCP in answer:
-        flags = int(answer[TCP].flags)
-        return ("syn-ack" if flags & 0x12 == 0x12 else "rst" if flags & 0x04 else "tcp"), None, src
-    if UDP in answer:
-        return "udp-reply", None, src
-    return "other", None, src
-
-
-def worker(target: str, proto: str, port: int, timeout: float) -> int:
-    """Read `SIZE IPID` lines on stdin, send one DF probe each, print one JSON answer line each."""
-    from scapy.config import conf
-    from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.packet import Raw
-    from scapy.sendrecv import sr1
-
-    conf.verb = 0
-    src_ip = conf.route.route(target)[1]
-    print(json.dumps({"ready": True, "src": src_ip}), flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if len(words) != 2:
-            continue
-        size, ip_id = int(words[0]), int(words[1])
-        pad = Raw(b"\x00" * max(0, size - HEADERS[proto]))
-        ip = IP(dst=target, flags="DF", id=ip_id)
-        if proto == "icmp":
-            packet = ip / ICMP(id=ip_id, seq=1) / pad
-        elif proto == "udp":
-            packet = ip / UDP(sport=40000 + ip_id % 20000, dport=port) / pad
-        else:
-            packet = ip / TCP(sport=40000 + ip_id % 20000, dport=port, flags="S", seq=ip_id) / pad
-        result: dict[str, Any] = {"size": size, "id": ip_id}
-        try:
-            answer = sr1(packet, timeout=timeout, verbose=0)
-            kind, mtu, src = _classify(answer, target)
-            result.update(answer=kind, mtu=mtu, src=src)
-        except OSError as err:  # EMSGSIZE: larger than the source's own interface
-            result.update(answer="error", error=str(err))
-        print(json.dumps(result), flush=True)
-    return 0
 
 
 # The parent: search, kernel evidence, report ---------------------------------------------------------------
@@ -223,7 +159,7 @@ class BinarySearch:
 
 
 def _worker_command(source_netns: str, target: str, proto: str, port: int, timeout: float) -> list[str]:
-    args = [sys.executable, "-m", "tracer.node.mtuprobe", "--to", target, "--proto", proto, "--port", str(port),
+    args = [sys.executable, "-m", "tracer.node.mtuprobe_worker", "--to", target, "--proto", proto, "--port", str(port),
             "--timeout", str(timeout)]
     if source_netns.startswith("/"):  # a namespace file such as /proc/PID/ns/net
         return ["nsenter", f"--net={source_netns}", *args]
@@ -458,17 +394,3 @@ def _evidence(result: MtuProbeResult, events: list[PacketEvent], reasons: dict[i
 def _is_frag_needed_to(event: PacketEvent, src_ip: str) -> bool:
     t = event.outer
     return t.proto == 1 and t.icmp_type == 3 and t.icmp_code == 4 and (not src_ip or t.dst == src_ip)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tracer.node.mtuprobe", description="podtrace mtu's probe worker")
-    parser.add_argument("--to", required=True)
-    parser.add_argument("--proto", choices=tuple(HEADERS), default="icmp")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    return worker(args.to, args.proto, args.port, args.timeout)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
