@@ -208,14 +208,14 @@ class Agent:
     def _segment_header(self) -> dict[str, Any]:
         """The start header with what changes refreshed: kube-proxy's rules, links, conntrack (the report's
         flow table, MTU and conntrack sections read them)."""
-        from tracer.cmd_record import _services
         from tracer.recorded_node import collect_conntrack, collect_links
+        from tracer.recorded_rules import capture
 
         header = dict(self.header)
         nodes = [self.options.node]
         header["links"] = collect_links(nodes)
         header["conntrack"] = collect_conntrack(nodes)
-        header["services"] = _services([self.options.node])  # type: ignore[list-item]
+        header["services"] = capture([self.options.node])
         wall, mono = time.time_ns(), time.monotonic_ns()
         header["clock"] = {"wall_ns": wall, "monotonic_ns": mono, "wall_offset_ns": wall - mono}
         return header
