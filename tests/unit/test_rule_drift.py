@@ -1,17 +1,17 @@
-"""A ruleset that changed during a session (tracer/rule_drift.py): a drop whose matched rule is the same at both ends
-stays matched, renumbered or not; one whose rule or Service changed says the rule is not known. On the lab's own
-iptables-save dumps (tests/unit/fixtures/kubeproxy: node1 healthy, node2 with the drop-backend and no-endpoints
-faults on), edited as kube-proxy or an operator would between two reads."""
+"""A ruleset that changed during a session (tracer/analysis/rule_drift.py): a drop whose matched rule is the same at
+both ends stays matched, renumbered or not; one whose rule or Service changed says the rule is not known. On the
+lab's own iptables-save dumps (tests/unit/fixtures/kubeproxy: node1 healthy, node2 with the drop-backend and
+no-endpoints faults on), edited as kube-proxy or an operator would between two reads."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tracer.causes import UNKNOWN, NetnsState, explain
-from tracer.kubeproxy.iptables import parse_iptables_save
-from tracer.kubeproxy.model import ServiceMap
-from tracer.rule_drift import drift
+from tracer.analysis.causes import UNKNOWN, NetnsState, explain
+from tracer.analysis.rule_drift import drift
+from tracer.node.kubeproxy.iptables import parse_iptables_save
+from tracer.node.kubeproxy.model import ServiceMap
 
 FIX = Path(__file__).parent / "fixtures" / "kubeproxy"
 FAULTS = (FIX / "lab-iptables-node2-faults.save").read_text()
