@@ -143,8 +143,11 @@ class Agent:
         self._load_names()
         if self.options.recorder_dir:
             self.header = self._build_header()
+            from tracer.serve.incident_causes import IncidentCauses
+
             self.recorder = FlightRecorder(self.options.recorder_dir, self.options.retention, self._segment_header,
-                                           self.names.netns, self.names.symbol, self.log)
+                                           self.names.netns, self.names.symbol, self.log,
+                                           causes=IncidentCauses(self.options.node, self.names))
         self.refresh(first=True)
         self._refresh_mtu()
         listening = f"{self.options.address}:{self.options.port}"
