@@ -2,7 +2,8 @@
 tests/unit/fixtures/kubeproxy) loaded with iptables-restore on a forwarding namespace the test builds, then restored
 again mid-run, edited as a resync or an operator would edit it. A drop matched to a rule that is the same at both
 ends (only renumbered) names it by its number at the end; one whose rule changed says the rule is not known,
-in `drops` and in `report` on a `record --node` made beside it. The drop's reason and identity stay observed."""
+in `drops` and in `report` on a `record --node` made beside it; on the lab, a foreign rule deleted mid-run is named
+by neither `flows` nor `drops`. The drop's reason and identity stay observed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from support.dnat import Dnat, dnat_namespaces  # noqa: F401 (the fixture "dnat")
+from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.netns import send_udp
 from support.podtrace import run, start
 
@@ -82,3 +84,29 @@ def test_a_rule_replaced_during_the_session_is_not_known_never_the_ends_guess(dn
         assert row["reason"] == "NETFILTER_DROP" and row["src"] == dnat.client_addr  # the kernel's, unchanged
     text = " ".join(run("report", str(tmp_path / "resync.ptrec")).stdout.split())
     assert f"cause: {want}" in text and "fix:" not in text.split(f"cause: {want}")[1][:10], text
+
+
+@pytest.mark.usefixtures("iptables_lab", "faults_cleared")
+def test_a_foreign_rule_removed_mid_session_is_not_named_by_flows_or_drops() -> None:
+    # The lab's drop-backend rule is there when the sessions start and gone when they end (someone deleted it):
+    # its drops are still web-2's (the conntrack identity is observed), but which rule dropped them is not known.
+    from tracer.lab import faults, traffic
+
+    faults.set_fault("drop-backend", True)
+    flows = start("flows", "--json", "--node", "pt-node1", "--node", "pt-node2", "tcp port 80 or tcp port 8080")
+    drops = start("drops", "--json", "--netns", "pt-node2", "tcp")
+    sent = traffic.probe("default/web:http", count=20, timeout=0.5)
+    faults.set_fault("drop-backend", False)
+    time.sleep(0.5)
+    flowed, dropped = flows.stop(), drops.stop()
+    assert flowed.returncode == 0 and dropped.returncode == 0, (flowed.stderr, dropped.stderr)
+    assert sent.per_target["default/web:http"].failed > 0, sent
+    web2 = [row for row in flowed.rows if row.get("backend_pod") == "web-2" and row.get("drops")]
+    labels = [label for row in web2 for label in row["drops"] if label.startswith("NETFILTER_DROP")]
+    assert labels, flowed.rows
+    for label in labels:
+        assert "by filter FORWARD #1" not in label and "a DROP rule not written by kube-proxy" not in label, label
+        assert "the ruleset changed during the session: this packet matches filter FORWARD #1 `-A FORWARD -d " \
+               "10.244.1.2/32 -p tcp" in label and "no DROP/REJECT rule in those read at the end" in label, label
+    mine = [row for row in dropped.rows if row.get("reason") == "NETFILTER_DROP" and row.get("dport") == 8080]
+    assert mine and {row["cause"]["kind"] for row in mine} == {"rules-changed"}, mine

@@ -78,3 +78,34 @@ def test_a_service_whose_endpoints_went_away_during_the_session_is_not_called_en
     cause = explain(_vip_drop(), NetnsState("pt-node2", services=_rules(FAULTS), services_start=_rules(HEALTHY)))
     assert (cause.kind, cause.known) == ("rules-changed", UNKNOWN), cause
     assert "no DROP/REJECT rule in the rules read at the start and filter KUBE-SERVICES #" in cause.text, cause.text
+
+
+def test_flows_charge_the_drop_to_its_flow_without_naming_a_rule_that_changed() -> None:
+    import socket
+
+    from tracer.analysis.flows import FlowTable, NatRecord
+    from tracer.events.decode import Tuple
+
+    def t(src: str, sport: int, dst: str, dport: int) -> Tuple:
+        pad = bytes(12)
+        return Tuple(socket.inet_aton(src) + pad, socket.inet_aton(dst) + pad, sport, dport, 4, 6, 0, 0, 0, 0)
+
+    start, end = _rules(FAULTS.replace(FOREIGN, "")), _rules(FAULTS)
+    row = _backend_drop(hook="FORWARD first", ct_client="10.244.0.2:41000", ct_backend="10.244.1.2:8080")
+    for drift_rules, named in (({}, True), ({"pt-node2": (start, end)}, False)):
+        table = FlowTable(end, lambda ip: "-")
+        table.drift_rules = drift_rules
+        table.add_nat([NatRecord(1, 4026532000, t("10.244.0.2", 41000, "10.96.0.20", 80),
+                                 t("10.244.0.2", 41000, "10.244.1.2", 8080), 1, 60, 1, 2, 5000, 9000)])
+        table.add_drops([{**row, "cause": explain(row, NetnsState("pt-node2", services=end,
+                                                                  services_start=start if not named else None)
+                                                  ).to_json()}])
+        [flow] = table.rows()
+        [label] = flow.drops
+        assert flow.service == "default/web-nodeport:http" and flow.drops[label] == 3
+        if named:  # one end read: the rule the end's ruleset matches, said to be matched
+            assert "a DROP rule not written by kube-proxy: filter FORWARD #1" in label and "(matched)" in label, label
+        else:
+            assert "by filter FORWARD" not in label and "the ruleset changed during the session: this packet " \
+                "matches no DROP/REJECT rule in the rules read at the start and filter FORWARD #1" in label, label
+            assert label.endswith("which one dropped it is not known (unknown) (conntrack)"), label
