@@ -37,8 +37,7 @@ FLAG_PARSED = 0x04
 # Counter indexes (PT_CNT_*).
 COUNTERS = ("seen", "filtered", "events", "lost", "sampled", "read_fail")
 CNT_MAX = 8  # PT_CNT_MAX: counters per probe in the counters array
-# PT_PROBE_*: the counters array holds CNT_MAX counters per probe (index = probe * CNT_MAX + counter).
-PROBES = ("other", "drops", "path", "netfilter", "tc", "icmp", "nf_kprobe", "overlay_kprobe", "ipvs_kprobe")
+# The counters array holds CNT_MAX counters per probe slot (tracer/probes/registry.py COUNTER_SLOTS, PT_PROBE_*).
 
 SNAP_LEN = 256
 EVENT_SNAP = 128

@@ -198,7 +198,7 @@ class Agent:
                                   node=[self.options.node] if self.options.node else [None])
 
     def _build_header(self) -> dict[str, Any]:
-        from tracer.cmd_record import build_header
+        from tracer.cli.record import build_header
         from tracer.node.names import named_netns
 
         known = {inode: name for name, inode in named_netns().items()}
