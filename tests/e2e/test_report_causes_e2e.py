@@ -18,7 +18,7 @@ from support import podtrace
 from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.podtrace import Running, start
 
-from tracer.analysis.causes import RECORDED_RULES
+from tracer.analysis.causes import RECORDED_END_RULES
 from tracer.lab import faults, traffic
 from tracer.recording.recorded_causes import ORIGIN
 
@@ -52,8 +52,10 @@ def _same_causes(live: Running, path: Path, netns: str, kind: str, dport: int | 
         assert then is not None, (row, sorted(recorded))
         if kind != "backlog":  # the floods go on between the two stops; the other traffic ended before
             assert then["count"] == row["count"], (then, row)
-        # said of the recorded state: a rule is recorded at the start, the rest of what names a culprit at the end
-        state = f"{RECORDED_RULES}, ICMP counters at its start and its end" if kind == "no-endpoints" else ORIGIN
+        # said of the recorded state: the rules where netfilter dropped and the rest of what names a culprit are
+        # read at the end (as `drops` reads them), the ICMP counters at both ends
+        state = {"no-endpoints": f"{RECORDED_END_RULES}, ICMP counters at its start and its end",
+                 "rule": RECORDED_END_RULES}.get(kind, ORIGIN)
         want = {**row["cause"], "state": state}
         assert then["cause"] == want, (then["cause"], row["cause"])
     return rows
@@ -104,11 +106,14 @@ def test_strict_rp_filter_is_named_by_the_report_as_by_drops(tmp_path: Path) -> 
                                                "eth0=1)") for row in rows), rows
 
 
-def test_the_rate_limited_icmp_of_a_no_endpoints_reject_is_in_the_report_as_in_drops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scope", [("--node", "pt-node1"), ("--netns", "pt-node1")], ids=["node", "plain"])
+def test_the_rate_limited_icmp_of_a_no_endpoints_reject_is_in_the_report_as_in_drops(
+        tmp_path: Path, scope: tuple[str, str]) -> None:
+    # A plain `record` (no --node) keeps the rules where netfilter dropped, read at its end, as --node does.
     faults.set_fault("no-endpoints", True)
     path = tmp_path / "noep.ptrec"
     drops = start("drops", "--json", "--netns", "pt-node1", "tcp port 80")
-    record = start("record", "-o", str(path), "--node", "pt-node1", "tcp port 80")
+    record = start("record", "-o", str(path), *scope, "tcp port 80")
     sent = traffic.probe("default/web:http", count=20, timeout=0.5)  # faster than the ICMP limit (1/s, burst 6)
     time.sleep(0.5)
     live, _ = _stop(drops), _stop(record)
@@ -116,6 +121,26 @@ def test_the_rate_limited_icmp_of_a_no_endpoints_reject_is_in_the_report_as_in_d
     rows = _same_causes(live, path, "pt-node1", "no-endpoints")
     assert all(" ICMP errors were rate-limited in pt-node1 during the session (IcmpOutRateLimitHost +" in
                row["cause"]["text"] for row in rows), rows
+    assert all(row["cause"]["text"].startswith("Service default/web:http has no endpoints: kube-proxy rejects its VIP "
+                                               "10.96.0.10:80/tcp (filter KUBE-SERVICES #") for row in rows), rows
+    text = " ".join(podtrace.run("report", str(path)).stdout.split())  # the cause line, unwrapped
+    assert "cause: Service default/web:http has no endpoints: kube-proxy rejects its VIP 10.96.0.10:80/tcp (filter " \
+           "KUBE-SERVICES #1); " in text and "(matched; rules recorded at the end of the recording, ICMP counters at " \
+           "its start and its end)" in text, text
+
+
+def test_a_plain_record_names_a_foreign_drop_rule_as_drops_does(tmp_path: Path) -> None:
+    faults.set_fault("drop-backend", True)
+    path = tmp_path / "dropbackend.ptrec"
+    drops = start("drops", "--json", "--netns", "pt-node2", "tcp")
+    record = start("record", "-o", str(path), "--netns", "pt-node2", "tcp")
+    traffic.probe("default/web:http", count=12, timeout=0.5)
+    time.sleep(0.5)
+    live, _ = _stop(drops), _stop(record)
+    rows = _same_causes(live, path, "pt-node2", "rule", dport=8080)
+    assert all(row["cause"]["text"].startswith("a DROP rule not written by kube-proxy: filter FORWARD #1 `-A FORWARD "
+                                               "-d 10.244.1.2/32 -p tcp") and row["cause"]["known"] == "matched"
+               for row in rows), rows
 
 
 def test_an_rps_mask_behind_backlog_drops_is_named_by_the_report_as_by_drops(tmp_path: Path) -> None:

@@ -105,3 +105,31 @@ def test_retention_stays_under_its_caps_with_many_triggers(tmp_path: str) -> Non
     assert 0 < len(kept) < sealed, (samples[-5:], process.log[-3000:])  # type: ignore[attr-defined]
     for path in kept:  # what is kept is whole
         assert run("report", path).returncode == 0
+
+
+def test_an_incident_file_names_the_cause_drops_names(tmp_path: str) -> None:
+    # The fault is on before serve starts: the rules are the same at the incident's start and at its seal, so the
+    # foreign rule is named (matched), from the node state the seal read (the trailer's cause_state).
+    faults.set_fault("drop-backend", True)
+    directory = str(tmp_path)
+    with serve("--node", "pt-node2", "--interval", "1", "--recorder-dir", directory,
+               "--trigger", "drop reason=NETFILTER_DROP", "--before", "10", "--after", "1"):
+        traffic.probe(WEB_HTTP, count=20, timeout=0.5)
+        deadline = time.monotonic() + 30
+        while not _incidents(directory) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    incidents = _incidents(directory)
+    assert incidents, "no incident sealed"
+    report = run("report", "--json", incidents[0])
+    assert report.returncode == 0, report.stderr
+    rows = [json.loads(line) for line in report.stdout.splitlines() if line.startswith("{")]
+    mine = [row for row in rows if row.get("reason") == "NETFILTER_DROP" and row.get("dst") == WEB2
+            and row.get("dport") == 8080 and not row.get("service_drop")]
+    assert mine, rows
+    for row in mine:
+        cause = row["cause"]
+        assert (cause["kind"], cause["known"], cause.get("state")) == (
+            "rule", "matched", "rules recorded at the end of the recording"), cause
+        assert cause["text"].startswith("a DROP rule not written by kube-proxy: filter FORWARD #1 `-A FORWARD -d "
+                                        f"{WEB2}/32 -p tcp"), cause
+        assert cause["fix"].startswith("ip netns exec pt-node2 iptables -t filter -D FORWARD 1"), cause

@@ -307,7 +307,10 @@ def test_both_nodes_cause_state_is_kept_under_their_merged_names(tmp_path: Path,
                             lambda inode: "host", lambda address, symbol=symbol: symbol)
         recorder.add(events)
         state = {"netns": "host", "cpus": 2, "rps": {"eth0": [1 if host == "node-b" else 0]}}
-        recorder.close({"lost": 0}, SENT_WALL[2] + 10**9, {"cause_state": {"nodes": [state], "error": ""}})
+        # kube-proxy's rules at the end where netfilter dropped (minor 8): node-b's NETFILTER_DROP
+        rules = {"rules": {"nodes": [{"netns": None, "commands": {}, "error": "iptables-save: not found"}]}} \
+            if host == "node-b" else {}
+        recorder.close({"lost": 0}, SENT_WALL[2] + 10**9, {"cause_state": {"nodes": [state], "error": "", **rules}})
         paths.append(path)
     out = tmp_path / "both.ptrec"
     code, _out, err = run_cli(capsys, "merge", str(paths[0]), str(paths[1]), "-o", str(out))
@@ -316,5 +319,7 @@ def test_both_nodes_cause_state_is_kept_under_their_merged_names(tmp_path: Path,
     assert source.trailer is not None
     assert [(node["netns"], node["rps"]) for node in source.trailer["cause_state"]["nodes"]] == [
         ("node-a:host", {"eth0": [0]}), ("node-b:host", {"eth0": [1]})]
+    assert source.trailer["cause_state"]["rules"] == {"nodes": [
+        {"netns": "node-b:host", "commands": {}, "error": "iptables-save: not found"}]}
     states = source.cause_states()
     assert states["node-b:host"].rps == {"eth0": [1]} and states["node-b:host"].recorded

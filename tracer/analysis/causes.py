@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from tracer.analysis.rule_drift import drift
 from tracer.node.kubeproxy.model import NFT_TABLE, Rule, ServiceMap, ServicePort, host_port
 from tracer.node.kubeproxy.names import service_name_from_comment
 
@@ -93,6 +94,11 @@ class NetnsState:
     sysctls: dict[str, int] = field(default_factory=dict)  # net.core.netdev_max_backlog, net.core.rmem_max, ...
     conntrack: Health | None = None
     services: ServiceMap | None = None
+    # the rules read at the other end of the session (the start; `services` then holds the end's), when read:
+    # a drop whose matched rule differs between the two has no known rule (tracer/analysis/rule_drift.py)
+    services_start: ServiceMap | None = None
+    # when a recording's `services` was read: "end" (its last trailer, minor 8) or "start" (its header); live: ""
+    rules_at: str = ""
     cpus: int = 0
     # source ("routes", "rp_filter", "rules", "conntrack", "rps", "icmp") -> why it is not known
     errors: dict[str, str] = field(default_factory=dict)
@@ -136,6 +142,7 @@ def mask_for(cpus: int) -> str:
 # masks and MTUs at its end (the trailer), kube-proxy's rules at its start (the header), the ICMP counters at both.
 RECORDED_END = "node state recorded at the end of the recording"
 RECORDED_RULES = "rules recorded at the start of the recording"
+RECORDED_END_RULES = "rules recorded at the end of the recording"
 RECORDED_AT_END = ("route", "rp_filter", "backlog", "mtu", "rcvbuf")
 RECORDED_AT_START = ("no-endpoints", "rule", "kube-proxy")
 
@@ -149,7 +156,8 @@ def explain(row: dict[str, Any], state: NetnsState | None) -> Cause:
         return replace(cause, state=RECORDED_END)
     if cause.kind in RECORDED_AT_START:
         icmp = cause.kind == "no-endpoints" and state.icmp_before is not None and state.icmp_after is not None
-        return replace(cause, state=RECORDED_RULES + (", ICMP counters at its start and its end" if icmp else ""))
+        rules = RECORDED_END_RULES if state.rules_at == "end" else RECORDED_RULES
+        return replace(cause, state=rules + (", ICMP counters at its start and its end" if icmp else ""))
     return cause
 
 
@@ -274,12 +282,16 @@ def _netfilter(row: dict[str, Any], state: NetnsState | None) -> Cause:
     if services is None:  # conntrack too, when its table is not known either
         what = "a netfilter rule dropped it" if table is not None else "a netfilter rule or conntrack dropped it"
         return _not_read("netfilter", what, state, "rules")
+    changed = drift(row, state.services_start, services)
+    if changed:  # kube-proxy resynced (or someone edited the rules) while the packets were dropped
+        return Cause("rules-changed", changed, "", UNKNOWN)
     service = services.lookup_vip(vip[0], vip[1], proto) or (match.service if match else None)
     if service is not None and (service.no_endpoints or (match and match.rule.comment.endswith("has no endpoints"))):
         return _no_endpoints(service, match.rule if match else None, state)
     if match is None:
         return Cause("netfilter", f"netfilter dropped it in {netns}, and no DROP/REJECT rule in the ruleset read at "
-                     "the end matches the packet (the rules changed during the session?)", "", UNKNOWN)
+                     f"the {state.rules_at or 'end'} matches the packet (the rules changed during the session?)", "",
+                     UNKNOWN)
     rule = match.rule
     if not kube_proxy_rule(rule):
         return Cause("rule", f"a {rule.verdict} rule not written by kube-proxy: {rule.where()} `{rule.text}`",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tracer.analysis.rule_drift import drift
 from tracer.events.decode import Tuple
 from tracer.node.kubeproxy.model import ServiceMap, ServicePort
 from tracer.output.layout import cut, fit_columns
@@ -201,6 +202,8 @@ class FlowTable:
         self.out_of_sync: list[OutOfSync] = []
         self.cluster_range = cluster_range(services)
         self._vips = {port.vip for port in services.ports if port.vip}
+        # netns -> (rules read at the start, at the end): a drop matching different rules at each has no known rule
+        self.drift_rules: dict[str, tuple[ServiceMap, ServiceMap]] = {}
 
     def add_conntrack(self, states: Iterable[NodeConntrack]) -> None:
         """Table state per node: drops no rule explains, on a node whose table refuses entries, are charged to it."""
@@ -284,6 +287,10 @@ class FlowTable:
             proto, dst, dport, src = row["proto"], row["dst"], row["dport"], row["src"]
             netfilter = row["reason"] in NETFILTER_DROP_REASONS or "netfilter" in row.get("hook", "")
             match = self.services.rule_for_drop(dst, dport, proto, src=src) if netfilter else None
+            ends = self.drift_rules.get(str(row.get("netns", ""))) if netfilter else None
+            changed = drift(row, *ends) if ends else ""
+            if changed:
+                match = None  # the rule is not known (the cause below says why)
             # This node's conntrack refuses new entries, and either no rule explains the drop or the packet was last
             # seen before conntrack (only conntrack, mangle and nat run between there and "after DNAT": kube-proxy's
             # DROP/REJECT rules sit later, so a rule matched on addresses alone is the wrong answer): conntrack did
@@ -297,10 +304,12 @@ class FlowTable:
             rule = match.rule.where() if match else "-"
             # Why, in words (tracer/analysis/causes.py), when the conntrack table above does not already say it.
             explained = row.get("cause") or {}
-            fix = ""
+            fix, by_table = "", bool(cause)
             if not cause and explained.get("kind", "unknown") != "unknown":
                 how = explained["known"] + (f"; {explained['state']}" if explained.get("state") else "")  # Cause.how
                 cause, fix = f"{explained['text']} ({how})", explained.get("fix", "")
+            if changed and not by_table and "ruleset changed" not in cause:  # a full table is observed: it stays
+                cause, fix = f"{changed} (unknown)", ""
             # The rule is found by matching the packet's fields against the saved ruleset, not reported by the kernel;
             # a cause that names the rule already says "matched": once is enough.
             by_rule = f" by {rule} (matched)" if match and rule not in cause else ""

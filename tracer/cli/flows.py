@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     # The drop counters before the trace: their growth during it is what the trace's drops can be charged to.
     before = {node: _health(node, warn=False) for node in nodes}
     icmp_before = cause_state.icmp_snapshot(node or "host" for node in nodes)  # a REJECT's rate-limited ICMP
+    # kube-proxy's rules now and at the end: a drop matching a rule at one end only has no known rule
+    rules_start = cause_state.rules_snapshot(node or "host" for node in nodes)
     records: list[NatRecord] = []
 
     def read_maps(source: LiveSource) -> None:
@@ -140,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     table.add_nat(records)
     table.add_conntrack(states)
     rows = drop_rows(drops, names, verdicts, identities)
-    cause_state.add_causes(rows, cause_state.collect(rows, icmp_before, per_node))
+    cause_state.add_causes(rows, cause_state.collect(rows, icmp_before, per_node, rules_start=rules_start))
+    table.drift_rules = {node: (rules_start[node], end) for node, end in per_node.items() if node in rules_start}
     table.add_drops(rows)
     counters = source.final_counters
     if args.json:

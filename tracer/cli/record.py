@@ -34,6 +34,7 @@ from tracer.recording.fileformat import (
     parse_size,
 )
 from tracer.recording.recorded_node import relevant
+from tracer.recording.recorded_rules import capture as capture_rules
 from tracer.sources.replay import ReplaySource
 
 RECORD_EPILOG = """\
@@ -164,32 +165,6 @@ def _attach_plan() -> tuple[dict[str, Any] | None, str]:
         return None, str(err) or type(err).__name__
 
 
-def _services(nodes: list[str]) -> dict[str, Any]:
-    """kube-proxy's rules in each node namespace, as the output of the commands tracer.node.kubeproxy.collect runs
-    (the report parses them again with the same code, so names come out exactly as `podtrace flows` gives them)."""
-    import shlex
-    from collections.abc import Sequence
-
-    from tracer.node.kubeproxy.collect import collect, command_runner
-
-    result = []
-    for node in nodes:
-        commands: dict[str, str | None] = {}
-        run = command_runner(node)
-
-        def remember(argv: Sequence[str], run: Any = run, commands: dict[str, str | None] = commands) -> str | None:
-            output = run(argv)
-            commands[shlex.join(argv)] = output
-            return output
-
-        try:
-            collect(node, runner=remember)
-            result.append({"netns": node, "commands": commands, "error": ""})
-        except PodtraceError as err:
-            result.append({"netns": node, "commands": commands, "error": err.one_line()})
-    return {"nodes": result}
-
-
 def node_namespaces(args: argparse.Namespace) -> list[str | None]:
     """The namespaces whose links and conntrack a recording keeps: the --node list, else --netns, else our own."""
     return list(getattr(args, "node", None) or [getattr(args, "netns", None)])
@@ -212,7 +187,7 @@ def prepare_header(args: argparse.Namespace) -> dict[str, Any]:
         "lab": declared_json(),
         # pod IP -> namespace/name, from the node's cgroups and kubelet directories
         "pods": resolver_for(getattr(args, "kubelet_root", None)).ip_labels(),
-        **({"services": _services(args.node)} if getattr(args, "node", None) else {}),
+        **({"services": capture_rules(args.node)} if getattr(args, "node", None) else {}),
     }
 
 

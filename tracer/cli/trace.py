@@ -74,6 +74,8 @@ class _DropGroups:
         self.identities = ConnIdentities()  # each drop's conntrack entry, read by the drop probe
         # ICMP counters before the trace: a REJECT's errors rate-limited during it turn "refused" into timeouts.
         self.icmp_before = cause_state.icmp_snapshot([netns] if netns else cause_state.named_namespaces())
+        # The traced node's rules now, and again at the end: a rule matched at one end only is not named.
+        self.rules_start = cause_state.rules_snapshot([netns or "host"])
 
     def add_raw(self, data: bytes) -> None:
         self.table.add_raw(data)
@@ -82,7 +84,7 @@ class _DropGroups:
 
     def rows(self, names: Resolver) -> list[dict[str, Any]]:
         rows = drop_rows(self.table, names, self.verdicts, self.identities)
-        cause_state.add_causes(rows, cause_state.collect(rows, self.icmp_before))
+        cause_state.add_causes(rows, cause_state.collect(rows, self.icmp_before, rules_start=self.rules_start))
         return rows
 
 

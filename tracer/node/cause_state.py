@@ -215,18 +215,33 @@ def _needs(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
     return needs
 
 
+def rules_snapshot(namespaces: Iterable[str]) -> dict[str, ServiceMap]:
+    """kube-proxy's rules per namespace at the start of a session (a namespace that cannot be read is left out):
+    with the end's, a drop whose matched rule changed in between is not charged to either
+    (tracer/analysis/rule_drift.py)."""
+    found = {}
+    for netns in namespaces:
+        try:
+            found[netns] = collect_rules(_target(netns))
+        except PodtraceError:
+            continue
+    return found
+
+
 def collect(rows: list[dict[str, Any]], icmp_before: dict[str, dict[str, int]],
-            services: dict[str, ServiceMap] | None = None, rules: bool = True) -> dict[str, NetnsState]:
+            services: dict[str, ServiceMap] | None = None, rules: bool = True,
+            rules_start: Mapping[str, ServiceMap] | None = None) -> dict[str, NetnsState]:
     """The state of every namespace the rows died in, as far as their causes need it.
 
-    `services` are rule sets the caller already read (flows reads them per node); others are read here, unless
-    `rules` is False (a recording keeps kube-proxy's rules and the conntrack tables apart).
+    `services` are rule sets the caller already read at the end (flows reads them per node); others are read here,
+    unless `rules` is False (a recording keeps kube-proxy's rules and the conntrack tables apart). `rules_start`
+    are the rule sets read at the start (rules_snapshot), to compare.
     """
     states: dict[str, NetnsState] = {}
     for netns, want in _needs(rows).items():
         if not rules:
             want.discard("rules")
-        state = NetnsState(netns, cpus=os.cpu_count() or 1)
+        state = NetnsState(netns, cpus=os.cpu_count() or 1, services_start=(rules_start or {}).get(netns))
         states[netns] = state
         try:
             _target(netns)

@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 # nodes' events on one clock, the journeys), 6 the last trailer's "cause_state" (the node state behind the drops'
 # causes, tracer/recording/recorded_causes.py), 7 the header's "boot_id" (one boot: one monotonic clock), the merged
 # clock's "same_clock" and a journey's "dnat". Absent in the first files: 0.
-FORMAT_MINOR = 7
+FORMAT_MINOR = 8
 PREAMBLE = struct.Struct("<8sI")
 
 KIND_HEADER = 1

@@ -347,6 +347,10 @@ def build_trailer(nodes: list[NodeFile], remaps: list[Remap], events: int, end_w
         states = [item for state, remap in zip(held, remaps) for item in _rename_nodes(state, remap)]
         errors = "; ".join(str(state.get("error")) for state in held if state and state.get("error"))
         trailer["cause_state"] = {"nodes": states, "error": errors}
+        rules = [item for state, remap in zip(held, remaps)
+                 for item in _rename_nodes((state or {}).get("rules"), remap)]
+        if rules:  # kube-proxy's rules at each node's end, where netfilter dropped (minor 8)
+            trailer["cause_state"]["rules"] = {"nodes": rules}
     return trailer
 
 

@@ -78,10 +78,15 @@ def from_json(data: Mapping[str, Any]) -> dict[str, NetnsState]:
 def record_end(rows: list[dict[str, Any]], icmp_before: dict[str, dict[str, int]]) -> dict[str, Any]:
     """What the causes of the recorded drops need, read now (the probes are detached: `ip route get` builds a
     packet). Never raises: a recording keeps its trailer whatever this reading meets."""
+    from tracer.analysis.causes import NETFILTER_REASONS
     from tracer.node import cause_state  # reads the node: only where a recording is made
+    from tracer.recording.recorded_rules import capture_end
 
     try:
-        return to_json(cause_state.collect(rows, icmp_before, rules=False), rows)
+        found = to_json(cause_state.collect(rows, icmp_before, rules=False), rows)
+        # kube-proxy's rules where netfilter dropped, as `drops` reads them when it ends (format minor 8)
+        netfilter = {str(row.get("netns", "")) for row in rows if row.get("reason") in NETFILTER_REASONS}
+        return {**found, "rules": capture_end(netfilter)} if netfilter else found
     except Exception as err:  # the trailer must still be written; the report then says why the state is unknown
         return {"nodes": [], "error": f"node state not read: {err or type(err).__name__}"}
 

@@ -347,7 +347,8 @@ CAUSE_NODE = Obj({"netns": Str(4096), "cpus": Int(0, 1 << 20), "routes": List(RO
                   "icmp_before": Opt(COUNTS), "icmp_after": Opt(COUNTS), "rps": CPU_LISTS, "irqs": CPU_LISTS,
                   "mtus": Map(INT, max_len=65536), "sysctls": COUNTS, "errors": Map(Str(4096), max_len=64)},
                  required=("netns",))
-CAUSE_STATE = Obj({"nodes": List(CAUSE_NODE, 1 << 16), "error": Str(4096)})
+CAUSE_STATE = Obj({"nodes": List(CAUSE_NODE, 1 << 16), "error": Str(4096),
+                   "rules": Opt(SERVICES)})  # minor 8: kube-proxy's rules at the end where netfilter dropped
 TRAILER = Obj({"counters": COUNTERS, "probe_counters": Opt(PROBE_COUNTERS), "events": UINT, "total_events": UINT,
                "next": Opt(Str(4096)), "end_wall_ns": Opt(INT), "conntrack": Opt(CONNTRACK),
                "cause_state": Opt(CAUSE_STATE)})

@@ -143,8 +143,11 @@ class Agent:
         self._load_names()
         if self.options.recorder_dir:
             self.header = self._build_header()
+            from tracer.serve.incident_causes import IncidentCauses
+
             self.recorder = FlightRecorder(self.options.recorder_dir, self.options.retention, self._segment_header,
-                                           self.names.netns, self.names.symbol, self.log)
+                                           self.names.netns, self.names.symbol, self.log,
+                                           causes=IncidentCauses(self.options.node, self.names))
         self.refresh(first=True)
         self._refresh_mtu()
         listening = f"{self.options.address}:{self.options.port}"
@@ -208,14 +211,14 @@ class Agent:
     def _segment_header(self) -> dict[str, Any]:
         """The start header with what changes refreshed: kube-proxy's rules, links, conntrack (the report's
         flow table, MTU and conntrack sections read them)."""
-        from tracer.cli.record import _services
         from tracer.recording.recorded_node import collect_conntrack, collect_links
+        from tracer.recording.recorded_rules import capture
 
         header = dict(self.header)
         nodes = [self.options.node]
         header["links"] = collect_links(nodes)
         header["conntrack"] = collect_conntrack(nodes)
-        header["services"] = _services([self.options.node])  # type: ignore[list-item]
+        header["services"] = capture([self.options.node])
         wall, mono = time.time_ns(), time.monotonic_ns()
         header["clock"] = {"wall_ns": wall, "monotonic_ns": mono, "wall_offset_ns": wall - mono}
         return header

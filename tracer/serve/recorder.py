@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.events.decode import packet_view
+from tracer.events.decode import EVENT_DROP, packet_view
 from tracer.output.errors import RecordingError
 from tracer.recording.fileformat import (
     FORMAT_MINOR,
@@ -40,6 +40,7 @@ from tracer.recording.fileformat import (
     RecordWriter,
     split_events,
 )
+from tracer.serve.incident_causes import MAX_DROP_KINDS, IncidentCauses, drop_kind
 
 SEGMENT_SUFFIX = ".ptrec.gz"
 # every event kind starts type, cpu, ts_ns (bpf/podtrace.h): the packet event's ts_ns is everyone's
@@ -54,6 +55,7 @@ class Segment:
     end_ns: int  # monotonic, last flush (or close)
     size: int = 0
     ours: bool = True  # False: left by an earlier serve (after a kill): pruned, never sealed
+    icmp: dict[str, dict[str, int]] | None = None  # ICMP counters when it opened (an incident's start, for causes)
 
 
 @dataclass
@@ -83,7 +85,8 @@ def _slug(text: str) -> str:
 class FlightRecorder:
     def __init__(self, directory: str, retention: Retention, header: Callable[[], dict[str, Any]],
                  netns_name: Callable[[int], str], symbol: Callable[[int], str],
-                 log: Callable[[str], None], clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 log: Callable[[str], None], clock: Callable[[], int] = time.monotonic_ns,
+                 causes: IncidentCauses | None = None) -> None:
         self.retention = retention
         self.segments_dir = os.path.join(directory, "segments")
         self.incidents_dir = os.path.join(directory, "incidents")
@@ -94,6 +97,7 @@ class FlightRecorder:
         self._symbol = symbol
         self._log = log
         self._clock = clock
+        self._causes = causes  # the node state behind an incident's causes, read when it seals
         self._seq = 0
         self.segments: list[Segment] = [Segment(path, 0, 0, os.path.getsize(path), ours=False)
                                         for path in self._listing(self.segments_dir)]
@@ -135,7 +139,8 @@ class FlightRecorder:
             _, counters, probes = self._counter_log[-1]
             self._recorder.write_counters(counters, now, probes)
         self._recorder.flush()
-        self.segments.append(Segment(path, now, now, os.path.getsize(path)))
+        icmp = self._causes.icmp() if self._causes is not None else None
+        self.segments.append(Segment(path, now, now, os.path.getsize(path), icmp=icmp))
 
     def _close_current(self) -> None:
         recorder = self._recorder
@@ -247,12 +252,13 @@ class FlightRecorder:
         counters: dict[str, int] = dict(base[0])
         probes: dict[str, dict[str, int]] = dict(base[1])
         nat: dict[str, dict[str, Any]] = {}
+        kinds: dict[bytes, bytes] = {}  # one drop of each kind in the window: what the causes read the node for
         damaged: list[str] = []
         try:
             writer.write_json(KIND_HEADER, header)
             for segment in chosen:
                 try:
-                    events += self._copy(segment.path, writer, lo, hi, nat)
+                    events += self._copy(segment.path, writer, lo, hi, nat, kinds)
                 except RecordingError as err:
                     damaged.append(err.one_line())
             for ts, logged, logged_probes in self._counter_log:
@@ -264,6 +270,8 @@ class FlightRecorder:
                                        "end_wall_ns": time.time_ns(), "probe_counters": probes}
             if damaged:
                 trailer["segment_errors"] = damaged
+            if self._causes is not None:  # as `record` writes it when it ends (tracer/serve/incident_causes.py)
+                trailer["cause_state"] = self._causes.read(kinds.values(), (chosen[0].icmp if chosen else None) or {})
             writer.write_json(KIND_TRAILER, trailer)
         finally:
             writer.close()
@@ -304,7 +312,8 @@ class FlightRecorder:
         return header
 
     @staticmethod
-    def _copy(path: str, writer: RecordWriter, lo: int, hi: int, nat: dict[str, dict[str, Any]]) -> int:
+    def _copy(path: str, writer: RecordWriter, lo: int, hi: int, nat: dict[str, dict[str, Any]],
+              kinds: dict[bytes, bytes]) -> int:
         """The records of one segment inside [lo, hi] into the incident; returns the events copied."""
         import json
 
@@ -318,6 +327,9 @@ class FlightRecorder:
                     for start in range(0, len(kept), COPY_BATCH):
                         writer.write_events(kept[start : start + COPY_BATCH])
                     copied += len(kept)
+                    for raw in kept:
+                        if raw[0] == EVENT_DROP and len(kinds) < MAX_DROP_KINDS:
+                            kinds.setdefault(drop_kind(raw), raw)
                 elif record.kind == KIND_NAMES:
                     writer.write_json(KIND_NAMES, record.json())
                 elif record.kind == KIND_COUNTERS:

@@ -435,8 +435,18 @@ class ReplaySource:
         table = FlowTable(services, lambda ip: pods.get(ip, "-"))
         table.add_nat(self.nat_records())
         table.add_conntrack(state for recorded in self.conntrack() if (state := recorded.state()) is not None)
+        from tracer.recording.recorded_rules import both_ends, end_rules
+
+        start: dict[str, ServiceMap] = {}
+        recorded_services(self.header, start)
+        table.drift_rules = both_ends(start, end_rules(self._cause_state()))  # a rule matched at one end only
         table.add_drops(drop_rows)
         return table, services, warnings
+
+    def _cause_state(self) -> dict[str, Any] | None:
+        """The last trailer's cause_state, once the recording is read to its end."""
+        last = self.trailer if self.trailer and not self.trailer.get("next") and self.finished else None
+        return (last or {}).get("cause_state")
 
     def cause_states(self) -> RecordedStates:
         """What the recording knows of each namespace for tracer/analysis/causes.py: kube-proxy's rules (header), the
@@ -444,21 +454,23 @@ class ReplaySource:
         cause_state, format minor 6). What it does not hold is said to be unknown, and why."""
         from tracer.analysis.causes import NetnsState
         from tracer.recording.recorded_causes import RECORDED, RecordedStates, from_json, missing_reason
+        from tracer.recording.recorded_rules import end_rules
 
         per_node: dict[str, ServiceMap] = {}
         recorded_services(self.header, per_node)
         tables = {recorded.node: recorded.end or recorded.start for recorded in self.conntrack()}
-        last = self.trailer if self.trailer and not self.trailer.get("next") and self.finished else None
-        held = (last or {}).get("cause_state")
+        held = self._cause_state()
         states = from_json(held) if held else {}
         if held:  # a namespace without drops at the end (or whose state the recorder could not read)
             missing = str(held.get("error") or "") or "not recorded for this namespace"
         else:
             missing = missing_reason(self.header, self.trailer, self.finished, self.truncated)
         rules_missing = "not in the recording: `record --node NETNS` keeps a node's rules"
-        for node in {*per_node, *tables, *states}:
+        at_end = end_rules(held)  # where netfilter dropped, read at the end (minor 8); else the header's, at the start
+        for node in {*per_node, *tables, *states, *at_end}:
             state = states.setdefault(node, NetnsState(node, errors=dict.fromkeys(RECORDED, missing), recorded=True))
-            state.services, state.conntrack = per_node.get(node), tables.get(node)
+            state.services, state.conntrack = at_end.get(node) or per_node.get(node), tables.get(node)
+            state.services_start, state.rules_at = (per_node.get(node), "end") if node in at_end else (None, "start")
             if state.services is None:
                 state.errors.setdefault("rules", rules_missing)
         return RecordedStates(states, missing, rules_missing)
