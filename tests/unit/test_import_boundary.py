@@ -18,7 +18,8 @@ PURE = [
     "tracer.node.kubeproxy", "tracer.node.kubeproxy.model", "tracer.node.kubeproxy.names",
     "tracer.node.kubeproxy.iptables", "tracer.node.kubeproxy.nftables", "tracer.node.kubeproxy.nft_text",
     "tracer.node.kubeproxy.ipvsadm", "tracer.analysis.attribution", "tracer.analysis.causes",
-    "tracer.probes.nf_points", "tracer.node.flannel", "tracer.node.rulesfile", "tracer.analysis.mtu",
+    "tracer.probes.nf_points", "tracer.probes.cbpf", "tracer.node.flannel", "tracer.node.rulesfile",
+    "tracer.analysis.mtu",
     "tracer.analysis.softirq",
 ]
 # Every module of tracer/analysis/, found on disk, so a new analysis module is held to this without being listed.

@@ -25,8 +25,9 @@ from scapy.layers.inet6 import (
 from scapy.packet import Raw
 
 from tracer.output.errors import UsageError
-from tracer.probes import pcapfilter
-from tracer.probes.pcapfilter import BpfInsn, BpfProgram, Insn
+from tracer.probes import cbpf, pcapfilter
+from tracer.probes.cbpf import Insn
+from tracer.probes.pcapfilter import BpfInsn, BpfProgram
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -372,7 +373,7 @@ HAND_PROGRAMS: list[list[Insn]] = [
 
 
 def test_hand_written_programs_match_libpcap(tmp_path: Path) -> None:
-    built = Built(tmp_path, 64, [pcapfilter.to_c(prog) for prog in HAND_PROGRAMS])
+    built = Built(tmp_path, 64, [cbpf.to_c(prog) for prog in HAND_PROGRAMS])
     mismatches = []
     checked = 0
     for n, prog in enumerate(HAND_PROGRAMS):
@@ -386,7 +387,7 @@ def test_hand_written_programs_match_libpcap(tmp_path: Path) -> None:
 
 
 def test_single_instruction_translations() -> None:
-    tr = pcapfilter.translate
+    tr = cbpf.translate
     assert tr(0, (ALU | DIV | X, 0, 0, 0)) == ["if (X == 0) return 0;", "A /= X;"]
     assert tr(0, (ALU | MOD | K, 0, 0, 0)) == ["return 0;"]
     assert tr(0, (ALU | LSH | K, 0, 0, 32)) == ["A = 0;"]
