@@ -187,6 +187,8 @@ class PodtraceApp(App[int]):
             status.update(f"{message.message}  (q quits)")
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        if self.latest is not None and message.snapshot.generation < self.latest.generation:
+            return  # made before a filter or window change that push_snapshot has drawn already
         self.latest = message.snapshot
         with suppress(NoMatches):  # messages still queued while the app shuts down
             if not self.paused:

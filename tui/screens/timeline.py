@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from tui.model import ConnKey, FlowKey, TimelineRow, connection_text
+from tui.timelines import ConnKey, FlowKey, TimelineRow, connection_text
 from tui.widgets.footer import QuietFooter
 
 
