@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from tracer import __version__
-from tracer.errors import PodtraceError
-from tracer.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line
+from tracer.output.errors import PodtraceError
+from tracer.output.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line
 
 # Each module defines add_parser(subparsers) and sets `func(args) -> int` on its parser.
 COMMAND_MODULES = (

@@ -8,10 +8,10 @@ import sys
 import textwrap
 from typing import TextIO
 
-from tracer import rulesfile
 from tracer.check import AREAS, Finding, NodeState, kubeproxy, run_checks, summary
-from tracer.errors import UsageError
-from tracer.layout import add_wide_option, table_width
+from tracer.node import rulesfile
+from tracer.output.errors import UsageError
+from tracer.output.layout import add_wide_option, table_width
 
 EPILOG = """\
 exit codes: 0 nothing failed, 1 error, 2 bad usage (e.g. no such netns), 3 at least one check failed
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tracer.cmd_check ...`: the same command without the rest of the CLI."""
-    from tracer.errors import PodtraceError
+    from tracer.output.errors import PodtraceError
 
     parser = argparse.ArgumentParser(prog="podtrace")
     add_parser(parser.add_subparsers())

@@ -11,14 +11,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from tracer import bccenv, kernel, tc
-from tracer.btf import Btf
-from tracer.errors import KernelError, PodtraceError
-from tracer.hookpoints import hook_point
-from tracer.kernelhints import lockdown_hint, module_hint
-from tracer.ladder import AttachPlan, HookPlan, Trial, trials_to_json
-from tracer.probes import BTF_OFFSETS, DROP_REASON_ENUM
-from tracer.progress import Progress
+from tracer.kernel import bccenv
+from tracer.kernel import capabilities as kernel
+from tracer.kernel.btf import Btf
+from tracer.kernel.hookpoints import hook_point
+from tracer.kernel.kernelhints import lockdown_hint, module_hint
+from tracer.kernel.ladder import AttachPlan, HookPlan, Trial, trials_to_json
+from tracer.output.errors import KernelError, PodtraceError
+from tracer.output.progress import Progress
+from tracer.probes import tc
+from tracer.probes.build import BTF_OFFSETS, DROP_REASON_ENUM
 
 EPILOG = """\
 exit codes: 0 the core probes (drops, packet path) can attach, 1 they cannot (a hook point or the BTF
@@ -58,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def layout_problems(btf: Btf) -> list[str]:
-    """Members the core probes read (tracer/probes.py BTF_OFFSETS) that this BTF lacks or sizes differently.
+    """Members the core probes read (tracer/probes/build.py BTF_OFFSETS) that this BTF lacks or sizes differently.
 
     Any of them stops the drops and path probes from compiling, so doctor must not call the core attachable.
     """

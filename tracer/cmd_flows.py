@@ -6,19 +6,26 @@ import argparse
 import json
 import sys
 
-from tracer import cause_state, conntrack, ipvs
-from tracer.aggregate import DropTable
-from tracer.conntrack import Health
-from tracer.errors import PodtraceError
-from tracer.flows import FlowTable, NatRecord, NodeConntrack, counts_known, nat_record_from_map, write_flow_table
-from tracer.identity import ConnIdentities
-from tracer.kubeproxy.collect import collect
-from tracer.kubeproxy.model import ServiceMap
-from tracer.layout import add_wide_option, table_width
-from tracer.live import LiveSource
-from tracer.nfverdict import NfAttribution
-from tracer.report import drop_rows, summary_json, summary_line
-from tracer.session import add_trace_options, check_namespaces, pod_resolver, run_session
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.flows import (
+    FlowTable,
+    NatRecord,
+    NodeConntrack,
+    counts_known,
+    nat_record_from_map,
+    write_flow_table,
+)
+from tracer.analysis.identity import ConnIdentities
+from tracer.analysis.nfverdict import NfAttribution
+from tracer.node import cause_state, conntrack, ipvs
+from tracer.node.conntrack import Health
+from tracer.node.kubeproxy.collect import collect
+from tracer.node.kubeproxy.model import ServiceMap
+from tracer.output.errors import PodtraceError
+from tracer.output.layout import add_wide_option, table_width
+from tracer.output.report import drop_rows, summary_json, summary_line
+from tracer.sources.live import LiveSource
+from tracer.sources.session import add_trace_options, check_namespaces, pod_resolver, run_session
 
 EPILOG = """\
 Netfilter links are attached in the node's network namespace (--netns; default: podtrace's own, which is the

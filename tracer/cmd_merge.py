@@ -1,7 +1,7 @@
 """`podtrace merge A B [C ...] [-o ALL]`: the journeys of packets seen by several nodes' recordings (matched packet
 by packet, clocks aligned pair by pair from the matches onto the first one's), and with -o one merged recording of
-them all (tracer/merged_recording.py); a recording that shares no packet with the others is refused, never stitched
-into a made-up journey."""
+them all (tracer/recording/merged_recording.py); a recording that shares no packet with the others is refused, never
+stitched into a made-up journey."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.cmd_record import check_output
-from tracer.errors import PodtraceError, UsageError
-from tracer.events import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
-from tracer.journey import (
+from tracer.analysis.journey import (
     ClockAlignment,
     NodeRecording,
     align,
@@ -26,10 +23,13 @@ from tracer.journey import (
     match,
     unmatched,
 )
-from tracer.merged_recording import NodeFile, read_node, write_merged
-from tracer.recording import nat_from_json
-from tracer.recording_schema import MERGED_MAX_NODES
-from tracer.replay import ReplaySource
+from tracer.cmd_record import check_output
+from tracer.events.decode import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
+from tracer.output.errors import PodtraceError, UsageError
+from tracer.recording.fileformat import nat_from_json
+from tracer.recording.merged_recording import NodeFile, read_node, write_merged
+from tracer.recording.schema import MERGED_MAX_NODES
+from tracer.sources.replay import ReplaySource
 
 EPILOG = """\
 Each recording is one node's (`podtrace record --netns NODE` on each node, at the same time); two or more. A
@@ -144,7 +144,7 @@ def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
                                 f"{node.run_id}): one node's view, not a journey across two",
                                 "give one recording of each node")
         runs[node.run_id] = index
-    # a packet before a DNAT and after it is one packet when the kernel's record ties them (tracer.dnat_join)
+    # a packet before a DNAT and after it is one packet when the kernel's record ties them (tracer.analysis.dnat_join)
     joins = dnat_joins(nodes)
     matched = match(nodes, joins)
     if not matched:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tracer.errors import PodtraceError, UsageError
+from tracer.output.errors import PodtraceError, UsageError
 
 MTU_EPILOG = """\
 Sends DF probes from inside the source namespace (ICMP echo, UDP or a TCP SYN padded to the size) and
@@ -113,15 +113,15 @@ def add_overlay_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _nodes(netns: str | None) -> list[str | None]:
     """--netns, and the nodes the environment declares (the lab's, when it is up)."""
-    from tracer.declared_names import declared
+    from tracer.node.declared_names import declared
 
     found = declared()
     return [netns] + ([node for node in found.nodes.values() if node != netns] if found else [])
 
 
 def _mtu_notes(nodes: list[str | None]) -> list[str]:
+    from tracer.analysis.overlay import mtu_notes
     from tracer.check import run_checks
-    from tracer.overlay import mtu_notes
 
     found = {}
     for node in nodes:
@@ -135,8 +135,8 @@ def _mtu_notes(nodes: list[str | None]) -> list[str]:
 def _service_names(netns: str | None) -> dict[str, str]:
     """Backend and VIP ends -> Service names from kube-proxy's rules in the namespace (and the lab's nodes when
     the lab is up); none where no rules can be read (the groups are then named by their server end)."""
-    from tracer.kubeproxy.collect import collect
-    from tracer.overlay import services_by_server
+    from tracer.analysis.overlay import services_by_server
+    from tracer.node.kubeproxy.collect import collect
 
     ports = []
     for node in _nodes(netns):
@@ -148,9 +148,9 @@ def _service_names(netns: str | None) -> dict[str, str]:
 
 
 def run_overlay(args: argparse.Namespace) -> int:
-    from tracer.overlay import OVERLAY_FILTER, TunnelTable
-    from tracer.report import summary_line
-    from tracer.session import run_session
+    from tracer.analysis.overlay import OVERLAY_FILTER, TunnelTable
+    from tracer.output.report import summary_line
+    from tracer.sources.session import run_session
 
     args.filter = [OVERLAY_FILTER]
     table = TunnelTable()
@@ -182,14 +182,14 @@ def resolve_source(name: str) -> str:
         return name
     if os.path.exists(f"/run/netns/{name}"):
         return name
-    from tracer.podnames import PodResolver
+    from tracer.node.podnames import PodResolver
 
     # a pod of this node, by name or namespace/name, as its cgroup and the kubelet's directories name it
     matches = [pod for pod in PodResolver().pods() if name in (pod.name, pod.label)]
     if len(matches) == 1:
         # its `ip netns` name when it has one (containerd pins pod namespaces in /run/netns/cni-...): the path
         # collection reads named namespaces only
-        from tracer.names import named_netns
+        from tracer.node.names import named_netns
 
         pinned = [netns for netns, inode in named_netns().items() if inode == matches[0].netns]
         return pinned[0] if pinned else f"/proc/{matches[0].pid}/ns/net"
@@ -218,10 +218,10 @@ def parse_target(text: str) -> tuple[str, int | None]:
 
 
 def run_mtu(args: argparse.Namespace) -> int:
-    from tracer import bccenv
-    from tracer.mtu import verdict
-    from tracer.mtu_path import collect_path
-    from tracer.mtuprobe import run_probe
+    from tracer.analysis.mtu import verdict
+    from tracer.kernel import bccenv
+    from tracer.node.mtu_path import collect_path
+    from tracer.node.mtuprobe import run_probe
 
     bccenv.require_root("podtrace mtu")
     if args.watch < 0:
@@ -262,8 +262,8 @@ def run_mtu(args: argparse.Namespace) -> int:
 
 
 def run_softirq(args: argparse.Namespace) -> int:
-    from tracer.softirq import SoftirqAggregator, findings, format_table
-    from tracer.softirq_probe import SoftirqProbe
+    from tracer.analysis.softirq import SoftirqAggregator, findings, format_table
+    from tracer.probes.softirq_probe import SoftirqProbe
 
     if args.duration <= 0:
         raise UsageError("--duration must be positive")

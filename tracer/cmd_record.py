@@ -13,18 +13,18 @@ import time
 from typing import Any
 
 from tracer import __version__
-from tracer.aggregate import DropTable
-from tracer.cause_state import add_causes
-from tracer.declared_names import declared_json
-from tracer.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
-from tracer.events import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
-from tracer.flannel import SUBNET_ENV
-from tracer.flows import write_flow_table
-from tracer.identity import ConnIdentities
-from tracer.layout import add_wide_option, table_width
-from tracer.podnames import resolver_for
-from tracer.recorded_node import relevant
-from tracer.recording import (
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.flows import write_flow_table
+from tracer.analysis.identity import ConnIdentities
+from tracer.events.decode import EVENT_CT, EVENT_DROP, EVENT_SIZE, counted_events, decode
+from tracer.node.cause_state import add_causes
+from tracer.node.declared_names import declared_json
+from tracer.node.flannel import SUBNET_ENV
+from tracer.node.podnames import resolver_for
+from tracer.output.errors import PodtraceError, RecordingError, RecordingIncomplete, UsageError
+from tracer.output.layout import add_wide_option, table_width
+from tracer.output.report import drop_rows, summary_json, summary_line, write_drop_table
+from tracer.recording.fileformat import (
     FORMAT_MINOR,
     FORMAT_VERSION,
     Recorder,
@@ -33,8 +33,8 @@ from tracer.recording import (
     nat_to_json,
     parse_size,
 )
-from tracer.replay import ReplaySource
-from tracer.report import drop_rows, summary_json, summary_line, write_drop_table
+from tracer.recording.recorded_node import relevant
+from tracer.sources.replay import ReplaySource
 
 RECORD_EPILOG = """\
 The file is self-contained: kernel, attach plan, drop-reason names, netns names and kernel symbols travel
@@ -102,7 +102,7 @@ TICK_S = 1.0  # counters record, flush and status line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from tracer.session import add_trace_options
+    from tracer.sources.session import add_trace_options
 
     record = subparsers.add_parser(
         "record", help="trace drops (and path events for FILTER) to a self-contained file",
@@ -156,7 +156,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _attach_plan() -> tuple[dict[str, Any] | None, str]:
     """The attach ladder's plan for the header; a recording is still worth making without it."""
     try:
-        from tracer.kernel import probe_kernel
+        from tracer.kernel.capabilities import probe_kernel
 
         plan, _trials = probe_kernel()
         return plan.to_json(), ""
@@ -165,12 +165,12 @@ def _attach_plan() -> tuple[dict[str, Any] | None, str]:
 
 
 def _services(nodes: list[str]) -> dict[str, Any]:
-    """kube-proxy's rules in each node namespace, as the output of the commands tracer.kubeproxy.collect runs
+    """kube-proxy's rules in each node namespace, as the output of the commands tracer.node.kubeproxy.collect runs
     (the report parses them again with the same code, so names come out exactly as `podtrace flows` gives them)."""
     import shlex
     from collections.abc import Sequence
 
-    from tracer.kubeproxy.collect import collect, command_runner
+    from tracer.node.kubeproxy.collect import collect, command_runner
 
     result = []
     for node in nodes:
@@ -199,7 +199,7 @@ def prepare_header(args: argparse.Namespace) -> dict[str, Any]:
     """The slow parts of the header that do not need the probes (the attach ladder loads test programs, the checks
     watch for 0.2 s, kube-proxy's rules take a while on a large node): read before the probes attach, so nothing
     waits in the ring buffer meanwhile."""
-    from tracer.recorded_node import collect_conntrack, collect_links
+    from tracer.recording.recorded_node import collect_conntrack, collect_links
 
     plan, plan_error = _attach_plan()
     nodes = node_namespaces(args)
@@ -272,7 +272,7 @@ class _RecordLoop:
         self.pending: list[bytes] = []
         self.next_tick = 0.0
         self.status = sys.stderr.isatty()
-        self.softirq: Any = None  # tracer.softirq_probe.SoftirqProbe with --softirq
+        self.softirq: Any = None  # tracer.probes.softirq_probe.SoftirqProbe with --softirq
         self.prepared: dict[str, Any] | None = None  # prepare_header(), read before the probes attach
         self.drained = 0  # events read during on_start (the session counts only those it delivers)
         # One drop of each kind recorded: at the end the node state their causes need is read for the trailer,
@@ -290,7 +290,7 @@ class _RecordLoop:
             self._kind_of(raw)
 
     def on_start(self, source: Any, names: Any) -> None:
-        from tracer.names import named_netns
+        from tracer.node.names import named_netns
 
         self.names = names
         self._drain(source)
@@ -304,7 +304,7 @@ class _RecordLoop:
                                  self.args.file_mode)
         self.recorder.write_counters(source.counters(), time.monotonic_ns(), source.probe_counters())
         if getattr(self.args, "softirq", False):
-            from tracer.softirq_probe import SoftirqProbe
+            from tracer.probes.softirq_probe import SoftirqProbe
 
             self.softirq = SoftirqProbe()
             self._drain(source)
@@ -324,7 +324,7 @@ class _RecordLoop:
 
     def _kind_of(self, raw: bytes) -> None:
         """Keep the drop as its kind's: location, reason and netns [24:40], device and addresses [64:112] (offsets
-        per tracer/events.field_offsets()), what tracer/cause_state.py reads the node for."""
+        per tracer/events.field_offsets()), what tracer/node/cause_state.py reads the node for."""
         if raw[0] == EVENT_DROP and len(self.drop_kinds) < MAX_DROP_KINDS:
             self.drop_kinds[raw[24:40] + raw[64:112]] = raw
 
@@ -362,7 +362,7 @@ class _RecordLoop:
         """The kernel's nat_flows map (only with --node: netfilter links attached)."""
         if self.recorder is None or not getattr(self.args, "node", None):
             return
-        from tracer.flows import nat_record_from_map
+        from tracer.analysis.flows import nat_record_from_map
 
         records = [nat_to_json(nat_record_from_map(key, stats)) for key, stats in source.nat_flows()]
         self.recorder.write_nat_flows(records, time.monotonic_ns())
@@ -374,7 +374,7 @@ class _RecordLoop:
             return
         if self.pending:
             self._write()
-        from tracer.recorded_node import collect_conntrack
+        from tracer.recording.recorded_node import collect_conntrack
 
         end = collect_conntrack(node_namespaces(self.args))  # drops during the recording: end minus start
         self.recorder.close(final_counters, time.time_ns(), {"conntrack": end, "cause_state": self.cause_state()},
@@ -386,7 +386,7 @@ class _RecordLoop:
     def cause_state(self) -> dict[str, Any]:
         """The routes, sysctls, RPS masks and ICMP counters behind the recorded drops' causes, read now as `drops`
         reads them when it ends (the trailer's cause_state, format minor 6)."""
-        from tracer.recorded_causes import record_end
+        from tracer.recording.recorded_causes import record_end
 
         if self.names is None:
             return {"nodes": [], "error": "node state not read: the session did not start"}
@@ -408,13 +408,13 @@ def check_output(path: str) -> None:
     if not os.access(directory, os.W_OK):
         raise UsageError(f"cannot write {path}: {directory} is not writable")
     if compression_of(path) == "zstd":
-        from tracer.recording import _zstandard
+        from tracer.recording.fileformat import _zstandard
 
         _zstandard()  # the clear error before compiling probes, not after
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from tracer.session import check_namespaces, run_session
+    from tracer.sources.session import check_namespaces, run_session
 
     try:
         max_size = parse_size(args.max_size) if args.max_size else None
@@ -426,12 +426,12 @@ def run_record(args: argparse.Namespace) -> int:
                          "netfilter is traced in the --node ones", "leave out --netns")
     check_output(args.output)
     check_namespaces(args)
-    from tracer import bccenv
+    from tracer.kernel import bccenv
 
     bccenv.require_root("tracing")  # before the header's slow parts, which need it too
     loop = _RecordLoop(args, max_size)
     loop.prepared = prepare_header(args)
-    from tracer import cause_state
+    from tracer.node import cause_state
 
     # before the probes attach, as `drops` reads them: the ICMP errors a REJECT had rate-limited during the recording
     loop.icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
@@ -506,7 +506,7 @@ def _describe(source: ReplaySource) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from tracer.overlay import TunnelTable
+    from tracer.analysis.overlay import TunnelTable
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     table = DropTable()
@@ -534,7 +534,7 @@ def run_report(args: argparse.Namespace) -> int:
     add_causes(rows, source.cause_states())  # from the rules, conntrack tables and node state the recording holds
     merged = source.header.get("merged")
     if merged:
-        from tracer.merged_report import add_nodes
+        from tracer.output.merged_report import add_nodes
 
         add_nodes(rows, merged)
     counters = source.final_counters
@@ -551,7 +551,7 @@ def run_report(args: argparse.Namespace) -> int:
     pod_of = source.names.pod_of_ip
     if args.json:
         if merged:
-            from tracer.merged_report import section_json
+            from tracer.output.merged_report import section_json
 
             for item in section_json(merged, pod_of):
                 sys.stdout.write(json.dumps(item) + "\n")
@@ -581,7 +581,7 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         width = table_width(sys.stdout, args.wide)
         if merged:
-            from tracer.merged_report import by_node, section_text
+            from tracer.output.merged_report import by_node, section_text
 
             sys.stdout.write(section_text(merged, pod_of) + "\n")
             for name, node_rows in by_node(rows, merged):  # each node's drops, as its own report shows them
@@ -601,7 +601,7 @@ def run_report(args: argparse.Namespace) -> int:
         if overlay is not None:
             sys.stdout.write("\n" + tunnels.format_text())
         if softirq_rows:
-            from tracer.softirq import format_table
+            from tracer.analysis.softirq import format_table
 
             sys.stdout.write("\n" + format_table(softirq_rows, softirq_seconds))
         sys.stdout.write(summary_line(count, counters, table.evicted) + "\n")
@@ -636,9 +636,9 @@ def _final_cause_states(path: str, follow: bool) -> Any:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tracer.events import EVENT_NAT, decode_nat
-    from tracer.pcapng import PcapngWriter
-    from tracer.pcapng_packets import DropCauses, Packet, PacketFolder, packet_comment
+    from tracer.events.decode import EVENT_NAT, decode_nat
+    from tracer.recording.pcapng import PcapngWriter
+    from tracer.recording.pcapng_packets import DropCauses, Packet, PacketFolder, packet_comment
 
     source = ReplaySource(args.file, follow=not args.no_follow)
     header = source.header

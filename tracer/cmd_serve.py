@@ -77,11 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer import bccenv
-    from tracer.errors import UsageError
+    from tracer.kernel import bccenv
+    from tracer.output.errors import UsageError
     from tracer.serve.agent import Agent
     from tracer.serve.options import from_args
-    from tracer.session import StopFlag
+    from tracer.sources.session import StopFlag
 
     options = from_args(args)
     bccenv.require_root("serve")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracer import headers, kernelfs
+from tracer.kernel import headers, kernelfs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -7,15 +7,23 @@ import json
 import sys
 from typing import Any
 
-from tracer import cause_state
-from tracer.aggregate import DropTable
-from tracer.events import PacketEvent
-from tracer.identity import ConnIdentities
-from tracer.layout import add_wide_option, table_width
-from tracer.nfverdict import NfAttribution
-from tracer.report import Resolver, drop_rows, event_json, event_line, summary_json, summary_line, write_drop_table
-from tracer.session import add_trace_options, run_session
-from tracer.stdout import write_whole
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.identity import ConnIdentities
+from tracer.analysis.nfverdict import NfAttribution
+from tracer.events.decode import PacketEvent
+from tracer.node import cause_state
+from tracer.output.layout import add_wide_option, table_width
+from tracer.output.report import (
+    Resolver,
+    drop_rows,
+    event_json,
+    event_line,
+    summary_json,
+    summary_line,
+    write_drop_table,
+)
+from tracer.output.stdout import write_whole
+from tracer.sources.session import add_trace_options, run_session
 
 DROPS_EPILOG = """\
 exit codes: 0 ok, 1 error, 2 bad usage or filter, 3 drops matched and --fail-on-drops was given

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from tracer.errors import PodtraceError, UsageError
+from tracer.output.errors import PodtraceError, UsageError
 
 EPILOG = """\
 keys: 1-6 views (7 Journeys on a merged recording), Enter drill into a drop, a Service flow or a journey, s sort
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_tui_options(parser: argparse.ArgumentParser) -> None:
-    from tracer.session import add_probe_options
+    from tracer.sources.session import add_probe_options
 
     add_probe_options(parser, "tcpdump (pcap-filter) expression run in the kernel; `/` in the TUI narrows it further")
     parser.add_argument("--replay", metavar="FILE", help="show a recording instead of the live node")
@@ -93,11 +93,12 @@ class _Failed(PodtraceError):
 def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     import threading
 
-    from tracer import bccenv, cause_state
     from tracer.check.table import NodeFindingsTable
-    from tracer.kernel import kernel_version, probe_kernel
-    from tracer.live import LiveSource
-    from tracer.session import node_resolver, probe_config
+    from tracer.kernel import bccenv
+    from tracer.kernel.capabilities import kernel_version, probe_kernel
+    from tracer.node import cause_state
+    from tracer.sources.live import LiveSource
+    from tracer.sources.session import node_resolver, probe_config
     from tui.services import ServiceFlowsTable
     from tui.softirq import SoftirqTable
     from tui.sources import SessionInfo
@@ -130,8 +131,8 @@ def _record_header(args: argparse.Namespace, source: Any, info: Any) -> dict[str
     plan was probed once; probing again would compile BCC programs while others may be compiling, which crashes)."""
     import os
 
-    from tracer.declared_names import declared_json
-    from tracer.names import named_netns
+    from tracer.node.declared_names import declared_json
+    from tracer.node.names import named_netns
     from tui.recording import basic_header
 
     known = {inode: name for name, inode in named_netns().items()}

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tracer.aggregate import DropKey, DropTable, drop_key
-from tracer.events import (
+from tracer.analysis.aggregate import DropKey, DropTable, drop_key
+from tracer.analysis.severity import classify, rank
+from tracer.events.decode import (
     EVENT_CT,
     EVENT_DROP,
     EVENT_ICMP,
@@ -33,8 +34,7 @@ from tracer.events import (
     decode,
     decode_any,
 )
-from tracer.report import Resolver, drop_rows
-from tracer.severity import classify, rank
+from tracer.output.report import Resolver, drop_rows
 from tui.pyfilter import Predicate
 from tui.timelines import ConnKey, FlowKey, Hop, Timelines, flow_of, packet_key, tuple_flow
 
@@ -53,7 +53,7 @@ TYPE_PROBES = {EVENT_DROP: "drops", EVENT_NAT: "netfilter", EVENT_ICMP: "icmp", 
 
 
 def probe_of(event: Any) -> str:
-    """The probe (tracer.events.PROBES) that emitted a decoded event, from its type and point code."""
+    """The probe (tracer.events.decode.PROBES) that emitted a decoded event, from its type and point code."""
     if event.type in TYPE_PROBES:
         return str(TYPE_PROBES[event.type])
     return POINT_PROBES.get(event.reason, "path")
@@ -80,7 +80,8 @@ class Snapshot:
     received: int  # every event the source delivered
     rate: float  # events/s over the last second
     counters: dict[str, int]
-    drops: list[dict[str, Any]]  # tracer.report.drop_rows() dicts plus "key", "spark" and "severity", problems first
+    # tracer.output.report.drop_rows() dicts plus "key", "spark" and "severity", problems first
+    drops: list[dict[str, Any]]
     drop_groups: int
     drop_total: int
     evicted: int
@@ -390,9 +391,9 @@ class Model(Timelines):
         return None
 
     def cause(self, ident: str) -> dict[str, Any] | None:
-        """Why the drops of one group died (tracer/causes.py as JSON), None when it is gone or nothing explains.
-        Live this reads the namespace (routes, rules, sysctls: up to seconds), so it is asked for on a drill-down,
-        never per snapshot, and outside the lock."""
+        """Why the drops of one group died (tracer/analysis/causes.py as JSON), None when it is gone or nothing
+        explains. Live this reads the namespace (routes, rules, sysctls: up to seconds), so it is asked for on a
+        drill-down, never per snapshot, and outside the lock."""
         key = self.find(ident)
         if key is None or self.explain is None:
             return None

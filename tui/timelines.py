@@ -15,11 +15,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.aggregate import DropKey
-from tracer.events import EVENT_ICMP, PROTO_NAMES, NatEvent, PacketEvent, Tuple, decode, format_addr
-from tracer.nf_points import point_label
-from tracer.nfverdict import hook_label
-from tracer.report import Resolver, describe_point
+from tracer.analysis.aggregate import DropKey
+from tracer.analysis.nfverdict import hook_label
+from tracer.events.decode import EVENT_ICMP, PROTO_NAMES, NatEvent, PacketEvent, Tuple, decode, format_addr
+from tracer.output.report import Resolver, describe_point
+from tracer.probes.nf_points import point_label
 
 FlowKey = tuple[int, int, bytes, bytes, int]  # family, proto, saddr, daddr, dport: a packet's path across netns
 ConnKey = tuple[int, int, bytes, bytes, int, int]  # and its source port: one connection, one direction

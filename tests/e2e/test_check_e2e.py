@@ -19,7 +19,7 @@ from support.lab import exclusive_lab
 
 from tracer import cli
 from tracer.lab import faults
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 pytestmark = pytest.mark.root
 

@@ -20,12 +20,13 @@ from support.netns import netns_pair, send_udp
 from support.podtrace import COMMAND, run
 
 from bpf import BPF_DIR
-from tracer import bccenv, events
-from tracer.btf import Btf
-from tracer.ksyms import KernelSymbols
-from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.events import decode as events
+from tracer.kernel import bccenv
+from tracer.kernel.btf import Btf
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.sources.live import LiveSource
 
 pytestmark = pytest.mark.root
 

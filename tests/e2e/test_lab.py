@@ -21,10 +21,10 @@ import pytest
 from support.lab import exclusive_lab, lab_lock, wait_for_foreign_lab
 from support.unprivileged import AS_NOBODY
 
-from tracer import conntrack
-from tracer.errors import LabError
 from tracer.lab import control, faults, kubelet_layout, names, processes, proxy, state, traffic
 from tracer.lab import manifest as mf
+from tracer.node import conntrack
+from tracer.output.errors import LabError
 
 pytestmark = pytest.mark.root
 

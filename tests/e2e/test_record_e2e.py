@@ -162,7 +162,7 @@ def test_a_burst_is_recorded_without_loss_beyond_what_the_ring_buffer_reports(pa
     # machine is (2,822 of 20,000 once with the CPUs shared by a second test suite), so the bound is half.
     assert summary["lost"] == recorded.summary["lost"] < 20000 // 2, summary
     # Per-probe counters travel in the recording and add up to its totals; the burst's drops are the drop probe's.
-    from tracer.replay import ReplaySource
+    from tracer.sources.replay import ReplaySource
 
     with ReplaySource(str(output)) as source:
         while source.poll_raw():

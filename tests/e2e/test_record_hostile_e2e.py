@@ -19,7 +19,7 @@ import pytest
 import support.podtrace as podtrace
 from support.netns import Pair, netns_pair, sh
 
-from tracer.recording import KIND_TRAILER, MAGIC, PREAMBLE, RecordReader, encode_record, part_path
+from tracer.recording.fileformat import KIND_TRAILER, MAGIC, PREAMBLE, RecordReader, encode_record, part_path
 
 pytestmark = pytest.mark.root
 

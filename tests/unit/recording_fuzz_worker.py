@@ -53,7 +53,7 @@ def _export(path: str, out: str) -> tuple[int, str]:
 
 def _api(path: str) -> str:
     from tracer.api import open_recording
-    from tracer.errors import RecordingError
+    from tracer.output.errors import RecordingError
 
     try:
         recording = open_recording(path)
@@ -69,14 +69,14 @@ def _api(path: str) -> str:
 
 
 def _tui(path: str) -> str:
-    from tracer.errors import PodtraceError
-    from tracer.events import decode_any
+    from tracer.events.decode import decode_any
+    from tracer.output.errors import PodtraceError
     from tui.model import Model
     from tui.sources import open_replay
 
     try:
         source, info = open_replay(path)
-        replay: Any = source  # a tracer.replay.ReplaySource
+        replay: Any = source  # a tracer.sources.replay.ReplaySource
         model = Model(info.names)
         for table in info.tables.values():
             table.rows()

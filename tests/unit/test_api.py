@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tracer.api import TCP_SYN, open_recording, tcp_flags
-from tracer.errors import RecordingError
-from tracer.events import PacketEvent
+from tracer.events.decode import PacketEvent
+from tracer.output.errors import RecordingError
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "recordings" / "v1.ptrec"
 ROOT = Path(__file__).resolve().parents[2]

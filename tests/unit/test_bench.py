@@ -15,7 +15,7 @@ from tracer.benchmarks.stats import (
     median,
     ratio,
 )
-from tracer.events import decode, encode
+from tracer.events.decode import decode, encode
 
 
 def test_median_and_ratio_tolerate_missing_runs() -> None:

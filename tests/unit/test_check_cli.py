@@ -14,7 +14,7 @@ import pytest
 from tracer import cmd_check
 from tracer.check import Finding, NodeState, evaluate, summary
 from tracer.check import collect as collect_module
-from tracer.errors import PodtraceError
+from tracer.output.errors import PodtraceError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
 

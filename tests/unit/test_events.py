@@ -15,8 +15,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from tracer import events
-from tracer.events import EVENT_SIZE, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple, decode, encode, field_offsets
+from tracer.events import decode as events
+from tracer.events.decode import EVENT_SIZE, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple, decode, encode, field_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "events"
@@ -325,7 +325,7 @@ def test_tuple_describe_and_names() -> None:
 
 def test_a_drop_record_splits_into_its_conntrack_event_then_its_drop() -> None:
     """struct pt_drop_record is { struct pt_ct_event ct; struct pt_packet_event drop; } (bpf/podtrace.h)."""
-    from tracer.events import CT_SIZE, DROP_RECORD_SIZE, EVENT_CT, EVENT_SIZE, split_records
+    from tracer.events.decode import CT_SIZE, DROP_RECORD_SIZE, EVENT_CT, EVENT_SIZE, split_records
 
     header = (ROOT / "bpf" / "podtrace.h").read_text()
     assert re.search(r"struct pt_drop_record \{\s*struct pt_ct_event ct;\s*struct pt_packet_event drop;\s*\};", header)

@@ -1,5 +1,5 @@
-"""Matching packets across two nodes' recordings and aligning their clocks (tracer/journey.py), on packets built
-with scapy: the VXLAN datagram node A transmits and the decapsulated packet node B drops are one packet."""
+"""Matching packets across two nodes' recordings and aligning their clocks (tracer/analysis/journey.py), on packets
+built with scapy: the VXLAN datagram node A transmits and the decapsulated packet node B drops are one packet."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP, UDP
 
 from tests.support.merge_recordings import event
-from tracer import events
-from tracer.events import PacketEvent, decode
-from tracer.journey import NodeRecording, align, journeys, match, packet_key
+from tracer.analysis.journey import NodeRecording, align, journeys, match, packet_key
+from tracer.events import decode as events
+from tracer.events.decode import PacketEvent, decode
 
 B_CLOCK_AHEAD_NS = 5_000_000  # node B's wall clock runs 5 ms ahead of node A's
 

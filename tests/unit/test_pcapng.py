@@ -10,9 +10,9 @@ import pytest
 from scapy.utils import PcapNgReader
 
 from tracer import cli
-from tracer.events import EVENT_SIZE, decode
-from tracer.pcapng import LINKTYPE_RAW, enhanced_packet, interface_description, network_bytes, original_length
-from tracer.replay import ReplaySource
+from tracer.events.decode import EVENT_SIZE, decode
+from tracer.recording.pcapng import LINKTYPE_RAW, enhanced_packet, interface_description, network_bytes, original_length
+from tracer.sources.replay import ReplaySource
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "recordings" / "v1.ptrec"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tracer import cli
-from tracer.events import EVENT_SIZE, decode
-from tracer.replay import ReplaySource
+from tracer.events.decode import EVENT_SIZE, decode
+from tracer.sources.replay import ReplaySource
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recordings"
 V1 = FIXTURES / "v1.ptrec"
@@ -109,7 +109,7 @@ def test_report_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_reading_a_recording_never_imports_bcc() -> None:
     code = (
         "import sys, io, contextlib\n"
-        "import tracer.cmd_record, tracer.api, tracer.replay, tracer.pcapng\n"
+        "import tracer.cmd_record, tracer.api, tracer.sources.replay, tracer.recording.pcapng\n"
         f"rows = tracer.api.open_recording({str(V1)!r}).drop_rows()\n"
         "assert len(rows) == 3, rows\n"
         "assert 'bcc' not in sys.modules, 'bcc imported'\n"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from support import kubeproxy_expect as want
 
-from tracer import api, rulesfile
+from tracer import api
+from tracer.node import rulesfile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube-proxy"
 ROOT = Path(__file__).parents[2]

@@ -16,14 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP  # type: ignore[import-untyped]
 from test_aggregate import drop
 
-from tracer.errors import UsageError
-from tracer.events import EVENT_PATH, encode
-from tracer.replay import ReplaySource
+from tracer.events.decode import EVENT_PATH, encode
+from tracer.output.errors import UsageError
 from tracer.serve.attribution import Charge
 from tracer.serve.labels import OTHER, TopN
 from tracer.serve.metrics import METRICS, MetricsState, StateCollector, exported_names
 from tracer.serve.recorder import FlightRecorder, Retention
 from tracer.serve.triggers import parse_trigger
+from tracer.sources.replay import ReplaySource
 
 
 def charge(reason: str = "NETFILTER_DROP", severity: str = "policy", service: str = "default/web:http",

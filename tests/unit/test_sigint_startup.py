@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tracer import cli
-from tracer.exitcodes import INTERRUPTED
+from tracer.output.exitcodes import INTERRUPTED
 
 RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec"
 ROOT = Path(__file__).parents[2]

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tracer.benchmarks.pipeline import drop_event
-from tracer.events import EVENT_SIZE, FLAG_INNER, encode
-from tracer.report import Resolver
+from tracer.events.decode import EVENT_SIZE, FLAG_INNER, encode
+from tracer.output.report import Resolver
 from tui.model import Model, key_id
 from tui.overlay import OverlayTable
 from tui.pyfilter import ViewFilter

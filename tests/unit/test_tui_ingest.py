@@ -18,7 +18,7 @@ from typing import Any
 from textual.widgets import Input, Static
 
 from tracer.api import open_recording
-from tracer.events import EVENT_SIZE
+from tracer.events.decode import EVENT_SIZE
 from tui.app import PodtraceApp
 from tui.ingest import ProcessIngest
 from tui.screens.timeline import TimelineScreen

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.errors import RecordingError
-from tracer.recording import (
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import (
     FORMAT_MINOR,
     FORMAT_VERSION,
     KIND_COUNTERS,
@@ -235,7 +235,7 @@ class FlightRecorder:
         hi = max(incident.seal_ns, self._clock())
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(incident.firings[0]["wall_ns"] / 1e9))
         final = os.path.join(self.incidents_dir, f"incident-{stamp}-{_slug(incident.trigger)}{SEGMENT_SUFFIX}")
-        # Hidden until complete; the same suffix, so it is compressed the same way (tracer/recording.py).
+        # Hidden until complete; the same suffix, so it is compressed the same way (tracer/recording/fileformat.py).
         partial = os.path.join(self.incidents_dir, f".partial-{os.path.basename(final)}")
         chosen = [s for s in self.segments if s.ours and s.end_ns >= lo and s.start_ns <= hi]
         base = next(((c, p) for ts, c, p in reversed(self._counter_log) if ts <= lo), None) or \

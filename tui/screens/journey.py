@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from tracer.merged_report import JourneyView
+from tracer.output.merged_report import JourneyView
 from tui.widgets.footer import QuietFooter
 
 COLUMNS = ("+TIME", "NODE", "AT")

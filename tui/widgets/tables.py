@@ -12,12 +12,13 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from tracer.events import PROBES
-from tracer.ladder import AttachPlan
+from tracer.events.decode import PROBES
+from tracer.kernel.ladder import AttachPlan
 
 DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("severity", "CLASS"), ("reason", "REASON"),
                 ("location", "LOCATION"), ("where", "NETNS/IF"), ("flow", "FLOW"))
-# tracer.severity's classes: loss is what hurts, policy what someone configured, benign the kernel's normal frees.
+# tracer.analysis.severity's classes: loss is what hurts, policy what someone configured, benign the kernel's normal
+# frees.
 SEVERITY_STYLES = {"loss": "bold red", "policy": "bold yellow", "benign": "dim"}
 
 
