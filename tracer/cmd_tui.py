@@ -118,7 +118,7 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
                        probe_plan=lambda: probe_kernel()[0], live_clock=True,
                        # the Node view audits the node being traced (--node), not the namespace podtrace runs in
-                       tables={"node": NodeFindingsTable((args.node or [args.netns])[0]),
+                       tables={"node": NodeFindingsTable(list(args.node) if args.node else args.netns),
                                "flows": ServiceFlowsTable(source, args.node or [None]),
                                "softirq": SoftirqTable(after=plan_done)},
                        record_header=lambda: _record_header(args, source, info), plan_done=plan_done,
