@@ -35,7 +35,15 @@ class NodeFindingsTable:
         self._findings: list[dict[str, Any]] = []
         self._error = ""
         self._thread = threading.Thread(target=self._run, args=(window,), daemon=True, name="node-checks")
-        self._thread.start()
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        """The checks run in the process that reads the rows, on first use: `podtrace tui` forks its reader after
+        making the table, and a thread started before the fork fills only the UI's copy (the Node view stayed
+        empty)."""
+        with self._lock:
+            if self._thread.ident is None:
+                self._thread.start()
 
     def _run(self, window: float) -> None:
         from tracer.check import run_checks  # reads the node: only in the worker
@@ -60,10 +68,12 @@ class NodeFindingsTable:
             self._error = "; ".join(errors)
 
     def rows(self) -> list[dict[str, Any]]:
+        self._start()
         return finding_rows(self._findings, self._error)
 
     def header_entry(self, wait: float = 5.0) -> list[dict[str, Any]] | dict[str, str]:
         """What a recording's header keeps (`node_checks`, as `podtrace record` writes it); waits for the checks."""
+        self._start()
         self._thread.join(wait)
         if self._thread.is_alive():
             return {"error": f"the node checks did not finish within {wait:g} s"}
