@@ -219,7 +219,7 @@ def merge(*recordings: str, output: str | None = None) -> list[dict[str, Any]]:
     """The journeys of the packets two or more nodes' recordings saw (as `podtrace merge --json`), every clock put
     on the first one's; with `output`, also write the merged recording there (never over an existing file).
     PodtraceError when a recording shares no packet with the others (it is named); UsageError for fewer than two."""
-    from tracer.cmd_merge import merge_files
+    from tracer.cli.merge import merge_files
 
     return merge_files(list(recordings), output).journeys
 

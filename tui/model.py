@@ -53,7 +53,7 @@ TYPE_PROBES = {EVENT_DROP: "drops", EVENT_NAT: "netfilter", EVENT_ICMP: "icmp", 
 
 
 def probe_of(event: Any) -> str:
-    """The probe (tracer.events.decode.PROBES) that emitted a decoded event, from its type and point code."""
+    """The probe (tracer.probes.registry.COUNTER_SLOTS) that emitted a decoded event, from its type and point code."""
     if event.type in TYPE_PROBES:
         return str(TYPE_PROBES[event.type])
     return POINT_PROBES.get(event.reason, "path")

@@ -183,10 +183,10 @@ def test_doctor_without_bcc(tmp_path: Path) -> None:
     ours = sysconfig.get_paths()["purelib"]
     (site_packages / "podtrace-deps.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
     python = str(venv / "bin/python")
-    probe = subprocess.run([python, "-c", "import pyroute2, tracer.cli; import bcc"], capture_output=True, text=True,
-                           check=False)
+    probe = subprocess.run([python, "-c", "import pyroute2, tracer.cli.main; import bcc"], capture_output=True,
+                           text=True, check=False)
     assert "No module named 'bcc'" in probe.stderr, probe.stderr
-    line = _one_line_error(subprocess.run([python, "-m", "tracer.cli", "doctor"], capture_output=True, text=True,
+    line = _one_line_error(subprocess.run([python, "-m", "tracer.cli.main", "doctor"], capture_output=True, text=True,
                                           timeout=120, check=False))
     assert "BCC's Python module cannot be imported" in line and "python3-bpfcc" in line
 

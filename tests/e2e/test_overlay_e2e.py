@@ -22,9 +22,9 @@ from tracer.probes.softirq_probe import SoftirqProbe
 
 pytestmark = pytest.mark.root
 
-# `podtrace` with the overlay commands registered, whether or not tracer/cli.py lists them yet.
-CLI = ("import sys\nfrom tracer import cli\nif 'tracer.cmd_overlay' not in cli.COMMAND_MODULES:\n"
-       "    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, 'tracer.cmd_overlay')\nsys.exit(cli.main(sys.argv[1:]))\n")
+# `podtrace` with the overlay commands registered, whether or not tracer/cli/main.py lists them yet.
+CLI = ("import sys\nfrom tracer.cli import main as cli\nif 'tracer.cli.overlay' not in cli.COMMAND_MODULES:\n"
+       "    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, 'tracer.cli.overlay')\nsys.exit(cli.main(sys.argv[1:]))\n")
 PRIME = 4999
 
 

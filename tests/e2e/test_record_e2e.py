@@ -24,10 +24,10 @@ from support.netns import Pair, netns_pair, send_udp, sh, tcp_connect_attempts
 pytestmark = pytest.mark.root
 
 PRIME = 13
-# The CLI with tracer.cmd_record registered, whether or not tracer/cli.py lists it yet.
+# The CLI with tracer.cli.record registered, whether or not tracer/cli/main.py lists it yet.
 CLI = [sys.executable, "-c", (
-    "import sys, tracer.cli as c\n"
-    "m = 'tracer.cmd_record'\n"
+    "import sys, tracer.cli.main as c\n"
+    "m = 'tracer.cli.record'\n"
     "c.COMMAND_MODULES = c.COMMAND_MODULES if m in c.COMMAND_MODULES else (*c.COMMAND_MODULES, m)\n"
     "sys.exit(c.main(sys.argv[1:]))\n"
 )]

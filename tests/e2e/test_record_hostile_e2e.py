@@ -29,7 +29,7 @@ AUDITED = [sys.executable, "-c", (
     "import os, sys\n"
     "log = open(os.environ['PT_OPENED'], 'a')\n"
     "sys.addaudithook(lambda e, a: log.write(f'{a[0]}\\n') if e == 'open' and isinstance(a[0], str) else None)\n"
-    "from tracer.cli import main\n"
+    "from tracer.cli.main import main\n"
     "code = main(sys.argv[1:]); log.flush(); sys.exit(code)\n"
 )]
 
@@ -108,7 +108,10 @@ def test_planted_symlink_and_node_with_netns_are_refused_in_one_line(pair: Pair,
 
 def test_a_full_disk_ends_the_recording_in_one_line_and_keeps_it_readable(pair: Pair) -> None:
     mount = Path(tempfile.mkdtemp(prefix="pt-full-"))
-    sh("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount))
+    # Room for a few event records (one holds up to 1,024 events, ~300 KB uncompressed) and far less than 6 s of the
+    # flood: 256k held less than one, so on a loaded machine, where each read returns a full batch, nothing after
+    # the header was complete.
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount))
     try:
         output = mount / "full.ptrec"
         with flood(pair, 60.0, port=5302):

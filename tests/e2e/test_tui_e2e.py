@@ -21,8 +21,8 @@ pytestmark = pytest.mark.root
 
 PRIME = 17
 ROOT = Path(__file__).resolve().parents[2]
-# `podtrace` itself, with the tui subcommand registered even before tracer/cli.py lists it.
-LAUNCH = ("import sys; from tracer import cli; m = 'tracer.cmd_tui'; "
+# `podtrace` itself, with the tui subcommand registered even before tracer/cli/main.py lists it.
+LAUNCH = ("import sys; from tracer.cli import main as cli; m = 'tracer.cli.tui'; "
           "cli.COMMAND_MODULES += () if m in cli.COMMAND_MODULES else (m,); sys.exit(cli.main(sys.argv[1:]))")
 
 

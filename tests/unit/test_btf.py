@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from support.bpftool_btf import parse_bpftool_raw
 
-from tracer.cmd_doctor import btf_facts, layout_problems
-from tracer.kernel.btf import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF, Btf
+from tracer.cli.doctor import btf_facts, layout_problems
+from tracer.kernel.btf import Btf
+from tracer.kernel.btf_kinds import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF
 from tracer.output.errors import KernelError
 from tracer.probes.build import BTF_OFFSETS
 

@@ -12,7 +12,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from tests.support.merge_recordings import HOST, event, header, write
-from tracer import cli
+from tracer.cli import main as cli
 from tracer.events.decode import (
     CT_ENTRY,
     EVENT_CT,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.cli import build_parser
+from tracer.cli.main import build_parser
 from tracer.output import exitcodes
 
 
@@ -32,7 +32,7 @@ def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) ->
 SUBCOMMANDS = _subcommands(build_parser())
 
 ROOT = Path(__file__).resolve().parents[2]
-PODTRACE = [sys.executable, "-m", "tracer.cli"]
+PODTRACE = [sys.executable, "-m", "tracer.cli.main"]
 MISSING = "pt-no-such-namespace"  # never created: `ip netns` names the lab and tests use are pt-*, uuid-named
 CODES = {code for code, _name, _meaning in exitcodes.TABLE}
 

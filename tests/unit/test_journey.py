@@ -77,8 +77,8 @@ def test_recordings_that_share_no_packet_match_nothing() -> None:
 
 def test_merge_refuses_the_same_recording_twice_in_one_line() -> None:
     recording = str(Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec")
-    result = subprocess.run([sys.executable, "-m", "tracer.cli", "merge", recording, recording], capture_output=True,
-                            text=True, check=False, cwd=Path(__file__).parents[2])
+    result = subprocess.run([sys.executable, "-m", "tracer.cli.main", "merge", recording, recording],
+                            capture_output=True, text=True, check=False, cwd=Path(__file__).parents[2])
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and "are the same recording" in result.stderr, result.stderr
 

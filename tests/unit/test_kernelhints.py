@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer import cmd_doctor
+from tracer.cli import doctor as cmd_doctor
 from tracer.kernel.kernelhints import lockdown_hint, module_hint
 
 

@@ -17,7 +17,7 @@ import pytest
 from tracer.output.layout import cut, fit_columns, table_width
 
 RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec"  # a real recording (see its README)
-PODTRACE = [sys.executable, "-m", "tracer.cli"]
+PODTRACE = [sys.executable, "-m", "tracer.cli.main"]
 
 
 def _pty(columns: int) -> tuple[int, int]:

@@ -17,8 +17,8 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from tests.support.merge_recordings import HOST, conntrack, event, header, write
-from tracer import cli
 from tracer.api import merge, open_recording
+from tracer.cli import main as cli
 from tracer.events.decode import (
     EVENT_CT,
     EVENT_DROP,

@@ -28,7 +28,9 @@ from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.kernel.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
 from tracer.output.report import Resolver, drop_rows
-from tracer.probes.kprobes import KPROBES, SOURCES, attach_list, choose
+from tracer.probes.kprobes import KPROBES, attach_list, choose
+from tracer.probes.registry import KPROBE_PROGRAMS
+from tracer.probes.registry import program as registered
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = (ROOT / "bpf" / "podtrace.h").read_text()
@@ -181,7 +183,7 @@ def test_attach_list_needs_the_compiled_program_and_the_function() -> None:
 
 def test_every_program_is_defined_in_its_c_file() -> None:
     for concern in ("netfilter", "vxlan", "fragmentation"):
-        text = (ROOT / "bpf" / SOURCES[concern]).read_text()
+        text = (ROOT / "bpf" / registered(KPROBE_PROGRAMS[concern]).source).read_text()
         for probe in KPROBES[concern]:
             assert f"int {probe.program}(struct pt_regs *ctx)" in text, probe
             if probe.needs and not probe.ret:  # entry programs exist only with the offsets they read

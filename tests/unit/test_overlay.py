@@ -165,7 +165,7 @@ def test_overlay_filter_compiles() -> None:
 
 
 def test_overlay_cli_parses() -> None:
-    from tracer import cmd_overlay
+    from tracer.cli import overlay as cmd_overlay
 
     parser = argparse.ArgumentParser()
     cmd_overlay.add_parser(parser.add_subparsers())

@@ -269,7 +269,7 @@ def test_record_keeps_one_drop_of_each_kind_for_the_end_reading() -> None:
     import argparse
 
     from tracer.analysis.aggregate import DropTable
-    from tracer.cmd_record import _RecordLoop
+    from tracer.cli.record import _RecordLoop
     from tracer.events.decode import EVENT_PATH
     from tracer.node.cause_state import _needs
     from tracer.output.report import drop_rows

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_recording import header, make_event, replay_all
 
-from tracer.cmd_record import parse_mode
+from tracer.cli.record import parse_mode
 from tracer.output.errors import RecordingError, UsageError
 from tracer.recording.fileformat import Recorder, part_path
 

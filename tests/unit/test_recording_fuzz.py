@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import recording_mutate as mutate
 
-from tracer.cmd_merge import merge_files
+from tracer.cli.merge import merge_files
 from tracer.recording.fileformat import KIND_HEADER, KIND_TRAILER, encode_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recordings"

@@ -29,7 +29,7 @@ def test_detect_and_read(name: str, kind: str, lb_known: bool) -> None:
 
 
 def _check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracer.cli", "check", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tracer.cli.main", "check", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
 
 

@@ -82,7 +82,7 @@ def test_bad_triggers_are_one_line_usage_errors(text: str, says: str) -> None:
 
 
 def _serve(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracer.cli", "serve", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tracer.cli.main", "serve", *argv], capture_output=True, text=True,
                           timeout=60, check=False)
 
 
@@ -115,7 +115,7 @@ def test_bad_flags_and_config_exit_2_with_one_line(tmp_path: Path, argv: list[st
 def test_flags_win_over_the_config_file(tmp_path: Path) -> None:
     import argparse
 
-    from tracer.cmd_serve import add_parser
+    from tracer.cli.serve import add_parser
     from tracer.serve.options import from_args
 
     parser = argparse.ArgumentParser()

@@ -216,10 +216,11 @@ def test_overlay_view_counts_reassembly_timeouts_apart_from_too_big_and_names_pa
 def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> None:
     import re
 
-    from tracer.events.decode import CNT_MAX, PROBES
+    from tracer.events.decode import CNT_MAX
     from tracer.kernel.btf import Btf
     from tracer.probes.build import ProbeConfig, build
     from tracer.probes.pcapfilter import compile_filter
+    from tracer.probes.registry import COUNTER_SLOTS as PROBES
 
     header = (Path(__file__).resolve().parents[2] / "bpf" / "podtrace.h").read_text()
     ids = {name.lower(): int(value) for name, value in re.findall(r"#define PT_PROBE_(\w+) (\d+)", header)}

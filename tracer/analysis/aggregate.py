@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tracer.events.decode import EVENT_DROP, PacketEvent, decode
+from tracer.events.decode import EVENT_DROP, PacketEvent, decode, packet_view
 
-# One unpack from ts_ns (offset 8) for the hot path: ts_ns, location..netns [24:40], len (44), ifname [64:80],
-# outer saddr+daddr [80:112], outer dport+family+proto [114:118] (offsets per tracer/events.field_offsets()).
-_HOT = struct.Struct("<Q8x16s4xI16x16s32s2x4s")
-_HOT_AT = 8
-# From location (offset 24) to outer.proto (117), per tracer/events.field_offsets(): the group key, the last
-# source port and the device, without building the dataclasses a full decode does (most of its cost).
-_FOLD = struct.Struct("<QII24x16s16s16sHHBB")
-_FOLD_AT = 24
+# One unpack for the hot path: ts_ns, location..netns as one key, len, ifname, outer saddr+daddr as one key, outer
+# dport+family+proto as one key.
+_HOT, _HOT_AT = packet_view("ts_ns", ("location", "netns"), "len", "ifname", ("outer.saddr", "outer.daddr"),
+                            ("outer.dport", "outer.proto"))
+# From location to outer.proto: the group key, the last source port and the device, without building the
+# dataclasses a full decode does (most of its cost).
+_FOLD, _FOLD_AT = packet_view("location", "reason", "netns", "ifname", "outer.saddr", "outer.daddr", "outer.sport",
+                              "outer.dport", "outer.family", "outer.proto")
 RawEvent = bytes  # DropRow has a field named `bytes`: this alias keeps the type readable inside it
 
 # (reason, location, netns, family, proto, saddr, daddr, dport, ifname): the device is part of the group, or a

@@ -1,5 +1,5 @@
 """One packet seen by recordings of several nodes: matching its events, aligning the recordings' clocks from the
-matches, and the journey each matched packet took (pure code; tracer/cmd_merge.py reads the recordings).
+matches, and the journey each matched packet took (pure code; tracer/cli/merge.py reads the recordings).
 
 A packet is the same packet on two nodes when its pod-level IPv4 header agrees: the inner packet of a VXLAN
 datagram (the packet itself without an overlay) with its addresses, protocol, ports, IP identification and, for

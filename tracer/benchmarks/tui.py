@@ -14,7 +14,8 @@ Reader thread polling a source's raw events, as LiveSource's ring buffer deliver
 - Before and after: run() measures a baseline commit's tree (its own copy of this module, its own app) and this
   checkout in interleaved rounds, each run in a fresh interpreter.
 
-Textual is imported only inside run(): tracer/ stays headless when this module is imported (bench.py imports it).
+Textual is imported only inside run(): tracer/ stays headless when this module is imported (benchmarks/run.py imports
+it).
 """
 
 from __future__ import annotations

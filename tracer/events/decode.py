@@ -37,8 +37,7 @@ FLAG_PARSED = 0x04
 # Counter indexes (PT_CNT_*).
 COUNTERS = ("seen", "filtered", "events", "lost", "sampled", "read_fail")
 CNT_MAX = 8  # PT_CNT_MAX: counters per probe in the counters array
-# PT_PROBE_*: the counters array holds CNT_MAX counters per probe (index = probe * CNT_MAX + counter).
-PROBES = ("other", "drops", "path", "netfilter", "tc", "icmp", "nf_kprobe", "overlay_kprobe", "ipvs_kprobe")
+# The counters array holds CNT_MAX counters per probe slot (tracer/probes/registry.py COUNTER_SLOTS, PT_PROBE_*).
 
 SNAP_LEN = 256
 EVENT_SNAP = 128
@@ -104,6 +103,35 @@ def field_offsets() -> dict[str, int]:
             position += struct.calcsize("<" + fmt)
     offsets["snap"] = position
     return offsets
+
+
+def _field_formats() -> dict[str, str]:
+    """Each packet-event field's struct format, "outer.sport" style for tuple members."""
+    formats = dict(EVENT_HEAD_FIELDS)
+    for tuple_name in ("outer", "inner"):
+        formats.update({f"{tuple_name}.{name}": fmt for name, fmt in TUPLE_FIELDS})
+    formats["snap"] = f"{EVENT_SNAP}s"
+    return formats
+
+
+def packet_view(*items: str | tuple[str, str]) -> tuple[struct.Struct, int]:
+    """A struct that unpacks only some fields of a packet event, and the offset to unpack it at, built from the
+    field declarations above (never from hand-counted offsets). An item is a field name, unpacked with its own
+    format, or (first, last): the bytes from first's start to last's end as one value (a group key). Gaps become
+    pad bytes; items must be in layout order."""
+    offsets, formats = field_offsets(), _field_formats()
+    start = offsets[items[0] if isinstance(items[0], str) else items[0][0]]
+    parts, position = ["<"], start
+    for item in items:
+        first, last = (item, item) if isinstance(item, str) else item
+        if offsets[first] < position:
+            raise ValueError(f"packet_view: {first} is out of layout order")
+        if offsets[first] > position:
+            parts.append(f"{offsets[first] - position}x")
+        end = offsets[last] + struct.calcsize("<" + formats[last])
+        parts.append(formats[first] if first == last else f"{end - offsets[first]}s")
+        position = end
+    return struct.Struct("".join(parts)), start
 
 
 # Events are values: never changed once decoded, and hashable. They are not `frozen`: a frozen dataclass builds

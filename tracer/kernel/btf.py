@@ -19,8 +19,27 @@ import os
 import struct
 import sys
 from array import array
-from typing import BinaryIO
 
+from tracer.kernel.btf_file import HINT_CORRUPT, HINT_LAYOUT, read_path
+from tracer.kernel.btf_kinds import (
+    ALIASES,
+    ARRAY,
+    ENUM,
+    ENUM64,
+    FIXED_WORDS,
+    FUNC,
+    FUNC_PROTO,
+    INDEXED,
+    INT,
+    KIND_NAMES,
+    MAX_KIND,
+    PTR,
+    SIZED,
+    STRUCT,
+    TYPEDEF,
+    UNION,
+    VLEN_WORDS,
+)
 from tracer.output.errors import KernelError
 
 DEFAULT_PATH = "/sys/kernel/btf/vmlinux"
@@ -28,62 +47,10 @@ DEFAULT_PATH = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
 _HDR_LEN_MIN = 24
 
-# enum btf_kind (include/uapi/linux/btf.h)
-INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
-FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20)
-_MAX_KIND = ENUM64
-
-# Trailing data after the 3-word btf_type header, in 32-bit words: a fixed part plus a part per vlen entry.
-# Getting one wrong desyncs the whole walk, so both tables are spelled out for every kind.
-_FIXED_WORDS = [0] * 32
-_VLEN_WORDS = [0] * 32
-_FIXED_WORDS[INT] = 1  # u32 encoding
-_FIXED_WORDS[ARRAY] = 3  # struct btf_array {type, index_type, nelems}
-_VLEN_WORDS[STRUCT] = 3  # struct btf_member {name_off, type, offset}
-_VLEN_WORDS[UNION] = 3
-_VLEN_WORDS[ENUM] = 2  # struct btf_enum {name_off, s32 val}
-_VLEN_WORDS[FUNC_PROTO] = 2  # struct btf_param {name_off, type}
-_FIXED_WORDS[VAR] = 1  # struct btf_var {linkage}
-_VLEN_WORDS[DATASEC] = 3  # struct btf_var_secinfo {type, offset, size}
-_FIXED_WORDS[DECL_TAG] = 1  # struct btf_decl_tag {s32 component_idx}
-_VLEN_WORDS[ENUM64] = 3  # struct btf_enum64 {name_off, val_lo32, val_hi32}
-
-# Only these kinds are looked up by name; indexing fewer kinds keeps load() fast.
-_INDEXED = frozenset({INT, STRUCT, UNION, ENUM, TYPEDEF, FUNC, ENUM64})
-# Kinds that only qualify or rename another type.
-_ALIASES = frozenset({TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG})
-# Kinds whose btf_type.size_or_type is a size in bytes.
-_SIZED = frozenset({INT, STRUCT, UNION, ENUM, FLOAT, ENUM64})
-
-_KIND_NAMES = {
-    INT: "int",
-    PTR: "pointer",
-    ARRAY: "array",
-    STRUCT: "struct",
-    UNION: "union",
-    ENUM: "enum",
-    FWD: "forward declaration",
-    TYPEDEF: "typedef",
-    VOLATILE: "volatile",
-    CONST: "const",
-    RESTRICT: "restrict",
-    FUNC: "function",
-    FUNC_PROTO: "function prototype",
-    VAR: "variable",
-    DATASEC: "data section",
-    FLOAT: "float",
-    DECL_TAG: "decl tag",
-    TYPE_TAG: "type tag",
-    ENUM64: "enum",
-}
-
 # Chains of typedefs/qualifiers and nesting of anonymous members are short in real BTF; a bound turns a
 # corrupt, cyclic file into an error instead of a hang.
 _MAX_DEPTH = 64
 
-_HINT_NO_BTF = "the kernel needs CONFIG_DEBUG_INFO_BTF=y; pass --btf FILE with a vmlinux BTF"
-_HINT_CORRUPT = "pass --btf FILE with an intact vmlinux BTF (raw .btf, or an ELF vmlinux with a .BTF section)"
-_HINT_LAYOUT = "this kernel's layout differs; check it with: bpftool btf dump file {path} format c"
 
 
 def _hint_missing(path: str, name: str) -> str:
@@ -103,17 +70,7 @@ class Btf:
     def load(cls, path: str | os.PathLike[str] | None = None) -> Btf:
         """Read BTF from `path`: default /sys/kernel/btf/vmlinux, a raw .btf file, or an ELF with .BTF."""
         where = DEFAULT_PATH if path is None else os.fspath(path)
-        try:
-            with open(where, "rb") as f:
-                data = _read_btf_bytes(f, where)
-        except FileNotFoundError:
-            raise KernelError(f"no BTF at {where}", _HINT_NO_BTF) from None
-        except PermissionError:
-            raise KernelError(f"cannot read BTF at {where}: permission denied", "run it with sudo") from None
-        except IsADirectoryError:
-            raise KernelError(f"BTF path {where} is a directory", _HINT_NO_BTF) from None
-        except OSError as e:
-            raise KernelError(f"cannot read BTF at {where}: {e.strerror or e}", _HINT_NO_BTF) from None
+        data = read_path(where)
         return cls(data, where)
 
     @classmethod
@@ -124,7 +81,7 @@ class Btf:
     # -- parsing -------------------------------------------------------------------------------------
 
     def _corrupt(self, detail: str) -> KernelError:
-        return KernelError(f"BTF at {self.path} is corrupt: {detail}", _HINT_CORRUPT)
+        return KernelError(f"BTF at {self.path} is corrupt: {detail}", HINT_CORRUPT)
 
     def _parse(self, data: bytes) -> None:
         if len(data) < _HDR_LEN_MIN:
@@ -172,7 +129,7 @@ class Btf:
         # objects, so a big caller heap does not make the walk pay for garbage collections.
         index: dict[int, int] = {}
         more: dict[int, list[int]] = {}
-        fixed, per_vlen, indexed = _FIXED_WORDS, _VLEN_WORDS, _INDEXED
+        fixed, per_vlen, indexed = FIXED_WORDS, VLEN_WORDS, INDEXED
         n = len(words)
         i = 0
         tid = 0
@@ -181,7 +138,7 @@ class Btf:
                 raise self._corrupt(f"type {tid + 1} header runs past the type section")
             info = words[i + 1]
             kind = (info >> 24) & 0x1F
-            if kind == 0 or kind > _MAX_KIND:
+            if kind == 0 or kind > MAX_KIND:
                 raise self._corrupt(f"type {tid + 1} has unknown kind {kind}")
             tid += 1
             append(i)
@@ -243,7 +200,7 @@ class Btf:
             if tid == 0:
                 return 0
             at = self._at(tid)
-            if (self._words[at + 1] >> 24) & 0x1F not in _ALIASES:
+            if (self._words[at + 1] >> 24) & 0x1F not in ALIASES:
                 return tid
             tid = self._words[at + 2]
         raise self._corrupt(f"typedef/qualifier chain deeper than {_MAX_DEPTH} at type {tid}")
@@ -265,10 +222,10 @@ class Btf:
         for _ in range(_MAX_DEPTH):
             tid = self._skip_aliases(tid)
             if tid == 0:
-                raise KernelError(f"type void in BTF {self.path} has no size", _HINT_CORRUPT)
+                raise KernelError(f"type void in BTF {self.path} has no size", HINT_CORRUPT)
             at = self._at(tid)
             kind = (self._words[at + 1] >> 24) & 0x1F
-            if kind in _SIZED:
+            if kind in SIZED:
                 return count * self._words[at + 2]
             if kind == PTR:
                 return count * self._pointer_size()
@@ -282,7 +239,7 @@ class Btf:
 
     def _describe(self, tid: int) -> str:
         at = self._at(tid)
-        kind = _KIND_NAMES.get((self._words[at + 1] >> 24) & 0x1F, "type")
+        kind = KIND_NAMES.get((self._words[at + 1] >> 24) & 0x1F, "type")
         name = self._str(self._words[at])
         return f"{kind} {name}" if name else f"anonymous {kind}"
 
@@ -379,7 +336,7 @@ class Btf:
         if hit is None:
             raise KernelError(
                 f"struct {struct_name} has no member {member_path} in BTF {self.path}",
-                _HINT_LAYOUT.format(path=self.path),
+                HINT_LAYOUT.format(path=self.path),
             )
         bit_off, mtype, bitfield = hit
         if bitfield or bit_off % 8 or self._is_int_bitfield(mtype):
@@ -494,75 +451,3 @@ class Btf:
             names.append("..." if name_off == 0 and ptype == 0 else self._str(name_off))
             p += 2
         return names
-
-
-def _read_btf_bytes(f: BinaryIO, where: str) -> bytes:
-    """The raw BTF bytes of an open file: the whole file, or the .BTF section of an ELF."""
-    head = f.read(64)
-    if head[:4] != b"\x7fELF":
-        return head + f.read()
-    btf = _elf_btf_section(f, head, where)
-    if btf is None:
-        raise KernelError(f"ELF file {where} has no .BTF section", _HINT_NO_BTF)
-    return btf
-
-
-def _elf_btf_section(f: BinaryIO, head: bytes, where: str) -> bytes | None:
-    def bad(detail: str) -> KernelError:
-        return KernelError(f"ELF file {where} is corrupt: {detail}", _HINT_CORRUPT)
-
-    if len(head) < 52:
-        raise bad("truncated ELF header")
-    cls, data = head[4], head[5]
-    if data not in (1, 2) or cls not in (1, 2):
-        raise bad("unknown ELF class or byte order")
-    e = "<" if data == 1 else ">"
-    if cls == 2:
-        if len(head) < 64:
-            raise bad("truncated ELF header")
-        (shoff,) = struct.unpack_from(e + "Q", head, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", head, 0x3A)
-        sh_fmt = e + "II16xQQI"  # name, type, (flags, addr), offset, size, link
-    else:
-        (shoff,) = struct.unpack_from(e + "I", head, 0x20)
-        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", head, 0x2E)
-        sh_fmt = e + "II8xIII"
-    need = struct.calcsize(sh_fmt)
-    if shoff == 0:
-        return None
-    if shentsize < need:
-        raise bad(f"section header size {shentsize} too small")
-
-    file_size = f.seek(0, os.SEEK_END)
-
-    def read_at(off: int, size: int) -> bytes:
-        # Check against the file size first: a corrupt header could ask for exabytes.
-        if off + size > file_size:
-            raise bad(f"{size} bytes at offset {off} run past the end of the file")
-        f.seek(off)
-        buf = f.read(size)
-        if len(buf) != size:
-            raise bad(f"{size} bytes at offset {off} run past the end of the file")
-        return buf
-
-    def section(i: int) -> tuple[int, int, int, int]:
-        # (name, offset, size, link); sh_fmt reads name, type, offset, size, link.
-        name, _type, off, size, link = struct.unpack_from(sh_fmt, read_at(shoff + i * shentsize, need))
-        return name, off, size, link
-
-    # Extended numbering: more than 0xff00 sections keep the real counts in section 0.
-    if shnum == 0 or shstrndx == 0xFFFF:
-        _, _, size0, link0 = section(0)
-        shnum = shnum or size0
-        if shstrndx == 0xFFFF:
-            shstrndx = link0
-    if shnum > 1_000_000 or shstrndx >= shnum:
-        raise bad("section header table out of range")
-    table = read_at(shoff, shnum * shentsize)
-    _, str_off, str_size, _ = section(shstrndx)
-    names = read_at(str_off, str_size)
-    for i in range(shnum):
-        name, _type, off, size, _link = struct.unpack_from(sh_fmt, table, i * shentsize)
-        if names[name : name + 5] == b".BTF\0":
-            return read_at(off, size)
-    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from bpf import BPF_DIR
+from tracer.probes import registry
 
 
 class Mechanism(str, Enum):
@@ -28,12 +28,13 @@ class Mechanism(str, Enum):
 class Candidate:
     mechanism: Mechanism
     targets: tuple[str, ...]  # functions, tracepoints ("net:netif_receive_skb"), hooks; all must attach
-    program: str  # the bpf/ source that attaches there (tests check it declares each target)
+    program: str  # the registered bpf/ source that attaches there (tests check it declares each target)
     gives: str = ""  # what this mechanism shows, or loses compared with the preferred one
 
     def __post_init__(self) -> None:
-        if not (BPF_DIR / self.program).is_file():
-            raise ValueError(f"candidate {self.label()}: no BPF program bpf/{self.program}")
+        if self.program not in registry.SOURCES:
+            raise ValueError(f"candidate {self.label()}: bpf/{self.program} is no registered program "
+                             "(tracer/probes/registry.py)")
 
     @property
     def keys(self) -> tuple[str, ...]:

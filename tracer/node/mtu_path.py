@@ -50,15 +50,42 @@ def _route(ipr: Any, target: str) -> tuple[int, str]:
     return int(msg.get_attr("RTA_OIF")), msg.get_attr("RTA_PREFSRC") or ""
 
 
-def _find_veth_peer(pod_ifindex: int, peer_ifindex: int, skip: str) -> tuple[str, LinkInfo, Any] | None:
-    """The namespace holding the veth peer: its ifindex is our IFLA_LINK and its IFLA_LINK is our ifindex."""
+def _namespace_file(name: str) -> str:
+    return "/proc/1/ns/net" if name == "host" else os.path.join(NETNS_DIR, name)
+
+
+def _is_link_netns(src: Any, name: str, link_nsid: int | None) -> bool:
+    """Whether namespace `name` is the one the pod's veth names by IFLA_LINK_NETNSID (as the pod's namespace numbers
+    it). Interface indexes repeat across namespaces (every pod's eth0 may be 2 with its peer at 2), so a matching
+    index pair alone can name another pod's namespace; without an id to compare, the index match decides."""
+    if link_nsid is None:
+        return True
+    try:
+        fd = os.open(_namespace_file(name), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return int(src.get_netnsid(fd=fd).get("nsid", -1)) == link_nsid
+    except Exception:  # an older kernel without RTM_GETNSID: fall back to the index match
+        return True
+    finally:
+        os.close(fd)
+
+
+def _find_veth_peer(pod_ifindex: int, peer_ifindex: int, skip: str, link_nsid: int | None = None
+                    ) -> tuple[str, LinkInfo, Any] | None:
+    """The namespace holding the veth peer: its ifindex is our IFLA_LINK, its IFLA_LINK is our ifindex, and it is
+    the namespace our veth's IFLA_LINK_NETNSID names."""
     try:
         names = sorted(os.listdir(NETNS_DIR))
     except OSError:
         names = []
-    for name in ["host", *names]:
-        if name == skip:
-            continue
+    src = _netns_handle(skip)
+    try:
+        candidates = [name for name in ["host", *names] if name != skip and _is_link_netns(src, name, link_nsid)]
+    finally:
+        src.close()
+    for name in candidates:
         try:
             ipr = _netns_handle(name)
         except Exception:  # a namespace that vanished meanwhile
@@ -95,7 +122,8 @@ def collect_path(src_netns: str, target: str, subnet_env: str = SUBNET_ENV) -> P
     family = 4
     if pod.kind == "veth":
         peer_index = pod_msg.get_attr("IFLA_LINK")
-        found = _find_veth_peer(pod.ifindex, peer_index, src_netns) if peer_index else None
+        link_nsid = pod_msg.get_attr("IFLA_LINK_NETNSID")
+        found = _find_veth_peer(pod.ifindex, peer_index, src_netns, link_nsid) if peer_index else None
         if found:
             node, host_veth, veth_msg = found
             master = veth_msg.get_attr("IFLA_MASTER")

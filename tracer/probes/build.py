@@ -10,10 +10,10 @@ import struct
 from dataclasses import dataclass, field
 
 from bpf import BPF_DIR
-from tracer.events.decode import PROBES
 from tracer.kernel.btf import Btf
 from tracer.kernel.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
 from tracer.output.errors import KernelError, UsageError
+from tracer.probes import registry
 from tracer.probes.pcapfilter import CompiledFilter, match_all
 from tracer.probes.scope import Scope
 
@@ -41,8 +41,6 @@ NF_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (("PT_OFF_NF_HOOK_STATE_
 SCOPE_MAX = 4096  # namespaces one session can scope to: a node with thousands of pods
 DROP_REASON_ENUM = "skb_drop_reason"
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
-SOURCES = {"drops": "drops.c", "path": "path.c", "netfilter": "netfilter.c", "nfct": "nfct.c", "tc": "tc.c",
-           "icmp": "icmp.c", "nf_kprobe": "nfkprobe.c", "overlay_kprobe": "overlay.c", "ipvs_kprobe": "ipvs.c"}
 # Read only by bpf/icmp.c (the MTU a frag-needed quotes): the dst of the offending packet.
 ICMP_BTF_OFFSETS: tuple[tuple[str, str, str, int], ...] = (
     ("PT_OFF_SK_BUFF_SKB_REFDST", "sk_buff", "_skb_refdst", 8),
@@ -122,7 +120,7 @@ class ProbeConfig:
 class ProbeBuild:
     text: str
     cflags: list[str]
-    programs: list[str]  # concern names in SOURCES, in load order
+    programs: list[str]  # program names (tracer/probes/registry.py), in load order
     conntrack: bool = False  # drop events are preceded by their conntrack event (PT_CT)
     # why the conntrack-driven netfilter mode was asked for but not built (the per-packet links are used instead)
     nfct_refusal: str = ""
@@ -176,11 +174,6 @@ def btf_cflags(btf: Btf, extra: tuple[tuple[str, str, str, int], ...] = ()) -> l
     return flags
 
 
-def probe_id(program: str) -> int:
-    """PT_PROBE_* of a program (events.PROBES); programs not listed there count under "other"."""
-    return PROBES.index(program) if program in PROBES else 0
-
-
 def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     extra = (*(ICMP_BTF_OFFSETS if config.icmp else ()), *(NF_BTF_OFFSETS if config.netfilter else ()))
     cflags = [f"-I{BPF_DIR}", *btf_cflags(btf, extra)]
@@ -213,10 +206,9 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         cflags += kprobe_cflags(mods, config.kprobes)
         if config.overlay_kprobes_unfiltered:
             cflags.append("-DPT_KP_OVERLAY_UNFILTERED=1")
-        programs += [name for name, concerns in (("nf_kprobe", ("netfilter",)),
-                                                 ("overlay_kprobe", ("vxlan", "fragmentation")),
-                                                 ("ipvs_kprobe", ("ipvs",)))
-                     if set(concerns) & set(config.kprobes)]
+        # each program once, in the order of its first concern (overlay.c serves vxlan and fragmentation)
+        programs += list(dict.fromkeys(registry.KPROBE_PROGRAMS[concern] for concern in registry.KPROBE_PROGRAMS
+                                       if concern in config.kprobes))
     parts = [
         '#include "podtrace.h"',
         f"BPF_RINGBUF_OUTPUT(events, {config.ringbuf_pages});",
@@ -237,8 +229,7 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         (BPF_DIR / "skb.h").read_text(),
         (BPF_DIR / "nfhook.h").read_text() if config.netfilter else "",
     ]
-    # Each program's pt_count() calls count under its own probe (PT_PROBE_* in podtrace.h, events.PROBES).
-    # nfct counts as the netfilter probe: the same concern, another way of tracing it
-    parts += [f"#undef PT_PROBE\n#define PT_PROBE {probe_id('netfilter' if name == 'nfct' else name)}\n"
-              f"{(BPF_DIR / SOURCES[name]).read_text()}" for name in programs]
+    # Each program's pt_count() calls count under its own slot (PT_PROBE_* in podtrace.h, the registry's counter).
+    parts += [f"#undef PT_PROBE\n#define PT_PROBE {registry.counter_slot(name)}\n"
+              f"{(BPF_DIR / registry.program(name).source).read_text()}" for name in programs]
     return ProbeBuild("\n".join(parts) + "\n", cflags, programs, bool(ct_flags) and config.drops, refusal)

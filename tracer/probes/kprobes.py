@@ -46,7 +46,6 @@ KPROBES: dict[str, tuple[Kprobe, ...]] = {
         Kprobe("handle_response", "pt_ipvs_response", needs="PT_HAVE_IPVS_CONN"),
     ),
 }
-SOURCES = {"netfilter": "nfkprobe.c", "vxlan": "overlay.c", "fragmentation": "overlay.c", "ipvs": "ipvs.c"}
 
 
 def cheap_trials(concern: str, symbols: KernelSymbols, have_kprobes: bool, release: str) -> dict[str, Trial]:

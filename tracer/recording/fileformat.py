@@ -479,7 +479,7 @@ class Recorder:
         self.netns: dict[int, str] = {int(k): v for k, v in header.get("names", {}).get("netns", {}).items()}
         self.symbols: dict[int, str] = {}
         self.counters: dict[str, int] = {}
-        self.probe_counters: dict[str, dict[str, int]] = {}  # probe -> counter (tracer.events.decode.PROBES)
+        self.probe_counters: dict[str, dict[str, int]] = {}  # probe -> counter (tracer.probes.registry.COUNTER_SLOTS)
         self.events = 0
         self.part_events = 0
         self.parts: list[str] = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from tracer.analysis.flows import NodeConntrack
 from tracer.analysis.mtu import OVERLAY_KINDS, LinkInfo, LiveCounts, MtuVerdict, PathLinks, verdict
 from tracer.analysis.mtu_events import MTU_DROP_REASONS, MtuEventCounter
-from tracer.events.decode import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent
+from tracer.events.decode import EVENT_DROP, EVENT_ICMP, EVENT_PATH, POINT_FRAGMENT, PacketEvent, packet_view
 from tracer.node.conntrack import CpuStats, Health
 from tracer.node.flannel import SUBNET_ENV, parse_subnet_env
 from tracer.output.errors import PodtraceError
@@ -350,27 +349,31 @@ class NodeMtu:
         return "\n".join(lines) + "\n"
 
 
-_TYPE, _REASON, _PROTO, _DPORT, _FRAG = (struct.Struct(fmt) for fmt in ("<I", "<I", "<B", "<H", "<H"))
+# The few fields relevant() reads, each at its declared offset (tracer/events/decode.py)
+_TYPE, _TYPE_AT = packet_view("type")
+_REASON, _REASON_AT = packet_view("reason")
+_PROTO, _PROTO_AT = packet_view("outer.proto")
+_DPORT, _DPORT_AT = packet_view("outer.dport")
+_FRAG, _FRAG_AT = packet_view("outer.frag")
 _VXLAN_PORTS = frozenset({8472, 4789})
 
 
 def relevant(raw: bytes, too_big: frozenset[int]) -> bool:
     """Whether a raw packet event can count for the MTU or overlay sections (decoding costs 10x a drop-table add,
     so the report decodes only these): ICMP errors the node sent, too-big and reassembly-timeout drops, ICMP and
-    ICMPv6, fragments, packets ip_do_fragment cut, VXLAN.
-    Offsets: events.field_offsets()."""
-    kind, = _TYPE.unpack_from(raw, 0)
+    ICMPv6, fragments, packets ip_do_fragment cut, VXLAN."""
+    kind, = _TYPE.unpack_from(raw, _TYPE_AT)
     if kind == EVENT_ICMP:  # bpf/icmp.c emits only frag-needed and reassembly time-exceeded
         return True
-    if kind == EVENT_DROP and _REASON.unpack_from(raw, 32)[0] in too_big:
+    if kind == EVENT_DROP and _REASON.unpack_from(raw, _REASON_AT)[0] in too_big:
         return True
     if kind not in (EVENT_DROP, EVENT_PATH):
         return False
-    if kind == EVENT_PATH and _REASON.unpack_from(raw, 32)[0] == POINT_FRAGMENT:  # ip_do_fragment (kprobe)
+    if kind == EVENT_PATH and _REASON.unpack_from(raw, _REASON_AT)[0] == POINT_FRAGMENT:  # ip_do_fragment (kprobe)
         return True
-    proto, = _PROTO.unpack_from(raw, 117)
-    return proto in (1, 58) or bool(_FRAG.unpack_from(raw, 120)[0] & 0x3FFF) or (
-        proto == 17 and _DPORT.unpack_from(raw, 114)[0] in _VXLAN_PORTS)
+    proto, = _PROTO.unpack_from(raw, _PROTO_AT)
+    return proto in (1, 58) or bool(_FRAG.unpack_from(raw, _FRAG_AT)[0] & 0x3FFF) or (
+        proto == 17 and _DPORT.unpack_from(raw, _DPORT_AT)[0] in _VXLAN_PORTS)
 
 
 class MtuSummary:

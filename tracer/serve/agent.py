@@ -195,7 +195,7 @@ class Agent:
                                   node=[self.options.node] if self.options.node else [None])
 
     def _build_header(self) -> dict[str, Any]:
-        from tracer.cmd_record import build_header
+        from tracer.cli.record import build_header
         from tracer.node.names import named_netns
 
         known = {inode: name for name, inode in named_netns().items()}
@@ -208,7 +208,7 @@ class Agent:
     def _segment_header(self) -> dict[str, Any]:
         """The start header with what changes refreshed: kube-proxy's rules, links, conntrack (the report's
         flow table, MTU and conntrack sections read them)."""
-        from tracer.cmd_record import _services
+        from tracer.cli.record import _services
         from tracer.recording.recorded_node import collect_conntrack, collect_links
 
         header = dict(self.header)

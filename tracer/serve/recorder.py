@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracer.events.decode import packet_view
 from tracer.output.errors import RecordingError
 from tracer.recording.fileformat import (
     FORMAT_MINOR,
@@ -42,7 +42,8 @@ from tracer.recording.fileformat import (
 )
 
 SEGMENT_SUFFIX = ".ptrec.gz"
-_TS = struct.Struct("<Q")  # ts_ns at offset 8 of every event kind (bpf/podtrace.h: type, cpu, ts_ns)
+# every event kind starts type, cpu, ts_ns (bpf/podtrace.h): the packet event's ts_ns is everyone's
+_TS, _TS_AT = packet_view("ts_ns")
 COPY_BATCH = 1024
 
 
@@ -313,7 +314,7 @@ class FlightRecorder:
             for record in reader.records():
                 if record.kind == KIND_EVENTS:
                     kept = [raw for raw in split_events(record) if len(raw) >= 16
-                            and lo <= _TS.unpack_from(raw, 8)[0] <= hi]
+                            and lo <= _TS.unpack_from(raw, _TS_AT)[0] <= hi]
                     for start in range(0, len(kept), COPY_BATCH):
                         writer.write_events(kept[start : start + COPY_BATCH])
                     copied += len(kept)

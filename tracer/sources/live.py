@@ -14,7 +14,6 @@ from tracer.events.decode import (
     COUNTERS,
     EVENT_SIZE,
     EVENT_SIZES,
-    PROBES,
     CtEvent,
     NatEvent,
     NfVerdictEvent,
@@ -28,24 +27,12 @@ from tracer.kernel.btf import Btf
 from tracer.kernel.ksyms import KernelSymbols
 from tracer.output.errors import KernelError
 from tracer.output.progress import Progress
-from tracer.probes import netfilter, nf_callers, nf_points, nflink, tc, tpbtf
+from tracer.probes import netfilter, nf_callers, nf_points, nflink, registry, tc, tpbtf
 from tracer.probes.build import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.probes.kprobes import attach_list
 from tracer.probes.scope import ScopeWatch
 from tracer.sources import ringbuf
 
-# Tracepoints each program attaches to (BCC auto-attaches TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE).
-ATTACHES = {
-    "drops": [],  # tp_btf or the raw tracepoint: _attach_drops
-    "path": ["tracepoint net:netif_receive_skb", "tracepoint net:net_dev_queue", "raw tracepoint net_dev_xmit"],
-    "netfilter": [],  # links are created in _attach_netfilter
-    "nfct": [],
-    "tc": [],  # filters are added in _attach_tc
-    "nf_kprobe": [],  # kprobes are attached in _attach_kprobes
-    "overlay_kprobe": [],
-    "ipvs_kprobe": [],
-    "icmp": ["tracepoint icmp:icmp_send"],
-}
 # Set (to anything) to skip tp_btf and attach the drop probe on the raw tracepoint, as on kernels that refuse tp_btf:
 # the fallback stays tested, and the benchmark measures both side by side.
 RAW_TP_DROPS_ENV = "PODTRACE_RAW_TP_DROPS"
@@ -99,7 +86,7 @@ class LiveSource:
         if "drops" in self.build.programs:
             self._attach_drops()
         for program in self.build.programs:
-            self.attached += ATTACHES[program]
+            self.attached += registry.auto_attached(program)
         if self.config.netfilter:
             self._attach_netfilter()
         if self.config.tc_interfaces:
@@ -308,12 +295,13 @@ class LiveSource:
         return totals
 
     def probe_counters(self) -> dict[str, dict[str, int]]:
-        """Probe (events.PROBES) -> counter -> value summed over CPUs; probes with all counters at 0 are left out."""
+        """Probe (registry.COUNTER_SLOTS) -> counter -> value summed over CPUs; probes with all counters at 0 are
+        left out."""
         if self._bpf is None:
             return dict(self.final_probe_counters)
         table = self._bpf["counters"]
         result: dict[str, dict[str, int]] = {}
-        for probe_index, probe in enumerate(PROBES):
+        for probe_index, probe in enumerate(registry.COUNTER_SLOTS):
             values = {name: int(sum(table.getvalue(table.Key(probe_index * CNT_MAX + index))))
                       for index, name in enumerate(COUNTERS)}
             if any(values.values()):

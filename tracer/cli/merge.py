@@ -23,7 +23,7 @@ from tracer.analysis.journey import (
     match,
     unmatched,
 )
-from tracer.cmd_record import check_output
+from tracer.cli.record import check_output
 from tracer.events.decode import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
 from tracer.output.errors import PodtraceError, UsageError
 from tracer.recording.fileformat import nat_from_json
@@ -80,7 +80,7 @@ def load(path: str) -> tuple[NodeRecording, NodeFile]:
         elif raw[0] == EVENT_CT:  # the nf_conn of a drop: its original and reply tuples join flows at a DNAT
             conntrack.append(decode_ct(raw))
 
-    peek = ReplaySource(path)  # RecordingError: one line, exit 1 (tracer.cli)
+    peek = ReplaySource(path)  # RecordingError: one line, exit 1 (tracer.cli.main)
     peek.close()
     header = peek.header
     if header.get("merged"):
@@ -135,7 +135,7 @@ def merge_files(paths: Sequence[str], output: str | None = None) -> Merge:
         raise UsageError(f"merge takes at most {MERGED_MAX_NODES} recordings (got {len(paths)})")
     if output:
         check_output(output)  # before reading: an existing file is refused now, not after the work
-    loaded = [load(path) for path in paths]  # RecordingError: one line, exit 1 (tracer.cli)
+    loaded = [load(path) for path in paths]  # RecordingError: one line, exit 1 (tracer.cli.main)
     nodes = [node for node, _file in loaded]
     runs: dict[str, int] = {}
     for index, node in enumerate(nodes):

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tracer.cmd_check ...`: the same command without the rest of the CLI."""
+    """`python -m tracer.cli.check ...`: the same command without the rest of the CLI."""
     from tracer.output.errors import PodtraceError
 
     parser = argparse.ArgumentParser(prog="podtrace")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-if __name__ == "__main__":  # `python -m tracer.cli`: Ctrl-C while this module's own imports run ends the process
+if __name__ == "__main__":  # `python -m tracer.cli.main`: Ctrl-C while this module's own imports run ends the process
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a signal does, not with a traceback; main() takes it back
 
 import argparse  # after the handler above
@@ -20,17 +20,19 @@ from tracer.output.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line
 
 # Each module defines add_parser(subparsers) and sets `func(args) -> int` on its parser.
 COMMAND_MODULES = (
-    "tracer.cmd_setup",
-    "tracer.cmd_doctor",
-    "tracer.cmd_trace",
-    "tracer.cmd_check",
+    "tracer.cli.setup",
+    "tracer.cli.doctor",
+    "tracer.cli.trace",
+    "tracer.cli.check",
     "tracer.lab.cli",
-    "tracer.cmd_flows",
-    "tracer.cmd_overlay",
-    "tracer.cmd_tui",
-    "tracer.cmd_record",
-    "tracer.cmd_merge",
-    "tracer.cmd_serve",
+    "tracer.cli.flows",
+    "tracer.cli.mtu",
+    "tracer.cli.softirq",
+    "tracer.cli.overlay",
+    "tracer.cli.tui",
+    "tracer.cli.record",
+    "tracer.cli.merge",
+    "tracer.cli.serve",
 )
 
 EPILOG = f"""\
@@ -80,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sys.stdout.isatty():
             parser.print_help()
             return USAGE
-        from tracer.cmd_tui import run_tui  # `podtrace` alone opens the TUI on a terminal
+        from tracer.cli.tui import run_tui  # `podtrace` alone opens the TUI on a terminal
 
         args.func = run_tui
     try:

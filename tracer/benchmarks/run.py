@@ -3,7 +3,7 @@
 Every figure is a comparison from the same run, never a timed assertion: the benchmark exits non-zero only when a
 section fails with an error, never because a number is slow. Each section lives in tracer/benchmarks/.
 
-    python -m tracer.bench --out BENCHMARKS.md [--quick] [--only pipeline,memory]
+    python -m tracer.benchmarks --out BENCHMARKS.md [--quick] [--only pipeline,memory]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def render(sections: list[Section], quick: bool, total_seconds: float, load: str
         "",
         f"Machine: {machine.describe()}.",
         "",
-        f"Written by `{command or ('python -m tracer.bench --quick' if quick else 'make bench')}` on "
+        f"Written by `{command or ('python -m tracer.benchmarks --quick' if quick else 'make bench')}` on "
         f"{time.strftime('%Y-%m-%d %H:%M')} in {total_seconds:.0f} s. Every figure is a side-by-side comparison "
         "from this one run; slow numbers never fail the benchmark, errors do.",
         "",
@@ -139,7 +139,7 @@ def summary_table(rows: list[list[str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tracer.bench", description="podtrace benchmarks")
+    parser = argparse.ArgumentParser(prog="python -m tracer.benchmarks", description="podtrace benchmarks")
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test: figures are noisy)")
     parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}; the "
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{name}: {'error' if section.error else 'done'} in {section.seconds:.0f} s")
     text = render(sections, args.quick, time.monotonic() - started,
                   f"{load_before} at the start, {load_average()} at the end",
-                  f"python -m tracer.bench --only {args.only}{' --quick' if args.quick else ''}" if args.only else "")
+                  f"python -m tracer.benchmarks --only {args.only}{' --quick' if args.quick else ''}" if args.only else
+                  "")
     if args.only and os.path.exists(args.out):
         with open(args.out, encoding="utf-8") as handle:
             text = merge(handle.read(), text, sections)
@@ -177,6 +178,3 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(text)
     return 1 if any(section.error for section in sections) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
