@@ -25,13 +25,17 @@ from textual.message import Message
 
 from tracer.output.errors import PodtraceError
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
-from tui.model import ConnKey, FlowKey, Model, Snapshot, TimelineRow
+from tui.model import Model, Snapshot
 from tui.pyfilter import Predicate, ViewFilter
 from tui.recording import TuiRecording, basic_header
 from tui.sources import Reader, SessionInfo, Source
+from tui.timelines import ConnKey, FlowKey, TimelineRow
 
 CALL_TIMEOUT_S = 10.0  # a request waits at most one poll and one batch in the child; this only bounds a hung child
 PR_SET_PDEATHSIG = 1
+# The reader's niceness, relative to the UI's: under a storm it may use all the CPU it is given, and a key press
+# must not wait behind it (nice 10 weighs a tenth of nice 0 for the scheduler).
+READER_NICE = 10
 
 
 class Recording(Protocol):
@@ -361,6 +365,8 @@ def _child(
     with contextlib.suppress(OSError, AttributeError):  # not Linux: the pipe's EOF still stops it
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the UI owns the terminal and its keys
+    with contextlib.suppress(OSError):  # behind the UI for the CPU: a key is answered before the next batch
+        os.nice(READER_NICE)
     send_lock = threading.Lock()
     state: dict[str, Any] = {"recording": None}
 

@@ -10,6 +10,7 @@ MTUs along the path: `podtrace check` (the Node view) reads those.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,20 @@ from tracer.analysis.mtu_events import (
     is_packet_too_big,
     next_hop_mtu,
 )
-from tracer.events.decode import PacketEvent
+from tracer.events.decode import EVENT_DROP, FLAG_INNER, PacketEvent, field_offsets
+
+
+def _fields_struct() -> struct.Struct:
+    """reason, flags, outer.family, outer.frag of a raw packet event in one unpack (offsets from the mirror)."""
+    fields = (("reason", "I", 4), ("flags", "B", 1), ("outer.family", "B", 1), ("outer.frag", "H", 2))
+    offsets, form, position = field_offsets(), "<", 0
+    for name, code, size in fields:
+        form += f"{offsets[name] - position}x{code}"
+        position = offsets[name] + size
+    return struct.Struct(form)
+
+
+_FIELDS = _fields_struct()
 
 # frag_needed counts both ICMP frag-needed and ICMPv6 packet-too-big (the same message in each family); the verdict
 # names which.
@@ -67,9 +81,26 @@ class OverlayTable:
         self.reasons = reasons
         self.max_rows = max_rows
         self._rows: dict[tuple[int, str, int | None], _Row] = {}
+        self.reset()
 
     def reset(self) -> None:
         self._rows = {}
+        self._counted: frozenset[int] = frozenset()
+        self._known = -1  # len(reasons) when _counted was made: a live source may fill its names later
+
+    def wants_raw(self, data: bytes) -> bool:
+        """Whether a raw drop event counts here, from its bytes (the model's fast path skips decoding the rest):
+        a tunnelled packet, a fragment, a too-big or reassembly-timeout reason. Any other event: always."""
+        if data[0] != EVENT_DROP:
+            return True
+        reason, flags, family, frag = _FIELDS.unpack_from(data)
+        if flags & FLAG_INNER or (family == 4 and frag & 0x3FFF):  # tunnelled; MF or an offset, as is_fragment
+            return True
+        if len(self.reasons) != self._known:
+            self._known = len(self.reasons)
+            self._counted = frozenset(code for code, name in self.reasons.items()
+                                      if name in TOO_BIG_REASONS or name == REASM_TIMEOUT_REASON)
+        return reason in self._counted
 
     def add(self, event: PacketEvent) -> None:
         tunnel = event.inner is not None

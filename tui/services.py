@@ -14,7 +14,7 @@ from typing import Any
 
 from tracer.analysis.flows import FlowTable, LiveFlowsTable, nat_record_from_map
 from tracer.node.kubeproxy.model import ServiceMap
-from tui.model import ip_flow
+from tui.timelines import ip_flow
 
 COLUMNS = ["service", "vip", "client", "backend", "loss", "pkts_out", "pkts_in", "nf_us", "drops"]
 

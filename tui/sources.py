@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from textual.message import Message
 
-from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
+from tracer.events.decode import EVENT_SIZE, PacketEvent, decode
 from tracer.kernel.ladder import AttachPlan
 from tracer.output.errors import PodtraceError
 from tracer.output.report import Resolver
@@ -165,17 +165,22 @@ class Reader:
                 with contextlib.suppress(Exception):  # closing on the way out; nothing left to tell
                     close()
 
-    def _poll(self) -> list[Any]:
-        """Decoded events (packet, NAT and the other kinds, by their type); raw bytes too when the source has them,
-        for a recording started with `r`."""
+    def _feed(self) -> None:
+        """One poll into the model: raw bytes when the source has them (the model's fast path, and a recording
+        started with `r`), else decoded events."""
         poll_raw = getattr(self.source, "poll_raw", None)
         if poll_raw is None:
-            return list(self.source.poll(self.poll_ms))
+            events = list(self.source.poll(self.poll_ms))
+            if events:
+                self.model.add(events)
+            return
         raws: list[bytes] = poll_raw(self.poll_ms)
+        if not raws:
+            return
         recording = self.recording
-        if recording is not None and raws:
+        if recording is not None:
             recording.add(raws)
-        return [decode_any(raw) for raw in raws if len(raw) >= EVENT_SIZES.get(raw[0], EVENT_SIZE)]
+        self.model.add_raw(raws)
 
     def _counters(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
         """The kernel's counters, totals and per probe (sources without per-probe counters: none)."""
@@ -185,9 +190,7 @@ class Reader:
     def _loop(self) -> None:
         next_post = 0.0
         while not self.stopped.is_set():
-            events = self._poll()
-            if events:
-                self.model.add(events)
+            self._feed()
             now = time.monotonic()
             if now >= next_post:
                 self.post(SnapshotReady(self.model.snapshot(*self._counters())))

@@ -115,10 +115,34 @@ def test_tui_services_view_shows_the_drop_backend_drop_with_its_service(lab: Non
         assert "web-2:8080" in first and "NETFILTER_DROP" in first and re.search(r"\d+%", first), text
         assert "sorted by loss share" in text, text
         print(text)  # the Services view, for `pytest -s`
+        # The Node view audits both traced nodes, each finding named after its node: not the namespace the TUI
+        # runs in (which has no kube-proxy rules and does not forward).
+        text = show_view(session, "6", r"pt-node[12]: ")
+        assert "podtrace check" in text and not re.search(r"no kube-proxy rules|ip_forward\s+0", text), text
         tmux("send-keys", "-t", session, "q")
         wait_for(session, r"EXIT=0", timeout=15)
     finally:
         tmux("kill-session", "-t", session)
+
+
+def test_the_node_views_table_audits_every_traced_node(lab: None) -> None:
+    """`tui --node pt-node1 --node pt-node2`'s Node view: each node's own kube-proxy rules and sysctls."""
+    from tracer.check.table import NodeFindingsTable
+
+    table = NodeFindingsTable(["pt-node1", "pt-node2"], window=0)
+    entry = table.header_entry(wait=120)
+    assert isinstance(entry, list), entry
+    rows = {row["check"]: row for row in table.rows()}
+    for node in ("pt-node1", "pt-node2"):
+        assert rows[f"{node}: mode"]["value"].startswith("iptables: "), rows[f"{node}: mode"]
+        assert rows[f"{node}: ip_forward"]["value"] == "1", rows[f"{node}: ip_forward"]
+    assert all(row["check"].startswith(("pt-node1: ", "pt-node2: ")) for row in rows.values()), sorted(rows)
+    # a node that does not exist is said in its own row; the other's findings stay
+    broken = NodeFindingsTable(["pt-node1", "pt-nosuch"], window=0)
+    broken.header_entry(wait=120)
+    first = broken.rows()[0]
+    assert (first["severity"], first["check"]) == ("error", "pt-nosuch: node checks"), first
+    assert any(row["check"] == "pt-node1: mode" for row in broken.rows())
 
 
 def test_tui_shows_the_netfilter_drop_with_its_count_and_quits(pair: Pair) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import multiprocessing
+import time
 from pathlib import Path
+from typing import Any
 
 from textual.widgets import DataTable, Static
 
@@ -113,3 +116,28 @@ def test_a_tui_recording_keeps_the_node_views_findings_in_its_header() -> None:
     header = cmd_tui._record_header(args, source, info)
     assert header["node_checks"] == node.header_entry()
     assert any(row["check"] == "somaxconn" for row in header["node_checks"])
+
+
+def _rows_in_child(table: NodeFindingsTable, out: Any) -> None:
+    for _ in range(600):
+        rows = table.rows()
+        if rows:
+            out.send(len(rows))
+            return
+        time.sleep(0.1)
+    out.send(0)
+
+
+def test_the_live_table_fills_in_the_process_that_reads_it() -> None:
+    """`podtrace tui` makes the table, then forks its reader, which builds the snapshots: the checks must run
+    there (a thread started before the fork filled only the UI's copy, and the Node view said "no data")."""
+    table = NodeFindingsTable(None, window=0)
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_rows_in_child, args=(table, theirs))
+    child.start()
+    try:
+        assert ours.poll(90), "the child never answered"
+        assert ours.recv() > 0
+    finally:
+        child.join(10)

@@ -325,8 +325,8 @@ def test_softirq_windows_subtract_the_snapshot_that_old_and_the_worst_cpu_is_mar
 
 def test_a_service_flows_timeline_leaves_out_another_services_connections_to_the_same_backend() -> None:
     from tracer.events.decode import NatEvent, decode_any
-    from tui.model import ip_flow
     from tui.sources import open_replay
+    from tui.timelines import ip_flow
 
     source, info = open_replay(str(Path(__file__).parent / "fixtures" / "tui" / "services.ptrec"))
     source.start(progress=False)

@@ -110,6 +110,20 @@ class DropTable:
             self.evicted += 1
         raw_groups[raw_key] = (1, length, ts_ns, ts_ns, data)
 
+    def raw_key(self, data: bytes) -> DropKey:
+        """The group key of a raw drop event, as the fold and drop_key() make it, without a full decode (the TUI
+        keys its per-group timelines on it)."""
+        location, reason, netns, ifname_raw, saddr, daddr, _sport, dport, family, proto = _FOLD.unpack_from(
+            data, _FOLD_AT)
+        ifname = self._ifnames.get(ifname_raw)
+        if ifname is None:
+            ifname = self._ifname(ifname_raw)
+        return (reason, location, netns, family, proto, saddr, daddr, dport, ifname)
+
+    def fold(self) -> None:
+        """Fold the raw groups into rows now (a reader of `groups` calls it first)."""
+        self._fold_raw()
+
     def _ifname(self, raw: bytes) -> str:
         name = self._ifnames.get(raw)
         if name is None:

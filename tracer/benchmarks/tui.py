@@ -9,9 +9,13 @@ Reader thread polling a source's raw events, as LiveSource's ring buffer deliver
   snapshots, the GIL held by the reader). Pilot's pause() is not used: it waits for the whole process to go idle,
   which a storm never lets happen. p50 and p99 over the presses.
 - UI CPU: the CPU time of the thread running the app's event loop over the measured window; the reader's (decode
-  and aggregation) is the rest of the process's CPU time. RSS: the process's peak (VmHWM) after the run.
+  and aggregation) is the ingest child's (process mode) or the rest of the process's (thread mode). RSS: each
+  process's peak (VmHWM) after the run.
+- Before and after: run() measures a baseline commit's tree (its own copy of this module, its own app) and this
+  checkout in interleaved rounds, each run in a fresh interpreter.
 
-Textual is imported only inside run(): tracer/ stays headless when this module is imported (bench.py imports it).
+Textual is imported only inside run(): tracer/ stays headless when this module is imported (benchmarks/run.py imports
+it).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tracer.benchmarks.pipeline import synthetic_drop_events
-from tracer.benchmarks.stats import Section
+from tracer.benchmarks.stats import Section, interleave, median
 from tracer.output.report import Resolver
 
 OFFERED = 200_000  # events/s
@@ -34,7 +39,11 @@ FLOWS = 100_000
 RING = 262_144  # events the ring buffer holds before the kernel counts losses
 TARGET_P99_MS = 100.0
 TARGET_RSS_MB = 150.0
+# main before the reader's raw fast path, the quiet footer and the collector's freeze (issue 19)
+DEFAULT_BASELINE = "cc8d2e1"
+BEFORE_ENV = "PODTRACE_BENCH_BEFORE"
 UNANSWERED_S = 10.0  # a view key whose tab has not switched after this long is counted as unanswered
+RUN_TIMEOUT_S = 300.0  # one run: warm-up, presses that may each wait UNANSWERED_S, start and exit
 KEYS = ("2", "1", "4", "1")
 VIEWS = {"1": "drops", "2": "flows", "4": "softirq"}
 
@@ -175,53 +184,97 @@ def measure(ingest: str, warmup: float, presses: int, gap: float, log: Callable[
     return asyncio.run(_drive(app, warmup, presses, gap))
 
 
-def measure_apart(ingest: str, warmup: float, presses: int, log: Callable[[str], None]) -> dict[str, float]:
-    """measure() in a fresh interpreter: a peak RSS (VmHWM) is a process's whole life, so the two modes must not
-    share one."""
-    log(f"tui ({ingest} ingest): {OFFERED} events/s offered over {FLOWS} flows, {presses} key presses")
+def measure_apart(ingest: str, warmup: float, presses: int, log: Callable[[str], None],
+                  tree: Path | None = None) -> dict[str, float]:
+    """measure() in a fresh interpreter: a peak RSS (VmHWM) is a process's whole life, so runs must not share one.
+    `tree`: another commit's files (probecost.baseline_tree), its own app and its own copy of this module."""
+    log(f"tui ({ingest} ingest{', baseline' if tree else ''}): {OFFERED} events/s offered over {FLOWS} flows, "
+        f"{presses} key presses")
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     # stdin from /dev/null: the app runs headless and must not share the caller's terminal or pipe
-    done = subprocess.run([sys.executable, "-m", "tracer.benchmarks.tui", ingest, str(warmup), str(presses)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1200, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {ingest} run failed: {done.stderr.strip()[-500:]}")
+    load = os.getloadavg()[0]
+    try:
+        done = subprocess.run([sys.executable, "-m", "tracer.benchmarks.tui", ingest, str(warmup), str(presses)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                              check=False, cwd=str(tree) if tree else None, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"did not finish within {RUN_TIMEOUT_S:.0f} s (load {load:.1f})") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"exit status {done.returncode}: {done.stderr.strip()[-300:] or 'no output'}")
     result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    result["load"] = load
+    log(f"tui: p50 {result['p50']:.0f} ms, p99 {result['p99']:.0f} ms at load {load:.1f}")
     return result
 
 
-def run(quick: bool, log: Callable[[str], None]) -> Section:
-    started = time.monotonic()
-    warmup, presses = (2.0, 20) if quick else (5.0, 60)
-    # Side by side in one run: ingestion in a thread beside the UI (before) and in a child process (`podtrace tui`).
-    thread = measure_apart("thread", warmup, presses, log)
-    child = measure_apart("process", warmup, presses, log)
+FIGURES = (  # (label, result key, format, target)
+    ("key-to-repaint p50", "p50", "{:.0f} ms", ""),
+    ("key-to-repaint p99", "p99", "{:.0f} ms", f"< {TARGET_P99_MS:.0f} ms"),
+    ("key-to-repaint max", "max", "{:.0f} ms", ""),
+    (f"keys not answered in {UNANSWERED_S:.0f} s", "unanswered", "{:.0f}", "0"),
+    ("UI thread CPU", "ui_cpu", "{:.0%} of a core", ""),
+    ("reader (decode + aggregate) CPU", "reader_cpu", "{:.0%} of a core", ""),
+    ("events taken by the reader", "delivered", "{:,.0f}/s", f"{OFFERED:,}/s offered"),
+    ("events lost (ring full)", "lost", "{:,.0f}/s", ""),
+    ("peak RSS, UI process", "rss", "{:.0f} MB", f"<= {TARGET_RSS_MB:.0f} MB"),
+    ("peak RSS, ingest process", "child_rss", "{:.0f} MB", ""),
+)
 
-    def both(name: str, form: str) -> list[str]:
-        return [form.format(thread[name]), form.format(child[name])]
+
+def run(quick: bool, log: Callable[[str], None], baseline: str = "") -> Section:
+    """The baseline commit's TUI and this checkout's, both with the reader in its own process (`podtrace tui`),
+    in interleaved rounds of one run each, so the machine's load falls on both alike; medians of the rounds."""
+    from tracer.benchmarks.probecost import baseline_tree  # git archive of a commit
+
+    started = time.monotonic()
+    ref = baseline or os.environ.get(BEFORE_ENV, DEFAULT_BASELINE)
+    warmup, presses, rounds = (2.0, 20, 1) if quick else (5.0, 40, 3)
+    results: dict[str, list[dict[str, float]]] = {"before": [], "now": []}
+    with baseline_tree(ref) as tree:
+        versions = ["before", "now"] if tree else ["now"]
+        failed = []
+        for number, version in interleave(versions, rounds):
+            try:
+                results[version].append(measure_apart("process", warmup, presses, log,
+                                                      tree if version == "before" else None))
+            except RuntimeError as err:  # one hung or failed run must not lose the others' figures
+                log(f"tui: {version} round {number + 1} failed: {err}")
+                failed.append(f"{version}, round {number + 1}: {err}")
+
+    def figure(version: str, key: str, form: str) -> str:
+        runs = results[version]
+        return form.format(median([run[key] for run in runs])) if runs else "-"
 
     section = Section(
         "TUI under a drop storm",
         f"The real app (Pilot, headless, 120x40) fed through its own ingestion from a source offering {OFFERED:,} raw "
-        f"drop events/s over {FLOWS:,} flows (tracer/benchmarks/tui.py), with the Reader in a thread beside the UI "
-        "and in a child process of its own (tui/ingest.py, what `podtrace tui` uses). Latency: a view key pressed "
-        "until the app and its widgets have processed it and everything queued behind it.",
-        ["figure", "thread ingest", "process ingest", "target"],
-        [["key-to-repaint p50", *both("p50", "{:.0f} ms"), ""],
-         ["key-to-repaint p99", *both("p99", "{:.0f} ms"), f"< {TARGET_P99_MS:.0f} ms"],
-         ["key-to-repaint max", *both("max", "{:.0f} ms"), ""],
-         [f"keys not answered in {UNANSWERED_S:.0f} s", *both("unanswered", "{:.0f}"), "0"],
-         ["UI thread CPU", *both("ui_cpu", "{:.0%} of a core"), ""],
-         ["reader (decode + aggregate) CPU", *both("reader_cpu", "{:.0%} of a core"), ""],
-         ["events taken by the reader", *both("delivered", "{:,.0f}/s"), f"{OFFERED:,}/s offered"],
-         ["events lost (ring full)", *both("lost", "{:,.0f}/s"), ""],
-         ["peak RSS, UI process", *both("rss", "{:.0f} MB"), f"<= {TARGET_RSS_MB:.0f} MB"],
-         ["peak RSS, ingest process", "-", f"{child['child_rss']:.0f} MB", ""]],
+        f"drop events/s over {FLOWS:,} flows (tracer/benchmarks/tui.py), the reader in a child process of its own "
+        f"(tui/ingest.py, what `podtrace tui` uses): baseline `{ref}` (its own tree, from `git archive`) and this "
+        f"checkout, {rounds} interleaved round(s) of {presses} view keys each, medians of the rounds. Latency: a "
+        "view key delivered as the terminal driver delivers it until the app and its widgets have processed it and "
+        f"everything queued behind it. Set `{BEFORE_ENV}` to compare with another commit.",
+        ["figure", f"before `{ref}`", "now", "target"],
+        [[label, figure("before", key, form), figure("now", key, form), target]
+         for label, key, form, target in FIGURES],
     )
-    if child["p99"] >= TARGET_P99_MS:
-        section.missed.append(f"key-to-repaint p99 {child['p99']:.0f} ms (target < {TARGET_P99_MS:.0f} ms)")
-    if child["unanswered"]:
-        section.missed.append(f"{child['unanswered']:.0f} view keys not answered within {UNANSWERED_S:.0f} s")
-    if child["rss"] > TARGET_RSS_MB:
-        section.missed.append(f"peak RSS of the UI {child['rss']:.0f} MB (target <= {TARGET_RSS_MB:.0f} MB)")
+    section.notes += [f"Run not counted: {failure}" for failure in failed]
+    for version in ("before", "now"):
+        if results[version]:
+            section.notes.append(f"{version}, per round: p99 " + ", ".join(
+                f"{run['p99']:.0f} ms (load {run['load']:.1f})" for run in results[version]))
+    now_p99 = median([run["p99"] for run in results["now"]])
+    if not results["now"]:
+        section.error = "no run of this checkout finished"
+    elif now_p99 >= TARGET_P99_MS:
+        section.missed.append(f"key-to-repaint p99 {now_p99:.0f} ms (target < {TARGET_P99_MS:.0f} ms)")
+    unanswered = median([run["unanswered"] for run in results["now"]])
+    if unanswered:
+        section.missed.append(f"{unanswered:.0f} view keys not answered within {UNANSWERED_S:.0f} s")
+    rss = median([run["rss"] for run in results["now"]])
+    if rss > TARGET_RSS_MB:
+        section.missed.append(f"peak RSS of the UI {rss:.0f} MB (target <= {TARGET_RSS_MB:.0f} MB)")
     section.seconds = time.monotonic() - started
     return section
 

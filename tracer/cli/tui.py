@@ -41,8 +41,9 @@ def add_tui_options(parser: argparse.ArgumentParser) -> None:
     add_probe_options(parser, "tcpdump (pcap-filter) expression run in the kernel; `/` in the TUI narrows it further")
     parser.add_argument("--replay", metavar="FILE", help="show a recording instead of the live node")
     parser.add_argument("--node", action="append", metavar="NETNS",
-                        help="node network namespace for the Services view's netfilter links and kube-proxy rules "
-                             "(repeatable; default: this namespace, which is the node on a real worker)")
+                        help="node network namespace for the Services view's netfilter links and kube-proxy rules, "
+                             "audited by the Node view (repeatable; default: this namespace, which is the node on a "
+                             "real worker)")
     parser.add_argument("--save-dir", metavar="DIR", default=None,
                         help="where r (record) and x (screenshot) write; default $PODTRACE_DIR, else "
                              "~/.local/state/podtrace (made 0700)")
@@ -117,8 +118,8 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     icmp_before = cause_state.icmp_snapshot([args.netns] if args.netns else cause_state.named_namespaces())
     info = SessionInfo(names, mode="live", kernel_filter=config.filter.expression, programs=list(source.build.programs),
                        probe_plan=lambda: probe_kernel()[0], live_clock=True,
-                       # the Node view audits the node being traced (--node), not the namespace podtrace runs in
-                       tables={"node": NodeFindingsTable((args.node or [args.netns])[0]),
+                       # the Node view audits the nodes being traced (--node), not the namespace podtrace runs in
+                       tables={"node": NodeFindingsTable(list(args.node) if args.node else args.netns),
                                "flows": ServiceFlowsTable(source, args.node or [None]),
                                "softirq": SoftirqTable(after=plan_done)},
                        record_header=lambda: _record_header(args, source, info), plan_done=plan_done,

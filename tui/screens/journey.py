@@ -9,9 +9,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tracer.output.merged_report import JourneyView
+from tui.widgets.footer import QuietFooter
 
 COLUMNS = ("+TIME", "NODE", "AT")
 
@@ -48,7 +49,7 @@ class JourneyScreen(Screen[None]):
         table: DataTable[Any] = DataTable(id="journey-hops", cursor_type="row")
         yield table
         yield Static(self._segments(), id="journey-segments")
-        yield Footer()
+        yield QuietFooter()
 
     def _segments(self) -> Text:
         text = Text()

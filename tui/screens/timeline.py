@@ -9,9 +9,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
-from tui.model import ConnKey, FlowKey, TimelineRow, connection_text
+from tui.timelines import ConnKey, FlowKey, TimelineRow, connection_text
+from tui.widgets.footer import QuietFooter
 
 
 class Timelines(Protocol):
@@ -80,7 +81,7 @@ class TimelineScreen(Screen[None]):
         yield cause
         table: DataTable[Any] = DataTable(id="timeline", cursor_type="row")
         yield table
-        yield Footer()
+        yield QuietFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#timeline", DataTable)

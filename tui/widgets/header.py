@@ -58,3 +58,13 @@ class HeaderBar(Static):
     DEFAULT_CSS = """
     HeaderBar { height: auto; background: $panel; }
     """
+
+    _lines = 0
+
+    def show(self, text: Text) -> None:
+        """Redraw the header; lay the screen out again only when its height changes (a layout of the whole screen
+        four times a second was most of a snapshot's cost on the UI thread)."""
+        width = max(1, self.size.width or self.app.size.width)
+        lines = len(text.wrap(self.app.console, width))
+        self.update(text, layout=lines != self._lines)
+        self._lines = lines
