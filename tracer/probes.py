@@ -105,6 +105,10 @@ class ProbeConfig:
     netfilter_conntrack: bool = False
     # with netfilter_conntrack: tracer/nf_callers.py's flags, the hook a netfilter drop died in from its stack
     nf_caller_cflags: tuple[str, ...] = ()
+    # with netfilter_conntrack: (connection, direction) entries the kernel keeps, and how long one may sit idle
+    # before the reader takes it out, keeping its counts (tracer/ct_sweep.py)
+    ct_flows_max: int = 65536
+    ct_idle_s: float = 30.0
     tc_interfaces: tuple[str, ...] = ()  # "IF" or "NETNS/IF": tc ingress+egress path programs (tracer/tc.py)
     # `ip netns` names the links are created in (None: podtrace's own namespace, the node on a real worker)
     netfilter_netns: tuple[str | None, ...] = (None,)
@@ -218,6 +222,7 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         cflags.append("-DPT_NFCT=1" if nfct else "-DPT_NETFILTER=1")
     if nfct:
         cflags += config.nf_caller_cflags
+        cflags.append(f"-DPT_CT_FLOWS_MAX={config.ct_flows_max}")
     if config.path:
         cflags.append("-DPT_PATH_XMIT=1")
     ct_flags = all_ct_flags if (config.conntrack and config.drops) or nfct else []
