@@ -40,8 +40,10 @@ Cost: by default translations and per-flow counts come from conntrack: one progr
 OUTPUT, after DNAT) counts each DNATed connection's packets; tuples and the filter are read on a connection's
 first packet only, and the hook a netfilter drop died in from the drop's stack. The NF us column is then "-".
 --hook-timing copies and parses every packet at 11 points to time each hook: it costs about as much as
-forwarding the packet again. Measured on a DNAT'd UDP flood (BENCHMARKS.md, "Flows mode per packet"): about
-200 ns of BPF and +3% CPU per small packet by default, about 2 us and +37% with --hook-timing.
+forwarding the packet again. Measured on a DNAT'd UDP flood on a shared 2-CPU VM (BENCHMARKS.md, "Flows mode
+per packet"): 130-230 ns of BPF and +3 to +13% CPU per small packet by default, 1.2-2.2 us and +37 to +58% with
+--hook-timing. A netfilter drop costs about 1.3 us more by default (its stack read to name the hook).
+`record --node` and the TUI count the same way, with the same --hook-timing.
 In kube-proxy's IPVS mode (kernels with kprobes and ip_vs loaded) the flows come from kprobes on ip_vs_conn_new,
 ip_vs_nat_xmit and handle_response, and `ipvsadm -Ln` with kube-ipvs0's addresses maps virtual servers to Services.
 
