@@ -36,7 +36,7 @@ typecheck:
 check: lint typecheck test-unit
 
 bench: setup
-	$(PY) -m tracer.bench --out BENCHMARKS.md
+	$(PY) -m tracer.benchmarks --out BENCHMARKS.md
 
 # The serve container image (tracer/serve/deploy/Dockerfile) with docker, podman or buildah; not part of test/check.
 image:

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Drops: the kfree_skb tracepoint. Its arguments (include/trace/events/skb.h) are (skb, location, reason) since
- * 5.17 and (skb, location, reason, rx_sk) since 6.11. Two programs, one attached (tracer/live.py, the drops ladder
- * in tracer/hookpoints.py):
- *  - pt_drop_btf on tp_btf/kfree_skb (BPF_TRACE_RAW_TP, loaded by tracer/tpbtf.py): the arguments are typed by
+ * 5.17 and (skb, location, reason, rx_sk) since 6.11. Two programs, one attached (tracer/sources/live.py, the drops ladder
+ * in tracer/kernel/hookpoints.py):
+ *  - pt_drop_btf on tp_btf/kfree_skb (BPF_TRACE_RAW_TP, loaded by tracer/probes/tpbtf.py): the arguments are typed by
  *    btf_trace_kfree_skb, so skb's fields, its device's and its namespace's load directly;
  *  - pt_drop_raw_tp on raw_tracepoint/kfree_skb, where tp_btf is refused: untyped arguments, one helper read per field.
  * Neither needs BCC to generate a context struct from headers that lack the running kernel's enum skb_drop_reason.
@@ -30,7 +30,7 @@
 	if (ip >= PT_NFC_LO_##i && ip < PT_NFC_HI_##i) \
 		return PT_NFC_HOOK_##i + 1;
 /* The hook a netfilter drop died in (conntrack flows mode, no program at every hook): the function that called
- * nf_hook_slow, the first return address on the stack inside one of tracer/nf_callers.py's ranges. The stack goes
+ * nf_hook_slow, the first return address on the stack inside one of tracer/probes/nf_callers.py's ranges. The stack goes
  * into the per-CPU scratch's conntrack bytes, which the drop's own conntrack event fills only later. */
 static __always_inline __u32 pt_nf_caller_hook(void *ctx)
 {

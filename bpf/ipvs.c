@@ -11,10 +11,10 @@
  *                                                           skb = the real server's reply, before its source
  *                                                           becomes the VIP again (ip_vs_out_hook's only call)
  * Each becomes a translation record in ipvs_flows, keyed like the netfilter links' nat_flows (struct pt_nat_key,
- * struct pt_nat_stats) so tracer/flows.py reads both the same way: PT_IPVS_CONN counts the scheduler's choices
+ * struct pt_nat_stats) so tracer/analysis/flows.py reads both the same way: PT_IPVS_CONN counts the scheduler's choices
  * (one record per connection: client -> VIP:port -> real server), PT_IPVS_XMIT the request packets NATed to the
  * real server, PT_IPVS_REPLY the replies given the VIP back. Offsets in struct ip_vs_conn and struct netns_ipvs
- * come from the ip_vs module's BTF (tracer/modbtf.py); without them nothing here is compiled.
+ * come from the ip_vs module's BTF (tracer/kernel/modbtf.py); without them nothing here is compiled.
  */
 #include <uapi/linux/ptrace.h>
 

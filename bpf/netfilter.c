@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Netfilter: BPF_PROG_TYPE_NETFILTER programs on BPF netfilter links (kernel >= 6.4), one program per
- * attach point (PT_NF_* in podtrace.h; hooks and priorities in tracer/netfilter.py). Each returns NF_ACCEPT:
+ * attach point (PT_NF_* in podtrace.h; hooks and priorities in tracer/probes/netfilter.py). Each returns NF_ACCEPT:
  * podtrace only watches. Between the first and the last point of a hook it measures the time the packet
  * spent in that hook's chains (kube-proxy's rules), and when the tuple changed it records a NAT rewrite.
  * Context and filters: bpf/nfhook.h.
  */
 
-/* nf_state (LRU hash, skb address -> struct pt_nf_state) is declared by tracer/probes.py before skb.h,
+/* nf_state (LRU hash, skb address -> struct pt_nf_state) is declared by tracer/probes/build.py before skb.h,
  * so the drop probe can read the last point a dropped packet passed. */
 BPF_HASH(nat_flows, struct pt_nat_key, struct pt_nat_stats, 16384);
 /* Per hook (PT_NF_POINTS indexes by the hook's closing point), log2 of ns spent in the hook. */

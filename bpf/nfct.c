@@ -5,13 +5,13 @@
  * conntrack entry: so a packet's translation is read from skb->_nfct (nf_conn address | enum ip_conntrack_info,
  * include/linux/skbuff.h), not from a copy and parse of every packet at two points of a hook.
  *
- * Programs on BPF netfilter links (tracer/nf_points.py CONNTRACK_POINTS):
+ * Programs on BPF netfilter links (tracer/probes/nf_points.py CONNTRACK_POINTS):
  *  - pt_nfct_pre / pt_nfct_out at PREROUTING and OUTPUT -99, just after conntrack (-200) and DNAT (-100):
  *    every packet passes exactly one of them in a namespace. They count NAT'd packets per (conntrack entry,
  *    direction); the first packet of each, or of a recycled nf_conn address (an unconfirmed entry), reads the
  *    entry's tuples, runs the filter and keeps the verdict.
  * They also mark, in a per-CPU slot, that the packet passed after DNAT: a drop later on the same CPU with the same
- * skb says so. Which hook a netfilter drop died in comes from the drop's stack (bpf/drops.c, tracer/nf_callers.py),
+ * skb says so. Which hook a netfilter drop died in comes from the drop's stack (bpf/drops.c, tracer/probes/nf_callers.py),
  * paid per drop rather than by a program at every hook on every packet.
  * Context and filters: bpf/nfhook.h.
  */
@@ -33,7 +33,7 @@ struct pt_ct_flow {
 };
 
 /* Translations whose nf_conn was recycled by a later connection: their counts, folded here by the program that
- * saw the new connection (read by user space with ct_flows, tracer/live.py). */
+ * saw the new connection (read by user space with ct_flows, tracer/sources/live.py). */
 BPF_HASH(nat_flows, struct pt_nat_key, struct pt_nat_stats, 16384);
 /* Live (connection, direction) entries; the reader takes out the idle ones, keeping their counts (tracer/ct_sweep.py):
  * past PT_CT_FLOWS_MAX live at once, new connections are counted as lost. */

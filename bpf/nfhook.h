@@ -3,7 +3,7 @@
  * What the BPF netfilter link programs share (bpf/netfilter.c per packet, bpf/nfct.c per connection): their
  * context, direct loads from it, and the filters a packet passes before it is remembered. The context is
  * struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; } (include/linux/filter.h); the
- * verifier allows reading both pointers directly. Inlined by tracer/probes.py after skb.h.
+ * verifier allows reading both pointers directly. Inlined by tracer/probes/build.py after skb.h.
  */
 #ifndef PODTRACE_NFHOOK_H
 #define PODTRACE_NFHOOK_H

@@ -7,12 +7,12 @@
  *   unsigned int nft_do_chain(struct nft_pktinfo *pkt, void *priv (struct nft_chain *: the base chain))
  * nf_hook_slow runs every hook function of one hook (iptables tables, nftables base chains, conntrack, NAT) and
  * frees the skb itself on NF_DROP, so the drop probe, running inside it, reads the call in progress (nfk_calls,
- * declared by tracer/probes.py before skb.h) to name the hook. A table or chain returning NF_DROP emits a
+ * declared by tracer/probes/build.py before skb.h) to name the hook. A table or chain returning NF_DROP emits a
  * struct pt_nf_verdict_event just before that drop event, with the table and chain names. Kernels with
  * NF_DROP_REASON (6.10+, and Debian's 6.1 as a backport: nft_do_chain calls kfree_skb_reason and returns
  * NF_STOLEN | errno << 16) free the skb inside the table call: there the drop probe emits the verdict event.
  * Struct offsets come from BTF: vmlinux for nf_hook_state, the modules' BTF for xt_table and nft_chain
- * (tracer/modbtf.py); without them the names stay empty.
+ * (tracer/kernel/modbtf.py); without them the names stay empty.
  */
 #include <uapi/linux/ptrace.h>
 

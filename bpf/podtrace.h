@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Every event struct and constant shared by podtrace's BPF programs and tracer/events.py, which mirrors
+ * Every event struct and constant shared by podtrace's BPF programs and tracer/events/decode.py, which mirrors
  * them field by field. Change both together; tests/e2e/test_foundation_e2e.py cross-checks them against the
  * struct BCC compiles (test_python_event_mirror_matches_the_struct_bcc_compiles).
  *
- * Kernel struct offsets are never taken from headers: tracer/probes.py reads them from BTF and passes
+ * Kernel struct offsets are never taken from headers: tracer/probes/build.py reads them from BTF and passes
  * them as -DPT_OFF_<STRUCT>_<MEMBER>=<bytes>.
  */
 #ifndef PODTRACE_H
@@ -54,7 +54,7 @@
 #define PT_CNT_READ_FAIL 5  /* packet bytes could not be read */
 #define PT_CNT_MAX 8
 /* The counters array holds PT_CNT_MAX counters per probe: index = probe * PT_CNT_MAX + PT_CNT_*.
- * tracer/probes.py defines PT_PROBE before each program's source, so pt_count() there counts under it;
+ * tracer/probes/build.py defines PT_PROBE before each program's source, so pt_count() there counts under it;
  * code outside a program (or a program not listed here) counts under PT_PROBE_OTHER. */
 #define PT_PROBE_OTHER 0
 #define PT_PROBE_DROPS 1
@@ -104,7 +104,7 @@ struct pt_packet_event {
 	__u8 snap[PT_EVENT_SNAP]; /* packet bytes from the network header */
 };
 
-/* Netfilter link attach points (bpf/netfilter.c); tracer/netfilter.py holds hook and priority of each. */
+/* Netfilter link attach points (bpf/netfilter.c); tracer/probes/netfilter.py holds hook and priority of each. */
 #define PT_NF_PRE_FIRST 0        /* PREROUTING, first priority: before conntrack and DNAT */
 #define PT_NF_PRE_AFTER_DNAT 1   /* PREROUTING -99: after kube-proxy's DNAT (-100) */
 #define PT_NF_IN_FIRST 2
@@ -260,14 +260,14 @@ struct pt_ct_event {
 
 /* A drop and its conntrack event in one ring buffer record, the connection first (bpf/skb.h pt_emit_in): one
  * reservation and one commit where two cost about a third of a drop. The reader splits it into the two events
- * (tracer/events.py split_records), so everything after it sees them as before. A full ring loses both, counted
+ * (tracer/events/decode.py split_records), so everything after it sees them as before. A full ring loses both, counted
  * once, as the drop's. */
 struct pt_drop_record {
 	struct pt_ct_event ct;
 	struct pt_packet_event drop;
 };
 
-/* Bytes of nf_conn.tuplehash (both directions) the drop probe copies at once; tracer/probes.py checks they fit. */
+/* Bytes of nf_conn.tuplehash (both directions) the drop probe copies at once; tracer/probes/build.py checks they fit. */
 #define PT_CT_COPY 128
 
 /* Per-CPU scratch: the packet snapshot the filter and the parser read (+8: masked index + load stays inside). */

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Reading an sk_buff through BTF offsets (PT_OFF_* from tracer/probes.py), copying its headers into the
+ * Reading an sk_buff through BTF offsets (PT_OFF_* from tracer/probes/build.py), copying its headers into the
  * per-CPU scratch buffer, running the filter and parsing IPv4/IPv6 + TCP/UDP/ICMP (and VXLAN's inner packet).
- * Expects before inclusion: podtrace.h, pt_filter_match() (tracer/pcapfilter.py), and these maps:
+ * Expects before inclusion: podtrace.h, pt_filter_match() (tracer/probes/pcapfilter.py), and these maps:
  *   events (ring buffer), counters (per-CPU u64[PT_CNT_SLOTS]), scratch (per-CPU struct pt_scratch[1]).
  */
 #ifndef PODTRACE_SKB_H
@@ -253,7 +253,7 @@ static __always_inline int pt_wanted_in(int direct, void *skb, struct pt_skb_inf
 		return 0;
 #endif
 #ifdef PT_SCOPE
-	/* A node and its pods (tracer/scope.py): packets elsewhere on the host cost this lookup and no event. */
+	/* A node and its pods (tracer/probes/scope.py): packets elsewhere on the host cost this lookup and no event. */
 	if (!scope.lookup(&info->netns))
 		return 0;
 #endif
@@ -337,9 +337,9 @@ BPF_PERCPU_ARRAY(rb_quiet, __u32, 1);
 /* Wake the reader once per PT_RB_WAKE_EVERY events per CPU. The reader keeps up, so with the default flags nearly
  * every event finds it waiting and pays a wakeup (irq_work, an IPI). Measured by bpf_stats on a 2-CPU VM, a drop
  * event cost 500 ns waking every 64 events, 260 every 256 and 180 never: the wakeup, not the event, was most of
- * it. tracer/probes.py rb_wake_every() sets the largest count that keeps what all CPUs may hold unwoken under half
- * the ring; the reader also polls at least every 100 ms and drains the ring unwoken (tracer/live.py). This BCC
- * has no ringbuf_query to wake on the fill level instead. */
+ * it. tracer/probes/build.py rb_wake_every() sets the largest count that keeps what all CPUs may hold unwoken under
+ * half the ring; the reader also polls at least every 100 ms and drains the ring unwoken (tracer/sources/live.py).
+ * This BCC has no ringbuf_query to wake on the fill level instead. */
 static __always_inline __u64 pt_wakeup(void)
 {
 	__u32 zero = 0;
@@ -395,7 +395,7 @@ static __always_inline void pt_nfk_verdict_in(__u32 probe, void *skb, struct pt_
 #endif
 
 #ifdef PT_CT
-/* One conntrack tuple from a copy of nf_conn.tuplehash[dir].tuple (offsets from BTF: tracer/probes.py
+/* One conntrack tuple from a copy of nf_conn.tuplehash[dir].tuple (offsets from BTF: tracer/probes/build.py
  * CT_OFFSETS); the copy is per-CPU scratch memory, so these are plain loads. */
 static __always_inline void pt_ct_tuple(const __u8 *tuple, struct pt_tuple *t)
 {
@@ -432,7 +432,7 @@ static __always_inline void pt_ct_fill(int direct, struct pt_ct_event *ev, void 
 		ev->state = PT_CT_ENTRY;
 		ev->ct = (__u64)ct;
 		/* Both directions' tuples in one helper call, and status with them where it follows them
-		 * (tracer/probes.py conntrack_cflags): nf_conn comes from _nfct, an integer, so no direct loads. */
+		 * (tracer/probes/build.py conntrack_cflags): nf_conn comes from _nfct, an integer, so no direct loads. */
 #ifdef PT_CT_STATUS_AT
 		if (bpf_probe_read_kernel(s->ct, PT_CT_SPAN, ct + PT_OFF_NF_CONN_TUPLEHASH) == 0) {
 			status = *(__u64 *)(s->ct + PT_CT_STATUS_AT);

@@ -2,7 +2,7 @@
 /*
  * softirq and NAPI latency, aggregated in the kernel: per-CPU log2 histograms of NET_RX and NET_TX
  * wait (softirq_raise -> softirq_entry) and run (softirq_entry -> softirq_exit), and napi_poll work
- * against budget. Userspace (tracer/softirq.py) reads the maps at a few Hz; no per-event traffic.
+ * against budget. Userspace (tracer/analysis/softirq.py) reads the maps at a few Hz; no per-event traffic.
  *
  * Tracepoints: include/trace/events/irq.h (softirq_raise/entry/exit carry `unsigned int vec`) and
  * include/trace/events/napi.h (napi_poll: napi, dev_name, work, budget). Their context structs come from

@@ -26,17 +26,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from tracer import cause_state
-from tracer.aggregate import DropTable
-from tracer.cause_state import add_causes
-from tracer.events import EVENT_SIZE, PacketEvent, decode
-from tracer.identity import ConnIdentities
-from tracer.replay import RecordedNames, ReplaySource
-from tracer.report import Resolver, drop_rows, summary_json
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.identity import ConnIdentities
+from tracer.events.decode import EVENT_SIZE, PacketEvent, decode
+from tracer.node import cause_state
+from tracer.node.cause_state import add_causes
+from tracer.output.report import Resolver, drop_rows, summary_json
+from tracer.sources.replay import RecordedNames, ReplaySource
 
 if TYPE_CHECKING:
-    from tracer.flows import FlowTable, NatRecord
-    from tracer.kubeproxy.model import ServiceMap
+    from tracer.analysis.flows import FlowTable, NatRecord
+    from tracer.node.kubeproxy.model import ServiceMap
 
 __all__ = ["Recording", "LiveSession", "open_recording", "live", "merge", "read_rules", "tcp_flags", "PacketEvent"]
 
@@ -189,7 +189,7 @@ class Recording:
     def mtu_rows(self) -> list[dict[str, Any]]:
         """Per node: link MTUs at record time, ICMP frag-needed / fragment / too-big counts of the recorded events
         and the `podtrace mtu` verdict of each pod's path (`ok` false on a mismatch), as `podtrace report --json`."""
-        from tracer.recorded_node import relevant  # netlink/conntrack code only when asked
+        from tracer.recording.recorded_node import relevant  # netlink/conntrack code only when asked
 
         source = self.source()
         summary = source.mtu_summary()
@@ -210,7 +210,7 @@ class Recording:
 def read_rules(path: str) -> ServiceMap:
     """kube-proxy's Services from a saved ruleset file (iptables-save, ip6tables-save, iptables -S or
     `nft -j list ruleset`), read as the tracer reads a live node. Raises UsageError when it is none of those."""
-    from tracer import rulesfile
+    from tracer.node import rulesfile
 
     return rulesfile.read(path).services()
 
@@ -219,7 +219,7 @@ def merge(*recordings: str, output: str | None = None) -> list[dict[str, Any]]:
     """The journeys of the packets two or more nodes' recordings saw (as `podtrace merge --json`), every clock put
     on the first one's; with `output`, also write the merged recording there (never over an existing file).
     PodtraceError when a recording shares no packet with the others (it is named); UsageError for fewer than two."""
-    from tracer.cmd_merge import merge_files
+    from tracer.cli.merge import merge_files
 
     return merge_files(list(recordings), output).journeys
 
@@ -279,15 +279,15 @@ def live(
     """Attach the probes (root), yield a LiveSession, detach on exit.
 
     `filter` is a tcpdump expression run in the kernel; `netns` an `ip netns` name (or "host"); `node` one or
-    more node namespaces traced with their pods (tracer/scope.py); `path` adds receive/queue events for packets
+    more node namespaces traced with their pods (tracer/probes/scope.py); `path` adds receive/queue events for packets
     matching the filter.
     """
-    from tracer import bccenv
-    from tracer.live import LiveSource
-    from tracer.names import NetnsNames, Symbolizer, netns_inode
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig
-    from tracer.scope import Scope
+    from tracer.kernel import bccenv
+    from tracer.node.names import NetnsNames, Symbolizer, netns_inode
+    from tracer.probes.build import ProbeConfig
+    from tracer.probes.pcapfilter import compile_filter
+    from tracer.probes.scope import Scope
+    from tracer.sources.live import LiveSource
 
     bccenv.require_root("tracing")
     nodes = tuple([node] if isinstance(node, str) else node or ())

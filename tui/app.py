@@ -19,8 +19,8 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from tracer.check.table import COLUMNS as NODE_COLUMNS
-from tracer.errors import UsageError
-from tracer.ladder import AttachPlan
+from tracer.kernel.ladder import AttachPlan
+from tracer.output.errors import UsageError
 from tui.ingest import Ingest, Recording, ingest_for
 from tui.journeys import COLUMNS as JOURNEY_COLUMNS
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted

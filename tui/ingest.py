@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from textual.message import Message
 
-from tracer.errors import PodtraceError
+from tracer.output.errors import PodtraceError
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import ConnKey, FlowKey, Model, Snapshot, TimelineRow
 from tui.pyfilter import Predicate, ViewFilter

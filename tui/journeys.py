@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracer.merged_report import JourneyView, clock_line, journey_views
+from tracer.output.merged_report import JourneyView, clock_line, journey_views
 
 # Where it died and how long it took first: the columns a 100-column terminal shows; the drill-down says the rest.
 COLUMNS = ["flow", "died at", "one way", "nodes", "client"]

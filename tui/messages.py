@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from tracer.ladder import AttachPlan
+from tracer.kernel.ladder import AttachPlan
 from tui.model import Snapshot
 
 

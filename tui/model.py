@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tracer.aggregate import DropKey, DropTable, drop_key
-from tracer.events import (
+from tracer.analysis.aggregate import DropKey, DropTable, drop_key
+from tracer.analysis.nfverdict import hook_label
+from tracer.analysis.severity import classify, rank
+from tracer.events.decode import (
     EVENT_CT,
     EVENT_DROP,
     EVENT_ICMP,
@@ -33,10 +35,8 @@ from tracer.events import (
     Tuple,
     format_addr,
 )
-from tracer.nf_points import point_label
-from tracer.nfverdict import hook_label
-from tracer.report import Resolver, describe_point, drop_rows
-from tracer.severity import classify, rank
+from tracer.output.report import Resolver, describe_point, drop_rows
+from tracer.probes.nf_points import point_label
 from tui.pyfilter import Predicate
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -56,7 +56,7 @@ TYPE_PROBES = {EVENT_DROP: "drops", EVENT_NAT: "netfilter", EVENT_ICMP: "icmp", 
 
 
 def probe_of(event: Any) -> str:
-    """The probe (tracer.events.PROBES) that emitted a decoded event, from its type and point code."""
+    """The probe (tracer.probes.registry.COUNTER_SLOTS) that emitted a decoded event, from its type and point code."""
     if event.type in TYPE_PROBES:
         return str(TYPE_PROBES[event.type])
     return POINT_PROBES.get(event.reason, "path")
@@ -101,7 +101,8 @@ class Snapshot:
     received: int  # every event the source delivered
     rate: float  # events/s over the last second
     counters: dict[str, int]
-    drops: list[dict[str, Any]]  # tracer.report.drop_rows() dicts plus "key", "spark" and "severity", problems first
+    # tracer.output.report.drop_rows() dicts plus "key", "spark" and "severity", problems first
+    drops: list[dict[str, Any]]
     drop_groups: int
     drop_total: int
     evicted: int
@@ -370,9 +371,9 @@ class Model:
         return None
 
     def cause(self, ident: str) -> dict[str, Any] | None:
-        """Why the drops of one group died (tracer/causes.py as JSON), None when it is gone or nothing explains.
-        Live this reads the namespace (routes, rules, sysctls: up to seconds), so it is asked for on a drill-down,
-        never per snapshot, and outside the lock."""
+        """Why the drops of one group died (tracer/analysis/causes.py as JSON), None when it is gone or nothing
+        explains. Live this reads the namespace (routes, rules, sysctls: up to seconds), so it is asked for on a
+        drill-down, never per snapshot, and outside the lock."""
         key = self.find(ident)
         if key is None or self.explain is None:
             return None

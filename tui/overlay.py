@@ -1,6 +1,6 @@
 """The Overlay/MTU view, from the events the model sees: VXLAN packets per device and VNI, IPv4 fragments, ICMP
-frag-needed and ICMPv6 packet-too-big (with the MTU they quote, tracer.mtu_events), too-big drops and reassembly
-timeouts (a fragment that never came: not a packet too big, so counted apart).
+frag-needed and ICMPv6 packet-too-big (with the MTU they quote, tracer.analysis.mtu_events), too-big drops and
+reassembly timeouts (a fragment that never came: not a packet too big, so counted apart).
 
 Pure and event-fed (`uses_events`: the model calls `add` for every event its view filter keeps and `reset` when
 the filter changes). Path events, and so tunnels, fragments and frag-needed, come only with a kernel filter
@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.events import PacketEvent
-from tracer.mtu_events import (
+from tracer.analysis.mtu_events import (
     REASM_TIMEOUT_REASON,
     TOO_BIG_REASONS,
     is_frag_needed,
@@ -23,6 +22,7 @@ from tracer.mtu_events import (
     is_packet_too_big,
     next_hop_mtu,
 )
+from tracer.events.decode import PacketEvent
 
 # frag_needed counts both ICMP frag-needed and ICMPv6 packet-too-big (the same message in each family); the verdict
 # names which.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from tracer.events import PacketEvent
-from tracer.pcapfilter import BpfInsn, BpfProgram, compile_filter, libpcap
+from tracer.events.decode import PacketEvent
+from tracer.probes.pcapfilter import BpfInsn, BpfProgram, compile_filter, libpcap
 
 
 class _Timeval(ctypes.Structure):

@@ -1,4 +1,5 @@
-"""`r` in the TUI: record the raw events the reader thread polls into a .ptrec file (tracer/recording.py's Recorder).
+"""`r` in the TUI: record the raw events the reader thread polls into a .ptrec file (tracer/recording/fileformat.py's
+Recorder).
 
 The reader hands every polled batch to `TuiRecording.add`; the header is built in a worker (live it probes the
 attach ladder, ~2 s) while events already queue, so nothing between the key press and the open file is lost.
@@ -16,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tracer import __version__
-from tracer.events import EVENT_SIZE
-from tracer.recording import FORMAT_VERSION, Recorder
-from tracer.report import Resolver
+from tracer.events.decode import EVENT_SIZE
+from tracer.output.report import Resolver
+from tracer.recording.fileformat import FORMAT_VERSION, Recorder
 
 BATCH = 1024  # events per EVENTS record, as `podtrace record`
 TICK_S = 1.0  # counters record and flush
@@ -56,7 +57,7 @@ def create_private(path: str) -> str:
 def new_file(directory: str, suffix: str, create: bool = True) -> str:
     """A fresh private file in the save directory, named after the time (-2, -3, ... when the second is taken).
     create=False only picks the free name, for a writer that creates the file itself with O_EXCL|O_NOFOLLOW
-    (tracer.recording.Recorder)."""
+    (tracer.recording.fileformat.Recorder)."""
     private_dir(directory)
     base = os.path.join(directory, recording_name(suffix=""))
     for attempt in range(1, 100):

@@ -1,8 +1,8 @@
 """The Services view: Service flows (client -> Service -> backend) from the kernel's NAT records, live
-(tracer.flows.LiveFlowsTable) or from a recording (tracer.replay.ReplaySource), with the drops the model saw
-attributed to them, and the orders the view sorts them in.
+(tracer.analysis.flows.LiveFlowsTable) or from a recording (tracer.sources.replay.ReplaySource), with the drops the
+model saw attributed to them, and the orders the view sorts them in.
 
-Drops go through tracer.flows.FlowTable.add_drops, as in `podtrace flows`: a drop whose (src, dst, dport) is a
+Drops go through tracer.analysis.flows.FlowTable.add_drops, as in `podtrace flows`: a drop whose (src, dst, dport) is a
 flow's (client, backend, backend_port) counts on that flow; one that matches no flow but a Service (a VIP, a rule,
 an endpoint) gets a row of its own under that Service.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tracer.flows import FlowTable, LiveFlowsTable, nat_record_from_map
-from tracer.kubeproxy.model import ServiceMap
+from tracer.analysis.flows import FlowTable, LiveFlowsTable, nat_record_from_map
+from tracer.node.kubeproxy.model import ServiceMap
 from tui.model import ip_flow
 
 COLUMNS = ["service", "vip", "client", "backend", "loss", "pkts_out", "pkts_in", "nf_us", "drops"]
@@ -116,7 +116,7 @@ class ServiceFlowsTable(LiveFlowsTable):
 
 class RecordedFlowsTable:
     """The Services view of a recording: its NAT snapshots as read so far, its Services, its conntrack state (a
-    tracer.replay.ReplaySource, read by the reader thread that feeds the model)."""
+    tracer.sources.replay.ReplaySource, read by the reader thread that feeds the model)."""
 
     columns = COLUMNS
     uses_drops = True

@@ -1,8 +1,9 @@
-"""The Softirq view: tracer.softirq's kernel histograms, per CPU, as p50/p99 and a bar of the log2 buckets.
+"""The Softirq view: tracer.analysis.softirq's kernel histograms, per CPU, as p50/p99 and a bar of the log2 buckets.
 
 `softirq_rows` is pure (CpuReports in, rows out). `SoftirqTable` is the live TableSource: its own thread loads
-bpf/softirq.c (tracer.softirq_probe.SoftirqProbe) on first use, once the attach ladder has been probed (two BCC compiles
-at once crash), and takes a snapshot every second, so neither the reader thread nor the UI waits on BCC.
+bpf/softirq.c (tracer.probes.softirq_probe.SoftirqProbe) on first use, once the attach ladder has been probed
+(two BCC compiles at once crash), and takes a snapshot every second, so neither the reader thread nor the UI
+waits on BCC.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tracer.errors import PodtraceError
-from tracer.softirq import (
+from tracer.analysis.softirq import (
     HISTS,
     RECENT_SECONDS,
     CpuReport,
@@ -21,7 +21,8 @@ from tracer.softirq import (
     format_us,
     worst_cpu,
 )
-from tracer.softirq_probe import SoftirqProbe
+from tracer.output.errors import PodtraceError
+from tracer.probes.softirq_probe import SoftirqProbe
 from tui.model import sparkline
 
 COLUMNS = ["cpu", "kind", "p50", "p99", "dropped", "squeezes", "histogram"]
@@ -115,7 +116,7 @@ class SoftirqTable:
 
 class RecordedSoftirqTable:
     """The Softirq view of a recording (`record --softirq`): its snapshots as the reader has read them so far
-    (tracer.replay.ReplaySource.softirq), from the first to the latest."""
+    (tracer.sources.replay.ReplaySource.softirq), from the first to the latest."""
 
     columns = COLUMNS
     uses_window = True

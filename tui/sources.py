@@ -1,7 +1,8 @@
 """Where the TUI's events come from, and the reader thread that turns them into a few snapshots per second.
 
-A Source is anything with `poll(timeout_ms) -> list[PacketEvent]` and `counters() -> dict`: tracer.live.LiveSource,
-tracer.replay.ReplaySource, or ListSource / RawListSource here (tests). Sources with `poll_raw` also feed `r`.
+A Source is anything with `poll(timeout_ms) -> list[PacketEvent]` and `counters() -> dict`:
+tracer.sources.live.LiveSource,
+tracer.sources.replay.ReplaySource, or ListSource / RawListSource here (tests). Sources with `poll_raw` also feed `r`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any, Protocol
 
 from textual.message import Message
 
-from tracer.errors import PodtraceError
-from tracer.events import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
-from tracer.ladder import AttachPlan
-from tracer.report import Resolver
+from tracer.events.decode import EVENT_SIZE, EVENT_SIZES, PacketEvent, decode, decode_any
+from tracer.kernel.ladder import AttachPlan
+from tracer.output.errors import PodtraceError
+from tracer.output.report import Resolver
 from tui.messages import PlanReady, SnapshotReady, SourceFailed, SourceStarted
 from tui.model import Model
 from tui.recording import TuiRecording, default_save_dir
@@ -48,8 +49,8 @@ class SessionInfo:
     save_dir: str = field(default_factory=default_save_dir)  # recordings (`r`) and screenshots go here
     tables: dict[str, Any] = field(default_factory=dict)  # view name -> TableSource (tui/model.py)
     record_header: Callable[[], dict[str, Any]] | None = None  # live: a recording header with the node's names
-    # sets each drop row's "cause" (tracer/causes.py, as JSON): live from the namespaces now, replayed from what the
-    # recording holds; None: no cause is shown
+    # sets each drop row's "cause" (tracer/analysis/causes.py, as JSON): live from the namespaces now, replayed from
+    # what the recording holds; None: no cause is shown
     explain: Callable[[list[dict[str, Any]]], None] | None = None
     # Set once the attach ladder is known: BCC must not compile two programs at once (it crashes), so other BCC
     # users (the Softirq view's probe) wait for it.
@@ -206,14 +207,14 @@ class Reader:
 
 
 def open_replay(path: str) -> tuple[Source, SessionInfo]:
-    """A recording through tracer.replay.ReplaySource (the recordings work), with its names and attach plan."""
+    """A recording through tracer.sources.replay.ReplaySource (the recordings work), with its names and attach plan."""
     try:
-        from tracer.replay import ReplaySource
+        from tracer.sources.replay import ReplaySource
     except ImportError:
-        raise PodtraceError("--replay needs recordings (tracer/replay.py), which this build does not have yet",
+        raise PodtraceError("--replay needs recordings (tracer/sources/replay.py), which this build does not have yet",
                             "run `podtrace tui` live on the node") from None
-    from tracer.cause_state import add_causes
     from tracer.check.table import RecordedNodeFindings
+    from tracer.node.cause_state import add_causes
     from tui.journeys import RecordedJourneysTable
     from tui.services import RecordedFlowsTable
     from tui.softirq import RecordedSoftirqTable

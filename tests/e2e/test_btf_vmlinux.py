@@ -1,4 +1,4 @@
-"""tracer/btf.py on the running kernel's /sys/kernel/btf/vmlinux, cross-checked against bpftool's raw dump."""
+"""tracer/kernel/btf.py on the running kernel's /sys/kernel/btf/vmlinux, cross-checked against bpftool's raw dump."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from support.bpftool_btf import parse_bpftool_raw
 
-from tracer.btf import DEFAULT_PATH, Btf
+from tracer.kernel.btf import DEFAULT_PATH, Btf
 
 pytestmark = [
     pytest.mark.root,
@@ -40,7 +40,7 @@ _ALIASES = ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG")
 
 
 class Oracle:
-    """Offsets, sizes and enums computed from bpftool's dump, independently of tracer/btf.py."""
+    """Offsets, sizes and enums computed from bpftool's dump, independently of tracer/kernel/btf.py."""
 
     def __init__(self, types: dict[int, dict[str, Any]]) -> None:
         self.types = types

@@ -31,8 +31,8 @@ def node() -> Iterator[Pair]:
 
 
 def _check(netns: str) -> dict[tuple[str, str], dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "tracer.cli", "check", "--json", "--netns", netns, "--window", "0.2"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-m", "tracer.cli.main", "check", "--json", "--netns", netns,
+                           "--window", "0.2"], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode in (0, 3), proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()][:-1]
     return {(row["area"], row["check"]): row for row in rows}

@@ -17,14 +17,14 @@ import pytest
 import support.podtrace as podtrace
 from support.lab import exclusive_lab
 
-from tracer import cli
+from tracer.cli import main as cli
 from tracer.lab import faults
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 pytestmark = pytest.mark.root
 
-MODULE = "tracer.cli" if "tracer.cmd_check" in cli.COMMAND_MODULES else "tracer.cmd_check"
-PREFIX = ["check"] if MODULE == "tracer.cli" else []
+MODULE = "tracer.cli.main" if "tracer.cli.check" in cli.COMMAND_MODULES else "tracer.cli.check"
+PREFIX = ["check"] if MODULE == "tracer.cli.main" else []
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 from support.netns import sh
 
+from tracer.analysis.flows import nat_record_from_map
 from tracer.benchmarks.netns import Pair, in_netns, veth_pair
-from tracer.flows import nat_record_from_map
-from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.sources.live import LiveSource
 
 pytestmark = pytest.mark.root
 

@@ -22,8 +22,9 @@ from support.netns import netns_pair, send_udp, sh
 from support.podtrace import run, start
 
 from bpf import BPF_DIR
-from tracer import bccenv, events
 from tracer.api import open_recording
+from tracer.events import decode as events
+from tracer.kernel import bccenv
 
 pytestmark = pytest.mark.root
 

@@ -1,6 +1,6 @@
 """`flows`' conntrack mode in a long session: more connections than the kernel's per-connection table holds
 (a small table, --ct-flows-max's knob), none of them ending by its nf_conn being reused (no conntrack flush), so
-only the reader's sweep of idle entries (tracer/ct_sweep.py) frees the table. Every count is still exact, the
+only the reader's sweep of idle entries (tracer/sources/ct_sweep.py) frees the table. Every count is still exact, the
 entries taken out are said, and the same traffic without the sweep fills the table and loses connections."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 from support.netns import sh
 
+from tracer.analysis.flows import nat_record_from_map
 from tracer.benchmarks.netns import Pair, in_netns, veth_pair
-from tracer.flows import nat_record_from_map
-from tracer.live import LiveSource
-from tracer.names import netns_inode
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.node.names import netns_inode
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.sources.live import LiveSource
 
 pytestmark = pytest.mark.root
 

@@ -12,10 +12,10 @@ import pytest
 from support.netns import Pair, netns_pair, send_udp, sh
 from support.podtrace import run
 
-from tracer.events import EVENT_CT, CtEvent, PacketEvent
-from tracer.live import RAW_TP_DROPS_ENV, LiveSource
-from tracer.names import netns_inode
-from tracer.probes import ProbeConfig
+from tracer.events.decode import EVENT_CT, CtEvent, PacketEvent
+from tracer.node.names import netns_inode
+from tracer.probes.build import ProbeConfig
+from tracer.sources.live import RAW_TP_DROPS_ENV, LiveSource
 
 pytestmark = pytest.mark.root
 

@@ -13,9 +13,9 @@ import pytest
 from support.lab import exclusive_lab
 from support.podtrace import Running, run, start
 
-from tracer.kubeproxy.collect import collect
 from tracer.lab import faults, sh, traffic
 from tracer.lab import manifest as mf
+from tracer.node.kubeproxy.collect import collect
 
 pytestmark = pytest.mark.root
 

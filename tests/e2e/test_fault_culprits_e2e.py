@@ -1,7 +1,7 @@
 """The culprit of each lab fault, as the README's command for it names it: `podtrace flows --node pt-node1 --node
 pt-node2` (Service, VIP, backend, the drop's hook and cause, observed vs matched) and `podtrace drops` (the
 cause field), on one iptables-mode lab. Services whose traffic was healthy are charged no drop that is not a
-normal kernel free (QUEUE_PURGE on close is benign: tracer/severity.py)."""
+normal kernel free (QUEUE_PURGE on close is benign: tracer/analysis/severity.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.podtrace import Running, start
 
+from tracer.analysis.severity import classify
 from tracer.lab import faults, traffic
-from tracer.severity import classify
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]
 

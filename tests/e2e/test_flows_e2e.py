@@ -66,7 +66,7 @@ def test_drop_backend_is_attributed_to_the_service_backend_and_rule(no_faults: s
     dropped = [flow for flow in flows if any(label.startswith("NETFILTER_DROP") for label in flow["drops"])]
     assert [flow["backend_pod"] for flow in dropped] == ["web-2"], flows
     labels = dropped[0]["drops"]
-    # The cause, in words: the lab's rule is not kube-proxy's, found by matching the packet (tracer/causes.py),
+    # The cause, in words: the lab's rule is not kube-proxy's, found by matching the packet (tracer/analysis/causes.py),
     # named once and said to be matched, not reported by the kernel.
     assert any(re.match(r"NETFILTER_DROP at FORWARD[^:]*: a DROP rule not written by kube-proxy: filter FORWARD #1 "
                         r"`-A FORWARD -d 10\.244\.1\.2/32", label) and label.endswith("` (matched)")

@@ -20,12 +20,13 @@ from support.netns import netns_pair, send_udp
 from support.podtrace import COMMAND, run
 
 from bpf import BPF_DIR
-from tracer import bccenv, events
-from tracer.btf import Btf
-from tracer.ksyms import KernelSymbols
-from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.events import decode as events
+from tracer.kernel import bccenv
+from tracer.kernel.btf import Btf
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.sources.live import LiveSource
 
 pytestmark = pytest.mark.root
 
@@ -182,10 +183,10 @@ def test_doctor_without_bcc(tmp_path: Path) -> None:
     ours = sysconfig.get_paths()["purelib"]
     (site_packages / "podtrace-deps.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
     python = str(venv / "bin/python")
-    probe = subprocess.run([python, "-c", "import pyroute2, tracer.cli; import bcc"], capture_output=True, text=True,
-                           check=False)
+    probe = subprocess.run([python, "-c", "import pyroute2, tracer.cli.main; import bcc"], capture_output=True,
+                           text=True, check=False)
     assert "No module named 'bcc'" in probe.stderr, probe.stderr
-    line = _one_line_error(subprocess.run([python, "-m", "tracer.cli", "doctor"], capture_output=True, text=True,
+    line = _one_line_error(subprocess.run([python, "-m", "tracer.cli.main", "doctor"], capture_output=True, text=True,
                                           timeout=120, check=False))
     assert "BCC's Python module cannot be imported" in line and "python3-bpfcc" in line
 

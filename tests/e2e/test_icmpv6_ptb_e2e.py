@@ -3,7 +3,7 @@
 Three namespaces a - r - b joined by veths, IPv6 only (ULA fd00:5054::/48, inside these namespaces only): a->r at
 MTU 1500, r->b at 1280. IPv6 routers never fragment, so each 1448-byte datagram from a to b is dropped in r
 (PKT_TOO_BIG, ip6_forward) and answered by one packet-too-big quoting 1280. The counts podtrace gives
-(tracer.mtu_events.MtuEventCounter) must equal the datagrams sent and r's own Icmp6OutPktTooBigs counter.
+(tracer.analysis.mtu_events.MtuEventCounter) must equal the datagrams sent and r's own Icmp6OutPktTooBigs counter.
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ def snmp6(netns: str) -> dict[str, int]:
 
 
 def test_packet_too_big_sent_is_counted_once_per_datagram_with_the_mtu_it_quotes() -> None:
-    from tracer.events import EVENT_PATH, POINT_QUEUE
-    from tracer.live import LiveSource
-    from tracer.mtu_events import PTB_BY_PATH, MtuEventCounter, is_packet_too_big
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig
+    from tracer.analysis.mtu_events import PTB_BY_PATH, MtuEventCounter, is_packet_too_big
+    from tracer.events.decode import EVENT_PATH, POINT_QUEUE
+    from tracer.probes.build import ProbeConfig
+    from tracer.probes.pcapfilter import compile_filter
+    from tracer.sources.live import LiveSource
 
     with routed_v6() as net:
         # ICMPv6 rate limiting: the default ratemask exempts type 2, but the brief is an exact count: no limit in r.

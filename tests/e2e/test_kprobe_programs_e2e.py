@@ -10,10 +10,12 @@ import ctypes
 import pytest
 
 from bpf import BPF_DIR
-from tracer import bccenv, events, kernel
-from tracer.btf import Btf
-from tracer.kprobes import KPROBES
-from tracer.probes import ProbeConfig, build
+from tracer.events import decode as events
+from tracer.kernel import bccenv
+from tracer.kernel import capabilities as kernel
+from tracer.kernel.btf import Btf
+from tracer.probes.build import ProbeConfig, build
+from tracer.probes.kprobes import KPROBES
 
 pytestmark = pytest.mark.root
 
@@ -65,7 +67,7 @@ def test_verdict_mirror_matches_the_struct_bcc_compiles() -> None:
 def test_host_sessions_keep_links_and_take_no_kprobes() -> None:
     import argparse
 
-    from tracer.session import probe_config
+    from tracer.sources.session import probe_config
 
     assert not kernel.kprobes_available(), "this test describes the CI host (CONFIG_KPROBES off)"
     args = argparse.Namespace(filter=[], ringbuf_pages=256, duration=None, netns=None, ifname=None, tc=[],

@@ -1,5 +1,6 @@
 """kube-proxy rules and conntrack read back from a real namespace: rules loaded with iptables-restore, a NATed
-connection created by sending through the DNAT, then `tracer.kubeproxy.collect` and `conntrack` asked about both."""
+connection created by sending through the DNAT, then `tracer.node.kubeproxy.collect` and `conntrack` asked about
+both."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from support.netns import Pair, netns_pair, send_udp, sh, throwaway_netns
 from support.quoted_comments import WRITTEN
 
-from tracer import conntrack
-from tracer.kubeproxy.collect import collect
+from tracer.node import conntrack
+from tracer.node.kubeproxy.collect import collect
 
 pytestmark = pytest.mark.root
 

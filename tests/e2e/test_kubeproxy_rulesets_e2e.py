@@ -1,6 +1,6 @@
 """kube-proxy's own rulesets (tests/unit/fixtures/kube-proxy) loaded for real in a throwaway namespace with
 iptables-restore / ip6tables-restore / nft -f, read back by the tools (iptables-save, iptables -S, nft -j) and by
-`tracer.kubeproxy.collect`, and checked against the Go tests' Services (tests/support/kubeproxy_expect.py); nft in
+`tracer.node.kubeproxy.collect`, and checked against the Go tests' Services (tests/support/kubeproxy_expect.py); nft in
 both element orders, and its JSON in shuffled orders."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from support import kubeproxy_expect as want
 from support.netns import sh, throwaway_netns
 
-from tracer.kubeproxy.collect import collect
-from tracer.kubeproxy.iptables import parse_iptables_save
-from tracer.kubeproxy.nftables import parse_nft_json
+from tracer.node.kubeproxy.collect import collect
+from tracer.node.kubeproxy.iptables import parse_iptables_save
+from tracer.node.kubeproxy.nftables import parse_nft_json
 
 pytestmark = pytest.mark.root
 

@@ -21,10 +21,10 @@ import pytest
 from support.lab import exclusive_lab, lab_lock, wait_for_foreign_lab
 from support.unprivileged import AS_NOBODY
 
-from tracer import conntrack
-from tracer.errors import LabError
 from tracer.lab import control, faults, kubelet_layout, names, processes, proxy, state, traffic
 from tracer.lab import manifest as mf
+from tracer.node import conntrack
+from tracer.output.errors import LabError
 
 pytestmark = pytest.mark.root
 
@@ -37,7 +37,7 @@ EMPTY = "default/empty:http"
 POD_TCP = {"web-1": "tcp:10.244.0.3:8080", "web-2": "tcp:10.244.1.2:8080", "web-3": "tcp:10.244.1.3:8080"}
 POD_UDP = {"web-1": "udp:10.244.0.3:5353", "web-2": "udp:10.244.1.2:5353", "web-3": "udp:10.244.1.3:5353"}
 REPO = Path(__file__).resolve().parents[2]
-PODTRACE = [sys.executable, "-m", "tracer.cli"]
+PODTRACE = [sys.executable, "-m", "tracer.cli.main"]
 # Root sysctls a careless lab would change (it sets its own in the node namespaces only).
 ROOT_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter",
                 "net/netfilter/nf_conntrack_max", "net/bridge/bridge-nf-call-iptables")

@@ -87,7 +87,7 @@ def test_two_nodes_recordings_merge_into_the_journey_of_the_dropped_connections(
 
 
 def _wall_offset(path: Path) -> int:
-    from tracer.replay import ReplaySource
+    from tracer.sources.replay import ReplaySource
 
     source = ReplaySource(str(path))
     source.close()
@@ -266,7 +266,7 @@ def _dnat_agrees_with_the_kernel_s_nat_records(merged: Path, two_node: Path) -> 
     """The DNAT each merged journey went through (from the single-namespace recordings: no NAT records, so the skb
     seen on node1 before and after) is the rewrite the kernel's nat_flows map recorded in the two-node recording of
     the same run (its netfilter links attached): client port -> VIP rewritten to the same backend."""
-    from tracer.replay import ReplaySource
+    from tracer.sources.replay import ReplaySource
 
     source = ReplaySource(str(two_node))
     try:

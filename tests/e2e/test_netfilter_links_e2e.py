@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from support.netns import Pair, netns_pair, send_udp, sh
 
-from tracer.events import NatEvent, decode_any
-from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.events.decode import NatEvent, decode_any
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.sources.live import LiveSource
 
 pytestmark = pytest.mark.root
 

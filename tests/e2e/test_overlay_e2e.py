@@ -16,15 +16,15 @@ import pytest
 from support.lab import exclusive_lab
 from support.netns import Pair, netns_pair, send_udp
 
+from tracer.analysis.softirq import CpuReport, SoftirqAggregator, findings
 from tracer.lab import faults, traffic
-from tracer.softirq import CpuReport, SoftirqAggregator, findings
-from tracer.softirq_probe import SoftirqProbe
+from tracer.probes.softirq_probe import SoftirqProbe
 
 pytestmark = pytest.mark.root
 
-# `podtrace` with the overlay commands registered, whether or not tracer/cli.py lists them yet.
-CLI = ("import sys\nfrom tracer import cli\nif 'tracer.cmd_overlay' not in cli.COMMAND_MODULES:\n"
-       "    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, 'tracer.cmd_overlay')\nsys.exit(cli.main(sys.argv[1:]))\n")
+# `podtrace` with the overlay commands registered, whether or not tracer/cli/main.py lists them yet.
+CLI = ("import sys\nfrom tracer.cli import main as cli\nif 'tracer.cli.overlay' not in cli.COMMAND_MODULES:\n"
+       "    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, 'tracer.cli.overlay')\nsys.exit(cli.main(sys.argv[1:]))\n")
 PRIME = 4999
 
 
@@ -168,9 +168,9 @@ def test_icmp_send_tracepoint_names_the_offending_packet_and_mtu(pair: Pair) -> 
     and answered by one frag-needed quoting 1400 (not rate-limited: icmpv4_mask_allow exempts PMTU discovery)."""
     from support.netns import sh
 
-    from tracer.events import EVENT_ICMP
-    from tracer.live import LiveSource
-    from tracer.probes import ProbeConfig
+    from tracer.events.decode import EVENT_ICMP
+    from tracer.probes.build import ProbeConfig
+    from tracer.sources.live import LiveSource
 
     count = 7
     with _routed_pair(pair, 1400) as (router, far), LiveSource(ProbeConfig(icmp=True)) as source:
@@ -240,8 +240,8 @@ def lab() -> Iterator[object]:
 
 @pytest.fixture
 def mtu_mismatch(lab: object) -> Iterator[None]:
-    from tracer.errors import LabError
     from tracer.lab import faults
+    from tracer.output.errors import LabError
 
     try:
         faults.set_fault("mtu-mismatch", True)

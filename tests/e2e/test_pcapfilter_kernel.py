@@ -1,4 +1,4 @@
-"""The BPF verifier accepts tracer.pcapfilter's C, and the kernel counts what libpcap would match.
+"""The BPF verifier accepts tracer.probes.pcapfilter's C, and the kernel counts what libpcap would match.
 
 A socket filter program attached to `lo` in a network namespace this test creates copies each received packet,
 from the network header on, into a per-CPU buffer of PT_SNAP_LEN + 8 bytes (as the probes do), calls
@@ -23,9 +23,9 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
 
-from tracer import pcapfilter
-from tracer.netfilter import entered_netns
-from tracer.pcapfilter import BpfInsn, BpfProgram
+from tracer.probes import pcapfilter
+from tracer.probes.netfilter import entered_netns
+from tracer.probes.pcapfilter import BpfInsn, BpfProgram
 
 pytestmark = pytest.mark.root
 
@@ -176,7 +176,7 @@ def netns() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def bcc_ready() -> None:
     try:
-        from tracer import headers
+        from tracer.kernel import headers
 
         headers.prepare()
     except Exception:  # headers.py missing or no usable tree: the prepared tree on the dev machines

@@ -19,7 +19,7 @@ from support.netns import netns_pair
 
 from tracer.benchmarks.netns import Pair
 from tracer.lab import kubelet_layout
-from tracer.podnames import PodResolver
+from tracer.node.podnames import PodResolver
 
 pytestmark = pytest.mark.root
 

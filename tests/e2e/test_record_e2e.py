@@ -24,10 +24,10 @@ from support.netns import Pair, netns_pair, send_udp, sh, tcp_connect_attempts
 pytestmark = pytest.mark.root
 
 PRIME = 13
-# The CLI with tracer.cmd_record registered, whether or not tracer/cli.py lists it yet.
+# The CLI with tracer.cli.record registered, whether or not tracer/cli/main.py lists it yet.
 CLI = [sys.executable, "-c", (
-    "import sys, tracer.cli as c\n"
-    "m = 'tracer.cmd_record'\n"
+    "import sys, tracer.cli.main as c\n"
+    "m = 'tracer.cli.record'\n"
     "c.COMMAND_MODULES = c.COMMAND_MODULES if m in c.COMMAND_MODULES else (*c.COMMAND_MODULES, m)\n"
     "sys.exit(c.main(sys.argv[1:]))\n"
 )]
@@ -162,7 +162,7 @@ def test_a_burst_is_recorded_without_loss_beyond_what_the_ring_buffer_reports(pa
     # machine is (2,822 of 20,000 once with the CPUs shared by a second test suite), so the bound is half.
     assert summary["lost"] == recorded.summary["lost"] < 20000 // 2, summary
     # Per-probe counters travel in the recording and add up to its totals; the burst's drops are the drop probe's.
-    from tracer.replay import ReplaySource
+    from tracer.sources.replay import ReplaySource
 
     with ReplaySource(str(output)) as source:
         while source.poll_raw():

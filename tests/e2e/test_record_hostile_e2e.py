@@ -19,7 +19,7 @@ import pytest
 import support.podtrace as podtrace
 from support.netns import Pair, netns_pair, sh
 
-from tracer.recording import KIND_TRAILER, MAGIC, PREAMBLE, RecordReader, encode_record, part_path
+from tracer.recording.fileformat import KIND_TRAILER, MAGIC, PREAMBLE, RecordReader, encode_record, part_path
 
 pytestmark = pytest.mark.root
 
@@ -29,7 +29,7 @@ AUDITED = [sys.executable, "-c", (
     "import os, sys\n"
     "log = open(os.environ['PT_OPENED'], 'a')\n"
     "sys.addaudithook(lambda e, a: log.write(f'{a[0]}\\n') if e == 'open' and isinstance(a[0], str) else None)\n"
-    "from tracer.cli import main\n"
+    "from tracer.cli.main import main\n"
     "code = main(sys.argv[1:]); log.flush(); sys.exit(code)\n"
 )]
 

@@ -18,9 +18,9 @@ from support import podtrace
 from support.lab import faults_cleared, iptables_lab  # noqa: F401 (fixtures)
 from support.podtrace import Running, start
 
-from tracer.causes import RECORDED_RULES
+from tracer.analysis.causes import RECORDED_RULES
 from tracer.lab import faults, traffic
-from tracer.recorded_causes import ORIGIN
+from tracer.recording.recorded_causes import ORIGIN
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]
 

@@ -1,4 +1,4 @@
-"""podtrace's own ring-buffer reader (tracer/ringbuf.py) against the kernel's ring buffer, and against BCC's.
+"""podtrace's own ring-buffer reader (tracer/sources/ringbuf.py) against the kernel's ring buffer, and against BCC's.
 
 A one-page ring holds about 13 drop events, so a few hundred drops wrap it many times: a record split across the
 end of the data area, a header read at the wrong place or a consumer position handed back wrongly would show as
@@ -12,11 +12,11 @@ import threading
 import pytest
 from support.netns import netns_pair, send_udp
 
-from tracer.events import CT_SIZE, EVENT_CT, EVENT_DROP, decode, decode_ct
-from tracer.live import LiveSource
-from tracer.names import netns_inode
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
+from tracer.events.decode import CT_SIZE, EVENT_CT, EVENT_DROP, decode, decode_ct
+from tracer.node.names import netns_inode
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.sources.live import LiveSource
 
 pytestmark = pytest.mark.root
 

@@ -17,8 +17,8 @@ from support.netns import netns_pair, send_udp, sh
 from support.podtrace import start
 
 from tracer.benchmarks.netns import node_with_pods, udp_no_ports
-from tracer.names import netns_inode
-from tracer.scope import Scope, pods_of
+from tracer.node.names import netns_inode
+from tracer.probes.scope import Scope, pods_of
 
 pytestmark = pytest.mark.root
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from support.serve import scrape, serve
 
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 pytestmark = pytest.mark.root
 

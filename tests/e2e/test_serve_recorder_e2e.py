@@ -13,7 +13,7 @@ from support.podtrace import run
 from support.serve import scrape, serve
 
 from tracer.api import open_recording
-from tracer.events import EVENT_DROP, EVENT_PATH, decode
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, decode
 from tracer.lab import faults, traffic
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("faults_cleared")]

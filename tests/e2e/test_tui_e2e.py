@@ -21,8 +21,8 @@ pytestmark = pytest.mark.root
 
 PRIME = 17
 ROOT = Path(__file__).resolve().parents[2]
-# `podtrace` itself, with the tui subcommand registered even before tracer/cli.py lists it.
-LAUNCH = ("import sys; from tracer import cli; m = 'tracer.cmd_tui'; "
+# `podtrace` itself, with the tui subcommand registered even before tracer/cli/main.py lists it.
+LAUNCH = ("import sys; from tracer.cli import main as cli; m = 'tracer.cli.tui'; "
           "cli.COMMAND_MODULES += () if m in cli.COMMAND_MODULES else (m,); sys.exit(cli.main(sys.argv[1:]))")
 
 
@@ -161,10 +161,10 @@ def test_per_probe_counters_add_up_to_the_totals_and_match_the_events_of_each_pr
     """Real probes (drops, path, netfilter links, tc) on veth traffic: a DNAT to a port INPUT drops, so every
     probe fires; each probe's kernel counters add up to the totals the header shows, and each probe's `events`
     is the number of events of its kind that came out of the ring buffer."""
-    from tracer.events import EVENT_CT, decode_any
-    from tracer.live import LiveSource
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig
+    from tracer.events.decode import EVENT_CT, decode_any
+    from tracer.probes.build import ProbeConfig
+    from tracer.probes.pcapfilter import compile_filter
+    from tracer.sources.live import LiveSource
     from tui.model import probe_of
 
     sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DNAT",

@@ -1,4 +1,4 @@
-"""An oracle for tracer/btf.py: BTF types as bpftool reads them, parsed from its raw dump (independent code)."""
+"""An oracle for tracer/kernel/btf.py: BTF types as bpftool reads them, parsed from its raw dump (independent code)."""
 
 from __future__ import annotations
 

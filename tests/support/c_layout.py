@@ -1,5 +1,5 @@
 """Member offsets of a struct in bpf/podtrace.h by the C layout rules (natural alignment, padded to the widest
-member), computed from the header's text: an account of the layout that does not go through tracer/events.py."""
+member), computed from the header's text: an account of the layout that does not go through tracer/events/decode.py."""
 
 from __future__ import annotations
 

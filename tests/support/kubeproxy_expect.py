@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.kubeproxy.model import ServiceMap
+from tracer.node.kubeproxy.model import ServiceMap
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer.cmd_merge import merge_files
+from tracer.cli.merge import merge_files
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "recordings"
 VIEWS = ("node1", "node2", "client")

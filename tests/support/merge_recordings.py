@@ -10,8 +10,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from tracer.events import CT_STRUCT, EVENT_CT, FLAG_INNER, PacketEvent, Tuple, encode
-from tracer.recording import Recorder
+from tracer.events.decode import CT_STRUCT, EVENT_CT, FLAG_INNER, PacketEvent, Tuple, encode
+from tracer.recording.fileformat import Recorder
 
 HOST = 4026531840  # every host's own network namespace has this inode
 

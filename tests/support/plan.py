@@ -9,7 +9,7 @@ import uuid
 from subprocess import run
 from typing import Any
 
-# Hook points a LiveSource session loads (softirq has its own probe, tracer/softirq.py).
+# Hook points a LiveSource session loads (softirq has its own probe, tracer/analysis/softirq.py).
 SESSION_HOOKS = ("drops", "path", "netfilter", "nat", "ipvs", "vxlan", "fragmentation", "icmp")
 # Attached besides the ladder's targets, with the hook that brings them: path.c's driver transmit (the "xmit"
 # event) on a raw tracepoint, and ipvs.c's replies where the kernel has handle_response.
@@ -40,9 +40,9 @@ def _normalise(line: str) -> str:
 
 def session_attachments() -> list[str]:
     """Everything a full session (path, netfilter links, ICMP, every kprobe concern) attached on this kernel."""
-    from tracer.kprobes import CONCERNS, choose_live, netfilter_links_possible
-    from tracer.live import LiveSource
-    from tracer.probes import ProbeConfig
+    from tracer.probes.build import ProbeConfig
+    from tracer.probes.kprobes import CONCERNS, choose_live, netfilter_links_possible
+    from tracer.sources.live import LiveSource
 
     netns = f"ptdp-{uuid.uuid4().hex[:6]}"
     run(["ip", "netns", "add", netns], check=True)

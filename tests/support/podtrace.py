@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-COMMAND = [sys.executable, "-m", "tracer.cli"]
+COMMAND = [sys.executable, "-m", "tracer.cli.main"]
 
 
 @dataclass

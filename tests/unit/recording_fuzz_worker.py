@@ -2,8 +2,8 @@
 
 Run as `python recording_fuzz_worker.py FILE...` by tests/unit/test_recording_fuzz.py, in its own process so its
 peak RSS is the readers' (the last line: {"maxrss_kib": N}). For each file, every reader in turn: `podtrace report`
-and `podtrace export` through tracer.cli.main (their exit code and stderr), tracer.api.open_recording, and the TUI's
-replay (tui.sources.open_replay, its tables, and the model fed every event). An exception other than what main()
+and `podtrace export` through tracer.cli.main.main (their exit code and stderr), tracer.api.open_recording, and the
+TUI's replay (tui.sources.open_replay, its tables, and the model fed every event). An exception other than what main()
 turns into one line is a "traceback"; a file still being read after ALARM_S seconds is a "hang".
 """
 
@@ -32,7 +32,7 @@ def _alarm(_signum: int, _frame: Any) -> None:
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
-    from tracer.cli import main
+    from tracer.cli.main import main
 
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
@@ -53,7 +53,7 @@ def _export(path: str, out: str) -> tuple[int, str]:
 
 def _api(path: str) -> str:
     from tracer.api import open_recording
-    from tracer.errors import RecordingError
+    from tracer.output.errors import RecordingError
 
     try:
         recording = open_recording(path)
@@ -69,14 +69,14 @@ def _api(path: str) -> str:
 
 
 def _tui(path: str) -> str:
-    from tracer.errors import PodtraceError
-    from tracer.events import decode_any
+    from tracer.events.decode import decode_any
+    from tracer.output.errors import PodtraceError
     from tui.model import Model
     from tui.sources import open_replay
 
     try:
         source, info = open_replay(path)
-        replay: Any = source  # a tracer.replay.ReplaySource
+        replay: Any = source  # a tracer.sources.replay.ReplaySource
         model = Model(info.names)
         for table in info.tables.values():
             table.rows()

@@ -16,8 +16,8 @@ import struct
 import zlib
 from typing import Any, BinaryIO
 
-from tracer.events import EVENT_SIZES
-from tracer.recording import (
+from tracer.events.decode import EVENT_SIZES
+from tracer.recording.fileformat import (
     KIND_EVENTS,
     KIND_HEADER,
     MAGIC,

@@ -6,8 +6,8 @@ import dataclasses
 import socket
 from pathlib import Path
 
-from tracer.aggregate import DropTable
-from tracer.events import EVENT_DROP, EVENT_PATH, FLAG_PARSED, PacketEvent, Tuple, decode, encode
+from tracer.analysis.aggregate import DropTable
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, FLAG_PARSED, PacketEvent, Tuple, decode, encode
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "events"
 

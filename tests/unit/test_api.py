@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tracer.api import TCP_SYN, open_recording, tcp_flags
-from tracer.errors import RecordingError
-from tracer.events import PacketEvent
+from tracer.events.decode import PacketEvent
+from tracer.output.errors import RecordingError
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "recordings" / "v1.ptrec"
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def test_open_recording_header_events_and_tables() -> None:
                                                                ("NO_SOCKET", 5)]
     assert rows[0]["netns"] == "ptt-897b95-b"
     # each row's cause is the one `podtrace report --json` gives for the same recording
-    report = subprocess.run([sys.executable, "-m", "tracer.cli", "report", "--json", str(V1)], capture_output=True,
+    report = subprocess.run([sys.executable, "-m", "tracer.cli.main", "report", "--json", str(V1)], capture_output=True,
                             text=True, cwd=ROOT, check=True).stdout.splitlines()
     reported = [json.loads(line) for line in report if '"reason"' in line]
     assert [row["cause"] for row in rows] == [row["cause"] for row in reported] and len(rows) == 3

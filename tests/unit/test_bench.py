@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tracer.bench import render, summary
 from tracer.benchmarks.pipeline import drop_event
+from tracer.benchmarks.run import render, summary
 from tracer.benchmarks.stats import (
     Section,
     cost_percent,
@@ -15,7 +15,7 @@ from tracer.benchmarks.stats import (
     median,
     ratio,
 )
-from tracer.events import decode, encode
+from tracer.events.decode import decode, encode
 
 
 def test_median_and_ratio_tolerate_missing_runs() -> None:
@@ -82,7 +82,7 @@ def test_spread_is_the_range_over_the_median() -> None:
 
 
 def test_merge_keeps_the_sections_not_run_and_says_where_each_comes_from() -> None:
-    from tracer.bench import merge, render
+    from tracer.benchmarks.run import merge, render
 
     def section(title: str, value: str) -> Section:
         made = Section(title, f"{title} intro", ["figure"], [[value]])
@@ -91,11 +91,11 @@ def test_merge_keeps_the_sections_not_run_and_says_where_each_comes_from() -> No
 
     first = render([section("A", "1"), section("B", "2"), section("C", "3")], False, 6, "0 0 0")
     fresh = section("B", "20")
-    fresh_text = render([fresh], False, 2, "0 0 0", "python -m tracer.bench --only b")
+    fresh_text = render([fresh], False, 2, "0 0 0", "python -m tracer.benchmarks --only b")
     again = merge(first, fresh_text, [fresh], "2026-12-07 15:31")
     assert [line for line in again.splitlines() if line.startswith("## ")] == ["## Summary", "## A", "## B", "## C"]
     assert "| 20 |" in again and "| 2 |" not in again and "| 1 |" in again and "| 3 |" in again
-    assert "Written by `python -m tracer.bench --only b`" in again
+    assert "Written by `python -m tracer.benchmarks --only b`" in again
     assert "Re-run on 2026-12-07 15:31: B." in again
     assert "Every other section: from the report written by `make bench`" in again
     later = section("C", "30")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.benchmarks.pipeline import (
     RawRun,
     _workloads,
@@ -14,7 +14,7 @@ from tracer.benchmarks.pipeline import (
     synthetic_drop_events,
 )
 from tracer.benchmarks.stats import Section
-from tracer.events import decode
+from tracer.events.decode import decode
 
 
 def test_raw_run_rates_and_read_share() -> None:

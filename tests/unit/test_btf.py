@@ -1,4 +1,4 @@
-"""tracer/btf.py on checked-in BTF fixtures (see fixtures/btf/README.md) and on small hand-built blobs."""
+"""tracer/kernel/btf.py on checked-in BTF fixtures (see fixtures/btf/README.md) and on small hand-built blobs."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from support.bpftool_btf import parse_bpftool_raw
 
-from tracer.btf import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF, Btf
-from tracer.cmd_doctor import btf_facts, layout_problems
-from tracer.errors import KernelError
-from tracer.probes import BTF_OFFSETS
+from tracer.cli.doctor import btf_facts, layout_problems
+from tracer.kernel.btf import ARRAY, ENUM, FWD, INT, PTR, STRUCT, TYPEDEF, Btf
+from tracer.output.errors import KernelError
+from tracer.probes.build import BTF_OFFSETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "btf"
 LE = FIXTURES / "fixture.btf"
@@ -469,7 +469,7 @@ def _readable(btf: Btf, struct_name: str, member: str) -> bool:
 
 
 def _kernel_like(sizes: dict[tuple[str, str], int] | None = None) -> bytes:
-    """A BTF holding every member in tracer/probes.py BTF_OFFSETS, dotted paths as nested named structs."""
+    """A BTF holding every member in tracer/probes/build.py BTF_OFFSETS, dotted paths as nested named structs."""
     sizes = sizes or {}
     b = _Builder()
     ints = {n: _int(b, f"u{n * 8}", n) for n in (1, 2, 4, 8)}

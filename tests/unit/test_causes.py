@@ -1,4 +1,4 @@
-"""Causes in words (tracer/causes.py) over drop rows and node state; rulesets are real `iptables-save` and
+"""Causes in words (tracer/analysis/causes.py) over drop rows and node state; rulesets are real `iptables-save` and
 `nft -j` dumps of the lab (tests/unit/fixtures/kubeproxy/README.md says how each was captured)."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tracer.cause_state import parse_icmp, parse_irq_devices, parse_rps
-from tracer.causes import NetnsState, RouteAnswer, explain, parse_cpu_mask
-from tracer.conntrack import Health
-from tracer.kubeproxy.iptables import parse_iptables_save
-from tracer.kubeproxy.nftables import parse_nft_json
-from tracer.report import write_drop_table
+from tracer.analysis.causes import NetnsState, RouteAnswer, explain, parse_cpu_mask
+from tracer.node.cause_state import parse_icmp, parse_irq_devices, parse_rps
+from tracer.node.conntrack import Health
+from tracer.node.kubeproxy.iptables import parse_iptables_save
+from tracer.node.kubeproxy.nftables import parse_nft_json
+from tracer.output.report import write_drop_table
 
 FIX = Path(__file__).parent / "fixtures" / "kubeproxy"
 NODE2_FAULTS = parse_iptables_save((FIX / "lab-iptables-node2-faults.save").read_text())
@@ -169,7 +169,7 @@ def test_a_fib_answer_not_known_here_is_not_turned_into_a_route_kind() -> None:
 
 
 def test_rows_of_a_namespace_that_is_gone_get_causes_that_say_so() -> None:
-    from tracer.cause_state import add_causes, collect
+    from tracer.node.cause_state import add_causes, collect
 
     rows = [_row(netns="pt-h16-gone"), _row(reason="IP_RPFILTER", netns="pt-h16-gone")]
     states = collect(rows, {})

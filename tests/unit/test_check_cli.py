@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tracer import cmd_check
 from tracer.check import Finding, NodeState, evaluate, summary
 from tracer.check import collect as collect_module
-from tracer.errors import PodtraceError
+from tracer.cli import check as cmd_check
+from tracer.output.errors import PodtraceError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
 
@@ -120,7 +120,7 @@ def test_unknown_netns_is_one_line_exit_2() -> None:
     with pytest.raises(PodtraceError) as err:
         collect_module.collect("pt-no-such-namespace", 0)
     assert err.value.exit_code == 2 and "no network namespace named 'pt-no-such-namespace'" in err.value.one_line()
-    proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--netns", "pt-no-such-namespace"],
+    proc = subprocess.run([sys.executable, "-m", "tracer.cli.check", "--netns", "pt-no-such-namespace"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("podtrace: no network namespace named")
@@ -129,7 +129,7 @@ def test_unknown_netns_is_one_line_exit_2() -> None:
 @pytest.mark.parametrize("name", ["", ".", "..", "../netns", "a/b"])
 def test_names_that_are_not_one_namespace_are_refused(name: str) -> None:
     """"" used to check the host instead, ".." to reach `ip netns exec`: neither is a namespace name."""
-    proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--netns", name, "--window", "0"],
+    proc = subprocess.run([sys.executable, "-m", "tracer.cli.check", "--netns", name, "--window", "0"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"podtrace: no network namespace named {name!r}")
@@ -137,13 +137,13 @@ def test_names_that_are_not_one_namespace_are_refused(name: str) -> None:
 
 @pytest.mark.parametrize("window", ["-1", "61", "nan", "inf"])
 def test_bad_window_is_usage(window: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tracer.cmd_check", "--window", window], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tracer.cli.check", "--window", window], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr == f"podtrace: --window {window} is out of range (use 0 to 60 seconds)\n"
 
 
 def test_check_package_is_headless() -> None:
-    code = ("import sys, tracer.check, tracer.check.collect, tracer.cmd_check; "
+    code = ("import sys, tracer.check, tracer.check.collect, tracer.cli.check; "
             "assert 'textual' not in sys.modules, 'textual imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -103,7 +103,7 @@ def test_a_tui_recording_keeps_the_node_views_findings_in_its_header() -> None:
     import argparse
     from types import SimpleNamespace
 
-    from tracer import cmd_tui
+    from tracer.cli import tui as cmd_tui
     from tui.sources import SessionInfo
 
     node = NodeFindingsTable(None, window=0)

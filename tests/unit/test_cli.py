@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from support.unprivileged import AS_NOBODY
 
-from tracer.cli import build_parser
+from tracer.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-PODTRACE = [sys.executable, "-m", "tracer.cli"]
+PODTRACE = [sys.executable, "-m", "tracer.cli.main"]
 
 
 def _as_nobody() -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracer.cli import build_parser
+from tracer.cli.main import build_parser
 
 HIDDEN = {"--ready-file", "--dump-bpf", "--poll-interval"}  # for scripts and tests (CONVENTIONS.md)
 
@@ -55,7 +55,7 @@ def test_a_closed_pipe_ends_quietly() -> None:
     os.close(read_end)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "tracer.cli", "report", str(recording)],
+            [sys.executable, "-m", "tracer.cli.main", "report", str(recording)],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import conntrack as ct
+from tracer.node import conntrack as ct
 
 FIX = Path(__file__).parent / "fixtures" / "kubeproxy"
 

@@ -1,6 +1,6 @@
 """The core never depends on the demo lab: no tracer module but the lab's own, the benchmarks (which drive the
 lab) and the entry point (which lists the lab's commands) imports tracer.lab, not even inside a function. The
-lab's names reach the core through tracer/declared_names.py, where importing the lab registers it as a provider."""
+lab's names reach the core through tracer/node/declared_names.py, where importing the lab registers it as a provider."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-OUTSIDE_THE_CORE = ("tracer.lab", "tracer.benchmarks", "tracer.bench", "tracer.cli")
+OUTSIDE_THE_CORE = ("tracer.lab", "tracer.benchmarks", "tracer.cli.main")
 
 
 def _module(path: Path) -> str:
@@ -35,16 +35,17 @@ def _lab_imports(path: Path) -> list[str]:
 def test_no_core_module_imports_the_lab() -> None:
     core = [path for path in sorted((ROOT / "tracer").rglob("*.py"))
             if not any(_module(path) == o or _module(path).startswith(o + ".") for o in OUTSIDE_THE_CORE)]
-    assert {"tracer.ipvs", "tracer.cmd_record", "tracer.cmd_tui", "tracer.cmd_overlay"} <= {_module(p) for p in core}
+    assert {"tracer.node.ipvs", "tracer.cli.record", "tracer.cli.tui", "tracer.cli.overlay"} <= {
+        _module(p) for p in core}
     assert [found for path in core for found in _lab_imports(path)] == [], \
-        "a core module imports the lab: ask tracer.declared_names instead"
+        "a core module imports the lab: ask tracer.node.declared_names instead"
     # the check itself sees the lab's own imports
-    assert _lab_imports(ROOT / "tracer" / "cli.py") or _lab_imports(ROOT / "tracer" / "lab" / "cli.py")
+    assert _lab_imports(ROOT / "tracer" / "cli" / "main.py") or _lab_imports(ROOT / "tracer" / "lab" / "cli.py")
 
 
 def test_the_lab_registers_itself_as_a_name_provider() -> None:
-    probe = ("import json; from tracer import declared_names as d; before = list(d._providers); import tracer.lab; "
-             "print(json.dumps([len(before), [p.__module__ for p in d._providers]]))")
+    probe = ("import json; from tracer.node import declared_names as d; before = list(d._providers); "
+             "import tracer.lab; print(json.dumps([len(before), [p.__module__ for p in d._providers]]))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 0, result.stderr

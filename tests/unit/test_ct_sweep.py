@@ -1,10 +1,10 @@
-"""tracer/ct_sweep.py: which per-connection entries are idle, read after read, and what retiring them keeps."""
+"""tracer/sources/ct_sweep.py: which per-connection entries are idle, read after read, and what retiring them keeps."""
 
 from __future__ import annotations
 
 import ctypes
 
-from tracer.ct_sweep import CtSweeper
+from tracer.sources.ct_sweep import CtSweeper
 
 
 class Key(ctypes.Structure):

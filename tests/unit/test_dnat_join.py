@@ -1,6 +1,6 @@
-"""One journey across a DNAT (tracer/dnat_join.py, tracer/journey.py), on recordings written with the real Recorder
-from packets built with scapy: joined by the drop's conntrack entry (observed), by the same skb on one node
-(inferred), and never by addresses alone."""
+"""One journey across a DNAT (tracer/analysis/dnat_join.py, tracer/analysis/journey.py), on recordings written with the
+real Recorder from packets built with scapy: joined by the drop's conntrack entry (observed), by the same skb on one
+node (inferred), and never by addresses alone."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from tests.support.merge_recordings import HOST, event, header, write
-from tracer import cli
-from tracer.events import (
+from tracer.cli import main as cli
+from tracer.events.decode import (
     CT_ENTRY,
     EVENT_CT,
     EVENT_DROP,
@@ -141,7 +141,7 @@ def test_the_same_skb_on_the_node_within_its_window_joins_them_as_inferred(
 
 
 def test_a_nat_record_that_rewrote_the_destination_is_an_observed_dnat_and_wins_over_a_disagreeing_skb() -> None:
-    from tracer.dnat_join import Translation, decide, from_nat
+    from tracer.analysis.dnat_join import Translation, decide, from_nat
 
     before, after = _tuple(CLIENT, VIP, 40100, 80), _tuple(CLIENT, BACKEND, 40100, 8080)
     snat = _tuple("192.168.77.1", BACKEND, 61000, 8080)  # the source rewritten too: not a DNAT of this client

@@ -1,6 +1,6 @@
 """Each event type's netns is read from its own layout: a verdict event keeps it after hook_ns (offset 32), not
 where NAT and conntrack events keep theirs (24). Events here are built byte by byte at the offsets the C rules give
-bpf/podtrace.h's structs (tests/support/c_layout.py), not through tracer/events.py's formats."""
+bpf/podtrace.h's structs (tests/support/c_layout.py), not through tracer/events/decode.py's formats."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import struct
 from pathlib import Path
 
 from tests.support.c_layout import c_struct, define
-from tracer import events
-from tracer.recording import Recorder
-from tracer.replay import ReplaySource
+from tracer.events import decode as events
+from tracer.recording.fileformat import Recorder
+from tracer.sources.replay import ReplaySource
 
 STRUCTS = {"PT_EVENT_DROP": "pt_packet_event", "PT_EVENT_PATH": "pt_packet_event", "PT_EVENT_ICMP": "pt_packet_event",
            "PT_EVENT_NAT": "pt_nat_event", "PT_EVENT_CT": "pt_ct_event", "PT_EVENT_NF_VERDICT": "pt_nf_verdict_event"}

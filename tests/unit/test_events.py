@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from tracer import events
-from tracer.events import EVENT_SIZE, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple, decode, encode, field_offsets
+from tracer.events import decode as events
+from tracer.events.decode import EVENT_SIZE, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple, decode, encode, field_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "events"
@@ -325,7 +326,7 @@ def test_tuple_describe_and_names() -> None:
 
 def test_a_drop_record_splits_into_its_conntrack_event_then_its_drop() -> None:
     """struct pt_drop_record is { struct pt_ct_event ct; struct pt_packet_event drop; } (bpf/podtrace.h)."""
-    from tracer.events import CT_SIZE, DROP_RECORD_SIZE, EVENT_CT, EVENT_SIZE, split_records
+    from tracer.events.decode import CT_SIZE, DROP_RECORD_SIZE, EVENT_CT, EVENT_SIZE, split_records
 
     header = (ROOT / "bpf" / "podtrace.h").read_text()
     assert re.search(r"struct pt_drop_record \{\s*struct pt_ct_event ct;\s*struct pt_packet_event drop;\s*\};", header)
@@ -336,3 +337,22 @@ def test_a_drop_record_splits_into_its_conntrack_event_then_its_drop() -> None:
     assert split_records([path, ct + drop, path]) == [path, ct, drop, path]
     assert split_records([ct, drop]) == [ct, drop]  # separate records (an older probe) pass as they are
     assert decode(split_records([ct + drop])[1]) == decode(drop)
+
+
+@pytest.mark.parametrize("name", GOLDEN_IDS)
+def test_packet_views_read_what_decode_reads(name: str) -> None:
+    """The partial views the fast paths use (aggregation, the report's pre-filter) are built from the field
+    declarations; on the kernel's own events they read what a full decode reads."""
+    raw = golden_bytes(name)
+    event = decode(raw)
+    view, at = events.packet_view("ts_ns", ("location", "netns"), "len", "ifname", "outer.sport", "outer.proto")
+    ts_ns, head, length, ifname, sport, proto = view.unpack_from(raw, at)
+    assert (ts_ns, length, sport, proto) == (event.ts_ns, event.len, event.outer.sport, event.outer.proto)
+    assert head == struct.pack("<QII", event.location, event.reason, event.netns)
+    assert ifname.rstrip(b"\0").decode() == event.ifname
+    assert at == field_offsets()["ts_ns"] and view.size == field_offsets()["outer.icmp_type"] - at
+
+
+def test_packet_view_refuses_fields_out_of_layout_order() -> None:
+    with pytest.raises(ValueError, match="out of layout order"):
+        events.packet_view("len", "ts_ns")

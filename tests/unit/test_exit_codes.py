@@ -1,4 +1,4 @@
-"""One exit-code table (tracer/exitcodes.py): the README shows it, every command's --help keeps to it, and the
+"""One exit-code table (tracer/output/exitcodes.py): the README shows it, every command's --help keeps to it, and the
 commands exit with it (a wrong namespace is 2 for every command, said before anything is compiled)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import exitcodes
-from tracer.cli import build_parser
+from tracer.cli.main import build_parser
+from tracer.output import exitcodes
 
 
 def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...],
@@ -32,7 +32,7 @@ def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) ->
 SUBCOMMANDS = _subcommands(build_parser())
 
 ROOT = Path(__file__).resolve().parents[2]
-PODTRACE = [sys.executable, "-m", "tracer.cli"]
+PODTRACE = [sys.executable, "-m", "tracer.cli.main"]
 MISSING = "pt-no-such-namespace"  # never created: `ip netns` names the lab and tests use are pt-*, uuid-named
 CODES = {code for code, _name, _meaning in exitcodes.TABLE}
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tracer.conntrack import CpuStats, Health
-from tracer.events import Tuple
-from tracer.flows import FlowTable, NatRecord, NodeConntrack, ServiceDrop, cluster_range, write_flow_table
-from tracer.kubeproxy.iptables import parse_iptables_save
-from tracer.kubeproxy.nftables import parse_nft_json
+from tracer.analysis.flows import FlowTable, NatRecord, NodeConntrack, ServiceDrop, cluster_range, write_flow_table
+from tracer.events.decode import Tuple
+from tracer.node.conntrack import CpuStats, Health
+from tracer.node.kubeproxy.iptables import parse_iptables_save
+from tracer.node.kubeproxy.nftables import parse_nft_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"
 PODS = {"10.244.0.2": "client", "10.244.0.3": "web-1", "10.244.1.2": "web-2", "10.244.1.3": "web-3"}

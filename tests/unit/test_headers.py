@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import headers
-from tracer.errors import KernelError
+from tracer.kernel import headers
+from tracer.output.errors import KernelError
 
 NO_SUCH_RELEASE = "0.0.0-podtrace-unit-test"  # never under /lib/modules: find() goes to the fallbacks
 AUTOCONF = {"x86_64": "CONFIG_X86_64", "aarch64": "CONFIG_ARM64"}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import socket
 
-from tracer.aggregate import DropTable
-from tracer.attribution import knowledge
-from tracer.events import (
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.attribution import knowledge
+from tracer.analysis.identity import ConnIdentities
+from tracer.events.decode import (
     CT_ENTRY,
     CT_NONE,
     CT_SIZE,
@@ -26,8 +27,7 @@ from tracer.events import (
     encode,
     encode_ct,
 )
-from tracer.identity import ConnIdentities
-from tracer.report import Resolver, drop_rows, event_json, write_drop_table
+from tracer.output.report import Resolver, drop_rows, event_json, write_drop_table
 
 SKB = 0xFFFF888012345600
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tracer.errors import LabError
-from tracer.events import Tuple
-from tracer.flows import IPVS_CONN, IPVS_REPLY, IPVS_XMIT, FlowTable, NatRecord
-from tracer.ipvs import KnownService, NodeIpvs, name_virtual_servers, parse_dummy_addresses, read_node
-from tracer.kubeproxy.ipvsadm import parse_ipvsadm
-from tracer.kubeproxy.model import ServicePort
+from tracer.analysis.flows import IPVS_CONN, IPVS_REPLY, IPVS_XMIT, FlowTable, NatRecord
+from tracer.events.decode import Tuple
 from tracer.lab import ipvs as lab_ipvs
 from tracer.lab import manifest, processes
+from tracer.node.ipvs import KnownService, NodeIpvs, name_virtual_servers, parse_dummy_addresses, read_node
+from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
+from tracer.node.kubeproxy.model import ServicePort
+from tracer.output.errors import LabError
 
 # `ipvsadm -Ln` of the lab's node1 in IPVS mode (tests/unit/fixtures/kubeproxy); node2 lists its own address.
 NODE1_TABLE = (Path(__file__).parent / "fixtures" / "kubeproxy" / "ipvsadm-Ln.txt").read_text()

@@ -1,5 +1,5 @@
-"""Matching packets across two nodes' recordings and aligning their clocks (tracer/journey.py), on packets built
-with scapy: the VXLAN datagram node A transmits and the decapsulated packet node B drops are one packet."""
+"""Matching packets across two nodes' recordings and aligning their clocks (tracer/analysis/journey.py), on packets
+built with scapy: the VXLAN datagram node A transmits and the decapsulated packet node B drops are one packet."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP, UDP
 
 from tests.support.merge_recordings import event
-from tracer import events
-from tracer.events import PacketEvent, decode
-from tracer.journey import NodeRecording, align, journeys, match, packet_key
+from tracer.analysis.journey import NodeRecording, align, journeys, match, packet_key
+from tracer.events import decode as events
+from tracer.events.decode import PacketEvent, decode
 
 B_CLOCK_AHEAD_NS = 5_000_000  # node B's wall clock runs 5 ms ahead of node A's
 
@@ -77,8 +77,8 @@ def test_recordings_that_share_no_packet_match_nothing() -> None:
 
 def test_merge_refuses_the_same_recording_twice_in_one_line() -> None:
     recording = str(Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec")
-    result = subprocess.run([sys.executable, "-m", "tracer.cli", "merge", recording, recording], capture_output=True,
-                            text=True, check=False, cwd=Path(__file__).parents[2])
+    result = subprocess.run([sys.executable, "-m", "tracer.cli.main", "merge", recording, recording],
+                            capture_output=True, text=True, check=False, cwd=Path(__file__).parents[2])
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and "are the same recording" in result.stderr, result.stderr
 

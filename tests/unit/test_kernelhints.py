@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer import cmd_doctor
-from tracer.kernelhints import lockdown_hint, module_hint
+from tracer.cli import doctor as cmd_doctor
+from tracer.kernel.kernelhints import lockdown_hint, module_hint
 
 
 def test_lockdown_is_read_when_securityfs_is_mounted(tmp_path: Path) -> None:

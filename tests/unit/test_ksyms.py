@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer.ksyms import KernelSymbols
-from tracer.names import Symbolizer
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.node.names import Symbolizer
 
 KALLSYMS = """\
 ffffffff81000000 T _stext

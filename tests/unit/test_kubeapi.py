@@ -14,8 +14,8 @@ import pytest
 from support.kubeapi import FIXTURES, ROUTES, Api
 from support.kubeapi import kubeconfig as _kubeconfig
 
-from tracer.errors import UsageError
-from tracer.kubeapi import KubeApi, api_names
+from tracer.node.kubeapi import KubeApi, api_names
+from tracer.output.errors import UsageError
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from support.quoted_comments import WRITTEN
 
-from tracer.errors import PodtraceError
-from tracer.kubeproxy.collect import collect
-from tracer.kubeproxy.iptables import iptables_variant, parse_iptables_save
-from tracer.kubeproxy.ipvsadm import parse_ipvsadm
-from tracer.kubeproxy.model import ServiceMap, merge
-from tracer.kubeproxy.names import service_name_from_comment
-from tracer.kubeproxy.nftables import parse_nft_json
+from tracer.node.kubeproxy.collect import collect
+from tracer.node.kubeproxy.iptables import iptables_variant, parse_iptables_save
+from tracer.node.kubeproxy.ipvsadm import parse_ipvsadm
+from tracer.node.kubeproxy.model import ServiceMap, merge
+from tracer.node.kubeproxy.names import service_name_from_comment
+from tracer.node.kubeproxy.nftables import parse_nft_json
+from tracer.output.errors import PodtraceError
 
 FIX = Path(__file__).parent / "fixtures" / "kubeproxy"
 WEB = ["10.244.0.3", "10.244.1.2", "10.244.1.3"]

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from support import kubeproxy_expect as want
 
-from tracer.kubeproxy.iptables import _split, parse_iptables_save
-from tracer.kubeproxy.nftables import parse_nft_json
+from tracer.node.kubeproxy.iptables import _split, parse_iptables_save
+from tracer.node.kubeproxy.nftables import parse_nft_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube-proxy"
 

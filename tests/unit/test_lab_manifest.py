@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from tracer.errors import LabError
 from tracer.lab import manifest as mf
+from tracer.output.errors import LabError
 
 
 def test_default_topology() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tracer import kernel
-from tracer.cmd_doctor import cannot_see, fixes_for
-from tracer.hookpoints import HOOK_POINTS, Candidate, HookPoint, Mechanism, hook_point
-from tracer.ladder import AttachPlan, HookPlan, Trial, make_plan, plan_hook, trials_from_json, trials_to_json
+from tracer.cli.doctor import cannot_see, fixes_for
+from tracer.kernel import capabilities as kernel
+from tracer.kernel.hookpoints import HOOK_POINTS, Candidate, HookPoint, Mechanism, hook_point
+from tracer.kernel.ladder import AttachPlan, HookPlan, Trial, make_plan, plan_hook, trials_from_json, trials_to_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "capabilities"
 
@@ -69,7 +69,7 @@ ATTACH_FORMS = {
 def test_every_candidate_is_a_program_podtrace_has() -> None:
     """Doctor reports only what a session can load: each candidate's program declares each of its targets."""
     from bpf import BPF_DIR
-    from tracer.kprobes import KPROBES
+    from tracer.probes.kprobes import KPROBES
 
     kprobe_programs = {probe.function: probe.program for probes in KPROBES.values() for probe in probes}
     for point in HOOK_POINTS:
@@ -87,7 +87,7 @@ def test_every_candidate_is_a_program_podtrace_has() -> None:
 
 
 def test_a_candidate_without_a_program_cannot_be_declared() -> None:
-    with pytest.raises(ValueError, match="no BPF program bpf/nowhere.c"):
+    with pytest.raises(ValueError, match="bpf/nowhere.c is no registered program"):
         Candidate(Mechanism.KPROBE, ("f",), "nowhere.c")
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tracer.layout import cut, fit_columns, table_width
+from tracer.output.layout import cut, fit_columns, table_width
 
 RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec"  # a real recording (see its README)
-PODTRACE = [sys.executable, "-m", "tracer.cli"]
+PODTRACE = [sys.executable, "-m", "tracer.cli.main"]
 
 
 def _pty(columns: int) -> tuple[int, int]:

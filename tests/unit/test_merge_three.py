@@ -18,10 +18,10 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from tests.support.merge_recordings import HOST, event, header, write
-from tracer import cli
 from tracer.api import merge, open_recording
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_RX, POINT_XMIT, decode
-from tracer.replay import ReplaySource
+from tracer.cli import main as cli
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, POINT_RX, POINT_XMIT, decode
+from tracer.sources.replay import ReplaySource
 
 US = 1_000
 OFFSETS = {"a": 1_000_000_000, "b": 7_000_000_000, "c": 3_000_000_000}  # wall minus monotonic: each boot
@@ -201,8 +201,8 @@ def test_the_report_and_the_journeys_view_show_the_dnat_of_the_lab_journey(tmp_p
     """merge -o of the lab fixtures: `podtrace report` and the TUI's rows (one builder) name the VIP dialled and
     the backend chosen."""
     from tests.support.lab_merged import lab_recording
-    from tracer.cmd_merge import merge_files
-    from tracer.merged_report import journey_views, section_text
+    from tracer.cli.merge import merge_files
+    from tracer.output.merged_report import journey_views, section_text
 
     out = tmp_path / "all.ptrec.gz"
     merge_files([str(lab_recording(view)) for view in ("client", "node1", "node2")], str(out))

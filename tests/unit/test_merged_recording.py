@@ -1,5 +1,5 @@
-"""The merged recording (`podtrace merge A B -o BOTH`, tracer/merged_recording.py) read back by the report, export,
-the API and the TUI's replay. Two recordings of two machines written with the real Recorder, packets built with
+"""The merged recording (`podtrace merge A B -o BOTH`, tracer/recording/merged_recording.py) read back by the report,
+export, the API and the TUI's replay. Two recordings of two machines written with the real Recorder, packets built with
 scapy: node A (host netns 4026531840, boot 1 s before the epoch used here) transmits three SYNs over VXLAN from pod
 10.244.0.2; node B (also netns 4026531840, its wall clock 5 ms ahead, another boot, another drop-reason numbering
 and symbol layout) drops each, after 40, 50 and 60 us.
@@ -17,10 +17,9 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from tests.support.merge_recordings import HOST, conntrack, event, header, write
-from tracer import cli
 from tracer.api import merge, open_recording
-from tracer.errors import RecordingError
-from tracer.events import (
+from tracer.cli import main as cli
+from tracer.events.decode import (
     EVENT_CT,
     EVENT_DROP,
     EVENT_PATH,
@@ -28,8 +27,9 @@ from tracer.events import (
     POINT_XMIT,
     decode,
 )
-from tracer.recording import FORMAT_MINOR, KIND_HEADER, KIND_TRAILER, Recorder, RecordWriter
-from tracer.replay import ReplaySource
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import FORMAT_MINOR, KIND_HEADER, KIND_TRAILER, Recorder, RecordWriter
+from tracer.sources.replay import ReplaySource
 
 SKEW_NS = 5_000_000  # node B's wall clock runs 5 ms ahead
 OFFSET_A = 1_000_000_000  # wall minus monotonic: when each machine booted

@@ -11,7 +11,18 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import Raw
 
-from tracer.events import (
+from tracer.analysis.mtu import LinkInfo, LiveCounts, PathLinks, verdict
+from tracer.analysis.mtu_events import (
+    FRAG_NEEDED_BY_TRACEPOINT,
+    MTU_DROP_REASONS,
+    PTB_BY_PATH,
+    TOO_BIG_REASONS,
+    MtuEventCounter,
+    is_frag_needed,
+    is_packet_too_big,
+    next_hop_mtu,
+)
+from tracer.events.decode import (
     EVENT_DROP,
     EVENT_ICMP,
     EVENT_PATH,
@@ -24,20 +35,9 @@ from tracer.events import (
     decode,
     encode,
 )
-from tracer.flannel import parse_subnet_env
-from tracer.mtu import LinkInfo, LiveCounts, PathLinks, verdict
-from tracer.mtu_events import (
-    FRAG_NEEDED_BY_TRACEPOINT,
-    MTU_DROP_REASONS,
-    PTB_BY_PATH,
-    TOO_BIG_REASONS,
-    MtuEventCounter,
-    is_frag_needed,
-    is_packet_too_big,
-    next_hop_mtu,
-)
-from tracer.mtu_snmp import parse_snmp, snmp_delta
-from tracer.mtuprobe import BinarySearch, quoted_ip_id
+from tracer.node.flannel import parse_subnet_env
+from tracer.node.mtu_snmp import parse_snmp, snmp_delta
+from tracer.node.mtuprobe import BinarySearch, quoted_ip_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mtu"
 
@@ -262,7 +262,7 @@ def test_packet_too_big_counts_each_error_once_with_its_mtu_apart_from_frag_need
 
 
 def test_packet_too_big_in_the_node_mtu_section_json_and_text() -> None:
-    from tracer.recorded_node import NodeMtu
+    from tracer.recording.recorded_node import NodeMtu
 
     counter = MtuEventCounter({})
     for i in range(3):
@@ -279,7 +279,7 @@ def test_packet_too_big_in_the_node_mtu_section_json_and_text() -> None:
 def test_packets_fragmented_locally_are_counted_apart_from_fragments_on_the_wire() -> None:
     from scapy.layers.inet import fragment
 
-    from tracer.recorded_node import relevant
+    from tracer.recording.recorded_node import relevant
 
     big = IP(src="10.244.0.2", dst="10.244.1.2", id=77) / UDP(sport=5, dport=9) / Raw(b"z" * 3000)
     counter = MtuEventCounter({})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tracer.ksyms import KernelSymbols
-from tracer.nf_callers import caller_cflags
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.probes.nf_callers import caller_cflags
 
 KALLSYMS = """\
 ffffffff81a00000 T nf_hook_slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes
 
-from tracer.live import nfct_records
+from tracer.sources.live import nfct_records
 
 
 class Key(ctypes.Structure):  # stands for struct pt_nat_key: any fixed bytes work, the merge keys on them

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.c_layout import c_struct
-from tracer import events
-from tracer.aggregate import DropTable
-from tracer.btf import Btf
-from tracer.events import (
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.nfverdict import MATCH_WINDOW_NS, NfAttribution, hook_label, kprobe_hook
+from tracer.events import decode as events
+from tracer.events.decode import (
     EVENT_DROP,
     EVENT_NF_VERDICT,
     NFK_IPTABLES,
@@ -24,11 +24,13 @@ from tracer.events import (
     decode_verdict,
     encode,
 )
-from tracer.kprobes import KPROBES, SOURCES, attach_list, choose
-from tracer.ksyms import KernelSymbols
-from tracer.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
-from tracer.nfverdict import MATCH_WINDOW_NS, NfAttribution, hook_label, kprobe_hook
-from tracer.report import Resolver, drop_rows
+from tracer.kernel.btf import Btf
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.kernel.modbtf import IPT_OFFSETS, ModuleBtf, merge_split
+from tracer.output.report import Resolver, drop_rows
+from tracer.probes.kprobes import KPROBES, attach_list, choose
+from tracer.probes.registry import KPROBE_PROGRAMS
+from tracer.probes.registry import program as registered
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = (ROOT / "bpf" / "podtrace.h").read_text()
@@ -181,7 +183,7 @@ def test_attach_list_needs_the_compiled_program_and_the_function() -> None:
 
 def test_every_program_is_defined_in_its_c_file() -> None:
     for concern in ("netfilter", "vxlan", "fragmentation"):
-        text = (ROOT / "bpf" / SOURCES[concern]).read_text()
+        text = (ROOT / "bpf" / registered(KPROBE_PROGRAMS[concern]).source).read_text()
         for probe in KPROBES[concern]:
             assert f"int {probe.program}(struct pt_regs *ctx)" in text, probe
             if probe.needs and not probe.ret:  # entry programs exist only with the offsets they read

@@ -6,8 +6,8 @@ import argparse
 import json
 import socket
 
-from tracer.events import EVENT_DROP, EVENT_PATH, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple
-from tracer.overlay import OVERLAY_FILTER, TunnelKey, TunnelTable, is_fragment
+from tracer.analysis.overlay import OVERLAY_FILTER, TunnelKey, TunnelTable, is_fragment
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, FLAG_INNER, FLAG_PARSED, PacketEvent, Tuple
 
 N1, N2 = "192.168.77.1", "192.168.77.2"
 CLIENT, WEB = "10.244.0.2", "10.244.1.2"
@@ -159,13 +159,13 @@ def test_non_ip_and_unrelated_events_ignored() -> None:
 
 
 def test_overlay_filter_compiles() -> None:
-    from tracer.pcapfilter import compile_filter
+    from tracer.probes.pcapfilter import compile_filter
 
     assert compile_filter(OVERLAY_FILTER).instructions
 
 
 def test_overlay_cli_parses() -> None:
-    from tracer import cmd_overlay
+    from tracer.cli import overlay as cmd_overlay
 
     parser = argparse.ArgumentParser()
     cmd_overlay.add_parser(parser.add_subparsers())
@@ -198,8 +198,8 @@ def test_service_names_come_from_kube_proxys_endpoints() -> None:
     """The lab's own iptables-save (tests/unit/fixtures/kubeproxy): a backend of two Services is named by both."""
     from pathlib import Path
 
-    from tracer.kubeproxy.iptables import parse_iptables_save
-    from tracer.overlay import services_by_server
+    from tracer.analysis.overlay import services_by_server
+    from tracer.node.kubeproxy.iptables import parse_iptables_save
 
     rules = (Path(__file__).parent / "fixtures" / "kubeproxy" / "lab-iptables-node1.save").read_text()
     names = services_by_server(parse_iptables_save(rules).ports)
@@ -227,8 +227,8 @@ def test_a_pod_mtu_over_the_overlay_is_said_with_where_the_drop_happens() -> Non
     import json as json_
     from pathlib import Path
 
+    from tracer.analysis.overlay import mtu_notes
     from tracer.check import NodeState, evaluate
-    from tracer.overlay import mtu_notes
 
     fixtures = Path(__file__).parent / "fixtures" / "check"
     bad = evaluate(NodeState.from_dict(json_.loads((fixtures / "state-lab-node1-mtu-mismatch.json").read_text())))

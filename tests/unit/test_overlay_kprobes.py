@@ -10,7 +10,8 @@ import socket
 
 import pytest
 
-from tracer.events import (
+from tracer.analysis.overlay import TunnelTable
+from tracer.events.decode import (
     EVENT_PATH,
     FLAG_INNER,
     FLAG_PARSED,
@@ -22,7 +23,6 @@ from tracer.events import (
     PacketEvent,
     Tuple,
 )
-from tracer.overlay import TunnelTable
 
 N1, N2 = "192.168.77.1", "192.168.77.2"
 CLIENT, WEB = "10.244.0.2", "10.244.1.2"
@@ -163,7 +163,7 @@ def test_vxlan_packets_cut_on_the_underlay_and_others_outside() -> None:
 
 
 def test_overlay_session_asks_for_unfiltered_overlay_kprobes() -> None:
-    from tracer.session import probe_config
+    from tracer.sources.session import probe_config
 
     args = argparse.Namespace(filter=["udp port 8472"], ringbuf_pages=256, duration=None, netns=None, ifname=None,
                               tc=[])
@@ -173,9 +173,9 @@ def test_overlay_session_asks_for_unfiltered_overlay_kprobes() -> None:
 
 @pytest.mark.skipif(not os.access(VMLINUX, os.R_OK), reason=f"{VMLINUX} is not readable here")
 def test_unfiltered_flag_reaches_the_compiler_only_when_asked() -> None:
-    from tracer.btf import Btf
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig, build
+    from tracer.kernel.btf import Btf
+    from tracer.probes.build import ProbeConfig, build
+    from tracer.probes.pcapfilter import compile_filter
 
     btf = Btf.load(VMLINUX)
     config = ProbeConfig(filter=compile_filter("udp port 8472"), path=True, kprobes=("vxlan", "fragmentation"))

@@ -1,6 +1,6 @@
-"""tracer.pcapfilter: the generated C must give libpcap's own verdict on every packet.
+"""tracer.probes.pcapfilter: the generated C must give libpcap's own verdict on every packet.
 
-Differential testing: each expression is compiled by tracer.pcapfilter, the C is built with gcc into a shared
+Differential testing: each expression is compiled by tracer.probes.pcapfilter, the C is built with gcc into a shared
 library, and its verdict on scapy-built packets (whole, cut short, longer than the snapshot) is compared with
 libpcap's reference interpreter, pcap_offline_filter, on the same bytes with the same caplen and wirelen.
 """
@@ -24,9 +24,9 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import Raw
 
-from tracer import pcapfilter
-from tracer.errors import UsageError
-from tracer.pcapfilter import BpfInsn, BpfProgram, Insn
+from tracer.output.errors import UsageError
+from tracer.probes import pcapfilter
+from tracer.probes.pcapfilter import BpfInsn, BpfProgram, Insn
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -238,7 +238,7 @@ def reference(instructions: Sequence[Insn], data: bytes, wirelen: int, snap: int
 
 
 def libpcap_compile(expression: str) -> list[Insn]:
-    """pcap_compile for DLT_RAW, independently of tracer.pcapfilter's wrapper."""
+    """pcap_compile for DLT_RAW, independently of tracer.probes.pcapfilter's wrapper."""
     lib = pcapfilter.libpcap()
     handle = lib.pcap_open_dead(12, 262144)
     prog = BpfProgram()

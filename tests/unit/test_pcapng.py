@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 from scapy.utils import PcapNgReader
 
-from tracer import cli
-from tracer.events import EVENT_SIZE, decode
-from tracer.pcapng import LINKTYPE_RAW, enhanced_packet, interface_description, network_bytes, original_length
-from tracer.replay import ReplaySource
+from tracer.cli import main as cli
+from tracer.events.decode import EVENT_SIZE, decode
+from tracer.recording.pcapng import LINKTYPE_RAW, enhanced_packet, interface_description, network_bytes, original_length
+from tracer.sources.replay import ReplaySource
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "recordings" / "v1.ptrec"
 
 
 def export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
-    if "tracer.cmd_record" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "tracer.cmd_record"))
+    if "tracer.cli.record" not in cli.COMMAND_MODULES:
+        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "tracer.cli.record"))
     out = tmp_path / f"v1{'-'.join(extra)}.pcapng"
     assert cli.main(["export", str(V1), *extra, "--pcapng", str(out)]) == 0
     capsys.readouterr()

@@ -9,12 +9,21 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from tracer import pcapng_packets
-from tracer.events import EVENT_DROP, EVENT_NAT, EVENT_PATH, FLAG_PARSED, POINT_RX, POINT_XMIT, NatEvent, PacketEvent
-from tracer.events import Tuple as T
-from tracer.identity import Identity
-from tracer.pcapng_packets import GAP_NS, Packet, PacketFolder, fingerprint, packet_comment
-from tracer.replay import RecordedNames
+from tracer.analysis.identity import Identity
+from tracer.events.decode import (
+    EVENT_DROP,
+    EVENT_NAT,
+    EVENT_PATH,
+    FLAG_PARSED,
+    POINT_RX,
+    POINT_XMIT,
+    NatEvent,
+    PacketEvent,
+)
+from tracer.events.decode import Tuple as T
+from tracer.recording import pcapng_packets
+from tracer.recording.pcapng_packets import GAP_NS, Packet, PacketFolder, fingerprint, packet_comment
+from tracer.sources.replay import RecordedNames
 
 NODE1, NODE2 = 4026532001, 4026532002
 SKB = 0xFFFF888012340000

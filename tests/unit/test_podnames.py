@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tracer.errors import RecordingError
-from tracer.podnames import PodResolver, pod_uid_of_cgroup, pods_from_crictl, pods_from_log_dirs
-from tracer.recording_schema import HEADER, check
-from tracer.replay import RecordedNames
+from tracer.node.podnames import PodResolver, pod_uid_of_cgroup, pods_from_crictl, pods_from_log_dirs
+from tracer.output.errors import RecordingError
+from tracer.recording.schema import HEADER, check
+from tracer.sources.replay import RecordedNames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "podnames"
 BPFMAN_UID = "88c00a72-09fa-4f0b-b2e7-185fcaff3b0d"

@@ -1,4 +1,4 @@
-"""tracer.probes.build() on this machine's BTF (/sys/kernel/btf/vmlinux is world-readable: no root needed)."""
+"""tracer.probes.build.build() on this machine's BTF (/sys/kernel/btf/vmlinux is world-readable: no root needed)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from bpf import BPF_DIR
-from tracer.btf import Btf
-from tracer.errors import KernelError, UsageError
-from tracer.pcapfilter import compile_filter
-from tracer.probes import (
+from tracer.kernel.btf import Btf
+from tracer.output.errors import KernelError, UsageError
+from tracer.probes.build import (
     BTF_OFFSETS,
     RB_RECORD_MAX,
     RB_WAKE_MAX,
@@ -23,6 +22,7 @@ from tracer.probes import (
     drop_reasons,
     rb_wake_every,
 )
+from tracer.probes.pcapfilter import compile_filter
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 FIXTURE_BTF = Path(__file__).parent / "fixtures" / "btf" / "fixture.btf"
@@ -137,7 +137,7 @@ def test_btf_without_sk_buff_is_a_kernel_error() -> None:
 
 
 def test_conntrack_flows_mode_replaces_the_per_packet_links(btf: Btf) -> None:
-    from tracer.nf_points import CONNTRACK_POINTS
+    from tracer.probes.nf_points import CONNTRACK_POINTS
 
     per_packet = build(btf, ProbeConfig(netfilter=True))
     by_conntrack = build(btf, ProbeConfig(netfilter=True, netfilter_conntrack=True,

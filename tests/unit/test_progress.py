@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from tracer.progress import Progress
+from tracer.output.progress import Progress
 
 
 def test_one_line_when_not_a_terminal() -> None:

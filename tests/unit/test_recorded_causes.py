@@ -1,5 +1,5 @@
-"""The node state behind drop causes in a recording (format minor 6, tracer/recorded_causes.py): written into the
-last trailer, read back, and the causes `report` gives from it are those live `drops` gives from the same state.
+"""The node state behind drop causes in a recording (format minor 6, tracer/recording/recorded_causes.py): written into
+the last trailer, read back, and the causes `report` gives from it are those live `drops` gives from the same state.
 Older recordings, parts and recordings cut short say which state is unknown and why, never a culprit.
 
 The route, snmp and rps_cpus texts are real iproute2 and procfs/sysfs output, captured on the 6.18 development
@@ -16,15 +16,15 @@ import pytest
 from test_recording import header
 from test_recording_fixture import V1, run_cli
 
+from tracer.analysis.causes import NetnsState, explain
 from tracer.api import open_recording
-from tracer.cause_state import add_causes, parse_icmp, parse_route_answer, parse_rps
-from tracer.causes import NetnsState, explain
-from tracer.errors import RecordingError
-from tracer.events import EVENT_DROP, PacketEvent, Tuple, encode
-from tracer.recorded_causes import ORIGIN, from_json, state_to_json, to_json
-from tracer.recording import FORMAT_MINOR, Recorder
-from tracer.recording_schema import TRAILER, check
-from tracer.replay import ReplaySource
+from tracer.events.decode import EVENT_DROP, PacketEvent, Tuple, encode
+from tracer.node.cause_state import add_causes, parse_icmp, parse_route_answer, parse_rps
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import FORMAT_MINOR, Recorder
+from tracer.recording.recorded_causes import ORIGIN, from_json, state_to_json, to_json
+from tracer.recording.schema import TRAILER, check
+from tracer.sources.replay import ReplaySource
 
 NS, NS_INODE = "ptr-node", 4026532901
 BLACKHOLED, SPOOFED = "10.244.1.3", "198.19.201.5"
@@ -268,12 +268,12 @@ def test_record_keeps_one_drop_of_each_kind_for_the_end_reading() -> None:
     read for are those `drops` would read it for, whatever the counts."""
     import argparse
 
-    from tracer.aggregate import DropTable
-    from tracer.cause_state import _needs
-    from tracer.cmd_record import _RecordLoop
-    from tracer.events import EVENT_PATH
-    from tracer.replay import RecordedNames
-    from tracer.report import drop_rows
+    from tracer.analysis.aggregate import DropTable
+    from tracer.cli.record import _RecordLoop
+    from tracer.events.decode import EVENT_PATH
+    from tracer.node.cause_state import _needs
+    from tracer.output.report import drop_rows
+    from tracer.sources.replay import RecordedNames
 
     loop = _RecordLoop(argparse.Namespace(), None)
     path_event = bytes([EVENT_PATH]) + EVENTS[0][1:]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
-from tracer.errors import RecordingError
-from tracer.events import EVENT_DROP, EVENT_PATH, PacketEvent, Tuple, decode, encode
-from tracer.recording import (
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, PacketEvent, Tuple, decode, encode
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import (
     FORMAT_VERSION,
     KIND_EVENTS,
     KIND_HEADER,
@@ -29,7 +29,7 @@ from tracer.recording import (
     part_path,
     split_events,
 )
-from tracer.replay import ReplaySource
+from tracer.sources.replay import ReplaySource
 
 NETNS = 4026532001
 LOCATION = 0xFFFFFFFF81A2B3C4

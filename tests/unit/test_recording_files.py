@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_recording import header, make_event, replay_all
 
-from tracer.cmd_record import parse_mode
-from tracer.errors import RecordingError, UsageError
-from tracer.recording import Recorder, part_path
+from tracer.cli.record import parse_mode
+from tracer.output.errors import RecordingError, UsageError
+from tracer.recording.fileformat import Recorder, part_path
 
 
 def mode_of(path: str | Path) -> int:

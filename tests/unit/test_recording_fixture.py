@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer import cli
-from tracer.events import EVENT_SIZE, decode
-from tracer.replay import ReplaySource
+from tracer.cli import main as cli
+from tracer.events.decode import EVENT_SIZE, decode
+from tracer.sources.replay import ReplaySource
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recordings"
 V1 = FIXTURES / "v1.ptrec"
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*argv: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    if "tracer.cmd_record" not in cli.COMMAND_MODULES:  # until tracer/cli.py registers it
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "tracer.cmd_record"))
+    if "tracer.cli.record" not in cli.COMMAND_MODULES:  # until tracer/cli/main.py registers it
+        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "tracer.cli.record"))
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
@@ -109,7 +109,7 @@ def test_report_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_reading_a_recording_never_imports_bcc() -> None:
     code = (
         "import sys, io, contextlib\n"
-        "import tracer.cmd_record, tracer.api, tracer.replay, tracer.pcapng\n"
+        "import tracer.cli.record, tracer.api, tracer.sources.replay, tracer.recording.pcapng\n"
         f"rows = tracer.api.open_recording({str(V1)!r}).drop_rows()\n"
         "assert len(rows) == 3, rows\n"
         "assert 'bcc' not in sys.modules, 'bcc imported'\n"

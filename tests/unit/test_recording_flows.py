@@ -12,22 +12,8 @@ import pytest
 from test_recording import header, make_event
 from test_recording_fixture import V1, run_cli
 
-from tracer.api import open_recording
-from tracer.errors import RecordingError
-from tracer.events import Tuple
-from tracer.flows import FlowTable, NatRecord, write_flow_table
-from tracer.kubeproxy.iptables import parse_iptables_save
-from tracer.recording import (
-    KIND_NAT_FLOWS,
-    Recorder,
-    RecordReader,
-    nat_from_json,
-    nat_to_json,
-    softirq_from_json,
-    softirq_to_json,
-)
-from tracer.replay import ReplaySource
-from tracer.softirq import (
+from tracer.analysis.flows import FlowTable, NatRecord, write_flow_table
+from tracer.analysis.softirq import (
     HISTS,
     NAPI_FIELDS,
     Log2Hist,
@@ -36,6 +22,20 @@ from tracer.softirq import (
     SoftnetRow,
     format_table,
 )
+from tracer.api import open_recording
+from tracer.events.decode import Tuple
+from tracer.node.kubeproxy.iptables import parse_iptables_save
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import (
+    KIND_NAT_FLOWS,
+    Recorder,
+    RecordReader,
+    nat_from_json,
+    nat_to_json,
+    softirq_from_json,
+    softirq_to_json,
+)
+from tracer.sources.replay import ReplaySource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"
 SAVE = (FIXTURES / "lab-iptables-node1.save").read_text()
@@ -214,7 +214,7 @@ def test_report_prints_the_softirq_summary_of_the_live_command(tmp_path: Path, m
 
 def test_report_gives_causes_from_the_rules_the_recording_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from tracer.causes import explain
+    from tracer.analysis.causes import explain
 
     path = tmp_path / "flows.ptrec.gz"
     record_flows(path)

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import recording_mutate as mutate
 
-from tracer.cmd_merge import merge_files
-from tracer.recording import KIND_HEADER, KIND_TRAILER, encode_record
+from tracer.cli.merge import merge_files
+from tracer.recording.fileformat import KIND_HEADER, KIND_TRAILER, encode_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recordings"
 WORKER = Path(__file__).parent / "recording_fuzz_worker.py"
@@ -166,7 +166,7 @@ def _with_header(update: dict[str, Any], raw: str = "") -> list[tuple[int, bytes
 def test_hostile_header_is_one_error_with_its_offset(tmp_path: Path, records: list[tuple[int, bytes]],
                                                       says: str) -> None:
     from tracer.api import open_recording
-    from tracer.errors import RecordingError
+    from tracer.output.errors import RecordingError
 
     path = tmp_path / "hostile.ptrec"
     path.write_bytes(mutate.encode(records))
@@ -177,9 +177,9 @@ def test_hostile_header_is_one_error_with_its_offset(tmp_path: Path, records: li
 
 def test_nat_flows_of_the_wrong_type_and_events_of_the_wrong_size(tmp_path: Path) -> None:
     from tracer.api import open_recording
-    from tracer.errors import RecordingError
-    from tracer.events import EVENT_SIZE
-    from tracer.recording import KIND_EVENTS, KIND_NAT_FLOWS
+    from tracer.events.decode import EVENT_SIZE
+    from tracer.output.errors import RecordingError
+    from tracer.recording.fileformat import KIND_EVENTS, KIND_NAT_FLOWS
 
     records = seeds()["v1"]
     nat = [*records[:1], (KIND_NAT_FLOWS, b'{"nat_flows": -1, "monotonic_ns": 1}'), *records[1:]]

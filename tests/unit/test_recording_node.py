@@ -18,12 +18,12 @@ from scapy.packet import Raw
 from test_recording import header
 from test_recording_fixture import V1, run_cli
 
+from tracer.analysis.mtu_events import MtuEventCounter
 from tracer.api import open_recording
-from tracer.events import EVENT_DROP, EVENT_PATH, POINT_QUEUE, POINT_RX, PacketEvent, Tuple, encode
-from tracer.mtu_events import MtuEventCounter
-from tracer.recorded_node import MtuSummary, RecordedConntrack, node_paths, recorded_conntrack, relevant
-from tracer.recording import FORMAT_MINOR, Recorder
-from tracer.replay import ReplaySource
+from tracer.events.decode import EVENT_DROP, EVENT_PATH, POINT_QUEUE, POINT_RX, PacketEvent, Tuple, encode
+from tracer.recording.fileformat import FORMAT_MINOR, Recorder
+from tracer.recording.recorded_node import MtuSummary, RecordedConntrack, node_paths, recorded_conntrack, relevant
+from tracer.sources.replay import ReplaySource
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "recordings" / "node-links.json").read_text())
 NODE, POD = "ptm-x1-node", "ptm-x1-pod"

@@ -12,8 +12,8 @@ import pytest
 from recording_mutate import encode, records_of
 from test_recording import make_event, record, replay_all
 
-from tracer.errors import RecordingError
-from tracer.recording import KIND_TRAILER, part_path
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import KIND_TRAILER, part_path
 
 EVENTS = [make_event(i) for i in range(60)]
 

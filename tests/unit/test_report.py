@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.aggregate import DropTable
-from tracer.events import (
+from tracer.analysis.aggregate import DropTable
+from tracer.events.decode import (
     EVENT_DROP,
     EVENT_PATH,
     FLAG_INNER,
@@ -24,7 +24,7 @@ from tracer.events import (
     Tuple,
     decode,
 )
-from tracer.report import (
+from tracer.output.report import (
     Resolver,
     describe_point,
     drop_rows,

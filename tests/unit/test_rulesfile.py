@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from support import kubeproxy_expect as want
 
-from tracer import api, rulesfile
+from tracer import api
+from tracer.node import rulesfile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube-proxy"
 ROOT = Path(__file__).parents[2]
@@ -28,7 +29,7 @@ def test_detect_and_read(name: str, kind: str, lb_known: bool) -> None:
 
 
 def _check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracer.cli", "check", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tracer.cli.main", "check", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
 
 

@@ -16,14 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP  # type: ignore[import-untyped]
 from test_aggregate import drop
 
-from tracer.errors import UsageError
-from tracer.events import EVENT_PATH, encode
-from tracer.replay import ReplaySource
+from tracer.events.decode import EVENT_PATH, encode
+from tracer.output.errors import UsageError
 from tracer.serve.attribution import Charge
 from tracer.serve.labels import OTHER, TopN
 from tracer.serve.metrics import METRICS, MetricsState, StateCollector, exported_names
 from tracer.serve.recorder import FlightRecorder, Retention
 from tracer.serve.triggers import parse_trigger
+from tracer.sources.replay import ReplaySource
 
 
 def charge(reason: str = "NETFILTER_DROP", severity: str = "policy", service: str = "default/web:http",
@@ -82,7 +82,7 @@ def test_bad_triggers_are_one_line_usage_errors(text: str, says: str) -> None:
 
 
 def _serve(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracer.cli", "serve", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tracer.cli.main", "serve", *argv], capture_output=True, text=True,
                           timeout=60, check=False)
 
 
@@ -115,7 +115,7 @@ def test_bad_flags_and_config_exit_2_with_one_line(tmp_path: Path, argv: list[st
 def test_flags_win_over_the_config_file(tmp_path: Path) -> None:
     import argparse
 
-    from tracer.cmd_serve import add_parser
+    from tracer.cli.serve import add_parser
     from tracer.serve.options import from_args
 
     parser = argparse.ArgumentParser()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from test_flows import PODS, _nat, _t
 
-from tracer.conntrack import Health
-from tracer.flows import NodeConntrack
-from tracer.kubeproxy.iptables import parse_iptables_save
+from tracer.analysis.flows import NodeConntrack
+from tracer.node.conntrack import Health
+from tracer.node.kubeproxy.iptables import parse_iptables_save
 from tracer.serve.attribution import attribute
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"

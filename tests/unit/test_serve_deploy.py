@@ -134,7 +134,7 @@ def test_docs_list_every_metric_and_no_other() -> None:
 def test_the_daemonset_args_are_valid_serve_flags() -> None:
     import argparse
 
-    from tracer.cmd_serve import add_parser
+    from tracer.cli.serve import add_parser
     from tracer.serve.options import from_args
 
     container = _documents("daemonset.yaml")[0]["spec"]["template"]["spec"]["containers"][0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.severity import SEVERITIES, classify, rank
+from tracer.analysis.severity import SEVERITIES, classify, rank
 
 
 @pytest.mark.parametrize(("reason", "location", "expected"), [

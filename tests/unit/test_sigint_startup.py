@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import cli
-from tracer.exitcodes import INTERRUPTED
+from tracer.cli import main as cli
+from tracer.output.exitcodes import INTERRUPTED
 
 RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "v1.ptrec"
 ROOT = Path(__file__).parents[2]
@@ -21,14 +21,14 @@ ROOT = Path(__file__).parents[2]
 def test_sigint_during_start_up_never_prints_a_traceback() -> None:
     outcomes = set()
     for step in range(16):  # 0 to 0.68 s after exec: interpreter start, imports, the report itself
-        process = subprocess.Popen([sys.executable, "-m", "tracer.cli", "report", str(RECORDING)], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "tracer.cli.main", "report", str(RECORDING)], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(step * 0.045)
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=60)
         if err.startswith("Fatal Python error: init_import_site") or (
                 "KeyboardInterrupt" in err and "tracer/" not in err):
-            # The interpreter was still importing `site`, or runpy still compiling tracer/cli.py (seen at 45 ms
+            # The interpreter was still importing `site`, or runpy still compiling tracer/cli/main.py (seen at 45 ms
             # on a loaded machine, PYTHONDONTWRITEBYTECODE set): Python's own start-up, no podtrace frame in the
             # traceback, before any podtrace line runs, so nothing podtrace can catch.
             continue

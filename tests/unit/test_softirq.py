@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.softirq import (
+from tracer.analysis.softirq import (
     HISTS,
     SLOTS,
     CpuReport,

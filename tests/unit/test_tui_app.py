@@ -17,7 +17,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from tracer.api import open_recording
-from tracer.events import EVENT_SIZE
+from tracer.events.decode import EVENT_SIZE
 from tui.app import PodtraceApp
 from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
@@ -65,7 +65,7 @@ async def test_drops_view_shows_the_captured_groups_with_counts() -> None:
     app = replay.make_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_drops(app, pilot)
-        # by count (benign frees would go last), each classed and coloured by tracer.severity
+        # by count (benign frees would go last), each classed and coloured by tracer.analysis.severity
         assert drop_counts(app) == [("NETFILTER_DROP", 5001, 13), ("NO_SOCKET", 5002, 7), ("NO_SOCKET", 5003, 5)]
         assert [row["severity"] for row in app.snapshot.drops] == ["policy", "loss", "loss"]  # type: ignore[union-attr]
         table = app.query_one(DropsTable)
@@ -348,7 +348,7 @@ def test_r_records_to_a_private_file_in_the_save_dir_with_its_own_counts(tmp_pat
     assert [e.ts_ns for e in events] == [e.ts_ns for e in replay.events()[20:]]
     header = open_recording(path).header
     assert header["hostname"] == replay.meta()["node"] and header["drop_reasons"]
-    from tracer.replay import ReplaySource
+    from tracer.sources.replay import ReplaySource
 
     recorded = ReplaySource(path)
     list(recorded)
@@ -553,7 +553,7 @@ async def test_replay_softirq_view_shows_the_recordings_softirq_snapshots(tmp_pa
     from test_recording import header, make_event
     from test_recording_flows import SNAPSHOTS
 
-    from tracer.recording import Recorder
+    from tracer.recording.fileformat import Recorder
     from tui.sources import open_replay
 
     path = tmp_path / "softirq.ptrec"

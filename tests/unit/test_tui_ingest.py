@@ -18,7 +18,7 @@ from typing import Any
 from textual.widgets import Input, Static
 
 from tracer.api import open_recording
-from tracer.events import EVENT_SIZE
+from tracer.events.decode import EVENT_SIZE
 from tui.app import PodtraceApp
 from tui.ingest import ProcessIngest
 from tui.screens.timeline import TimelineScreen
@@ -161,7 +161,7 @@ async def _causes_from_a_child() -> list[str]:
 
 def test_a_drops_drill_down_says_its_cause_as_report_does_asked_of_the_child() -> None:
     netfilter, no_socket = asyncio.run(_causes_from_a_child())
-    report = subprocess.run([sys.executable, "-m", "tracer.cli", "report", "--json", str(V1)], capture_output=True,
+    report = subprocess.run([sys.executable, "-m", "tracer.cli.main", "report", "--json", str(V1)], capture_output=True,
                             text=True, check=True, cwd=Path(__file__).parents[2]).stdout
     causes = {(row["reason"], row["dport"]): row["cause"] for row in map(json.loads, report.splitlines())
               if "reason" in row}

@@ -12,10 +12,10 @@ import pytest
 from textual.widgets import DataTable, TabbedContent
 
 from tests.support.lab_merged import lab_recording, merge_lab
-from tracer import cli
-from tracer.events import counted_events
-from tracer.merged_report import journey_text, journey_views
-from tracer.replay import ReplaySource
+from tracer.cli import main as cli
+from tracer.events.decode import counted_events
+from tracer.output.merged_report import journey_text, journey_views
+from tracer.sources.replay import ReplaySource
 from tui.app import PodtraceApp
 from tui.screens.journey import JourneyScreen
 from tui.sources import open_replay

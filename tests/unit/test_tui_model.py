@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tracer.errors import KernelError, UsageError
-from tracer.kubeproxy.model import ServiceMap
-from tracer.softirq import Log2Hist, SoftirqAggregator, SoftirqSnapshot, SoftnetRow
+from tracer.analysis.softirq import Log2Hist, SoftirqAggregator, SoftirqSnapshot, SoftnetRow
+from tracer.node.kubeproxy.model import ServiceMap
+from tracer.output.errors import KernelError, UsageError
 from tui.messages import SnapshotReady
 from tui.model import Model, sparkline
 from tui.overlay import OverlayTable
@@ -216,10 +216,11 @@ def test_overlay_view_counts_reassembly_timeouts_apart_from_too_big_and_names_pa
 def test_probe_ids_mirror_podtrace_h_and_each_program_counts_under_its_own() -> None:
     import re
 
-    from tracer.btf import Btf
-    from tracer.events import CNT_MAX, PROBES
-    from tracer.pcapfilter import compile_filter
-    from tracer.probes import ProbeConfig, build
+    from tracer.events.decode import CNT_MAX
+    from tracer.kernel.btf import Btf
+    from tracer.probes.build import ProbeConfig, build
+    from tracer.probes.pcapfilter import compile_filter
+    from tracer.probes.registry import COUNTER_SLOTS as PROBES
 
     header = (Path(__file__).resolve().parents[2] / "bpf" / "podtrace.h").read_text()
     ids = {name.lower(): int(value) for name, value in re.findall(r"#define PT_PROBE_(\w+) (\d+)", header)}
@@ -298,7 +299,7 @@ def test_a_time_window_counts_only_its_seconds_and_the_services_view_keeps_count
 
 
 def test_softirq_windows_subtract_the_snapshot_that_old_and_the_worst_cpu_is_marked() -> None:
-    from tracer.softirq import worst_cpu
+    from tracer.analysis.softirq import worst_cpu
 
     def snap(ts: float, slow: int) -> SoftirqSnapshot:
         # CPU 0: 100 quick waits per second; CPU 1: `slow` waits of 2 ms so far (cumulative, as the kernel keeps)
@@ -323,7 +324,7 @@ def test_softirq_windows_subtract_the_snapshot_that_old_and_the_worst_cpu_is_mar
 
 
 def test_a_service_flows_timeline_leaves_out_another_services_connections_to_the_same_backend() -> None:
-    from tracer.events import NatEvent, decode_any
+    from tracer.events.decode import NatEvent, decode_any
     from tui.model import ip_flow
     from tui.sources import open_replay
 

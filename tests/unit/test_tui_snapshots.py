@@ -117,8 +117,8 @@ def journeys_app() -> Any:
 
 def settled_journeys(*keys: str) -> Any:
     async def run_before(pilot: Any) -> None:
-        from tracer.events import counted_events
-        from tracer.replay import ReplaySource
+        from tracer.events.decode import counted_events
+        from tracer.sources.replay import ReplaySource
 
         source = ReplaySource("lab.ptrec.gz")
         events = counted_events(source)

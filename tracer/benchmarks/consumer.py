@@ -16,11 +16,11 @@ import sys
 import time
 from types import FrameType
 
-from tracer.aggregate import DropTable
-from tracer.live import LiveSource
-from tracer.pcapfilter import compile_filter
-from tracer.probes import ProbeConfig
-from tracer.scope import Scope
+from tracer.analysis.aggregate import DropTable
+from tracer.probes.build import ProbeConfig
+from tracer.probes.pcapfilter import compile_filter
+from tracer.probes.scope import Scope
+from tracer.sources.live import LiveSource
 
 _stop = False
 

@@ -31,7 +31,7 @@ PORT = 9
 VERSIONS = ("baseline", "raw_tp", "tp_btf")
 LABELS = {"baseline": "baseline {ref} (raw tracepoint)", "raw_tp": "now, raw tracepoint fallback",
           "tp_btf": "now, as attached by default"}
-# Program names as bpftool shows them: BCC names a RAW_TRACEPOINT_PROBE by its tracepoint, tracer/tpbtf.py too.
+# Program names as bpftool shows them: BCC names a RAW_TRACEPOINT_PROBE by its tracepoint, tracer/probes/tpbtf.py too.
 DROP_PROGRAMS = ("kfree_skb", "pt_drop_raw_tp")
 
 

@@ -1,7 +1,7 @@
 """A noisy neighbour: another namespace floods a closed port while a session traces one node's drops.
 
 The session is the traced consumer with the node's netfilter links (what `flows --node` loads). Scoped (`--node`,
-tracer/scope.py), the neighbour's drops cost one map lookup each in the kernel and no event; unscoped (what
+tracer/probes/scope.py), the neighbour's drops cost one map lookup each in the kernel and no event; unscoped (what
 `flows --netns X` did before the scope), every one of them is an event the consumer must read, or lose.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from tracer.benchmarks.netns import in_netns, node_with_pods, udp_no_ports, veth_pair
 from tracer.benchmarks.stats import Section, fmt_rate
 from tracer.benchmarks.tracing import traced
-from tracer.names import netns_inode
+from tracer.node.names import netns_inode
 
 NODE_DROPS = 997  # datagrams to a closed port in the node's pod, paced over the storm (a prime)
 
@@ -43,7 +43,7 @@ def run(quick: bool, log: Callable[[str], None]) -> Section:
         f"A session with a node's netfilter links traces the node while an unrelated pair of namespaces floods a "
         f"closed UDP port for {seconds:g} s; meanwhile {NODE_DROPS} datagrams to a closed port in the node's pod "
         f"make the drops the session is there for (filter `udp port 9`, which the storm matches too). Scoped: "
-        f"`--node` (the node and its pods in a BPF map, tracer/scope.py); "
+        f"`--node` (the node and its pods in a BPF map, tracer/probes/scope.py); "
         "unscoped: no kernel scope, as `flows --netns` ran before it.",
         ["session", "storm drops/s", "pod's drops seen", "other drops read", "lost", "consumer CPU s"],
     )

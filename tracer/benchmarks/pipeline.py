@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.benchmarks.stats import Section, fmt_rate, median
-from tracer.events import EVENT_DROP, PacketEvent, Tuple, decode, encode
+from tracer.events.decode import EVENT_DROP, PacketEvent, Tuple, decode, encode
 
 TARGET = 500_000
 FLOWS = (100, 10_000, 100_000)
@@ -136,8 +136,8 @@ def run(quick: bool, log: Callable[[str], None], events: int = 200_000) -> Secti
     os.sched_setaffinity(0, {min(affinity)})  # one core, as the target says; restored for the other sections
     section = Section(
         "Event pipeline (one core)",
-        f"Synthetic raw drop events decoded (`tracer.events.decode`) and aggregated "
-        f"(`tracer.aggregate.DropTable`), median of {repeat} runs pinned to one CPU. Target: "
+        f"Synthetic raw drop events decoded (`tracer.events.decode.decode`) and aggregated "
+        f"(`tracer.analysis.aggregate.DropTable`), median of {repeat} runs pinned to one CPU. Target: "
         f"{fmt_rate(TARGET)} events/s. The raw fast path (`add_raw`, what the live commands use) is timed end to "
         f"end (every event added, then the rows read once) and in parts: `add_raw` alone (ring-buffer bytes to "
         f"raw groups) and the read-time fold of raw groups into rows plus their sort, which cost per group "

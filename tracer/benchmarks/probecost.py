@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 PORT = 5211
 MODES = ("drops", "path", "netfilter")
 # bpftool versions that predate a program type print its number: 32 is BPF_PROG_TYPE_NETFILTER. "tracing":
-# tp_btf programs (tracer/tpbtf.py).
+# tp_btf programs (tracer/probes/tpbtf.py).
 PROGRAM_TYPES = ("tracepoint", "raw_tracepoint", "tracing", "netfilter", 32, "sched_cls", "kprobe")
 
 

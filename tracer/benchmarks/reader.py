@@ -1,4 +1,4 @@
-"""Consumer cost per event: podtrace's mmap ring-buffer reader (tracer/ringbuf.py) vs BCC's callback reader.
+"""Consumer cost per event: podtrace's mmap ring-buffer reader (tracer/sources/ringbuf.py) vs BCC's callback reader.
 
 The traced consumer reads a drop storm (a Python sender flooding a closed UDP port in a namespace pair) with each
 reader in turn, interleaved; the figure is the consumer process's CPU time per event it read, which is stable on

@@ -75,7 +75,7 @@ def _measure(extra: list[str], seconds: float, log: Callable[[str], None]) -> li
     handle, ready = tempfile.mkstemp(prefix="podtrace-bench-serve-")
     os.close(handle)
     os.unlink(ready)  # serve writes it once its probes are attached
-    command = [sys.executable, "-m", "tracer.cli", "serve", "--node", "pt-node2", "--interval", "2",
+    command = [sys.executable, "-m", "tracer.cli.main", "serve", "--node", "pt-node2", "--interval", "2",
                "--listen", f"127.0.0.1:{PORT}", "--ready-file", ready, *extra]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     traffic = None
@@ -86,7 +86,7 @@ def _measure(extra: list[str], seconds: float, log: Callable[[str], None]) -> li
                 raise RuntimeError(f"serve did not start: {process.stderr.read() if process.stderr else ''}")
             time.sleep(0.2)
         started_rss = _rss_mib(process.pid)
-        traffic = subprocess.Popen([sys.executable, "-m", "tracer.cli", "lab", "traffic", "--rate", str(RATE),
+        traffic = subprocess.Popen([sys.executable, "-m", "tracer.cli.main", "lab", "traffic", "--rate", str(RATE),
                                     "--duration", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0, wall0 = _cpu_seconds(process.pid), time.monotonic()
         peak = 0.0

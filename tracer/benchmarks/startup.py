@@ -18,7 +18,7 @@ def _once(timeout: float = 120) -> float:
     os.close(handle)
     os.unlink(ready)
     started = time.monotonic()
-    process = subprocess.Popen(python_module("tracer.cli", "drops", "--ready-file", ready),
+    process = subprocess.Popen(python_module("tracer.cli.main", "drops", "--ready-file", ready),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while not os.path.exists(ready):
@@ -39,7 +39,7 @@ def _once(timeout: float = 120) -> float:
 
 def _import_seconds() -> float:
     started = time.monotonic()
-    subprocess.run(python_module("tracer.cli", "--help"), capture_output=True, check=True)
+    subprocess.run(python_module("tracer.cli.main", "--help"), capture_output=True, check=True)
     return time.monotonic() - started
 
 

@@ -10,9 +10,9 @@ import gc
 import json
 import sys
 
-from tracer.aggregate import DropTable
+from tracer.analysis.aggregate import DropTable
 from tracer.benchmarks.pipeline import drop_event
-from tracer.events import decode, encode
+from tracer.events.decode import decode, encode
 
 
 def rss_bytes() -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from tracer.benchmarks.pipeline import synthetic_drop_events
 from tracer.benchmarks.stats import Section
-from tracer.report import Resolver
+from tracer.output.report import Resolver
 
 OFFERED = 200_000  # events/s
 FLOWS = 100_000
@@ -83,7 +83,7 @@ class StormSource:
         return out
 
     def poll(self, timeout_ms: int = 100) -> list[Any]:
-        from tracer.events import decode_any
+        from tracer.events.decode import decode_any
 
         return [decode_any(raw) for raw in self.poll_raw(timeout_ms)]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer.check.model import NodeState
-from tracer.errors import PodtraceError, UsageError
+from tracer.output.errors import PodtraceError, UsageError
 
 PROC_SYS = Path("/proc/sys")
 NETNS_DIR = Path("/run/netns")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.check.model import Finding, NodeState
-from tracer.kubeproxy import iptables as iptables_reader
-from tracer.kubeproxy import nftables as nft_reader
+from tracer.node.kubeproxy import iptables as iptables_reader
+from tracer.node.kubeproxy import nftables as nft_reader
 
 AREA = "kube-proxy"
 MANY_SERVICES = 1000  # Service ports in iptables mode where first-packet latency and sync time become visible
@@ -44,7 +44,7 @@ class IptablesRules:
 
 
 def parse_iptables_save(text: str) -> IptablesRules:
-    """Rule counts and mode markers; the Service ports come from the tracer's own reader (tracer.kubeproxy), so
+    """Rule counts and mode markers; the Service ports come from the tracer's own reader (tracer.node.kubeproxy), so
     check and trace count the same Services."""
     out = IptablesRules()
     table = ""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tracer.check.model import Finding, NodeState
 from tracer.check.topology import Topology, analyse
-from tracer.flannel import parse_subnet_env
+from tracer.node.flannel import parse_subnet_env
 
 AREA = "mtu"
 MAX_LISTED = 6  # devices named in a finding's value before "and N more"

@@ -11,12 +11,12 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from tracer.analysis.flows import cluster_range
 from tracer.check.model import NodeState
-from tracer.flannel import parse_subnet_env
-from tracer.flows import cluster_range
-from tracer.kubeproxy.iptables import iptables_variant, parse_iptables_save
-from tracer.kubeproxy.model import ServiceMap, merge
-from tracer.kubeproxy.nftables import parse_nft_json
+from tracer.node.flannel import parse_subnet_env
+from tracer.node.kubeproxy.iptables import iptables_variant, parse_iptables_save
+from tracer.node.kubeproxy.model import ServiceMap, merge
+from tracer.node.kubeproxy.nftables import parse_nft_json
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 POD_DEVICE_KINDS = ("bridge", "vxlan", "geneve", "ipip", "wireguard")

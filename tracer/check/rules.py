@@ -6,7 +6,7 @@ A foreign rule is judged by its address matches only (a rule without addresses i
 
 from __future__ import annotations
 
-from tracer.causes import delete_command, kube_proxy_rule
+from tracer.analysis.causes import delete_command, kube_proxy_rule
 from tracer.check.model import Finding, NodeState
 from tracer.check.ranges import node_ranges, service_map
 

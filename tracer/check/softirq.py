@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.causes import mask_for, parse_cpu_mask
+from tracer.analysis.causes import mask_for, parse_cpu_mask
 from tracer.check.model import Finding, NodeState
 
 AREA = "softirq"

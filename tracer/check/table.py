@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from tracer.check.model import Finding
-from tracer.errors import PodtraceError
+from tracer.output.errors import PodtraceError
 
 COLUMNS = ["severity", "check", "value", "fix"]
 ORDER = {"fail": 0, "warn": 1, "ok": 2}

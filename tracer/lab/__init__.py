@@ -5,8 +5,8 @@ Python API: `names()` gives the running lab's pods, Services and nodes; `up()`, 
 
 from __future__ import annotations
 
-from tracer import declared_names
 from tracer.lab.state import LabNames, PodName, ServiceName, names
+from tracer.node import declared_names
 
 __all__ = ["LabNames", "PodName", "ServiceName", "names", "up", "down", "status", "is_up"]
 
@@ -36,7 +36,7 @@ def is_up() -> bool:
 
 
 def declared(include_dummies: bool = False) -> LabNames | None:
-    """The lab as a name provider (tracer/declared_names.py): its names when it is up, None when it is down."""
+    """The lab as a name provider (tracer/node/declared_names.py): its names when it is up, None when it is down."""
     return names(include_dummies) if is_up() else None
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from tracer.errors import NotRootError, PodtraceError
+from tracer.output.errors import NotRootError, PodtraceError
 
 EPILOG = """\
 examples:
@@ -102,8 +102,8 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
-    from tracer.errors import UsageError
     from tracer.lab import faults, state
+    from tracer.output.errors import UsageError
 
     if args.list or not args.name:
         data = state.load()

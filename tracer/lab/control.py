@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tracer.errors import LabError
 from tracer.lab import kubelet_layout, processes, proxy, sh, state, topology
 from tracer.lab import manifest as mf
+from tracer.output.errors import LabError
 
 Progress = Callable[[str], None]
 
@@ -45,7 +45,7 @@ def up(manifest_path: str | None = None, proxy_mode: str = "iptables", services:
         "version": state.STATE_VERSION, "manifest": base.to_dict(), "manifest_source": base.source,
         "dummy_services": services, "proxy_mode": proxy_mode, "started": time.time(),
         "netns": topology.netns_names(base), "processes": {}, "faults": {}, "without_endpoints": [],
-        # Pod UIDs, as the kubelet's cgroups and directories name pods (tracer/podnames.py reads those, not this).
+        # Pod UIDs, as the kubelet's cgroups and directories name pods (tracer/node/podnames.py reads those, not this).
         "pod_uids": {pod.name: kubelet_layout.new_uid() for pod in base.pods},
     }
     # Recorded before anything is built, so `lab down` can clean up after a half-finished `up`.

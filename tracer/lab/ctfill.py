@@ -11,8 +11,8 @@ import errno
 import socket
 import struct
 
-from tracer.errors import LabError
 from tracer.lab import sh
+from tracer.output.errors import LabError
 
 NETLINK_NETFILTER = 12
 CT_NEW, CT_DELETE = 0x100, 0x102  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_*

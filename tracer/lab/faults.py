@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.errors import LabError
 from tracer.lab import ctfill, processes, proxy, sh, state
 from tracer.lab.manifest import Endpoint, Manifest, Service, ServicePort
 from tracer.lab.topology import UNDERLAY_DEV
+from tracer.output.errors import LabError
 
 COMMENT = "podtrace-lab fault drop-backend"
 LOAD_SECONDS = 600  # softirq-load's processes stop by themselves after this, whatever happens to the lab

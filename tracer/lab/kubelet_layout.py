@@ -1,4 +1,4 @@
-"""The lab's pods laid out as a kubelet lays them out, so the tracer names them from the node (tracer/podnames.py)
+"""The lab's pods laid out as a kubelet lays them out, so the tracer names them from the node (tracer/node/podnames.py)
 and not from the lab's manifest.
 
 Each pod gets a pause process (`sleep infinity` in its namespace, as the pod sandbox's pause container), a cgroup v2
@@ -17,8 +17,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tracer.errors import LabError
-from tracer.podnames import KUBELET_PODS, LAB_ROOT, LOG_PODS
+from tracer.node.podnames import KUBELET_PODS, LAB_ROOT, LOG_PODS
+from tracer.output.errors import LabError
 
 CGROUP_SUBTREE = "podtrace-lab"
 QOS_SLICES = ("kubepods.slice", "kubepods-besteffort.slice")

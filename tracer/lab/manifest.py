@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tracer.errors import LabError
+from tracer.output.errors import LabError
 
 DEFAULT_MANIFEST = Path(__file__).with_name("default.json")
 # Shipped manifests by name (`lab up --manifest dualstack`): dualstack.json adds an IPv6 ClusterIP and a

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tracer.errors import LabError
 from tracer.lab import state
+from tracer.output.errors import LabError
 
 # Where `python -m tracer...` finds this package from inside `ip netns exec`.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])

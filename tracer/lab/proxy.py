@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from tracer.errors import LabError
 from tracer.lab import iptables_rules, nft_rules, sh
 from tracer.lab.manifest import Manifest
+from tracer.output.errors import LabError
 
 MODES = ("iptables", "nftables", "ipvs")
 

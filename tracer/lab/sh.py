@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from tracer.errors import LabError
+from tracer.output.errors import LabError
 
 CLONE_NEWNET = 0x40000000
 

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tracer.declared_names import DeclaredNames, PodName, ServiceName
-from tracer.errors import LabError
 from tracer.lab import manifest as mf
+from tracer.node.declared_names import DeclaredNames, PodName, ServiceName
+from tracer.output.errors import LabError
 
 STATE_DIR = Path(os.environ.get("PODTRACE_LAB_DIR", "/run/podtrace/lab"))
 STATE_VERSION = 1
@@ -55,7 +55,7 @@ def manifest_of(data: dict[str, Any]) -> mf.Manifest:
     return mf.parse(data["manifest"], source="lab state").with_dummy_services(int(data.get("dummy_services", 0)))
 
 
-# The lab's names are what it declares to podtrace (tracer/declared_names.py); LabNames is the lab API's name.
+# The lab's names are what it declares to podtrace (tracer/node/declared_names.py); LabNames is the lab API's name.
 LabNames = DeclaredNames
 
 

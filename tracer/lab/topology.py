@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from tracer.errors import LabError
 from tracer.lab import sh
 from tracer.lab.manifest import Manifest, Node, Pod
+from tracer.output.errors import LabError
 
 UNDERLAY_DEV = "eth0"
 BRIDGE = "cni0"

@@ -18,10 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.errors import LabError, PodtraceError
 from tracer.lab import manifest as mf
 from tracer.lab import sh, state
 from tracer.lab.manifest import Manifest, Pod
+from tracer.output.errors import LabError, PodtraceError
 
 MAX_RATE = 5000.0
 MAX_DURATION = 24 * 3600.0

@@ -23,12 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 from tracer import __version__
-from tracer.aggregate import DropTable
-from tracer.errors import PodtraceError
-from tracer.events import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
-from tracer.flows import NatRecord, NodeConntrack, nat_record_from_map
-from tracer.kubeproxy.model import ServiceMap
-from tracer.report import Resolver, drop_rows
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.flows import NatRecord, NodeConntrack, nat_record_from_map
+from tracer.events.decode import EVENT_DROP, EVENT_SIZE, EVENT_SIZES, decode
+from tracer.node.kubeproxy.model import ServiceMap
+from tracer.output.errors import PodtraceError
+from tracer.output.report import Resolver, drop_rows
 from tracer.serve.attribution import Charge, attribute
 from tracer.serve.labels import OTHER, TopN
 from tracer.serve.metrics import MetricsState, serve_http
@@ -90,8 +90,8 @@ class Agent:
                                   ringbuf_pages=self.options.ringbuf_pages, duration=None, path_rate=20000)
 
     def _start_drops(self) -> None:
-        from tracer.live import LiveSource  # BCC only when serving
-        from tracer.session import probe_config
+        from tracer.sources.live import LiveSource  # BCC only when serving
+        from tracer.sources.session import probe_config
 
         config = probe_config(self._probe_args(False), path=False, netfilter=True, icmp=True)
         netfilter_why = "" if config.netfilter else "this kernel has no BPF netfilter links (6.4+)"
@@ -115,15 +115,15 @@ class Agent:
     def _start_path(self) -> None:
         import dataclasses
 
-        from tracer.live import LiveSource
-        from tracer.session import probe_config
+        from tracer.sources.live import LiveSource
+        from tracer.sources.session import probe_config
 
         config = dataclasses.replace(probe_config(self._probe_args(True), path=True), drops=False)
         self.path = LiveSource(config, self.options.btf)
         self.path.start(progress=False)
 
     def start(self) -> None:
-        from tracer.names import NetnsNames, Symbolizer
+        from tracer.node.names import NetnsNames, Symbolizer
 
         self._server = serve_http(self.state, self.options.address, self.options.port)
         self.state.set("podtrace_info", (self.node, __version__, platform.release()), 1)
@@ -155,7 +155,7 @@ class Agent:
                 handle.write(f"{os.getpid()}\n")
 
     def _start_softirq(self) -> None:
-        from tracer.softirq_probe import SoftirqProbe
+        from tracer.probes.softirq_probe import SoftirqProbe
 
         self.softirq = SoftirqProbe()
         self.softirq.start(progress=False)
@@ -177,26 +177,26 @@ class Agent:
     # --- names and headers ---------------------------------------------------------------------------------
 
     def _load_names(self) -> None:
-        from tracer.kubeproxy.collect import collect
+        from tracer.node.kubeproxy.collect import collect
 
         try:
             self.services = collect(self.options.node)
         except PodtraceError as err:
             self.log(f"Service names unavailable: {err.one_line()}")
-        from tracer.podnames import PodResolver
+        from tracer.node.podnames import PodResolver
 
         self.pods = PodResolver().pod_names()  # from the node's cgroups and kubelet directories
 
     def _recording_args(self) -> argparse.Namespace:
-        from tracer.flannel import SUBNET_ENV
+        from tracer.node.flannel import SUBNET_ENV
 
         return argparse.Namespace(filter=[self.options.path_filter] if self.options.path_filter else [],
                                   netns=self.options.node, ifname=None, subnet_env=SUBNET_ENV,
                                   node=[self.options.node] if self.options.node else [None])
 
     def _build_header(self) -> dict[str, Any]:
-        from tracer.cmd_record import build_header
-        from tracer.names import named_netns
+        from tracer.cli.record import build_header
+        from tracer.node.names import named_netns
 
         known = {inode: name for name, inode in named_netns().items()}
         known[os.stat("/proc/self/ns/net").st_ino] = "host"
@@ -208,8 +208,8 @@ class Agent:
     def _segment_header(self) -> dict[str, Any]:
         """The start header with what changes refreshed: kube-proxy's rules, links, conntrack (the report's
         flow table, MTU and conntrack sections read them)."""
-        from tracer.cmd_record import _services
-        from tracer.recorded_node import collect_conntrack, collect_links
+        from tracer.cli.record import _services
+        from tracer.recording.recorded_node import collect_conntrack, collect_links
 
         header = dict(self.header)
         nodes = [self.options.node]
@@ -270,14 +270,14 @@ class Agent:
             self.recorder.add(batch)
 
     def _too_big(self) -> frozenset[int]:
-        from tracer.recorded_node import MTU_DROP_REASONS
+        from tracer.recording.recorded_node import MTU_DROP_REASONS
 
         reasons = self.names.reasons if self.names is not None else {}
         return frozenset(value for value, name in reasons.items() if name in MTU_DROP_REASONS)
 
     @staticmethod
     def _mtu_relevant(raw: bytes, too_big: frozenset[int]) -> bool:
-        from tracer.recorded_node import relevant
+        from tracer.recording.recorded_node import relevant
 
         return relevant(raw, too_big)
 
@@ -371,7 +371,7 @@ class Agent:
             self.state.forget(name, keep)
 
     def _conntrack(self) -> Any:
-        from tracer import conntrack
+        from tracer.node import conntrack
 
         try:
             health = conntrack.health(self.options.node)
@@ -393,8 +393,8 @@ class Agent:
         """The kernel's NAT records now; Service packet counters grow by each record's growth since the last read."""
         if self.drops is None or not self.attached.get("netfilter"):
             return []
-        from tracer.flows import FlowTable
-        from tracer.recording import nat_to_json
+        from tracer.analysis.flows import FlowTable
+        from tracer.recording.fileformat import nat_to_json
 
         records = [nat_record_from_map(key, stats) for key, stats in self.drops.nat_flows()]
         deltas = []
@@ -432,7 +432,7 @@ class Agent:
     def _softirq(self) -> None:
         if self.softirq is None:
             return
-        from tracer.softirq import SoftirqAggregator
+        from tracer.analysis.softirq import SoftirqAggregator
 
         try:
             snapshot = self.softirq.snapshot()
@@ -464,7 +464,7 @@ class Agent:
                            {(self.node, str(cpu)): row.time_squeeze for cpu, row in snapshot.softnet.items()})
 
     def _refresh_mtu(self) -> None:
-        from tracer.recorded_node import MtuSummary, collect_links
+        from tracer.recording.recorded_node import MtuSummary, collect_links
 
         links = collect_links([self.options.node])
         node_links = links["nodes"][0] if links.get("nodes") else {}

@@ -1,4 +1,4 @@
-"""Charge one refresh's drops to Service, backend and cause with `podtrace flows`' own code (tracer/flows.py).
+"""Charge one refresh's drops to Service, backend and cause with `podtrace flows`' own code (tracer/analysis/flows.py).
 
 Pure: takes drop rows (tracer/report.drop_rows), the NAT records the kernel holds now, kube-proxy's ServiceMap
 and each node's conntrack state; returns one Charge per (row, Service) with the labels serve exports. A row
@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.flows import FlowTable, NatRecord, NodeConntrack, ServiceFlow
-from tracer.kubeproxy.model import ServiceMap
-from tracer.severity import classify
+from tracer.analysis.flows import FlowTable, NatRecord, NodeConntrack, ServiceFlow
+from tracer.analysis.severity import classify
+from tracer.node.kubeproxy.model import ServiceMap
 
 
 @dataclass(frozen=True)

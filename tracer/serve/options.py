@@ -17,8 +17,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tracer.errors import UsageError
-from tracer.recording import parse_size
+from tracer.output.errors import UsageError
+from tracer.recording.fileformat import parse_size
 from tracer.serve.recorder import Retention
 from tracer.serve.triggers import Trigger, parse_trigger
 
@@ -164,7 +164,7 @@ def from_args(args: argparse.Namespace) -> ServeOptions:
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise UsageError(f"--recorder-dir {options.recorder_dir}: {parent} is not a writable directory")
     if options.path_filter:
-        from tracer.pcapfilter import compile_filter
+        from tracer.probes.pcapfilter import compile_filter
 
         compile_filter(options.path_filter)  # a bad expression fails here, one line
     return options

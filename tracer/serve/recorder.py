@@ -17,15 +17,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.errors import RecordingError
-from tracer.recording import (
+from tracer.events.decode import packet_view
+from tracer.output.errors import RecordingError
+from tracer.recording.fileformat import (
     FORMAT_MINOR,
     FORMAT_VERSION,
     KIND_COUNTERS,
@@ -42,7 +42,8 @@ from tracer.recording import (
 )
 
 SEGMENT_SUFFIX = ".ptrec.gz"
-_TS = struct.Struct("<Q")  # ts_ns at offset 8 of every event kind (bpf/podtrace.h: type, cpu, ts_ns)
+# every event kind starts type, cpu, ts_ns (bpf/podtrace.h): the packet event's ts_ns is everyone's
+_TS, _TS_AT = packet_view("ts_ns")
 COPY_BATCH = 1024
 
 
@@ -235,7 +236,7 @@ class FlightRecorder:
         hi = max(incident.seal_ns, self._clock())
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(incident.firings[0]["wall_ns"] / 1e9))
         final = os.path.join(self.incidents_dir, f"incident-{stamp}-{_slug(incident.trigger)}{SEGMENT_SUFFIX}")
-        # Hidden until complete; the same suffix, so it is compressed the same way (tracer/recording.py).
+        # Hidden until complete; the same suffix, so it is compressed the same way (tracer/recording/fileformat.py).
         partial = os.path.join(self.incidents_dir, f".partial-{os.path.basename(final)}")
         chosen = [s for s in self.segments if s.ours and s.end_ns >= lo and s.start_ns <= hi]
         base = next(((c, p) for ts, c, p in reversed(self._counter_log) if ts <= lo), None) or \
@@ -313,7 +314,7 @@ class FlightRecorder:
             for record in reader.records():
                 if record.kind == KIND_EVENTS:
                     kept = [raw for raw in split_events(record) if len(raw) >= 16
-                            and lo <= _TS.unpack_from(raw, 8)[0] <= hi]
+                            and lo <= _TS.unpack_from(raw, _TS_AT)[0] <= hi]
                     for start in range(0, len(kept), COPY_BATCH):
                         writer.write_events(kept[start : start + COPY_BATCH])
                     copied += len(kept)

@@ -16,10 +16,10 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tracer.errors import UsageError
-from tracer.events import EVENT_SNAP
+from tracer.analysis.severity import SEVERITIES
+from tracer.events.decode import EVENT_SNAP
+from tracer.output.errors import UsageError
 from tracer.serve.attribution import Charge
-from tracer.severity import SEVERITIES
 
 KINDS = ("drop", "drop-rate", "conntrack-fill")
 DROP_KEYS = ("reason", "severity", "service", "filter")
@@ -30,7 +30,7 @@ class PacketMatcher:
     """A compiled pcap filter run on packet bytes with libpcap's bpf_filter()."""
 
     def __init__(self, expression: str) -> None:
-        from tracer.pcapfilter import BpfInsn, compile_filter, libpcap  # only with filter=
+        from tracer.probes.pcapfilter import BpfInsn, compile_filter, libpcap  # only with filter=
 
         compiled = compile_filter(expression)
         self.expression = expression
@@ -140,8 +140,8 @@ def parse_trigger(text: str) -> Trigger:
 
 
 def snapshot_of(raw: bytes) -> tuple[bytes, int]:
-    """A raw packet event's snapshot bytes (from the IP header) and the packet's length (tracer/events.py)."""
-    from tracer.events import decode
+    """A raw packet event's snapshot bytes (from the IP header) and the packet's length (tracer/events/decode.py)."""
+    from tracer.events.decode import decode
 
     event = decode(raw)
     return event.snap[:EVENT_SNAP], event.len

@@ -15,7 +15,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from tracer.errors import UsageError
+from tracer.output.errors import UsageError
 
 
 class FilterScreen(ModalScreen[str | None]):

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tracer.merged_report import JourneyView
+from tracer.output.merged_report import JourneyView
 
 COLUMNS = ("+TIME", "NODE", "AT")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from tracer.ladder import AttachPlan
+from tracer.kernel.ladder import AttachPlan
 from tui.model import Snapshot, window_label
 from tui.sources import SessionInfo
 

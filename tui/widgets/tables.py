@@ -12,12 +12,13 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from tracer.events import PROBES
-from tracer.ladder import AttachPlan
+from tracer.kernel.ladder import AttachPlan
+from tracer.probes.registry import COUNTER_SLOTS
 
 DROP_COLUMNS = (("count", "COUNT"), ("spark", "RATE 10s"), ("severity", "CLASS"), ("reason", "REASON"),
                 ("location", "LOCATION"), ("where", "NETNS/IF"), ("flow", "FLOW"))
-# tracer.severity's classes: loss is what hurts, policy what someone configured, benign the kernel's normal frees.
+# tracer.analysis.severity's classes: loss is what hurts, policy what someone configured, benign the kernel's normal
+# frees.
 SEVERITY_STYLES = {"loss": "bold red", "policy": "bold yellow", "benign": "dim"}
 
 
@@ -191,7 +192,7 @@ def probe_rows(probe_events: dict[str, int], probe_counters: dict[str, dict[str,
     """One row per probe that counted or delivered anything: the kernel's counters (when the source has them per
     probe) and the events decoded from the ring buffer; losses in red."""
     rows: list[tuple[Any, ...]] = []
-    for probe in [name for name in PROBES if name in probe_counters or name in probe_events]:
+    for probe in [name for name in COUNTER_SLOTS if name in probe_counters or name in probe_events]:
         kernel = probe_counters.get(probe)
 
         def cell(name: str, kernel: dict[str, int] | None = kernel) -> Text:

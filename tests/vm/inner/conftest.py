@@ -19,7 +19,7 @@ import pytest
 from support.podtrace import run
 from vmfacts import FACTS, timed
 
-from tracer import kernel
+from tracer.kernel import capabilities as kernel
 
 HERE = Path(__file__).resolve().parent
 # br_netfilter: the lab sets net.bridge.bridge-nf-call-iptables, which exists only once it is loaded.

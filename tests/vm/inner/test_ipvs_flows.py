@@ -18,10 +18,10 @@ import pytest
 from support.podtrace import Running, start
 from vmfacts import timed
 
-from tracer import ipvs
-from tracer.kubeproxy.model import ServiceMap
 from tracer.lab import names, traffic
 from tracer.lab.traffic import Summary
+from tracer.node import ipvs
+from tracer.node.kubeproxy.model import ServiceMap
 
 DNS, WEB, NODEPORT = "default/web:dns", "default/web:http", "default/web-nodeport:http"
 DATAGRAMS, CONNECTIONS, NODEPORT_CONNECTIONS = 31, 30, 12  # 31: a prime nothing else in the lab sends

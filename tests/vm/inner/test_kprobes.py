@@ -21,8 +21,9 @@ import pytest
 from support.netns import Pair, netns_pair, sh
 from vmfacts import timed
 
-from tracer.aggregate import DropTable
-from tracer.events import (
+from tracer.analysis.aggregate import DropTable
+from tracer.analysis.nfverdict import NfAttribution, hook_label
+from tracer.events.decode import (
     EVENT_NF_VERDICT,
     EVENT_PATH,
     POINT_FRAGMENT,
@@ -32,15 +33,14 @@ from tracer.events import (
     decode,
     decode_verdict,
 )
-from tracer.ksyms import KernelSymbols
-from tracer.live import LiveSource
-from tracer.names import NetnsNames
-from tracer.nfverdict import NfAttribution, hook_label
-from tracer.probes import ProbeConfig
-from tracer.recording import Recorder
-from tracer.replay import ReplaySource
-from tracer.report import Resolver, drop_rows
-from tracer.session import probe_config
+from tracer.kernel.ksyms import KernelSymbols
+from tracer.node.names import NetnsNames
+from tracer.output.report import Resolver, drop_rows
+from tracer.probes.build import ProbeConfig
+from tracer.recording.fileformat import Recorder
+from tracer.sources.live import LiveSource
+from tracer.sources.replay import ReplaySource
+from tracer.sources.session import probe_config
 
 LEGACY_PORT, NFT_PORT, FRAG_PORT, VXLAN_PORT = 6001, 6002, 6003, 7000
 LEGACY_COUNT, NFT_COUNT, FRAG_COUNT, VXLAN_COUNT = 7, 5, 3, 11

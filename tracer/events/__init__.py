@@ -1,0 +1,1 @@
+"""Decoded events: the Python mirror of bpf/podtrace.h."""

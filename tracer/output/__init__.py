@@ -1,0 +1,1 @@
+"""What people and scripts read: rows, lines, JSON, table widths, progress, errors and exit codes."""
