@@ -17,11 +17,15 @@
 #endif
 
 #ifdef PT_NF_CALLERS
-/* The unwinder's cost grows with each frame (about 0.2 us on a VM): skip this program's own frames and the free
- * (bpf_prog, bpf_trace_run, __traceiter_kfree_skb, sk_skb_reason_drop) and read only as far as the caller sits:
- * nf_hook_slow's caller is at most 4 frames further (nft_do_chain, nft_do_chain_ipv4, nf_hook_slow, caller). */
+/* The unwinder's cost grows with each frame it walks, skipped ones included: skip the frames above the free
+ * (this program, bpf_trace_run4, sk_skb_reason_drop) and the one below it, and read only as far as the caller sits.
+ * Seen on this kernel: nft drops inside nft_do_chain (NF_DROP_REASON), so nft_do_chain_ipv4, nf_hook_slow and the
+ * caller follow (index 2); x_tables returns NF_DROP and nf_hook_slow frees (the caller at index 0); the list
+ * receive path puts nf_hook_slow_list between (index 3). */
 #define PT_NFC_SKIP 4
-#define PT_NFC_FRAMES 6
+#ifndef PT_NFC_FRAMES
+#define PT_NFC_FRAMES 4
+#endif
 #define PT_NFC_TEST(i) \
 	if (ip >= PT_NFC_LO_##i && ip < PT_NFC_HI_##i) \
 		return PT_NFC_HOOK_##i + 1;

@@ -35,7 +35,12 @@ struct pt_ct_flow {
 /* Translations whose nf_conn was recycled by a later connection: their counts, folded here by the program that
  * saw the new connection (read by user space with ct_flows, tracer/sources/live.py). */
 BPF_HASH(nat_flows, struct pt_nat_key, struct pt_nat_stats, 16384);
-BPF_HASH(ct_flows, struct pt_ct_key, struct pt_ct_flow, 65536);
+/* Live (connection, direction) entries; the reader takes out the idle ones, keeping their counts (tracer/sources/ct_sweep.py):
+ * past PT_CT_FLOWS_MAX live at once, new connections are counted as lost. */
+#ifndef PT_CT_FLOWS_MAX
+#define PT_CT_FLOWS_MAX 65536
+#endif
+BPF_HASH(ct_flows, struct pt_ct_key, struct pt_ct_flow, PT_CT_FLOWS_MAX);
 BPF_PERCPU_ARRAY(ct_flow_scratch, struct pt_ct_flow, 1);
 
 #define PT_IP_CT_NEW 2

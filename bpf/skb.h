@@ -335,9 +335,11 @@ static __always_inline __u32 pt_log2(__u64 v)
 BPF_PERCPU_ARRAY(rb_quiet, __u32, 1);
 
 /* Wake the reader once per PT_RB_WAKE_EVERY events per CPU. The reader keeps up, so with the default flags nearly
- * every event finds it waiting and pays a wakeup (irq_work, an IPI: microseconds on a VM, most of a drop event's
- * cost). It polls at least every 100 ms and drains the ring without being woken (tracer/sources/live.py); this BCC has no
- * ringbuf_query to wake on the fill level instead. */
+ * every event finds it waiting and pays a wakeup (irq_work, an IPI). Measured by bpf_stats on a 2-CPU VM, a drop
+ * event cost 500 ns waking every 64 events, 260 every 256 and 180 never: the wakeup, not the event, was most of
+ * it. tracer/probes/build.py rb_wake_every() sets the largest count that keeps what all CPUs may hold unwoken under
+ * half the ring; the reader also polls at least every 100 ms and drains the ring unwoken (tracer/sources/live.py).
+ * This BCC has no ringbuf_query to wake on the fill level instead. */
 static __always_inline __u64 pt_wakeup(void)
 {
 	__u32 zero = 0;
@@ -454,13 +456,13 @@ static __always_inline int pt_emit_in(__u32 probe, int direct, void *skb, __u32 
 	__u32 zero = 0;
 	struct pt_skb_info info = {};
 	pt_count_in(probe, PT_CNT_SEEN);
-	struct pt_scratch *s = scratch.lookup(&zero);
-	if (!s)
-		return 0;
-	if (!pt_wanted_in(direct, skb, &info)) {
+	if (!pt_wanted_in(direct, skb, &info)) { /* scope first: a packet elsewhere costs nothing more */
 		pt_count_in(probe, PT_CNT_FILTERED);
 		return 0;
 	}
+	struct pt_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return 0;
 	if (sampled && !pt_rate_allows_in(probe, 0))
 		return 0;
 	__u32 avail = pt_snapshot_in(probe, direct, skb, s, &info);
@@ -501,10 +503,11 @@ static __always_inline int pt_emit_in(__u32 probe, int direct, void *skb, __u32 
 		}
 		record = ev;
 	}
-	/* Ring buffer memory is not zeroed; an unrolled word loop, since a large memset becomes a libc call. */
+	/* Ring buffer memory is not zeroed; an unrolled word loop, since a large memset becomes a libc call. The
+	 * snapshot's words are all written by pt_fill_in (masked past the packet): only the fields before it. */
 	__u64 *words = (__u64 *)ev;
 #pragma unroll
-	for (int i = 0; i < sizeof(*ev) / 8; i++)
+	for (int i = 0; i < __builtin_offsetof(struct pt_packet_event, snap) / 8; i++)
 		words[i] = 0;
 	ev->type = type;
 	ev->reason = reason;

@@ -76,7 +76,7 @@ def flow_rows(table: FlowTable, pods: dict[str, str]) -> list[dict[str, Any]]:
             "loss": loss_text(share, drops),
             "pkts_out": flow.packets_out,
             "pkts_in": flow.packets_in,
-            "nf_us": nf_us,
+            "nf_us": nf_us if flow.timed else "-",  # counted from conntrack: not measured, not 0
             "drops": drops_text(flow.drops),
             "_packets": flow.packets_out + flow.packets_in,
             "_drops": drops,
@@ -107,7 +107,8 @@ class ServiceFlowsTable(LiveFlowsTable):
             self._services = self._load_names()
         if self._pod_resolver is not None:  # re-read when stale: pods created since are named
             self._pods = self._pod_resolver.pod_names()
-        table = FlowTable(self._services, lambda ip: self._pods.get(ip, "-"))
+        table = FlowTable(self._services, lambda ip: self._pods.get(ip, "-"),
+                          timed=not getattr(self.source, "conntrack_flows", False))
         table.add_nat(nat_record_from_map(key, stats) for key, stats in self.source.nat_flows())
         table.add_drops(drops)
         return flow_rows(table, self._pods)
@@ -130,7 +131,7 @@ class RecordedFlowsTable:
         if self._services is None:  # parsed once: the header's kube-proxy rules do not change
             self._services = self.source.services()[0]
         pods = self.source.names.pod_names()
-        table = FlowTable(self._services, lambda ip: pods.get(ip, "-"))
+        table = FlowTable(self._services, lambda ip: pods.get(ip, "-"), timed=not self.source.conntrack_flows)
         table.add_nat(self.source.nat_records())
         table.add_conntrack(state for recorded in self.source.conntrack() if (state := recorded.state()) is not None)
         table.add_drops(drops)

@@ -204,11 +204,15 @@ def lab() -> Iterator[None]:
         yield
 
 
-def test_report_gives_the_flow_numbers_of_the_traffic_sent(lab: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hook_timing", [False, True], ids=["conntrack", "hook-timing"])
+def test_report_gives_the_flow_numbers_of_the_traffic_sent(lab: None, tmp_path: Path, hook_timing: bool) -> None:
+    """By default the recording counts Service flows from conntrack (untimed, as `flows`); --hook-timing records
+    the per-packet links with the time in netfilter. Both give the same counts."""
     from tracer.lab import traffic
 
     output = tmp_path / "flows.ptrec.gz"
-    recorder = podtrace.start("record", "-o", str(output), "--json", *NODES, "udp port 53 or udp port 5353")
+    timing = ("--hook-timing",) if hook_timing else ()
+    recorder = podtrace.start("record", "-o", str(output), "--json", *NODES, *timing, "udp port 53 or udp port 5353")
     sent = traffic.probe("default/web:dns", count=DATAGRAMS)
     time.sleep(0.5)
     recorded = recorder.stop()
@@ -222,7 +226,7 @@ def test_report_gives_the_flow_numbers_of_the_traffic_sent(lab: None, tmp_path: 
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     summary = lines[-1]
     flows = [line for line in lines if line.get("service") == "default/web:dns" and "backend" in line]
-    assert_web_dns_flows(flows, answered)
+    assert_web_dns_flows(flows, answered, timed=hook_timing)
     assert summary["proxy_mode"] == "iptables" and summary["lost"] == 0 and summary["truncated"] is False
     assert summary["events"] == recorded.summary["events"]
     # Each node's links and conntrack table, as read in the lab's namespaces (pod ifindexes repeat across nodes:

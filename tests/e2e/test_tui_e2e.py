@@ -205,13 +205,19 @@ def test_per_probe_counters_add_up_to_the_totals_and_match_the_events_of_each_pr
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             events += [decode_any(raw) for raw in source.poll_raw(100) if raw[0] != EVENT_CT]  # companions of drops
-        totals, per_probe = source.counters(), source.probe_counters()
+        # Two reads of the kernel's counters: seen/filtered of unscoped programs may grow in between (other
+        # namespaces' packets), so the totals lie between the per-probe sums read before and after them.
+        per_probe = source.probe_counters()
+        totals, after = source.counters(), source.probe_counters()
     finally:
         source.close()
     print(per_probe)
     assert set(per_probe) == {"drops", "path", "netfilter", "tc"}, per_probe
     for name, total in totals.items():
-        assert sum(values[name] for values in per_probe.values()) == total, (name, per_probe, totals)
+        low, high = (sum(values[name] for values in read.values()) for read in (per_probe, after))
+        assert low <= total <= high, (name, per_probe, totals, after)
+        if name in ("events", "lost"):  # the probes' events are all in: these stand still
+            assert low == total == high, (name, per_probe, totals, after)
     assert totals["lost"] == 0 and totals["events"] == len(events)
     decoded: dict[str, int] = {}
     for event in events:

@@ -12,7 +12,16 @@ import pytest
 from bpf import BPF_DIR
 from tracer.kernel.btf import Btf
 from tracer.output.errors import KernelError, UsageError
-from tracer.probes.build import BTF_OFFSETS, ProbeConfig, btf_cflags, build, drop_reasons
+from tracer.probes.build import (
+    BTF_OFFSETS,
+    RB_RECORD_MAX,
+    RB_WAKE_MAX,
+    ProbeConfig,
+    btf_cflags,
+    build,
+    drop_reasons,
+    rb_wake_every,
+)
 from tracer.probes.pcapfilter import compile_filter
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -144,3 +153,17 @@ def test_conntrack_flows_mode_replaces_the_per_packet_links(btf: Btf) -> None:
     # the stack ranges are the conntrack mode's alone
     assert "PT_NF_CALLERS" not in defines(build(btf, ProbeConfig(netfilter=True, nf_caller_cflags=(
         "-DPT_NF_CALLERS=1",))).cflags)
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8, 64, 256, 4096])
+def test_unwoken_records_of_every_cpu_fit_in_half_the_ring(cpus: int) -> None:
+    pages = 256
+    every = rb_wake_every(pages, cpus)
+    assert 1 <= every <= RB_WAKE_MAX
+    if every > 1:  # one event per wakeup is the floor, whatever the ring holds
+        assert cpus * every * RB_RECORD_MAX <= pages * 4096 // 2
+
+
+def test_wake_count_reaches_the_probes(btf: Btf) -> None:
+    flags = build(btf, ProbeConfig()).cflags
+    assert f"-DPT_RB_WAKE_EVERY={rb_wake_every(256, os.cpu_count() or 1)}" in flags

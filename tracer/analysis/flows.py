@@ -377,13 +377,31 @@ class FlowTable:
         return sorted(self.flows.values(), key=lambda f: (f.service, f.backend, f.client))
 
 
-def counts_known(conntrack: bool) -> str:
-    """How a session's flow counts are known, in the words its output uses."""
-    if conntrack:
+COUNTS_CONNTRACK, COUNTS_PACKETS, COUNTS_IPVS, COUNTS_NONE = "conntrack", "packets", "ipvs_kprobes", "none"
+
+
+def counts_mode(conntrack: bool, links: bool, ipvs: bool) -> str:
+    """How a session counted its Service flows: the JSON summary's "counts"."""
+    if links:
+        return COUNTS_CONNTRACK if conntrack else COUNTS_PACKETS
+    return COUNTS_IPVS if ipvs else COUNTS_NONE
+
+
+def counts_known(conntrack: bool, mode: str = "", why: str = "") -> str:
+    """How a session's flow counts are known, in the words its output uses; `why` says why netfilter links were not
+    used (a kernel before 6.4)."""
+    mode = mode or (COUNTS_CONNTRACK if conntrack else COUNTS_PACKETS)
+    if mode == COUNTS_CONNTRACK:
         return ("counts per conntrack entry: each packet of a connection the kernel DNATed, counted after DNAT; "
                 "the filter is checked on a connection's first packet each way; time in netfilter not measured "
                 "(--hook-timing)")
-    return "counts per packet: each packet whose tuple changed between two netfilter points, timed in the hook"
+    if mode == COUNTS_PACKETS:
+        return "counts per packet: each packet whose tuple changed between two netfilter points, timed in the hook"
+    because = f" ({why})" if why else ""
+    if mode == COUNTS_IPVS:
+        return (f"counts from IPVS kprobes only: no netfilter links{because}, so iptables/nftables DNAT is not "
+                "counted; time in netfilter not measured")
+    return f"no Service flow counts: no netfilter links{because} and no IPVS kprobes"
 
 
 def nat_record_from_map(key: Any, stats: Any) -> NatRecord:
@@ -478,4 +496,4 @@ class LiveFlowsTable:
 
 
 __all__ = ["FlowTable", "NatRecord", "NodeConntrack", "OutOfSync", "ServiceDrop", "ServiceFlow", "cluster_range",
-           "counts_known", "nat_record_from_map", "point_label", "write_flow_table"]
+           "counts_known", "counts_mode", "nat_record_from_map", "point_label", "write_flow_table"]

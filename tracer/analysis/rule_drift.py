@@ -30,7 +30,7 @@ def dialled(row: dict[str, Any]) -> tuple[str, int]:
 
 
 def match(services: ServiceMap, row: dict[str, Any]) -> DropMatch | None:
-    """The rule a drop row matches in one ruleset (the match tracer/causes.py uses)."""
+    """The rule a drop row matches in one ruleset (the match tracer/analysis/causes.py uses)."""
     return services.rule_for_drop(str(row.get("dst", "")), row.get("dport"), str(row.get("proto", "")),
                                   src=row.get("src"), table=row.get("table") or None, vip=dialled(row))
 

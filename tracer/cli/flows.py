@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 
 from tracer.analysis.aggregate import DropTable
@@ -12,6 +13,7 @@ from tracer.analysis.flows import (
     NatRecord,
     NodeConntrack,
     counts_known,
+    counts_mode,
     nat_record_from_map,
     write_flow_table,
 )
@@ -38,8 +40,10 @@ Cost: by default translations and per-flow counts come from conntrack: one progr
 OUTPUT, after DNAT) counts each DNATed connection's packets; tuples and the filter are read on a connection's
 first packet only, and the hook a netfilter drop died in from the drop's stack. The NF us column is then "-".
 --hook-timing copies and parses every packet at 11 points to time each hook: it costs about as much as
-forwarding the packet again. Measured on a DNAT'd UDP flood (BENCHMARKS.md, "Flows mode per packet"): about
-200 ns of BPF and +3% CPU per small packet by default, about 2 us and +37% with --hook-timing.
+forwarding the packet again. Measured on a DNAT'd UDP flood on a shared 2-CPU VM (BENCHMARKS.md, "Flows mode
+per packet"): 130-230 ns of BPF and +3 to +13% CPU per small packet by default, 1.2-2.2 us and +37 to +58% with
+--hook-timing. A netfilter drop costs about 1.3 us more by default (its stack read to name the hook).
+`record --node` and the TUI count the same way, with the same --hook-timing.
 In kube-proxy's IPVS mode (kernels with kprobes and ip_vs loaded) the flows come from kprobes on ip_vs_conn_new,
 ip_vs_nat_xmit and handle_response, and `ipvsadm -Ln` with kube-ipvs0's addresses maps virtual servers to Services.
 
@@ -65,6 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="time each packet in each netfilter hook (NF us): every packet is copied and parsed "
                              "at 11 points, which costs about as much as forwarding it; default: counts from "
                              "conntrack, untimed")
+    # tests/e2e/test_ct_sweep_e2e.py sets both small: more connections than the table holds, counts still exact
+    parser.add_argument("--ct-flows-max", type=int, default=65536, metavar="N",
+                        help="conntrack mode: (connection, direction) entries the kernel keeps at once; past it new "
+                             "connections are counted as lost (default 65536)")
+    parser.add_argument("--ct-idle", type=float, default=30.0, metavar="S",
+                        help="conntrack mode: an entry whose counts stood still S seconds is taken out of the "
+                             "kernel's table, its counts kept, so a long session keeps counting (default 30)")
     add_wide_option(parser)
     parser.set_defaults(func=run)
 
@@ -146,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     table.drift_rules = {node: (rules_start[node], end) for node, end in per_node.items() if node in rules_start}
     table.add_drops(rows)
     counters = source.final_counters
+    mode = counts_mode(by_conntrack, source.config.netfilter, "ipvs_kprobe" in source.build.programs)
+    why = "" if source.config.netfilter else f"kernel {platform.release()}: BPF netfilter links need 6.4"
+    known = counts_known(by_conntrack, mode, why)
     if args.json:
         for flow in table.rows():
             sys.stdout.write(json.dumps(flow.to_json()) + "\n")
@@ -156,11 +170,10 @@ def run(args: argparse.Namespace) -> int:
         for state in states:
             sys.stdout.write(json.dumps(state.to_json()) + "\n")
         sys.stdout.write(json.dumps({**summary_json(count, counters), "proxy_mode": services.mode,
-                                     "counts": "conntrack" if by_conntrack else "packets",
-                                     "counts_known": counts_known(by_conntrack)}) + "\n")
+                                     "counts": mode, "counts_known": known}) + "\n")
     else:
         write_flow_table(table, sys.stdout, table_width(sys.stdout, args.wide))
         sys.stdout.write(f"kube-proxy mode {services.mode}, {services.service_count} Services; "
                          + summary_line(count, counters) + "\n")
-        sys.stdout.write(counts_known(by_conntrack) + "\n")
+        sys.stdout.write(known + "\n")
     return 0

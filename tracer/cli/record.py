@@ -45,8 +45,10 @@ with the events, so `podtrace report` and `podtrace export` work on any machine.
 
 With --node NETNS (repeatable, as for `podtrace flows`) netfilter links are attached in that node's namespace
 and the recording also holds kube-proxy's rules and the kernel's Service NAT flows, so `podtrace report` shows
-the flow table `podtrace flows` would have shown. With --softirq it holds the softirq/NAPI latency histograms
-and /proc/net/softnet_stat every second, and the report adds the softirq table.
+the flow table `podtrace flows` would have shown. As there, Service flows are counted from conntrack by default
+(a program per packet after DNAT, NF us "-"); --hook-timing records every packet at 11 points, timed, at about
+the cost of forwarding it again (`podtrace flows --help`, BENCHMARKS.md). With --softirq it holds the
+softirq/NAPI latency histograms and /proc/net/softnet_stat every second, and the report adds the softirq table.
 
 Every recording also keeps the link MTUs of the node namespaces (--node, else --netns, else podtrace's own: pod
 veths and their pod ends, bridges, overlay, underlay) and flannel's subnet.env, and each node's conntrack table
@@ -119,6 +121,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="also record Service flows: attach netfilter links in this node's network namespace "
                              "and store its kube-proxy rules; repeat for several (the lab: --node pt-node1 "
                              "--node pt-node2)")
+    record.add_argument("--hook-timing", action="store_true",
+                        help="with --node: "
+                             "time each packet in each netfilter hook (NF us): every packet copied and parsed at 11 "
+                             "points, about as costly as forwarding it; default: Service flows counted "
+                             "from conntrack, untimed")
     record.add_argument("--softirq", action="store_true",
                         help="also record NET_RX/NET_TX softirq and NAPI latency (the `overlay softirq` summary)")
     record.add_argument("--subnet-env", default=SUBNET_ENV, metavar="FILE",

@@ -40,6 +40,10 @@ def add_tui_options(parser: argparse.ArgumentParser) -> None:
 
     add_probe_options(parser, "tcpdump (pcap-filter) expression run in the kernel; `/` in the TUI narrows it further")
     parser.add_argument("--replay", metavar="FILE", help="show a recording instead of the live node")
+    parser.add_argument("--hook-timing", action="store_true",
+                        help="time each packet in each netfilter hook (NF us): every packet copied and parsed at 11 "
+                             "points, about as costly as forwarding it; default: Service flows counted "
+                             "from conntrack, untimed")
     parser.add_argument("--node", action="append", metavar="NETNS",
                         help="node network namespace for the Services view's netfilter links and kube-proxy rules, "
                              "audited by the Node view (repeatable; default: this namespace, which is the node on a "
@@ -110,6 +114,7 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any]:
     # Service flows need BPF netfilter links (kernel >= 6.4); without them the Services view says so.
     if kernel_version() >= (6, 4):
         config.netfilter = True
+        config.netfilter_conntrack = not args.hook_timing  # `flows`' default: a program per packet, not 11
         config.netfilter_netns = tuple(args.node or [None])
     source = LiveSource(config, args.btf)
     names, _pods = node_resolver(args, source.reasons)  # pods named from the node, as `drops` names them

@@ -214,8 +214,11 @@ def event_line(event: PacketEvent, names: Resolver, identity: Identity | None = 
 
 
 def summary_json(events: int, counters: dict[str, int], evicted: int = 0) -> dict[str, Any]:
-    return {"summary": True, "events": events, "lost": counters.get("lost", 0),
-            "sampled": counters.get("sampled", 0), "filtered": counters.get("filtered", 0), "evicted": evicted}
+    out = {"summary": True, "events": events, "lost": counters.get("lost", 0),
+           "sampled": counters.get("sampled", 0), "filtered": counters.get("filtered", 0), "evicted": evicted}
+    if "ct_retired" in counters:  # flows' conntrack mode (tracer/sources/ct_sweep.py)
+        out["ct_retired"] = counters["ct_retired"]
+    return out
 
 
 def summary_line(events: int, counters: dict[str, int], evicted: int = 0) -> str:
@@ -227,4 +230,6 @@ def summary_line(events: int, counters: dict[str, int], evicted: int = 0) -> str
         text += f", {counters['sampled']} path packets skipped by the rate limit (before the filter)"
     if evicted:
         text += f", {evicted} drop groups evicted (table full)"
+    if counters.get("ct_retired"):
+        text += f", {counters['ct_retired']} idle connection entries taken out of the kernel's table (counts kept)"
     return text

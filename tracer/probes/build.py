@@ -6,10 +6,12 @@ Pure apart from reading BTF: the result is a ProbeBuild that tracer/sources/live
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 
 from bpf import BPF_DIR
+from tracer.events.decode import DROP_RECORD_SIZE
 from tracer.kernel.btf import Btf
 from tracer.kernel.modbtf import ModuleBtf, ModuleOffset, kprobe_cflags
 from tracer.output.errors import KernelError, UsageError
@@ -102,6 +104,10 @@ class ProbeConfig:
     netfilter_conntrack: bool = False
     # with netfilter_conntrack: tracer/probes/nf_callers.py's flags, the hook a netfilter drop died in from its stack
     nf_caller_cflags: tuple[str, ...] = ()
+    # with netfilter_conntrack: (connection, direction) entries the kernel keeps, and how long one may sit idle
+    # before the reader takes it out, keeping its counts (tracer/sources/ct_sweep.py)
+    ct_flows_max: int = 65536
+    ct_idle_s: float = 30.0
     tc_interfaces: tuple[str, ...] = ()  # "IF" or "NETNS/IF": tc ingress+egress path programs (tracer/probes/tc.py)
     # `ip netns` names the links are created in (None: podtrace's own namespace, the node on a real worker)
     netfilter_netns: tuple[str | None, ...] = (None,)
@@ -174,10 +180,22 @@ def btf_cflags(btf: Btf, extra: tuple[tuple[str, str, str, int], ...] = ()) -> l
     return flags
 
 
+RB_RECORD_MAX = DROP_RECORD_SIZE + 8  # the largest record (a drop and its conntrack event) and its ring header
+RB_WAKE_MAX = 256  # fewer wakeups save little more per event (bpf/skb.h pt_wakeup) and delay the reader
+
+
+def rb_wake_every(pages: int, cpus: int) -> int:
+    """Events per CPU between two reader wakeups (PT_RB_WAKE_EVERY): what every CPU may hold unwoken stays under
+    half the ring, so a node with many CPUs wakes its reader sooner (a wakeup cost a drop ~300 ns on a VM)."""
+    records = pages * 4096 // RB_RECORD_MAX
+    return max(1, min(RB_WAKE_MAX, records // (2 * max(1, cpus))))
+
+
 def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
     extra = (*(ICMP_BTF_OFFSETS if config.icmp else ()), *(NF_BTF_OFFSETS if config.netfilter else ()))
     cflags = [f"-I{BPF_DIR}", *btf_cflags(btf, extra)]
     cflags.append(f"-DPT_PATH_RATE={config.path_rate}")
+    cflags.append(f"-DPT_RB_WAKE_EVERY={rb_wake_every(config.ringbuf_pages, os.cpu_count() or 1)}")
     if config.netns_inode is not None:
         cflags.append(f"-DPT_FILTER_NETNS={config.netns_inode}U")
     if config.scope is not None:
@@ -198,6 +216,7 @@ def build(btf: Btf, config: ProbeConfig) -> ProbeBuild:
         cflags.append("-DPT_NFCT=1" if nfct else "-DPT_NETFILTER=1")
     if nfct:
         cflags += config.nf_caller_cflags
+        cflags.append(f"-DPT_CT_FLOWS_MAX={config.ct_flows_max}")
     if config.path:
         cflags.append("-DPT_PATH_XMIT=1")
     ct_flags = all_ct_flags if (config.conntrack and config.drops) or nfct else []

@@ -32,6 +32,7 @@ from tracer.probes.build import ProbeBuild, ProbeConfig, build, drop_reasons
 from tracer.probes.kprobes import attach_list
 from tracer.probes.scope import ScopeWatch
 from tracer.sources import ringbuf
+from tracer.sources.ct_sweep import CtSweeper, Retired, take
 
 # Set (to anything) to skip tp_btf and attach the drop probe on the raw tracepoint, as on kernels that refuse tp_btf:
 # the fallback stays tested, and the benchmark measures both side by side.
@@ -69,6 +70,8 @@ class LiveSource:
         self._tc: list[tc.TcAttachment] = []
         self._scope = ScopeWatch(config.scope) if config.scope is not None else None
         self._scope_checked = 0.0
+        self._sweeper = CtSweeper(idle_s=config.ct_idle_s)
+        self._swept = time.monotonic()
         self._ring: ringbuf.RingReader | None = None
 
     def start(self, progress: bool = True) -> None:
@@ -198,8 +201,18 @@ class LiveSource:
             return []
         links = list(self._bpf["nat_flows"].items()) if self.config.netfilter else []
         if self.conntrack_flows:
-            links = nfct_records(self._bpf["nat_flows"], links, self._bpf["ct_flows"].items())
+            links = nfct_records(self._bpf["nat_flows"], links, self._bpf["ct_flows"].items(),
+                                 self._sweeper.retired)
         return links + self.ipvs_flows()
+
+    def sweep_ct_flows(self, now: float) -> int:
+        """Take the conntrack mode's idle per-connection entries out of the kernel's map, keeping their counts
+        (tracer/sources/ct_sweep.py): the map stays free for new connections in a long session. Returns how many."""
+        if self._bpf is None or not self.conntrack_flows:
+            return 0
+        table = self._bpf["ct_flows"]
+        idle = self._sweeper.idle(table.items(), now)
+        return self._sweeper.retire(idle, lambda key: take(table, key)) if idle else 0
 
     def forget_nat_flows(self, idle_before_ns: int) -> int:
         """Delete nat_flows entries last seen before `idle_before_ns` (monotonic): the map holds 16384 flows, and
@@ -266,6 +279,9 @@ class LiveSource:
         if now - self._scope_checked >= SCOPE_REFRESH_S:
             self._scope_checked = now
             self._refresh_scope()
+        if self.conntrack_flows and now - self._swept >= self._sweeper.idle_s / 3:
+            self._swept = now
+            self.sweep_ct_flows(now)
         # The probes wake the reader only every 64 events per CPU (bpf/skb.h pt_wakeup): what arrived quietly
         # is drained here, so a poll's timeout is also the longest an event waits.
         if self._ring is not None:
@@ -292,6 +308,8 @@ class LiveSource:
         for per_probe in self.probe_counters().values():
             for name, value in per_probe.items():
                 totals[name] += value
+        if self.conntrack_flows:  # connection entries the reader took out of the kernel's map, their counts kept
+            totals["ct_retired"] = self._sweeper.retired_entries
         return totals
 
     def probe_counters(self) -> dict[str, dict[str, int]]:
@@ -335,10 +353,20 @@ class LiveSource:
         self.close()
 
 
-def nfct_records(table: Any, folded: list[tuple[Any, Any]], live: Any) -> list[tuple[Any, Any]]:
+def nfct_records(table: Any, folded: list[tuple[Any, Any]], live: Any,
+                 retired: dict[bytes, Retired] | None = None) -> list[tuple[Any, Any]]:
     """nat_flows pairs from the conntrack mode's maps: translations whose nf_conn was recycled (folded into
-    nat_flows by the kernel) plus every live (connection, direction) entry, summed per translation."""
+    nat_flows by the kernel), the entries the reader retired when idle (tracer/sources/ct_sweep.py), plus every live
+    (connection, direction) entry, summed per translation."""
     merged: dict[bytes, tuple[Any, Any]] = {bytes(key): (key, stats) for key, stats in folded}
+    for raw, counts in (retired or {}).items():
+        if raw not in merged:
+            merged[raw] = (table.Key.from_buffer_copy(raw), table.Leaf(0, 0, counts.first_ns, counts.last_ns, 0, 0))
+        stats = merged[raw][1]
+        stats.packets += counts.packets
+        stats.bytes += counts.bytes
+        stats.first_ns = min(stats.first_ns, counts.first_ns) if stats.first_ns else counts.first_ns
+        stats.last_ns = max(stats.last_ns, counts.last_ns)
     for _ct, flow in live:
         if not flow.wanted:
             continue

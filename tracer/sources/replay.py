@@ -413,6 +413,11 @@ class ReplaySource:
         return self.names.resolver()
 
     @property
+    def conntrack_flows(self) -> bool:
+        """Recorded with the conntrack-driven programs (bpf/nfct.c, the header's programs): counts, no hook time."""
+        return "nfct" in self.header.get("programs", [])
+
+    @property
     def has_nat_flows(self) -> bool:
         """The recording traced Service NAT (`record --node`): Services in its header or nat_flows snapshots."""
         return self._nat is not None or bool(self.header.get("services"))
@@ -432,7 +437,7 @@ class ReplaySource:
 
         services, warnings = self.services()
         pods = self.names.pod_names()
-        table = FlowTable(services, lambda ip: pods.get(ip, "-"))
+        table = FlowTable(services, lambda ip: pods.get(ip, "-"), timed=not self.conntrack_flows)
         table.add_nat(self.nat_records())
         table.add_conntrack(state for recorded in self.conntrack() if (state := recorded.state()) is not None)
         from tracer.recording.recorded_rules import both_ends, end_rules

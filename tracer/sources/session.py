@@ -93,6 +93,8 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, 
         sys.stderr.write(f"podtrace: kernel {platform.release()} has no BPF netfilter links (6.4+): no per-packet "
                          "NAT tuples" + (", netfilter verdicts from kprobes" if kprobes else "") + "\n")
         netfilter = False
+    if getattr(args, "ct_flows_max", 1) < 1 or getattr(args, "ct_idle", 1) <= 0:
+        raise UsageError("--ct-flows-max must be at least 1 and --ct-idle positive")
     nodes = tuple(getattr(args, "node", None) or ())
     return ProbeConfig(
         filter=compile_filter(expression),
@@ -102,6 +104,8 @@ def probe_config(args: argparse.Namespace, path: bool, netfilter: bool = False, 
         netfilter=netfilter,
         # `flows` counts from conntrack unless asked to time every packet; record and the TUI keep the hook timing
         netfilter_conntrack=netfilter and getattr(args, "hook_timing", None) is False,
+        ct_flows_max=getattr(args, "ct_flows_max", ProbeConfig.ct_flows_max),
+        ct_idle_s=getattr(args, "ct_idle", ProbeConfig.ct_idle_s),
         kprobes=kprobes,
         tc_interfaces=tuple(getattr(args, "tc", None) or ()),
         netfilter_netns=tuple(getattr(args, "node", None) or [args.netns]) if netfilter else (None,),
