@@ -31,6 +31,8 @@ COMMAND_MODULES = (
     "tracer.cli.overlay",
     "tracer.cli.tui",
     "tracer.cli.record",
+    "tracer.cli.report",
+    "tracer.cli.export",
     "tracer.cli.merge",
     "tracer.cli.serve",
 )

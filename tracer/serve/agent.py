@@ -198,8 +198,8 @@ class Agent:
                                   node=[self.options.node] if self.options.node else [None])
 
     def _build_header(self) -> dict[str, Any]:
-        from tracer.cli.record import build_header
         from tracer.node.names import named_netns
+        from tracer.recording.header import build_header
 
         known = {inode: name for name, inode in named_netns().items()}
         known[os.stat("/proc/self/ns/net").st_ino] = "host"
