@@ -22,7 +22,8 @@ from tracer.output.exitcodes import CLOSED_PIPE, INTERRUPTED, USAGE, epilog_line
 COMMAND_MODULES = (
     "tracer.cli.setup",
     "tracer.cli.doctor",
-    "tracer.cli.trace",
+    "tracer.cli.drops",
+    "tracer.cli.watch",
     "tracer.cli.check",
     "tracer.lab.cli",
     "tracer.cli.flows",
