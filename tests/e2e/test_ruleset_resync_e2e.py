@@ -3,7 +3,7 @@ tests/unit/fixtures/kubeproxy) loaded with iptables-restore on a forwarding name
 again mid-run, edited as a resync or an operator would edit it. A drop matched to a rule that is the same at both
 ends (only renumbered) names it by its number at the end; one whose rule changed says the rule is not known,
 in `drops` and in `report` on a `record --node` made beside it; on the lab, a foreign rule deleted mid-run is named
-by neither `flows` nor `drops`. The drop's reason and identity stay observed."""
+by neither `flows` nor `drops` (with or without --netns). The drop's reason and identity stay observed."""
 
 from __future__ import annotations
 
@@ -95,11 +95,13 @@ def test_a_foreign_rule_removed_mid_session_is_not_named_by_flows_or_drops() -> 
     faults.set_fault("drop-backend", True)
     flows = start("flows", "--json", "--node", "pt-node1", "--node", "pt-node2", "tcp port 80 or tcp port 8080")
     drops = start("drops", "--json", "--netns", "pt-node2", "tcp")
+    everywhere = start("drops", "--json", "tcp")  # no --netns: the rules of the host and the lab's nodes
     sent = traffic.probe("default/web:http", count=20, timeout=0.5)
     faults.set_fault("drop-backend", False)
     time.sleep(0.5)
-    flowed, dropped = flows.stop(), drops.stop()
-    assert flowed.returncode == 0 and dropped.returncode == 0, (flowed.stderr, dropped.stderr)
+    flowed, dropped, unscoped = flows.stop(), drops.stop(), everywhere.stop()
+    assert flowed.returncode == 0 and dropped.returncode == 0 and unscoped.returncode == 0, (
+        flowed.stderr, dropped.stderr, unscoped.stderr)
     assert sent.per_target["default/web:http"].failed > 0, sent
     web2 = [row for row in flowed.rows if row.get("backend_pod") == "web-2" and row.get("drops")]
     labels = [label for row in web2 for label in row["drops"] if label.startswith("NETFILTER_DROP")]
@@ -110,3 +112,6 @@ def test_a_foreign_rule_removed_mid_session_is_not_named_by_flows_or_drops() -> 
                "10.244.1.2/32 -p tcp" in label and "no DROP/REJECT rule in those read at the end" in label, label
     mine = [row for row in dropped.rows if row.get("reason") == "NETFILTER_DROP" and row.get("dport") == 8080]
     assert mine and {row["cause"]["kind"] for row in mine} == {"rules-changed"}, mine
+    node2 = [row for row in unscoped.rows if row.get("reason") == "NETFILTER_DROP" and row.get("dport") == 8080
+             and row.get("netns") == "pt-node2"]
+    assert node2 and {row["cause"]["kind"] for row in node2} == {"rules-changed"}, unscoped.rows

@@ -11,6 +11,7 @@ from tracer.analysis.aggregate import DropTable
 from tracer.analysis.identity import ConnIdentities
 from tracer.analysis.nfverdict import NfAttribution
 from tracer.node import cause_state
+from tracer.node.declared_names import declared
 from tracer.output.layout import add_wide_option, table_width
 from tracer.output.report import Resolver, drop_rows, summary_json, summary_line, write_drop_table
 from tracer.sources.session import add_trace_options, run_session
@@ -36,6 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     drops.set_defaults(func=run_drops)
 
 
+def _rule_namespaces(netns: str | None) -> list[str]:
+    """Where kube-proxy's rules are read at the start: --netns, else the host (a real node's kube-proxy writes
+    there) and the node namespaces the environment declares (the lab's)."""
+    if netns:
+        return [netns]
+    found = declared()
+    return ["host", *(node for node in (found.nodes.values() if found else ()) if node != "host")]
+
+
 class DropGroups:
     """Drops grouped as `podtrace drops` groups them, with each group's cause read from its namespace at the end."""
 
@@ -46,7 +56,7 @@ class DropGroups:
         # ICMP counters before the trace: a REJECT's errors rate-limited during it turn "refused" into timeouts.
         self.icmp_before = cause_state.icmp_snapshot([netns] if netns else cause_state.named_namespaces())
         # The traced node's rules now, and again at the end: a rule matched at one end only is not named.
-        self.rules_start = cause_state.rules_snapshot([netns or "host"])
+        self.rules_start = cause_state.rules_snapshot(_rule_namespaces(netns))
 
     def add_raw(self, data: bytes) -> None:
         self.table.add_raw(data)
