@@ -19,7 +19,8 @@ from typing import Any
 from tracer import __version__
 from tracer.events.decode import EVENT_SIZE
 from tracer.output.report import Resolver
-from tracer.recording.fileformat import FORMAT_VERSION, Recorder
+from tracer.recording.fileformat import FORMAT_VERSION
+from tracer.recording.recorder import Recorder
 
 BATCH = 1024  # events per EVENTS record, as `podtrace record`
 TICK_S = 1.0  # counters record and flush
@@ -57,7 +58,7 @@ def create_private(path: str) -> str:
 def new_file(directory: str, suffix: str, create: bool = True) -> str:
     """A fresh private file in the save directory, named after the time (-2, -3, ... when the second is taken).
     create=False only picks the free name, for a writer that creates the file itself with O_EXCL|O_NOFOLLOW
-    (tracer.recording.fileformat.Recorder)."""
+    (tracer.recording.recorder.Recorder)."""
     private_dir(directory)
     base = os.path.join(directory, recording_name(suffix=""))
     for attempt in range(1, 100):

@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from tracer.events.decode import CT_STRUCT, EVENT_CT, FLAG_INNER, PacketEvent, Tuple, encode
-from tracer.recording.fileformat import Recorder
+from tracer.recording.recorder import Recorder
 
 HOST = 4026531840  # every host's own network namespace has this inode
 

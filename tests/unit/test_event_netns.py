@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.support.c_layout import c_struct, define
 from tracer.events import decode as events
-from tracer.recording.fileformat import Recorder
+from tracer.recording.recorder import Recorder
 from tracer.sources.replay import ReplaySource
 
 STRUCTS = {"PT_EVENT_DROP": "pt_packet_event", "PT_EVENT_PATH": "pt_packet_event", "PT_EVENT_ICMP": "pt_packet_event",

@@ -28,7 +28,8 @@ from tracer.events.decode import (
     decode,
 )
 from tracer.output.errors import RecordingError
-from tracer.recording.fileformat import FORMAT_MINOR, KIND_HEADER, KIND_TRAILER, Recorder, RecordWriter
+from tracer.recording.fileformat import FORMAT_MINOR, KIND_HEADER, KIND_TRAILER, RecordWriter
+from tracer.recording.recorder import Recorder
 from tracer.sources.replay import ReplaySource
 
 SKEW_NS = 5_000_000  # node B's wall clock runs 5 ms ahead

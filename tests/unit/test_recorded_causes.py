@@ -21,8 +21,9 @@ from tracer.api import open_recording
 from tracer.events.decode import EVENT_DROP, PacketEvent, Tuple, encode
 from tracer.node.cause_state import add_causes, parse_icmp, parse_route_answer, parse_rps
 from tracer.output.errors import RecordingError
-from tracer.recording.fileformat import FORMAT_MINOR, Recorder
+from tracer.recording.fileformat import FORMAT_MINOR
 from tracer.recording.recorded_causes import ORIGIN, from_json, state_to_json, to_json
+from tracer.recording.recorder import Recorder
 from tracer.recording.schema import TRAILER, check
 from tracer.sources.replay import ReplaySource
 

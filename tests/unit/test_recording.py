@@ -21,14 +21,13 @@ from tracer.recording.fileformat import (
     MAGIC,
     PREAMBLE,
     RECORD_HEAD,
-    Recorder,
     RecordReader,
     RecordWriter,
     encode_record,
-    parse_size,
     part_path,
     split_events,
 )
+from tracer.recording.recorder import Recorder, parse_size
 from tracer.sources.replay import ReplaySource
 
 NETNS = 4026532001

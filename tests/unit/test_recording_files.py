@@ -11,7 +11,8 @@ from test_recording import header, make_event, replay_all
 
 from tracer.cli.record import parse_mode
 from tracer.output.errors import RecordingError, UsageError
-from tracer.recording.fileformat import Recorder, part_path
+from tracer.recording.fileformat import part_path
+from tracer.recording.recorder import Recorder
 
 
 def mode_of(path: str | Path) -> int:

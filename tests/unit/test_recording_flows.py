@@ -26,15 +26,9 @@ from tracer.api import open_recording
 from tracer.events.decode import Tuple
 from tracer.node.kubeproxy.iptables import parse_iptables_save
 from tracer.output.errors import RecordingError
-from tracer.recording.fileformat import (
-    KIND_NAT_FLOWS,
-    Recorder,
-    RecordReader,
-    nat_from_json,
-    nat_to_json,
-    softirq_from_json,
-    softirq_to_json,
-)
+from tracer.recording.fileformat import KIND_NAT_FLOWS, RecordReader
+from tracer.recording.recorder import Recorder
+from tracer.recording.records_json import nat_from_json, nat_to_json, softirq_from_json, softirq_to_json
 from tracer.sources.replay import ReplaySource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubeproxy"

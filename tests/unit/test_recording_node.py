@@ -21,8 +21,9 @@ from test_recording_fixture import V1, run_cli
 from tracer.analysis.mtu_events import MtuEventCounter
 from tracer.api import open_recording
 from tracer.events.decode import EVENT_DROP, EVENT_PATH, POINT_QUEUE, POINT_RX, PacketEvent, Tuple, encode
-from tracer.recording.fileformat import FORMAT_MINOR, Recorder
+from tracer.recording.fileformat import FORMAT_MINOR
 from tracer.recording.recorded_node import MtuSummary, RecordedConntrack, node_paths, recorded_conntrack, relevant
+from tracer.recording.recorder import Recorder
 from tracer.sources.replay import ReplaySource
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "recordings" / "node-links.json").read_text())

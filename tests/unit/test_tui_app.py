@@ -553,7 +553,7 @@ async def test_replay_softirq_view_shows_the_recordings_softirq_snapshots(tmp_pa
     from test_recording import header, make_event
     from test_recording_flows import SNAPSHOTS
 
-    from tracer.recording.fileformat import Recorder
+    from tracer.recording.recorder import Recorder
     from tui.sources import open_replay
 
     path = tmp_path / "softirq.ptrec"

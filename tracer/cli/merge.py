@@ -26,8 +26,8 @@ from tracer.analysis.journey import (
 from tracer.cli.record import check_output
 from tracer.events.decode import EVENT_CT, EVENT_SIZE, EVENT_SIZES, CtEvent, decode, decode_ct
 from tracer.output.errors import PodtraceError, UsageError
-from tracer.recording.fileformat import nat_from_json
 from tracer.recording.merged_recording import NodeFile, read_node, write_merged
+from tracer.recording.records_json import nat_from_json
 from tracer.recording.schema import MERGED_MAX_NODES
 from tracer.sources.replay import ReplaySource
 

@@ -14,8 +14,10 @@ from tracer.events.decode import EVENT_DROP, counted_events
 from tracer.node.flannel import SUBNET_ENV
 from tracer.output.errors import UsageError
 from tracer.output.report import drop_rows, summary_json, summary_line
-from tracer.recording.fileformat import Recorder, compression_of, nat_to_json, parse_size
+from tracer.recording.fileformat import compression_of
 from tracer.recording.header import build_header, node_namespaces, prepare_header
+from tracer.recording.recorder import Recorder, parse_size
+from tracer.recording.records_json import nat_to_json
 
 RECORD_EPILOG = """\
 The file is self-contained: kernel, attach plan, drop-reason names, netns names and kernel symbols travel

@@ -35,8 +35,8 @@ from tracer.recording.fileformat import (
     KIND_TRAILER,
     RecordWriter,
     WriteFailed,
-    nat_to_json,
 )
+from tracer.recording.records_json import nat_to_json
 from tracer.sources.replay import ReplaySource
 
 BATCH = 1024  # events per EVENTS record, as `record` writes them

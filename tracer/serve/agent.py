@@ -397,7 +397,7 @@ class Agent:
         if self.drops is None or not self.attached.get("netfilter"):
             return []
         from tracer.analysis.flows import FlowTable
-        from tracer.recording.fileformat import nat_to_json
+        from tracer.recording.records_json import nat_to_json
 
         records = [nat_record_from_map(key, stats) for key, stats in self.drops.nat_flows()]
         deltas = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tracer.output.errors import UsageError
-from tracer.recording.fileformat import parse_size
+from tracer.recording.recorder import parse_size
 from tracer.serve.recorder import Retention
 from tracer.serve.triggers import Trigger, parse_trigger
 

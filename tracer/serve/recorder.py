@@ -35,11 +35,11 @@ from tracer.recording.fileformat import (
     KIND_NAT_FLOWS,
     KIND_SOFTIRQ,
     KIND_TRAILER,
-    Recorder,
     RecordReader,
     RecordWriter,
     split_events,
 )
+from tracer.recording.recorder import Recorder
 from tracer.serve.incident_causes import MAX_DROP_KINDS, IncidentCauses, drop_kind
 
 SEGMENT_SUFFIX = ".ptrec.gz"

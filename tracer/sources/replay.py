@@ -25,11 +25,10 @@ from tracer.recording.fileformat import (
     KIND_TRAILER,
     PREAMBLE,
     RecordReader,
-    nat_from_json,
     part_path,
-    softirq_from_json,
     split_events,
 )
+from tracer.recording.records_json import nat_from_json, softirq_from_json
 
 if TYPE_CHECKING:
     from tracer.analysis.flows import FlowTable, NatRecord

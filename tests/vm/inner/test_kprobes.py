@@ -37,7 +37,7 @@ from tracer.kernel.ksyms import KernelSymbols
 from tracer.node.names import NetnsNames
 from tracer.output.report import Resolver, drop_rows
 from tracer.probes.build import ProbeConfig
-from tracer.recording.fileformat import Recorder
+from tracer.recording.recorder import Recorder
 from tracer.sources.live import LiveSource
 from tracer.sources.replay import ReplaySource
 from tracer.sources.session import probe_config
