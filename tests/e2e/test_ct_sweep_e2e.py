@@ -16,6 +16,7 @@ from support.netns import sh
 from tracer.analysis.flows import nat_record_from_map
 from tracer.benchmarks.netns import Pair, in_netns, veth_pair
 from tracer.node.names import netns_inode
+from tracer.output.report import summary_line
 from tracer.probes.build import ProbeConfig
 from tracer.probes.pcapfilter import compile_filter
 from tracer.sources.live import LiveSource
@@ -100,6 +101,7 @@ def test_idle_entries_are_taken_out_with_their_counts_so_more_connections_than_t
         requests, replies = _dnat_counts(swept)
         lost = {**swept.probe_counters().get("netfilter", {}), "ct_retired": swept.counters()["ct_retired"]}
         lost_unswept = {**unswept.probe_counters().get("netfilter", {}), "ct_retired": unswept.counters()["ct_retired"]}
+        totals_unswept = unswept.counters()
     finally:
         for source in sources:
             source.close()
@@ -115,3 +117,8 @@ def test_idle_entries_are_taken_out_with_their_counts_so_more_connections_than_t
     # the control: without the sweep the table fills with the first connections and the later ones are lost
     assert lost_unswept["lost"] >= 2 * (connections - TABLE // 2), lost_unswept
     assert lost_unswept["ct_retired"] == 0, lost_unswept
+    # what the full table could not count is said as such, not as ring-buffer loss (its fix is --ct-flows-max)
+    assert totals_unswept["ct_table_full"] >= 2 * (connections - TABLE // 2), totals_unswept
+    assert totals_unswept["lost"] == 0, totals_unswept  # a quiet, scoped session: the ring buffer lost nothing
+    line = summary_line(0, totals_unswept)
+    assert "the per-connection table was full: raise --ct-flows-max" in line and "--ringbuf-pages" not in line, line

@@ -218,6 +218,7 @@ def summary_json(events: int, counters: dict[str, int], evicted: int = 0) -> dic
            "sampled": counters.get("sampled", 0), "filtered": counters.get("filtered", 0), "evicted": evicted}
     if "ct_retired" in counters:  # flows' conntrack mode (tracer/sources/ct_sweep.py)
         out["ct_retired"] = counters["ct_retired"]
+        out["ct_table_full"] = counters.get("ct_table_full", 0)
     return out
 
 
@@ -232,4 +233,7 @@ def summary_line(events: int, counters: dict[str, int], evicted: int = 0) -> str
         text += f", {evicted} drop groups evicted (table full)"
     if counters.get("ct_retired"):
         text += f", {counters['ct_retired']} idle connection entries taken out of the kernel's table (counts kept)"
+    if counters.get("ct_table_full"):
+        text += (f", {counters['ct_table_full']} packets of connections not counted (the per-connection table was "
+                 "full: raise --ct-flows-max or lower --ct-idle)")
     return text

@@ -310,6 +310,11 @@ class LiveSource:
                 totals[name] += value
         if self.conntrack_flows:  # connection entries the reader took out of the kernel's map, their counts kept
             totals["ct_retired"] = self._sweeper.retired_entries
+            # bpf/nfct.c emits no events: what its slot counts lost are connections its full table could not
+            # hold, not ring-buffer losses, and the fix differs (--ct-flows-max, not --ringbuf-pages)
+            full = self.probe_counters().get("netfilter", {}).get("lost", 0)
+            totals["lost"] -= full
+            totals["ct_table_full"] = full
         return totals
 
     def probe_counters(self) -> dict[str, dict[str, int]]:
