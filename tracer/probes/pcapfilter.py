@@ -1,8 +1,9 @@
 """Compile a tcpdump (pcap-filter) expression into C that BCC builds into the probes.
 
 Filters run in the kernel, before an event is built. pwru does the same: libpcap compiles the expression to
-classic BPF and the cBPF is rewritten as eBPF. BCC compiles C, so here each cBPF instruction becomes one
-labelled C statement and every jump a forward `goto`: the result is a loop-free DAG the verifier accepts.
+classic BPF and the cBPF is rewritten as eBPF. BCC compiles C, so tracer/probes/cbpf.py turns each cBPF
+instruction into one labelled C statement and every jump into a forward `goto`: a loop-free DAG the verifier
+accepts, with libpcap's reference interpreter's semantics (bpf_filter.c).
 
 The probes copy a packet snapshot starting at the network header (IPv4 or IPv6, no link layer), so the
 expression is compiled for DLT_RAW, where libpcap tells `ip` from `ip6` by the version nibble. The C side sees
@@ -11,9 +12,6 @@ expression is compiled for DLT_RAW, where libpcap tells `ip` from `ip6` by the v
     __u32 len         valid bytes in pkt: min(packet length, PT_SNAP_LEN)
     __u32 wirelen     the packet's real length, for `len`, `greater` and `less`
 
-Semantics follow libpcap's reference interpreter (bpf_filter.c): loads are big-endian, a load past `len`
-rejects the packet, division by zero rejects it, shifts by 32 or more give 0. Every packet index is masked
-with `PT_SNAP_LEN - 1` so the verifier can prove the access stays in the buffer, whatever it knows of `len`.
 """
 
 from __future__ import annotations
