@@ -4,16 +4,14 @@ recycled entry held are folded, not lost, and both modes give the same translati
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 from support.netns import sh
+from support.udp_dnat import dnat_echo_pair, exchange
 
 from tracer.analysis.flows import nat_record_from_map
-from tracer.benchmarks.netns import Pair, in_netns, veth_pair
+from tracer.benchmarks.netns import Pair
 from tracer.probes.build import ProbeConfig
 from tracer.probes.pcapfilter import compile_filter
 from tracer.sources.live import LiveSource
@@ -22,34 +20,12 @@ pytestmark = pytest.mark.root
 
 PRIME = 17  # connections per burst
 BURSTS = 3
-ECHO = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',5001))\n"
-        "while True:\n    data,peer=s.recvfrom(2048)\n    s.sendto(data,peer)\n")
 
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    with veth_pair("h18", "198.18.218.1", "198.18.218.2") as created:
-        sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DNAT",
-           "--to-destination", f"{created.addr_b}:5001", netns=created.b)
-        echo = subprocess.Popen(in_netns(created.b, [sys.executable, "-c", ECHO]))
-        try:
-            time.sleep(0.3)
-            yield created
-        finally:
-            echo.kill()
-            echo.wait()
-
-
-def _exchange(pair: Pair, first_port: int) -> int:
-    """One request and its reply from each of PRIME client ports (a connection each); the replies received."""
-    code = ("import socket\nok=0\n"
-            f"for port in range({first_port},{first_port + PRIME}):\n"
-            "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',port)); s.settimeout(2)\n"
-            f"    s.sendto(b'x'*20,('{pair.addr_b}',5432))\n"
-            "    ok+=len(s.recv(100))==20\n    s.close()\nprint(ok)\n")
-    done = subprocess.run(in_netns(pair.a, [sys.executable, "-c", code]), capture_output=True, text=True,
-                          timeout=60, check=True)
-    return int(done.stdout.split()[-1])
+    with dnat_echo_pair("h18", "198.18.218.1", "198.18.218.2") as created:
+        yield created
 
 
 def _totals(source: LiveSource) -> dict[tuple[int, str, str], int]:
@@ -73,7 +49,7 @@ def test_recycled_conntrack_entries_keep_their_counts_and_match_the_per_packet_m
         assert not by_packet.conntrack_flows and by_conntrack.conntrack_flows
         answered = 0
         for burst in range(BURSTS):
-            answered += _exchange(pair, 41000 + burst * PRIME)
+            answered += exchange(pair, range(41000 + burst * PRIME, 41000 + (burst + 1) * PRIME))
             sh("conntrack", "-F", netns=pair.b, check=False)  # the entries freed: the next burst reuses them
         assert answered == BURSTS * PRIME
         # nf_conn memory was reused: entries the kernel folded into nat_flows when their address came back

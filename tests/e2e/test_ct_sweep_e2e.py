@@ -5,16 +5,14 @@ entries taken out are said, and the same traffic without the sweep fills the tab
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from support.netns import sh
+from support.udp_dnat import dnat_echo_pair, exchange
 
 from tracer.analysis.flows import nat_record_from_map
-from tracer.benchmarks.netns import Pair, in_netns, veth_pair
+from tracer.benchmarks.netns import Pair
 from tracer.node.names import netns_inode
 from tracer.output.report import summary_line
 from tracer.probes.build import ProbeConfig
@@ -27,35 +25,12 @@ TABLE = 32  # (connection, direction) entries: 16 connections with their replies
 PER_BATCH = 13  # connections per batch (26 entries): one batch fits, two do not
 BATCHES = 7
 FIRST_PORT = 42000
-ECHO = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',5001))\n"
-        "while True:\n    data,peer=s.recvfrom(2048)\n    s.sendto(data,peer)\n")
 
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    with veth_pair("h18s", "198.18.219.1", "198.18.219.2") as created:
-        sh("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DNAT",
-           "--to-destination", f"{created.addr_b}:5001", netns=created.b)
-        echo = subprocess.Popen(in_netns(created.b, [sys.executable, "-c", ECHO]))
-        try:
-            time.sleep(0.3)
-            yield created
-        finally:
-            echo.kill()
-            echo.wait()
-
-
-def _exchange(pair: Pair, ports: range) -> int:
-    """One request and its reply from each client port (a connection each); the replies received."""
-    code = ("import socket\nok=0\n"
-            f"for port in range({ports.start},{ports.stop}):\n"
-            "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-            "    s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('0.0.0.0',port)); s.settimeout(2)\n"
-            f"    s.sendto(b'x'*20,('{pair.addr_b}',5432))\n"
-            "    ok+=len(s.recv(100))==20\n    s.close()\nprint(ok)\n")
-    done = subprocess.run(in_netns(pair.a, [sys.executable, "-c", code]), capture_output=True, text=True,
-                          timeout=60, check=True)
-    return int(done.stdout.split()[-1])
+    with dnat_echo_pair("h18s", "198.18.219.1", "198.18.219.2") as created:
+        yield created
 
 
 def _read_for(sources: list[LiveSource], seconds: float) -> None:
@@ -93,11 +68,11 @@ def test_idle_entries_are_taken_out_with_their_counts_so_more_connections_than_t
         answered = 0
         for batch in range(BATCHES):
             start = FIRST_PORT + batch * PER_BATCH
-            answered += _exchange(pair, range(start, start + PER_BATCH))
+            answered += exchange(pair, range(start, start + PER_BATCH))
             _read_for(sources, 1.5)  # the batch's entries idle for longer than 0.6 s, read more than once
         # The first batch again, on the same conntrack entries (alive for 30 s): their kernel entries were taken
         # out, so each starts a new one; both parts add up to the same translation.
-        answered += _exchange(pair, range(FIRST_PORT, FIRST_PORT + PER_BATCH))
+        answered += exchange(pair, range(FIRST_PORT, FIRST_PORT + PER_BATCH))
         requests, replies = _dnat_counts(swept)
         lost = {**swept.probe_counters().get("netfilter", {}), "ct_retired": swept.counters()["ct_retired"]}
         lost_unswept = {**unswept.probe_counters().get("netfilter", {}), "ct_retired": unswept.counters()["ct_retired"]}
