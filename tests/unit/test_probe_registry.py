@@ -30,8 +30,7 @@ def test_bcc_attached_tracepoints_are_exactly_those_the_source_declares() -> Non
     for program in registry.PROGRAMS:
         text = (BPF / program.source).read_text()
         declared = [f"tracepoint {c}:{n}" for c, n in re.findall(r"^TRACEPOINT_PROBE\((\w+), (\w+)\)", text, re.M)]
-        declared += [f"raw tracepoint {n}"
-                     for n in re.findall(r"^RAW_TRACEPOINT_PROBE\((\w+)\)", text, re.M)]
+        declared += [f"raw tracepoint {n}" for n in re.findall(r"^RAW_TRACEPOINT_PROBE\((\w+)\)", text, re.M)]
         if program.attached_by == "bcc":
             assert sorted(program.tracepoints) == sorted(declared), program.name
             assert registry.auto_attached(program.name) == list(program.tracepoints)
@@ -47,8 +46,7 @@ def test_emitted_kinds_and_maps_exist() -> None:
         assert set(program.emits) <= kinds, program.name
         text = (BPF / program.source).read_text()
         for name in program.maps:
-            assert re.search(rf"BPF_\w+\(\"?\w*\"?,? *{name},", text) or re.search(rf"BPF_\w+\({name},", text), \
-                (program.name, name)
+            assert re.search(rf"^BPF_\w+\({name},", text, re.M), (program.name, name)
 
 
 def test_kprobe_concerns_name_registered_kprobe_programs() -> None:

@@ -305,14 +305,15 @@ class LiveSource:
     def counters(self) -> dict[str, int]:
         """Each counter summed over probes and CPUs."""
         totals = dict.fromkeys(COUNTERS, 0)
-        for per_probe in self.probe_counters().values():
+        per_probe_counters = self.probe_counters()
+        for per_probe in per_probe_counters.values():
             for name, value in per_probe.items():
                 totals[name] += value
         if self.conntrack_flows:  # connection entries the reader took out of the kernel's map, their counts kept
             totals["ct_retired"] = self._sweeper.retired_entries
             # bpf/nfct.c emits no events: what its slot counts lost are connections its full table could not
             # hold, not ring-buffer losses, and the fix differs (--ct-flows-max, not --ringbuf-pages)
-            full = self.probe_counters().get("netfilter", {}).get("lost", 0)
+            full = per_probe_counters.get("netfilter", {}).get("lost", 0)
             totals["lost"] -= full
             totals["ct_table_full"] = full
         return totals
