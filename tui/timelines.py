@@ -99,6 +99,7 @@ class Timelines:
     rewrites: OrderedDict[ConnKey, NatEvent]
 
     def find(self, ident: str) -> DropKey | None:
+        """The drop group a row id names; the Model defines it (its drop table), this mixin only calls it."""
         raise NotImplementedError
 
     def timeline(self, ident: str) -> list[TimelineRow]:
